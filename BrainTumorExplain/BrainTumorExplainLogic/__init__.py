@@ -1,0 +1,21 @@
+"""MRML side of BrainTumorExplain: everything that touches the scene, and nothing that imports Qt.
+
+It runs in desktop Slicer and on ``slicer-core`` (real MRML without the application), where the tests run it.
+torch is never imported here.
+"""
+
+from .library import ensure_library_importable, missing_dependencies
+from .volumes import (
+    CaseNodes,
+    add_volume_from_canonical,
+    canonical_shape,
+    ijk_to_ras,
+    load_case_nodes,
+    node_reorientation,
+    remove_nodes,
+)
+
+__all__ = [
+    "CaseNodes", "add_volume_from_canonical", "canonical_shape", "ensure_library_importable", "ijk_to_ras",
+    "load_case_nodes", "missing_dependencies", "node_reorientation", "remove_nodes",
+]

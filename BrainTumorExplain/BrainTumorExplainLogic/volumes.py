@@ -1,0 +1,129 @@
+"""Case volumes in and out of the scene, with geometry copied exactly from the reference input.
+
+A node's voxel order is not always the file's: for a left-handed direction matrix Slicer's reader reverses the
+slice axis (k) to keep IJK right-handed. So the map between the library's canonical ``(z, y, x)`` arrays and a node
+is derived from the node's own IJK→RAS, never assumed from the file. Results take the reference node's IJK→RAS
+unchanged (``CopyOrientation``): oblique, flipped and anisotropic inputs included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+
+from .library import ensure_library_importable
+
+ensure_library_importable()
+from BrainTumorExplainLib.case import MODALITIES, CaseFiles, find_case_files  # noqa: E402
+from BrainTumorExplainLib.grid import Reorientation  # noqa: E402
+
+
+@dataclass
+class CaseNodes:
+    """The nodes of one loaded case: a scalar volume per modality, and the labels as a label map if present."""
+
+    case_id: str
+    volumes: dict[str, "slicer.vtkMRMLScalarVolumeNode"]
+    labels: "slicer.vtkMRMLLabelMapVolumeNode | None" = None
+    files: CaseFiles | None = field(default=None, repr=False)
+
+    def all_nodes(self) -> list:
+        return list(self.volumes.values()) + ([self.labels] if self.labels is not None else [])
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    """A volume node's IJK→RAS matrix as a 4×4 array."""
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def remove_nodes(scene, nodes) -> None:
+    """Remove nodes with their display and storage nodes (used to leave nothing half-made behind)."""
+    for node in nodes:
+        if node is None or node.GetScene() is None:
+            continue
+        for i in range(node.GetNumberOfDisplayNodes()):
+            display = node.GetNthDisplayNode(i)
+            if display is not None:
+                scene.RemoveNode(display)
+        storage = node.GetStorageNode()
+        if storage is not None:
+            scene.RemoveNode(storage)
+        scene.RemoveNode(node)
+
+
+def _read_volume(scene, path: Path, name: str, class_name: str, created: list):
+    node = scene.AddNewNodeByClass(class_name, name)
+    created.append(node)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    if not storage.ReadData(node):
+        raise ValueError(f"{path}: Slicer could not read this file as a volume")
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def load_case_nodes(scene, source: str | Path | CaseFiles) -> CaseNodes:
+    """Load a BraTS case folder (either naming) or explicit files as nodes named ``<case>_<modality>``.
+
+    On any failure every node created so far is removed and ``ValueError`` names the file and the problem.
+    """
+    files = source if isinstance(source, CaseFiles) else find_case_files(source)
+    created: list = []
+    try:
+        volumes = {
+            m: _read_volume(scene, getattr(files, m), f"{files.case_id}_{m}", "vtkMRMLScalarVolumeNode", created)
+            for m in MODALITIES
+        }
+        labels = None
+        if files.seg is not None:
+            labels = _read_volume(scene, files.seg, f"{files.case_id}_seg", "vtkMRMLLabelMapVolumeNode", created)
+    except Exception:
+        remove_nodes(scene, created)
+        raise
+    return CaseNodes(files.case_id, volumes, labels, files)
+
+
+def node_reorientation(node) -> Reorientation:
+    """Transpose/flips between the node's ``(k, j, i)`` array and the canonical ``(z, y, x)`` order."""
+    directions = ijk_to_ras(node)[:3, :3]
+    directions = directions / np.linalg.norm(directions, axis=0)
+    lps = np.diag([-1.0, -1.0, 1.0]) @ directions  # ITK's convention, which Reorientation speaks
+    return Reorientation.from_direction(tuple(lps.ravel()))
+
+
+def canonical_shape(node) -> tuple[int, int, int]:
+    itk_shape = tuple(reversed(node.GetImageData().GetDimensions()))
+    return tuple(itk_shape[a] for a in node_reorientation(node).axes)
+
+
+def add_volume_from_canonical(scene, reference_node, canonical_array: np.ndarray, name: str, labelmap: bool = False):
+    """Add a library result (canonical ``(z, y, x)`` array) as a volume on the reference node's exact geometry.
+
+    The reference node is the case's reference volume in the scene (the one the result was computed on).
+    On failure nothing is added and ``ValueError`` says what did not fit.
+    """
+    canonical_array = np.asarray(canonical_array)
+    expected = canonical_shape(reference_node)
+    if canonical_array.shape != expected:
+        raise ValueError(f"result of shape {canonical_array.shape} does not fit reference node "
+                         f"{reference_node.GetName()!r} (canonical shape {expected}): pass the node of the case's "
+                         "reference volume")
+    array = np.ascontiguousarray(node_reorientation(reference_node).from_canonical(canonical_array))
+    class_name = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
+    node = scene.AddNewNodeByClass(class_name, name)
+    try:
+        node.CopyOrientation(reference_node)
+        slicer.util.updateVolumeFromArray(node, array)
+        node.CreateDefaultDisplayNodes()
+    except Exception:
+        remove_nodes(scene, [node])
+        raise
+    return node

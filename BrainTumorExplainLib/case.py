@@ -1,0 +1,298 @@
+"""Reading a BraTS case: file discovery, validation, canonical orientation and per-modality normalisation.
+
+Model channel order is fixed: ``MODALITIES = ("flair", "t1", "t1ce", "t2")``.
+
+Accepted namings (the file stem ends with the suffix; ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha`` are read):
+
+======== ========== ======== ======== ======== ======== ============
+naming   FLAIR      T1       T1ce     T2       labels   labels file
+======== ========== ======== ======== ======== ======== ============
+brats2021 ``_flair`` ``_t1`` ``_t1ce`` ``_t2`` ``_seg`` 1/2/4 (2018–2021)
+brats2023 ``-t2f``  ``-t1n`` ``-t1c`` ``-t2w`` ``-seg`` 1/2/3 (2023+)
+======== ========== ======== ======== ======== ======== ============
+
+A phantom case also carries ``_tissue`` (0 background, 1 CSF, 2 GM, 3 WM). Input files are only ever read.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .grid import ReferenceGrid
+from .labels import BRATS2021, BRATS2023, LabelConvention, TISSUE_NAMES, label_convention
+
+MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
+NAMINGS: dict[str, dict[str, str]] = {
+    "brats2021": {"flair": "_flair", "t1": "_t1", "t1ce": "_t1ce", "t2": "_t2", "seg": "_seg", "tissue": "_tissue"},
+    "brats2023": {"flair": "-t2f", "t1": "-t1n", "t1ce": "-t1c", "t2": "-t2w", "seg": "-seg", "tissue": "-tissue"},
+}
+NAMING_CONVENTION: dict[str, LabelConvention] = {"brats2021": BRATS2021, "brats2023": BRATS2023}
+
+
+class CaseError(ValueError):
+    """An input case cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """The files of one case. ``seg`` and ``tissue`` are optional; ``naming`` is None for explicit files."""
+
+    flair: Path
+    t1: Path
+    t1ce: Path
+    t2: Path
+    seg: Path | None = None
+    tissue: Path | None = None
+    case_id: str = "case"
+    naming: str | None = None
+
+    def modality_paths(self) -> dict[str, Path]:
+        return {m: getattr(self, m) for m in MODALITIES}
+
+
+@dataclass
+class Case:
+    """One case on the canonical axial grid, ready for the networks.
+
+    Attributes:
+        case_id: identifier taken from the file names.
+        images: ``(4, Z, Y, X)`` float32 in ``MODALITIES`` order, z-scored inside ``brain_mask``, 0 outside.
+        brain_mask: ``(Z, Y, X)`` bool, voxels non-zero in any modality.
+        grid: the reference input's geometry; ``grid.write(array, path)`` puts any canonical array back on it.
+        labels: ``(Z, Y, X)`` uint8 class indices (see :mod:`labels`), or None.
+        tissue: ``(Z, Y, X)`` uint8 tissue classes (0 background, 1 CSF, 2 GM, 3 WM), or None.
+        label_convention: the convention of the files, used again when writing labels.
+    """
+
+    case_id: str
+    images: np.ndarray
+    brain_mask: np.ndarray
+    grid: ReferenceGrid
+    labels: np.ndarray | None = None
+    tissue: np.ndarray | None = None
+    label_convention: LabelConvention = BRATS2021
+    files: CaseFiles | None = field(default=None, repr=False)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along ``(z, y, x)``."""
+        return self.grid.canonical_spacing
+
+    def write_labels(self, classes: np.ndarray, path: str | Path) -> Path:
+        """Write class indices as a label file in this case's convention, on its original grid."""
+        return self.grid.write(self.label_convention.from_classes(classes), path)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in IMAGE_EXTENSIONS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def find_case_files(folder: str | Path) -> CaseFiles:
+    """Find the four modalities (and labels, tissue) of a BraTS case folder in either naming.
+
+    Raises:
+        CaseError: the folder is missing or empty, mixes namings or cases, lacks a modality, or holds one twice.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CaseError(f"{folder}: not a folder (expected a BraTS case folder with _flair/_t1/_t1ce/_t2 files)")
+    images = sorted(p for p in folder.iterdir() if _is_image_file(p))
+    if not images:
+        raise CaseError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+
+    found: dict[str, dict[str, list[Path]]] = {naming: {} for naming in NAMINGS}
+    for path in images:
+        stem = _stem(path).lower()
+        for naming, suffixes in NAMINGS.items():
+            for role, suffix in suffixes.items():
+                if stem.endswith(suffix):
+                    found[naming].setdefault(role, []).append(path)
+    used = [naming for naming in NAMINGS if found[naming]]
+    if not used:
+        expected = "; ".join(f"{n}: " + " ".join(s[m] for m in MODALITIES) for n, s in NAMINGS.items())
+        raise CaseError(f"{folder}: no file follows a BraTS naming ({expected})")
+    if len(used) > 1:
+        raise CaseError(f"{folder}: files follow both the 2018-2021 and the 2023 BraTS naming; keep one case per folder")
+    naming = used[0]
+    roles = found[naming]
+    for role, paths in roles.items():
+        if len(paths) > 1:
+            raise CaseError(f"{folder}: duplicate {role} images: {', '.join(p.name for p in paths)}")
+    missing = [m for m in MODALITIES if m not in roles]
+    if missing:
+        suffixes = ", ".join(f"{m} (*{NAMINGS[naming][m]})" for m in missing)
+        raise CaseError(f"{folder}: missing modality {suffixes}")
+    case_ids = {role: _stem(paths[0])[: -len(NAMINGS[naming][role])] for role, paths in roles.items()}
+    if len(set(case_ids.values())) > 1:
+        raise CaseError(f"{folder}: files of different cases in one folder: {sorted(set(case_ids.values()))}")
+    first = {role: paths[0] for role, paths in roles.items()}
+    return CaseFiles(
+        **{m: first[m] for m in MODALITIES},
+        seg=first.get("seg"),
+        tissue=first.get("tissue"),
+        case_id=case_ids["flair"],
+        naming=naming,
+    )
+
+
+def count_nonfinite_on_disk(path: Path) -> int:
+    """NaN/Inf voxels stored in a floating-point NIfTI file.
+
+    ITK's NIfTI reader silently replaces NaN and Inf with 0, so the array it returns cannot reveal them; nibabel
+    reads the stored values. Integer files cannot hold NaN, and other formats keep NaN through ITK.
+    """
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return 0
+    import nibabel
+
+    image = nibabel.load(str(path))
+    if not np.issubdtype(image.header.get_data_dtype(), np.floating):
+        return 0
+    return int(np.count_nonzero(~np.isfinite(np.asanyarray(image.dataobj))))
+
+
+def read_image(path: Path, what: str) -> sitk.Image:
+    """Read a 3D single-component image, or raise :class:`CaseError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CaseError(f"{path}: {what} file does not exist")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        reason = next((line for line in str(error).splitlines() if "ERROR" in line or "rror" in line), str(error))
+        raise CaseError(f"{path}: cannot read {what} image ({reason.strip()[:200]})") from None
+    if image.GetDimension() != 3:
+        raise CaseError(f"{path}: {what} image is {image.GetDimension()}D, expected a 3D volume")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise CaseError(
+            f"{path}: {what} image has {image.GetNumberOfComponentsPerPixel()} components per voxel, expected 1"
+        )
+    if min(image.GetSize()) < 2:
+        raise CaseError(f"{path}: {what} image has size {image.GetSize()}, expected a 3D volume")
+    return image
+
+
+def _on_reference(image: sitk.Image, path: Path, what: str, grid: ReferenceGrid, reference: sitk.Image,
+                  reference_path: Path, on_grid_mismatch: str, interpolator: int) -> sitk.Image:
+    if grid.matches(image):
+        return image
+    detail = f"{what} grid ({ReferenceGrid.from_image(image).describe()}) differs from {reference_path.name} ({grid.describe()})"
+    if on_grid_mismatch == "error":
+        raise CaseError(f"{path}: {detail}; pass on_grid_mismatch='resample' to resample it onto the reference")
+    warnings.warn(f"{path}: {detail}; resampled onto the reference grid", stacklevel=3)
+    return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, image.GetPixelID())
+
+
+def zscore_in_mask(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-volume z-score over ``mask`` voxels; voxels outside ``mask`` become 0. Returns float32."""
+    values = volume[mask].astype(np.float64)
+    std = values.std()
+    if not np.isfinite(std) or std == 0:
+        raise ValueError("intensity is constant inside the brain mask; cannot normalise")
+    out = np.zeros(volume.shape, dtype=np.float32)
+    out[mask] = ((values - values.mean()) / std).astype(np.float32)
+    return out
+
+
+def load_case(
+    source: str | Path | CaseFiles,
+    *,
+    convention: str | LabelConvention | None = None,
+    reference: str = "flair",
+    on_grid_mismatch: str = "resample",
+) -> Case:
+    """Read, validate and normalise one case.
+
+    Args:
+        source: a BraTS case folder, or :class:`CaseFiles` for explicit files.
+        convention: ``brats2021`` or ``brats2023``. Default: from the naming; for explicit files
+            BraTS 2018-2021 (1/2/4) — a label file with other values is refused, never reinterpreted.
+        reference: modality whose grid every output is written on.
+        on_grid_mismatch: ``resample`` (linear for images, nearest for labels, with a warning) or ``error``.
+
+    Raises:
+        CaseError: naming the file and the problem (missing/duplicate modality, not 3D, unreadable, grid mismatch,
+            NaN/Inf voxels, all-zero volume, labels outside the convention).
+    """
+    files = source if isinstance(source, CaseFiles) else find_case_files(source)
+    if reference not in MODALITIES:
+        raise CaseError(f"reference modality {reference!r} is not one of {MODALITIES}")
+    if on_grid_mismatch not in ("resample", "error"):
+        raise CaseError(f"on_grid_mismatch must be 'resample' or 'error', got {on_grid_mismatch!r}")
+    if convention is not None:
+        convention = label_convention(convention)
+    else:
+        convention = NAMING_CONVENTION[files.naming or "brats2021"]
+
+    paths = files.modality_paths()
+    seen: dict[Path, str] = {}
+    for modality, path in paths.items():
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise CaseError(f"{path}: the same file is given as {seen[resolved]} and {modality}")
+        seen[resolved] = modality
+
+    reference_path = Path(paths[reference])
+    reference_image = read_image(reference_path, reference)
+    grid = ReferenceGrid.from_image(reference_image)
+    volumes = []
+    for modality in MODALITIES:
+        path = Path(paths[modality])
+        image = reference_image if modality == reference else read_image(path, modality)
+        image = _on_reference(image, path, modality, grid, reference_image, reference_path, on_grid_mismatch,
+                              sitk.sitkLinear)
+        array = sitk.GetArrayFromImage(image).astype(np.float32)
+        nonfinite = int(np.count_nonzero(~np.isfinite(array))) or count_nonfinite_on_disk(path)
+        if nonfinite:
+            raise CaseError(f"{path}: {modality} image has {nonfinite} NaN/Inf voxels")
+        if not array.any():
+            raise CaseError(f"{path}: {modality} image is all zero")
+        volumes.append(grid.to_canonical(array))
+
+    brain_mask = np.any(np.stack(volumes) != 0, axis=0)
+    images = np.empty((len(MODALITIES),) + brain_mask.shape, dtype=np.float32)
+    for channel, (modality, volume) in enumerate(zip(MODALITIES, volumes)):
+        try:
+            images[channel] = zscore_in_mask(volume, brain_mask)
+        except ValueError as error:
+            raise CaseError(f"{paths[modality]}: {modality}: {error}") from None
+
+    labels = None
+    if files.seg is not None:
+        labels = _read_labels(files.seg, "segmentation", grid, reference_image, reference_path, on_grid_mismatch)
+        try:
+            labels = convention.to_classes(labels)
+        except ValueError as error:
+            raise CaseError(f"{files.seg}: {error}") from None
+    tissue = None
+    if files.tissue is not None:
+        tissue = _read_labels(files.tissue, "tissue", grid, reference_image, reference_path, on_grid_mismatch)
+        if tissue.size and tissue.max() >= len(TISSUE_NAMES):
+            raise CaseError(f"{files.tissue}: tissue values must lie in 0..{len(TISSUE_NAMES) - 1} {TISSUE_NAMES}")
+        tissue = tissue.astype(np.uint8)
+    return Case(files.case_id, images, brain_mask, grid, labels, tissue, convention, files)
+
+
+def _read_labels(path: Path, what: str, grid: ReferenceGrid, reference: sitk.Image, reference_path: Path,
+                 on_grid_mismatch: str) -> np.ndarray:
+    image = read_image(Path(path), what)
+    image = _on_reference(image, Path(path), what, grid, reference, reference_path, on_grid_mismatch,
+                          sitk.sitkNearestNeighbor)
+    array = sitk.GetArrayFromImage(image)
+    if not np.isfinite(array).all() or np.any(array != np.round(array)) or array.min() < 0:
+        raise CaseError(f"{path}: {what} must hold non-negative integer labels")
+    return grid.to_canonical(array.astype(np.int64))

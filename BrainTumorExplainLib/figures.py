@@ -1,0 +1,86 @@
+"""Figures a person looks at: case montages (and, later, the analyses' figures).
+
+Axial slices are drawn in radiological convention (patient's right on the left of the picture, anterior at the
+top), which is what canonical ``(z, y, x)`` arrays give with ``imshow``'s defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+
+from .case import MODALITIES, Case  # noqa: E402
+from .labels import CLASS_NAMES, TISSUE_NAMES  # noqa: E402
+
+# BraTS colours as Slicer shows them: NCR/NET red, edema green, enhancing yellow.
+LABEL_COLOURS = ((0, 0, 0, 0), (0.86, 0.16, 0.16, 1), (0.2, 0.75, 0.25, 1), (1.0, 0.85, 0.1, 1))
+TISSUE_COLOURS = ((0, 0, 0, 1), (0.2, 0.45, 0.95, 1), (0.6, 0.6, 0.6, 1), (0.95, 0.95, 0.95, 1))
+MODALITY_TITLES = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}
+
+
+def montage_slices(case: Case, count: int = 3) -> list[int]:
+    """Axial slices to show: through the largest tumour cross-section and spread around it (or through the brain)."""
+    area = case.labels.reshape(case.labels.shape[0], -1).astype(bool).sum(1) if case.labels is not None else None
+    brain_slices = np.flatnonzero(case.brain_mask.any(axis=(1, 2)))
+    if area is not None and area.any():
+        tumour_slices = np.flatnonzero(area)
+        centre = int(np.argmax(area))
+        spread = np.linspace(tumour_slices.min(), tumour_slices.max(), count + 2)[1:-1].round().astype(int)
+        spread[np.argmin(np.abs(spread - centre))] = centre
+        return sorted(set(int(s) for s in spread))
+    return [int(s) for s in np.linspace(brain_slices.min(), brain_slices.max(), count + 2)[1:-1].round()]
+
+
+def _window(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    values = image[mask] if mask.any() else image.ravel()
+    low, high = np.percentile(values, (0.5, 99.5))
+    return float(low), float(high if high > low else low + 1)
+
+
+def _masked(case: Case, channel: int, z: int) -> np.ndarray:
+    """The slice with the background at the window's floor, so it shows black as on a scanner."""
+    image = case.images[channel, z]
+    return np.where(case.brain_mask[z], image, -np.inf)
+
+
+def case_montage(case: Case, path: str | Path, slices: list[int] | None = None, dpi: int = 80) -> Path:
+    """PNG montage: one row per axial slice; FLAIR, T1, T1ce, T2, labels over T1ce, tissue classes."""
+    slices = slices or montage_slices(case)
+    columns = [MODALITY_TITLES[m] for m in MODALITIES] + ["labels over T1ce"]
+    if case.tissue is not None:
+        columns.append("tissue")
+    figure, axes = plt.subplots(len(slices), len(columns), figsize=(2.2 * len(columns), 2.4 * len(slices)),
+                                squeeze=False, facecolor="black")
+    windows = [_window(case.images[c], case.brain_mask) for c in range(len(MODALITIES))]
+    for row, z in enumerate(slices):
+        for column, title in enumerate(columns):
+            ax = axes[row, column]
+            ax.set_axis_off()
+            if column < len(MODALITIES):
+                ax.imshow(_masked(case, column, z), cmap="gray", vmin=windows[column][0], vmax=windows[column][1])
+            elif title.startswith("labels"):
+                ax.imshow(_masked(case, 2, z), cmap="gray", vmin=windows[2][0], vmax=windows[2][1])
+                if case.labels is not None:
+                    ax.imshow(case.labels[z], cmap=ListedColormap(LABEL_COLOURS), vmin=0, vmax=3,
+                              interpolation="nearest", alpha=0.55)
+            else:
+                ax.imshow(case.tissue[z], cmap=ListedColormap(TISSUE_COLOURS), vmin=0, vmax=3, interpolation="nearest")
+            if row == 0:
+                ax.set_title(title, color="white", fontsize=9)
+        axes[row, 0].text(2, 12, f"z={z}", color="yellow", fontsize=8)
+    legend = "  ".join(f"{n}" for n in CLASS_NAMES[1:]) + " (red, green, yellow)"
+    if case.tissue is not None:
+        legend += "   tissue: " + ", ".join(TISSUE_NAMES[1:]) + " (blue, grey, white)"
+    figure.suptitle(f"{case.case_id} — {legend}", color="white", fontsize=8)
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi, facecolor="black")
+    plt.close(figure)
+    return path

@@ -1,0 +1,140 @@
+"""The reference grid of a case, and the exact map between its voxel order and the canonical axial order.
+
+Every analysis works on arrays in one *canonical* voxel order, so that "axial slice z" means the same thing for every
+input: array axes ``(z, y, x)`` run towards patient Superior, Posterior and Left (ITK's LPS; the orientation BraTS files
+have). An input stored in any other axis order or with flipped axes is brought there by transposing and flipping the
+voxel array only — no interpolation — so the map is exact and exactly invertible. An oblique input keeps its obliquity
+in the direction matrix; its axes are matched to the nearest anatomical ones.
+
+Results computed on the canonical array are written back by the inverse permutation onto an image whose size,
+spacing, origin and direction are *copied* from the reference input, so an output's IJK→RAS equals the input's bit for bit.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+# Canonical array axis c (0, 1, 2) points along physical LPS axis 2 - c: z → S, y → P, x → L.
+_CANONICAL_PHYSICAL_AXIS = (2, 1, 0)
+
+
+@dataclass(frozen=True)
+class Reorientation:
+    """Transpose + flips taking an ITK-ordered array ``(k, j, i)`` to the canonical order ``(z, y, x)``."""
+
+    axes: tuple[int, int, int]  # canonical axis c takes ITK-array axis axes[c]
+    flips: tuple[bool, bool, bool]  # canonical axis c is reversed after the transpose
+
+    @classmethod
+    def from_direction(cls, direction: tuple[float, ...]) -> "Reorientation":
+        """Match each image axis to the physical axis it is closest to (ties and obliques resolved jointly)."""
+        matrix = np.asarray(direction, dtype=float).reshape(3, 3)  # column m: direction of image axis m (i, j, k)
+        best = max(
+            itertools.permutations(range(3)),
+            key=lambda physical_of: sum(abs(matrix[physical_of[m], m]) for m in range(3)),
+        )
+        axes, flips = [0, 0, 0], [False, False, False]
+        for image_axis, physical_axis in enumerate(best):
+            canonical_axis = _CANONICAL_PHYSICAL_AXIS.index(physical_axis)
+            axes[canonical_axis] = 2 - image_axis  # ITK array axis order is (k, j, i)
+            flips[canonical_axis] = bool(matrix[physical_axis, image_axis] < 0)
+        return cls(tuple(axes), tuple(flips))
+
+    def to_canonical(self, array: np.ndarray) -> np.ndarray:
+        """ITK-ordered ``(..., k, j, i)`` array → canonical ``(..., z, y, x)`` (a view where possible)."""
+        lead = array.ndim - 3
+        out = np.transpose(array, tuple(range(lead)) + tuple(lead + a for a in self.axes))
+        flip_axes = tuple(lead + c for c in range(3) if self.flips[c])
+        return np.flip(out, flip_axes) if flip_axes else out
+
+    def from_canonical(self, array: np.ndarray) -> np.ndarray:
+        """Exact inverse of :meth:`to_canonical`."""
+        lead = array.ndim - 3
+        flip_axes = tuple(lead + c for c in range(3) if self.flips[c])
+        out = np.flip(array, flip_axes) if flip_axes else array
+        inverse = np.argsort(self.axes)
+        return np.transpose(out, tuple(range(lead)) + tuple(lead + int(a) for a in inverse))
+
+
+@dataclass(frozen=True)
+class ReferenceGrid:
+    """Geometry of the reference input (ITK/LPS conventions), kept so that results go back onto it exactly."""
+
+    size: tuple[int, int, int]  # (i, j, k)
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]  # 9 values, row-major, as SimpleITK gives them
+
+    @classmethod
+    def from_image(cls, image: sitk.Image) -> "ReferenceGrid":
+        return cls(
+            tuple(int(s) for s in image.GetSize()),
+            tuple(float(s) for s in image.GetSpacing()),
+            tuple(float(o) for o in image.GetOrigin()),
+            tuple(float(d) for d in image.GetDirection()),
+        )
+
+    @property
+    def reorientation(self) -> Reorientation:
+        return Reorientation.from_direction(self.direction)
+
+    @property
+    def canonical_shape(self) -> tuple[int, int, int]:
+        """Shape of a canonical ``(z, y, x)`` array on this grid."""
+        itk_shape = self.size[::-1]
+        return tuple(itk_shape[a] for a in self.reorientation.axes)
+
+    @property
+    def canonical_spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the canonical ``(z, y, x)`` axes."""
+        itk_spacing = self.spacing[::-1]
+        return tuple(itk_spacing[a] for a in self.reorientation.axes)
+
+    def matches(self, other: "ReferenceGrid | sitk.Image", tolerance: float = 1e-4) -> bool:
+        """True when ``other`` lies on this grid (size exact; spacing, origin in mm and direction within tolerance)."""
+        if isinstance(other, sitk.Image):
+            other = ReferenceGrid.from_image(other)
+        return (
+            other.size == self.size
+            and np.allclose(other.spacing, self.spacing, rtol=0, atol=tolerance)
+            and np.allclose(other.origin, self.origin, rtol=0, atol=tolerance)
+            and np.allclose(other.direction, self.direction, rtol=0, atol=tolerance)
+        )
+
+    def describe(self) -> str:
+        return (
+            f"size {self.size}, spacing {tuple(round(s, 4) for s in self.spacing)}, "
+            f"origin {tuple(round(o, 4) for o in self.origin)}, direction {tuple(round(d, 4) for d in self.direction)}"
+        )
+
+    def to_canonical(self, itk_array: np.ndarray) -> np.ndarray:
+        """Array read from an image on this grid → canonical order (contiguous copy)."""
+        return np.ascontiguousarray(self.reorientation.to_canonical(itk_array))
+
+    def to_image(self, canonical_array: np.ndarray) -> sitk.Image:
+        """Canonical ``(z, y, x)`` array → image on this grid, geometry copied exactly."""
+        canonical_array = np.asarray(canonical_array)
+        if canonical_array.shape != self.canonical_shape:
+            raise ValueError(
+                f"array of shape {canonical_array.shape} does not fit this grid: expected canonical shape "
+                f"{self.canonical_shape}"
+            )
+        if canonical_array.dtype == np.bool_:
+            canonical_array = canonical_array.astype(np.uint8)
+        image = sitk.GetImageFromArray(np.ascontiguousarray(self.reorientation.from_canonical(canonical_array)))
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def write(self, canonical_array: np.ndarray, path: str | Path) -> Path:
+        """Write a canonical array as an image file on this grid (format from the extension)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(self.to_image(canonical_array), str(path), useCompression=True)
+        return path

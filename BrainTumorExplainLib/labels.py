@@ -1,0 +1,85 @@
+"""Label conventions, tumour classes and the BraTS evaluation regions.
+
+Inside the library a segmentation is always an array of *class indices* in model order::
+
+    0 background, 1 NCR/NET (necrotic / non-enhancing core), 2 ED (edema), 3 ET (enhancing tumour)
+
+Files use a *label convention*: BraTS 2018–2021 writes ET as 4, BraTS 2023 writes ET as 3. The convention of a
+case is chosen from its file naming (or given explicitly) and never guessed from voxel values.
+
+Evaluation regions (BraTS): WT = NCR ∪ ED ∪ ET, TC = NCR ∪ ET, ET.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CLASS_NAMES: tuple[str, ...] = ("background", "NCR/NET", "ED", "ET")
+REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
+TISSUE_NAMES: tuple[str, ...] = ("background", "CSF", "GM", "WM")
+
+
+@dataclass(frozen=True)
+class LabelConvention:
+    """How a file encodes the three tumour classes."""
+
+    name: str
+    description: str
+    ncr: int
+    ed: int
+    et: int
+
+    @property
+    def codes(self) -> tuple[int, int, int, int]:
+        """File values for classes 0..3 (background first)."""
+        return (0, self.ncr, self.ed, self.et)
+
+    def invalid_values(self, values: np.ndarray) -> list[int]:
+        """Values present in ``values`` that this convention does not define."""
+        present = np.unique(values)
+        return [int(v) for v in present if int(v) not in self.codes]
+
+    def to_classes(self, file_labels: np.ndarray) -> np.ndarray:
+        """File values → class indices 0..3 (uint8). Raises ``ValueError`` on values outside the convention."""
+        bad = self.invalid_values(file_labels)
+        if bad:
+            raise ValueError(
+                f"label values {bad} are not in the {self.description} convention {list(self.codes)}"
+            )
+        lut = np.zeros(max(self.codes) + 1, dtype=np.uint8)
+        for class_index, code in enumerate(self.codes):
+            lut[code] = class_index
+        return lut[file_labels.astype(np.int64)]
+
+    def from_classes(self, classes: np.ndarray) -> np.ndarray:
+        """Class indices 0..3 → file values (uint8)."""
+        classes = np.asarray(classes)
+        if classes.size and (classes.min() < 0 or classes.max() > 3):
+            raise ValueError(f"class indices must lie in 0..3, got range {classes.min()}..{classes.max()}")
+        return np.asarray(self.codes, dtype=np.uint8)[classes.astype(np.int64)]
+
+
+BRATS2021 = LabelConvention("brats2021", "BraTS 2018-2021 (1 NCR/NET, 2 ED, 4 ET)", ncr=1, ed=2, et=4)
+BRATS2023 = LabelConvention("brats2023", "BraTS 2023 (1 NCR, 2 ED, 3 ET)", ncr=1, ed=2, et=3)
+LABEL_CONVENTIONS: dict[str, LabelConvention] = {c.name: c for c in (BRATS2021, BRATS2023)}
+
+
+def label_convention(name: str | LabelConvention) -> LabelConvention:
+    """Look a convention up by name (``brats2021`` or ``brats2023``)."""
+    if isinstance(name, LabelConvention):
+        return name
+    try:
+        return LABEL_CONVENTIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown label convention {name!r}; expected one of {sorted(LABEL_CONVENTIONS)}") from None
+
+
+def region_mask(classes: np.ndarray, region: str) -> np.ndarray:
+    """Boolean mask of a BraTS region (``WT``, ``TC`` or ``ET``) from class indices."""
+    try:
+        members = REGIONS[region]
+    except KeyError:
+        raise ValueError(f"unknown region {region!r}; expected one of {list(REGIONS)}") from None
+    return np.isin(classes, members)

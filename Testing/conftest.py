@@ -1,0 +1,61 @@
+"""Shared fixtures: small phantoms (3 mm grid) and helpers that write synthetic images with chosen geometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from BrainTumorExplainLib.phantom import PhantomConfig, make_phantom, write_phantom
+
+SMALL = PhantomConfig(spacing_mm=3.0)  # 52 x 80 x 80: the real generator, 27x fewer voxels
+
+
+@pytest.fixture(scope="session")
+def small_phantom(tmp_path_factory):
+    """A 3 mm phantom case folder (seed 5), written once per session."""
+    return write_phantom(make_phantom(5, SMALL), tmp_path_factory.mktemp("phantoms"))
+
+
+def write_image(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> Path:
+    """Write an ITK-ordered (k, j, i) array with the given geometry."""
+    image = sitk.GetImageFromArray(array)
+    if image.GetDimension() == 3:
+        image.SetSpacing(spacing)
+        image.SetOrigin(origin)
+        image.SetDirection(tuple(float(d) for d in direction))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def oblique_direction(degrees: float = 20.0, flip: tuple[int, int, int] = (1, -1, 1),
+                      permutation: tuple[int, int, int] = (1, 0, 2)) -> tuple[float, ...]:
+    """An oblique, flipped, axis-permuted direction matrix (columns: image axes), row-major as ITK wants."""
+    angle = np.deg2rad(degrees)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    permuted = np.eye(3)[:, permutation] * np.array(flip)
+    return tuple((rotation @ permuted).ravel())
+
+
+def synthetic_case(folder: Path, case_id: str = "BraTS_X", naming: str = "brats2021", shape=(12, 14, 16),
+                   seg_values=(0, 1, 2, 4), **geometry) -> dict[str, Path]:
+    """Four brain-like volumes (non-zero block in the middle) and a label volume, in either BraTS naming."""
+    from BrainTumorExplainLib.case import NAMINGS
+
+    rng = np.random.default_rng(0)
+    suffixes = NAMINGS[naming]
+    paths = {}
+    brain = np.zeros(shape, dtype=bool)
+    brain[2:-2, 2:-2, 2:-2] = True
+    for channel, modality in enumerate(("flair", "t1", "t1ce", "t2")):
+        volume = np.where(brain, rng.uniform(100, 200, shape) + 50 * channel, 0).astype(np.float32)
+        paths[modality] = write_image(folder / f"{case_id}{suffixes[modality]}.nii.gz", volume, **geometry)
+    labels = np.zeros(shape, dtype=np.uint8)
+    for i, value in enumerate(seg_values):
+        labels[4 + i % 3, 4:6, 4 + 2 * i:6 + 2 * i] = value
+    paths["seg"] = write_image(folder / f"{case_id}{suffixes['seg']}.nii.gz", labels, **geometry)
+    return paths

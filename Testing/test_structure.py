@@ -1,0 +1,68 @@
+"""Project rules that a reader of the files can check: layering, lazy torch, packaging lists, icon."""
+
+import ast
+import re
+import struct
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = ROOT / "BrainTumorExplainLib"
+MODULE = ROOT / "BrainTumorExplain"
+
+
+def _imports(path: Path, top_level_only: bool = False) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    names = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_library_never_imports_slicer_qt_or_vtk():
+    for path in LIBRARY.rglob("*.py"):
+        assert not _imports(path) & {"slicer", "qt", "ctk", "vtk", "PythonQt"}, path
+
+
+def test_module_logic_imports_no_qt_and_nothing_in_the_module_imports_torch_at_load():
+    for path in (MODULE / "BrainTumorExplainLogic").rglob("*.py"):
+        assert not _imports(path) & {"qt", "ctk", "PythonQt"}, path
+    for path in MODULE.rglob("*.py"):
+        assert "torch" not in _imports(path, top_level_only=True), path
+
+
+def test_only_the_module_file_sits_directly_in_the_module_folder():
+    # Slicer loads every .py directly in a module folder as a module: helpers live in the subpackage.
+    assert sorted(p.name for p in MODULE.glob("*.py")) == ["BrainTumorExplain.py"]
+
+
+def test_module_cmake_lists_every_script_and_the_icon():
+    cmake = (MODULE / "CMakeLists.txt").read_text()
+    for path in MODULE.rglob("*.py"):
+        relative = path.relative_to(MODULE).as_posix()
+        assert relative.replace("BrainTumorExplain.py", "${MODULE_NAME}.py") in cmake or relative in cmake, relative
+    assert "Resources/Icons/${MODULE_NAME}.png" in cmake
+    assert "slicer_add_python_unittest" in cmake
+
+
+def test_extension_metadata_is_complete():
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        assert re.search(rf"set\(EXTENSION_{key} ", cmake), key
+    assert "add_subdirectory(BrainTumorExplain)" in cmake and "BrainTumorExplainLib/*.py" in cmake
+
+
+def test_icons_are_128_pixel_pngs():
+    for path in (ROOT / "BrainTumorExplain.png", MODULE / "Resources" / "Icons" / "BrainTumorExplain.png"):
+        header = path.read_bytes()[:24]
+        assert header[:8] == b"\x89PNG\r\n\x1a\n"
+        assert struct.unpack(">II", header[16:24]) == (128, 128)
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "bash scripts/demo.sh" in readme and "bash scripts/test.sh" in readme
+    assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
