@@ -19,7 +19,7 @@ from slicer.ScriptedLoadableModule import (
 from BrainTumorExplainLogic import ensure_library_importable, ijk_to_ras, load_case_nodes
 
 ensure_library_importable()
-SAMPLE_CASE = Path(__import__("BrainTumorExplainLib").__file__).parent / "sample_data" / "Phantom_01003"
+from BrainTumorExplainLib.case import SAMPLE_CASE  # noqa: E402  (numpy and SimpleITK only, both ship with Slicer)
 
 
 class BrainTumorExplain(ScriptedLoadableModule):

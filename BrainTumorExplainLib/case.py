@@ -33,6 +33,7 @@ NAMINGS: dict[str, dict[str, str]] = {
     "brats2023": {"flair": "-t2f", "t1": "-t1n", "t1ce": "-t1c", "t2": "-t2w", "seg": "-seg", "tissue": "-tissue"},
 }
 NAMING_CONVENTION: dict[str, LabelConvention] = {"brats2021": BRATS2021, "brats2023": BRATS2023}
+SAMPLE_CASE = Path(__file__).resolve().parent / "sample_data" / "Phantom_01003"  # shipped phantom, held-out seed
 
 
 class CaseError(ValueError):

@@ -100,49 +100,159 @@ def _run_score(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job on shipped defaults: phantom case → segmentation → scores, montage",
-                       description="Generates one phantom case, segments it with the non-learned threshold baseline "
-                                   "(the networks arrive with the models issue), writes the segmentation on the "
-                                   "case's grid, scores it against the ground truth, and draws a montage.")
+    p = sub.add_parser("demo", help="the main job on shipped defaults: segment the sample case, score, draw",
+                       description="Segments the shipped sample case (or a fresh phantom with --seed) with a shipped "
+                                   "network, writes the labels on the case's own grid, scores them and the "
+                                   "non-learned threshold baseline against the ground truth, and draws a montage.")
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
-    p.add_argument("--seed", type=int, default=1003, help="phantom seed (default 1003, the shipped sample's)")
+    p.add_argument("--model", default="denseunet", help="shipped network (default denseunet, the best on held-out phantoms)")
+    p.add_argument("--seed", type=int, help="generate a phantom with this seed instead of using the shipped sample")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.set_defaults(run=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .baseline import threshold_segmentation
-    from .case import load_case
+    from .case import SAMPLE_CASE, load_case
+    from .evaluation import format_table
     from .figures import case_montage
-    from .metrics import format_scores, score_segmentation, scores_as_dict
-    from .phantom import make_phantom, write_phantom
+    from .inference import segment_case
+    from .metrics import score_segmentation, scores_as_dict
+    from .models import load_pretrained
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    files = write_phantom(make_phantom(args.seed), args.out / "cases")
-    timings["phantom"] = time.perf_counter() - start
+    source = SAMPLE_CASE
+    if args.seed is not None:
+        from .phantom import make_phantom, write_phantom
+
+        source = write_phantom(make_phantom(args.seed), args.out / "cases")
+        timings["phantom"] = time.perf_counter() - start
+        start = time.perf_counter()
+    case = load_case(source)
+    if case.labels is None:
+        raise CaseError(f"{source}: the demo scores against ground truth, but the case has no label file")
+    model = load_pretrained(args.model, device=args.device)
+    timings["load"] = time.perf_counter() - start
     start = time.perf_counter()
-    case = load_case(files)
-    prediction = threshold_segmentation(case)
+    prediction = segment_case(model, case, device=args.device)
     segmentation = case.write_labels(prediction, args.out / "segmentation.nii.gz")
     timings["segmentation"] = time.perf_counter() - start
     start = time.perf_counter()
-    scores = score_segmentation(prediction, case.labels, case.spacing)
-    montage = case_montage(case, args.out / "montage.png")
+    scores = {
+        args.model: scores_as_dict(score_segmentation(prediction, case.labels, case.spacing)),
+        "threshold": scores_as_dict(score_segmentation(threshold_segmentation(case), case.labels, case.spacing)),
+    }
+    montage = case_montage(case, args.out / "montage.png", predicted=prediction)
     timings["score+montage"] = time.perf_counter() - start
     summary = {
         "version": __version__,
         "case": case.case_id,
-        "method": "threshold baseline (not a network)",
+        "model": args.model,
         "segmentation": str(segmentation),
-        "scores": scores_as_dict(scores),
+        "scores": scores,
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"case {case.case_id}: threshold baseline against ground truth")
-    print(format_scores(scores))
+    print(f"case {case.case_id} against its ground truth ({args.model}: shipped weights; threshold: non-learned baseline)")
+    print(format_table(scores))
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     print(f"montage: {montage}")
     print(f"summary: {args.out / 'summary.json'}")
+    return 0
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="denseunet, resunet or simunet (shipped weights)")
+    p.add_argument("--weights", type=Path, help="your own weights file instead of the shipped ones")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+
+
+def _load_model(args: argparse.Namespace):
+    from .models import load_pretrained, load_weights
+
+    if args.weights is not None:
+        return load_weights(args.weights, architecture=args.model, device=args.device)
+    return load_pretrained(args.model, device=args.device)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .training import TrainConfig
+
+    defaults = TrainConfig()
+    p = sub.add_parser("train", help="train a network on random axial slices of BraTS-named case folders",
+                       description="Loss: soft Dice + class-weighted cross-entropy; Adam with cosine decay; seeded. "
+                                   "The last --validation cases (sorted by name) are held out for the per-epoch "
+                                   "validation Dice. A checkpoint after every epoch (WEIGHTS.ckpt) lets a rerun resume.")
+    p.add_argument("--data", required=True, type=Path, help="folder of case folders (BraTS or phantoms)")
+    p.add_argument("--model", required=True, help="denseunet, resunet or simunet")
+    p.add_argument("--out", required=True, type=Path, help="weights file to write (.pt)")
+    p.add_argument("--width", type=float, default=defaults.width, help=f"channel multiplier (default {defaults.width}; 1.0 = paper width)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--steps", type=int, default=defaults.steps_per_epoch, help="steps per epoch")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.learning_rate)
+    p.add_argument("--validation", type=int, default=defaults.validation_cases, help="cases held out for validation")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .models import build_model
+    from .training import TrainConfig, train
+
+    build_model(args.model, width=args.width)  # unknown names fail here, before any data is read
+    config = TrainConfig(model=args.model, width=args.width, epochs=args.epochs, steps_per_epoch=args.steps,
+                         batch_size=args.batch_size, learning_rate=args.lr, validation_cases=args.validation,
+                         seed=args.seed, device=args.device)
+    history = train(args.data, args.out, config, resume=not args.no_resume)
+    print(f"wrote {args.out} after {len(history)} epochs")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="per-case and mean Dice/HD95 of a network on labelled cases (Table 1)")
+    p.add_argument("--data", required=True, type=Path, help="a case folder or a folder of case folders")
+    _add_model_arguments(p)
+    p.add_argument("--json", type=Path, help="also write per-case and mean scores as JSON")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_model, evaluation_as_dict, format_table
+    from .metrics import scores_as_dict
+    from .training import find_cases
+
+    cases = find_cases(args.data)
+    model = _load_model(args)
+    results = evaluate_model(model, cases, device=args.device, progress=True)
+    summary = evaluation_as_dict(args.model, results)
+    rows = {r.case_id: scores_as_dict(r.scores) for r in results}
+    print(format_table({**rows, f"mean ({len(results)})": summary["mean"]}))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment a case with a network; labels written on the case's own grid")
+    p.add_argument("case", type=Path, help="BraTS case folder")
+    _add_model_arguments(p)
+    p.add_argument("--out", required=True, type=Path, help="label file to write (.nii.gz), in the case's convention")
+    p.set_defaults(run=_run_segment)
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from .case import load_case
+    from .inference import segment_case
+
+    case = load_case(args.case)
+    model = _load_model(args)
+    labels = segment_case(model, case, device=args.device, progress=True)
+    print(f"wrote {case.write_labels(labels, args.out)}")
     return 0
 
 
@@ -151,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Explain brain-tumour segmentation networks (Natekar et al. 2020).")
     parser.add_argument("--version", action="version", version=f"BrainTumorExplainLib {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
-    for add in (_add_demo, _add_phantom, _add_montage, _add_score):
+    for add in (_add_demo, _add_phantom, _add_montage, _add_score, _add_segment, _add_train, _add_evaluate):
         add(sub)
     return parser
 

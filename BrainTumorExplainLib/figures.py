@@ -49,10 +49,16 @@ def _masked(case: Case, channel: int, z: int) -> np.ndarray:
     return np.where(case.brain_mask[z], image, -np.inf)
 
 
-def case_montage(case: Case, path: str | Path, slices: list[int] | None = None, dpi: int = 80) -> Path:
-    """PNG montage: one row per axial slice; FLAIR, T1, T1ce, T2, labels over T1ce, tissue classes."""
+def case_montage(case: Case, path: str | Path, slices: list[int] | None = None, dpi: int = 80,
+                 predicted: np.ndarray | None = None) -> Path:
+    """PNG montage: one row per axial slice; FLAIR, T1, T1ce, T2, labels over T1ce, a prediction over T1ce (when
+    given: class indices on the case's canonical grid), tissue classes."""
     slices = slices or montage_slices(case)
     columns = [MODALITY_TITLES[m] for m in MODALITIES] + ["labels over T1ce"]
+    overlays = {"labels over T1ce": case.labels}
+    if predicted is not None:
+        columns.append("prediction over T1ce")
+        overlays["prediction over T1ce"] = predicted
     if case.tissue is not None:
         columns.append("tissue")
     figure, axes = plt.subplots(len(slices), len(columns), figsize=(2.2 * len(columns), 2.4 * len(slices)),
@@ -64,10 +70,10 @@ def case_montage(case: Case, path: str | Path, slices: list[int] | None = None, 
             ax.set_axis_off()
             if column < len(MODALITIES):
                 ax.imshow(_masked(case, column, z), cmap="gray", vmin=windows[column][0], vmax=windows[column][1])
-            elif title.startswith("labels"):
+            elif title in overlays:
                 ax.imshow(_masked(case, 2, z), cmap="gray", vmin=windows[2][0], vmax=windows[2][1])
-                if case.labels is not None:
-                    ax.imshow(case.labels[z], cmap=ListedColormap(LABEL_COLOURS), vmin=0, vmax=3,
+                if overlays[title] is not None:
+                    ax.imshow(overlays[title][z], cmap=ListedColormap(LABEL_COLOURS), vmin=0, vmax=3,
                               interpolation="nearest", alpha=0.55)
             else:
                 ax.imshow(case.tissue[z], cmap=ListedColormap(TISSUE_COLOURS), vmin=0, vmax=3, interpolation="nearest")

@@ -9,8 +9,8 @@ implicit concepts (CSF, GM, WM) that real BraTS lacks. Each case, from one integ
    radially out of the lesion).
 2. **Tumours** — one lesion (sometimes two: multifocal), placed in supratentorial white matter, 12 mm or more below
    the brain surface. Irregular ellipsoids (log-normal radial noise) give the necrotic core, the enhancing rim (absent
-   in low-grade cases, where the core is non-enhancing) and an edema halo that spreads through white matter but not
-   into CSF; edema fades towards its edge. Unlabelled mimics make the task honest: 3–10 small white-matter
+   in low-grade cases, where the core is non-enhancing) and an edema halo 6–20 mm wide, contiguous with the core, that
+   spreads through white matter but not into CSF; edema fades towards its edge. Unlabelled mimics make the task honest: 3–10 small white-matter
    hyperintensities (FLAIR/T2 bright) and 2–6 enhancing vessels (T1ce bright), as real scans have.
 3. **Contrasts** — FLAIR, T1, T1ce, T2 mixed from tissue probabilities with relative intensities that follow
    clinical appearance (edema bright on FLAIR/T2, rim bright on T1ce, necrosis dark on T1ce, CSF dark on FLAIR and
@@ -82,7 +82,7 @@ class Lesion:
     centre_mm: tuple[float, float, float]
     core_radius_mm: float
     necrosis_fraction: float  # necrotic radius / core radius (high grade)
-    edema_extent: float  # edema radius / core radius
+    edema_extent: float  # edema radius / core radius (a 6-20 mm margin around the core)
     high_grade: bool  # False: non-enhancing core, no ET
     axes: tuple[float, float, float]  # relative ellipsoid semi-axes
     rotation: tuple[float, ...]  # 3x3 row-major
@@ -185,7 +185,7 @@ def _draw_lesions(rng: np.random.Generator, placement: _Placement) -> list[Lesio
                 centre_mm=tuple(float(c) for c in centre),
                 core_radius_mm=float(max(min(radius, 0.9 * depths[pick]), 5.0)),
                 necrosis_fraction=float(rng.uniform(0.35, 0.75)),
-                edema_extent=float(rng.uniform(1.3, 2.3)),
+                edema_extent=float(1.0 + rng.uniform(6.0, 20.0) / max(radius, 5.0)),  # a 6-20 mm margin
                 high_grade=high_grade,
                 axes=tuple(float(a) for a in np.clip(1.0 + 0.15 * rng.standard_normal(3), 0.7, 1.3)),
                 rotation=tuple(float(v) for v in _random_rotation(rng, 180.0).ravel()),
@@ -205,31 +205,38 @@ def _placement(rng: np.random.Generator, anatomy: Anatomy, grid: ReferenceGrid) 
     return _Placement(matrix, anatomy_centre, target_centre)
 
 
-def _paint_lesion(rng: np.random.Generator, lesion: Lesion, points: np.ndarray, prob: dict[str, np.ndarray],
+def _index_box(axes_mm: list[np.ndarray], low_lps: np.ndarray, high_lps: np.ndarray) -> tuple[slice, slice, slice]:
+    """Canonical index ranges whose LPS coordinates (``axes_mm``: z, y, x) lie within ``[low_lps, high_lps]``."""
+    return tuple(
+        slice(int(np.searchsorted(coordinates, low_lps[physical])), int(np.searchsorted(coordinates, high_lps[physical])))
+        for coordinates, physical in zip(axes_mm, (2, 1, 0))
+    )
+
+
+def _paint_lesion(rng: np.random.Generator, lesion: Lesion, axes_mm: list[np.ndarray], prob: dict[str, np.ndarray],
                   brain: np.ndarray, tumour_class: np.ndarray, edema_strength: np.ndarray, spacing: float) -> None:
     """Write one lesion's classes (_NCR, _ED, _ET, _NET) into ``tumour_class`` within its bounding box, and how
     strongly each edema voxel deviates from healthy tissue (1 at the core, fading towards the edge)."""
     centre = np.array(lesion.centre_mm)
     reach = lesion.core_radius_mm * lesion.edema_extent * 1.5 * max(lesion.axes) + 4.0
-    lo = np.searchsorted(points[2], centre[2] - reach), np.searchsorted(points[1], centre[1] - reach), \
-        np.searchsorted(points[0], centre[0] - reach)
-    hi = np.searchsorted(points[2], centre[2] + reach), np.searchsorted(points[1], centre[1] + reach), \
-        np.searchsorted(points[0], centre[0] + reach)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    box_shape = tuple(b - a for a, b in zip(lo, hi))
+    box = _index_box(axes_mm, centre - reach, centre + reach)
+    box_shape = tuple(b.stop - b.start for b in box)
     if min(box_shape) == 0:
         return
-    zz, yy, xx = np.meshgrid(points[2][box[0]], points[1][box[1]], points[0][box[2]], indexing="ij")
+    zz, yy, xx = np.meshgrid(*(a[b] for a, b in zip(axes_mm, box)), indexing="ij")
     offset = np.stack([xx, yy, zz], axis=-1) - centre  # LPS
     local = offset @ np.array(lesion.rotation).reshape(3, 3) / (np.array(lesion.axes) * lesion.core_radius_mm)
     rho = np.linalg.norm(local, axis=-1)
     rho_core = rho * np.exp(0.18 * _smooth_noise(rng, box_shape, 7.0 / spacing))
-    rho_edema = rho * np.exp(0.28 * _smooth_noise(rng, box_shape, 11.0 / spacing))
+    rho_edema = rho * np.exp(0.2 * _smooth_noise(rng, box_shape, 11.0 / spacing))
     rho_necrosis = rho * np.exp(0.15 * _smooth_noise(rng, box_shape, 5.0 / spacing))
     inside = brain[box]
     core = (rho_core < 1.0) & inside
     edema_friendly = (prob["csf"][box] < 0.5) & ((prob["wm"][box] + 0.35 * prob["gm"][box] > 0.3) | (rho_core < 1.25))
     edema = (rho_edema < lesion.edema_extent) & inside & edema_friendly & ~core
+    # Peritumoral edema is contiguous with its tumour: drop islands the noise made away from the core.
+    pieces, _ = ndimage.label(edema | core)
+    edema &= np.isin(pieces, np.unique(pieces[core])) if core.any() else edema
     region = tumour_class[box]
     new_edema = edema & (region == 0)
     region[new_edema] = _ED
@@ -313,7 +320,7 @@ def make_phantom(seed: int, config: PhantomConfig = PhantomConfig()) -> PhantomC
     tumour_class = np.zeros(shape, dtype=np.uint8)
     edema_strength = np.zeros(shape, dtype=np.float32)
     for lesion in lesions:
-        _paint_lesion(rng, lesion, axes_mm[::-1], prob, brain, tumour_class, edema_strength, spacing)
+        _paint_lesion(rng, lesion, axes_mm, prob, brain, tumour_class, edema_strength, spacing)
     labels = np.zeros(shape, dtype=np.uint8)
     for klass, label in ((_NCR, 1), (_NET, 1), (_ED, 2), (_ET, 3)):
         labels[tumour_class == klass] = label
@@ -360,13 +367,7 @@ def _brain_box(anatomy: Anatomy, placement: _Placement, axes_mm: list[np.ndarray
     corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float)
     target = placement.to_target(anatomy.index_to_physical(corners))  # LPS
     margin = 12.0
-    box = []
-    for axis, physical in enumerate((2, 1, 0)):
-        coordinates = axes_mm[axis]
-        start = np.searchsorted(coordinates, target[:, physical].min() - margin)
-        stop = np.searchsorted(coordinates, target[:, physical].max() + margin)
-        box.append(slice(int(start), int(max(stop, start + 1))))
-    return tuple(box)
+    return _index_box(axes_mm, target.min(0) - margin, target.max(0) + margin)
 
 
 def _embed(array: np.ndarray, box: tuple[slice, slice, slice], shape: tuple[int, int, int]) -> np.ndarray:

@@ -65,14 +65,19 @@ def test_module_entry_point_reports_errors_in_one_line(tmp_path):
     assert not (tmp_path / "m.png").exists()
 
 
-def test_demo_writes_a_scored_segmentation_on_the_case_grid(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--seed", "1003"]) == 0
+def test_demo_segments_the_sample_with_the_shipped_network_and_scores_it(tmp_path, capsys):
+    from BrainTumorExplainLib.case import SAMPLE_CASE
+
+    assert main(["demo", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["scores"]) == {"WT", "TC", "ET"}
-    assert 0.3 < summary["scores"]["WT"]["dice"] < 1.0  # a real, imperfect baseline
+    assert summary["case"] == "Phantom_01003" and summary["model"] == "denseunet"
+    network, threshold = summary["scores"]["denseunet"], summary["scores"]["threshold"]
+    assert set(network) == {"WT", "TC", "ET"}
+    assert network["WT"]["dice"] > 0.85 and network["WT"]["dice"] > threshold["WT"]["dice"] + 0.1
     segmentation = sitk.ReadImage(str(tmp_path / "segmentation.nii.gz"))
-    reference = sitk.ReadImage(str(tmp_path / "cases" / "Phantom_01003" / "Phantom_01003_flair.nii.gz"))
+    reference = sitk.ReadImage(str(SAMPLE_CASE / "Phantom_01003_flair.nii.gz"))
     assert segmentation.GetOrigin() == reference.GetOrigin()
     assert segmentation.GetDirection() == reference.GetDirection()
     assert set(np.unique(sitk.GetArrayFromImage(segmentation))) <= {0, 1, 2, 4}
+    assert (tmp_path / "montage.png").read_bytes()[:4] == b"\x89PNG"
     assert "summary:" in capsys.readouterr().out.splitlines()[-1]

@@ -1,0 +1,55 @@
+"""Running a 2D network over a case volume, axial slice by slice, in batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .case import Case
+from .models.base import NUM_CLASSES, SegmentationNet
+
+
+def brain_slices(case: Case) -> np.ndarray:
+    """Indices of the axial slices that contain brain (the only ones the network needs to see)."""
+    return np.flatnonzero(case.brain_mask.any(axis=(1, 2)))
+
+
+@torch.no_grad()
+def predict_probabilities(model: SegmentationNet, case: Case, batch_size: int = 16,
+                          device: str | torch.device | None = None, progress: bool = False) -> np.ndarray:
+    """Softmax probabilities ``(4, Z, Y, X)`` float32 on the case's canonical grid.
+
+    Slices without brain are background with probability 1; so is every voxel outside the brain mask (the
+    inputs are skull-stripped, and the network was never asked about the outside).
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    probabilities = np.zeros((NUM_CLASSES,) + case.brain_mask.shape, dtype=np.float32)
+    probabilities[0] = 1.0
+    slices = brain_slices(case)
+    batches = range(0, len(slices), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc=f"segment {case.case_id}", unit="batch")
+    for start in batches:
+        chosen = slices[start:start + batch_size]
+        batch = torch.from_numpy(np.ascontiguousarray(case.images[:, chosen].transpose(1, 0, 2, 3))).to(device)
+        probabilities[:, chosen] = model.predict(batch).float().cpu().numpy().transpose(1, 0, 2, 3)
+    probabilities[:, ~case.brain_mask] = 0.0
+    probabilities[0, ~case.brain_mask] = 1.0
+    return probabilities
+
+
+def segment_case(model: SegmentationNet, case: Case, batch_size: int = 16, device: str | torch.device | None = None,
+                 progress: bool = False) -> np.ndarray:
+    """Class indices ``(Z, Y, X)`` uint8 (0 background, 1 NCR/NET, 2 ED, 3 ET) on the case's canonical grid.
+
+    Write them onto the case's own grid with ``case.write_labels(labels, path)``.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        probabilities = predict_probabilities(model, case, batch_size, device, progress)
+    finally:
+        model.train(was_training)
+    return probabilities.argmax(axis=0).astype(np.uint8)

@@ -1,0 +1,80 @@
+"""What every segmentation network here shares: padding to its stride, named analysable layers, dropout control."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+IN_CHANNELS = 4  # [FLAIR, T1, T1ce, T2]
+NUM_CLASSES = 4  # background, NCR/NET, ED, ET
+
+
+class SegmentationNet(nn.Module):
+    """Base class: ``forward`` pads H, W up to a multiple of ``divisor`` and crops the logits back.
+
+    Subclasses build their modules, implement ``_forward`` and register the modules whose outputs a user may analyse
+    with :meth:`_register_layer` in network order. Outputs are logits ``(N, 4, H, W)``; ``predict`` gives softmax.
+    """
+
+    divisor: int = 16
+    architecture: str = ""
+    config: dict  # constructor arguments, saved with the weights so the file rebuilds the same network
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._layer_names: "OrderedDict[str, str]" = OrderedDict()  # readable name → module path
+
+    def _register_layer(self, name: str, module_path: str) -> None:
+        self._layer_names[name] = module_path
+
+    def analysable_layers(self) -> "OrderedDict[str, nn.Module]":
+        """Readable, stable layer names → modules, from input to output."""
+        modules = dict(self.named_modules())
+        return OrderedDict((name, modules[path]) for name, path in self._layer_names.items())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != IN_CHANNELS:
+            raise ValueError(f"expected input (N, {IN_CHANNELS}, H, W) in [FLAIR, T1, T1ce, T2] order, "
+                             f"got {tuple(x.shape)}")
+        height, width = x.shape[-2:]
+        pad_h, pad_w = (-height) % self.divisor, (-width) % self.divisor
+        if pad_h or pad_w:
+            x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        logits = self._forward(x)
+        return logits[..., pad_h // 2: pad_h // 2 + height, pad_w // 2: pad_w // 2 + width]
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (softmax over the 4 classes)."""
+        return torch.softmax(self(x), dim=1)
+
+
+def dropout_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+
+
+@contextmanager
+def test_time_dropout(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block only the dropout modules sample (train mode); BatchNorm and all else stay in eval mode.
+
+    The previous train/eval state of every module is restored on exit, whatever happens inside.
+    """
+    previous = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        for module in dropout_modules(model):
+            module.train()
+        yield model
+    finally:
+        for module, training in previous.items():
+            module.train(training)
+
+
+test_time_dropout.__test__ = False  # not a pytest test, despite its name

@@ -1,0 +1,117 @@
+"""Building networks by name, and saving/loading weights safely.
+
+A weights file is ``torch.save`` of a plain dict — ``format``, ``library_version``, ``architecture``, ``config`` and
+``state_dict`` — read back with ``torch.load(weights_only=True)``, so loading never runs code from the file. Shipped
+weights sit in ``BrainTumorExplainLib/weights/<name>.pt`` beside ``<name>.json``, a manifest whose ``sha256`` is
+checked before the file is even unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from .base import SegmentationNet
+from .denseunet import DenseUnet
+from .unet import ResUnet, SimUnet
+
+ARCHITECTURES: dict[str, type[SegmentationNet]] = {"denseunet": DenseUnet, "resunet": ResUnet, "simunet": SimUnet}
+WEIGHTS_FORMAT = 1
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+
+class WeightsError(ValueError):
+    """A weights file is missing, tampered with, of another format, or of another architecture."""
+
+
+def build_model(name: str, **config: Any) -> SegmentationNet:
+    """A freshly initialised network. ``name`` is ``denseunet``, ``resunet`` or ``simunet``."""
+    try:
+        architecture = ARCHITECTURES[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(ARCHITECTURES)}") from None
+    return architecture(**config)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_weights(model: SegmentationNet, path: str | Path, **metadata: Any) -> str:
+    """Write ``model``'s weights (CPU tensors) with what rebuilds it; returns the file's sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": WEIGHTS_FORMAT,
+        "library_version": __version__,
+        "architecture": model.architecture,
+        "config": dict(model.config),
+        "metadata": metadata,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    torch.save(payload, path)
+    return sha256_of(path)
+
+
+def load_weights(path: str | Path, *, expected_sha256: str | None = None, architecture: str | None = None,
+                 device: str | torch.device = "cpu") -> SegmentationNet:
+    """Rebuild a network from a weights file, in eval mode on ``device``.
+
+    Raises:
+        WeightsError: missing file, checksum mismatch, not a weights file of this format, or (with ``architecture``)
+            weights of another network.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file does not exist")
+    if expected_sha256 is not None:
+        actual = sha256_of(path)
+        if actual != expected_sha256:
+            raise WeightsError(f"{path}: checksum mismatch (sha256 {actual[:12]}…, manifest says "
+                               f"{expected_sha256[:12]}…); the file was changed or damaged — refusing to load it")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unpickling failure means: not our weights file
+        raise WeightsError(f"{path}: not a readable weights file ({type(error).__name__}: {str(error)[:120]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT or "state_dict" not in payload:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise WeightsError(f"{path}: weights format {found!r} is not the supported format {WEIGHTS_FORMAT}")
+    stored = payload.get("architecture")
+    if stored not in ARCHITECTURES:
+        raise WeightsError(f"{path}: unknown architecture {stored!r} in the file")
+    if architecture is not None and stored != architecture:
+        raise WeightsError(f"{path}: holds {stored} weights, not {architecture}")
+    model = build_model(stored, **payload.get("config", {}))
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1:2] or [str(error)]
+        raise WeightsError(f"{path}: weights do not fit {stored} with config {payload.get('config')}: "
+                           f"{first[0].strip()[:160]}") from None
+    return model.to(device).eval()
+
+
+def pretrained_manifest(name: str) -> dict[str, Any]:
+    """The manifest of a shipped model (architecture config, training, held-out scores, sha256)."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(ARCHITECTURES)}")
+    path = WEIGHTS_DIR / f"{name}.json"
+    if not path.is_file():
+        raise WeightsError(f"no shipped weights for {name} ({path} missing)")
+    return json.loads(path.read_text())
+
+
+def load_pretrained(name: str, device: str | torch.device = "cpu") -> SegmentationNet:
+    """A shipped model in eval mode, its checksum verified against its manifest."""
+    manifest = pretrained_manifest(name)
+    return load_weights(WEIGHTS_DIR / manifest["weights"], expected_sha256=manifest["sha256"], architecture=name,
+                        device=device)

@@ -1,0 +1,252 @@
+"""Training the networks on random axial slices of BraTS case folders (real or phantom).
+
+Loss = soft Dice over the three tumour classes + class-weighted cross-entropy (weights ∝ frequency^-1/2 over the
+training crops). Adam with a cosine learning-rate decay. Slices are cropped to a fixed window around the brain
+(fully convolutional networks then run on whole 240×240 slices); a share of every batch is drawn from slices that
+contain tumour. Augmentation: left–right flips, per-sequence intensity scale and shift, crop jitter.
+
+Everything random flows from ``TrainConfig.seed``. A checkpoint (model, optimiser, schedule, history, RNG states)
+is written after every epoch beside the output, so an interrupted run resumes where it stopped and ends with the
+same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .case import Case, CaseError, find_case_files, load_case
+from .labels import REGIONS, region_mask
+from .metrics import dice
+from .models import build_model, save_weights
+from .models.base import NUM_CLASSES
+
+
+@dataclass
+class TrainConfig:
+    model: str = "resunet"
+    width: float = 0.25
+    epochs: int = 8
+    steps_per_epoch: int = 100
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    crop: tuple[int, int] = (192, 160)
+    tumour_slice_fraction: float = 0.7
+    validation_cases: int = 2
+    seed: int = 0
+    device: str = "cpu"
+
+
+def find_cases(data_dir: str | Path) -> list[Path]:
+    """Case folders under ``data_dir`` (or ``data_dir`` itself when it is one), sorted by name."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise CaseError(f"{data_dir}: data folder does not exist")
+    candidates = [data_dir] + sorted(p for p in data_dir.iterdir() if p.is_dir())
+    cases = []
+    for folder in candidates:
+        try:
+            find_case_files(folder)
+        except CaseError:
+            continue
+        cases.append(folder)
+    if not cases:
+        raise CaseError(f"{data_dir}: no BraTS case folders found (expected sub-folders with _flair/_t1/_t1ce/_t2 files)")
+    return cases
+
+
+def _crop_window(mask: np.ndarray, size: int, centre: float, jitter: int, rng: np.random.Generator | None) -> slice:
+    start = int(round(centre - size / 2)) + (int(rng.integers(-jitter, jitter + 1)) if rng is not None and jitter else 0)
+    return slice(start, start + size)
+
+
+def _take(volume: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+    """Crop the last two axes, zero-padding where the window leaves the array."""
+    out = np.zeros(volume.shape[:-2] + (rows.stop - rows.start, cols.stop - cols.start), dtype=volume.dtype)
+    r0, r1 = max(rows.start, 0), min(rows.stop, volume.shape[-2])
+    c0, c1 = max(cols.start, 0), min(cols.stop, volume.shape[-1])
+    if r1 > r0 and c1 > c0:
+        out[..., r0 - rows.start:r1 - rows.start, c0 - cols.start:c1 - cols.start] = volume[..., r0:r1, c0:c1]
+    return out
+
+
+@dataclass
+class SliceData:
+    """Brain slices of several cases, kept as float16 in memory, with their labels."""
+
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    centres: list[tuple[float, float]]
+    case_ids: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_cases(cls, cases: list[Case]) -> "SliceData":
+        images, labels, centres = [], [], []
+        for case in cases:
+            if case.labels is None:
+                raise CaseError(f"{case.case_id}: training needs a label file (_seg)")
+            slices = np.flatnonzero(case.brain_mask.any(axis=(1, 2)))
+            images.append(case.images[:, slices].astype(np.float16))
+            labels.append(case.labels[slices])
+            rows, cols = np.nonzero(case.brain_mask.any(axis=0))
+            centres.append(((rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2))
+        return cls(images, labels, centres, [c.case_id for c in cases])
+
+    def class_weights(self) -> torch.Tensor:
+        counts = sum(np.bincount(l.ravel(), minlength=NUM_CLASSES) for l in self.labels).astype(np.float64)
+        weights = (counts / counts.sum() + 1e-6) ** -0.5
+        return torch.tensor(weights / weights.mean(), dtype=torch.float32)
+
+    def sample(self, rng: np.random.Generator, batch_size: int, crop: tuple[int, int], tumour_fraction: float,
+               augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for _ in range(batch_size):
+            index = int(rng.integers(len(self.images)))
+            labels = self.labels[index]
+            tumour = np.flatnonzero(labels.reshape(len(labels), -1).any(axis=1))
+            pool = tumour if len(tumour) and rng.random() < tumour_fraction else np.arange(len(labels))
+            z = int(pool[rng.integers(len(pool))])
+            rows = _crop_window(labels, crop[0], self.centres[index][0], 12 if augment else 0, rng)
+            cols = _crop_window(labels, crop[1], self.centres[index][1], 12 if augment else 0, rng)
+            x = _take(self.images[index][:, z], rows, cols).astype(np.float32)
+            y = _take(labels[z], rows, cols)
+            if augment:
+                if rng.random() < 0.5:
+                    x, y = x[..., ::-1], y[..., ::-1]
+                brain = x.any(axis=0)
+                x = x * rng.uniform(0.9, 1.1, (4, 1, 1)).astype(np.float32) + \
+                    rng.uniform(-0.1, 0.1, (4, 1, 1)).astype(np.float32) * brain
+            xs.append(np.ascontiguousarray(x))
+            ys.append(np.ascontiguousarray(y))
+        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys).astype(np.int64))
+
+    def validation_batches(self, crop: tuple[int, int], stride: int = 3):
+        """Every ``stride``-th brain slice of every case, centre-cropped: (case index, images, labels)."""
+        for index, (images, labels) in enumerate(zip(self.images, self.labels)):
+            rows = _crop_window(labels, crop[0], self.centres[index][0], 0, None)
+            cols = _crop_window(labels, crop[1], self.centres[index][1], 0, None)
+            chosen = np.arange(0, len(labels), stride)
+            x = _take(images[:, chosen], rows, cols).astype(np.float32).transpose(1, 0, 2, 3)
+            yield index, torch.from_numpy(np.ascontiguousarray(x)), _take(labels[chosen], rows, cols)
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+    """Class-weighted cross-entropy + (1 − soft Dice of the tumour classes present in the batch).
+
+    Tumour classes absent from a batch are left out of the Dice mean: a smoothed Dice of an absent class,
+    1 / (Σp + 1), would push that class's probability to zero everywhere — with small necrotic cores and few
+    low-grade cases, most batches lack NCR/NET, and a network trained that way never predicts it. Cross-entropy still
+    penalises false positives of absent classes.
+    """
+    cross_entropy = F.cross_entropy(logits, target, weight=class_weights)
+    probabilities = torch.softmax(logits, dim=1)[:, 1:]
+    one_hot = F.one_hot(target, NUM_CLASSES).permute(0, 3, 1, 2)[:, 1:].to(probabilities.dtype)
+    truth = one_hot.sum(dim=(0, 2, 3))
+    present = truth > 0
+    if not present.any():
+        return cross_entropy
+    intersection = (probabilities * one_hot).sum(dim=(0, 2, 3))
+    soft_dice = (2 * intersection + 1.0) / (probabilities.sum(dim=(0, 2, 3)) + truth + 1.0)
+    return cross_entropy + (1.0 - soft_dice[present].mean())
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, data: SliceData, crop: tuple[int, int], device: torch.device) -> dict[str, float]:
+    """Mean Dice per region over the validation cases (every 3rd brain slice, centre crop)."""
+    model.eval()
+    per_region: dict[str, list[float]] = {region: [] for region in REGIONS}
+    for _, images, labels in data.validation_batches(crop):
+        predicted = torch.cat([model(images[i:i + 16].to(device)).argmax(1).cpu() for i in range(0, len(images), 16)])
+        for region in REGIONS:
+            per_region[region].append(dice(region_mask(predicted.numpy(), region), region_mask(labels, region)))
+    model.train()
+    return {region: float(np.mean(values)) for region, values in per_region.items()}
+
+
+def _checkpoint_path(out: Path) -> Path:
+    return out.with_name(out.name + ".ckpt")
+
+
+def train(data_dir: str | Path, out: str | Path, config: TrainConfig = TrainConfig(), resume: bool = True,
+          progress: bool = True, log: Callable[[str], None] = print) -> list[dict]:
+    """Train ``config.model`` on the cases in ``data_dir`` and write the weights to ``out``; returns the history."""
+    out = Path(out)
+    device = torch.device(config.device)
+    case_paths = find_cases(data_dir)
+    if len(case_paths) <= config.validation_cases:
+        raise CaseError(f"{data_dir}: {len(case_paths)} case(s) found; need more than the {config.validation_cases} "
+                        "held for validation")
+    split = len(case_paths) - config.validation_cases
+    iterator = case_paths
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(case_paths, desc="load cases", unit="case")
+    cases = [load_case(path) for path in iterator]
+    training, validation = SliceData.from_cases(cases[:split]), SliceData.from_cases(cases[split:])
+    del cases
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = build_model(config.model, width=config.width).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs * config.steps_per_epoch)
+    weights = training.class_weights().to(device)
+    history: list[dict] = []
+    start_epoch = 0
+    checkpoint = _checkpoint_path(out)
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if json.loads(state["config"]) != json.loads(json.dumps(asdict(config))):
+            raise ValueError(f"{checkpoint}: checkpoint of a different training configuration; delete it or use "
+                             "the same options")
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["torch_rng"])
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        history = json.loads(state["history"])
+        start_epoch = len(history)
+        log(f"resuming from {checkpoint} after epoch {start_epoch}")
+
+    model.train()
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        steps = range(config.steps_per_epoch)
+        if progress:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step")
+        losses = []
+        for _ in steps:
+            x, y = training.sample(rng, config.batch_size, config.crop, config.tumour_slice_fraction)
+            loss = segmentation_loss(model(x.to(device)), y.to(device), weights)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            losses.append(loss.item())
+        scores = validate(model, validation, config.crop, device)
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "validation_dice": scores,
+                        "seconds": round(time.perf_counter() - started, 1)})
+        state = {
+            "config": json.dumps(asdict(config)), "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+            "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
+            "numpy_rng": json.dumps(rng.bit_generator.state), "history": json.dumps(history),
+        }
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, checkpoint.with_name(checkpoint.name + ".tmp"))
+        checkpoint.with_name(checkpoint.name + ".tmp").replace(checkpoint)
+        log(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f}, validation Dice "
+            + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+
+    save_weights(model.cpu(), out, training=asdict(config), history=history,
+                 training_cases=training.case_ids, validation_cases=validation.case_ids)
+    return history

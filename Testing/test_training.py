@@ -1,0 +1,121 @@
+"""Training, resuming, evaluating and segmenting with the CLI verbs on tiny phantoms and tiny networks."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from BrainTumorExplainLib.case import CaseError, load_case
+from BrainTumorExplainLib.cli import main
+from BrainTumorExplainLib.models import load_weights
+from BrainTumorExplainLib.phantom import make_phantom, write_phantom
+from BrainTumorExplainLib.training import TrainConfig, find_cases, train
+from conftest import SMALL
+
+CONFIG = TrainConfig(model="resunet", width=0.0625, epochs=3, steps_per_epoch=8, batch_size=4, crop=(64, 64),
+                     validation_cases=1, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train")
+    for seed in (60, 61, 62):
+        write_phantom(make_phantom(seed, SMALL), folder)
+    return folder
+
+
+def test_training_lowers_the_loss_and_writes_loadable_weights(tiny_data, tmp_path):
+    history = train(tiny_data, tmp_path / "w.pt", CONFIG, progress=False, log=lambda _: None)
+    assert len(history) == 3
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert set(history[-1]["validation_dice"]) == {"WT", "TC", "ET"}
+    model = load_weights(tmp_path / "w.pt", architecture="resunet")
+    assert model.config["width"] == 0.0625
+    assert (tmp_path / "w.pt.ckpt").is_file()
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tiny_data, tmp_path):
+    train(tiny_data, tmp_path / "straight.pt", CONFIG, progress=False, log=lambda _: None)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_epoch(message):
+        raise Stop(message)
+
+    with pytest.raises(Stop):
+        train(tiny_data, tmp_path / "resumed.pt", CONFIG, progress=False, log=stop_after_first_epoch)
+    messages = []
+    train(tiny_data, tmp_path / "resumed.pt", CONFIG, progress=False, log=messages.append)
+    assert messages[0].startswith("resuming from") and "after epoch 1" in messages[0]
+    straight = torch.load(tmp_path / "straight.pt", weights_only=True)["state_dict"]
+    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tiny_data, tmp_path):
+    train(tiny_data, tmp_path / "w.pt", CONFIG, progress=False, log=lambda _: None)
+    other = TrainConfig(**{**CONFIG.__dict__, "learning_rate": 1e-4})
+    with pytest.raises(ValueError, match="checkpoint of a different training configuration"):
+        train(tiny_data, tmp_path / "w.pt", other, progress=False, log=lambda _: None)
+
+
+def test_evaluate_and_segment_verbs(tiny_data, tmp_path, capsys):
+    train(tiny_data, tmp_path / "w.pt", CONFIG, progress=False, log=lambda _: None)
+    case_folder = tiny_data / "Phantom_00062"
+    assert main(["evaluate", "--data", str(tiny_data), "--model", "resunet", "--weights", str(tmp_path / "w.pt"),
+                 "--json", str(tmp_path / "e.json")]) == 0
+    summary = json.loads((tmp_path / "e.json").read_text())
+    assert sorted(summary["cases"]) == ["Phantom_00060", "Phantom_00061", "Phantom_00062"]
+    assert 0.0 <= summary["mean"]["WT"]["dice"] <= 1.0
+    assert "mean (3)" in capsys.readouterr().out
+    assert main(["segment", str(case_folder), "--model", "resunet", "--weights", str(tmp_path / "w.pt"),
+                 "--out", str(tmp_path / "seg.nii.gz")]) == 0
+    written = sitk.ReadImage(str(tmp_path / "seg.nii.gz"))
+    reference = sitk.ReadImage(str(case_folder / "Phantom_00062_flair.nii.gz"))
+    assert written.GetSize() == reference.GetSize() and written.GetOrigin() == reference.GetOrigin()
+    assert set(np.unique(sitk.GetArrayFromImage(written))) <= {0, 1, 2, 4}
+    case = load_case(case_folder)
+    assert not sitk.GetArrayFromImage(written)[~case.grid.reorientation.from_canonical(case.brain_mask)].any()
+
+
+def test_bad_training_and_evaluation_input(tiny_data, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CaseError, match="no BraTS case folders found"):
+        find_cases(empty)
+    assert main(["train", "--data", str(tiny_data), "--model", "unet3d", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "valid models: denseunet, resunet, simunet" in capsys.readouterr().err
+    unlabelled = tmp_path / "unlabelled" / "Phantom_00060"
+    unlabelled.mkdir(parents=True)
+    for path in (tiny_data / "Phantom_00060").glob("*_[ft]*.nii.gz"):
+        if "tissue" not in path.name:
+            (unlabelled / path.name).write_bytes(path.read_bytes())
+    train(tiny_data, tmp_path / "w.pt", CONFIG, progress=False, log=lambda _: None)
+    assert main(["evaluate", "--data", str(unlabelled.parent), "--model", "resunet", "--weights",
+                 str(tmp_path / "w.pt")]) == 2
+    assert "no label file (_seg), so this case cannot be evaluated" in capsys.readouterr().err
+    assert main(["segment", str(unlabelled), "--model", "denseunet", "--weights", str(tmp_path / "w.pt"),
+                 "--out", str(tmp_path / "s.nii.gz")]) == 2
+    assert "holds resunet weights, not denseunet" in capsys.readouterr().err
+    assert not (tmp_path / "s.nii.gz").exists()
+
+
+def test_loss_dice_term_ignores_tumour_classes_absent_from_the_batch():
+    from BrainTumorExplainLib.training import segmentation_loss
+
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, :2, :2] = 2  # only edema present
+    weights = torch.ones(4)
+    perfect = torch.full((1, 4, 4, 4), -20.0)
+    perfect[0, 0][target[0] == 0] = 20.0
+    perfect[0, 2][target[0] == 2] = 20.0
+    ncr_leak = perfect.clone()
+    ncr_leak[0, 1, 3, 3] = 25.0  # one background pixel called NCR/NET
+    cross_entropy_only = torch.nn.functional.cross_entropy(ncr_leak, target)
+    # Edema's Dice is 1; the absent NCR/NET class adds nothing to the Dice term, only to cross-entropy.
+    assert float(segmentation_loss(perfect, target, weights)) == pytest.approx(0.0, abs=1e-6)
+    assert float(segmentation_loss(ncr_leak, target, weights)) == pytest.approx(float(cross_entropy_only), abs=1e-4)
+    assert float(segmentation_loss(perfect, torch.zeros(1, 4, 4, dtype=torch.long), weights)) > 0  # CE alone

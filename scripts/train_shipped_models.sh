@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Reproduce the shipped demo weights: phantoms from recorded seeds, then train, evaluate on held-out phantoms and write
+# BrainTumorExplainLib/weights/<model>.{pt,json}. Usage: bash scripts/train_shipped_models.sh [WORKDIR] [DEVICE] [MODELS...]
+# EPOCHS (default 10, 100 steps each) sets the training length; the shipped SimUnet used EPOCHS=30.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+work="${1:-$root/out/training}"
+device="${2:-cpu}"
+shift $(( $# > 2 ? 2 : $# )) || true
+models=("$@")
+[ ${#models[@]} -gt 0 ] || models=(denseunet resunet simunet)
+python="$root/.venv/bin/python"
+cd "$root"
+# Seeds: training 0-23 (the last two, 22 and 23, are the per-epoch validation cases); held out 1000-1009.
+[ -d "$work/train/Phantom_00023" ] || "$python" -m BrainTumorExplainLib phantom --out "$work/train" --cases 24 --seed 0
+[ -d "$work/heldout/Phantom_01009" ] || "$python" -m BrainTumorExplainLib phantom --out "$work/heldout" --cases 10 --seed 1000
+for model in "${models[@]}"; do
+    command=(-m BrainTumorExplainLib train --data "$work/train" --model "$model" --out "$work/$model.pt"
+             --width 0.25 --epochs "${EPOCHS:-10}" --steps 100 --batch-size 8 --lr 0.002 --validation 2 --seed 0 --device "$device")
+    start=$(date +%s)
+    "$python" "${command[@]}"
+    seconds=$(( $(date +%s) - start ))
+    "$python" scripts/ship_weights.py --model "$model" --weights "$work/$model.pt" --heldout "$work/heldout" \
+        --train-seconds "$seconds" --device "$device" --command "python ${command[*]}"
+done
