@@ -288,12 +288,30 @@ def load_case(
     return Case(files.case_id, images, brain_mask, grid, labels, tissue, convention, files)
 
 
+def _label_array(image: sitk.Image, path: Path, what: str) -> np.ndarray:
+    array = sitk.GetArrayFromImage(image)
+    if not np.isfinite(array).all() or np.any(array != np.round(array)) or array.min() < 0:
+        raise CaseError(f"{path}: {what} must hold non-negative integer labels")
+    return array.astype(np.int64)
+
+
 def _read_labels(path: Path, what: str, grid: ReferenceGrid, reference: sitk.Image, reference_path: Path,
                  on_grid_mismatch: str) -> np.ndarray:
     image = read_image(Path(path), what)
     image = _on_reference(image, Path(path), what, grid, reference, reference_path, on_grid_mismatch,
                           sitk.sitkNearestNeighbor)
-    array = sitk.GetArrayFromImage(image)
-    if not np.isfinite(array).all() or np.any(array != np.round(array)) or array.min() < 0:
-        raise CaseError(f"{path}: {what} must hold non-negative integer labels")
-    return grid.to_canonical(array.astype(np.int64))
+    return grid.to_canonical(_label_array(image, path, what))
+
+
+def read_label_file(path: str | Path, convention: str | LabelConvention, what: str = "labels"
+                    ) -> tuple[np.ndarray, ReferenceGrid]:
+    """A label file on its own grid, as canonical class indices, with that grid (for scoring files directly)."""
+    path = Path(path)
+    image = read_image(path, what)
+    grid = ReferenceGrid.from_image(image)
+    array = _label_array(image, path, what)
+    try:
+        classes = label_convention(convention).to_classes(array)
+    except ValueError as error:
+        raise CaseError(f"{path}: {error}") from None
+    return grid.to_canonical(classes), grid

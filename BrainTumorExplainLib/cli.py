@@ -64,28 +64,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_score)
 
 
-def read_label_file(path: Path, convention_name: str, what: str):
-    """A label file as class indices on canonical axes, with its grid."""
-    import numpy as np
-    import SimpleITK as sitk
-
-    from .case import read_image
-    from .grid import ReferenceGrid
-    from .labels import label_convention
-
-    image = read_image(path, what)
-    grid = ReferenceGrid.from_image(image)
-    array = sitk.GetArrayFromImage(image)
-    if np.any(array != np.round(array)):
-        raise CaseError(f"{path}: {what} holds non-integer values; expected labels")
-    try:
-        classes = label_convention(convention_name).to_classes(array.astype(np.int64))
-    except ValueError as error:
-        raise CaseError(f"{path}: {error}") from None
-    return grid.to_canonical(classes), grid
-
-
 def _run_score(args: argparse.Namespace) -> int:
+    from .case import read_label_file
     from .metrics import format_scores, score_segmentation, scores_as_dict
 
     prediction, grid = read_label_file(args.pred, args.labels, "prediction")
