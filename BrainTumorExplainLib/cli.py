@@ -12,6 +12,7 @@ from pathlib import Path
 from . import __version__
 from .case import CaseError
 
+
 def _add_phantom(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("phantom", help="generate BraTS-like phantom cases on the MNI ICBM152 anatomy",
                        description="Writes OUT/Phantom_<seed>/ case folders (BraTS 2018-2021 naming, labels 0/1/2/4, "

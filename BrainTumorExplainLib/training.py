@@ -62,7 +62,7 @@ def find_cases(data_dir: str | Path) -> list[Path]:
     return cases
 
 
-def _crop_window(mask: np.ndarray, size: int, centre: float, jitter: int, rng: np.random.Generator | None) -> slice:
+def _crop_window(size: int, centre: float, jitter: int, rng: np.random.Generator | None) -> slice:
     start = int(round(centre - size / 2)) + (int(rng.integers(-jitter, jitter + 1)) if rng is not None and jitter else 0)
     return slice(start, start + size)
 
@@ -113,8 +113,8 @@ class SliceData:
             tumour = np.flatnonzero(labels.reshape(len(labels), -1).any(axis=1))
             pool = tumour if len(tumour) and rng.random() < tumour_fraction else np.arange(len(labels))
             z = int(pool[rng.integers(len(pool))])
-            rows = _crop_window(labels, crop[0], self.centres[index][0], 12 if augment else 0, rng)
-            cols = _crop_window(labels, crop[1], self.centres[index][1], 12 if augment else 0, rng)
+            rows = _crop_window(crop[0], self.centres[index][0], 12 if augment else 0, rng)
+            cols = _crop_window(crop[1], self.centres[index][1], 12 if augment else 0, rng)
             x = _take(self.images[index][:, z], rows, cols).astype(np.float32)
             y = _take(labels[z], rows, cols)
             if augment:
@@ -130,8 +130,8 @@ class SliceData:
     def validation_batches(self, crop: tuple[int, int], stride: int = 3):
         """Every ``stride``-th brain slice of every case, centre-cropped: (case index, images, labels)."""
         for index, (images, labels) in enumerate(zip(self.images, self.labels)):
-            rows = _crop_window(labels, crop[0], self.centres[index][0], 0, None)
-            cols = _crop_window(labels, crop[1], self.centres[index][1], 0, None)
+            rows = _crop_window(crop[0], self.centres[index][0], 0, None)
+            cols = _crop_window(crop[1], self.centres[index][1], 0, None)
             chosen = np.arange(0, len(labels), stride)
             x = _take(images[:, chosen], rows, cols).astype(np.float32).transpose(1, 0, 2, 3)
             yield index, torch.from_numpy(np.ascontiguousarray(x)), _take(labels[chosen], rows, cols)
@@ -176,7 +176,17 @@ def _checkpoint_path(out: Path) -> Path:
 
 def train(data_dir: str | Path, out: str | Path, config: TrainConfig = TrainConfig(), resume: bool = True,
           progress: bool = True, log: Callable[[str], None] = print) -> list[dict]:
-    """Train ``config.model`` on the cases in ``data_dir`` and write the weights to ``out``; returns the history."""
+    """Train ``config.model`` on the cases in ``data_dir`` and write the weights to ``out``; returns the history.
+
+    The caller's global torch RNG state is left as it was (the run seeds and uses a forked one).
+    """
+    cuda = torch.device(config.device).type == "cuda"
+    with torch.random.fork_rng(devices=[torch.device(config.device).index or 0] if cuda else []):
+        return _train(data_dir, out, config, resume, progress, log)
+
+
+def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: bool, progress: bool,
+           log: Callable[[str], None]) -> list[dict]:
     out = Path(out)
     device = torch.device(config.device)
     case_paths = find_cases(data_dir)

@@ -119,3 +119,11 @@ def test_loss_dice_term_ignores_tumour_classes_absent_from_the_batch():
     assert float(segmentation_loss(perfect, target, weights)) == pytest.approx(0.0, abs=1e-6)
     assert float(segmentation_loss(ncr_leak, target, weights)) == pytest.approx(float(cross_entropy_only), abs=1e-4)
     assert float(segmentation_loss(perfect, torch.zeros(1, 4, 4, dtype=torch.long), weights)) > 0  # CE alone
+
+
+def test_training_leaves_the_global_torch_rng_alone(tiny_data, tmp_path):
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    train(tiny_data, tmp_path / "w.pt", TrainConfig(**{**CONFIG.__dict__, "epochs": 1, "steps_per_epoch": 2}),
+          progress=False, log=lambda _: None)
+    assert torch.equal(torch.get_rng_state(), before)
