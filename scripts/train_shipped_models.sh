@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the shipped demo weights: phantoms from recorded seeds, then train, evaluate on held-out phantoms and write
 # BrainTumorExplainLib/weights/<model>.{pt,json}. Usage: bash scripts/train_shipped_models.sh [WORKDIR] [DEVICE] [MODELS...]
-# EPOCHS (default 10, 100 steps each) sets the training length; the shipped SimUnet used EPOCHS=30.
+# EPOCHS (default 10, 100 steps each) sets the training length; all three shipped models used the default.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="${1:-$root/out/training}"
