@@ -303,12 +303,9 @@ def make_phantom(seed: int, config: PhantomConfig = PhantomConfig()) -> PhantomC
     del points, displacement
     coordinates = np.moveaxis(source, -1, 0)
 
-    def warp(volume: np.ndarray) -> np.ndarray:
-        return ndimage.map_coordinates(volume, coordinates, order=1, mode="constant", cval=0.0, output=np.float32)
-
-    brain = warp(anatomy.brain.astype(np.float32)) > 0.5
-    prob = {name: warp(getattr(anatomy, name)) * brain for name in ("csf", "gm", "wm")}
-    t1_template = warp(anatomy.t1) * brain
+    brain = _warp(anatomy.brain.astype(np.float32), coordinates) > 0.5
+    prob = {name: _warp(getattr(anatomy, name), coordinates) * brain for name in ("csf", "gm", "wm")}
+    t1_template = _warp(anatomy.t1, coordinates) * brain
     del coordinates, source
 
     total = prob["csf"] + prob["gm"] + prob["wm"]
@@ -358,6 +355,11 @@ def make_phantom(seed: int, config: PhantomConfig = PhantomConfig()) -> PhantomC
                                   box, config.shape)
     return PhantomCase(phantom_case_id(seed), seed, grid, images, _embed(labels, box, config.shape),
                        _embed(tissue, box, config.shape), lesions)
+
+
+def _warp(volume: np.ndarray, coordinates: np.ndarray) -> np.ndarray:
+    """Trilinear samples of an anatomy map at continuous ``(k, j, i)`` indices (0 outside)."""
+    return ndimage.map_coordinates(volume, coordinates, order=1, mode="constant", cval=0.0, output=np.float32)
 
 
 def _brain_box(anatomy: Anatomy, placement: _Placement, axes_mm: list[np.ndarray]) -> tuple[slice, slice, slice]:
