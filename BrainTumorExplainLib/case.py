@@ -80,6 +80,10 @@ class Case:
     label_convention: LabelConvention = BRATS2021
     files: CaseFiles | None = field(default=None, repr=False)
 
+    def brain_slices(self) -> np.ndarray:
+        """Indices of the axial slices that contain brain (the only ones a network needs to see)."""
+        return np.flatnonzero(self.brain_mask.any(axis=(1, 2)))
+
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along ``(z, y, x)``."""

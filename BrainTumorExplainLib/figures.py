@@ -27,7 +27,7 @@ MODALITY_TITLES = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}
 def montage_slices(case: Case, count: int = 3) -> list[int]:
     """Axial slices to show: through the largest tumour cross-section and spread around it (or through the brain)."""
     area = case.labels.reshape(case.labels.shape[0], -1).astype(bool).sum(1) if case.labels is not None else None
-    brain_slices = np.flatnonzero(case.brain_mask.any(axis=(1, 2)))
+    brain_slices = case.brain_slices()
     if area is not None and area.any():
         tumour_slices = np.flatnonzero(area)
         centre = int(np.argmax(area))

@@ -9,11 +9,6 @@ from .case import Case
 from .models.base import NUM_CLASSES, SegmentationNet
 
 
-def brain_slices(case: Case) -> np.ndarray:
-    """Indices of the axial slices that contain brain (the only ones the network needs to see)."""
-    return np.flatnonzero(case.brain_mask.any(axis=(1, 2)))
-
-
 @torch.no_grad()
 def predict_probabilities(model: SegmentationNet, case: Case, batch_size: int = 16,
                           device: str | torch.device | None = None, progress: bool = False) -> np.ndarray:
@@ -25,7 +20,7 @@ def predict_probabilities(model: SegmentationNet, case: Case, batch_size: int = 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     probabilities = np.zeros((NUM_CLASSES,) + case.brain_mask.shape, dtype=np.float32)
     probabilities[0] = 1.0
-    slices = brain_slices(case)
+    slices = case.brain_slices()
     batches = range(0, len(slices), batch_size)
     if progress:
         from tqdm import tqdm

@@ -92,7 +92,7 @@ class SliceData:
         for case in cases:
             if case.labels is None:
                 raise CaseError(f"{case.case_id}: training needs a label file (_seg)")
-            slices = np.flatnonzero(case.brain_mask.any(axis=(1, 2)))
+            slices = case.brain_slices()
             images.append(case.images[:, slices].astype(np.float16))
             labels.append(case.labels[slices])
             rows, cols = np.nonzero(case.brain_mask.any(axis=0))
