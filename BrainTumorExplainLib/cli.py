@@ -237,12 +237,81 @@ def _run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_gradcam(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("gradcam", help="layer-wise Grad-CAM of a case: every layer from one forward pass (paper 3.2)",
+                       description="Writes OUT/<model>/<layer>_<class>.nii.gz (raw maps on the case's own grid), "
+                                   "OUT/<model>/gradcam_z<Z>.png montages, OUT/<model>/localisation.json (share of "
+                                   "each map inside brain, WT, TC, ET per layer) and OUT/topdown.png (those shares "
+                                   "across layers: the paper's top-down claim, measured).")
+    p.add_argument("case", type=Path, help="BraTS case folder")
+    p.add_argument("--model", required=True, help="denseunet, resunet, simunet, or several comma-separated")
+    p.add_argument("--weights", type=Path, help="your own weights file instead of the shipped ones (one model)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--layers", default="all", help="'all' (default) or comma-separated layer names")
+    p.add_argument("--classes", default="tumour", help="'tumour' (default: ncr,ed,et), 'all', or e.g. ed,et or 2,3")
+    p.add_argument("--slices", default="auto", help="axial slices for the montages: 'auto' (largest tumour "
+                                                     "cross-section) or comma-separated indices")
+    p.add_argument("--target", default="softmax", choices=["softmax", "logits"],
+                   help="output map pooled for y(c) (default softmax, as in the paper)")
+    p.add_argument("--no-volume", action="store_true", help="only the montage slices: no NIfTI, no localisation")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.set_defaults(run=_run_gradcam)
+
+
+def _run_gradcam(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from .case import load_case
+    from .figures import gradcam_montage, localisation_curves, montage_slices
+    from .gradcam import gradcam_volume, layer_gradcam, localisation, localisation_as_dict
+    from .labels import CLASS_KEYS, resolve_classes
+
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    if args.weights is not None and len(models) != 1:
+        raise ValueError("--weights goes with exactly one --model")
+    classes = resolve_classes(args.classes)
+    case = load_case(args.case)
+    slices = montage_slices(case, 1) if args.slices == "auto" else [int(z) for z in args.slices.split(",")]
+    if min(slices) < 0 or max(slices) >= case.images.shape[1]:
+        raise ValueError(f"--slices must lie in 0..{case.images.shape[1] - 1} for {case.case_id}, got {args.slices}")
+    tables = {}
+    for name in models:
+        model = _load_model(argparse.Namespace(model=name, weights=args.weights, device=args.device))
+        out = args.out / name
+        images = torch.from_numpy(np.ascontiguousarray(case.images[:, slices].transpose(1, 0, 2, 3))).to(args.device)
+        slice_maps = {layer: cams.cpu().numpy()
+                      for layer, cams in layer_gradcam(model, images, args.layers, classes, args.target).items()}
+        for position, z in enumerate(slices):
+            png = gradcam_montage(case, z, {layer: cams[position] for layer, cams in slice_maps.items()}, classes,
+                                  out / f"gradcam_z{z}.png", title=f"{case.case_id} · {name} · Grad-CAM "
+                                                                    f"({args.target}) per layer, rows: class")
+            print(f"wrote {png}")
+        if args.no_volume:
+            continue
+        volume = gradcam_volume(model, case, args.layers, classes, args.target, batch_size=args.batch_size,
+                                device=args.device, progress=True)
+        for (layer, class_index), cam in tqdm(volume.maps.items(), desc="write NIfTI", unit="map"):
+            case.grid.write(cam, out / f"{layer}_{CLASS_KEYS[class_index]}.nii.gz")
+        tables[name] = localisation(volume, case)
+        (out / "localisation.json").write_text(json.dumps(
+            {"case": case.case_id, "model": name, "target": args.target,
+             "table": localisation_as_dict(tables[name])}, indent=2) + "\n")
+        print(f"wrote {len(volume.maps)} maps and localisation.json to {out}")
+    if tables:
+        print(f"wrote {localisation_curves(tables, args.out / 'topdown.png')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m BrainTumorExplainLib",
                                      description="Explain brain-tumour segmentation networks (Natekar et al. 2020).")
     parser.add_argument("--version", action="version", version=f"BrainTumorExplainLib {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
-    for add in (_add_demo, _add_phantom, _add_montage, _add_score, _add_segment, _add_train, _add_evaluate):
+    for add in (_add_demo, _add_phantom, _add_montage, _add_score, _add_segment, _add_train, _add_evaluate,
+                _add_gradcam):
         add(sub)
     return parser
 

@@ -1,4 +1,4 @@
-"""Figures a person looks at: case montages (and, later, the analyses' figures).
+"""Figures a person looks at: case montages and the analyses' figures.
 
 Axial slices are drawn in radiological convention (patient's right on the left of the picture, anterior at the
 top), which is what canonical ``(z, y, x)`` arrays give with ``imshow``'s defaults.
@@ -85,8 +85,78 @@ def case_montage(case: Case, path: str | Path, slices: list[int] | None = None, 
         legend += "   tissue: " + ", ".join(TISSUE_NAMES[1:]) + " (blue, grey, white)"
     figure.suptitle(f"{case.case_id} — {legend}", color="white", fontsize=8)
     figure.tight_layout(rect=(0, 0, 1, 0.97))
+    return _save(figure, path, dpi)
+
+
+def _save(figure, path: str | Path, dpi: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi, facecolor="black")
+    figure.savefig(path, dpi=dpi, facecolor=figure.get_facecolor())
     plt.close(figure)
     return path
+
+
+def _heat_overlay(ax, case: Case, z: int, heat: np.ndarray, window: tuple[float, float]) -> None:
+    """FLAIR in grey with a [0, 1] heatmap over it, transparent where the map is (almost) zero."""
+    ax.imshow(_masked(case, 0, z), cmap="gray", vmin=window[0], vmax=window[1])
+    ax.imshow(np.ma.masked_less(heat, 0.05), cmap="jet", vmin=0, vmax=1, alpha=0.5, interpolation="bilinear")
+    ax.set_axis_off()
+
+
+def gradcam_montage(case: Case, z: int, maps: dict[str, np.ndarray], classes: list[int], path: str | Path,
+                    title: str = "", dpi: int = 80) -> Path:
+    """Figure 5 / 11 of the paper for one axial slice: one row per class, one column per layer (input to output),
+    each map normalised to its own maximum over the slice; the first column shows the labels when there are any.
+
+    ``maps``: layer → ``(len(classes), Y, X)`` raw Grad-CAM of slice ``z`` (network order).
+    """
+    from .gradcam import normalise
+
+    layers = list(maps)
+    figure, axes = plt.subplots(len(classes), len(layers) + 1, figsize=(1.6 * (len(layers) + 1), 1.8 * len(classes)),
+                                squeeze=False, facecolor="black")
+    window = _window(case.images[0], case.brain_mask)
+    for row, class_index in enumerate(classes):
+        ax = axes[row, 0]
+        ax.imshow(_masked(case, 0, z), cmap="gray", vmin=window[0], vmax=window[1])
+        if case.labels is not None:
+            ax.imshow(case.labels[z], cmap=ListedColormap(LABEL_COLOURS), vmin=0, vmax=3, interpolation="nearest",
+                      alpha=0.5)
+        ax.set_axis_off()
+        ax.text(2, 12, CLASS_NAMES[class_index], color="yellow", fontsize=8)
+        for column, layer in enumerate(layers, start=1):
+            _heat_overlay(axes[row, column], case, z, normalise(maps[layer][row]), window)
+            if row == 0:
+                axes[row, column].set_title(layer, color="white", fontsize=8)
+    axes[0, 0].set_title(f"z={z}", color="white", fontsize=8)
+    figure.suptitle(title or f"{case.case_id}: Grad-CAM per layer (rows: class)", color="white", fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 0.95))
+    return _save(figure, path, dpi)
+
+
+def localisation_curves(tables: dict[str, dict], path: str | Path, dpi: int = 100) -> Path:
+    """The paper's "top-down" claim as numbers: for each model (panel) and tumour class (line), the share of the
+    Grad-CAM mass that falls inside the class's region, layer by layer; dashed: the region's share of the brain
+    (a flat map). ``tables``: model → :func:`gradcam.localisation` output."""
+    from .gradcam import CLASS_REGION
+
+    colours = {1: LABEL_COLOURS[1], 2: LABEL_COLOURS[2], 3: (0.85, 0.6, 0.0, 1)}
+    figure, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.4), squeeze=False)
+    for ax, (model, table) in zip(axes[0], tables.items()):
+        layers = list(table)
+        for class_index, colour in colours.items():
+            name, region = CLASS_NAMES[class_index], CLASS_REGION[class_index]
+            if name not in table[layers[0]] or region not in table[layers[0]][name]:
+                continue
+            inside = [table[layer][name][region].mass_inside for layer in layers]
+            ax.plot(range(len(layers)), inside, marker="o", color=colour, label=f"{name} in {region}")
+            ax.axhline(table[layers[0]][name][region].chance, color=colour, linestyle="--", linewidth=0.8)
+        ax.set_xticks(range(len(layers)))
+        ax.set_xticklabels(layers, rotation=60, fontsize=7)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(model, fontsize=9)
+        ax.set_ylabel("Grad-CAM mass inside region")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    figure.tight_layout()
+    return _save(figure, path, dpi)

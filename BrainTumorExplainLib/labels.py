@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 CLASS_NAMES: tuple[str, ...] = ("background", "NCR/NET", "ED", "ET")
+CLASS_KEYS: tuple[str, ...] = ("bg", "ncr", "ed", "et")  # for file names and command lines
+TUMOUR_CLASSES: tuple[int, ...] = (1, 2, 3)
 REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 TISSUE_NAMES: tuple[str, ...] = ("background", "CSF", "GM", "WM")
 
@@ -83,3 +85,25 @@ def region_mask(classes: np.ndarray, region: str) -> np.ndarray:
     except KeyError:
         raise ValueError(f"unknown region {region!r}; expected one of {list(REGIONS)}") from None
     return np.isin(classes, members)
+
+
+def resolve_classes(classes: str | int | list | tuple | None = "tumour") -> list[int]:
+    """Class indices from ``"tumour"`` (1, 2, 3), ``"all"`` (0..3), or indices / keys (``ncr``, ``ed``, ``et``,
+    ``bg``), as a list or a comma-separated string."""
+    if classes is None or classes == "tumour":
+        return list(TUMOUR_CLASSES)
+    if classes == "all":
+        return list(range(len(CLASS_NAMES)))
+    items = classes.split(",") if isinstance(classes, str) else list(classes) if isinstance(classes, (list, tuple)) \
+        else [classes]
+    chosen = []
+    for item in items:
+        text = str(item).strip().lower()
+        if text in CLASS_KEYS:
+            chosen.append(CLASS_KEYS.index(text))
+        elif text.lstrip("-").isdigit() and 0 <= int(text) < len(CLASS_NAMES):
+            chosen.append(int(text))
+        else:
+            raise ValueError(f"class {item!r} out of range: expected 0..{len(CLASS_NAMES) - 1} or one of "
+                             f"{', '.join(CLASS_KEYS)} (also 'tumour' or 'all')")
+    return sorted(set(chosen))

@@ -42,11 +42,17 @@ class SegmentationNet(nn.Module):
             raise ValueError(f"expected input (N, {IN_CHANNELS}, H, W) in [FLAIR, T1, T1ce, T2] order, "
                              f"got {tuple(x.shape)}")
         height, width = x.shape[-2:]
-        pad_h, pad_w = (-height) % self.divisor, (-width) % self.divisor
-        if pad_h or pad_w:
-            x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        top, bottom, left, right = self.input_padding(height, width)
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
         logits = self._forward(x)
-        return logits[..., pad_h // 2: pad_h // 2 + height, pad_w // 2: pad_w // 2 + width]
+        return logits[..., top: top + height, left: left + width]
+
+    def input_padding(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """Zero rows/columns ``(top, bottom, left, right)`` that ``forward`` adds to reach a multiple of ``divisor``;
+        internal activations cover the padded image, so maps drawn from them are cropped by the same amounts."""
+        pad_h, pad_w = (-height) % self.divisor, (-width) % self.divisor
+        return pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -1,0 +1,72 @@
+"""Reading a network's named layers: choosing them, recording their outputs in one forward pass, and bringing
+their maps back onto the input slice. Dissection, Grad-CAM and feature visualisation all go through here, so
+hooks live in one place and are always released.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+from torch.nn import functional as F
+
+from .models.base import SegmentationNet
+
+
+def resolve_layers(model: SegmentationNet, layers: str | Iterable[str] | None = "all") -> list[str]:
+    """``"all"`` (or None) → every analysable layer in network order; otherwise the given names, checked.
+
+    A comma-separated string is accepted too, as the CLI passes it.
+    """
+    valid = list(model.analysable_layers())
+    if layers is None or layers == "all":
+        return valid
+    names = [n.strip() for n in layers.split(",")] if isinstance(layers, str) else list(layers)
+    unknown = [n for n in names if n not in valid]
+    if unknown or not names:
+        raise ValueError(f"unknown layer(s) {unknown or names} for {model.architecture}; valid layers: "
+                         f"{', '.join(valid)}")
+    return sorted(set(names), key=valid.index)  # network order, each once
+
+
+class LayerRecorder:
+    """Forward hooks that keep the outputs of the chosen layers of the latest forward pass.
+
+    Use as a context manager so the hooks are removed whatever happens::
+
+        with LayerRecorder(model, ["enc1", "dec1"]) as recorder:
+            model(x)
+            recorder.outputs["enc1"]  # (N, K, h, w), still attached to the autograd graph
+    """
+
+    def __init__(self, model: SegmentationNet, layers: Sequence[str]) -> None:
+        modules = model.analysable_layers()
+        self.layers = resolve_layers(model, layers)
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles = [modules[name].register_forward_hook(self._keeper(name)) for name in self.layers]
+
+    def _keeper(self, name: str):
+        def keep(_module, _inputs, output: torch.Tensor) -> None:
+            self.outputs[name] = output
+        return keep
+
+    def release(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> "LayerRecorder":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+        self.outputs.clear()
+
+
+def upsample_to_input(maps: torch.Tensor, model: SegmentationNet, height: int, width: int) -> torch.Tensor:
+    """Layer maps ``(N, C, h, w)`` → ``(N, C, height, width)``: bilinear onto the padded input the network saw,
+    then cropped by the padding, so each map lies exactly over the slice it came from."""
+    top, bottom, left, right = model.input_padding(height, width)
+    padded = F.interpolate(maps, size=(height + top + bottom, width + left + right), mode="bilinear",
+                           align_corners=False)
+    return padded[..., top: top + height, left: left + width]

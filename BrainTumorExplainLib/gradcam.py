@@ -1,0 +1,186 @@
+"""Layer-wise Grad-CAM (paper §3.2, eqs. 3-5), every layer from one forward pass.
+
+For class ``c`` the network's output map is pooled to one number, ``y(c) = mean_ij Φ^c(x)`` (eq. 3); each filter
+``k`` of layer ``l`` is weighted by the spatial mean of the gradient, ``β = mean_ij ∂y(c)/∂A_l,k`` (eq. 4), and
+the map is ``ReLU(Σ_k β A_l,k)`` (eq. 5), upsampled bilinearly onto the input slice.
+
+``Φ`` is the **softmax** output by default: the paper's networks end in a softmax and its ``Φ^c`` is "the output
+segmentation map". ``target="logits"`` uses the pre-softmax scores instead (the usual Grad-CAM choice; it avoids
+the softmax's competition between classes, so a class map does not light up where *other* classes lose).
+
+Why our own code rather than pytorch-grad-cam or Captum: they run one forward and one backward per (layer,
+class). Here one forward records every requested layer, one backward per class returns the gradients of all of
+them at once (``torch.autograd.grad`` over the list of activations), and the pooling and weighting stay on the
+device. The batch is one ``y(c)`` sum: slices do not interact in eval mode, so each slice gets its own gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Literal
+
+import numpy as np
+import torch
+
+from .activations import LayerRecorder, resolve_layers, upsample_to_input
+from .case import Case
+from .labels import CLASS_NAMES, region_mask, resolve_classes
+from .models.base import IN_CHANNELS, SegmentationNet
+
+OutputTarget = Literal["softmax", "logits"]
+TARGETS: tuple[str, ...] = ("softmax", "logits")
+# The region each class's map should find, for the localisation curves (background: the brain it surrounds).
+CLASS_REGION: dict[int, str] = {0: "brain", 1: "TC", 2: "WT", 3: "ET"}
+
+
+def _check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"unknown Grad-CAM target {target!r}; expected one of {', '.join(TARGETS)}")
+
+
+def layer_gradcam(model: SegmentationNet, images: torch.Tensor, layers: str | Iterable[str] = "all",
+                  classes: str | Iterable[int] = "tumour", target: OutputTarget = "softmax",
+                  ) -> dict[str, torch.Tensor]:
+    """Raw Grad-CAM maps of a batch of slices: layer → ``(N, len(classes), H, W)`` at the input's size and device.
+
+    ``images`` is ``(N, 4, H, W)`` in [FLAIR, T1, T1ce, T2] order. The model runs in eval mode (dropout off,
+    BatchNorm on its running statistics); its previous mode is restored.
+    """
+    _check_target(target)
+    if images.ndim != 4 or images.shape[1] != IN_CHANNELS:
+        raise ValueError(f"expected images (N, {IN_CHANNELS}, H, W) in [FLAIR, T1, T1ce, T2] order, "
+                         f"got {tuple(images.shape)}")
+    layer_names = resolve_layers(model, layers)
+    class_indices = resolve_classes(classes)
+    height, width = images.shape[-2:]
+    was_training = model.training
+    model.eval()
+    try:
+        with LayerRecorder(model, layer_names) as recorder, torch.enable_grad():
+            # The input asks for gradients so the graph exists even when every parameter is frozen.
+            logits = model(images.detach().requires_grad_(True))
+            output = torch.softmax(logits, dim=1) if target == "softmax" else logits
+            pooled = output.mean(dim=(2, 3))  # eq. 3: (N, classes)
+            activations = [recorder.outputs[name] for name in layer_names]
+            per_layer: list[list[torch.Tensor]] = [[] for _ in layer_names]
+            for position, class_index in enumerate(class_indices):
+                gradients = torch.autograd.grad(pooled[:, class_index].sum(), activations,
+                                                retain_graph=position < len(class_indices) - 1,
+                                                allow_unused=True)
+                for index, (activation, gradient) in enumerate(zip(activations, gradients)):
+                    if gradient is None:  # the class does not depend on this layer at all
+                        per_layer[index].append(activation.new_zeros(activation.shape[0], *activation.shape[2:]))
+                        continue
+                    weights = gradient.mean(dim=(2, 3), keepdim=True)  # eq. 4
+                    per_layer[index].append(torch.relu((weights * activation).sum(dim=1)).detach())  # eq. 5
+    finally:
+        model.train(was_training)
+    return {name: upsample_to_input(torch.stack(maps, dim=1), model, height, width)
+            for name, maps in zip(layer_names, per_layer)}
+
+
+def normalise(cam: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A [0, 1] display copy: divided by its maximum (Grad-CAM is ≥ 0 after the ReLU); all-zero stays zero."""
+    array = cam.detach().float().cpu().numpy() if isinstance(cam, torch.Tensor) else np.asarray(cam, np.float32)
+    peak = float(array.max()) if array.size else 0.0
+    return (array / peak).astype(np.float32) if peak > 0 else np.zeros_like(array, dtype=np.float32)
+
+
+@dataclass
+class GradCamVolume:
+    """Raw Grad-CAM maps of a case volume: ``maps[(layer, class_index)]`` is ``(Z, Y, X)`` float32 on the case's
+    canonical grid (zero on slices not computed). Write one onto the case's own grid with
+    ``case.grid.write(volume.maps[key], path)``; ``display(key)`` gives the [0, 1] copy."""
+
+    layers: list[str]
+    classes: list[int]
+    target: str
+    slices: np.ndarray
+    maps: dict[tuple[str, int], np.ndarray] = field(repr=False)
+
+    def display(self, layer: str, class_index: int) -> np.ndarray:
+        return normalise(self.maps[(layer, class_index)])
+
+
+def gradcam_volume(model: SegmentationNet, case: Case, layers: str | Iterable[str] = "all",
+                   classes: str | Iterable[int] = "tumour", target: OutputTarget = "softmax",
+                   slices: Iterable[int] | None = None, batch_size: int = 8,
+                   device: str | torch.device | None = None, progress: bool = False) -> GradCamVolume:
+    """Grad-CAM for every requested layer and class over the case's axial slices (default: every slice with brain),
+    in batches. Memory: one float32 volume per (layer, class) — ask for the layers and classes you need."""
+    layer_names = resolve_layers(model, layers)
+    class_indices = resolve_classes(classes)
+    chosen = case.brain_slices() if slices is None else np.asarray(sorted(set(int(z) for z in slices)), dtype=int)
+    depth = case.images.shape[1]
+    if chosen.size and (chosen.min() < 0 or chosen.max() >= depth):
+        raise ValueError(f"slices must lie in 0..{depth - 1} for {case.case_id}, got {chosen.min()}..{chosen.max()}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    maps = {(name, c): np.zeros(case.brain_mask.shape, dtype=np.float32) for name in layer_names for c in class_indices}
+    batches = range(0, len(chosen), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc=f"Grad-CAM {case.case_id}", unit="batch")
+    for start in batches:
+        batch_slices = chosen[start:start + batch_size]
+        images = torch.from_numpy(np.ascontiguousarray(case.images[:, batch_slices].transpose(1, 0, 2, 3))).to(device)
+        for name, cams in layer_gradcam(model, images, layer_names, class_indices, target).items():
+            cams = cams.float().cpu().numpy()
+            for position, class_index in enumerate(class_indices):
+                maps[(name, class_index)][batch_slices] = cams[:, position]
+    return GradCamVolume(layer_names, class_indices, target, chosen, maps)
+
+
+@dataclass(frozen=True)
+class RegionLocalisation:
+    """How one map sits on one region, over the computed slices.
+
+    ``mass_inside``: Σ map over the region / Σ map over the brain (1 = all attention on the region; NaN for an
+    all-zero map). ``chance``: the region's share of the brain, what a flat map would score. ``top_iou``: IoU of
+    the map's top ``top_fraction`` of brain voxels with the region.
+    """
+
+    mass_inside: float
+    chance: float
+    top_iou: float
+
+
+def localisation(volume: GradCamVolume, case: Case, top_fraction: float = 0.05
+                 ) -> dict[str, dict[str, dict[str, RegionLocalisation]]]:
+    """``[layer][class name][region]`` → :class:`RegionLocalisation`, for the brain and (with labels) WT, TC, ET.
+
+    This is the measurement behind the paper's "top-down" claim: follow one class's ``mass_inside`` for its region
+    (:data:`CLASS_REGION`) from the first layer to the last.
+    """
+    if not 0 < top_fraction < 1:
+        raise ValueError(f"top_fraction must lie in (0, 1), got {top_fraction}")
+    computed = np.zeros(case.brain_mask.shape[0], dtype=bool)
+    computed[volume.slices] = True
+    brain = case.brain_mask & computed[:, None, None]
+    regions = {"brain": brain}
+    if case.labels is not None:
+        regions.update({name: region_mask(case.labels, name) & brain for name in ("WT", "TC", "ET")})
+    brain_count = max(int(brain.sum()), 1)
+    result: dict[str, dict[str, dict[str, RegionLocalisation]]] = {}
+    for (layer, class_index), cam in volume.maps.items():
+        values = cam[brain]
+        total = float(values.sum(dtype=np.float64))
+        top = np.zeros_like(brain)
+        if total > 0:
+            keep = max(1, int(round(top_fraction * values.size)))
+            cut = np.partition(values, values.size - keep)[values.size - keep]
+            top = brain & (cam >= cut) & (cam > 0)
+        entry = {}
+        for name, region in regions.items():
+            inside = float(cam[region].sum(dtype=np.float64)) / total if total > 0 else float("nan")
+            union = int((top | region).sum())
+            iou = int((top & region).sum()) / union if union else 0.0
+            entry[name] = RegionLocalisation(inside, int(region.sum()) / brain_count, iou)
+        result.setdefault(layer, {})[CLASS_NAMES[class_index]] = entry
+    return result
+
+
+def localisation_as_dict(table: dict[str, dict[str, dict[str, RegionLocalisation]]]) -> dict:
+    return {layer: {cls: {region: {"mass_inside": round(v.mass_inside, 4), "chance": round(v.chance, 4),
+                                   "top_iou": round(v.top_iou, 4)} for region, v in regions.items()}
+                    for cls, regions in classes.items()} for layer, classes in table.items()}

@@ -1,0 +1,137 @@
+"""Layer-wise Grad-CAM: against an independent per-layer autograd computation, a closed form, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from BrainTumorExplainLib.case import load_case
+from BrainTumorExplainLib.gradcam import gradcam_volume, layer_gradcam, localisation, normalise
+from BrainTumorExplainLib.models import build_model
+from BrainTumorExplainLib.models.base import SegmentationNet
+
+
+class LinearToy(SegmentationNet):
+    """x → A = W1·x (1×1 conv, layer "a") → logits = W2·A + b. With logits as the target, eq. 4 gives
+    β_k^c = W2[c, k] / N (N = pixels of the padded map) and Grad-CAM = ReLU(Σ_k W2[c, k] A_k) / N."""
+
+    architecture = "toy"
+    divisor = 8
+
+    def __init__(self, filters: int = 5) -> None:
+        super().__init__()
+        self.config = {}
+        self.a = nn.Conv2d(4, filters, 1)
+        self.out = nn.Conv2d(filters, 4, 1)
+        self._register_layer("a", "a")
+        self._register_layer("out", "out")
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.a(x))
+
+
+def test_closed_form_on_a_linear_toy_with_padding():
+    torch.manual_seed(0)
+    model = LinearToy()
+    x = torch.randn(2, 4, 13, 11)  # not a multiple of 8: the map is padded to 16x16 and cropped back
+    cams = layer_gradcam(model, x, ["a"], "all", target="logits")["a"]
+    padded_pixels = 16 * 16
+    activation = model.a(x)  # 1x1 conv: the padded map, cropped, is the unpadded map
+    expected = torch.relu(torch.einsum("ck,nkhw->nchw", model.out.weight[:, :, 0, 0], activation)) / padded_pixels
+    assert cams.shape == (2, 4, 13, 11)
+    torch.testing.assert_close(cams, expected.detach(), rtol=1e-5, atol=1e-9)
+
+
+def _independent_gradcam(model: SegmentationNet, x: torch.Tensor, layer: str, class_index: int, target: str):
+    """One layer, one class, one hook, straight from eqs. 3-5 (the slow way the batched code replaces)."""
+    kept = {}
+    handle = model.analysable_layers()[layer].register_forward_hook(lambda m, i, o: kept.setdefault("a", o))
+    try:
+        output = model(x)
+    finally:
+        handle.remove()
+    output = torch.softmax(output, 1) if target == "softmax" else output
+    cams = []
+    for n in range(x.shape[0]):  # one slice at a time: y(c) of that slice only
+        (gradient,) = torch.autograd.grad(output[n, class_index].mean(), kept["a"], retain_graph=True)
+        beta = gradient[n].mean(dim=(1, 2))
+        cam = torch.relu((beta[:, None, None] * kept["a"][n]).sum(0))
+        cams.append(torch.nn.functional.interpolate(cam.detach()[None, None], size=x.shape[-2:], mode="bilinear",
+                                                    align_corners=False)[0, 0])
+    return torch.stack(cams)
+
+
+@pytest.mark.parametrize("architecture", ["resunet", "denseunet"])
+@pytest.mark.parametrize("target", ["softmax", "logits"])
+def test_all_layers_at_once_equal_one_layer_at_a_time(architecture, target):
+    torch.manual_seed(1)
+    model = build_model(architecture, width=0.125).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode matters
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(3, 4, 64, 64)
+    maps = layer_gradcam(model, x, "all", "all", target=target)
+    assert list(maps) == list(model.analysable_layers())
+    for layer, cams in maps.items():
+        for class_index in range(4):
+            expected = _independent_gradcam(model, x, layer, class_index, target)
+            scale = float(expected.abs().max()) or 1.0
+            assert float((cams[:, class_index] - expected).abs().max()) <= 1e-4 * scale, (layer, class_index)
+
+
+def test_model_mode_and_hooks_are_restored():
+    model = build_model("resunet", width=0.0625).train()
+    layer_gradcam(model, torch.randn(1, 4, 32, 32), "enc1", "et")
+    assert model.training
+    assert all(not module._forward_hooks for module in model.modules())
+
+
+def test_bad_input_is_named():
+    model = build_model("simunet", width=0.0625)
+    x = torch.randn(1, 4, 32, 32)
+    with pytest.raises(ValueError, match="unknown layer.*valid layers: enc1, enc2"):
+        layer_gradcam(model, x, "enc9")
+    with pytest.raises(ValueError, match="class 7 out of range"):
+        layer_gradcam(model, x, "enc1", [7])
+    with pytest.raises(ValueError, match=r"expected images \(N, 4, H, W\)"):
+        layer_gradcam(model, torch.randn(1, 3, 32, 32), "enc1")
+    with pytest.raises(ValueError, match="unknown Grad-CAM target"):
+        layer_gradcam(model, x, "enc1", target="probabilities")
+
+
+def test_volume_on_a_phantom_and_localisation(small_phantom):
+    case = load_case(small_phantom.flair.parent)
+    torch.manual_seed(0)
+    model = build_model("resunet", width=0.0625)
+    volume = gradcam_volume(model, case, ["enc1", "head"], "tumour", batch_size=16)
+    brain_slices = case.brain_slices()
+    assert set(volume.maps) == {(layer, c) for layer in ("enc1", "head") for c in (1, 2, 3)}
+    head_et = volume.maps[("head", 3)]
+    assert head_et.shape == case.brain_mask.shape and head_et.dtype == np.float32
+    outside = np.setdiff1d(np.arange(case.brain_mask.shape[0]), brain_slices)
+    assert not head_et[outside].any()  # slices without brain are never computed
+    assert (head_et >= 0).all() and head_et[brain_slices].any()
+    display = volume.display("head", 3)
+    assert display.max() == pytest.approx(1.0) and display.min() >= 0
+
+    # A map that is the WT indicator puts all its mass in WT and its top voxels inside WT.
+    from BrainTumorExplainLib.labels import region_mask
+
+    wt = region_mask(case.labels, "WT")
+    volume.maps[("enc1", 2)] = wt.astype(np.float32)
+    table = localisation(volume, case, top_fraction=0.01)
+    entry = table["enc1"]["ED"]
+    assert entry["WT"].mass_inside == pytest.approx(1.0)
+    assert entry["WT"].chance == pytest.approx(wt.sum() / case.brain_mask.sum())
+    assert entry["brain"].mass_inside == pytest.approx(1.0)
+    assert 0 < entry["WT"].top_iou <= 1
+    assert entry["WT"].top_iou > entry["ET"].top_iou or entry["ET"].mass_inside > 0.9
+
+
+def test_normalise_keeps_zero_maps_zero():
+    assert not normalise(np.zeros((3, 3))).any()
+    assert normalise(np.array([0.0, 2.0, 4.0])).tolist() == [0.0, 0.5, 1.0]
