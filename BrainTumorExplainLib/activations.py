@@ -70,3 +70,27 @@ def upsample_to_input(maps: torch.Tensor, model: SegmentationNet, height: int, w
     padded = F.interpolate(maps, size=(height + top + bottom, width + left + right), mode="bilinear",
                            align_corners=False)
     return padded[..., top: top + height, left: left + width]
+
+
+class _ReachedLayer(Exception):
+    """Raised by a hook to stop a forward pass once the wanted layer has run."""
+
+
+def forward_until(model: SegmentationNet, x: torch.Tensor, layer: str) -> torch.Tensor:
+    """The output of one layer, without running the layers after it (an encoder layer's activation costs only the
+    encoder). Gradients flow back to ``x`` as usual."""
+    module = model.analysable_layers()[resolve_layers(model, [layer])[0]]
+    kept: dict[str, torch.Tensor] = {}
+
+    def stop(_module, _inputs, output: torch.Tensor) -> None:
+        kept["output"] = output
+        raise _ReachedLayer
+
+    handle = module.register_forward_hook(stop)
+    try:
+        model(x)
+    except _ReachedLayer:
+        pass
+    finally:
+        handle.remove()
+    return kept["output"]

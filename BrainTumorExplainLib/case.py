@@ -154,6 +154,24 @@ def find_case_files(folder: str | Path) -> CaseFiles:
     )
 
 
+def find_cases(data_dir: str | Path) -> list[Path]:
+    """Case folders under ``data_dir`` (or ``data_dir`` itself when it is one), sorted by name."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise CaseError(f"{data_dir}: data folder does not exist")
+    candidates = [data_dir] + sorted(p for p in data_dir.iterdir() if p.is_dir())
+    cases = []
+    for folder in candidates:
+        try:
+            find_case_files(folder)
+        except CaseError:
+            continue
+        cases.append(folder)
+    if not cases:
+        raise CaseError(f"{data_dir}: no BraTS case folders found (expected sub-folders with _flair/_t1/_t1ce/_t2 files)")
+    return cases
+
+
 def count_nonfinite_on_disk(path: Path) -> int:
     """NaN/Inf voxels stored in a floating-point NIfTI file.
 

@@ -205,7 +205,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_model, evaluation_as_dict, format_table
     from .metrics import scores_as_dict
-    from .training import find_cases
+    from .case import find_cases
 
     cases = find_cases(args.data)
     model = _load_model(args)
@@ -305,13 +305,229 @@ def _run_gradcam(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_dissect(sub: argparse._SubParsersAction) -> None:
+    from .dissection import DEFAULT_IOU_CUTOFF, DEFAULT_QUANTILE
+
+    p = sub.add_parser("dissect", help="network dissection: which filters detect which concepts (paper 3.1)",
+                       description="Thresholds every filter at its dataset-wide top-1%% level (streamed, bounded "
+                                   "memory), post-processes the concept masks as the paper does and measures IoU "
+                                   "against WT, TC, ET, ED, NCR (labels) and brain, WM, GM, CSF (phantom tissue "
+                                   "maps). Writes OUT/dissection.json (thresholds and IoUs: give it to explain), "
+                                   "OUT/tables/<layer>.csv, OUT/detectors.json, OUT/dissection.png and, per case, "
+                                   "OUT/concepts/<case>/<layer>_<filter>_<concept>.nii.gz for the best detector of "
+                                   "each concept.")
+    p.add_argument("--data", required=True, type=Path, help="a case folder or a folder of case folders")
+    _add_model_arguments(p)
+    p.add_argument("--layers", default="all", help="'all' (default) or comma-separated layer names")
+    p.add_argument("--concepts", help="comma-separated (default: every concept all cases have ground truth for)")
+    p.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE,
+                   help=f"threshold quantile (default {DEFAULT_QUANTILE}: the top 1%% of activations)")
+    p.add_argument("--iou", type=float, default=DEFAULT_IOU_CUTOFF,
+                   help=f"IoU from which a filter detects a concept (default {DEFAULT_IOU_CUTOFF})")
+    p.add_argument("--slice-step", type=int, default=1, help="use every N-th brain slice (default 1: all)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.set_defaults(run=_run_dissect)
+
+
+def _run_dissect(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .case import find_cases, load_case
+    from .dissection import concept_masks, dissect, filter_concept_masks
+    from .figures import concept_montage, montage_slices
+
+    cases = find_cases(args.data)
+    model = _load_model(args)
+    concepts = [c.strip() for c in args.concepts.split(",")] if args.concepts else None
+    result = dissect(model, cases, args.layers, concepts, args.quantile, args.iou, args.slice_step,
+                     batch_size=args.batch_size, device=args.device, progress=True)
+    saved = result.save(args.out / "dissection.json")
+    result.write_tables(args.out / "tables")
+    (args.out / "detectors.json").write_text(json.dumps({"summary": result.summary(),
+                                                         "detectors": result.detectors()}, indent=2) + "\n")
+    best = {}
+    for row in result.detectors():  # best first: the first row per concept is its best detector
+        best.setdefault(row["concept"], row)
+    picks = [(row["layer"], row["filter"]) for row in best.values()]
+    for index, folder in enumerate(tqdm(cases, desc="concept masks", unit="case")):
+        case = load_case(folder)
+        masks = filter_concept_masks(model, case, result, picks, device=args.device)
+        for concept, row in best.items():
+            case.grid.write(masks[(row["layer"], row["filter"])].astype("uint8"),
+                            args.out / "concepts" / case.case_id / f"{row['layer']}_{row['filter']}_{concept}.nii.gz")
+        if index == 0 and best:
+            z = montage_slices(case, 1)[0]
+            truth = dict(zip(best, concept_masks(case, list(best))[:, z]))
+            panels = [(f"{row['layer']} #{row['filter']}: {concept} IoU {row['iou']:.2f}",
+                       masks[(row["layer"], row["filter"])][z], truth[concept]) for concept, row in best.items()]
+            print(f"wrote {concept_montage(case, z, panels, args.out / 'dissection.png', title=f'{case.case_id} z={z} · {args.model}: best detector per concept (dataset-wide IoU), mask cyan, ground truth yellow')}")
+    summary = result.summary()
+    header = f"{'layer':<11}" + "".join(f"{c:>6}" for c in result.concepts) + "  filters"
+    print(f"detectors (IoU ≥ {result.iou_cutoff}) per concept per layer, {len(cases)} case(s):")
+    print(header)
+    for layer, counts in summary.items():
+        print(f"{layer:<11}" + "".join(f"{counts[c]:>6}" for c in result.concepts)
+              + f"  {len(result.layers[layer].thresholds):>7}")
+    print(f"wrote {saved}")
+    return 0
+
+
+def _add_uncertainty(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("uncertainty", help="test-time-dropout uncertainty of a case (paper section 5)",
+                       description="T stochastic passes with only dropout active (batched, seeded). Writes, on the "
+                                   "case's own grid: segmentation.nii.gz (labels of the mean prediction), "
+                                   "uncertainty.nii.gz (channel mean of the class variances, eq. 9b), entropy.nii.gz "
+                                   "and mutual_information.nii.gz (nats); uncertainty.png (ground truth | prediction "
+                                   "| uncertainty); with ground truth, error_by_uncertainty.png and the AUROC of "
+                                   "each map for misclassified voxels in summary.json.")
+    p.add_argument("case", type=Path, help="BraTS case folder")
+    _add_model_arguments(p)
+    p.add_argument("-T", "--passes", type=int, default=100, help="stochastic passes (default 100, as the paper)")
+    p.add_argument("--quick", action="store_true", help="adaptive: 10 to 40 passes, stop when the map settles")
+    p.add_argument("--agreement", action="store_true",
+                   help="with --quick: also run the full T passes and print the Pearson r of the maps in the brain")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
+    p.add_argument("--slices-per-batch", type=int, default=4)
+    p.add_argument("--passes-per-forward", type=int, default=8)
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.set_defaults(run=_run_uncertainty)
+
+
+def _run_uncertainty(args: argparse.Namespace) -> int:
+    from .case import load_case
+    from .figures import error_by_uncertainty, uncertainty_figure
+    from .uncertainty import brain_pearson, uncertainty_error_analysis, uncertainty_volume
+
+    case = load_case(args.case)
+    model = _load_model(args)
+
+    def run(quick: bool):
+        start = time.perf_counter()
+        result = uncertainty_volume(model, case, passes=args.passes, quick=quick, seed=args.seed,
+                                    slices_per_batch=args.slices_per_batch,
+                                    passes_per_forward=args.passes_per_forward, device=args.device, progress=True)
+        return result, time.perf_counter() - start
+
+    volume, seconds = run(args.quick)
+    used = volume.passes[volume.passes > 0]
+    summary = {"version": __version__, "case": case.case_id, "model": args.model, "seed": args.seed,
+               "mode": "quick" if args.quick else f"T={args.passes}", "seconds": round(seconds, 2),
+               "passes": {"min": int(used.min()), "mean": round(float(used.mean()), 1), "max": int(used.max())}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    case.write_labels(volume.labels, args.out / "segmentation.nii.gz")
+    for name, array in volume.maps().items():
+        case.grid.write(array, args.out / f"{name}.nii.gz")
+    print(f"{summary['mode']}: {summary['passes']['mean']} passes per slice on average, {seconds:.1f} s")
+    if args.quick and args.agreement:
+        full, full_seconds = run(False)
+        summary["agreement_with_full"] = {"passes": args.passes, "seconds": round(full_seconds, 2), "pearson_r": {
+            name: round(brain_pearson(array, full.maps()[name], case.brain_mask), 4)
+            for name, array in volume.maps().items()}}
+        print(f"agreement with T={args.passes} ({full_seconds:.1f} s), Pearson r in the brain: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in summary["agreement_with_full"]["pearson_r"].items()))
+    uncertainty_figure(case, volume.labels, volume.variance, args.out / "uncertainty.png",
+                       title=f"{case.case_id} · {args.model} · test-time dropout ({summary['mode']}): ground truth "
+                             f"| prediction | uncertainty")
+    if case.labels is not None:
+        analysis = uncertainty_error_analysis(volume, case)
+        summary["uncertainty_error"] = analysis
+        error_by_uncertainty(analysis, args.out / "error_by_uncertainty.png",
+                             title=f"{case.case_id} · {args.model}: misclassification vs uncertainty (brain)")
+        print("AUROC for misclassified brain voxels: " + ", ".join(
+            f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items())
+            + f" (error rate {analysis['error_rate']:.4f})")
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _add_template(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("template", help="the dataset's mean image: the style template of feature visualisation",
+                       description="Averages the z-scored sequences over every brain slice of the cases and writes "
+                                   "them as an .npz (read back without unpickling).")
+    p.add_argument("--data", required=True, type=Path, help="a case folder or a folder of case folders")
+    p.add_argument("--out", required=True, type=Path, help=".npz file to write")
+    p.set_defaults(run=_run_template)
+
+
+def _run_template(args: argparse.Namespace) -> int:
+    from .case import find_cases, load_case
+    from .featviz import mean_template, save_template
+
+    cases = [load_case(folder) for folder in find_cases(args.data)]
+    print(f"wrote {save_template(mean_template(cases), args.out, [c.case_id for c in cases])}")
+    return 0
+
+
+def _add_featviz(sub: argparse._SubParsersAction) -> None:
+    from .featviz import FeatvizConfig, Regularisers
+
+    defaults, config = Regularisers(), FeatvizConfig()
+    p = sub.add_parser("featviz", help="activation maximisation: the pre-image that excites a filter (paper 4)",
+                       description="Optimises one 4-sequence pre-image per filter, with and without regularisers, "
+                                   "and writes OUT/featviz_<layer>.png (Figure 6), OUT/featviz_<layer>.npz (the "
+                                   "pre-images) and OUT/featviz_<layer>.json; --sweep adds "
+                                   "OUT/sweep_<layer>_<filter>.png (Figure 13).")
+    _add_model_arguments(p)
+    p.add_argument("--layer", required=True, help="layer name")
+    p.add_argument("--filters", required=True, help="comma-separated filter indices")
+    p.add_argument("--steps", type=int, default=config.steps)
+    p.add_argument("--size", type=int, default=config.size, help="pre-image size in pixels")
+    p.add_argument("--lr", type=float, default=config.learning_rate)
+    p.add_argument("--seed", type=int, default=config.seed)
+    p.add_argument("--jitter", type=int, default=defaults.jitter, help="pixels")
+    p.add_argument("--rotation", type=float, default=defaults.rotation, help="degrees")
+    p.add_argument("--tv", type=float, default=defaults.tv, help="total variation coefficient")
+    p.add_argument("--l2", type=float, default=defaults.l2, help="L2 coefficient")
+    p.add_argument("--style", type=float, default=defaults.style, help="style (MMD to the template) coefficient")
+    p.add_argument("--sigma", type=float, default=defaults.sigma, help="style kernel width (z-score units)")
+    p.add_argument("--template", type=Path, help="template .npz (default: the shipped phantom template)")
+    p.add_argument("--sweep", action="store_true", help="also the regulariser sweep for the first filter")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.set_defaults(run=_run_featviz)
+
+
+def _run_featviz(args: argparse.Namespace) -> int:
+    from .featviz import (FeatvizConfig, Regularisers, load_template, regulariser_sweep, resize_template,
+                          shipped_template_path, visualise_filters)
+    from .figures import featviz_montage, featviz_sweep
+
+    model = _load_model(args)
+    filters = [int(k) for k in args.filters.split(",")]
+    config = FeatvizConfig(steps=args.steps, size=args.size, learning_rate=args.lr, seed=args.seed)
+    regularisers = Regularisers(jitter=args.jitter, rotation=args.rotation, tv=args.tv, l2=args.l2,
+                                style=args.style, sigma=args.sigma)
+    template = resize_template(load_template(args.template or shipped_template_path()), args.size)
+    runs = {"unregularised": visualise_filters(model, args.layer, filters, Regularisers.none(), config,
+                                               device=args.device, progress=True),
+            "regularised": visualise_filters(model, args.layer, filters, regularisers, config, template,
+                                             device=args.device, progress=True)}
+    layer = runs["regularised"].layer
+    args.out.mkdir(parents=True, exist_ok=True)
+    np_arrays = {f"{label}_images": run.images for label, run in runs.items()}
+    import numpy as np
+
+    np.savez_compressed(args.out / f"featviz_{layer}.npz", filters=np.asarray(filters), **np_arrays)
+    (args.out / f"featviz_{layer}.json").write_text(json.dumps(
+        {"model": args.model, **{label: run.to_dict() for label, run in runs.items()}}, indent=2) + "\n")
+    for label, run in runs.items():
+        print(f"{label}: mean activation " + ", ".join(
+            f"#{k} {a:.2f} → {b:.2f}" for k, a, b in zip(run.filters, run.start_activation, run.final_activation)))
+    print(f"wrote {featviz_montage(runs, args.out / f'featviz_{layer}.png', title=f'{args.model} {layer}: activation maximisation (left unregularised, right regularised)')}")
+    if args.sweep:
+        sweep = regulariser_sweep(model, layer, filters[0], template, config, regularisers, device=args.device)
+        print(f"wrote {featviz_sweep(sweep, args.out / f'sweep_{layer}_{filters[0]}.png', title=f'{args.model} {layer} #{filters[0]}: one regulariser varied, the others as given (FLAIR channel)')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m BrainTumorExplainLib",
                                      description="Explain brain-tumour segmentation networks (Natekar et al. 2020).")
     parser.add_argument("--version", action="version", version=f"BrainTumorExplainLib {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
     for add in (_add_demo, _add_phantom, _add_montage, _add_score, _add_segment, _add_train, _add_evaluate,
-                _add_gradcam):
+                _add_gradcam, _add_dissect, _add_uncertainty, _add_template, _add_featviz):
         add(sub)
     return parser
 

@@ -160,3 +160,125 @@ def localisation_curves(tables: dict[str, dict], path: str | Path, dpi: int = 10
     axes[0, 0].legend(fontsize=7, loc="upper left")
     figure.tight_layout()
     return _save(figure, path, dpi)
+
+
+def concept_montage(case: Case, z: int, panels: list[tuple[str, np.ndarray, np.ndarray | None]], path: str | Path,
+                    title: str = "", columns: int = 5, dpi: int = 90) -> Path:
+    """Figures 2-4 of the paper: filters' concept masks over the FLAIR of one slice.
+
+    ``panels``: (caption, mask ``(Y, X)`` bool, ground truth ``(Y, X)`` bool or None). The mask is filled cyan,
+    the ground truth drawn as a yellow outline, so agreement is visible at a glance.
+    """
+    rows = max(1, -(-len(panels) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.6 * rows), squeeze=False, facecolor="black")
+    window = _window(case.images[0], case.brain_mask)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, (caption, mask, truth) in zip(axes.ravel(), panels):
+        ax.imshow(_masked(case, 0, z), cmap="gray", vmin=window[0], vmax=window[1])
+        ax.imshow(np.ma.masked_where(~mask, mask), cmap=ListedColormap([(0.1, 0.9, 0.95, 1)]), alpha=0.55,
+                  interpolation="nearest")
+        if truth is not None and truth.any():
+            ax.contour(truth.astype(float), levels=[0.5], colors=[(1, 0.85, 0.1)], linewidths=0.8)
+        ax.set_title(caption, color="white", fontsize=7)
+    figure.suptitle(title or f"{case.case_id} z={z}: concept masks (cyan) and ground truth (yellow outline)",
+                    color="white", fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 0.95))
+    return _save(figure, path, dpi)
+
+
+def uncertainty_figure(case: Case, labels: np.ndarray, uncertainty: np.ndarray, path: str | Path,
+                       slices: list[int] | None = None, title: str = "", dpi: int = 80) -> Path:
+    """Figure 7 of the paper: per slice, ground truth | prediction | uncertainty (red), each over the FLAIR.
+    The red scale runs to the 99.5th percentile of the uncertainty inside the brain, the same for every slice."""
+    slices = slices or montage_slices(case)
+    with_truth = case.labels is not None
+    columns = (["ground truth"] if with_truth else []) + ["prediction", "uncertainty"]
+    figure, axes = plt.subplots(len(slices), len(columns), figsize=(2.4 * len(columns), 2.5 * len(slices)),
+                                squeeze=False, facecolor="black")
+    window = _window(case.images[0], case.brain_mask)
+    inside = uncertainty[case.brain_mask]
+    top = float(np.percentile(inside, 99.5)) if inside.size and inside.max() > 0 else 1.0
+    for row, z in enumerate(slices):
+        panels = ([case.labels[z]] if with_truth else []) + [labels[z]]
+        for column, panel in enumerate(panels):
+            ax = axes[row, column]
+            ax.imshow(_masked(case, 0, z), cmap="gray", vmin=window[0], vmax=window[1])
+            ax.imshow(panel, cmap=ListedColormap(LABEL_COLOURS), vmin=0, vmax=3, interpolation="nearest", alpha=0.55)
+        ax = axes[row, -1]
+        ax.imshow(_masked(case, 0, z), cmap="gray", vmin=window[0], vmax=window[1])
+        ax.imshow(np.ma.masked_less_equal(uncertainty[z], 0.02 * top), cmap="Reds", vmin=0, vmax=top, alpha=0.85)
+        for column, name in enumerate(columns):
+            axes[row, column].set_axis_off()
+            if row == 0:
+                axes[row, column].set_title(name, color="white", fontsize=9)
+        axes[row, 0].text(2, 12, f"z={z}", color="yellow", fontsize=8)
+    figure.suptitle(title or f"{case.case_id}: test-time dropout", color="white", fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 0.95))
+    return _save(figure, path, dpi)
+
+
+def error_by_uncertainty(analysis: dict, path: str | Path, title: str = "", dpi: int = 100) -> Path:
+    """Error rate of the mean prediction in equal-count bins of each uncertainty map (low → high), AUROC in the
+    legend; the dashed line is the brain's overall error rate. ``analysis``: from
+    :func:`uncertainty.uncertainty_error_analysis`."""
+    figure, ax = plt.subplots(figsize=(5, 3.4))
+    for name, entry in analysis["maps"].items():
+        rates = [b["error_rate"] for b in entry["bins"]]
+        ax.plot(range(1, len(rates) + 1), rates, marker="o", label=f"{name} (AUROC {entry['auroc']:.3f})")
+    ax.axhline(analysis["error_rate"], color="grey", linestyle="--", linewidth=0.8, label="overall error rate")
+    ax.set_xlabel("uncertainty bin (equal voxel counts, low → high)")
+    ax.set_ylabel("misclassified fraction")
+    ax.set_yscale("symlog", linthresh=1e-4)  # bins with no error stay drawable
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title or "misclassification vs uncertainty, inside the brain", fontsize=9)
+    figure.tight_layout()
+    return _save(figure, path, dpi)
+
+
+def _preimage_panel(ax, image: np.ndarray) -> None:
+    low, high = np.percentile(image, (1, 99))
+    ax.imshow(image, cmap="gray", vmin=low, vmax=high if high > low else low + 1)
+    ax.set_axis_off()
+
+
+def featviz_montage(runs: dict[str, "object"], path: str | Path, title: str = "", dpi: int = 80) -> Path:
+    """Figure 6 of the paper: one row per filter; for each run (e.g. "unregularised", "regularised") the four
+    sequences side by side. ``runs``: label → :class:`featviz.FeatureVisualisation` (same layer and filters)."""
+    first = next(iter(runs.values()))
+    labels = list(runs)
+    columns = 4 * len(labels)
+    figure, axes = plt.subplots(len(first.filters), columns, figsize=(1.5 * columns, 1.6 * len(first.filters) + 0.4),
+                                squeeze=False, facecolor="black")
+    for block, label in enumerate(labels):
+        result = runs[label]
+        for row, k in enumerate(result.filters):
+            for channel, modality in enumerate(MODALITIES):
+                ax = axes[row, 4 * block + channel]
+                _preimage_panel(ax, result.images[row, channel])
+                if row == 0:
+                    ax.set_title(f"{label}\n{MODALITY_TITLES[modality]}" if channel == 0 else MODALITY_TITLES[modality],
+                                 color="white", fontsize=7)
+            axes[row, 4 * block].text(1, 8, f"#{k} act {result.final_activation[row]:.2f}", color="yellow",
+                                      fontsize=6)
+    figure.suptitle(title or f"activation maximisation, layer {first.layer}", color="white", fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 0.93))
+    return _save(figure, path, dpi)
+
+
+def featviz_sweep(sweep: dict[str, list], path: str | Path, title: str = "", dpi: int = 80) -> Path:
+    """Figure 13 of the paper: one row per regulariser, one column per coefficient; the FLAIR channel of each
+    pre-image. ``sweep``: from :func:`featviz.regulariser_sweep`."""
+    columns = max(len(values) for values in sweep.values())
+    figure, axes = plt.subplots(len(sweep), columns, figsize=(1.7 * columns, 1.9 * len(sweep)), squeeze=False,
+                                facecolor="black")
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for row, (name, runs) in enumerate(sweep.items()):
+        for column, (value, result) in enumerate(runs):
+            _preimage_panel(axes[row, column], result.images[0, 0])
+            axes[row, column].set_title(f"{name} {value:g}", color="white", fontsize=7)
+    figure.suptitle(title or "regulariser sweep (FLAIR channel)", color="white", fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 0.93))
+    return _save(figure, path, dpi)

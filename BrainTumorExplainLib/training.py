@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .case import Case, CaseError, find_case_files, load_case
+from .case import Case, CaseError, find_cases, load_case
 from .labels import REGIONS, region_mask
 from .metrics import dice
 from .models import build_model, save_weights
@@ -42,24 +42,6 @@ class TrainConfig:
     validation_cases: int = 2
     seed: int = 0
     device: str = "cpu"
-
-
-def find_cases(data_dir: str | Path) -> list[Path]:
-    """Case folders under ``data_dir`` (or ``data_dir`` itself when it is one), sorted by name."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise CaseError(f"{data_dir}: data folder does not exist")
-    candidates = [data_dir] + sorted(p for p in data_dir.iterdir() if p.is_dir())
-    cases = []
-    for folder in candidates:
-        try:
-            find_case_files(folder)
-        except CaseError:
-            continue
-        cases.append(folder)
-    if not cases:
-        raise CaseError(f"{data_dir}: no BraTS case folders found (expected sub-folders with _flair/_t1/_t1ce/_t2 files)")
-    return cases
 
 
 def _crop_window(size: int, centre: float, jitter: int, rng: np.random.Generator | None) -> slice:

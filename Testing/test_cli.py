@@ -81,3 +81,45 @@ def test_demo_segments_the_sample_with_the_shipped_network_and_scores_it(tmp_pat
     assert set(np.unique(sitk.GetArrayFromImage(segmentation))) <= {0, 1, 2, 4}
     assert (tmp_path / "montage.png").read_bytes()[:4] == b"\x89PNG"
     assert "summary:" in capsys.readouterr().out.splitlines()[-1]
+
+
+def _same_grid(path, reference):
+    image, ref = sitk.ReadImage(str(path)), sitk.ReadImage(str(reference))
+    return (image.GetSize() == ref.GetSize() and np.allclose(image.GetSpacing(), ref.GetSpacing())
+            and np.allclose(image.GetOrigin(), ref.GetOrigin())
+            and np.allclose(image.GetDirection(), ref.GetDirection()))
+
+
+def test_gradcam_writes_maps_on_the_case_grid_montage_and_curves(small_phantom, tmp_path, capsys):
+    case = small_phantom.flair.parent
+    out = tmp_path / "gc"
+    assert main(["gradcam", str(case), "--model", "resunet", "--layers", "enc1,head", "--classes", "et",
+                 "--slices", "20", "--out", str(out)]) == 0
+    maps = sorted(p.name for p in (out / "resunet").glob("*.nii.gz"))
+    assert maps == ["enc1_et.nii.gz", "head_et.nii.gz"]
+    assert _same_grid(out / "resunet" / "head_et.nii.gz", small_phantom.flair)
+    table = json.loads((out / "resunet" / "localisation.json").read_text())["table"]
+    assert set(table["head"]["ET"]) == {"brain", "WT", "TC", "ET"}
+    for png in (out / "resunet" / "gradcam_z20.png", out / "topdown.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["gradcam", str(case), "--model", "resunet", "--layers", "enc7", "--out", str(out)]) == 2
+    assert "valid layers: enc1" in capsys.readouterr().err
+    assert main(["gradcam", str(case), "--model", "resunet", "--classes", "5", "--out", str(out)]) == 2
+    assert main(["gradcam", str(case), "--model", "resunet", "--slices", "999", "--out", str(out)]) == 2
+
+
+def test_dissect_writes_thresholds_tables_masks_and_figure(small_phantom, tmp_path, capsys):
+    out = tmp_path / "dis"
+    assert main(["dissect", "--data", str(small_phantom.flair.parent), "--model", "resunet", "--layers", "enc2,dec1",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "detectors (IoU ≥ 0.04) per concept per layer" in printed
+    saved = json.loads((out / "dissection.json").read_text())
+    assert saved["architecture"] == "resunet" and list(saved["layers"]) == ["enc2", "dec1"]
+    assert (out / "tables" / "enc2.csv").read_text().startswith("filter,best_concept,iou,detector,threshold")
+    masks = list((out / "concepts" / small_phantom.case_id).glob("*.nii.gz"))
+    assert masks and all(_same_grid(p, small_phantom.flair) for p in masks)
+    assert len(masks) == len({row["concept"] for row in json.loads((out / "detectors.json").read_text())["detectors"]})
+    assert (out / "dissection.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["dissect", "--data", str(tmp_path / "nothing"), "--model", "resunet", "--out", str(out)]) == 2
+    assert "data folder does not exist" in capsys.readouterr().err

@@ -11,7 +11,8 @@ from BrainTumorExplainLib.case import CaseError, load_case
 from BrainTumorExplainLib.cli import main
 from BrainTumorExplainLib.models import load_weights
 from BrainTumorExplainLib.phantom import make_phantom, write_phantom
-from BrainTumorExplainLib.training import TrainConfig, find_cases, train
+from BrainTumorExplainLib.case import find_cases
+from BrainTumorExplainLib.training import TrainConfig, train
 from conftest import SMALL
 
 CONFIG = TrainConfig(model="resunet", width=0.0625, epochs=3, steps_per_epoch=8, batch_size=4, crop=(64, 64),

@@ -16,7 +16,7 @@ from BrainTumorExplainLib import __version__
 from BrainTumorExplainLib.evaluation import evaluate_model, evaluation_as_dict
 from BrainTumorExplainLib.models import load_weights
 from BrainTumorExplainLib.models.registry import WEIGHTS_DIR, sha256_of
-from BrainTumorExplainLib.training import find_cases
+from BrainTumorExplainLib.case import find_cases
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--model", required=True)

@@ -1,0 +1,485 @@
+"""Network dissection (paper §3.1; Bau et al. 2017): which filters detect which concepts.
+
+For filter ``k`` of layer ``l``:
+
+* ``T_k,l``: the level exceeded by only the top ``1 − quantile`` (default 1 %) of the filter's activations over
+  the whole dataset — every pixel of every brain-containing axial slice (at ``slice_step``) of every case, at
+  the layer's own resolution. Computed in fixed memory by :class:`quantiles.StreamingQuantiles` (two passes:
+  adaptive histogram, then refinement; the stated error bound is kept per filter).
+* concept mask ``M_k,l(x) = upsample(Φ_k,l(x)) ≥ T_k,l`` (bilinear onto the slice, eq. 1), then the paper's
+  post-processing: a 3×3 opening removes salt-and-pepper noise, the mask is cut to the brain, and only its
+  largest 8-connected component in the slice is kept.
+* IoU against every concept with ground truth (eq. 2): *explicit* — WT, TC, ET, ED, NCR (from the labels);
+  *implicit* — brain (the brain mask), WM, GM, CSF (from a phantom's tissue map). Dataset-wide IoU is
+  Σ|M ∩ G| / Σ|M ∪ G| over all slices; the per-image statistic is the mean IoU over the slices where the concept
+  is present. A filter *detects* a concept when its dataset-wide IoU ≥ ``iou_cutoff`` (0.04, as in Network
+  Dissection).
+
+Our own code rather than netdissect's: the concepts, post-processing and 2D-slice dataset are the paper's, and
+the streaming statistics are a few dozen lines (:mod:`quantiles`). Three passes over the data (histogram,
+refinement, IoU); memory does not grow with the number of cases.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from . import __version__
+from .activations import LayerRecorder, resolve_layers, upsample_to_input
+from .case import Case, CaseError, find_case_files, load_case
+from .labels import region_mask
+from .models.base import SegmentationNet
+from .quantiles import StreamingQuantiles
+
+# name → (what it is, the ground truth it needs)
+CONCEPTS: dict[str, tuple[str, str]] = {
+    "WT": ("whole tumour (NCR ∪ ED ∪ ET)", "labels"),
+    "TC": ("tumour core (NCR ∪ ET)", "labels"),
+    "ET": ("enhancing tumour", "labels"),
+    "ED": ("edema", "labels"),
+    "NCR": ("necrotic / non-enhancing core", "labels"),
+    "brain": ("brain (skull-stripped mask)", "brain mask"),
+    "WM": ("white matter", "tissue"),
+    "GM": ("grey matter", "tissue"),
+    "CSF": ("cerebrospinal fluid", "tissue"),
+}
+_TISSUE_VALUE = {"CSF": 1, "GM": 2, "WM": 3}
+_CLASS_VALUE = {"NCR": 1, "ED": 2}
+DEFAULT_QUANTILE = 0.99
+DEFAULT_IOU_CUTOFF = 0.04
+
+
+def concept_masks(case: Case, concepts: Sequence[str]) -> np.ndarray:
+    """``(len(concepts), Z, Y, X)`` bool ground truth of each concept, limited to the brain."""
+    masks = []
+    for name in concepts:
+        if name not in CONCEPTS:
+            raise ValueError(f"unknown concept {name!r}; expected some of {', '.join(CONCEPTS)}")
+        needs = CONCEPTS[name][1]
+        if needs == "labels" and case.labels is None:
+            raise CaseError(f"{case.case_id}: concept {name} needs a label file (_seg), and this case has none")
+        if needs == "tissue" and case.tissue is None:
+            raise CaseError(f"{case.case_id}: concept {name} needs a tissue map (_tissue: phantoms carry one), "
+                            f"and this case has none")
+        if name == "brain":
+            mask = case.brain_mask
+        elif name in _TISSUE_VALUE:
+            mask = case.tissue == _TISSUE_VALUE[name]
+        elif name in _CLASS_VALUE:
+            mask = case.labels == _CLASS_VALUE[name]
+        else:
+            mask = region_mask(case.labels, name)
+        masks.append(mask & case.brain_mask)
+    return np.stack(masks)
+
+
+def _ground_truth(source: Case | str | Path) -> tuple[str, set[str]]:
+    """A case's name and which ground truths it carries, without reading its images when it is a folder."""
+    if isinstance(source, Case):
+        case_id, labels, tissue = source.case_id, source.labels is not None, source.tissue is not None
+    else:
+        files = find_case_files(source)
+        case_id, labels, tissue = files.case_id, files.seg is not None, files.tissue is not None
+    return case_id, {"brain mask"} | ({"labels"} if labels else set()) | ({"tissue"} if tissue else set())
+
+
+def check_concepts(cases: Sequence[Case | str | Path], concepts: Sequence[str] | None) -> list[str]:
+    """The concepts to measure: by default every one all cases have ground truth for; a named concept that some
+    case lacks is an error naming the case and the missing ground truth."""
+    if not cases:
+        raise ValueError("the dissection dataset is empty: give at least one case")
+    present = [_ground_truth(source) for source in cases]
+    if concepts is None:
+        return [name for name, (_, needs) in CONCEPTS.items() if all(needs in have for _, have in present)]
+    for name in concepts:
+        if name not in CONCEPTS:
+            raise ValueError(f"unknown concept {name!r}; expected some of {', '.join(CONCEPTS)}")
+        needs = CONCEPTS[name][1]
+        lacking = [case_id for case_id, have in present if needs not in have]
+        if lacking:
+            raise CaseError(f"concept {name} needs {needs}, which {len(lacking)} case(s) lack: "
+                            f"{', '.join(lacking[:5])}{' …' if len(lacking) > 5 else ''}")
+    return list(dict.fromkeys(concepts))
+
+
+def model_fingerprint(model: SegmentationNet) -> str:
+    """sha256 over every parameter and buffer: ties saved thresholds to the exact weights they came from."""
+    digest = hashlib.sha256(model.architecture.encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _dissection_slices(case: Case, slice_step: int) -> np.ndarray:
+    return case.brain_slices()[::slice_step]
+
+
+def _layer_batches(model: SegmentationNet, case: Case, layers: Sequence[str], slices: np.ndarray, batch_size: int,
+                   device: torch.device) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """Per batch of axial slices: the chosen layers' activations ``(N, K, h, w)`` of one forward pass."""
+    with LayerRecorder(model, layers) as recorder, torch.no_grad():
+        for start in range(0, len(slices), batch_size):
+            chosen = slices[start:start + batch_size]
+            images = torch.from_numpy(np.ascontiguousarray(case.images[:, chosen].transpose(1, 0, 2, 3))).to(device)
+            model(images)
+            yield chosen, {name: recorder.outputs[name] for name in layers}
+
+
+def _unpadded(activation: torch.Tensor, model: SegmentationNet, height: int, width: int) -> torch.Tensor:
+    """Drop the rows/columns that lie entirely in ``forward``'s zero padding (at the layer's resolution)."""
+    top, bottom, left, right = model.input_padding(height, width)
+    stride_h = (height + top + bottom) / activation.shape[-2]
+    stride_w = (width + left + right) / activation.shape[-1]
+    rows = slice(int(top // stride_h), activation.shape[-2] - int(bottom // stride_h))
+    columns = slice(int(left // stride_w), activation.shape[-1] - int(right // stride_w))
+    return activation[..., rows, columns]
+
+
+def _open3x3(masks: torch.Tensor) -> torch.Tensor:
+    """Binary opening with a 3×3 square, in plane, on a bool ``(..., H, W)`` tensor (separable shifts: far faster
+    than a float max-pool; the image border counts as unchanged)."""
+    def erode(x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        y[..., 1:, :] &= x[..., :-1, :]
+        y[..., :-1, :] &= x[..., 1:, :]
+        z = y.clone()
+        z[..., :, 1:] &= y[..., :, :-1]
+        z[..., :, :-1] &= y[..., :, 1:]
+        return z
+
+    def dilate(x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        y[..., 1:, :] |= x[..., :-1, :]
+        y[..., :-1, :] |= x[..., 1:, :]
+        z = y.clone()
+        z[..., :, 1:] |= y[..., :, :-1]
+        z[..., :, :-1] |= y[..., :, 1:]
+        return z
+
+    return dilate(erode(masks))
+
+
+_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE[1] = True  # 8-connected within a slice, never across slices
+
+
+def largest_component_per_slice(masks: np.ndarray) -> np.ndarray:
+    """Keep, in every 2D plane of ``(P, H, W)`` bool masks, only its largest 8-connected component (ties: all)."""
+    result = np.zeros_like(masks)
+    occupied = np.flatnonzero(masks.reshape(masks.shape[0], -1).any(axis=1))
+    if occupied.size == 0:
+        return result
+    labels, count = ndimage.label(masks[occupied], structure=_IN_PLANE)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    # labels run in raster order and never cross planes, so each plane owns a contiguous, non-empty label range
+    starts = np.concatenate([[0], labels.reshape(len(occupied), -1).max(axis=1)[:-1]])
+    per_plane = np.diff(np.concatenate([starts, [count]]))
+    biggest = np.repeat(np.maximum.reduceat(sizes, starts), per_plane)
+    keep = np.concatenate([[False], sizes == biggest])
+    result[occupied] = keep[labels]
+    return result
+
+
+def threshold_masks(activation: torch.Tensor, thresholds: torch.Tensor, brain: torch.Tensor,
+                    model: SegmentationNet) -> np.ndarray:
+    """Concept masks of one layer for a batch: ``(N, K, h, w)`` activations, ``(K,)`` thresholds, ``(N, H, W)``
+    bool brain → ``(N, K, H, W)`` bool after upsampling, eq. 1 and the post-processing."""
+    height, width = brain.shape[-2:]
+    result = np.zeros(activation.shape[:2] + (height, width), dtype=bool)
+    rows, columns = np.flatnonzero(brain.any(0).any(1).cpu().numpy()), np.flatnonzero(brain.any(0).any(0).cpu().numpy())
+    if rows.size == 0:
+        return result
+    # Work only on the brain's bounding box (+2 px so the opening sees the same neighbourhood): masks end inside it.
+    box = (slice(max(rows[0] - 2, 0), rows[-1] + 3), slice(max(columns[0] - 2, 0), columns[-1] + 3))
+    maps = upsample_to_input(activation, model, height, width)[..., box[0], box[1]]
+    masks = _open3x3(maps >= thresholds.to(maps)[None, :, None, None]) & brain[:, None, box[0], box[1]]
+    cropped = masks.cpu().numpy()
+    result[..., box[0], box[1]] = largest_component_per_slice(
+        cropped.reshape((-1,) + cropped.shape[-2:])).reshape(cropped.shape)
+    return result
+
+
+@dataclass
+class LayerDissection:
+    """Per filter of one layer: threshold, and IoU sums against each concept."""
+
+    thresholds: np.ndarray  # (K,) T_k,l
+    threshold_error: np.ndarray  # (K,) bound on |T − exact quantile|
+    intersection: np.ndarray  # (K, C) Σ|M ∩ G| over slices
+    union: np.ndarray  # (K, C) Σ|M ∪ G|
+    image_iou_sum: np.ndarray  # (K, C) Σ per-slice IoU over slices where G is present
+    image_count: np.ndarray  # (C,) number of slices where G is present
+
+    @property
+    def iou(self) -> np.ndarray:
+        """Dataset-wide IoU ``(K, C)``."""
+        return np.divide(self.intersection, self.union, out=np.zeros(self.union.shape), where=self.union > 0)
+
+    @property
+    def image_iou(self) -> np.ndarray:
+        """Mean per-slice IoU ``(K, C)`` over slices containing the concept."""
+        return self.image_iou_sum / np.maximum(self.image_count, 1)[None, :]
+
+
+@dataclass
+class Dissection:
+    """The result of :func:`dissect`, saved as JSON (:meth:`save`) beside a model so a single new case can be
+    dissected later without the dataset (:func:`filter_concept_masks`)."""
+
+    architecture: str
+    fingerprint: str
+    quantile: float
+    iou_cutoff: float
+    concepts: list[str]
+    cases: list[str]
+    slice_step: int
+    layers: dict[str, LayerDissection] = field(repr=False)
+
+    def detectors(self, cutoff: float | None = None) -> list[dict]:
+        """Every (layer, filter) whose best concept reaches the IoU cutoff, best first."""
+        cutoff = self.iou_cutoff if cutoff is None else cutoff
+        rows = []
+        for layer, result in self.layers.items():
+            iou = result.iou
+            for k in range(iou.shape[0]):
+                best = int(iou[k].argmax())
+                if iou[k, best] >= cutoff:
+                    rows.append({"layer": layer, "filter": k, "concept": self.concepts[best],
+                                 "iou": float(iou[k, best]), "image_iou": float(result.image_iou[k, best])})
+        return sorted(rows, key=lambda row: -row["iou"])
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Detectors per concept per layer: ``{layer: {concept: count}}`` (each filter counted for its best
+        concept only)."""
+        table = {layer: {concept: 0 for concept in self.concepts} for layer in self.layers}
+        for row in self.detectors():
+            table[row["layer"]][row["concept"]] += 1
+        return table
+
+    def table(self, layer: str) -> list[dict]:
+        """One row per filter of ``layer``: best concept, its IoU, the threshold, and the IoU with every concept."""
+        result = self.layers[layer]
+        iou = result.iou
+        rows = []
+        for k in range(iou.shape[0]):
+            best = int(iou[k].argmax())
+            rows.append({"filter": k, "best_concept": self.concepts[best], "iou": round(float(iou[k, best]), 5),
+                         "detector": bool(iou[k, best] >= self.iou_cutoff),
+                         "threshold": float(result.thresholds[k]),
+                         **{f"iou_{c}": round(float(iou[k, j]), 5) for j, c in enumerate(self.concepts)}})
+        return rows
+
+    def write_tables(self, folder: str | Path) -> list[Path]:
+        """``<layer>.csv`` per layer (the same rows as :meth:`table`)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for layer in self.layers:
+            rows = self.table(layer)
+            path = folder / f"{layer}.csv"
+            with path.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            paths.append(path)
+        return paths
+
+    def to_dict(self) -> dict:
+        return {
+            "format": "BrainTumorExplain dissection 1", "library_version": __version__,
+            "architecture": self.architecture, "fingerprint": self.fingerprint, "quantile": self.quantile,
+            "iou_cutoff": self.iou_cutoff, "concepts": self.concepts, "cases": self.cases,
+            "slice_step": self.slice_step,
+            "layers": {name: {"thresholds": r.thresholds.tolist(), "threshold_error": r.threshold_error.tolist(),
+                              "intersection": r.intersection.tolist(), "union": r.union.tolist(),
+                              "image_iou_sum": r.image_iou_sum.tolist(), "image_count": r.image_count.tolist()}
+                       for name, r in self.layers.items()},
+            "summary": self.summary(),
+            "detectors": [{**row, "iou": round(row["iou"], 5), "image_iou": round(row["image_iou"], 5)}
+                          for row in self.detectors()],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict()) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Dissection":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: not a readable dissection file ({error})") from None
+        if data.get("format") != "BrainTumorExplain dissection 1":
+            raise ValueError(f"{path}: not a BrainTumorExplain dissection file")
+        layers = {name: LayerDissection(*(np.asarray(r[key], dtype=np.int64 if key in ("intersection", "union",
+                                                                                         "image_count") else float)
+                                          for key in ("thresholds", "threshold_error", "intersection", "union",
+                                                      "image_iou_sum", "image_count")))
+                  for name, r in data["layers"].items()}
+        return cls(data["architecture"], data["fingerprint"], data["quantile"], data["iou_cutoff"],
+                   data["concepts"], data["cases"], data["slice_step"], layers)
+
+    def check_model(self, model: SegmentationNet) -> None:
+        """Refuse thresholds computed on other weights: they would make meaningless masks."""
+        if model.architecture != self.architecture or model_fingerprint(model) != self.fingerprint:
+            raise ValueError(f"this dissection was computed for other weights ({self.architecture}, fingerprint "
+                             f"{self.fingerprint[:12]}…), not for this {model.architecture}")
+
+
+def _as_case(source: Case | str | Path) -> Case:
+    return source if isinstance(source, Case) else load_case(source)
+
+
+def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: str | Iterable[str] = "all",
+            concepts: Sequence[str] | None = None, quantile: float = DEFAULT_QUANTILE,
+            iou_cutoff: float = DEFAULT_IOU_CUTOFF, slice_step: int = 1, bins: int = 2048, batch_size: int = 16,
+            device: str | torch.device | None = None, progress: bool = False) -> Dissection:
+    """Thresholds and concept IoUs of every filter of ``layers`` over a dataset of cases.
+
+    ``cases`` may be :class:`Case` objects or case folders (folders are read one at a time, in each pass, so
+    memory stays bounded by one case). ``concepts`` defaults to every concept all cases have ground truth for;
+    naming one a case lacks is an error that says which.
+    """
+    concepts = check_concepts(cases, concepts)
+    if slice_step < 1:
+        raise ValueError(f"slice_step must be at least 1, got {slice_step}")
+    if not 0 <= iou_cutoff <= 1:
+        raise ValueError(f"iou_cutoff must lie in [0, 1], got {iou_cutoff}")
+    layer_names = resolve_layers(model, layers)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    statistics: dict[str, StreamingQuantiles] = {}
+    sums: dict[str, LayerDissection] = {}
+    case_ids: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for stage in ("thresholds", "refine thresholds", "concept IoU"):
+            sources: Iterable = cases
+            if progress:
+                from tqdm import tqdm
+
+                sources = tqdm(cases, desc=f"dissect {model.architecture}: {stage}", unit="case")
+            for source in sources:  # a case lives only for its own call: memory is one case, whatever the count
+                if stage == "concept IoU":
+                    case_ids.append(_tally_iou(model, _as_case(source), layer_names, concepts, sums, slice_step,
+                                               batch_size, device))
+                else:
+                    _tally_activations(model, _as_case(source), layer_names, statistics, quantile, bins, slice_step,
+                                       batch_size, device)
+            if stage == "thresholds":
+                for statistic in statistics.values():
+                    statistic.start_refinement()
+            elif stage == "refine thresholds":
+                for name, statistic in statistics.items():
+                    filters = statistic.channels
+                    sums[name] = LayerDissection(statistic.quantile().float().double().numpy(),
+                                                 statistic.error_bound().numpy(),
+                                                 np.zeros((filters, len(concepts)), np.int64),
+                                                 np.zeros((filters, len(concepts)), np.int64),
+                                                 np.zeros((filters, len(concepts))), np.zeros(len(concepts), np.int64))
+    finally:
+        model.train(was_training)
+    return Dissection(model.architecture, model_fingerprint(model), quantile, iou_cutoff, concepts, case_ids,
+                      slice_step, sums)
+
+
+def _tally_activations(model: SegmentationNet, case: Case, layers: Sequence[str],
+                       statistics: dict[str, StreamingQuantiles], quantile: float, bins: int, slice_step: int,
+                       batch_size: int, device: torch.device) -> None:
+    """Threshold passes: every activation value of the case's dissection slices into each filter's histogram."""
+    height, width = case.images.shape[-2:]
+    slices = _dissection_slices(case, slice_step)
+    for _, activations in _layer_batches(model, case, layers, slices, batch_size, device):
+        for name, activation in activations.items():
+            values = _unpadded(activation, model, height, width).transpose(0, 1).flatten(1)
+            if name not in statistics:
+                statistics[name] = StreamingQuantiles(values.shape[0], quantile, bins)
+            statistics[name].add(values)
+
+
+def _tally_iou(model: SegmentationNet, case: Case, layers: Sequence[str], concepts: Sequence[str],
+               sums: dict[str, LayerDissection], slice_step: int, batch_size: int, device: torch.device) -> str:
+    """IoU pass: each filter's post-processed masks against each concept, summed slice by slice."""
+    truth = concept_masks(case, concepts)
+    slices = _dissection_slices(case, slice_step)
+    for chosen, activations in _layer_batches(model, case, layers, slices, batch_size, device):
+        brain = torch.from_numpy(case.brain_mask[chosen]).to(device)
+        gt = truth[:, chosen].transpose(1, 0, 2, 3).reshape(len(chosen), len(concepts), -1)  # (N, C, pixels)
+        gt_area = gt.sum(-1)  # (N, C)
+        present = gt_area > 0
+        gt_flat = torch.from_numpy(gt).float()
+        for name, activation in activations.items():
+            thresholds = torch.from_numpy(sums[name].thresholds).float().to(device)
+            masks = threshold_masks(activation, thresholds, brain, model)  # (N, K, H, W)
+            masks = masks.reshape(masks.shape[0], masks.shape[1], -1)
+            inter = torch.bmm(torch.from_numpy(masks).float(), gt_flat.transpose(1, 2)).round().long().numpy()
+            union = masks.sum(-1)[:, :, None] + gt_area[:, None, :] - inter  # (N, K, C)
+            per_image = np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0)
+            result = sums[name]
+            result.intersection += inter.sum(0)
+            result.union += union.sum(0)
+            result.image_iou_sum += (per_image * present[:, None, :]).sum(0)
+            result.image_count += present.sum(0)
+    return case.case_id
+
+
+def filter_concept_masks(model: SegmentationNet, case: Case, dissection: Dissection,
+                         filters: Sequence[tuple[str, int]], batch_size: int = 16,
+                         device: str | torch.device | None = None) -> dict[tuple[str, int], np.ndarray]:
+    """Concept masks of chosen ``(layer, filter)`` pairs on one case, from saved thresholds: ``(Z, Y, X)`` bool on
+    the case's canonical grid (empty on slices without brain). Write them with ``case.grid.write``."""
+    dissection.check_model(model)
+    for layer, k in filters:
+        if layer not in dissection.layers:
+            raise ValueError(f"layer {layer!r} was not dissected; dissected layers: {', '.join(dissection.layers)}")
+        if not 0 <= k < len(dissection.layers[layer].thresholds):
+            raise ValueError(f"filter {k} out of range for layer {layer} "
+                             f"(0..{len(dissection.layers[layer].thresholds) - 1})")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    layers = resolve_layers(model, sorted({layer for layer, _ in filters}))
+    masks = {pick: np.zeros(case.brain_mask.shape, dtype=bool) for pick in filters}
+    was_training = model.training
+    model.eval()
+    try:
+        for chosen, activations in _layer_batches(model, case, layers, case.brain_slices(), batch_size, device):
+            brain = torch.from_numpy(case.brain_mask[chosen]).to(device)
+            for layer in layers:
+                ks = [k for name, k in filters if name == layer]
+                thresholds = torch.as_tensor(dissection.layers[layer].thresholds[ks], dtype=torch.float32)
+                layer_masks = threshold_masks(activations[layer][:, ks], thresholds.to(device), brain, model)
+                for position, k in enumerate(ks):
+                    masks[(layer, k)][chosen] = layer_masks[:, position]
+    finally:
+        model.train(was_training)
+    return masks
+
+
+def shipped_dissection_path(architecture: str) -> Path:
+    from .models.registry import WEIGHTS_DIR
+
+    return WEIGHTS_DIR / f"{architecture}.dissection.json"
+
+
+def load_shipped_dissection(model: SegmentationNet) -> Dissection:
+    """The dissection shipped beside a shipped model's weights (``scripts/dissect_shipped_models.sh``), checked to
+    belong to exactly these weights."""
+    path = shipped_dissection_path(model.architecture)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no shipped dissection for {model.architecture}; run `python -m "
+                                f"BrainTumorExplainLib dissect` on a dataset to make one")
+    dissection = Dissection.load(path)
+    dissection.check_model(model)
+    return dissection

@@ -1,0 +1,202 @@
+"""Network dissection: streaming quantiles against exact ones, post-processing, and dissection of a network whose
+filters are known concept detectors by construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from torch import nn
+
+from BrainTumorExplainLib.case import CaseError, load_case
+from BrainTumorExplainLib.dissection import (Dissection, _open3x3, check_concepts, concept_masks, dissect,
+                                             filter_concept_masks, largest_component_per_slice)
+from BrainTumorExplainLib.labels import region_mask
+from BrainTumorExplainLib.models import build_model
+from BrainTumorExplainLib.models.base import SegmentationNet
+from BrainTumorExplainLib.quantiles import StreamingQuantiles
+
+
+def _stream(seed: int = 0) -> list[torch.Tensor]:
+    """Batches whose range grows upwards, then downwards, with ties and a constant channel."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for scale in (1.0, 1.0, 6.0, 0.5, 30.0):
+        batch = torch.randn(4, 3000, generator=generator) * scale
+        batch[1] = torch.relu(batch[1])  # half the values tie at zero
+        batch[2] = batch[2].abs() * -1 - scale  # only negative, drifting down
+        batch[3] = 2.5  # constant
+        batches.append(batch)
+    return batches
+
+
+@pytest.mark.parametrize("q", [0.99, 0.5, 0.999])
+def test_streaming_quantile_is_within_its_stated_bound_of_the_exact_quantile(q):
+    batches = _stream()
+    exact = torch.quantile(torch.cat(batches, 1).double(), q, dim=1)
+    statistic = StreamingQuantiles(4, q, bins=256)
+    for batch in batches:
+        statistic.add(batch)
+    first, first_bound = statistic.quantile(), statistic.error_bound()
+    assert ((first - exact).abs() <= 2 * first_bound + 1e-12).all()
+    statistic.start_refinement()
+    for batch in batches:
+        statistic.add(batch)
+    refined, bound = statistic.quantile(), statistic.error_bound()
+    assert (bound <= first_bound / 256 + 1e-15).all()
+    assert ((refined - exact).abs() <= 2 * bound + 1e-12).all(), (refined - exact, bound)
+    # accuracy stated in numbers: for the spread-out channel 0 the refined error is below 1e-4 of its range
+    spread = float(torch.cat(batches, 1)[0].max() - torch.cat(batches, 1)[0].min())
+    assert abs(float(refined[0] - exact[0])) < 1e-4 * spread
+
+
+def test_streaming_state_is_fixed_size_and_resumes_exactly():
+    batches = _stream(1)
+    whole = StreamingQuantiles(4, 0.99, bins=128)
+    resumed = StreamingQuantiles(4, 0.99, bins=128)
+    sizes = []
+    for index, batch in enumerate(batches):
+        whole.add(batch)
+        resumed.add(batch)
+        if index == 1:
+            resumed = StreamingQuantiles.from_state_dict(resumed.state_dict())
+        sizes.append(sum(v.numel() for v in whole.state_dict().values() if isinstance(v, torch.Tensor)))
+    assert len(set(sizes)) == 1  # does not grow with the number of values
+    assert torch.equal(whole.quantile(), resumed.quantile())
+
+
+def test_streaming_quantile_rejects_bad_input():
+    with pytest.raises(ValueError, match="quantile must lie in"):
+        StreamingQuantiles(2, 1.0)
+    statistic = StreamingQuantiles(2, 0.5)
+    with pytest.raises(ValueError, match="no values"):
+        statistic.quantile()
+    with pytest.raises(ValueError, match=r"expected values \(2, n\)"):
+        statistic.add(torch.zeros(3, 5))
+
+
+def test_largest_component_per_slice_matches_a_per_plane_reference():
+    rng = np.random.default_rng(0)
+    masks = ndimage.binary_dilation(rng.random((60, 30, 30)) > 0.97, structure=np.ones((1, 2, 2), bool))
+    masks[3] = False
+    masks[4] = False
+    masks[4, 2:4, 2:4] = masks[4, 10:12, 10:12] = True  # a tie: both kept
+    kept = largest_component_per_slice(masks)
+    for plane in range(masks.shape[0]):
+        labels, count = ndimage.label(masks[plane], structure=np.ones((3, 3)))
+        if count == 0:
+            assert not kept[plane].any()
+            continue
+        sizes = np.bincount(labels.ravel())[1:]
+        np.testing.assert_array_equal(kept[plane], np.isin(labels, np.flatnonzero(sizes == sizes.max()) + 1))
+
+
+def test_opening_matches_scipy_inside_the_image():
+    rng = np.random.default_rng(1)
+    masks = rng.random((5, 40, 40)) > 0.6
+    ours = _open3x3(torch.from_numpy(masks)).numpy()
+    reference = ndimage.binary_opening(masks, structure=np.ones((1, 3, 3), bool))
+    np.testing.assert_array_equal(ours[:, 2:-2, 2:-2], reference[:, 2:-2, 2:-2])
+
+
+class ConceptToy(SegmentationNet):
+    """Layer "a" passes the four input channels through unchanged, so filter k's activation *is* input channel k."""
+
+    architecture = "toy"
+    divisor = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = {}
+        self.a = nn.Conv2d(4, 4, 1, bias=False)
+        self.out = nn.Conv2d(4, 4, 1)
+        with torch.no_grad():
+            self.a.weight.copy_(torch.eye(4)[:, :, None, None])
+        self._register_layer("a", "a")
+        self._register_layer("out", "out")
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.a(x))
+
+
+@pytest.fixture(scope="module")
+def concept_case(small_phantom):
+    """The small phantom with inputs replaced by concept indicators: WT, WM, TC and noise."""
+    case = load_case(small_phantom.flair.parent)
+    noise = np.random.default_rng(0).random(case.brain_mask.shape).astype(np.float32)
+    images = np.stack([region_mask(case.labels, "WT"), case.tissue == 3, region_mask(case.labels, "TC"), noise])
+    return dataclasses.replace(case, images=images.astype(np.float32))
+
+
+def test_dissection_finds_the_detectors_built_into_a_toy(concept_case):
+    result = dissect(ConceptToy(), [concept_case], layers=["a"], quantile=0.95)
+    assert result.concepts == ["WT", "TC", "ET", "ED", "NCR", "brain", "WM", "GM", "CSF"]
+    iou = result.layers["a"].iou
+    best = [result.concepts[i] for i in iou.argmax(1)]
+    assert best[:3] == ["WT", "WM", "TC"]
+    assert iou[0, result.concepts.index("WT")] > 0.8
+    assert iou[2, result.concepts.index("TC")] > 0.8
+    assert iou[3].max() < result.iou_cutoff  # scattered noise: opening + largest component leave little
+    detected = {(row["filter"], row["concept"]) for row in result.detectors()}
+    assert {(0, "WT"), (2, "TC")} <= detected and all(k != 3 for k, _ in detected)
+    assert result.summary()["a"]["WT"] >= 1
+    # thresholds against the exact quantile of all the values the dissection saw (every brain slice)
+    seen = torch.from_numpy(concept_case.images[:, concept_case.brain_slices()].reshape(4, -1)).double()
+    exact = torch.quantile(seen, 0.95, dim=1).numpy()
+    layer = result.layers["a"]
+    assert (np.abs(layer.thresholds - exact) <= 2 * layer.threshold_error + 1e-6).all()
+
+
+def test_saved_thresholds_dissect_a_single_case_the_same_way(concept_case, tmp_path):
+    model = ConceptToy()
+    result = dissect(model, [concept_case], layers=["a"], quantile=0.95)
+    loaded = Dissection.load(result.save(tmp_path / "dissection.json"))
+    assert loaded.concepts == result.concepts and loaded.fingerprint == result.fingerprint
+    np.testing.assert_array_equal(loaded.layers["a"].intersection, result.layers["a"].intersection)
+    masks = filter_concept_masks(model, concept_case, loaded, [("a", 0), ("a", 2)])
+    truth = concept_masks(concept_case, ["WT", "TC"])
+    for (pick, mask), gt, column in zip(masks.items(), truth, (0, 1)):
+        assert mask.shape == concept_case.brain_mask.shape and mask.dtype == bool
+        assert int((mask & gt).sum()) == result.layers["a"].intersection[pick[1], column]
+        assert int((mask | gt).sum()) == result.layers["a"].union[pick[1], column]
+
+
+def test_bad_input_is_named(concept_case, tmp_path, small_phantom):
+    model = ConceptToy()
+    with pytest.raises(ValueError, match="dataset is empty"):
+        dissect(model, [])
+    with pytest.raises(ValueError, match="unknown layer.*valid layers: a, out"):
+        dissect(model, [concept_case], layers=["b"])
+    with pytest.raises(ValueError, match="unknown concept 'tumour'"):
+        check_concepts([concept_case], ["tumour"])
+    no_tissue = dataclasses.replace(concept_case, case_id="NoTissue", tissue=None)
+    with pytest.raises(CaseError, match="concept WM needs tissue.*NoTissue"):
+        dissect(model, [concept_case, no_tissue], concepts=["WT", "WM"])
+    assert "WM" not in check_concepts([concept_case, no_tissue], None)  # default: only what every case has
+    result = dissect(model, [concept_case], layers=["a"], quantile=0.95)
+    other = build_model("resunet", width=0.0625)
+    with pytest.raises(ValueError, match="computed for other weights"):
+        filter_concept_masks(other, concept_case, result, [("enc1", 0)])
+    with pytest.raises(ValueError, match="filter 9 out of range for layer a"):
+        filter_concept_masks(model, concept_case, result, [("a", 9)])
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a BrainTumorExplain dissection file"):
+        Dissection.load(tmp_path / "junk.json")
+
+
+def test_memory_does_not_grow_with_the_number_of_cases(small_phantom):
+    """Cases given as folders are read one at a time: peak traced memory for 1 and 4 cases is the same."""
+    folder = small_phantom.flair.parent
+    torch.manual_seed(0)
+    model = build_model("resunet", width=0.0625)
+    peaks = []
+    for count in (1, 4):
+        tracemalloc.start()
+        dissect(model, [folder] * count, layers=["enc1", "dec1"])
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.15 * peaks[0], peaks

@@ -1,0 +1,135 @@
+"""Test-time-dropout uncertainty: the statistics against direct formulas, seeding, dropout-only sampling, the
+adaptive quick mode, AUROC, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from BrainTumorExplainLib.case import load_case
+from BrainTumorExplainLib.models import build_model
+from BrainTumorExplainLib.models.base import SegmentationNet, test_time_dropout
+from BrainTumorExplainLib.uncertainty import (SamplingPlan, _RunningMoments, auroc, ttd_batch,
+                                              uncertainty_error_analysis, uncertainty_volume)
+
+
+def test_running_moments_match_the_direct_formulas():
+    generator = torch.Generator().manual_seed(0)
+    probabilities = torch.softmax(torch.randn(30, 2, 4, 5, 6, generator=generator) * 2, dim=2)  # (T, N, C, H, W)
+    moments = _RunningMoments((2, 4, 5, 6), torch.device("cpu"))
+    for chunk in probabilities.split(7):
+        moments.add(chunk)
+    p = probabilities.double()
+    mean = p.mean(0)
+    variance = p.var(0, unbiased=False).mean(1)  # eq. 9b, channel mean
+    entropy = -(mean * mean.log()).sum(1)
+    expected_entropy = -(p * p.log()).sum(2).mean(0)
+    torch.testing.assert_close(moments.mean(), mean)
+    torch.testing.assert_close(moments.variance(), variance)
+    torch.testing.assert_close(moments.entropy(), entropy)
+    torch.testing.assert_close(moments.mutual_information(), (entropy - expected_entropy).clamp_min(0))
+    assert (moments.mutual_information() <= moments.entropy() + 1e-12).all()
+
+
+@pytest.fixture(scope="module")
+def case_and_model(small_phantom):
+    torch.manual_seed(0)
+    model = build_model("resunet", width=0.0625, dropout=0.3).eval()
+    return load_case(small_phantom.flair.parent), model
+
+
+def test_seeded_reproducible_and_leaves_the_callers_rng_and_model_alone(case_and_model):
+    case, model = case_and_model
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    running = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    a = uncertainty_volume(model, case, passes=6, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert not model.training and all(not m.training for m in model.modules())
+    assert all(torch.equal(buffer, running[name]) for name, buffer in model.named_buffers())  # BatchNorm untouched
+    b = uncertainty_volume(model, case, passes=6, seed=7)
+    c = uncertainty_volume(model, case, passes=6, seed=8)
+    np.testing.assert_array_equal(a.variance, b.variance)
+    assert not np.array_equal(a.variance, c.variance)
+
+
+def test_only_dropout_samples_and_outputs_are_consistent(case_and_model):
+    case, model = case_and_model
+    volume = uncertainty_volume(model, case, passes=8, seed=0, slices_per_batch=8, passes_per_forward=3)
+    brain = case.brain_mask
+    assert (volume.passes[case.brain_slices()] == 8).all() and (volume.passes[volume.passes > 0] == 8).all()
+    assert volume.variance[brain].max() > 0  # dropout really samples
+    assert not volume.variance[~brain].any() and (volume.labels[~brain] == 0).all()
+    np.testing.assert_allclose(volume.mean[:, brain].sum(0), 1.0, atol=1e-5)
+    assert (volume.mutual_information <= volume.entropy + 1e-6).all()
+    # with dropout off, every pass is the same: zero variance and zero mutual information
+    plain = build_model("resunet", width=0.0625, dropout=0.3).eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.from_numpy(case.images[:, case.brain_slices()[:2]].transpose(1, 0, 2, 3).copy())
+    for module in plain.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    with test_time_dropout(plain):
+        moments, _ = ttd_batch(plain, x, SamplingPlan.fixed(4), passes_per_forward=2)
+    assert float(moments.variance().max()) < 1e-10 and float(moments.mutual_information().max()) < 1e-6
+
+
+def test_quick_mode_stops_between_its_bounds(case_and_model):
+    case, model = case_and_model
+    plan = SamplingPlan(min_passes=4, max_passes=16, round_passes=4, settle_r=0.5)
+    volume = uncertainty_volume(model, case, plan=plan, seed=0)
+    used = volume.passes[volume.passes > 0]
+    assert used.min() >= 8 and used.max() <= 16  # the first comparison is possible after two rounds
+    strict = uncertainty_volume(model, case, plan=SamplingPlan(4, 16, 4, settle_r=1.0), seed=0)
+    assert (strict.passes[strict.passes > 0] == 16).all()
+
+
+def test_auroc_matches_pairwise_counting_with_ties():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 300).astype(float)
+    positives = rng.random(300) < 0.3
+    pos, neg = scores[positives], scores[~positives]
+    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+    assert auroc(scores, positives) == pytest.approx(pairwise)
+    assert auroc(positives.astype(float), positives) == 1.0
+    assert np.isnan(auroc(scores, np.zeros(300, bool)))
+
+
+def test_error_analysis_on_a_perfect_uncertainty_map(case_and_model):
+    case, model = case_and_model
+    volume = uncertainty_volume(model, case, passes=2, seed=0)
+    wrong = volume.labels != case.labels
+    volume.variance = wrong.astype(np.float32)  # a map that is high exactly where the prediction is wrong
+    analysis = uncertainty_error_analysis(volume, case, bins=5)
+    assert analysis["maps"]["uncertainty"]["auroc"] == pytest.approx(1.0)
+    assert analysis["error_rate"] == pytest.approx(wrong[case.brain_mask].mean())
+    assert analysis["maps"]["uncertainty"]["bins"][-1]["error_rate"] > analysis["maps"]["uncertainty"]["bins"][0]["error_rate"]
+
+
+class NoDropout(SegmentationNet):
+    architecture = "nodropout"
+    divisor = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = {}
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def _forward(self, x):
+        return self.conv(x)
+
+
+def test_bad_input(case_and_model):
+    case, _ = case_and_model
+    with pytest.raises(ValueError, match="no active dropout layer"):
+        uncertainty_volume(NoDropout(), case, passes=4)
+    with pytest.raises(ValueError, match="no active dropout layer"):
+        uncertainty_volume(build_model("simunet", width=0.0625, dropout=0.0), case, passes=4)
+    with pytest.raises(ValueError, match="at least 2 passes"):
+        SamplingPlan.fixed(1)
+    unlabelled = type(case)(case.case_id, case.images, case.brain_mask, case.grid)
+    volume = uncertainty_volume(case_and_model[1], case, passes=2)
+    with pytest.raises(ValueError, match="needs ground truth"):
+        uncertainty_error_analysis(volume, unlabelled)
