@@ -200,3 +200,17 @@ def test_memory_does_not_grow_with_the_number_of_cases(small_phantom):
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < 1.15 * peaks[0], peaks
+
+
+@pytest.mark.parametrize("name", ["denseunet", "resunet", "simunet"])
+def test_shipped_dissections_belong_to_the_shipped_weights(name):
+    from BrainTumorExplainLib.dissection import load_shipped_dissection
+    from BrainTumorExplainLib.models import load_pretrained
+
+    model = load_pretrained(name)
+    dissection = load_shipped_dissection(model)  # checks the weights' fingerprint
+    assert list(dissection.layers) == list(model.analysable_layers())
+    assert len(dissection.cases) == 10 and dissection.quantile == 0.99
+    for layer, result in dissection.layers.items():
+        assert (result.union >= result.intersection).all() and (result.threshold_error >= 0).all()
+    assert dissection.detectors(), "the shipped models have concept detectors"

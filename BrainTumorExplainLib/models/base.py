@@ -41,6 +41,7 @@ class SegmentationNet(nn.Module):
         if x.ndim != 4 or x.shape[1] != IN_CHANNELS:
             raise ValueError(f"expected input (N, {IN_CHANNELS}, H, W) in [FLAIR, T1, T1ce, T2] order, "
                              f"got {tuple(x.shape)}")
+        x = x.contiguous(memory_format=torch.channels_last)  # the layout the convolutions are fastest in
         height, width = x.shape[-2:]
         top, bottom, left, right = self.input_padding(height, width)
         if top or bottom or left or right:
