@@ -5,6 +5,7 @@ torch is never imported here.
 """
 
 from .library import ensure_library_importable, missing_dependencies
+from .results import RunOutputs, open_scene_bundle, save_scene_bundle, show_overlay
 from .volumes import (
     CaseNodes,
     add_volume_from_canonical,
@@ -16,6 +17,7 @@ from .volumes import (
 )
 
 __all__ = [
-    "CaseNodes", "add_volume_from_canonical", "canonical_shape", "ensure_library_importable", "ijk_to_ras",
-    "load_case_nodes", "missing_dependencies", "node_reorientation", "remove_nodes",
+    "CaseNodes", "RunOutputs", "add_volume_from_canonical", "canonical_shape", "ensure_library_importable",
+    "ijk_to_ras", "load_case_nodes", "missing_dependencies", "node_reorientation", "open_scene_bundle",
+    "remove_nodes", "save_scene_bundle", "show_overlay",
 ]

@@ -47,13 +47,12 @@ def remove_nodes(scene, nodes) -> None:
     for node in nodes:
         if node is None or node.GetScene() is None:
             continue
-        for i in range(node.GetNumberOfDisplayNodes()):
-            display = node.GetNthDisplayNode(i)
-            if display is not None:
-                scene.RemoveNode(display)
-        storage = node.GetStorageNode()
-        if storage is not None:
-            scene.RemoveNode(storage)
+        if node.IsA("vtkMRMLDisplayableNode"):
+            for display in [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]:
+                if display is not None:
+                    scene.RemoveNode(display)
+        if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is not None:
+            scene.RemoveNode(node.GetStorageNode())
         scene.RemoveNode(node)
 
 

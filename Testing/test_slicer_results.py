@@ -1,0 +1,159 @@
+"""Results into the scene on real MRML (slicer-core): segmentation with terminology, label values, heatmaps with our
+colour tables, the run's subject-hierarchy folder, exact geometry on an awkward reference, no leftovers on failure,
+and a .mrb bundle that reopens with everything."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+sys.path.insert(0, str(Path(__file__).parents[1] / "BrainTumorExplain"))
+
+from BrainTumorExplainLogic import ijk_to_ras, load_case_nodes, node_reorientation  # noqa: E402
+from BrainTumorExplainLogic.results import (RunOutputs, TUMOUR_SEGMENTS, open_scene_bundle,  # noqa: E402
+                                            save_scene_bundle, show_overlay)
+from BrainTumorExplainLib.case import load_case  # noqa: E402
+from conftest import oblique_direction, synthetic_case  # noqa: E402
+
+
+@pytest.fixture
+def scene():
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    yield scene
+    scene.Clear(True)
+
+
+@pytest.fixture
+def awkward_case(tmp_path):
+    """Oblique, flipped, axis-permuted and anisotropic: the geometry that breaks naive code."""
+    folder = tmp_path / "case"
+    synthetic_case(folder, "Awkward", shape=(10, 14, 12), spacing=(0.8, 1.3, 2.2),
+                   origin=(12.0, -40.0, 7.5), direction=oblique_direction(25.0, (1, -1, 1)))
+    return folder
+
+
+def _snapshot(node):
+    return (slicer.util.arrayFromVolume(node).copy(), ijk_to_ras(node), node.GetStorageNode().GetFileName(),
+            node.GetName())
+
+
+def _node_count(scene) -> int:
+    return scene.GetNumberOfNodes()
+
+
+def test_segmentation_heatmap_and_hierarchy_on_an_awkward_reference(scene, awkward_case):
+    nodes = load_case_nodes(scene, awkward_case)
+    case = load_case(awkward_case)
+    reference = nodes.volumes["flair"]
+    before = {name: _snapshot(node) for name, node in nodes.volumes.items()}
+    heat = np.random.default_rng(0).random(case.brain_mask.shape).astype(np.float32)
+    with RunOutputs(scene, reference, "run 1") as run:
+        segmentation, labelmap = run.add_segmentation(case.labels)
+        heatmap = run.add_heatmap(heat, "Grad-CAM dec1 ET", colour="heat", transparent_below=0.25)
+        concept = run.add_labelmap(case.labels > 0, "enc2 #17 WT")
+
+    # geometry: every output volume has exactly the reference's IJK→RAS
+    for node in (labelmap, heatmap, concept):
+        np.testing.assert_array_equal(ijk_to_ras(node), ijk_to_ras(reference))
+    role = segmentation.GetReferenceImageGeometryReferenceRole()
+    assert segmentation.GetNodeReferenceID(role) == reference.GetID()
+    # the segments themselves go back to the same voxels and values (1/2/4) on the reference grid
+    exported = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "exported")
+    ids = [segmentation.GetSegmentation().GetNthSegmentID(i) for i in range(3)]
+    import vtk
+
+    id_list = vtk.vtkStringArray()
+    for segment_id in ids:
+        id_list.InsertNextValue(segment_id)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+        segmentation, id_list, exported, reference, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
+        labelmap.GetDisplayNode().GetColorNode())
+    np.testing.assert_array_equal(ijk_to_ras(exported), ijk_to_ras(reference))
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(exported), slicer.util.arrayFromVolume(labelmap))
+    scene.RemoveNode(exported)
+
+    # values round-trip: label map holds the file convention (1/2/4), the heatmap its floats
+    reorient = node_reorientation(reference)
+    np.testing.assert_array_equal(reorient.to_canonical(slicer.util.arrayFromVolume(labelmap)),
+                                  case.label_convention.from_classes(case.labels))
+    np.testing.assert_array_equal(reorient.to_canonical(slicer.util.arrayFromVolume(heatmap)), heat)
+    assert set(np.unique(slicer.util.arrayFromVolume(labelmap))) == {0, 1, 2, 4}
+
+    # segments: names, colours, terminology, label values
+    segments = segmentation.GetSegmentation()
+    found = {segments.GetNthSegment(i).GetLabelValue(): segments.GetNthSegment(i) for i in range(3)}
+    for class_index, (name, colour, code) in TUMOUR_SEGMENTS.items():
+        segment = found[case.label_convention.codes[class_index]]
+        assert segment.GetName() == name
+        np.testing.assert_allclose(segment.GetColor(), colour, atol=1 / 255)  # colour tables store 8 bits
+        assert code in segment.GetTerminology() and "SCT^49755003^Morphologically Altered Structure" in segment.GetTerminology()
+
+    # heatmap display: our colour table, low values transparent
+    display = heatmap.GetDisplayNode()
+    assert display.GetColorNode().GetName() == "BrainTumorExplain heat"
+    assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(0.25 * heat.max())
+
+    # hierarchy: the outputs sit in one folder, beside the input
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
+    folder = run.folder
+    assert hierarchy.GetItemName(folder) == "run 1"
+    children = {hierarchy.GetItemDataNode(hierarchy.GetItemByPositionUnderParent(folder, i)).GetName()
+                for i in range(hierarchy.GetNumberOfItemChildren(folder))}
+    assert children == {"Tumour segmentation", "Tumour segmentation labels", "Grad-CAM dec1 ET", "enc2 #17 WT"}
+
+    # inputs untouched
+    for name, node in nodes.volumes.items():
+        after = _snapshot(node)
+        np.testing.assert_array_equal(after[0], before[name][0])
+        np.testing.assert_array_equal(after[1], before[name][1])
+        assert after[2:] == before[name][2:]
+
+
+def test_failure_or_cancel_inside_a_run_leaves_nothing(scene, awkward_case):
+    nodes = load_case_nodes(scene, awkward_case)
+    case = load_case(awkward_case)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)  # desktop Slicer always has one
+    count = _node_count(scene)
+    items = hierarchy.GetNumberOfItems()
+    bad = np.full(case.brain_mask.shape, np.nan, dtype=np.float32)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        with RunOutputs(scene, nodes.volumes["flair"], "failing run") as run:
+            run.add_segmentation(case.labels)
+            run.add_heatmap(bad, "broken")
+    assert _node_count(scene) == count and hierarchy.GetNumberOfItems() == items
+    with pytest.raises(ValueError, match="does not fit reference node"):
+        with RunOutputs(scene, nodes.volumes["flair"], "wrong shape") as run:
+            run.add_heatmap(np.zeros((3, 3, 3), np.float32), "small")
+    assert _node_count(scene) == count and hierarchy.GetNumberOfItems() == items
+    with pytest.raises(KeyboardInterrupt):  # a cancel raised from inside
+        with RunOutputs(scene, nodes.volumes["flair"], "cancelled") as run:
+            run.add_segmentation(case.labels)
+            raise KeyboardInterrupt
+    assert _node_count(scene) == count and hierarchy.GetNumberOfItems() == items
+    with pytest.raises(ValueError, match="scalar volume"):
+        RunOutputs(scene, None, "no reference")
+
+
+def test_scene_bundle_reopens_with_every_node_and_geometry(scene, awkward_case, tmp_path):
+    nodes = load_case_nodes(scene, awkward_case)
+    case = load_case(awkward_case)
+    reference = nodes.volumes["flair"]
+    with RunOutputs(scene, reference, "run") as run:
+        run.add_segmentation(case.labels)
+        heatmap = run.add_heatmap(case.images[0].clip(0), "uncertainty", colour="uncertainty")
+    show_overlay(scene, reference, heatmap, 0.4)
+    bundle = save_scene_bundle(scene, tmp_path / "out" / "scene.mrb")
+    assert bundle.is_file() and not list(bundle.parent.glob("*.partial"))
+    assert reference.GetStorageNode().GetFileName().startswith(str(awkward_case))  # the input still points home
+    reopened = open_scene_bundle(bundle)
+    volumes = {n.GetName(): n for n in slicer.util.getNodesByClass("vtkMRMLVolumeNode", reopened)}
+    assert {"Awkward_flair", "Tumour segmentation labels", "uncertainty"} <= set(volumes)
+    for name in ("Tumour segmentation labels", "uncertainty"):
+        np.testing.assert_allclose(ijk_to_ras(volumes[name]), ijk_to_ras(reference), atol=1e-9)
+    segmentations = slicer.util.getNodesByClass("vtkMRMLSegmentationNode", reopened)
+    assert len(segmentations) == 1 and segmentations[0].GetSegmentation().GetNumberOfSegments() == 3
+    with pytest.raises(ValueError, match="must end in .mrb"):
+        save_scene_bundle(scene, tmp_path / "scene.zip")
