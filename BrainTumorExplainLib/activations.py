@@ -76,21 +76,26 @@ class _ReachedLayer(Exception):
     """Raised by a hook to stop a forward pass once the wanted layer has run."""
 
 
-def forward_until(model: SegmentationNet, x: torch.Tensor, layer: str) -> torch.Tensor:
-    """The output of one layer, without running the layers after it (an encoder layer's activation costs only the
-    encoder). Gradients flow back to ``x`` as usual."""
-    module = model.analysable_layers()[resolve_layers(model, [layer])[0]]
+def forward_until(model: SegmentationNet, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The outputs of the given layers, stopping the forward pass as soon as the last of them has run (an encoder
+    layer's activation costs only the encoder). Gradients flow back to ``x`` as usual."""
+    names = resolve_layers(model, layers)
+    modules = model.analysable_layers()
     kept: dict[str, torch.Tensor] = {}
 
-    def stop(_module, _inputs, output: torch.Tensor) -> None:
-        kept["output"] = output
-        raise _ReachedLayer
+    def keeper(name: str):
+        def keep(_module, _inputs, output: torch.Tensor) -> None:
+            kept[name] = output
+            if len(kept) == len(names):
+                raise _ReachedLayer
+        return keep
 
-    handle = module.register_forward_hook(stop)
+    handles = [modules[name].register_forward_hook(keeper(name)) for name in names]
     try:
         model(x)
     except _ReachedLayer:
         pass
     finally:
-        handle.remove()
-    return kept["output"]
+        for handle in handles:
+            handle.remove()
+    return kept

@@ -361,7 +361,9 @@ def _run_dissect(args: argparse.Namespace) -> int:
             truth = dict(zip(best, concept_masks(case, list(best))[:, z]))
             panels = [(f"{row['layer']} #{row['filter']}: {concept} IoU {row['iou']:.2f}",
                        masks[(row["layer"], row["filter"])][z], truth[concept]) for concept, row in best.items()]
-            print(f"wrote {concept_montage(case, z, panels, args.out / 'dissection.png', title=f'{case.case_id} z={z} · {args.model}: best detector per concept (dataset-wide IoU), mask cyan, ground truth yellow')}")
+            title = (f"{case.case_id} z={z} · {args.model}: best detector per concept (dataset-wide IoU), "
+                     f"mask cyan, ground truth yellow")
+            print(f"wrote {concept_montage(case, z, panels, args.out / 'dissection.png', title=title)}")
     summary = result.summary()
     header = f"{'layer':<11}" + "".join(f"{c:>6}" for c in result.concepts) + "  filters"
     print(f"detectors (IoU ≥ {result.iou_cutoff}) per concept per layer, {len(cases)} case(s):")
@@ -489,6 +491,8 @@ def _add_featviz(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_featviz(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .featviz import (FeatvizConfig, Regularisers, load_template, regulariser_sweep, resize_template,
                           shipped_template_path, visualise_filters)
     from .figures import featviz_montage, featviz_sweep
@@ -499,25 +503,26 @@ def _run_featviz(args: argparse.Namespace) -> int:
     regularisers = Regularisers(jitter=args.jitter, rotation=args.rotation, tv=args.tv, l2=args.l2,
                                 style=args.style, sigma=args.sigma)
     template = resize_template(load_template(args.template or shipped_template_path()), args.size)
-    runs = {"unregularised": visualise_filters(model, args.layer, filters, Regularisers.none(), config,
-                                               device=args.device, progress=True),
-            "regularised": visualise_filters(model, args.layer, filters, regularisers, config, template,
-                                             device=args.device, progress=True)}
-    layer = runs["regularised"].layer
+    targets = [(args.layer, k) for k in filters]
+    runs = {"unregularised": visualise_filters(model, targets, Regularisers.none(), config, device=args.device,
+                                               progress=True),
+            "regularised": visualise_filters(model, targets, regularisers, config, template, device=args.device,
+                                             progress=True)}
     args.out.mkdir(parents=True, exist_ok=True)
-    np_arrays = {f"{label}_images": run.images for label, run in runs.items()}
-    import numpy as np
-
-    np.savez_compressed(args.out / f"featviz_{layer}.npz", filters=np.asarray(filters), **np_arrays)
+    layer = args.layer
+    np.savez_compressed(args.out / f"featviz_{layer}.npz", filters=np.asarray(filters),
+                        **{f"{label}_images": run.images for label, run in runs.items()})
     (args.out / f"featviz_{layer}.json").write_text(json.dumps(
         {"model": args.model, **{label: run.to_dict() for label, run in runs.items()}}, indent=2) + "\n")
     for label, run in runs.items():
         print(f"{label}: mean activation " + ", ".join(
-            f"#{k} {a:.2f} → {b:.2f}" for k, a, b in zip(run.filters, run.start_activation, run.final_activation)))
-    print(f"wrote {featviz_montage(runs, args.out / f'featviz_{layer}.png', title=f'{args.model} {layer}: activation maximisation (left unregularised, right regularised)')}")
+            f"#{k} {a:.2f} → {b:.2f}" for (_, k), a, b in zip(run.targets, run.start_activation, run.final_activation)))
+    title = f"{args.model} {layer}: activation maximisation (left unregularised, right regularised)"
+    print(f"wrote {featviz_montage(runs, args.out / f'featviz_{layer}.png', title=title)}")
     if args.sweep:
-        sweep = regulariser_sweep(model, layer, filters[0], template, config, regularisers, device=args.device)
-        print(f"wrote {featviz_sweep(sweep, args.out / f'sweep_{layer}_{filters[0]}.png', title=f'{args.model} {layer} #{filters[0]}: one regulariser varied, the others as given (FLAIR channel)')}")
+        sweep = regulariser_sweep(model, targets[0], template, config, regularisers, device=args.device)
+        title = f"{args.model} {layer} #{filters[0]}: one regulariser varied, the others as given (FLAIR channel)"
+        print(f"wrote {featviz_sweep(sweep, args.out / f'sweep_{layer}_{filters[0]}.png', title=title)}")
     return 0
 
 

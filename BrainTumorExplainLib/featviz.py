@@ -16,7 +16,8 @@ For filter ``k`` of layer ``l`` we maximise, over a pre-image ``x`` of shape ``(
   optimises a randomly placed size×size window (the result is the centre window); **rotation**: each step rotates
   the window by a random angle in ±``rotation`` degrees.
 
-Several filters are optimised at once, one image each, in one batch; the forward pass stops at the layer. Seeded:
+Several filters — of one layer or of several — are optimised at once, one image each, in one batch; the forward
+pass stops after the deepest layer asked for. Seeded:
 the initial images, windows, angles and style subsamples come from one ``torch.Generator``.
 """
 
@@ -92,11 +93,13 @@ def style_distance(x: torch.Tensor, template: torch.Tensor, sigma: float, sample
     return (kernel_mean(a, a, True) + kernel_mean(b, b, True) - 2 * kernel_mean(a, b, False)).sum(1)
 
 
-def filter_activation(model: SegmentationNet, images: torch.Tensor, layer: str, filters: Sequence[int]) -> torch.Tensor:
-    """Mean activation of ``filters[i]`` of ``layer`` on ``images[i]`` → ``(N,)`` (what is maximised)."""
-    activation = forward_until(model, images, layer)
-    index = torch.as_tensor(list(filters), device=activation.device)
-    return activation[torch.arange(len(filters), device=activation.device), index].mean(dim=(1, 2))
+Target = tuple[str, int]  # (layer, filter)
+
+
+def filter_activation(model: SegmentationNet, images: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
+    """Mean activation of ``targets[i]`` on ``images[i]`` → ``(N,)`` (what is maximised)."""
+    activations = forward_until(model, images, sorted({layer for layer, _ in targets}))
+    return torch.stack([activations[layer][i, k].mean() for i, (layer, k) in enumerate(targets)])
 
 
 def _rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
@@ -110,8 +113,7 @@ def _rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class FeatureVisualisation:
-    layer: str
-    filters: list[int]
+    targets: list[Target]  # (layer, filter) per image
     images: np.ndarray  # (F, 4, size, size) float32, z-score units, [FLAIR, T1, T1ce, T2]
     start_activation: np.ndarray  # (F,) on the random start image
     final_activation: np.ndarray  # (F,) on the result
@@ -119,23 +121,24 @@ class FeatureVisualisation:
     config: FeatvizConfig
 
     def to_dict(self) -> dict:
-        return {"layer": self.layer, "filters": self.filters, "start_activation": self.start_activation.tolist(),
+        return {"targets": [list(t) for t in self.targets], "start_activation": self.start_activation.tolist(),
                 "final_activation": self.final_activation.tolist(), "regularisers": asdict(self.regularisers),
                 "config": asdict(self.config)}
 
 
-def visualise_filters(model: SegmentationNet, layer: str, filters: Sequence[int],
+def visualise_filters(model: SegmentationNet, targets: Sequence[Target],
                       regularisers: Regularisers = Regularisers(), config: FeatvizConfig = FeatvizConfig(),
                       template: np.ndarray | None = None, device: str | torch.device | None = None,
                       progress: bool = False) -> FeatureVisualisation:
-    """Optimise one pre-image per filter of ``layer``, all in one batch (eq. 8a)."""
-    layer = resolve_layers(model, [layer])[0]
-    filters = [int(k) for k in filters]
+    """Optimise one pre-image per ``(layer, filter)`` target, all in one batch (eq. 8a)."""
+    targets = [(resolve_layers(model, [layer])[0], int(k)) for layer, k in targets]
+    if not targets:
+        raise ValueError("no filters to visualise")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    channels = _layer_channels(model, layer, device)
-    bad = [k for k in filters if not 0 <= k < channels]
-    if bad or not filters:
-        raise ValueError(f"filter(s) {bad or filters} out of range for layer {layer} (0..{channels - 1})")
+    channels = _layer_channels(model, sorted({layer for layer, _ in targets}), device)
+    for layer, k in targets:
+        if not 0 <= k < channels[layer]:
+            raise ValueError(f"filter {k} out of range for layer {layer} (0..{channels[layer] - 1})")
     if regularisers.style > 0 and template is None:
         raise ValueError("the style regulariser needs a template image (the dataset's mean image): pass "
                          "template=, or set style=0")
@@ -148,26 +151,26 @@ def visualise_filters(model: SegmentationNet, layer: str, filters: Sequence[int]
     generator = torch.Generator().manual_seed(config.seed)
     pad = regularisers.jitter
     size = config.size
-    start = torch.randn(len(filters), IN_CHANNELS, size + 2 * pad, size + 2 * pad, generator=generator)
+    start = torch.randn(len(targets), IN_CHANNELS, size + 2 * pad, size + 2 * pad, generator=generator)
     x = (start * config.init_scale).to(device).requires_grad_(True)
     optimiser = torch.optim.Adam([x], lr=config.learning_rate)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            start_activation = filter_activation(model, x[..., pad:pad + size, pad:pad + size], layer, filters)
+            start_activation = filter_activation(model, x[..., pad:pad + size, pad:pad + size], targets)
         steps = range(config.steps)
         if progress:
             from tqdm import tqdm
 
-            steps = tqdm(steps, desc=f"featviz {layer}", unit="step")
+            steps = tqdm(steps, desc="featviz", unit="step")
         for _ in steps:
             dy, dx = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator)) if pad else (0, 0)
             window = x[..., dy:dy + size, dx:dx + size]
             if regularisers.rotation > 0:
-                angles = (torch.rand(len(filters), generator=generator) * 2 - 1) * regularisers.rotation
+                angles = (torch.rand(len(targets), generator=generator) * 2 - 1) * regularisers.rotation
                 window = _rotate(window, angles.to(device))
-            objective = filter_activation(model, window, layer, filters)
+            objective = filter_activation(model, window, targets)
             penalty = torch.zeros_like(objective)
             if regularisers.tv > 0:
                 penalty = penalty + regularisers.tv * total_variation(x)
@@ -182,22 +185,22 @@ def visualise_filters(model: SegmentationNet, layer: str, filters: Sequence[int]
             optimiser.step()
         result = x.detach()[..., pad:pad + size, pad:pad + size]
         with torch.no_grad():
-            final_activation = filter_activation(model, result, layer, filters)
+            final_activation = filter_activation(model, result, targets)
     finally:
         model.train(was_training)
-    return FeatureVisualisation(layer, filters, result.cpu().numpy().astype(np.float32),
+    return FeatureVisualisation(targets, result.cpu().numpy().astype(np.float32),
                                 start_activation.cpu().numpy(), final_activation.cpu().numpy(), regularisers, config)
 
 
-def _layer_channels(model: SegmentationNet, layer: str, device: torch.device) -> int:
-    with torch.no_grad():
-        was_training = model.training
-        model.eval()
-        try:
+def _layer_channels(model: SegmentationNet, layers: Sequence[str], device: torch.device) -> dict[str, int]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
             probe = torch.zeros(1, IN_CHANNELS, model.divisor, model.divisor, device=device)
-            return int(forward_until(model, probe, layer).shape[1])
-        finally:
-            model.train(was_training)
+            return {name: int(output.shape[1]) for name, output in forward_until(model, probe, layers).items()}
+    finally:
+        model.train(was_training)
 
 
 SWEEPS: dict[str, tuple[float, ...]] = {  # Figure 13: one regulariser varied, the others at their defaults
@@ -207,17 +210,17 @@ SWEEPS: dict[str, tuple[float, ...]] = {  # Figure 13: one regulariser varied, t
 }
 
 
-def regulariser_sweep(model: SegmentationNet, layer: str, filter_index: int, template: np.ndarray,
+def regulariser_sweep(model: SegmentationNet, target: Target, template: np.ndarray,
                       config: FeatvizConfig = FeatvizConfig(), base: Regularisers = Regularisers(),
                       device: str | torch.device | None = None) -> dict[str, list[tuple[float, FeatureVisualisation]]]:
-    """The pre-image of one filter for each value in :data:`SWEEPS`, the other regularisers as in ``base``."""
+    """The pre-image of one ``(layer, filter)`` for each value in :data:`SWEEPS`, the others as in ``base``."""
     results: dict[str, list[tuple[float, FeatureVisualisation]]] = {}
     for name, values in SWEEPS.items():
         results[name] = []
         for value in values:
             value = int(value) if name == "jitter" else float(value)
-            results[name].append((value, visualise_filters(model, layer, [filter_index], replace(base, **{name: value}),
-                                                           config, template, device)))
+            results[name].append((value, visualise_filters(model, [target], replace(base, **{name: value}), config,
+                                                           template, device)))
     return results
 
 

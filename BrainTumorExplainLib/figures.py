@@ -245,24 +245,24 @@ def _preimage_panel(ax, image: np.ndarray) -> None:
 
 def featviz_montage(runs: dict[str, "object"], path: str | Path, title: str = "", dpi: int = 80) -> Path:
     """Figure 6 of the paper: one row per filter; for each run (e.g. "unregularised", "regularised") the four
-    sequences side by side. ``runs``: label → :class:`featviz.FeatureVisualisation` (same layer and filters)."""
+    sequences side by side. ``runs``: label → :class:`featviz.FeatureVisualisation` (same targets)."""
     first = next(iter(runs.values()))
     labels = list(runs)
     columns = 4 * len(labels)
-    figure, axes = plt.subplots(len(first.filters), columns, figsize=(1.5 * columns, 1.6 * len(first.filters) + 0.4),
+    figure, axes = plt.subplots(len(first.targets), columns, figsize=(1.5 * columns, 1.6 * len(first.targets) + 0.4),
                                 squeeze=False, facecolor="black")
     for block, label in enumerate(labels):
         result = runs[label]
-        for row, k in enumerate(result.filters):
+        for row, (layer, k) in enumerate(result.targets):
             for channel, modality in enumerate(MODALITIES):
                 ax = axes[row, 4 * block + channel]
                 _preimage_panel(ax, result.images[row, channel])
                 if row == 0:
                     ax.set_title(f"{label}\n{MODALITY_TITLES[modality]}" if channel == 0 else MODALITY_TITLES[modality],
                                  color="white", fontsize=7)
-            axes[row, 4 * block].text(1, 8, f"#{k} act {result.final_activation[row]:.2f}", color="yellow",
-                                      fontsize=6)
-    figure.suptitle(title or f"activation maximisation, layer {first.layer}", color="white", fontsize=9)
+            axes[row, 4 * block].text(1, 8, f"{layer} #{k} act {result.final_activation[row]:.2f}",
+                                      color="yellow", fontsize=6)
+    figure.suptitle(title or "activation maximisation", color="white", fontsize=9)
     figure.tight_layout(rect=(0, 0, 1, 0.93))
     return _save(figure, path, dpi)
 

@@ -123,3 +123,37 @@ def test_dissect_writes_thresholds_tables_masks_and_figure(small_phantom, tmp_pa
     assert (out / "dissection.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["dissect", "--data", str(tmp_path / "nothing"), "--model", "resunet", "--out", str(out)]) == 2
     assert "data folder does not exist" in capsys.readouterr().err
+
+
+def test_uncertainty_writes_maps_figures_and_auroc(small_phantom, tmp_path, capsys):
+    out = tmp_path / "ttd"
+    assert main(["uncertainty", str(small_phantom.flair.parent), "--model", "resunet", "-T", "4", "--quick",
+                 "--agreement", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "agreement with T=4" in printed and "AUROC for misclassified brain voxels" in printed
+    for name in ("segmentation", "uncertainty", "entropy", "mutual_information"):
+        assert _same_grid(out / f"{name}.nii.gz", small_phantom.flair)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentation.nii.gz")))
+    assert set(np.unique(labels)) <= {0, 1, 2, 4}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "quick" and 10 <= summary["passes"]["mean"] <= 40
+    assert set(summary["uncertainty_error"]["maps"]) == {"uncertainty", "entropy", "mutual_information"}
+    assert set(summary["agreement_with_full"]["pearson_r"]) == {"uncertainty", "entropy", "mutual_information"}
+    for png in ("uncertainty.png", "error_by_uncertainty.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_featviz_and_template(small_phantom, tmp_path, capsys):
+    template = tmp_path / "template.npz"
+    assert main(["template", "--data", str(small_phantom.flair.parent), "--out", str(template)]) == 0
+    out = tmp_path / "fv"
+    assert main(["featviz", "--model", "resunet", "--layer", "enc1", "--filters", "0,3", "--steps", "4", "--size",
+                 "32", "--template", str(template), "--sweep", "--out", str(out)]) == 0
+    assert "regularised: mean activation #0" in capsys.readouterr().out
+    for png in ("featviz_enc1.png", "sweep_enc1_0.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with np.load(out / "featviz_enc1.npz") as saved:
+        assert saved["regularised_images"].shape == (2, 4, 32, 32)
+    assert main(["featviz", "--model", "resunet", "--layer", "enc1", "--filters", "99", "--steps", "2", "--size",
+                 "32", "--out", str(out)]) == 2
+    assert "filter 99 out of range for layer enc1" in capsys.readouterr().err

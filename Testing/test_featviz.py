@@ -37,40 +37,41 @@ def test_forward_until_gives_the_layer_output_and_runs_nothing_after(model):
         decoder_calls = []
         handle = model.analysable_layers()["dec1"].register_forward_hook(lambda *a: decoder_calls.append(1))
         try:
-            early = forward_until(model, x, "enc2")
+            early = forward_until(model, x, ["enc2", "enc1"])
         finally:
             handle.remove()
-    torch.testing.assert_close(early, full)
-    assert not decoder_calls
+    torch.testing.assert_close(early["enc2"], full)
+    assert set(early) == {"enc1", "enc2"} and not decoder_calls
 
 
 @pytest.mark.parametrize("regularisers", [NONE, Regularisers(jitter=2, rotation=10, style=0.1)], ids=["none", "all"])
 def test_optimised_images_excite_their_filters_more_than_start_and_random_images(model, template, regularisers):
-    filters = [0, 3, 7]
-    result = visualise_filters(model, "enc3", filters, regularisers, FAST, template)
-    assert result.images.shape == (3, 4, 32, 32) and result.images.dtype == np.float32
+    targets = [("enc3", 0), ("enc3", 7), ("enc1", 2), ("dec2", 1)]  # several layers in one batch
+    result = visualise_filters(model, targets, regularisers, FAST, template)
+    assert result.images.shape == (4, 4, 32, 32) and result.images.dtype == np.float32
     assert (result.final_activation > result.start_activation).all()
     generator = torch.Generator().manual_seed(1)
     for scale in (0.1, 1.0):
-        random_images = torch.randn(3, 4, 32, 32, generator=generator) * scale
+        random_images = torch.randn(4, 4, 32, 32, generator=generator) * scale
         with torch.no_grad():
-            random_activation = filter_activation(model, random_images, "enc3", filters).numpy()
+            random_activation = filter_activation(model, random_images, targets).numpy()
         assert (result.final_activation > random_activation).all(), (scale, result.final_activation, random_activation)
 
 
 def test_each_regulariser_does_what_it_says(model, template):
-    filters = [1, 4]
-    plain = visualise_filters(model, "enc2", filters, NONE, FAST)
-    smooth = visualise_filters(model, "enc2", filters, Regularisers(0, 0.0, tv=1e-2, l2=0.0, style=0.0), FAST)
+    targets = [("enc2", 1), ("enc2", 4)]
+    plain = visualise_filters(model, targets, NONE, FAST)
+    smooth = visualise_filters(model, targets, Regularisers(0, 0.0, tv=1e-2, l2=0.0, style=0.0), FAST)
     assert (total_variation(torch.from_numpy(smooth.images)) < 0.7 * total_variation(torch.from_numpy(plain.images))).all()
 
-    small = visualise_filters(model, "enc2", filters, Regularisers(0, 0.0, tv=0.0, l2=1.0, style=0.0), FAST)
+    small = visualise_filters(model, targets, Regularisers(0, 0.0, tv=0.0, l2=1.0, style=0.0), FAST)
     assert (np.square(small.images).sum(axis=(1, 2, 3)) < np.square(plain.images).sum(axis=(1, 2, 3))).all()
 
     # jitter, on a trained network (a random one has few spatial patterns to be robust about)
     trained = load_pretrained("resunet")
-    plain_trained = visualise_filters(trained, "enc2", [1, 3], NONE, FAST)
-    jittered = visualise_filters(trained, "enc2", [1, 3], Regularisers(6, 0.0, tv=0.0, l2=0.0, style=0.0), FAST)
+    trained_targets = [("enc2", 1), ("enc2", 3)]
+    plain_trained = visualise_filters(trained, trained_targets, NONE, FAST)
+    jittered = visualise_filters(trained, trained_targets, Regularisers(6, 0.0, tv=0.0, l2=0.0, style=0.0), FAST)
 
     def high_frequency_share(images: np.ndarray) -> float:
         spectrum = np.abs(np.fft.fft2(images)) ** 2
@@ -80,7 +81,7 @@ def test_each_regulariser_does_what_it_says(model, template):
 
     assert high_frequency_share(jittered.images) < 0.85 * high_frequency_share(plain_trained.images)
 
-    styled = visualise_filters(model, "enc2", filters, Regularisers(0, 0.0, tv=0.0, l2=0.0, style=10.0), FAST, template)
+    styled = visualise_filters(model, targets, Regularisers(0, 0.0, tv=0.0, l2=0.0, style=10.0), FAST, template)
     t = torch.from_numpy(template)
 
     def distance(images: np.ndarray) -> float:
@@ -99,9 +100,10 @@ def test_style_distance_is_near_zero_for_the_same_distribution_and_positive_othe
 
 
 def test_seeded(model):
-    a = visualise_filters(model, "enc1", [0, 1], Regularisers(jitter=2, rotation=5, style=0.0), FAST)
-    b = visualise_filters(model, "enc1", [0, 1], Regularisers(jitter=2, rotation=5, style=0.0), FAST)
-    c = visualise_filters(model, "enc1", [0, 1], Regularisers(jitter=2, rotation=5, style=0.0),
+    targets = [("enc1", 0), ("enc1", 1)]
+    a = visualise_filters(model, targets, Regularisers(jitter=2, rotation=5, style=0.0), FAST)
+    b = visualise_filters(model, targets, Regularisers(jitter=2, rotation=5, style=0.0), FAST)
+    c = visualise_filters(model, targets, Regularisers(jitter=2, rotation=5, style=0.0),
                           FeatvizConfig(steps=40, size=32, seed=1))
     np.testing.assert_array_equal(a.images, b.images)
     assert not np.array_equal(a.images, c.images)
@@ -119,13 +121,15 @@ def test_template_mean_and_round_trip(small_phantom, tmp_path):
 
 
 def test_bad_input(model, template):
-    with pytest.raises(ValueError, match=r"filter\(s\) \[99\] out of range for layer enc1 \(0..3\)"):
-        visualise_filters(model, "enc1", [99], NONE, FAST)
+    with pytest.raises(ValueError, match=r"filter 99 out of range for layer enc1 \(0..3\)"):
+        visualise_filters(model, [("enc1", 99)], NONE, FAST)
     with pytest.raises(ValueError, match="unknown layer"):
-        visualise_filters(model, "enc9", [0], NONE, FAST)
+        visualise_filters(model, [("enc9", 0)], NONE, FAST)
+    with pytest.raises(ValueError, match="no filters"):
+        visualise_filters(model, [], NONE, FAST)
     with pytest.raises(ValueError, match="style regulariser needs a template"):
-        visualise_filters(model, "enc1", [0], Regularisers(), FAST)
+        visualise_filters(model, [("enc1", 0)], Regularisers(), FAST)
     with pytest.raises(ValueError, match="template must be"):
-        visualise_filters(model, "enc1", [0], Regularisers(), FAST, template[:3])
+        visualise_filters(model, [("enc1", 0)], Regularisers(), FAST, template[:3])
     with pytest.raises(ValueError, match="non-negative"):
         Regularisers(tv=-1.0)
