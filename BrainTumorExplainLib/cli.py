@@ -81,10 +81,10 @@ def _run_score(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job on shipped defaults: segment the sample case, score, draw",
-                       description="Segments the shipped sample case (or a fresh phantom with --seed) with a shipped "
-                                   "network, writes the labels on the case's own grid, scores them and the "
-                                   "non-learned threshold baseline against the ground truth, and draws a montage.")
+    p = sub.add_parser("demo", help="the main job on shipped defaults: explain the shipped sample case",
+                       description="Runs explain on the shipped sample case (or a fresh phantom with --seed) with a "
+                                   "shipped network: segmentation, uncertainty, Grad-CAM, concept detectors, feature "
+                                   "visualisation, figures and report.html. Its own output folder is replaced.")
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
     p.add_argument("--model", default="denseunet", help="shipped network (default denseunet, the best on held-out phantoms)")
     p.add_argument("--seed", type=int, help="generate a phantom with this seed instead of using the shipped sample")
@@ -93,55 +93,84 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .baseline import threshold_segmentation
-    from .case import SAMPLE_CASE, load_case
-    from .evaluation import format_table
-    from .figures import case_montage
-    from .inference import segment_case
-    from .metrics import score_segmentation, scores_as_dict
-    from .models import load_pretrained
+    from .case import SAMPLE_CASE
+    from .explain import ExplainConfig
 
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
     source = SAMPLE_CASE
     if args.seed is not None:
         from .phantom import make_phantom, write_phantom
 
-        source = write_phantom(make_phantom(args.seed), args.out / "cases")
-        timings["phantom"] = time.perf_counter() - start
-        start = time.perf_counter()
-    case = load_case(source)
-    if case.labels is None:
-        raise CaseError(f"{source}: the demo scores against ground truth, but the case has no label file")
-    model = load_pretrained(args.model, device=args.device)
-    timings["load"] = time.perf_counter() - start
-    start = time.perf_counter()
-    prediction = segment_case(model, case, device=args.device)
-    segmentation = case.write_labels(prediction, args.out / "segmentation.nii.gz")
-    timings["segmentation"] = time.perf_counter() - start
-    start = time.perf_counter()
-    scores = {
-        args.model: scores_as_dict(score_segmentation(prediction, case.labels, case.spacing)),
-        "threshold": scores_as_dict(score_segmentation(threshold_segmentation(case), case.labels, case.spacing)),
-    }
-    montage = case_montage(case, args.out / "montage.png", predicted=prediction)
-    timings["score+montage"] = time.perf_counter() - start
-    summary = {
-        "version": __version__,
-        "case": case.case_id,
-        "model": args.model,
-        "segmentation": str(segmentation),
-        "scores": scores,
-        "seconds": {k: round(v, 2) for k, v in timings.items()},
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"case {case.case_id} against its ground truth ({args.model}: shipped weights; threshold: non-learned baseline)")
-    print(format_table(scores))
-    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
-    print(f"montage: {montage}")
-    print(f"summary: {args.out / 'summary.json'}")
+        source = write_phantom(make_phantom(args.seed), args.out.with_name(args.out.name + "-cases")).flair.parent
+    return _explain_and_print(source, args.out, ExplainConfig(model=args.model, device=args.device, overwrite=True))
+
+
+def _explain_and_print(source, out: Path, config) -> int:
+    from .evaluation import format_table
+    from .explain import explain
+
+    summary = explain(source, out, config)
+    if "scores" in summary:
+        print(f"case {summary['case']} against its ground truth ({summary['model']}):")
+        print(format_table({summary["model"]: summary["scores"]}))
+    analysis = summary.get("uncertainty", {}).get("error_analysis")
+    if analysis:
+        print("uncertainty AUROC for misclassified voxels: " + ", ".join(
+            f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items()))
+    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()))
+    print(f"report: {out / 'report.html'}")
     return 0
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    from .explain import ExplainConfig
+
+    defaults = ExplainConfig()
+    p = sub.add_parser("explain", help="every analysis of one case: the files, figures and report.html",
+                       description="Writes OUT/segmentation.nii.gz (0/1/2/4), uncertainty/entropy/"
+                                   "mutual_information.nii.gz, gradcam/<layer>_<class>.nii.gz, "
+                                   "concepts/<layer>_<filter>_<concept>.nii.gz, featviz/*.png, figures/*.png, "
+                                   "summary.json and report.html, all on the case's own grid.")
+    p.add_argument("case", nargs="?", type=Path, help="BraTS case folder (or give the four files)")
+    for modality in ("flair", "t1", "t1ce", "t2"):
+        p.add_argument(f"--{modality}", type=Path, help=f"{modality} file, instead of a case folder")
+    p.add_argument("--seg", type=Path, help="ground-truth label file (optional, with the four files)")
+    _add_model_arguments(p)
+    p.add_argument("--dissection", type=Path, help="dissection.json from `dissect` (default: the shipped one)")
+    p.add_argument("--layers", default=defaults.layers, help="Grad-CAM layers: 'all' or comma-separated")
+    p.add_argument("--classes", default=defaults.classes, help="Grad-CAM classes: 'tumour', 'all' or e.g. ed,et")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="quick", action="store_true", default=None,
+                      help="adaptive test-time dropout (default on CPU)")
+    mode.add_argument("--full", dest="quick", action="store_false", help="-T passes (default on a GPU)")
+    p.add_argument("-T", "--passes", type=int, default=defaults.passes)
+    p.add_argument("--featviz-steps", type=int, default=defaults.featviz_steps, help="activation maximisation steps")
+    p.add_argument("--featviz-size", type=int, default=defaults.featviz_size, help="pre-image size in pixels")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--out", required=True, type=Path, help="output folder (must not exist, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT once the new run is complete")
+    p.set_defaults(run=_run_explain)
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from .case import CaseFiles
+    from .explain import ExplainConfig
+
+    files = [getattr(args, m) for m in ("flair", "t1", "t1ce", "t2")]
+    if args.case is not None and any(files):
+        raise ValueError("give either a case folder or the four files, not both")
+    if args.case is None:
+        if not all(files):
+            missing = [m for m, f in zip(("flair", "t1", "t1ce", "t2"), files) if f is None]
+            raise ValueError(f"missing modality: give --{' --'.join(missing)} (or a case folder)")
+        source = CaseFiles(*files, seg=args.seg, case_id=files[0].name.split(".")[0])
+    else:
+        source = args.case
+    config = ExplainConfig(model=args.model, weights=str(args.weights) if args.weights else None,
+                           dissection=str(args.dissection) if args.dissection else None, device=args.device,
+                           quick=args.quick, passes=args.passes, layers=args.layers, classes=args.classes,
+                           featviz_steps=args.featviz_steps, featviz_size=args.featviz_size, seed=args.seed,
+                           overwrite=args.overwrite)
+    return _explain_and_print(source, args.out, config)
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -386,7 +415,7 @@ def _add_uncertainty(sub: argparse._SubParsersAction) -> None:
     p.add_argument("case", type=Path, help="BraTS case folder")
     _add_model_arguments(p)
     p.add_argument("-T", "--passes", type=int, default=100, help="stochastic passes (default 100, as the paper)")
-    p.add_argument("--quick", action="store_true", help="adaptive: 10 to 40 passes, stop when the map settles")
+    p.add_argument("--quick", action="store_true", help="adaptive: 8 to 16 passes, stop when the map settles")
     p.add_argument("--agreement", action="store_true",
                    help="with --quick: also run the full T passes and print the Pearson r of the maps in the brain")
     p.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
@@ -531,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Explain brain-tumour segmentation networks (Natekar et al. 2020).")
     parser.add_argument("--version", action="version", version=f"BrainTumorExplainLib {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
-    for add in (_add_demo, _add_phantom, _add_montage, _add_score, _add_segment, _add_train, _add_evaluate,
+    for add in (_add_demo, _add_explain, _add_phantom, _add_montage, _add_score, _add_segment, _add_train, _add_evaluate,
                 _add_gradcam, _add_dissect, _add_uncertainty, _add_template, _add_featviz):
         add(sub)
     return parser
@@ -543,6 +572,6 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
         return int(args.run(args) or 0)
-    except (CaseError, ValueError, FileNotFoundError, PermissionError, ImportError) as error:
+    except (CaseError, ValueError, FileNotFoundError, FileExistsError, PermissionError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

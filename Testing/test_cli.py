@@ -65,24 +65,6 @@ def test_module_entry_point_reports_errors_in_one_line(tmp_path):
     assert not (tmp_path / "m.png").exists()
 
 
-def test_demo_segments_the_sample_with_the_shipped_network_and_scores_it(tmp_path, capsys):
-    from BrainTumorExplainLib.case import SAMPLE_CASE
-
-    assert main(["demo", "--out", str(tmp_path)]) == 0
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["case"] == "Phantom_01003" and summary["model"] == "denseunet"
-    network, threshold = summary["scores"]["denseunet"], summary["scores"]["threshold"]
-    assert set(network) == {"WT", "TC", "ET"}
-    assert network["WT"]["dice"] > 0.85 and network["WT"]["dice"] > threshold["WT"]["dice"] + 0.1
-    segmentation = sitk.ReadImage(str(tmp_path / "segmentation.nii.gz"))
-    reference = sitk.ReadImage(str(SAMPLE_CASE / "Phantom_01003_flair.nii.gz"))
-    assert segmentation.GetOrigin() == reference.GetOrigin()
-    assert segmentation.GetDirection() == reference.GetDirection()
-    assert set(np.unique(sitk.GetArrayFromImage(segmentation))) <= {0, 1, 2, 4}
-    assert (tmp_path / "montage.png").read_bytes()[:4] == b"\x89PNG"
-    assert "summary:" in capsys.readouterr().out.splitlines()[-1]
-
-
 def _same_grid(path, reference):
     image, ref = sitk.ReadImage(str(path)), sitk.ReadImage(str(reference))
     return (image.GetSize() == ref.GetSize() and np.allclose(image.GetSpacing(), ref.GetSpacing())
@@ -136,7 +118,7 @@ def test_uncertainty_writes_maps_figures_and_auroc(small_phantom, tmp_path, caps
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentation.nii.gz")))
     assert set(np.unique(labels)) <= {0, 1, 2, 4}
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["mode"] == "quick" and 10 <= summary["passes"]["mean"] <= 40
+    assert summary["mode"] == "quick" and 8 <= summary["passes"]["mean"] <= 16
     assert set(summary["uncertainty_error"]["maps"]) == {"uncertainty", "entropy", "mutual_information"}
     assert set(summary["agreement_with_full"]["pearson_r"]) == {"uncertainty", "entropy", "mutual_information"}
     for png in ("uncertainty.png", "error_by_uncertainty.png"):

@@ -1,0 +1,225 @@
+"""``explain``: every analysis of the paper on one case, written on the case's own grid, with figures, a JSON summary
+and a self-contained HTML report.
+
+Stages (each timed): segmentation → test-time-dropout uncertainty (quick by default on CPU) → Grad-CAM for every
+layer and tumour class → concept masks of the model's best detectors (from its saved dissection) → feature
+visualisations of those filters → figures → report. Scores, the uncertainty–error AUROC and the detectors' IoU on
+this case need ground truth and are reported when the case has it.
+
+The output folder is written as ``OUT.partial`` and renamed to ``OUT`` only when every stage succeeded, so a failed or
+interrupted run never leaves something that looks like a result; an existing ``OUT`` is refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from . import __version__
+from .case import Case, CaseFiles, load_case
+from .labels import CLASS_KEYS, CLASS_NAMES
+
+QUICK_FEATVIZ = {"steps": 100, "size": 96}
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    model: str = "denseunet"
+    weights: str | None = None  # your own weights file instead of the shipped ones
+    dissection: str | None = None  # a dissect output (dissection.json); default: the one shipped with the model
+    device: str = "cpu"
+    quick: bool | None = None  # None: quick on CPU, T passes on a GPU
+    passes: int = 100
+    layers: str = "all"
+    classes: str = "tumour"
+    featviz_steps: int = QUICK_FEATVIZ["steps"]
+    featviz_size: int = QUICK_FEATVIZ["size"]
+    seed: int = 0
+    overwrite: bool = False
+
+
+class Timings:
+    """Wall time per stage, printed as it goes."""
+
+    def __init__(self, progress: bool) -> None:
+        self.seconds: dict[str, float] = {}
+        self.progress = progress
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.progress:
+            print(f"[{name}] …", flush=True)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        if self.progress:
+            print(f"[{name}] {self.seconds[name]:.1f} s", flush=True)
+
+
+def _prepare_output(out: Path, overwrite: bool) -> Path:
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists: choose another --out or pass --overwrite (runs are never mixed)")
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+    except OSError as error:
+        raise PermissionError(f"{out}: cannot write the output folder ({error.strerror})") from None
+    return partial
+
+
+def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConfig = ExplainConfig(),
+            progress: bool = True) -> dict:
+    """Run every analysis on one case and write OUT (see the module notes); returns the summary."""
+    import torch
+
+    from .baseline import threshold_segmentation
+    from .dissection import Dissection, concept_masks, filter_concept_masks, load_shipped_dissection
+    from .featviz import (FeatvizConfig, Regularisers, load_template, resize_template, shipped_template_path,
+                          visualise_filters)
+    from .figures import (case_montage, concept_montage, error_by_uncertainty, featviz_montage, gradcam_montage,
+                          localisation_curves, montage_slices, uncertainty_figure)
+    from .gradcam import gradcam_volume, localisation, localisation_as_dict
+    from .inference import segment_case
+    from .metrics import score_segmentation, scores_as_dict
+    from .models import load_pretrained, load_weights
+    from .report import write_report
+    from .uncertainty import uncertainty_error_analysis, uncertainty_volume
+
+    out = Path(out)
+    timings = Timings(progress)
+    with timings.stage("load"):
+        case = load_case(source)
+        model = (load_weights(config.weights, architecture=config.model, device=config.device) if config.weights
+                 else load_pretrained(config.model, device=config.device))
+        dissection = Dissection.load(config.dissection) if config.dissection else load_shipped_dissection(model)
+        dissection.check_model(model)
+        work = _prepare_output(out, config.overwrite)
+    quick = config.quick if config.quick is not None else torch.device(config.device).type == "cpu"
+    summary: dict = {
+        "version": __version__, "case": case.case_id, "model": config.model, "config": asdict(config),
+        "device": _device_name(config.device), "versions": _versions(), "ground_truth": case.labels is not None,
+    }
+    try:
+        figures = work / "figures"
+        z = montage_slices(case, 1)[0]
+        with timings.stage("segmentation"):
+            labels = segment_case(model, case, device=config.device)
+            case.write_labels(labels, work / "segmentation.nii.gz")
+            case_montage(case, figures / "segmentation.png", predicted=labels)
+            if case.labels is not None:
+                summary["scores"] = scores_as_dict(score_segmentation(labels, case.labels, case.spacing))
+                summary["baseline_scores"] = scores_as_dict(  # what a non-learned threshold gets, for scale
+                    score_segmentation(threshold_segmentation(case), case.labels, case.spacing))
+        with timings.stage("uncertainty"):
+            volume = uncertainty_volume(model, case, passes=config.passes, quick=quick, seed=config.seed,
+                                        device=config.device, progress=progress)
+            for name, array in volume.maps().items():
+                case.grid.write(array, work / f"{name}.nii.gz")
+            uncertainty_figure(case, volume.labels, volume.variance, figures / "uncertainty.png",
+                               title=f"{case.case_id} · {config.model}: ground truth | prediction | uncertainty")
+            used = volume.passes[volume.passes > 0]
+            summary["uncertainty"] = {"mode": "quick" if quick else f"T={config.passes}", "seed": config.seed,
+                                      "mean_passes": round(float(used.mean()), 1)}
+            if case.labels is not None:
+                analysis = uncertainty_error_analysis(volume, case)
+                summary["uncertainty"]["error_analysis"] = analysis
+                error_by_uncertainty(analysis, figures / "error_by_uncertainty.png")
+            del volume
+        with timings.stage("gradcam"):
+            cams = gradcam_volume(model, case, config.layers, config.classes, device=config.device,
+                                  progress=progress)
+            for (layer, class_index), cam in cams.maps.items():
+                case.grid.write(cam, work / "gradcam" / f"{layer}_{CLASS_KEYS[class_index]}.nii.gz")
+            table = localisation(cams, case)
+            summary["gradcam"] = {"target": cams.target, "layers": cams.layers,
+                                  "classes": [CLASS_NAMES[c] for c in cams.classes],
+                                  "localisation": localisation_as_dict(table)}
+            gradcam_montage(case, z, {layer: np.stack([cams.maps[(layer, c)][z] for c in cams.classes])
+                                      for layer in cams.layers}, cams.classes, figures / "gradcam.png",
+                            title=f"{case.case_id} · {config.model}: Grad-CAM per layer (rows: class)")
+            localisation_curves({config.model: table}, figures / "topdown.png")
+            del cams
+        with timings.stage("concepts"):
+            best: dict[str, dict] = {}
+            for row in dissection.detectors():  # best first
+                best.setdefault(row["concept"], row)
+            picks = [(row["layer"], row["filter"]) for row in best.values()]
+            masks = filter_concept_masks(model, case, dissection, picks, device=config.device) if picks else {}
+            detectors = []
+            have = _case_concepts(case, list(best))
+            truth = dict(zip(have, concept_masks(case, have))) if have else {}
+            for concept, row in best.items():
+                mask = masks[(row["layer"], row["filter"])]
+                case.grid.write(mask.astype(np.uint8),
+                                work / "concepts" / f"{row['layer']}_{row['filter']}_{concept}.nii.gz")
+                entry = {**row, "dataset_iou": round(row["iou"], 4)}
+                del entry["iou"]
+                if concept in truth:
+                    union = int((mask | truth[concept]).sum())
+                    entry["case_iou"] = round(int((mask & truth[concept]).sum()) / union, 4) if union else 0.0
+                detectors.append(entry)
+            summary["concepts"] = {"dissection_cases": len(dissection.cases), "quantile": dissection.quantile,
+                                   "detectors": detectors}
+            if detectors:
+                panels = [(f"{d['layer']} #{d['filter']}: {d['concept']}", masks[(d["layer"], d["filter"])][z],
+                           truth[d["concept"]][z] if d["concept"] in truth else None) for d in detectors]
+                concept_montage(case, z, panels,
+                                figures / "concepts.png",
+                                title=f"{case.case_id} z={z} · {config.model}: best detector per concept")
+        with timings.stage("featviz"):
+            if picks:
+                featviz_config = FeatvizConfig(steps=config.featviz_steps, size=config.featviz_size, seed=config.seed)
+                template = resize_template(load_template(shipped_template_path()), config.featviz_size)
+                runs = {"unregularised": visualise_filters(model, picks, Regularisers.none(), featviz_config,
+                                                           device=config.device),
+                        "regularised": visualise_filters(model, picks, Regularisers(), featviz_config, template,
+                                                         device=config.device)}
+                featviz_montage(runs, work / "featviz" / "detectors.png",
+                                title=f"{config.model}: pre-images of the best detectors (left unregularised, "
+                                      f"right regularised)")
+                summary["featviz"] = {label: run.to_dict() for label, run in runs.items()}
+        summary["seconds"] = timings.seconds
+        with timings.stage("report"):
+            write_report(summary, work, work / "report.html")
+        summary["seconds"] = timings.seconds
+        (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if out.exists():  # overwrite: replace the old run only now that the new one is complete
+        shutil.rmtree(out)
+    work.rename(out)
+    return summary
+
+
+def _case_concepts(case: Case, concepts: list[str]) -> list[str]:
+    from .dissection import CONCEPTS
+
+    have = {"brain mask": True, "labels": case.labels is not None, "tissue": case.tissue is not None}
+    return [c for c in concepts if have[CONCEPTS[c][1]]]
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _versions() -> dict[str, str]:
+    import scipy
+    import SimpleITK
+    import torch
+
+    return {"BrainTumorExplainLib": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "scipy": scipy.__version__, "SimpleITK": SimpleITK.Version_VersionString()}

@@ -1,0 +1,82 @@
+"""The self-contained HTML report of an ``explain`` run: every figure inline, the numbers of ``summary.json`` as
+tables. One file a clinician can open, mail or archive; it loads nothing from anywhere."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+FIGURES = (  # file under the run folder, heading, what to look at
+    ("figures/segmentation.png", "Segmentation", "The four sequences, the ground truth (when present) and the "
+     "network's labels: NCR/NET red, edema green, enhancing tumour yellow."),
+    ("figures/uncertainty.png", "Uncertainty (test-time dropout)", "Red where the dropout passes disagree; "
+     "misclassified regions should be red."),
+    ("figures/error_by_uncertainty.png", "Is the uncertainty where the errors are?", "Error rate of the prediction "
+     "in ten equal bins of each uncertainty map, low to high."),
+    ("figures/gradcam.png", "Grad-CAM, layer by layer", "Where each layer looks for each class, input (left) to "
+     "output (right)."),
+    ("figures/topdown.png", "Top-down localisation, measured", "Share of each class's Grad-CAM inside its region per "
+     "layer; dashed: a flat map."),
+    ("figures/concepts.png", "Concept detectors (network dissection)", "The filter that best detects each concept "
+     "over the dissection dataset, its mask on this case (cyan) and the ground truth (yellow)."),
+    ("featviz/detectors.png", "What those filters respond to (activation maximisation)", "Pre-images that maximise "
+     "each detector, without and with regularisers."),
+)
+
+
+def _image(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def write_report(summary: dict, run_folder: Path, path: Path) -> Path:
+    """Write ``report.html`` for a run folder holding the figures named in :data:`FIGURES`."""
+    parts = [f"<h1>{html.escape(summary['case'])} · {html.escape(summary['model'])}</h1>",
+             "<p class=note>Demonstration networks trained on phantoms; not for clinical use.</p>"]
+    if "scores" in summary:
+        baseline = summary.get("baseline_scores", {})
+        rows = [[region, _fmt(v["dice"]), _fmt(v["hd95_mm"], 1),
+                 _fmt(baseline[region]["dice"]) if region in baseline else "–"]
+                for region, v in summary["scores"].items()]
+        parts.append("<h2>Scores against the ground truth</h2>"
+                     + _table(rows, ["region", "Dice", "HD95 (mm)", "Dice of a threshold baseline"]))
+    uncertainty = summary.get("uncertainty", {})
+    if "error_analysis" in uncertainty:
+        analysis = uncertainty["error_analysis"]
+        rows = [[name, _fmt(entry["auroc"])] for name, entry in analysis["maps"].items()]
+        parts.append(f"<h2>Uncertainty ({html.escape(uncertainty['mode'])}, {uncertainty['mean_passes']} passes per "
+                     f"slice on average)</h2><p>AUROC of each map for misclassified brain voxels (error rate "
+                     f"{analysis['error_rate']:.4f}):</p>" + _table(rows, ["map", "AUROC"]))
+    detectors = summary.get("concepts", {}).get("detectors", [])
+    if detectors:
+        rows = [[d["concept"], d["layer"], d["filter"], _fmt(d["dataset_iou"]), _fmt(d.get("case_iou", "–"))]
+                for d in detectors]
+        parts.append(f"<h2>Best detector per concept</h2><p>IoU over the {summary['concepts']['dissection_cases']} "
+                     f"dissection cases, and on this case.</p>"
+                     + _table(rows, ["concept", "layer", "filter", "dataset IoU", "IoU here"]))
+    for relative, heading, caption in FIGURES:
+        figure = run_folder / relative
+        if figure.is_file():
+            parts.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(caption)}</p>{_image(figure)}")
+    seconds = summary.get("seconds", {})
+    parts.append("<h2>Run</h2>" + _table([[k, f"{v:.1f}"] for k, v in seconds.items()], ["stage", "seconds"]))
+    parts.append("<p>Device: " + html.escape(summary.get("device", "")) + "</p>"
+                 + _table([[k, v] for k, v in summary.get("versions", {}).items()], ["package", "version"]))
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "img{max-width:100%;border:1px solid #ccc}table{border-collapse:collapse;margin:.5em 0}"
+             "td,th{border:1px solid #bbb;padding:.2em .6em;text-align:left}.note{color:#a40}")
+    document = (f"<!doctype html><html><head><meta charset=utf-8><title>BrainTumorExplain · "
+                f"{html.escape(summary['case'])}</title><style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    path.write_text(document, encoding="utf-8")
+    return path

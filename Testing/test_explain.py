@@ -1,0 +1,84 @@
+"""explain end to end on a small phantom: every output on the case's grid, a self-contained report, runs never mixed,
+and nothing left behind when a run fails."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from BrainTumorExplainLib.cli import main
+
+FAST = ["--model", "resunet", "--layers", "enc2,dec1", "--full", "-T", "2", "--featviz-steps", "3",
+        "--featviz-size", "32"]
+
+
+def _grid(path):
+    image = sitk.ReadImage(str(path))
+    return image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+
+
+@pytest.fixture(scope="module")
+def explained(small_phantom, tmp_path_factory):
+    out = tmp_path_factory.mktemp("explain") / "run"
+    assert main(["explain", str(small_phantom.flair.parent), *FAST, "--out", str(out)]) == 0
+    return out
+
+
+def test_every_output_is_on_the_case_grid_and_named_as_documented(explained, small_phantom):
+    out = explained
+    reference = _grid(small_phantom.flair)
+    volumes = ["segmentation", "uncertainty", "entropy", "mutual_information"]
+    for name in volumes:
+        assert _grid(out / f"{name}.nii.gz") == reference
+    gradcam = sorted(p.name for p in (out / "gradcam").iterdir())
+    assert gradcam == sorted(f"{layer}_{c}.nii.gz" for layer in ("enc2", "dec1") for c in ("ncr", "ed", "et"))
+    concepts = list((out / "concepts").glob("*.nii.gz"))
+    assert concepts and all(_grid(p) == reference for p in concepts)
+    assert all(re.fullmatch(r"[a-z0-9]+_\d+_(WT|TC|ET|ED|NCR|brain|WM|GM|CSF)\.nii\.gz", p.name) for p in concepts)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentation.nii.gz")))
+    assert set(np.unique(labels)) <= {0, 1, 2, 4}
+    for png in ("figures/segmentation.png", "figures/uncertainty.png", "figures/gradcam.png", "figures/topdown.png",
+                "figures/concepts.png", "featviz/detectors.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+
+def test_summary_and_report_carry_the_numbers(explained):
+    out = explained
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["scores"]) == {"WT", "TC", "ET"} and set(summary["baseline_scores"]) == {"WT", "TC", "ET"}
+    assert summary["uncertainty"]["mode"] == "T=2"
+    assert set(summary["uncertainty"]["error_analysis"]["maps"]) == {"uncertainty", "entropy", "mutual_information"}
+    assert list(summary["gradcam"]["localisation"]) == ["enc2", "dec1"]
+    assert summary["concepts"]["detectors"] and all("case_iou" in d for d in summary["concepts"]["detectors"])
+    assert {"load", "segmentation", "uncertainty", "gradcam", "concepts", "featviz", "report"} <= set(summary["seconds"])
+    assert summary["versions"]["torch"]
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 6
+    assert not re.search(r"""(src|href)=["']?(https?:|file:|/)""", report)  # self-contained: loads nothing
+    assert "AUROC" in report and "Best detector per concept" in report
+
+
+def test_runs_are_never_mixed_and_failures_leave_nothing(explained, small_phantom, capsys):
+    out = explained
+    before = (out / "summary.json").read_bytes()
+    assert main(["explain", str(small_phantom.flair.parent), *FAST, "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err and (out / "summary.json").read_bytes() == before
+    failing = out.with_name("failing")
+    assert main(["explain", str(small_phantom.flair.parent), *FAST[:2], "--layers", "enc9", *FAST[4:],
+                 "--out", str(failing)]) == 2
+    assert "valid layers" in capsys.readouterr().err
+    assert not failing.exists() and not failing.with_name("failing.partial").exists()
+
+
+def test_bad_input_is_one_clear_line(small_phantom, tmp_path, capsys):
+    folder = small_phantom.flair.parent
+    assert main(["explain", "--flair", str(small_phantom.flair), "--t1", str(small_phantom.t1),
+                 "--model", "resunet", "--out", str(tmp_path / "x")]) == 2
+    assert "missing modality: give --t1ce --t2" in capsys.readouterr().err
+    assert main(["explain", str(folder), "--model", "unet3000", "--out", str(tmp_path / "y")]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
