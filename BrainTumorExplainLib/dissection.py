@@ -36,6 +36,7 @@ from scipy import ndimage
 from . import __version__
 from .activations import LayerRecorder, resolve_layers, upsample_to_input
 from .case import Case, CaseError, find_case_files, load_case
+from .inference import slice_batches
 from .labels import region_mask
 from .models.base import SegmentationNet
 from .quantiles import StreamingQuantiles
@@ -128,9 +129,7 @@ def _layer_batches(model: SegmentationNet, case: Case, layers: Sequence[str], sl
                    device: torch.device) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
     """Per batch of axial slices: the chosen layers' activations ``(N, K, h, w)`` of one forward pass."""
     with LayerRecorder(model, layers) as recorder, torch.no_grad():
-        for start in range(0, len(slices), batch_size):
-            chosen = slices[start:start + batch_size]
-            images = torch.from_numpy(np.ascontiguousarray(case.images[:, chosen].transpose(1, 0, 2, 3))).to(device)
+        for chosen, images in slice_batches(case, slices, batch_size, device):
             model(images)
             yield chosen, {name: recorder.outputs[name] for name in layers}
 
@@ -148,25 +147,16 @@ def _unpadded(activation: torch.Tensor, model: SegmentationNet, height: int, wid
 def _open3x3(masks: torch.Tensor) -> torch.Tensor:
     """Binary opening with a 3×3 square, in plane, on a bool ``(..., H, W)`` tensor (separable shifts: far faster
     than a float max-pool; the image border counts as unchanged)."""
-    def erode(x: torch.Tensor) -> torch.Tensor:
+    def combine_3x3(x: torch.Tensor, op) -> torch.Tensor:  # op: logical_and erodes, logical_or dilates
         y = x.clone()
-        y[..., 1:, :] &= x[..., :-1, :]
-        y[..., :-1, :] &= x[..., 1:, :]
+        y[..., 1:, :] = op(y[..., 1:, :], x[..., :-1, :])
+        y[..., :-1, :] = op(y[..., :-1, :], x[..., 1:, :])
         z = y.clone()
-        z[..., :, 1:] &= y[..., :, :-1]
-        z[..., :, :-1] &= y[..., :, 1:]
+        z[..., :, 1:] = op(z[..., :, 1:], y[..., :, :-1])
+        z[..., :, :-1] = op(z[..., :, :-1], y[..., :, 1:])
         return z
 
-    def dilate(x: torch.Tensor) -> torch.Tensor:
-        y = x.clone()
-        y[..., 1:, :] |= x[..., :-1, :]
-        y[..., :-1, :] |= x[..., 1:, :]
-        z = y.clone()
-        z[..., :, 1:] |= y[..., :, :-1]
-        z[..., :, :-1] |= y[..., :, 1:]
-        return z
-
-    return dilate(erode(masks))
+    return combine_3x3(combine_3x3(masks, torch.logical_and), torch.logical_or)
 
 
 _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
@@ -196,7 +186,8 @@ def threshold_masks(activation: torch.Tensor, thresholds: torch.Tensor, brain: t
     bool brain → ``(N, K, H, W)`` bool after upsampling, eq. 1 and the post-processing."""
     height, width = brain.shape[-2:]
     result = np.zeros(activation.shape[:2] + (height, width), dtype=bool)
-    rows, columns = np.flatnonzero(brain.any(0).any(1).cpu().numpy()), np.flatnonzero(brain.any(0).any(0).cpu().numpy())
+    footprint = brain.any(0).cpu().numpy()
+    rows, columns = np.flatnonzero(footprint.any(1)), np.flatnonzero(footprint.any(0))
     if rows.size == 0:
         return result
     # Work only on the brain's bounding box (+2 px so the opening sees the same neighbourhood): masks end inside it.

@@ -24,6 +24,7 @@ import torch
 
 from .activations import LayerRecorder, resolve_layers, upsample_to_input
 from .case import Case
+from .inference import slice_batches
 from .labels import CLASS_NAMES, region_mask, resolve_classes
 from .models.base import IN_CHANNELS, SegmentationNet
 
@@ -116,14 +117,8 @@ def gradcam_volume(model: SegmentationNet, case: Case, layers: str | Iterable[st
         raise ValueError(f"slices must lie in 0..{depth - 1} for {case.case_id}, got {chosen.min()}..{chosen.max()}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     maps = {(name, c): np.zeros(case.brain_mask.shape, dtype=np.float32) for name in layer_names for c in class_indices}
-    batches = range(0, len(chosen), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, desc=f"Grad-CAM {case.case_id}", unit="batch")
-    for start in batches:
-        batch_slices = chosen[start:start + batch_size]
-        images = torch.from_numpy(np.ascontiguousarray(case.images[:, batch_slices].transpose(1, 0, 2, 3))).to(device)
+    label = f"Grad-CAM {case.case_id}" if progress else None
+    for batch_slices, images in slice_batches(case, chosen, batch_size, device, label):
         for name, cams in layer_gradcam(model, images, layer_names, class_indices, target).items():
             cams = cams.float().cpu().numpy()
             for position, class_index in enumerate(class_indices):

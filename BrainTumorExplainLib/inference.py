@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Iterator, Sequence
+
 import numpy as np
 import torch
 
 from .case import Case
 from .models.base import NUM_CLASSES, SegmentationNet
+
+
+def slice_batches(case: Case, slices: Sequence[int] | np.ndarray, batch_size: int, device: torch.device,
+                  progress: str | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Consecutive batches of the given axial slices: ``(slice indices, images (N, 4, H, W) on device)``, the way
+    every analysis feeds a volume to a 2D network. ``progress``: a tqdm label, or None for no bar."""
+    slices = np.asarray(slices, dtype=int)
+    starts = range(0, len(slices), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=progress, unit="batch")
+    for start in starts:
+        chosen = slices[start:start + batch_size]
+        yield chosen, torch.from_numpy(np.ascontiguousarray(case.images[:, chosen].transpose(1, 0, 2, 3))).to(device)
 
 
 @torch.no_grad()
@@ -20,15 +37,8 @@ def predict_probabilities(model: SegmentationNet, case: Case, batch_size: int = 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     probabilities = np.zeros((NUM_CLASSES,) + case.brain_mask.shape, dtype=np.float32)
     probabilities[0] = 1.0
-    slices = case.brain_slices()
-    batches = range(0, len(slices), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, desc=f"segment {case.case_id}", unit="batch")
-    for start in batches:
-        chosen = slices[start:start + batch_size]
-        batch = torch.from_numpy(np.ascontiguousarray(case.images[:, chosen].transpose(1, 0, 2, 3))).to(device)
+    label = f"segment {case.case_id}" if progress else None
+    for chosen, batch in slice_batches(case, case.brain_slices(), batch_size, device, label):
         probabilities[:, chosen] = model.predict(batch).float().cpu().numpy().transpose(1, 0, 2, 3)
     probabilities[:, ~case.brain_mask] = 0.0
     probabilities[0, ~case.brain_mask] = 1.0

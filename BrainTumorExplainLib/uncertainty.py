@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .case import Case
+from .inference import slice_batches
 from .models.base import NUM_CLASSES, SegmentationNet, dropout_modules, test_time_dropout
 
 
@@ -191,18 +192,11 @@ def uncertainty_volume(model: SegmentationNet, case: Case, passes: int = 100, qu
     mean[0] = 1.0
     maps = {name: np.zeros(shape, dtype=np.float32) for name in ("variance", "entropy", "mutual_information")}
     used = np.zeros(shape[0], dtype=np.int32)
-    slices = case.brain_slices()
-    batches = range(0, len(slices), slices_per_batch)
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, desc=f"TTD {case.case_id}", unit="batch")
     devices = [device] if device.type == "cuda" else []
+    label = f"TTD {case.case_id}" if progress else None
     with torch.random.fork_rng(devices=devices), test_time_dropout(model):
         torch.manual_seed(seed)
-        for start in batches:
-            chosen = slices[start:start + slices_per_batch]
-            images = torch.from_numpy(np.ascontiguousarray(case.images[:, chosen].transpose(1, 0, 2, 3))).to(device)
+        for chosen, images in slice_batches(case, case.brain_slices(), slices_per_batch, device, label):
             brain = torch.from_numpy(case.brain_mask[chosen]).to(device)
             moments, count = ttd_batch(model, images, plan, passes_per_forward, brain)
             mean[:, chosen] = moments.mean().float().cpu().numpy().transpose(1, 0, 2, 3)
