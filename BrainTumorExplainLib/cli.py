@@ -464,7 +464,7 @@ def _run_uncertainty(args: argparse.Namespace) -> int:
         analysis = uncertainty_error_analysis(volume, case)
         summary["uncertainty_error"] = analysis
         error_by_uncertainty(analysis, args.out / "error_by_uncertainty.png",
-                             title=f"{case.case_id} · {args.model}: misclassification vs uncertainty (brain)")
+                             title=f"{case.case_id} · {args.model}: errors vs uncertainty (brain)")
         print("AUROC for misclassified brain voxels: " + ", ".join(
             f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items())
             + f" (error rate {analysis['error_rate']:.4f})")

@@ -22,6 +22,8 @@ from .labels import CLASS_NAMES, TISSUE_NAMES  # noqa: E402
 LABEL_COLOURS = ((0, 0, 0, 0), (0.86, 0.16, 0.16, 1), (0.2, 0.75, 0.25, 1), (1.0, 0.85, 0.1, 1))
 TISSUE_COLOURS = ((0, 0, 0, 1), (0.2, 0.45, 0.95, 1), (0.6, 0.6, 0.6, 1), (0.95, 0.95, 0.95, 1))
 MODALITY_TITLES = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}
+# Pure red whose opacity grows with the value: uncertainty "shown in red" over the FLAIR, as in the paper's Figure 7.
+UNCERTAINTY_REDS = ListedColormap(np.stack([np.ones(256), np.zeros(256), np.zeros(256), np.linspace(0.25, 1, 256)], 1))
 
 
 def montage_slices(case: Case, count: int = 3) -> list[int]:
@@ -207,7 +209,7 @@ def uncertainty_figure(case: Case, labels: np.ndarray, uncertainty: np.ndarray, 
             ax.imshow(panel, cmap=ListedColormap(LABEL_COLOURS), vmin=0, vmax=3, interpolation="nearest", alpha=0.55)
         ax = axes[row, -1]
         ax.imshow(_masked(case, 0, z), cmap="gray", vmin=window[0], vmax=window[1])
-        ax.imshow(np.ma.masked_less_equal(uncertainty[z], 0.02 * top), cmap="Reds", vmin=0, vmax=top, alpha=0.85)
+        ax.imshow(np.ma.masked_less_equal(uncertainty[z], 0.02 * top), cmap=UNCERTAINTY_REDS, vmin=0, vmax=top)
         for column, name in enumerate(columns):
             axes[row, column].set_axis_off()
             if row == 0:
@@ -222,7 +224,7 @@ def error_by_uncertainty(analysis: dict, path: str | Path, title: str = "", dpi:
     """Error rate of the mean prediction in equal-count bins of each uncertainty map (low → high), AUROC in the
     legend; the dashed line is the brain's overall error rate. ``analysis``: from
     :func:`uncertainty.uncertainty_error_analysis`."""
-    figure, ax = plt.subplots(figsize=(5, 3.4))
+    figure, ax = plt.subplots(figsize=(6, 3.6))
     for name, entry in analysis["maps"].items():
         rates = [b["error_rate"] for b in entry["bins"]]
         ax.plot(range(1, len(rates) + 1), rates, marker="o", label=f"{name} (AUROC {entry['auroc']:.3f})")
@@ -230,9 +232,10 @@ def error_by_uncertainty(analysis: dict, path: str | Path, title: str = "", dpi:
     ax.set_xlabel("uncertainty bin (equal voxel counts, low → high)")
     ax.set_ylabel("misclassified fraction")
     ax.set_yscale("symlog", linthresh=1e-4)  # bins with no error stay drawable
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title(title or "misclassification vs uncertainty, inside the brain", fontsize=9)
+    ax.set_title(title or "misclassification vs uncertainty, inside the brain", fontsize=8)
     figure.tight_layout()
     return _save(figure, path, dpi)
 
