@@ -354,6 +354,7 @@ def _add_dissect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iou", type=float, default=DEFAULT_IOU_CUTOFF,
                    help=f"IoU from which a filter detects a concept (default {DEFAULT_IOU_CUTOFF})")
     p.add_argument("--slice-step", type=int, default=1, help="use every N-th brain slice (default 1: all)")
+    p.add_argument("--mask-cases", type=int, help="write concept-mask volumes for the first N cases only (default all)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.set_defaults(run=_run_dissect)
@@ -379,7 +380,7 @@ def _run_dissect(args: argparse.Namespace) -> int:
     for row in result.detectors():  # best first: the first row per concept is its best detector
         best.setdefault(row["concept"], row)
     picks = [(row["layer"], row["filter"]) for row in best.values()]
-    for index, folder in enumerate(tqdm(cases, desc="concept masks", unit="case")):
+    for index, folder in enumerate(tqdm(cases[:args.mask_cases], desc="concept masks", unit="case")):
         case = load_case(folder)
         masks = filter_concept_masks(model, case, result, picks, device=args.device)
         for concept, row in best.items():

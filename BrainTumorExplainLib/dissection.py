@@ -6,7 +6,9 @@ For filter ``k`` of layer ``l``:
   the whole dataset — every pixel of every brain-containing axial slice (at ``slice_step``) of every case, at
   the layer's own resolution. Computed in fixed memory by :class:`quantiles.StreamingQuantiles` (two passes:
   adaptive histogram, then refinement; the stated error bound is kept per filter).
-* concept mask ``M_k,l(x) = upsample(Φ_k,l(x)) ≥ T_k,l`` (bilinear onto the slice, eq. 1), then the paper's
+* concept mask ``M_k,l(x) = upsample(Φ_k,l(x)) > T_k,l`` (bilinear onto the slice; eq. 1 writes ≥, the same for
+  continuous activations — but a dead filter, constant at its top-1 % level, would "detect" the whole brain with ≥;
+  with > it detects nothing, as netdissect does), then the paper's
   post-processing: a 3×3 opening removes salt-and-pepper noise, the mask is cut to the brain, and only its
   largest 8-connected component in the slice is kept.
 * IoU against every concept with ground truth (eq. 2): *explicit* — WT, TC, ET, ED, NCR (from the labels);
@@ -193,7 +195,7 @@ def threshold_masks(activation: torch.Tensor, thresholds: torch.Tensor, brain: t
     # Work only on the brain's bounding box (+2 px so the opening sees the same neighbourhood): masks end inside it.
     box = (slice(max(rows[0] - 2, 0), rows[-1] + 3), slice(max(columns[0] - 2, 0), columns[-1] + 3))
     maps = upsample_to_input(activation, model, height, width)[..., box[0], box[1]]
-    masks = _open3x3(maps >= thresholds.to(maps)[None, :, None, None]) & brain[:, None, box[0], box[1]]
+    masks = _open3x3(maps > thresholds.to(maps)[None, :, None, None]) & brain[:, None, box[0], box[1]]
     cropped = masks.cpu().numpy()
     result[..., box[0], box[1]] = largest_component_per_slice(
         cropped.reshape((-1,) + cropped.shape[-2:])).reshape(cropped.shape)

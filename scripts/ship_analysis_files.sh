@@ -15,7 +15,7 @@ cd "$root"
 [ -d "$work/heldout/Phantom_01009" ] || "$python" -m BrainTumorExplainLib phantom --out "$work/heldout" --cases 10 --seed 1000
 "$python" -m BrainTumorExplainLib template --data "$work/heldout" --out BrainTumorExplainLib/weights/template.npz
 for model in "${models[@]}"; do
-    "$python" -m BrainTumorExplainLib dissect --data "$work/heldout" --model "$model" --slice-step 4 \
+    "$python" -m BrainTumorExplainLib dissect --data "$work/heldout" --model "$model" --slice-step 4 --mask-cases 1 \
         --device "$device" --out "$work/dissection/$model"
     cp "$work/dissection/$model/dissection.json" "BrainTumorExplainLib/weights/$model.dissection.json"
 done
