@@ -19,6 +19,16 @@ def small_phantom(tmp_path_factory):
     return write_phantom(make_phantom(5, SMALL), tmp_path_factory.mktemp("phantoms"))
 
 
+@pytest.fixture
+def scene():
+    """A fresh MRML scene from slicer-core (real MRML without the application), cleared afterwards."""
+    slicer = pytest.importorskip("slicer")
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    yield scene
+    scene.Clear(True)
+
+
 def write_image(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
                 direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> Path:
     """Write an ITK-ordered (k, j, i) array with the given geometry."""

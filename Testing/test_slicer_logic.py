@@ -17,14 +17,6 @@ from conftest import oblique_direction, synthetic_case  # noqa: E402
 SAMPLE = Path(__file__).parents[1] / "BrainTumorExplainLib" / "sample_data" / "Phantom_01003"
 
 
-@pytest.fixture
-def scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(True)
-
-
 def _ras_from_itk(image: sitk.Image) -> np.ndarray:
     """IJK→RAS from ITK's LPS geometry: RAS = diag(-1, -1, 1) · (origin + D · diag(spacing) · ijk)."""
     lps_to_ras = np.diag([-1.0, -1.0, 1.0])

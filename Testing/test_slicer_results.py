@@ -19,14 +19,6 @@ from conftest import oblique_direction, synthetic_case  # noqa: E402
 
 
 @pytest.fixture
-def scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(True)
-
-
-@pytest.fixture
 def awkward_case(tmp_path):
     """Oblique, flipped, axis-permuted and anisotropic: the geometry that breaks naive code."""
     folder = tmp_path / "case"

@@ -4,15 +4,7 @@
 # dissection (thresholds + concept IoUs, every 4th brain slice) in BrainTumorExplainLib/weights/<model>.dissection.json,
 # where explain and the Slicer module find them. Usage: bash scripts/ship_analysis_files.sh [WORKDIR] [DEVICE] [MODELS...]
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-work="${1:-$root/out/training}"
-device="${2:-cpu}"
-shift $(( $# > 2 ? 2 : $# )) || true
-models=("$@")
-[ ${#models[@]} -gt 0 ] || models=(denseunet resunet simunet)
-python="$root/.venv/bin/python"
-cd "$root"
-[ -d "$work/heldout/Phantom_01009" ] || "$python" -m BrainTumorExplainLib phantom --out "$work/heldout" --cases 10 --seed 1000
+source "$(dirname "${BASH_SOURCE[0]}")/shipped_args.sh" "$@"
 "$python" -m BrainTumorExplainLib template --data "$work/heldout" --out BrainTumorExplainLib/weights/template.npz
 for model in "${models[@]}"; do
     "$python" -m BrainTumorExplainLib dissect --data "$work/heldout" --model "$model" --slice-step 4 --mask-cases 1 \

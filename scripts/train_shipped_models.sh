@@ -3,17 +3,9 @@
 # BrainTumorExplainLib/weights/<model>.{pt,json}. Usage: bash scripts/train_shipped_models.sh [WORKDIR] [DEVICE] [MODELS...]
 # EPOCHS (default 10, 100 steps each) sets the training length; all three shipped models used the default.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-work="${1:-$root/out/training}"
-device="${2:-cpu}"
-shift $(( $# > 2 ? 2 : $# )) || true
-models=("$@")
-[ ${#models[@]} -gt 0 ] || models=(denseunet resunet simunet)
-python="$root/.venv/bin/python"
-cd "$root"
+source "$(dirname "${BASH_SOURCE[0]}")/shipped_args.sh" "$@"
 # Seeds: training 0-23 (the last two, 22 and 23, are the per-epoch validation cases); held out 1000-1009.
 [ -d "$work/train/Phantom_00023" ] || "$python" -m BrainTumorExplainLib phantom --out "$work/train" --cases 24 --seed 0
-[ -d "$work/heldout/Phantom_01009" ] || "$python" -m BrainTumorExplainLib phantom --out "$work/heldout" --cases 10 --seed 1000
 for model in "${models[@]}"; do
     command=(-m BrainTumorExplainLib train --data "$work/train" --model "$model" --out "$work/$model.pt"
              --width 0.25 --epochs "${EPOCHS:-10}" --steps 100 --batch-size 8 --lr 0.002 --validation 2 --seed 0 --device "$device")
