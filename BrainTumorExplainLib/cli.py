@@ -117,6 +117,8 @@ def _explain_and_print(source, out: Path, config) -> int:
         print("uncertainty AUROC for misclassified voxels: " + ", ".join(
             f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items()))
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()))
+    if summary.get("scene") == "scene.mrb":
+        print(f"Slicer scene: {out / 'scene.mrb'}")
     print(f"report: {out / 'report.html'}")
     return 0
 

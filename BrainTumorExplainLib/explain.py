@@ -3,7 +3,7 @@ and a self-contained HTML report.
 
 Stages (each timed): segmentation → test-time-dropout uncertainty (quick by default on CPU) → Grad-CAM for every
 layer and tumour class → concept masks of the model's best detectors (from its saved dissection) → feature
-visualisations of those filters → figures → report. Scores, the uncertainty–error AUROC and the detectors' IoU on
+visualisations of those filters → ``scene.mrb`` (by the Slicer module's logic, in a child process) → report. Scores, the uncertainty–error AUROC and the detectors' IoU on
 this case need ground truth and are reported when the case has it.
 
 The output folder is written as ``OUT.partial`` and renamed to ``OUT`` only when every stage succeeded, so a failed or
@@ -107,6 +107,10 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
     summary: dict = {
         "version": __version__, "case": case.case_id, "model": config.model, "config": asdict(config),
         "device": _device_name(config.device), "versions": _versions(), "ground_truth": case.labels is not None,
+        "inputs": {"files": {role: str(path) if path else None for role, path in
+                             (("flair", case.files.flair), ("t1", case.files.t1), ("t1ce", case.files.t1ce),
+                              ("t2", case.files.t2), ("seg", case.files.seg), ("tissue", case.files.tissue))},
+                   "naming": case.files.naming, "convention": case.label_convention.name},
     }
     try:
         figures = work / "figures"
@@ -187,11 +191,15 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
                                 title=f"{config.model}: pre-images of the best detectors (left unregularised, "
                                       f"right regularised)")
                 summary["featviz"] = {label: run.to_dict() for label, run in runs.items()}
+        summary_path = work / "summary.json"
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n")  # the scene builder reads it
+        with timings.stage("scene"):
+            summary["scene"] = _scene_bundle(work)
         summary["seconds"] = timings.seconds
         with timings.stage("report"):
             write_report(summary, work, work / "report.html")
         summary["seconds"] = timings.seconds
-        (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -199,6 +207,36 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
         shutil.rmtree(out)
     work.rename(out)
     return summary
+
+
+MODULE_FOLDER = Path(__file__).resolve().parents[1] / "BrainTumorExplain"  # the Slicer module, in a checkout
+
+
+def _scene_bundle(run_folder: Path) -> str:
+    """``scene.mrb`` built by the Slicer module's MRML logic in a child process (the library never imports
+    Slicer). Without slicer-core, or outside a checkout, the run goes on and says why there is no scene."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    import warnings
+
+    if importlib.util.find_spec("slicer") is None:
+        reason = "not written: slicer-core is not installed (pip install slicer-core)"
+    elif not (MODULE_FOLDER / "BrainTumorExplainLogic" / "bundle.py").is_file():
+        reason = f"not written: the Slicer module is not beside the library ({MODULE_FOLDER})"
+    else:
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(MODULE_FOLDER), str(MODULE_FOLDER.parent), os.environ.get("PYTHONPATH", "")]))
+        done = subprocess.run([sys.executable, "-m", "BrainTumorExplainLogic.bundle", str(run_folder)],
+                              env=environment, capture_output=True, text=True)
+        if done.returncode == 0:
+            return "scene.mrb"
+        (run_folder / "scene.mrb").unlink(missing_ok=True)
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ValueError(f"building scene.mrb failed: {last}")
+    warnings.warn(reason)
+    return reason
 
 
 def _case_concepts(case: Case, concepts: list[str]) -> list[str]:

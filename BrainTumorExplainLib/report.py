@@ -69,6 +69,13 @@ def write_report(summary: dict, run_folder: Path, path: Path) -> Path:
         figure = run_folder / relative
         if figure.is_file():
             parts.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(caption)}</p>{_image(figure)}")
+    scene = summary.get("scene", "")
+    if scene == "scene.mrb":
+        parts.append("<h2>In 3D Slicer</h2><p><code>scene.mrb</code> beside this report opens in 3D Slicer (drag it "
+                     "onto the window): the sequences, the segmentation, the uncertainty over the FLAIR, the last "
+                     "layer's Grad-CAM per class and the concept masks, in one folder of the Data module.</p>")
+    elif scene:
+        parts.append(f"<p>Slicer scene {html.escape(scene)}.</p>")
     seconds = summary.get("seconds", {})
     parts.append("<h2>Run</h2>" + _table([[k, f"{v:.1f}"] for k, v in seconds.items()], ["stage", "seconds"]))
     parts.append("<p>Device: " + html.escape(summary.get("device", "")) + "</p>"

@@ -82,3 +82,27 @@ def test_bad_input_is_one_clear_line(small_phantom, tmp_path, capsys):
     assert main(["explain", str(folder), "--model", "unet3000", "--out", str(tmp_path / "y")]) == 2
     assert "unknown model" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_scene_bundle_reopens_with_every_output_on_the_input_geometry(explained, small_phantom):
+    slicer = pytest.importorskip("slicer")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "BrainTumorExplain"))
+    from BrainTumorExplainLogic import ijk_to_ras, nodes_of_class, open_scene_bundle
+
+    out = explained
+    assert json.loads((out / "summary.json").read_text())["scene"] == "scene.mrb"
+    scene = open_scene_bundle(out / "scene.mrb")
+    volumes = {n.GetName(): n for n in nodes_of_class(scene, "vtkMRMLVolumeNode")}
+    flair = volumes[f"{small_phantom.case_id}_flair"]
+    expected = {"uncertainty", "entropy", "mutual_information", "Tumour segmentation labels",
+                "Grad-CAM dec1 NCR/NET", "Grad-CAM dec1 ED", "Grad-CAM dec1 ET"}
+    assert expected <= set(volumes)
+    concepts = [name for name in volumes if name.startswith("concept ")]
+    assert len(concepts) == len(list((out / "concepts").glob("*.nii.gz")))
+    for name in expected | set(concepts):
+        np.testing.assert_allclose(ijk_to_ras(volumes[name]), ijk_to_ras(flair), atol=1e-9)
+    segmentations = nodes_of_class(scene, "vtkMRMLSegmentationNode")
+    assert len(segmentations) == 1 and segmentations[0].GetSegmentation().GetNumberOfSegments() >= 1

@@ -11,7 +11,7 @@ import pytest
 slicer = pytest.importorskip("slicer")
 sys.path.insert(0, str(Path(__file__).parents[1] / "BrainTumorExplain"))
 
-from BrainTumorExplainLogic import ijk_to_ras, load_case_nodes, node_reorientation  # noqa: E402
+from BrainTumorExplainLogic import ijk_to_ras, load_case_nodes, node_reorientation, nodes_of_class  # noqa: E402
 from BrainTumorExplainLogic.results import (RunOutputs, TUMOUR_SEGMENTS, open_scene_bundle,  # noqa: E402
                                             save_scene_bundle, show_overlay)
 from BrainTumorExplainLib.case import load_case  # noqa: E402
@@ -141,11 +141,11 @@ def test_scene_bundle_reopens_with_every_node_and_geometry(scene, awkward_case, 
     assert bundle.is_file() and not list(bundle.parent.glob("*.partial"))
     assert reference.GetStorageNode().GetFileName().startswith(str(awkward_case))  # the input still points home
     reopened = open_scene_bundle(bundle)
-    volumes = {n.GetName(): n for n in slicer.util.getNodesByClass("vtkMRMLVolumeNode", reopened)}
+    volumes = {n.GetName(): n for n in nodes_of_class(reopened, "vtkMRMLVolumeNode")}
     assert {"Awkward_flair", "Tumour segmentation labels", "uncertainty"} <= set(volumes)
     for name in ("Tumour segmentation labels", "uncertainty"):
         np.testing.assert_allclose(ijk_to_ras(volumes[name]), ijk_to_ras(reference), atol=1e-9)
-    segmentations = slicer.util.getNodesByClass("vtkMRMLSegmentationNode", reopened)
+    segmentations = nodes_of_class(reopened, "vtkMRMLSegmentationNode")
     assert len(segmentations) == 1 and segmentations[0].GetSegmentation().GetNumberOfSegments() == 3
     with pytest.raises(ValueError, match="must end in .mrb"):
         save_scene_bundle(scene, tmp_path / "scene.zip")

@@ -13,11 +13,12 @@ from .volumes import (
     ijk_to_ras,
     load_case_nodes,
     node_reorientation,
+    nodes_of_class,
     remove_nodes,
 )
 
 __all__ = [
     "CaseNodes", "RunOutputs", "add_volume_from_canonical", "canonical_shape", "ensure_library_importable",
-    "ijk_to_ras", "load_case_nodes", "missing_dependencies", "node_reorientation", "open_scene_bundle",
+    "ijk_to_ras", "load_case_nodes", "missing_dependencies", "node_reorientation", "nodes_of_class", "open_scene_bundle",
     "remove_nodes", "save_scene_bundle", "show_overlay",
 ]

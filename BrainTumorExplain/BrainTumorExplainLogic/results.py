@@ -17,7 +17,7 @@ import numpy as np
 import slicer
 
 from .library import ensure_library_importable
-from .volumes import add_volume_from_canonical, remove_nodes
+from .volumes import add_volume_from_canonical, nodes_of_class, remove_nodes
 
 ensure_library_importable()
 from BrainTumorExplainLib.labels import BRATS2021, LabelConvention  # noqa: E402
@@ -183,7 +183,7 @@ class RunOutputs:
 def show_overlay(scene, background, foreground=None, opacity: float = 0.5, label=None) -> None:
     """Every slice view: ``background`` (the FLAIR) under ``foreground`` (a heatmap) at ``opacity``, and a label
     map on top; segmentation nodes show by themselves."""
-    for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode", scene):
+    for composite in nodes_of_class(scene, "vtkMRMLSliceCompositeNode"):
         composite.SetBackgroundVolumeID(background.GetID() if background is not None else None)
         composite.SetForegroundVolumeID(foreground.GetID() if foreground is not None else None)
         composite.SetForegroundOpacity(opacity)

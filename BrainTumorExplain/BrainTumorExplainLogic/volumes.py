@@ -42,6 +42,12 @@ def ijk_to_ras(node) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
+def nodes_of_class(scene, class_name: str) -> list:
+    """Every node of a class in *this* scene (``slicer.util.getNodesByClass`` looks in ``slicer.mrmlScene``)."""
+    collection = scene.GetNodesByClass(class_name)
+    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+
+
 def remove_nodes(scene, nodes) -> None:
     """Remove nodes with their display and storage nodes (used to leave nothing half-made behind)."""
     for node in nodes:
