@@ -63,6 +63,15 @@ class FeatvizConfig:
     size: int = 128
     learning_rate: float = 0.05
     init_scale: float = 0.1  # standard deviation of the random start image, in z-score units
+    # With a template, the random start is added to it: filters that are flat for inputs near zero (a ReLU that
+    # never fires on noise) get a gradient from a brain-like start. Without one (or "noise"), noise alone, as the paper.
+    start: str = "template"
+
+    def __post_init__(self) -> None:
+        if self.start not in ("template", "noise"):
+            raise ValueError(f"start must be 'template' or 'noise', got {self.start!r}")
+        if self.steps < 1 or self.size < 8:
+            raise ValueError(f"need steps ≥ 1 and size ≥ 8, got {self.steps}, {self.size}")
     seed: int = 0
 
 
@@ -152,7 +161,13 @@ def visualise_filters(model: SegmentationNet, targets: Sequence[Target],
     pad = regularisers.jitter
     size = config.size
     start = torch.randn(len(targets), IN_CHANNELS, size + 2 * pad, size + 2 * pad, generator=generator)
-    x = (start * config.init_scale).to(device).requires_grad_(True)
+    start = start * config.init_scale
+    if template_tensor is not None and config.start == "template":
+        if template_tensor.shape[-2:] != (size, size):
+            raise ValueError(f"template is {tuple(template_tensor.shape[-2:])}, the pre-image {size}×{size}: "
+                             f"resize it (resize_template)")
+        start = start + F.pad(template_tensor.cpu()[None], (pad,) * 4, mode="reflect" if pad else "constant")
+    x = start.to(device).requires_grad_(True)
     optimiser = torch.optim.Adam([x], lr=config.learning_rate)
     was_training = model.training
     model.eval()

@@ -133,3 +133,17 @@ def test_bad_input(model, template):
         visualise_filters(model, [("enc1", 0)], Regularisers(), FAST, template[:3])
     with pytest.raises(ValueError, match="non-negative"):
         Regularisers(tv=-1.0)
+
+
+def test_a_template_start_reaches_filters_that_noise_cannot(template):
+    """The shipped DenseUnet's CSF detector (dense1 #11) is flat for inputs near zero: from noise it never moves,
+    from the mean image it does."""
+    model = load_pretrained("denseunet")
+    targets = [("dense1", 11)]
+    config = FeatvizConfig(steps=10, size=32)
+    from_noise = visualise_filters(model, targets, NONE, FeatvizConfig(steps=10, size=32, start="noise"))
+    from_template = visualise_filters(model, targets, NONE, config, template)
+    assert from_noise.final_activation[0] == from_noise.start_activation[0]
+    assert from_template.final_activation[0] > from_template.start_activation[0]
+    with pytest.raises(ValueError, match="start must be"):
+        FeatvizConfig(start="zeros")
