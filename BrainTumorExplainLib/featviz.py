@@ -16,6 +16,9 @@ For filter ``k`` of layer ``l`` we maximise, over a pre-image ``x`` of shape ``(
   optimises a randomly placed size×size window (the result is the centre window); **rotation**: each step rotates
   the window by a random angle in ±``rotation`` degrees.
 
+The start is random noise (as in the paper) or, when a template is given, the template plus that noise
+(``FeatvizConfig.start``): some filters are flat for inputs near zero and never move from pure noise.
+
 Several filters — of one layer or of several — are optimised at once, one image each, in one batch; the forward
 pass stops after the deepest layer asked for. Seeded:
 the initial images, windows, angles and style subsamples come from one ``torch.Generator``.
