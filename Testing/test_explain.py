@@ -85,7 +85,7 @@ def test_bad_input_is_one_clear_line(small_phantom, tmp_path, capsys):
 
 
 def test_scene_bundle_reopens_with_every_output_on_the_input_geometry(explained, small_phantom):
-    slicer = pytest.importorskip("slicer")
+    pytest.importorskip("slicer")
     import sys
     from pathlib import Path
 
