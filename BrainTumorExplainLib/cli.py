@@ -124,6 +124,7 @@ def _explain_and_print(source, out: Path, config) -> int:
 
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:
+    from .case import MODALITIES
     from .explain import ExplainConfig
 
     defaults = ExplainConfig()
@@ -133,7 +134,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
                                    "concepts/<layer>_<filter>_<concept>.nii.gz, featviz/*.png, figures/*.png, "
                                    "summary.json and report.html, all on the case's own grid.")
     p.add_argument("case", nargs="?", type=Path, help="BraTS case folder (or give the four files)")
-    for modality in ("flair", "t1", "t1ce", "t2"):
+    for modality in MODALITIES:
         p.add_argument(f"--{modality}", type=Path, help=f"{modality} file, instead of a case folder")
     p.add_argument("--seg", type=Path, help="ground-truth label file (optional, with the four files)")
     _add_model_arguments(p)
@@ -154,15 +155,15 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_explain(args: argparse.Namespace) -> int:
-    from .case import CaseFiles
+    from .case import MODALITIES, CaseFiles
     from .explain import ExplainConfig
 
-    files = [getattr(args, m) for m in ("flair", "t1", "t1ce", "t2")]
+    files = [getattr(args, m) for m in MODALITIES]
     if args.case is not None and any(files):
         raise ValueError("give either a case folder or the four files, not both")
     if args.case is None:
         if not all(files):
-            missing = [m for m, f in zip(("flair", "t1", "t1ce", "t2"), files) if f is None]
+            missing = [m for m, f in zip(MODALITIES, files) if f is None]
             raise ValueError(f"missing modality: give --{' --'.join(missing)} (or a case folder)")
         source = CaseFiles(*files, seg=args.seg, case_id=files[0].name.split(".")[0])
     else:
@@ -291,13 +292,11 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_gradcam(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
     from tqdm import tqdm
 
     from .case import load_case
     from .figures import gradcam_montage, localisation_curves, montage_slices
-    from .gradcam import gradcam_volume, layer_gradcam, localisation, localisation_as_dict
+    from .gradcam import gradcam_volume, localisation, localisation_as_dict
     from .labels import CLASS_KEYS, resolve_classes
 
     models = [m.strip() for m in args.model.split(",") if m.strip()]
@@ -308,22 +307,22 @@ def _run_gradcam(args: argparse.Namespace) -> int:
     slices = montage_slices(case, 1) if args.slices == "auto" else [int(z) for z in args.slices.split(",")]
     if min(slices) < 0 or max(slices) >= case.images.shape[1]:
         raise ValueError(f"--slices must lie in 0..{case.images.shape[1] - 1} for {case.case_id}, got {args.slices}")
+    # Volume mode computes every brain slice (and any montage slice outside the brain) in one pass; the montages are
+    # cut from it. --no-volume computes the montage slices only.
+    computed = None if args.no_volume else sorted(set(case.brain_slices().tolist()) | set(slices))
     tables = {}
     for name in models:
         model = _load_model(argparse.Namespace(model=name, weights=args.weights, device=args.device))
         out = args.out / name
-        images = torch.from_numpy(np.ascontiguousarray(case.images[:, slices].transpose(1, 0, 2, 3))).to(args.device)
-        slice_maps = {layer: cams.cpu().numpy()
-                      for layer, cams in layer_gradcam(model, images, args.layers, classes, args.target).items()}
-        for position, z in enumerate(slices):
-            png = gradcam_montage(case, z, {layer: cams[position] for layer, cams in slice_maps.items()}, classes,
-                                  out / f"gradcam_z{z}.png", title=f"{case.case_id} · {name} · Grad-CAM "
-                                                                    f"({args.target}) per layer, rows: class")
+        volume = gradcam_volume(model, case, args.layers, classes, args.target,
+                                slices=slices if args.no_volume else computed, batch_size=args.batch_size,
+                                device=args.device, progress=True)
+        for z in slices:
+            png = gradcam_montage(case, z, volume.slice_maps(z), classes, out / f"gradcam_z{z}.png",
+                                  title=f"{case.case_id} · {name} · Grad-CAM ({args.target}) per layer, rows: class")
             print(f"wrote {png}")
         if args.no_volume:
             continue
-        volume = gradcam_volume(model, case, args.layers, classes, args.target, batch_size=args.batch_size,
-                                device=args.device, progress=True)
         for (layer, class_index), cam in tqdm(volume.maps.items(), desc="write NIfTI", unit="map"):
             case.grid.write(cam, out / f"{layer}_{CLASS_KEYS[class_index]}.nii.gz")
         tables[name] = localisation(volume, case)
@@ -378,9 +377,7 @@ def _run_dissect(args: argparse.Namespace) -> int:
     result.write_tables(args.out / "tables")
     (args.out / "detectors.json").write_text(json.dumps({"summary": result.summary(),
                                                          "detectors": result.detectors()}, indent=2) + "\n")
-    best = {}
-    for row in result.detectors():  # best first: the first row per concept is its best detector
-        best.setdefault(row["concept"], row)
+    best = result.best_detectors()
     picks = [(row["layer"], row["filter"]) for row in best.values()]
     for index, folder in enumerate(tqdm(cases[:args.mask_cases], desc="concept masks", unit="case")):
         case = load_case(folder)
@@ -489,8 +486,16 @@ def _run_template(args: argparse.Namespace) -> int:
     from .case import find_cases, load_case
     from .featviz import mean_template, save_template
 
-    cases = [load_case(folder) for folder in find_cases(args.data)]
-    print(f"wrote {save_template(mean_template(cases), args.out, [c.case_id for c in cases])}")
+    case_ids: list[str] = []
+
+    def cases():  # one case in memory at a time
+        for folder in find_cases(args.data):
+            case = load_case(folder)
+            case_ids.append(case.case_id)
+            yield case
+
+    template = mean_template(cases())
+    print(f"wrote {save_template(template, args.out, case_ids)}")
     return 0
 
 

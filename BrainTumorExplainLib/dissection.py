@@ -85,7 +85,7 @@ def concept_masks(case: Case, concepts: Sequence[str]) -> np.ndarray:
     return np.stack(masks)
 
 
-def _ground_truth(source: Case | str | Path) -> tuple[str, set[str]]:
+def ground_truth_of(source: Case | str | Path) -> tuple[str, set[str]]:
     """A case's name and which ground truths it carries, without reading its images when it is a folder."""
     if isinstance(source, Case):
         case_id, labels, tissue = source.case_id, source.labels is not None, source.tissue is not None
@@ -100,7 +100,7 @@ def check_concepts(cases: Sequence[Case | str | Path], concepts: Sequence[str] |
     case lacks is an error naming the case and the missing ground truth."""
     if not cases:
         raise ValueError("the dissection dataset is empty: give at least one case")
-    present = [_ground_truth(source) for source in cases]
+    present = [ground_truth_of(source) for source in cases]
     if concepts is None:
         return [name for name, (_, needs) in CONCEPTS.items() if all(needs in have for _, have in present)]
     for name in concepts:
@@ -250,6 +250,13 @@ class Dissection:
                     rows.append({"layer": layer, "filter": k, "concept": self.concepts[best],
                                  "iou": float(iou[k, best]), "image_iou": float(result.image_iou[k, best])})
         return sorted(rows, key=lambda row: -row["iou"])
+
+    def best_detectors(self) -> dict[str, dict]:
+        """Concept → its best detector (the :meth:`detectors` row with the highest IoU), for concepts that have one."""
+        best: dict[str, dict] = {}
+        for row in self.detectors():  # best first
+            best.setdefault(row["concept"], row)
+        return best
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Detectors per concept per layer: ``{layer: {concept: count}}`` (each filter counted for its best

@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from . import __version__
-from .case import Case, CaseFiles, load_case
+from .case import CaseFiles, load_case
 from .labels import CLASS_KEYS, CLASS_NAMES
 
 QUICK_FEATVIZ = {"steps": 100, "size": 96}
@@ -82,7 +82,8 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
     import torch
 
     from .baseline import threshold_segmentation
-    from .dissection import Dissection, concept_masks, filter_concept_masks, load_shipped_dissection
+    from .dissection import (CONCEPTS, Dissection, concept_masks, filter_concept_masks, ground_truth_of,
+                             load_shipped_dissection)
     from .featviz import (FeatvizConfig, Regularisers, load_template, resize_template, shipped_template_path,
                           visualise_filters)
     from .figures import (case_montage, concept_montage, error_by_uncertainty, featviz_montage, gradcam_montage,
@@ -147,19 +148,17 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
             summary["gradcam"] = {"target": cams.target, "layers": cams.layers,
                                   "classes": [CLASS_NAMES[c] for c in cams.classes],
                                   "localisation": localisation_as_dict(table)}
-            gradcam_montage(case, z, {layer: np.stack([cams.maps[(layer, c)][z] for c in cams.classes])
-                                      for layer in cams.layers}, cams.classes, figures / "gradcam.png",
+            gradcam_montage(case, z, cams.slice_maps(z), cams.classes, figures / "gradcam.png",
                             title=f"{case.case_id} · {config.model}: Grad-CAM per layer (rows: class)")
             localisation_curves({config.model: table}, figures / "topdown.png")
             del cams
         with timings.stage("concepts"):
-            best: dict[str, dict] = {}
-            for row in dissection.detectors():  # best first
-                best.setdefault(row["concept"], row)
+            best = dissection.best_detectors()
             picks = [(row["layer"], row["filter"]) for row in best.values()]
             masks = filter_concept_masks(model, case, dissection, picks, device=config.device) if picks else {}
             detectors = []
-            have = _case_concepts(case, list(best))
+            carried = ground_truth_of(case)[1]
+            have = [concept for concept in best if CONCEPTS[concept][1] in carried]
             truth = dict(zip(have, concept_masks(case, have))) if have else {}
             for concept, row in best.items():
                 mask = masks[(row["layer"], row["filter"])]
@@ -237,13 +236,6 @@ def _scene_bundle(run_folder: Path) -> str:
         raise ValueError(f"building scene.mrb failed: {last}")
     warnings.warn(reason)
     return reason
-
-
-def _case_concepts(case: Case, concepts: list[str]) -> list[str]:
-    from .dissection import CONCEPTS
-
-    have = {"brain mask": True, "labels": case.labels is not None, "tissue": case.tissue is not None}
-    return [c for c in concepts if have[CONCEPTS[c][1]]]
 
 
 def _device_name(device: str) -> str:

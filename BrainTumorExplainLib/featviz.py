@@ -30,7 +30,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -243,9 +243,9 @@ def regulariser_sweep(model: SegmentationNet, target: Target, template: np.ndarr
 
 
 # -- the style template: the dataset's mean image ---------------------------------------------------------------
-def mean_template(cases: Sequence[Case]) -> np.ndarray:
+def mean_template(cases: Iterable[Case]) -> np.ndarray:
     """Mean ``(4, H, W)`` z-scored image over every brain-containing axial slice of the cases (all on one in-plane
-    size, as BraTS cases are)."""
+    size, as BraTS cases are). A generator of cases keeps one case in memory at a time."""
     total, count = None, 0
     for case in cases:
         slices = case.images[:, case.brain_slices()]

@@ -102,6 +102,10 @@ class GradCamVolume:
     def display(self, layer: str, class_index: int) -> np.ndarray:
         return normalise(self.maps[(layer, class_index)])
 
+    def slice_maps(self, z: int) -> dict[str, np.ndarray]:
+        """Layer → ``(len(classes), Y, X)`` raw maps of axial slice ``z``, as :func:`figures.gradcam_montage` takes."""
+        return {layer: np.stack([self.maps[(layer, c)][z] for c in self.classes]) for layer in self.layers}
+
 
 def gradcam_volume(model: SegmentationNet, case: Case, layers: str | Iterable[str] = "all",
                    classes: str | Iterable[int] = "tumour", target: OutputTarget = "softmax",
