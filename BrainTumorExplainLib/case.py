@@ -19,12 +19,15 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 
 from .grid import ReferenceGrid
 from .labels import BRATS2021, BRATS2023, LabelConvention, TISSUE_NAMES, label_convention
+
+if TYPE_CHECKING:  # imported where files are read, so a saved case (.npz) loads where SimpleITK is absent
+    import SimpleITK as sitk
 
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -92,6 +95,53 @@ class Case:
     def write_labels(self, classes: np.ndarray, path: str | Path) -> Path:
         """Write class indices as a label file in this case's convention, on its original grid."""
         return self.grid.write(self.label_convention.from_classes(classes), path)
+
+    def save(self, path: str | Path) -> Path:
+        """Save the case as read and normalised (``.npz``, no pickles); :func:`load_case` reads it back as it was.
+
+        A saved case loads without SimpleITK or the original files (a GPU server with only torch, say) and skips
+        reading and resampling; the input files remain the record of what was measured.
+        """
+        path = Path(path)
+        if path.suffix != ".npz":
+            raise CaseError(f"{path}: a saved case is an .npz file")
+        arrays = {"images": self.images, "brain_mask": self.brain_mask, "case_id": np.array(self.case_id),
+                  "convention": np.array(self.label_convention.name), "format": np.array(SAVED_CASE_FORMAT),
+                  **{f"grid_{name}": np.asarray(getattr(self.grid, name)) for name in GRID_FIELDS}}
+        arrays.update({name: getattr(self, name) for name in ("labels", "tissue") if getattr(self, name) is not None})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **arrays)
+        return path
+
+
+SAVED_CASE_FORMAT = 1
+GRID_FIELDS = ("size", "spacing", "origin", "direction")
+
+
+def load_saved_case(path: str | Path) -> Case:
+    """A case written by :meth:`Case.save` (read without unpickling)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CaseError(f"{path}: saved case file does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError) as error:
+        raise CaseError(f"{path}: cannot read saved case ({error})") from None
+    needed = ["format", "case_id", "images", "brain_mask", "convention"] + [f"grid_{n}" for n in GRID_FIELDS]
+    missing = [name for name in needed if name not in arrays]
+    if missing:
+        raise CaseError(f"{path}: not a saved case (missing {', '.join(missing)})")
+    if int(arrays["format"]) != SAVED_CASE_FORMAT:
+        raise CaseError(f"{path}: saved case format {int(arrays['format'])}, expected {SAVED_CASE_FORMAT}")
+    grid = ReferenceGrid(tuple(int(v) for v in arrays["grid_size"]),
+                         *(tuple(float(v) for v in arrays[f"grid_{n}"]) for n in GRID_FIELDS[1:]))
+    images, brain_mask = arrays["images"], arrays["brain_mask"]
+    if images.shape != (len(MODALITIES),) + grid.canonical_shape or brain_mask.shape != grid.canonical_shape:
+        raise CaseError(f"{path}: arrays {images.shape} / {brain_mask.shape} do not fit the saved grid "
+                        f"{grid.canonical_shape}")
+    return Case(str(arrays["case_id"]), images.astype(np.float32, copy=False), brain_mask.astype(bool, copy=False),
+                grid, arrays.get("labels"), arrays.get("tissue"), label_convention(str(arrays["convention"])))
 
 
 def _stem(path: Path) -> str:
@@ -190,6 +240,8 @@ def count_nonfinite_on_disk(path: Path) -> int:
 
 def read_image(path: Path, what: str) -> sitk.Image:
     """Read a 3D single-component image, or raise :class:`CaseError` naming the file."""
+    import SimpleITK as sitk
+
     path = Path(path)
     if not path.is_file():
         raise CaseError(f"{path}: {what} file does not exist")
@@ -211,6 +263,8 @@ def read_image(path: Path, what: str) -> sitk.Image:
 
 def _on_reference(image: sitk.Image, path: Path, what: str, grid: ReferenceGrid, reference: sitk.Image,
                   reference_path: Path, on_grid_mismatch: str, interpolator: int) -> sitk.Image:
+    import SimpleITK as sitk
+
     if grid.matches(image):
         return image
     detail = f"{what} grid ({ReferenceGrid.from_image(image).describe()}) differs from {reference_path.name} ({grid.describe()})"
@@ -241,7 +295,8 @@ def load_case(
     """Read, validate and normalise one case.
 
     Args:
-        source: a BraTS case folder, or :class:`CaseFiles` for explicit files.
+        source: a BraTS case folder, :class:`CaseFiles` for explicit files, or an ``.npz`` from :meth:`Case.save`
+            (returned as saved; the other arguments then do not apply).
         convention: ``brats2021`` or ``brats2023``. Default: from the naming; for explicit files
             BraTS 2018-2021 (1/2/4) — a label file with other values is refused, never reinterpreted.
         reference: modality whose grid every output is written on.
@@ -251,6 +306,10 @@ def load_case(
         CaseError: naming the file and the problem (missing/duplicate modality, not 3D, unreadable, grid mismatch,
             NaN/Inf voxels, all-zero volume, labels outside the convention).
     """
+    if not isinstance(source, CaseFiles) and str(source).endswith(".npz"):
+        return load_saved_case(source)
+    import SimpleITK as sitk
+
     files = source if isinstance(source, CaseFiles) else find_case_files(source)
     if reference not in MODALITIES:
         raise CaseError(f"reference modality {reference!r} is not one of {MODALITIES}")
@@ -311,6 +370,8 @@ def load_case(
 
 
 def _label_array(image: sitk.Image, path: Path, what: str) -> np.ndarray:
+    import SimpleITK as sitk
+
     array = sitk.GetArrayFromImage(image)
     if not np.isfinite(array).all() or np.any(array != np.round(array)) or array.min() < 0:
         raise CaseError(f"{path}: {what} must hold non-negative integer labels")
@@ -319,6 +380,8 @@ def _label_array(image: sitk.Image, path: Path, what: str) -> np.ndarray:
 
 def _read_labels(path: Path, what: str, grid: ReferenceGrid, reference: sitk.Image, reference_path: Path,
                  on_grid_mismatch: str) -> np.ndarray:
+    import SimpleITK as sitk
+
     image = read_image(Path(path), what)
     image = _on_reference(image, Path(path), what, grid, reference, reference_path, on_grid_mismatch,
                           sitk.sitkNearestNeighbor)

@@ -151,6 +151,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--out", required=True, type=Path, help="output folder (must not exist, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT once the new run is complete")
+    p.add_argument("--no-scene", dest="scene", action="store_false", help="skip scene.mrb")
     p.set_defaults(run=_run_explain)
 
 
@@ -172,7 +173,7 @@ def _run_explain(args: argparse.Namespace) -> int:
                            dissection=str(args.dissection) if args.dissection else None, device=args.device,
                            quick=args.quick, passes=args.passes, layers=args.layers, classes=args.classes,
                            featviz_steps=args.featviz_steps, featviz_size=args.featviz_size, seed=args.seed,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, scene=args.scene)
     return _explain_and_print(source, args.out, config)
 
 
@@ -419,10 +420,15 @@ def _add_uncertainty(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--agreement", action="store_true",
                    help="with --quick: also run the full T passes and print the Pearson r of the maps in the brain")
     p.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
-    p.add_argument("--slices-per-batch", type=int, default=4)
-    p.add_argument("--passes-per-forward", type=int, default=8)
+    _add_batching_arguments(p)
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.set_defaults(run=_run_uncertainty)
+
+
+def _add_batching_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--slices-per-batch", type=int, default=None, help="slices per forward (default: by device)")
+    p.add_argument("--passes-per-forward", type=int, default=None, help="dropout passes per forward (default: by "
+                   "device; one forward carries slices × passes images)")
 
 
 def _run_uncertainty(args: argparse.Namespace) -> int:
@@ -530,7 +536,7 @@ def _add_featviz(sub: argparse._SubParsersAction) -> None:
 def _run_featviz(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .featviz import (FeatvizConfig, Regularisers, load_template, regulariser_sweep, resize_template,
+    from .featviz import (FeatvizConfig, Regularisers, load_template, regulariser_sweep,
                           shipped_template_path, visualise_filters)
     from .figures import featviz_montage, featviz_sweep
 
@@ -539,7 +545,7 @@ def _run_featviz(args: argparse.Namespace) -> int:
     config = FeatvizConfig(steps=args.steps, size=args.size, learning_rate=args.lr, seed=args.seed)
     regularisers = Regularisers(jitter=args.jitter, rotation=args.rotation, tv=args.tv, l2=args.l2,
                                 style=args.style, sigma=args.sigma)
-    template = resize_template(load_template(args.template or shipped_template_path()), args.size)
+    template = load_template(args.template or shipped_template_path(), args.size)
     targets = [(args.layer, k) for k in filters]
     runs = {"unregularised": visualise_filters(model, targets, Regularisers.none(), config, device=args.device,
                                                progress=True),
@@ -563,13 +569,72 @@ def _run_featviz(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks: ours against the naive loop or a peer, ratio in one run",
+                       description="Each benchmark times two ways of the same work on the same model, seed, input and "
+                                   "device, and prints the ratio: ttd (batched vs naive per-slice, per-pass loop; "
+                                   "quick vs T), gradcam (all layers × 4 classes vs Captum per (layer, class), with "
+                                   "the maps' largest difference), dissection (peak memory for 4/16/48 volumes, "
+                                   "threshold error vs exact quantiles), segmentation, featviz, slicer (push one "
+                                   "explain run into a scene). Results in BENCHMARKS.md come from this command.")
+    p.add_argument("--case", type=Path, default=None, help="case folder or saved case (.npz); default the sample")
+    p.add_argument("--model", default="resunet", help="shipped model (default resunet)")
+    p.add_argument("--width", type=float, default=None,
+                   help="time an untrained network of this width instead of the shipped weights (1.0: paper width)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--only", default="all", help="all (default), or some of ttd,gradcam,dissection,segmentation,"
+                   "featviz,slicer")
+    p.add_argument("-T", "--passes", type=int, default=100, help="TTD passes (default 100)")
+    p.add_argument("--slices", type=int, default=None,
+                   help="evenly spaced brain slices for ttd and segmentation (default: every brain slice)")
+    _add_batching_arguments(p)
+    p.add_argument("--precision", choices=("float32", "bfloat16", "both"), default="float32",
+                   help="TTD convolutions (bfloat16: autocast, a GPU option; both: also compares the two)")
+    p.add_argument("--gradcam-slices", type=int, default=8)
+    p.add_argument("--dissection-volumes", default="4,16,48")
+    p.add_argument("--dissection-step", type=int, default=8, help="every Nth brain slice (default 8)")
+    p.add_argument("--dissection-data", type=Path, default=None,
+                   help="case folders to cycle through for the dissection (default: the bench case, repeated)")
+    p.add_argument("--featviz-filters", type=int, default=4)
+    p.add_argument("--featviz-steps", type=int, default=50)
+    p.add_argument("--explain-run", type=Path, default=None, help="an explain output folder (slicer benchmark)")
+    p.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
+    p.add_argument("--markdown", type=Path, default=None, help="write a BENCHMARKS.md section to this file")
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .bench import BENCHMARKS, BenchConfig, describe, markdown, run_benchmarks
+    from .case import SAMPLE_CASE, find_cases
+
+    config = BenchConfig(
+        case=args.case or SAMPLE_CASE, model=args.model, width=args.width, device=args.device, passes=args.passes,
+        slices=args.slices, slices_per_batch=args.slices_per_batch, passes_per_forward=args.passes_per_forward,
+        precision=args.precision, gradcam_slices=args.gradcam_slices,
+        dissection_volumes=tuple(int(v) for v in args.dissection_volumes.split(",")),
+        dissection_step=args.dissection_step,
+        dissection_cases=tuple(find_cases(args.dissection_data)) if args.dissection_data else (),
+        featviz_filters=args.featviz_filters, featviz_steps=args.featviz_steps, explain_run=args.explain_run)
+    only = BENCHMARKS if args.only == "all" else [name.strip() for name in args.only.split(",") if name.strip()]
+    results = run_benchmarks(config, only, report=lambda m: print(describe(m), flush=True))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+        print(f"wrote {args.json}")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown(results))
+        print(f"wrote {args.markdown}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m BrainTumorExplainLib",
                                      description="Explain brain-tumour segmentation networks (Natekar et al. 2020).")
     parser.add_argument("--version", action="version", version=f"BrainTumorExplainLib {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
     for add in (_add_demo, _add_explain, _add_phantom, _add_montage, _add_score, _add_segment, _add_train, _add_evaluate,
-                _add_gradcam, _add_dissect, _add_uncertainty, _add_template, _add_featviz):
+                _add_gradcam, _add_dissect, _add_uncertainty, _add_template, _add_featviz, _add_bench):
         add(sub)
     return parser
 

@@ -89,6 +89,9 @@ def ground_truth_of(source: Case | str | Path) -> tuple[str, set[str]]:
     """A case's name and which ground truths it carries, without reading its images when it is a folder."""
     if isinstance(source, Case):
         case_id, labels, tissue = source.case_id, source.labels is not None, source.tissue is not None
+    elif str(source).endswith(".npz"):  # a saved case: its array names say what it carries
+        with np.load(source, allow_pickle=False) as data:
+            case_id, labels, tissue = str(data["case_id"]), "labels" in data.files, "tissue" in data.files
     else:
         files = find_case_files(source)
         case_id, labels, tissue = files.case_id, files.seg is not None, files.tissue is not None
@@ -400,14 +403,24 @@ def _tally_activations(model: SegmentationNet, case: Case, layers: Sequence[str]
                        statistics: dict[str, StreamingQuantiles], quantile: float, bins: int, slice_step: int,
                        batch_size: int, device: torch.device) -> None:
     """Threshold passes: every activation value of the case's dissection slices into each filter's histogram."""
-    height, width = case.images.shape[-2:]
-    slices = _dissection_slices(case, slice_step)
-    for _, activations in _layer_batches(model, case, layers, slices, batch_size, device):
-        for name, activation in activations.items():
-            values = _unpadded(activation, model, height, width).transpose(0, 1).flatten(1)
+    for layer_values in dissection_values(model, case, layers, slice_step, batch_size, device):
+        for name, values in layer_values.items():
             if name not in statistics:
                 statistics[name] = StreamingQuantiles(values.shape[0], quantile, bins)
             statistics[name].add(values)
+
+
+def dissection_values(model: SegmentationNet, case: Case, layers: Sequence[str], slice_step: int = 1,
+                      batch_size: int = 16, device: str | torch.device | None = None
+                      ) -> Iterator[dict[str, torch.Tensor]]:
+    """Per batch of the case's dissection slices: layer → ``(K, values)``, the activations whose quantile is each
+    filter's threshold (padding-only rows and columns dropped). Call with the model in eval mode."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    height, width = case.images.shape[-2:]
+    slices = _dissection_slices(case, slice_step)
+    for _, activations in _layer_batches(model, case, layers, slices, batch_size, device):
+        yield {name: _unpadded(activation, model, height, width).transpose(0, 1).flatten(1)
+               for name, activation in activations.items()}
 
 
 def _tally_iou(model: SegmentationNet, case: Case, layers: Sequence[str], concepts: Sequence[str],

@@ -44,6 +44,7 @@ class ExplainConfig:
     featviz_size: int = QUICK_FEATVIZ["size"]
     seed: int = 0
     overwrite: bool = False
+    scene: bool = True  # scene.mrb (the Slicer module pushes into its own scene instead)
 
 
 class Timings:
@@ -84,7 +85,7 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
     from .baseline import threshold_segmentation
     from .dissection import (CONCEPTS, Dissection, concept_masks, filter_concept_masks, ground_truth_of,
                              load_shipped_dissection)
-    from .featviz import (FeatvizConfig, Regularisers, load_template, resize_template, shipped_template_path,
+    from .featviz import (FeatvizConfig, Regularisers, load_template, shipped_template_path,
                           visualise_filters)
     from .figures import (case_montage, concept_montage, error_by_uncertainty, featviz_montage, gradcam_montage,
                           localisation_curves, montage_slices, uncertainty_figure)
@@ -107,7 +108,7 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
     quick = config.quick if config.quick is not None else torch.device(config.device).type == "cpu"
     summary: dict = {
         "version": __version__, "case": case.case_id, "model": config.model, "config": asdict(config),
-        "device": _device_name(config.device), "versions": _versions(), "ground_truth": case.labels is not None,
+        "device": device_name(config.device), "versions": library_versions(), "ground_truth": case.labels is not None,
         "inputs": {"files": {role: str(path) if path else None for role, path in
                              (("flair", case.files.flair), ("t1", case.files.t1), ("t1ce", case.files.t1ce),
                               ("t2", case.files.t2), ("seg", case.files.seg), ("tissue", case.files.tissue))},
@@ -181,7 +182,7 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
         with timings.stage("featviz"):
             if picks:
                 featviz_config = FeatvizConfig(steps=config.featviz_steps, size=config.featviz_size, seed=config.seed)
-                template = resize_template(load_template(shipped_template_path()), config.featviz_size)
+                template = load_template(shipped_template_path(), config.featviz_size)
                 runs = {"unregularised": visualise_filters(model, picks, Regularisers.none(), featviz_config,
                                                            device=config.device),
                         "regularised": visualise_filters(model, picks, Regularisers(), featviz_config, template,
@@ -193,7 +194,7 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
         summary_path = work / "summary.json"
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")  # the scene builder reads it
         with timings.stage("scene"):
-            summary["scene"] = _scene_bundle(work)
+            summary["scene"] = _scene_bundle(work) if config.scene else "not written (--no-scene)"
         summary["seconds"] = timings.seconds
         with timings.stage("report"):
             write_report(summary, work, work / "report.html")
@@ -214,21 +215,11 @@ MODULE_FOLDER = Path(__file__).resolve().parents[1] / "BrainTumorExplain"  # the
 def _scene_bundle(run_folder: Path) -> str:
     """``scene.mrb`` built by the Slicer module's MRML logic in a child process (the library never imports
     Slicer). Without slicer-core, or outside a checkout, the run goes on and says why there is no scene."""
-    import importlib.util
-    import os
-    import subprocess
-    import sys
     import warnings
 
-    if importlib.util.find_spec("slicer") is None:
-        reason = "not written: slicer-core is not installed (pip install slicer-core)"
-    elif not (MODULE_FOLDER / "BrainTumorExplainLogic" / "bundle.py").is_file():
-        reason = f"not written: the Slicer module is not beside the library ({MODULE_FOLDER})"
-    else:
-        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [str(MODULE_FOLDER), str(MODULE_FOLDER.parent), os.environ.get("PYTHONPATH", "")]))
-        done = subprocess.run([sys.executable, "-m", "BrainTumorExplainLogic.bundle", str(run_folder)],
-                              env=environment, capture_output=True, text=True)
+    reason = scene_bundle_unavailable()
+    if reason is None:
+        done = run_scene_bundle(run_folder)
         if done.returncode == 0:
             return "scene.mrb"
         (run_folder / "scene.mrb").unlink(missing_ok=True)
@@ -238,7 +229,30 @@ def _scene_bundle(run_folder: Path) -> str:
     return reason
 
 
-def _device_name(device: str) -> str:
+def scene_bundle_unavailable() -> str | None:
+    """Why no scene can be built here, or None when slicer-core and the module are both present."""
+    import importlib.util
+
+    if importlib.util.find_spec("slicer") is None:
+        return "not written: slicer-core is not installed (pip install slicer-core)"
+    if not (MODULE_FOLDER / "BrainTumorExplainLogic" / "bundle.py").is_file():
+        return f"not written: the Slicer module is not beside the library ({MODULE_FOLDER})"
+    return None
+
+
+def run_scene_bundle(run_folder: Path, *arguments: str):
+    """``python -m BrainTumorExplainLogic.bundle RUN_FOLDER [arguments]`` in a child process; its CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(MODULE_FOLDER), str(MODULE_FOLDER.parent), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "BrainTumorExplainLogic.bundle", str(run_folder), *arguments],
+                          env=environment, capture_output=True, text=True)
+
+
+def device_name(device: str) -> str:
     import torch
 
     if torch.device(device).type == "cuda" and torch.cuda.is_available():
@@ -246,10 +260,14 @@ def _device_name(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     import scipy
-    import SimpleITK
     import torch
 
+    try:
+        import SimpleITK
+        simpleitk = SimpleITK.Version_VersionString()
+    except ImportError:  # a saved case (.npz) needs no SimpleITK
+        simpleitk = "not installed"
     return {"BrainTumorExplainLib": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "scipy": scipy.__version__, "SimpleITK": SimpleITK.Version_VersionString()}
+            "numpy": np.__version__, "scipy": scipy.__version__, "SimpleITK": simpleitk}

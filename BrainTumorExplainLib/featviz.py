@@ -168,7 +168,7 @@ def visualise_filters(model: SegmentationNet, targets: Sequence[Target],
     if template_tensor is not None and config.start == "template":
         if template_tensor.shape[-2:] != (size, size):
             raise ValueError(f"template is {tuple(template_tensor.shape[-2:])}, the pre-image {size}×{size}: "
-                             f"resize it (resize_template)")
+                             f"load it with load_template(path, size)")
         start = start + F.pad(template_tensor.cpu()[None], (pad,) * 4, mode="reflect" if pad else "constant")
     x = start.to(device).requires_grad_(True)
     optimiser = torch.optim.Adam([x], lr=config.learning_rate)
@@ -271,8 +271,8 @@ def save_template(template: np.ndarray, path: str | Path, cases: Sequence[str]) 
     return path
 
 
-def load_template(path: str | Path) -> np.ndarray:
-    """Read a template saved by :func:`save_template` (never unpickles)."""
+def load_template(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Read a template saved by :func:`save_template` (never unpickles), resized to ``size``² when given."""
     try:
         with np.load(Path(path), allow_pickle=False) as data:
             template = data["template"]
@@ -280,7 +280,7 @@ def load_template(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path}: not a template file ({error})") from None
     if template.ndim != 3 or template.shape[0] != IN_CHANNELS:
         raise ValueError(f"{path}: template must be (4, H, W), got {template.shape}")
-    return template
+    return resize_template(template, size) if size else template
 
 
 def shipped_template_path() -> Path:

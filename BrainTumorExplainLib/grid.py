@@ -15,9 +15,12 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:  # imported where images are made, so arrays and grids work without SimpleITK
+    import SimpleITK as sitk
 
 # Canonical array axis c (0, 1, 2) points along physical LPS axis 2 - c: z → S, y → P, x → L.
 _CANONICAL_PHYSICAL_AXIS = (2, 1, 0)
@@ -97,7 +100,7 @@ class ReferenceGrid:
 
     def matches(self, other: "ReferenceGrid | sitk.Image", tolerance: float = 1e-4) -> bool:
         """True when ``other`` lies on this grid (size exact; spacing, origin in mm and direction within tolerance)."""
-        if isinstance(other, sitk.Image):
+        if not isinstance(other, ReferenceGrid):
             other = ReferenceGrid.from_image(other)
         return (
             other.size == self.size
@@ -118,6 +121,8 @@ class ReferenceGrid:
 
     def to_image(self, canonical_array: np.ndarray) -> sitk.Image:
         """Canonical ``(z, y, x)`` array → image on this grid, geometry copied exactly."""
+        import SimpleITK as sitk
+
         canonical_array = np.asarray(canonical_array)
         if canonical_array.shape != self.canonical_shape:
             raise ValueError(
@@ -134,6 +139,8 @@ class ReferenceGrid:
 
     def write(self, canonical_array: np.ndarray, path: str | Path) -> Path:
         """Write a canonical array as an image file on this grid (format from the extension)."""
+        import SimpleITK as sitk
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(self.to_image(canonical_array), str(path), useCompression=True)

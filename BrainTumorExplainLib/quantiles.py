@@ -6,11 +6,15 @@ each channel keeps a histogram of ``bins`` equal bins:
 
 1. **Pass 1** (:meth:`StreamingQuantiles.add`): the range starts at the first batch's min..max and, when a later
    value falls outside it, doubles (merging neighbouring bin pairs) towards that side until it fits — counts are
-   never lost or re-binned approximately, so after the pass the histogram is exact for its bin edges. The
-   quantile is interpolated inside the bin holding its rank: error ≤ one bin width ≤ 2·(max − min)/bins.
+   never lost or re-binned approximately, so after the pass the histogram is exact for its bin edges.
 2. **Refinement** (:meth:`start_refinement`, then :meth:`add` again over the same data): a second histogram of
-   ``bins`` bins spans only that bin, so the error bound shrinks to (bin width)/bins — ≈ 5e-7 of the range for
-   2048 bins, far below float32 differences that matter for a mask.
+   ``bins`` bins spans only the bin of the lower order statistic, and the smallest value above that span is kept
+   exactly, so the error bound shrinks to (bin width)/bins — ≈ 5e-7 of the range for 2048 bins, far below float32
+   differences that matter for a mask.
+
+The quantile interpolates between the two order statistics around rank ``q·(n−1)``, each located in its own bin
+(or, for the upper one above the refined span, known exactly): in a sparse tail the two can lie many bins apart,
+and interpolating inside one bin would then miss by the gap (found by ``bench``'s exact check on a 15×15 layer).
 
 Memory is ``channels × bins`` counts (int64) per stage, whatever the number of values. The state round-trips
 through :meth:`state_dict`, so a long pass can be saved and resumed. The rank convention is torch.quantile's
@@ -36,7 +40,8 @@ class StreamingQuantiles:
         self.counts = torch.zeros(channels, bins, dtype=torch.int64)
         self.total = 0
         self.stage = 1
-        self.below = torch.zeros(channels, dtype=torch.int64)  # stage 2: values under the refined bin
+        self.below = torch.zeros(channels, dtype=torch.int64)  # stage 2: values under the refined span
+        self.above_min = torch.full((channels,), float("inf"), dtype=torch.float64)  # stage 2: least value over it
 
     # -- feeding -----------------------------------------------------------------------------------------------
     def add(self, values: torch.Tensor) -> None:
@@ -53,8 +58,11 @@ class StreamingQuantiles:
             self.counts += self._histogram(values, self.low.to(device), self.width.to(device), clamp=True)
         else:
             low, width = self.low.to(device), self.width.to(device)
+            high = (low + width * self.bins)[:, None]
             self.below += (values < low[:, None]).sum(dim=1).cpu()
-            inside = (values >= low[:, None]) & (values < (low + width * self.bins)[:, None])
+            above = torch.where(values >= high, values, torch.full_like(values, float("inf")))
+            self.above_min = torch.minimum(self.above_min, above.min(dim=1).values.cpu())
+            inside = (values >= low[:, None]) & (values < high)
             # values outside the refined span go to an overflow index dropped below
             self.counts += self._histogram(torch.where(inside, values, torch.full_like(values, float("nan"))),
                                            low, width, clamp=False)
@@ -93,21 +101,37 @@ class StreamingQuantiles:
         self.width[channel] *= 2
 
     # -- answers ------------------------------------------------------------------------------------------------
-    def _locate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per channel: the bin holding rank q·(n−1), and the rank's offset (in values) inside that bin."""
-        if self.total == 0:
-            raise ValueError("no values were added")
-        rank = self.q * (self.total - 1) - self.below.double()  # stage 2: counted from the refined span's floor
+    def _locate(self, order: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per channel: the bin holding the value of 0-based ``order`` (a rank), and the rank's offset (in values)
+        inside that bin; in stage 2 ranks count from the refined span's floor."""
+        position = order - self.below.double()
         cumulative = self.counts.cumsum(dim=1).double()
-        index = torch.searchsorted(cumulative, rank[:, None], right=True)[:, 0].clamp(max=self.bins - 1)
+        index = torch.searchsorted(cumulative, position[:, None], right=True)[:, 0].clamp(max=self.bins - 1)
         before = cumulative.gather(1, (index - 1).clamp(min=0)[:, None])[:, 0] * (index > 0)
-        return index, rank - before
+        return index, position - before
+
+    def _order_statistic(self, order: int) -> torch.Tensor:
+        """The ``order``-th smallest value per channel: within its bin (error < one bin width), or exact when it
+        lies above the refined span."""
+        index, offset = self._locate(order)
+        count = self.counts.gather(1, index[:, None])[:, 0].double().clamp(min=1)
+        estimate = self.low + self.width * (index.double() + ((offset + 0.5) / count).clamp(0, 1))
+        if self.stage == 2:
+            above = order - self.below >= self.counts.sum(dim=1)
+            estimate = torch.where(above, self.above_min, estimate)
+        return estimate
 
     def quantile(self) -> torch.Tensor:
-        """Current estimate per channel (float64): linear inside the bin that holds the rank."""
-        index, inside = self._locate()
-        count = self.counts.gather(1, index[:, None])[:, 0].double().clamp(min=1)
-        return self.low + self.width * (index.double() + (inside / count).clamp(0, 1))
+        """Current estimate per channel (float64): linear between the order statistics around rank q·(n−1)."""
+        if self.total == 0:
+            raise ValueError("no values were added")
+        rank = self.q * (self.total - 1)
+        lower = int(rank)
+        fraction = rank - lower
+        low_value = self._order_statistic(lower)
+        if fraction == 0 or lower + 1 >= self.total:
+            return low_value
+        return low_value + fraction * (self._order_statistic(lower + 1) - low_value)
 
     def error_bound(self) -> torch.Tensor:
         """Worst-case absolute error of :meth:`quantile` per channel: the width of the bin it interpolates in."""
@@ -117,23 +141,26 @@ class StreamingQuantiles:
         """Zoom into the bin that holds the quantile; then :meth:`add` the *same* data again."""
         if self.stage != 1:
             raise ValueError("refinement already started")
-        index, _ = self._locate()
+        if self.total == 0:
+            raise ValueError("no values were added")
+        index, _ = self._locate(int(self.q * (self.total - 1)))  # the bin of the lower order statistic
         self.low = self.low + self.width * index.double()
         self.width = self.width / self.bins
         self.counts = torch.zeros_like(self.counts)
         self.below = torch.zeros_like(self.below)  # recounted exactly during the refinement pass
+        self.above_min = torch.full_like(self.above_min, float("inf"))
         self.stage = 2
 
     # -- persistence --------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"channels": self.channels, "q": self.q, "bins": self.bins, "low": self.low.clone(),
                 "width": self.width.clone(), "counts": self.counts.clone(), "total": self.total,
-                "stage": self.stage, "below": self.below.clone()}
+                "stage": self.stage, "below": self.below.clone(), "above_min": self.above_min.clone()}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "StreamingQuantiles":
         made = cls(int(state["channels"]), float(state["q"]), int(state["bins"]))
-        for name in ("low", "width", "counts", "below"):
+        for name in ("low", "width", "counts", "below", "above_min"):
             setattr(made, name, state[name].clone())
         made.total, made.stage = int(state["total"]), int(state["stage"])
         return made

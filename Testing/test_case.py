@@ -1,6 +1,7 @@
 """Reading cases: both BraTS namings, explicit files, conventions, normalisation, geometry, and every bad input."""
 
 import hashlib
+import sys
 import warnings
 
 import numpy as np
@@ -150,3 +151,27 @@ def test_warning_free_on_a_clean_case(small_phantom):
         warnings.simplefilter("error")
         case = load_case(small_phantom)
     assert case.tissue is not None and case.tissue.max() == 3
+
+
+def test_saved_case_loads_back_identical_without_simpleitk(tmp_path, small_phantom, monkeypatch):
+    case = load_case(small_phantom.flair.parent)
+    path = case.save(tmp_path / "case.npz")
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # `import SimpleITK` now fails: the load must not need it
+    again = load_case(path)
+    assert again.case_id == case.case_id and again.grid == case.grid
+    assert again.label_convention == case.label_convention
+    for name in ("images", "brain_mask", "labels", "tissue"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(case, name))
+    with pytest.raises(ImportError):
+        load_case(small_phantom.flair.parent)  # reading image files does need it
+
+
+def test_saved_case_bad_files_are_refused_by_name(tmp_path):
+    with pytest.raises(CaseError, match="does not exist"):
+        load_case(tmp_path / "missing.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(CaseError, match="not a saved case"):
+        load_case(tmp_path / "other.npz")
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    with pytest.raises(CaseError, match="cannot read saved case"):
+        load_case(tmp_path / "broken.npz")

@@ -54,6 +54,25 @@ def test_streaming_quantile_is_within_its_stated_bound_of_the_exact_quantile(q):
     assert abs(float(refined[0] - exact[0])) < 1e-4 * spread
 
 
+def test_streaming_quantile_holds_its_bound_in_a_sparse_tail():
+    # 1100 dense values, then 25 far apart: rank 0.99·1124 falls between two tail values ~40 apart, where
+    # interpolating inside one bin (the old estimate) missed by most of that gap.
+    generator = torch.Generator().manual_seed(3)
+    values = torch.cat([torch.rand(2, 1100, generator=generator), torch.linspace(10, 1000, 25).repeat(2, 1)], 1)
+    values = values[:, torch.randperm(values.shape[1], generator=generator)]
+    exact = torch.quantile(values.double(), 0.99, dim=1)
+    statistic = StreamingQuantiles(2, 0.99, bins=64)
+    for batch in values.split(400, dim=1):
+        statistic.add(batch)
+    assert ((statistic.quantile() - exact).abs() <= statistic.error_bound()).all()
+    statistic.start_refinement()
+    for batch in values.split(400, dim=1):
+        statistic.add(batch)
+    error, bound = (statistic.quantile() - exact).abs(), statistic.error_bound()
+    assert (error <= bound).all(), (error, bound)
+    assert (bound < 1000 / 64 / 64 * 1.1).all()
+
+
 def test_streaming_state_is_fixed_size_and_resumes_exactly():
     batches = _stream(1)
     whole = StreamingQuantiles(4, 0.99, bins=128)

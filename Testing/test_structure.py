@@ -44,8 +44,23 @@ def test_module_cmake_lists_every_script_and_the_icon():
     for path in MODULE.rglob("*.py"):
         relative = path.relative_to(MODULE).as_posix()
         assert relative.replace("BrainTumorExplain.py", "${MODULE_NAME}.py") in cmake or relative in cmake, relative
-    assert "Resources/Icons/${MODULE_NAME}.png" in cmake
+    assert "Resources/Icons/${MODULE_NAME}.png" in cmake and "Resources/UI/${MODULE_NAME}.ui" in cmake
     assert "slicer_add_python_unittest" in cmake
+
+
+def test_every_ui_widget_the_panel_uses_exists_in_the_ui_file():
+    import xml.etree.ElementTree as ElementTree
+
+    tree = ElementTree.parse(MODULE / "Resources" / "UI" / "BrainTumorExplain.ui")
+    names = {widget.get("name") for widget in tree.iter("widget")}
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE / "BrainTumorExplain.py").read_text()))
+    assert used and used <= names, sorted(used - names)
+    # every parameter the .ui binds is a field of the parameter node, and the four inputs are bound
+    bound = {prop.find("string").text for prop in tree.iter("property") if prop.get("name") == "SlicerParameterName"}
+    source = (MODULE / "BrainTumorExplain.py").read_text()
+    fields = set(re.findall(r"^    (\w+): ", source.split("class BrainTumorExplainParameterNode")[1].split("class ")[0],
+                            re.MULTILINE))
+    assert {"flair", "t1", "t1ce", "t2"} <= bound <= fields, (bound, fields)
 
 
 def test_extension_metadata_is_complete():
@@ -53,6 +68,19 @@ def test_extension_metadata_is_complete():
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert re.search(rf"set\(EXTENSION_{key} ", cmake), key
     assert "add_subdirectory(BrainTumorExplain)" in cmake and "BrainTumorExplainLib/*.py" in cmake
+
+
+def test_extensions_index_entry_agrees_with_the_cmake_metadata():
+    import json
+
+    entry = json.loads((ROOT / "BrainTumorExplain.json").read_text())
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    assert {"$schema", "category", "scm_url"} <= set(entry)  # the schema's required keys
+    assert set(entry) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision",
+                          "scm_type", "scm_url", "tier"}  # the schema allows no others
+    assert f'set(EXTENSION_CATEGORY "{entry["category"]}")' in cmake
+    assert f"set(EXTENSION_BUILD_SUBDIRECTORY {entry['build_subdirectory']})" in cmake
+    assert entry["scm_url"].removesuffix(".git") in re.search(r'EXTENSION_HOMEPAGE "([^"]+)"', cmake).group(1)
 
 
 def test_icons_are_128_pixel_pngs():

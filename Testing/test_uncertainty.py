@@ -134,3 +134,15 @@ def test_bad_input(case_and_model):
     volume = uncertainty_volume(case_and_model[1], case, passes=2)
     with pytest.raises(ValueError, match="needs ground truth"):
         uncertainty_error_analysis(volume, unlabelled)
+
+
+def test_bfloat16_autocast_gives_the_same_prediction_and_bad_precision_is_refused(case_and_model):
+    case, model = case_and_model
+    full = uncertainty_volume(model, case, passes=4, seed=1)
+    half = uncertainty_volume(model, case, passes=4, seed=1, precision="bfloat16")
+    assert half.mean.dtype == np.float32 and np.isfinite(half.variance).all()
+    brain = case.brain_mask
+    assert np.abs(half.mean - full.mean)[:, brain].max() < 0.1  # bfloat16 rounding, same seed
+    assert (half.labels[brain] == full.labels[brain]).mean() > 0.95
+    with pytest.raises(ValueError, match="precision must be one of"):
+        uncertainty_volume(model, case, passes=2, precision="float16")

@@ -4,7 +4,9 @@ It runs in desktop Slicer and on ``slicer-core`` (real MRML without the applicat
 torch is never imported here.
 """
 
-from .library import ensure_library_importable, missing_dependencies
+from .explainrun import (ExplainProcess, RunSettings, RunStatus, add_gradcam_map, add_run_outputs, assign_modalities,
+                         check_input_nodes, run_summary)
+from .library import ensure_library_importable, library_folder, missing_dependencies
 from .results import RunOutputs, open_scene_bundle, save_scene_bundle, show_overlay
 from .volumes import (
     CaseNodes,
@@ -18,7 +20,8 @@ from .volumes import (
 )
 
 __all__ = [
-    "CaseNodes", "RunOutputs", "add_volume_from_canonical", "canonical_shape", "ensure_library_importable",
+    "CaseNodes", "ExplainProcess", "RunOutputs", "RunSettings", "RunStatus", "add_gradcam_map", "add_run_outputs",
+    "assign_modalities", "check_input_nodes", "library_folder", "run_summary", "add_volume_from_canonical", "canonical_shape", "ensure_library_importable",
     "ijk_to_ras", "load_case_nodes", "missing_dependencies", "node_reorientation", "nodes_of_class", "open_scene_bundle",
     "remove_nodes", "save_scene_bundle", "show_overlay",
 ]

@@ -33,6 +33,12 @@ def ensure_library_importable() -> None:
     raise ImportError(f"BrainTumorExplainLib not found beside the module or in {checkout}; reinstall the extension")
 
 
+def library_folder() -> Path:
+    """The folder that holds the ``BrainTumorExplainLib`` package (for a child process's PYTHONPATH)."""
+    ensure_library_importable()
+    return Path(importlib.util.find_spec("BrainTumorExplainLib").origin).parents[1]
+
+
 def missing_dependencies(names: list[str] | None = None) -> list[str]:
     """pip requirements for the given import names (default: all) that cannot be imported now."""
     names = list(LIBRARY_REQUIREMENTS) if names is None else names

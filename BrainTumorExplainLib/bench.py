@@ -1,0 +1,522 @@
+"""Benchmarks: each one times two ways of doing the same work in one run — same model, seed, input and device —
+and reports the ratio, so numbers from different machines are never compared across runs.
+
+1. ``ttd``: test-time dropout, our batched passes against the naive loop (one slice, one pass per forward,
+   probabilities gathered on the host, as the authors' code does); quick mode against the fixed ``passes``.
+2. ``gradcam``: every layer × 4 classes in one forward pass against Captum's ``LayerGradCam`` called per
+   (layer, class), with the largest difference of the maps (Captum is the ``[bench]`` extra).
+3. ``dissection``: peak memory and time of a dissection over 4, 16 and 48 volumes (each in a fresh process), and
+   the streaming thresholds against exact quantiles on the smallest set.
+4. ``segmentation``: a whole volume in batches against slice by slice; ``featviz``: filters optimised in one batch
+   against one at a time.
+5. ``slicer``: pushing every output of an ``explain`` run into a scene on slicer-core, and saving it as .mrb.
+
+Timings are wall-clock seconds after a warm-up call, with the device synchronised. Where a flag restricts the work
+(slices, passes, volumes), the output says so; no number is extrapolated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+import numpy as np
+import torch
+
+from .case import SAMPLE_CASE, Case, load_case
+from .models import build_model, load_pretrained, test_time_dropout
+from .models.base import SegmentationNet
+
+BENCHMARKS = ("ttd", "gradcam", "dissection", "segmentation", "featviz", "slicer")
+DISSECTION_VOLUMES = (4, 16, 48)
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    case: Path = SAMPLE_CASE  # a case folder or a saved case (.npz, see Case.save)
+    model: str = "resunet"
+    width: float | None = None  # None: the shipped weights; else an untrained network of this width (timings only)
+    device: str = "cpu"
+    seed: int = 0
+    passes: int = 100
+    slices: int | None = None  # brain slices for ttd/segmentation (None: all), evenly spaced
+    slices_per_batch: int | None = None  # TTD batching; None: the library's default for the device
+    passes_per_forward: int | None = None
+    precision: str = "float32"  # TTD autocast; "both" times float32 and bfloat16
+    gradcam_slices: int = 8
+    dissection_volumes: tuple[int, ...] = DISSECTION_VOLUMES
+    dissection_step: int = 8
+    dissection_cases: tuple[Path, ...] = ()  # cycled to make up each count; default the bench case
+    featviz_filters: int = 4
+    featviz_steps: int = 50
+    explain_run: Path | None = None  # an explain output folder, for the slicer benchmark
+
+
+@dataclass
+class Measurement:
+    """One comparison: ``ours_s`` against ``baseline_s`` seconds, with what else was measured."""
+
+    name: str
+    ours: str
+    baseline: str
+    ours_s: float | None
+    baseline_s: float | None
+    work: str
+    details: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        return self.baseline_s / self.ours_s if self.ours_s and self.baseline_s else None
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(function: Callable[[], Result], device: torch.device) -> tuple[Result, float]:
+    _synchronise(device)
+    start = time.perf_counter()
+    result = function()
+    _synchronise(device)
+    return result, time.perf_counter() - start
+
+
+def load_bench_model(config: BenchConfig) -> SegmentationNet:
+    if config.width is None:
+        return load_pretrained(config.model, device=config.device)
+    torch.manual_seed(config.seed)
+    return build_model(config.model, width=config.width).to(config.device)
+
+
+def evenly_spaced_brain_slices(case: Case, count: int | None) -> np.ndarray:
+    slices = case.brain_slices()
+    if count is None or count >= len(slices):
+        return slices
+    return slices[np.linspace(0, len(slices) - 1, count).round().astype(int)]
+
+
+def restricted_to_slices(case: Case, slices: np.ndarray) -> Case:
+    """The same case with brain only on ``slices``, so every volume analysis visits exactly those."""
+    mask = np.zeros_like(case.brain_mask)
+    mask[slices] = case.brain_mask[slices]
+    return dataclasses.replace(case, brain_mask=mask)
+
+
+def environment(device: torch.device) -> dict:
+    from .explain import device_name, library_versions
+
+    return {"device": device_name(str(device)), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "versions": library_versions(),
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "command": "python -m BrainTumorExplainLib " + " ".join(sys.argv[1:])}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# -- 1. test-time dropout --------------------------------------------------------------------------------------
+
+def naive_ttd(model: SegmentationNet, case: Case, slices: np.ndarray, passes: int, device: torch.device,
+              seed: int) -> np.ndarray:
+    """The per-slice, per-pass loop: each pass a forward of one slice, its softmax copied to the host. Returns the
+    variance map (the paper's uncertainty) on the chosen slices."""
+    variance = np.zeros(case.brain_mask.shape, dtype=np.float32)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), test_time_dropout(model), torch.no_grad():
+        torch.manual_seed(seed)
+        for z in slices:
+            image = torch.from_numpy(np.ascontiguousarray(case.images[None, :, z])).to(device)
+            samples = np.stack([model.predict(image)[0].cpu().numpy() for _ in range(passes)])
+            variance[z] = samples.var(axis=0).mean(axis=0)
+    variance[~case.brain_mask] = 0.0
+    return variance
+
+
+def bench_ttd(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device) -> list[Measurement]:
+    from .uncertainty import QUICK, batching, brain_pearson, uncertainty_volume
+
+    slices = evenly_spaced_brain_slices(case, config.slices)
+    subset = restricted_to_slices(case, slices)
+    work = f"{len(slices)} of {len(case.brain_slices())} brain slices × T={config.passes}, {_grid_text(case)}"
+    slices_per_batch, passes_per_forward = batching(device, config.slices_per_batch, config.passes_per_forward)
+
+    def ours(precision: str, quick: bool = False, on: Case = subset):
+        return uncertainty_volume(model, on, passes=config.passes, quick=quick, seed=config.seed,
+                                  slices_per_batch=slices_per_batch, passes_per_forward=passes_per_forward,
+                                  device=device, precision=precision)
+
+    # warm-up on one full batch: the timed runs then meet no first-time allocation or kernel choice
+    warm = restricted_to_slices(case, slices[:slices_per_batch])
+    precisions = ("float32", "bfloat16") if config.precision == "both" else (config.precision,)
+    for precision in precisions:
+        ours(precision, on=warm)
+    naive_ttd(model, case, slices[:1], 2, device, config.seed)
+
+    runs = {precision: _timed(lambda p=precision: ours(p), device) for precision in precisions}
+    reference, ours_s = runs[precisions[0]]
+    naive, naive_s = _timed(lambda: naive_ttd(model, case, slices, config.passes, device, config.seed), device)
+    brain = subset.brain_mask
+    images = len(slices) * config.passes
+    flops = images * forward_flops(model, case, device)
+    results = [Measurement(
+        "TTD", f"batched ({slices_per_batch} slices × {passes_per_forward} passes per forward, "
+               f"{precisions[0]})", "naive loop (1 slice, 1 pass per forward)", ours_s, naive_s, work,
+        {"images": images, "tflop": flops / 1e12, "achieved_tflop_per_s": flops / ours_s / 1e12,
+         "ours_vs_naive_pearson_variance": brain_pearson(reference.variance, naive, brain)})]
+    if len(precisions) == 2:
+        bf16, bf16_s = runs["bfloat16"]
+        results.append(Measurement(
+            "TTD bfloat16", "batched, bfloat16 autocast", "batched, float32", bf16_s, ours_s, work,
+            {"achieved_tflop_per_s": flops / bf16_s / 1e12, "naive_over_bfloat16": naive_s / bf16_s,
+             "pearson_variance_vs_float32": brain_pearson(bf16.variance, reference.variance, brain),
+             "label_agreement_vs_float32": float((bf16.labels[brain] == reference.labels[brain]).mean())}))
+    quick, quick_s = _timed(lambda: ours(precisions[0], quick=True), device)
+    results.append(Measurement(
+        "TTD quick", f"quick ({QUICK.min_passes}–{QUICK.max_passes} passes, stops at r ≥ {QUICK.settle_r})",
+        f"T={config.passes}", quick_s, ours_s, work,
+        {"mean_passes": float(quick.passes[slices].mean()),
+         **{f"pearson_{name}": brain_pearson(quick_map, reference.maps()[name], brain)
+            for name, quick_map in quick.maps().items()}}))
+    return results
+
+
+def forward_flops(model: SegmentationNet, case: Case, device: torch.device) -> int:
+    """Floating-point operations of one forward pass of one slice (a multiply-add counts 2), as torch counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    image = torch.zeros((1,) + case.images.shape[:1] + case.images.shape[2:], device=device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(image)
+    return counter.get_total_flops()
+
+
+def _grid_text(case: Case) -> str:
+    return "×".join(str(s) for s in case.brain_mask.shape[::-1])
+
+
+# -- 2. Grad-CAM -----------------------------------------------------------------------------------------------
+
+def captum_gradcam(model: SegmentationNet, images: torch.Tensor, layers: Sequence[str], classes: Sequence[int]
+                   ) -> dict[str, torch.Tensor]:
+    """Captum's LayerGradCam per (layer, class) on the same target (mean softmax of the class, eq. 3), with the
+    ReLU, brought onto the slice by the same upsampling as ours: layer → ``(N, len(classes), H, W)``."""
+    from captum.attr import LayerGradCam
+
+    from .activations import upsample_to_input
+
+    modules = model.analysable_layers()
+    height, width = images.shape[-2:]
+
+    def pooled_softmax(x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(model(x), dim=1).mean(dim=(2, 3))
+
+    was_training = model.training
+    model.eval()
+    try:
+        out = {}
+        for name in layers:
+            explainer = LayerGradCam(pooled_softmax, modules[name])
+            maps = [explainer.attribute(images, target=c, relu_attributions=True).detach() for c in classes]
+            out[name] = upsample_to_input(torch.cat(maps, dim=1), model, height, width)
+        return out
+    finally:
+        model.train(was_training)
+
+
+def bench_gradcam(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device) -> list[Measurement]:
+    from .activations import resolve_layers
+    from .gradcam import layer_gradcam
+
+    layers = resolve_layers(model, "all")
+    classes = list(range(4))
+    slices = evenly_spaced_brain_slices(case, config.gradcam_slices)
+    images = torch.from_numpy(np.ascontiguousarray(case.images[:, slices].transpose(1, 0, 2, 3))).to(device)
+    work = f"{len(layers)} layers × {len(classes)} classes on a batch of {len(slices)} slices"
+    layer_gradcam(model, images, layers, classes)  # warm-up, same shapes as timed
+    ours, ours_s = _timed(lambda: layer_gradcam(model, images, layers, classes), device)
+    try:
+        import captum
+    except ImportError:
+        return [Measurement("Grad-CAM", "all layers and classes, one forward", "Captum LayerGradCam per (layer, class)",
+                            ours_s, None, work, {"skipped": "Captum is not installed: pip install captum "
+                                                            "(the [bench] extra)"})]
+    captum_gradcam(model, images, layers[:1], classes[:1])
+    theirs, theirs_s = _timed(lambda: captum_gradcam(model, images, layers, classes), device)
+    differences = {name: _relative_difference(ours[name], theirs[name]) for name in layers}
+    return [Measurement("Grad-CAM", "all layers and classes, one forward", "Captum LayerGradCam per (layer, class)",
+                        ours_s, theirs_s, work,
+                        {"captum": captum.__version__, "max_relative_difference": max(differences.values()),
+                         "relative_difference_by_layer": differences,
+                         "definition": "max |ours − Captum| / max |Captum| per (layer, class) map"})]
+
+
+def _relative_difference(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """Largest difference over the maps of one layer, each relative to its Captum map's peak (0 for both zero)."""
+    worst = 0.0
+    for c in range(ours.shape[1]):
+        a, b = ours[:, c].double(), theirs[:, c].double()
+        peak = float(b.abs().max())
+        difference = float((a - b).abs().max())
+        worst = max(worst, difference / peak if peak > 0 else difference)
+    return worst
+
+
+# -- 3. dissection memory ----------------------------------------------------------------------------------------
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB. Linux: VmHWM, which starts afresh at exec (``ru_maxrss`` keeps
+    the parent's peak across fork and exec, so a spawned child would report the parent's)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def _dissection_child(config: BenchConfig, count: int, queue) -> None:
+    """In a fresh process: dissect ``count`` volumes; report peak RSS (before and after) and the time."""
+    from .dissection import dissect
+
+    model = load_bench_model(config)
+    device = torch.device(config.device)
+    sources = list(config.dissection_cases or (config.case,))
+    cases = [sources[i % len(sources)] for i in range(count)]
+    baseline_mb = peak_rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result, seconds = _timed(lambda: dissect(model, cases, "all", slice_step=config.dissection_step, device=device),
+                             device)
+    queue.put({"volumes": count, "seconds": seconds, "baseline_rss_mb": baseline_mb, "peak_rss_mb": peak_rss_mb(),
+               "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+               "thresholds": {name: layer.thresholds.tolist() for name, layer in result.layers.items()},
+               "threshold_error_bound": {name: layer.threshold_error.tolist() for name, layer in result.layers.items()}})
+
+
+def exact_thresholds(model: SegmentationNet, cases: Sequence[Case | str | Path], quantile: float, slice_step: int,
+                     device: torch.device) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per layer: the exact ``quantile`` of each filter over every dissection value of ``cases`` (all held in
+    memory — a small set only), and each filter's value range."""
+    from .activations import resolve_layers
+    from .dissection import dissection_values
+
+    layers = resolve_layers(model, "all")
+    values: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+    model.eval()
+    for source in cases:
+        case = source if isinstance(source, Case) else load_case(source)
+        with torch.no_grad():
+            for batch in dissection_values(model, case, layers, slice_step, device=device):
+                for name, tensor in batch.items():
+                    values[name].append(tensor.float().cpu().numpy())
+    out = {}
+    for name, parts in values.items():
+        stacked = np.concatenate(parts, axis=1)
+        parts.clear()
+        exact = np.quantile(stacked.astype(np.float64), quantile, axis=1)  # torch.quantile's convention (linear)
+        out[name] = (exact, stacked.max(axis=1) - stacked.min(axis=1))
+    return out
+
+
+def bench_dissection(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device
+                     ) -> list[Measurement]:
+    from .dissection import DEFAULT_QUANTILE
+
+    context = multiprocessing.get_context("spawn")
+    runs = []
+    for count in config.dissection_volumes:
+        queue = context.Queue()
+        process = context.Process(target=_dissection_child, args=(config, count, queue))
+        process.start()
+        runs.append(queue.get())
+        process.join()
+        if process.exitcode:
+            raise RuntimeError(f"dissection benchmark child for {count} volumes failed (exit {process.exitcode})")
+    smallest = runs[0]
+    sources = list(config.dissection_cases or (config.case,))
+    cases = [sources[i % len(sources)] for i in range(smallest["volumes"])]
+    exact = exact_thresholds(model, cases, DEFAULT_QUANTILE, config.dissection_step, device)
+    errors, relative, within = [], [], True
+    for name, (truth, spread) in exact.items():
+        streamed = np.asarray(smallest["thresholds"][name])
+        bound = np.asarray(smallest["threshold_error_bound"][name])
+        error = np.abs(streamed - truth)
+        errors.append(float(error.max()))
+        relative.append(float((error / np.where(spread > 0, spread, 1)).max()))
+        within &= bool(np.all(error <= bound + 1e-6 * np.maximum(spread, 1e-12)))
+    peaks = [run["peak_rss_mb"] for run in runs]
+    distinct = len(set(map(str, sources)))
+    work = (f"{', '.join(str(r['volumes']) for r in runs)} volumes ({distinct} distinct case(s), cycled), slice step "
+            f"{config.dissection_step}, all layers")
+    rows = [{key: run[key] for key in ("volumes", "seconds", "baseline_rss_mb", "peak_rss_mb", "peak_gpu_mb")}
+            for run in runs]
+    return [Measurement(  # memory against memory: the times are in the runs, no speed ratio is claimed
+        "Dissection memory", f"peak RSS {peaks[-1]:.0f} MB for {runs[-1]['volumes']} volumes",
+        f"peak RSS {peaks[0]:.0f} MB for {runs[0]['volumes']} volumes", None, None, work,
+        {"runs": rows, "peak_rss_growth": peaks[-1] / peaks[0] - 1,
+         "threshold_max_abs_error": max(errors), "threshold_max_error_over_range": max(relative),
+         "threshold_within_stated_bound": within})]
+
+
+# -- 4. segmentation and feature visualisation -----------------------------------------------------------------
+
+def bench_segmentation(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device
+                       ) -> list[Measurement]:
+    from .inference import predict_probabilities
+
+    slices = evenly_spaced_brain_slices(case, config.slices)
+    subset = restricted_to_slices(case, slices)
+    model.eval()
+    warm = restricted_to_slices(case, slices[:16])
+    predict_probabilities(model, warm, batch_size=16, device=device)
+    predict_probabilities(model, warm, batch_size=1, device=device)
+    batched, batched_s = _timed(lambda: predict_probabilities(model, subset, batch_size=16, device=device), device)
+    single, single_s = _timed(lambda: predict_probabilities(model, subset, batch_size=1, device=device), device)
+    return [Measurement("Segmentation", "batches of 16 slices", "one slice per forward", batched_s, single_s,
+                        f"{len(slices)} of {len(case.brain_slices())} brain slices, {_grid_text(case)}",
+                        {"max_probability_difference": float(np.abs(batched - single).max())})]
+
+
+def bench_featviz(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device
+                  ) -> list[Measurement]:
+    from .activations import resolve_layers
+    from .featviz import FeatvizConfig, Regularisers, load_template, shipped_template_path, visualise_filters
+
+    layers = resolve_layers(model, "all")
+    picks = [layers[i] for i in np.linspace(0, len(layers) - 2, config.featviz_filters).round().astype(int)]
+    targets = [(layer, 0) for layer in picks]
+    featviz_config = FeatvizConfig(steps=config.featviz_steps, seed=config.seed)
+    template = load_template(shipped_template_path(), featviz_config.size)
+
+    def run(chosen):
+        return visualise_filters(model, chosen, Regularisers(), featviz_config, template, device=device)
+
+    run(targets)
+    run(targets[:1])
+    _, batched_s = _timed(lambda: run(targets), device)
+    _, single_s = _timed(lambda: [run([target]) for target in targets], device)
+    return [Measurement("Feature visualisation", f"{len(targets)} filters in one batch", "one filter at a time",
+                        batched_s, single_s,
+                        f"{len(targets)} filters ({', '.join(picks)}), {config.featviz_steps} steps, "
+                        f"{featviz_config.size}×{featviz_config.size}, all regularisers",
+                        {"seconds_per_filter_batched": batched_s / len(targets),
+                         "seconds_per_filter_single": single_s / len(targets)})]
+
+
+# -- 5. Slicer logic -------------------------------------------------------------------------------------------
+
+def bench_slicer(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device
+                 ) -> list[Measurement]:
+    name, ours = "Slicer push", "push every output of one explain run into a scene (slicer-core)"
+    if config.explain_run is None:
+        return [Measurement(name, ours, "", None, None, "", {"skipped": "pass --explain-run OUT (an explain folder)"})]
+    from .explain import run_scene_bundle, scene_bundle_unavailable
+
+    reason = scene_bundle_unavailable()
+    if reason:
+        return [Measurement(name, ours, "", None, None, "", {"skipped": reason.replace("not written: ", "")})]
+    with tempfile.TemporaryDirectory() as scratch:
+        timings = Path(scratch) / "timings.json"
+        done, total = _timed(lambda: run_scene_bundle(config.explain_run, "--out", str(Path(scratch) / "scene.mrb"),
+                                                        "--timings", str(timings)), device)
+        if done.returncode:
+            reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            return [Measurement(name, ours, "", None, None, "", {"skipped": f"bundle failed: {reason}"})]
+        measured = json.loads(timings.read_text())
+    return [Measurement(name, ours, "", measured["push_s"], None, str(config.explain_run),
+                        {"save_mrb_s": measured["save_s"], "nodes": measured["nodes"],
+                         "process_total_s": total})]
+
+
+RUNNERS = {"ttd": bench_ttd, "gradcam": bench_gradcam, "dissection": bench_dissection,
+           "segmentation": bench_segmentation, "featviz": bench_featviz, "slicer": bench_slicer}
+
+
+def run_benchmarks(config: BenchConfig, only: Sequence[str] = BENCHMARKS,
+                   report: Callable[[Measurement], None] | None = None) -> dict:
+    """Run the chosen benchmarks; returns ``{"environment", "config", "measurements"}`` (JSON-ready)."""
+    unknown = [name for name in only if name not in RUNNERS]
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    model = load_bench_model(config)
+    case = load_case(config.case)
+    measurements = []
+    for name in only:
+        for measurement in RUNNERS[name](model, case, config, device):
+            measurements.append(measurement)
+            if report:
+                report(measurement)
+    return {"environment": environment(device),
+            "config": {key: str(value) if isinstance(value, Path) else value
+                       for key, value in dataclasses.asdict(config).items()},
+            "measurements": [{**dataclasses.asdict(m), "ratio": m.ratio} for m in measurements]}
+
+
+def describe(measurement: Measurement) -> str:
+    """One line for the terminal."""
+    def seconds(value: float | None) -> str:
+        return f"{value:.2f} s" if value is not None else "—"
+
+    text = f"{measurement.name}: {measurement.ours} {seconds(measurement.ours_s)}"
+    if measurement.baseline:
+        text += f" vs {measurement.baseline} {seconds(measurement.baseline_s)}"
+    if measurement.ratio:
+        text += f" → {measurement.ratio:.1f}×"
+    if "skipped" in measurement.details:
+        text += f" (skipped: {measurement.details['skipped']})"
+    return text + (f" [{measurement.work}]" if measurement.work else "")
+
+
+def markdown(results: dict) -> str:
+    """A BENCHMARKS.md section: the device, the command, the versions and one row per measurement."""
+    env = results["environment"]
+    lines = [f"### {env['device']} — {env['date']}", "", f"`{env['command']}`", "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) +
+             f"; CPU: {env['cpu']} ({env['cpu_count']} cores, torch threads {env['torch_threads']}).", "",
+             "| benchmark | ours | s | baseline | s | ratio | work | checks |", "|---|---|---:|---|---:|---:|---|---|"]
+    for m in results["measurements"]:
+        def cell(value):
+            return f"{value:.2f}" if isinstance(value, float) else "—"
+
+        ratio = f"{m['ratio']:.1f}×" if m["ratio"] else "—"
+        checks = "; ".join(_check_text(k, v) for k, v in m["details"].items()
+                           if k not in ("relative_difference_by_layer", "definition"))
+        lines.append(f"| {m['name']} | {m['ours']} | {cell(m['ours_s'])} | {m['baseline'] or '—'} | "
+                     f"{cell(m['baseline_s'])} | {ratio} | {m['work']} | {checks} |")
+    return "\n".join(lines) + "\n"
+
+
+def _check_text(key: str, value) -> str:
+    if key == "runs":
+        return "runs: " + ", ".join(
+            f"{r['volumes']} vol {r['seconds']:.0f} s peak RSS {r['peak_rss_mb']:.0f} MB"
+            + (f" GPU {r['peak_gpu_mb']:.0f} MB" if r.get("peak_gpu_mb") else "") for r in value)
+    if isinstance(value, float):
+        return f"{key} {value:.3g}"
+    return f"{key} {value}"

@@ -1,0 +1,58 @@
+"""The benchmark's comparisons are themselves checks: our Grad-CAM against Captum's, the streaming dissection
+thresholds against exact quantiles. No timing is asserted here (timings live in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from BrainTumorExplainLib.bench import (BenchConfig, captum_gradcam, exact_thresholds, markdown, run_benchmarks)
+from BrainTumorExplainLib.case import load_case
+from BrainTumorExplainLib.dissection import dissect
+from BrainTumorExplainLib.gradcam import layer_gradcam
+from BrainTumorExplainLib.models import build_model, load_pretrained
+
+
+@pytest.mark.parametrize("architecture", ["resunet", "denseunet"])
+def test_gradcam_matches_captum_layer_gradcam_on_every_layer_and_class(small_phantom, architecture):
+    pytest.importorskip("captum")
+    torch.manual_seed(0)
+    model = build_model(architecture, width=0.125)
+    case = load_case(small_phantom.flair.parent)
+    slices = case.brain_slices()[::8][:3]
+    images = torch.from_numpy(np.ascontiguousarray(case.images[:, slices].transpose(1, 0, 2, 3)))
+    ours = layer_gradcam(model, images, "all", "all")
+    theirs = captum_gradcam(model, images, list(ours), range(4))
+    for name in ours:
+        for c in range(4):
+            reference = theirs[name][:, c]
+            difference = (ours[name][:, c] - reference).abs().max()
+            assert difference <= 1e-3 * max(float(reference.abs().max()), 1e-12), (name, c)
+
+
+def test_streamed_thresholds_are_within_their_bound_of_the_exact_quantiles(small_phantom):
+    model = load_pretrained("resunet")
+    result = dissect(model, [small_phantom.flair.parent], "all", slice_step=4)
+    exact = exact_thresholds(model, [small_phantom.flair.parent], result.quantile, 4, torch.device("cpu"))
+    assert set(exact) == set(result.layers)
+    for name, (truth, spread) in exact.items():
+        error = np.abs(result.layers[name].thresholds - truth)
+        assert (error <= result.layers[name].threshold_error + 1e-9 * spread).all(), name
+
+
+def test_run_benchmarks_reports_both_ways_and_a_markdown_row(small_phantom):
+    config = BenchConfig(case=small_phantom.flair.parent, slices=3)
+    results = run_benchmarks(config, ["segmentation"])
+    (measurement,) = results["measurements"]
+    assert measurement["ours_s"] > 0 and measurement["baseline_s"] > 0
+    assert measurement["ratio"] == pytest.approx(measurement["baseline_s"] / measurement["ours_s"])
+    assert measurement["details"]["max_probability_difference"] < 1e-4  # batching must not change the answer
+    assert "3 of" in measurement["work"]
+    table = markdown(results)
+    assert "| Segmentation | batches of 16 slices |" in table and results["environment"]["command"] in table
+
+
+def test_unknown_benchmark_is_refused_by_name(small_phantom):
+    with pytest.raises(ValueError, match="unknown benchmark.*nonsense"):
+        run_benchmarks(BenchConfig(case=small_phantom.flair.parent), ["nonsense"])

@@ -1,0 +1,85 @@
+"""The module's Apply path on real MRML (slicer-core): input checks, the background explain process, its cancel,
+and the results pushed onto the FLAIR's geometry — the same check the desktop self-test runs."""
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+slicer = pytest.importorskip("slicer")  # slicer-core; part of the [test] extra, so this runs in CI
+sys.path.insert(0, str(Path(__file__).parents[1] / "BrainTumorExplain"))
+
+from BrainTumorExplainLogic import (ExplainProcess, RunSettings, assign_modalities, check_input_nodes,  # noqa: E402
+                                    load_case_nodes)
+from BrainTumorExplainLogic.selftest import QUICK_CHECK, check_explain_round_trip  # noqa: E402
+from BrainTumorExplainLib.cli import build_parser  # noqa: E402
+
+
+def test_modalities_are_assigned_from_node_names_and_ambiguity_is_reported():
+    names = ["BraTS-GLI-00001-000-t2f", "BraTS-GLI-00001-000-t1c", "BraTS-GLI-00001-000-t1n",
+             "BraTS-GLI-00001-000-t2w", "Segmentation"]
+    assert assign_modalities(names) == {"flair": [names[0]], "t1": [names[2]], "t1ce": [names[1]], "t2": [names[3]]}
+    found = assign_modalities(["case_T1CE", "case_T1", "case_flair", "flair copy", "t2 axial"])
+    assert found["t1ce"] == ["case_T1CE"] and found["t1"] == ["case_T1"] and found["t2"] == ["t2 axial"]
+    assert found["flair"] == ["case_flair", "flair copy"]  # two candidates: the panel flags it and asks
+    assert assign_modalities(["MPRAGE"]) == {"flair": [], "t1": [], "t1ce": [], "t2": []}
+
+
+def test_run_settings_are_valid_explain_arguments():
+    settings = RunSettings(model="simunet", weights="/w.pt", device="cuda", quick=False, passes=20, layers="dec1",
+                           classes="ed,et", featviz_steps=7, seed=3)
+    args = build_parser().parse_args(["explain", "case", "--out", "out", *settings.arguments()])
+    assert (args.model, str(args.weights), args.device, args.quick, args.passes, args.layers, args.classes,
+            args.featviz_steps, args.seed, args.scene) == ("simunet", "/w.pt", "cuda", False, 20, "dec1", "ed,et",
+                                                           7, 3, False)
+
+
+def test_bad_inputs_are_refused_by_name_before_anything_is_made(scene, small_phantom, tmp_path):
+    nodes = load_case_nodes(scene, small_phantom.flair.parent)
+    volumes = dict(nodes.volumes)
+    count = scene.GetNumberOfNodes()
+    cases = [
+        ({**volumes, "t1ce": None}, "choose a volume for T1CE"),
+        ({**volumes, "t2": volumes["flair"]}, "chosen as both FLAIR and T2"),
+        ({**volumes, "t1": nodes.labels}, "not a scalar volume"),
+    ]
+    moved = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "shifted T2")
+    moved.Copy(volumes["t2"])
+    moved.SetAndObserveImageData(volumes["t2"].GetImageData())
+    moved.SetOrigin(5.0, 0.0, 0.0)
+    cases.append(({**volumes, "t2": moved}, "not on the FLAIR's grid"))
+    count = scene.GetNumberOfNodes()
+    for chosen, message in cases:
+        with pytest.raises(ValueError, match=message):
+            ExplainProcess(chosen, QUICK_CHECK)
+        assert scene.GetNumberOfNodes() == count
+    with pytest.raises(ValueError, match="not a scalar volume"):
+        check_input_nodes({**volumes, "flair": scene.AddNewNodeByClass("vtkMRMLModelNode", "model")})
+
+
+def test_explain_from_nodes_round_trip(scene, small_phantom):
+    summary = check_explain_round_trip(scene, small_phantom.flair.parent)
+    assert summary["gradcam"]["layers"] == ["enc1", "dec1"]
+
+
+def test_cancel_ends_the_process_and_leaves_no_files_and_no_nodes(scene, small_phantom):
+    nodes = load_case_nodes(scene, small_phantom.flair.parent)
+    count = scene.GetNumberOfNodes()
+    process = ExplainProcess(dict(nodes.volumes), RunSettings(quick=False, passes=100))
+    time.sleep(2)
+    assert not process.poll().finished
+    process.cancel()
+    assert process.process.poll() is not None and not process.folder.exists()
+    assert scene.GetNumberOfNodes() == count
+
+
+def test_a_failing_run_reports_its_own_error_line(scene, small_phantom):
+    nodes = load_case_nodes(scene, small_phantom.flair.parent)
+    process = ExplainProcess(dict(nodes.volumes), RunSettings(layers="no_such_layer"))
+    try:
+        status = process.wait(timeout=300)
+    finally:
+        process.cleanup()
+    assert status.finished and status.error and "no_such_layer" in status.error
+    assert status.stage != "done" and status.fraction < 1
