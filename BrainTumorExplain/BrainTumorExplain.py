@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import ctk
 import qt
 import slicer
 import vtk
@@ -107,7 +108,7 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.loadSampleButton.clicked.connect(lambda: self.loadCase(SAMPLE_CASE))
         self.ui.loadFolderButton.clicked.connect(self.onLoadFolder)
-        self.ui.weightsPathLineEdit.filters = slicer.ctkPathLineEdit.Files
+        self.ui.weightsPathLineEdit.filters = ctk.ctkPathLineEdit.Files
         self.ui.weightsPathLineEdit.currentPathChanged.connect(self.onWeightsChanged)
         self.ui.checkDeviceButton.clicked.connect(self.onCheckDevice)
         self.ui.applyButton.clicked.connect(self.onApply)
@@ -280,13 +281,17 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             slicer.util.errorDisplay(_("The analysis failed: {error}").format(error=status.error),
                                      detailedText=status.log[-5000:])
             return
-        with slicer.util.tryWithErrorDisplay(_("Could not add the results to the scene."), waitCursor=True):
-            self._forgetRun()
-            folderName = f"BrainTumorExplain {process.settings.model} {time.strftime('%H:%M')}"
-            run, overlays = add_run_outputs(slicer.mrmlScene, process.out, process.reference, folderName)
-            self._run = (run, process)
-            self.showResults(run_summary(process.out), overlays)
-            self.ui.statusLabel.text = _("Done in {seconds:.0f} s.").format(seconds=elapsed)
+        self._forgetRun()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Could not add the results to the scene."), waitCursor=True):
+                folderName = f"BrainTumorExplain {process.settings.model} {time.strftime('%H:%M')}"
+                run, overlays = add_run_outputs(slicer.mrmlScene, process.out, process.reference, folderName)
+                self._run = (run, process)
+                self.showResults(run_summary(process.out), overlays)
+                self.ui.statusLabel.text = _("Done in {seconds:.0f} s.").format(seconds=elapsed)
+        finally:
+            if self._run is None:  # the push failed (the transaction removed its nodes): drop the files too
+                process.cleanup()
 
     def _forgetRun(self) -> None:
         """The last run's files go; its nodes stay in the scene (they are the user's now)."""

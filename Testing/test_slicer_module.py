@@ -76,10 +76,10 @@ def test_cancel_ends_the_process_and_leaves_no_files_and_no_nodes(scene, small_p
 
 def test_a_failing_run_reports_its_own_error_line(scene, small_phantom):
     nodes = load_case_nodes(scene, small_phantom.flair.parent)
-    process = ExplainProcess(dict(nodes.volumes), RunSettings(layers="no_such_layer"))
+    process = ExplainProcess(dict(nodes.volumes), RunSettings(model="no_such_net"))
     try:
         status = process.wait(timeout=300)
     finally:
         process.cleanup()
-    assert status.finished and status.error and "no_such_layer" in status.error
+    assert status.finished and status.error and "no_such_net" in status.error
     assert status.stage != "done" and status.fraction < 1
