@@ -12,10 +12,14 @@ FIGURES = (  # file under the run folder, heading, what to look at
      "network's labels: NCR/NET red, edema green, enhancing tumour yellow."),
     ("figures/uncertainty.png", "Uncertainty (test-time dropout)", "Red where the dropout passes disagree; "
      "misclassified regions should be red."),
+    ("figures/slice_uncertainty.png", "As the slice view shows it", "The slice with the largest predicted tumour as "
+     "scene.mrb shows it in Slicer: FLAIR, the uncertainty overlay at 50 % and the segmentation labels."),
     ("figures/error_by_uncertainty.png", "Is the uncertainty where the errors are?", "Error rate of the prediction "
      "in ten equal bins of each uncertainty map, low to high."),
     ("figures/gradcam.png", "Grad-CAM, layer by layer", "Where each layer looks for each class, input (left) to "
      "output (right)."),
+    ("figures/slice_gradcam.png", "Grad-CAM of the last layer, as the slice view shows it", "The same slice with "
+     "the Grad-CAM heatmap of the layer before the output (enhancing tumour when predicted) over the FLAIR."),
     ("figures/topdown.png", "Top-down localisation, measured", "Share of each class's Grad-CAM inside its region per "
      "layer; dashed: a flat map."),
     ("figures/concepts.png", "Concept detectors (network dissection)", "The filter that best detects each concept "

@@ -106,3 +106,7 @@ def test_scene_bundle_reopens_with_every_output_on_the_input_geometry(explained,
         np.testing.assert_allclose(ijk_to_ras(volumes[name]), ijk_to_ras(flair), atol=1e-9)
     segmentations = nodes_of_class(scene, "vtkMRMLSegmentationNode")
     assert len(segmentations) == 1 and segmentations[0].GetSegmentation().GetNumberOfSegments() >= 1
+    renders = [out / "figures" / name for name in ("slice_uncertainty.png", "slice_gradcam.png")]
+    assert all(path.is_file() for path in renders) and renders[0].read_bytes() != renders[1].read_bytes()
+    report = (out / "report.html").read_text()
+    assert "As the slice view shows it" in report and 'alt="slice_gradcam.png"' in report

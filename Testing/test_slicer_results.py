@@ -149,3 +149,40 @@ def test_scene_bundle_reopens_with_every_node_and_geometry(scene, awkward_case, 
     assert len(segmentations) == 1 and segmentations[0].GetSegmentation().GetNumberOfSegments() == 3
     with pytest.raises(ValueError, match="must end in .mrb"):
         save_scene_bundle(scene, tmp_path / "scene.zip")
+
+
+def test_rendered_slice_draws_heatmap_and_labels_exactly_on_the_tumour(scene, awkward_case, tmp_path):
+    from BrainTumorExplainLogic.render import slice_composite, write_png
+
+    nodes = load_case_nodes(scene, awkward_case)
+    case = load_case(awkward_case)  # the library's own (SimpleITK) reading: an independent check of orientation
+    tumour = case.labels > 0
+    z = int(np.argmax(tumour.sum(axis=(1, 2))))
+    assert tumour[z].any() and not tumour[z].all()
+    flair = nodes.volumes["flair"]
+    with RunOutputs(scene, flair, "render") as run:
+        _, labelmap = run.add_segmentation(case.labels)
+        heatmap = run.add_heatmap(np.where(tumour, 1.0, 0.0).astype(np.float32), "heat on the tumour")
+    plain = slice_composite(flair, z)
+    composite = slice_composite(flair, z, heatmap, 0.5, labelmap)
+    heat_only = slice_composite(flair, z, heatmap, 1.0)
+    # colour is added exactly where the tumour is, in the library's canonical order, on this oblique flipped grid
+    np.testing.assert_array_equal(np.any(composite != plain, axis=2), tumour[z])
+    np.testing.assert_array_equal(np.any(heat_only != plain, axis=2), tumour[z])
+    top = heatmap.GetDisplayNode().GetColorNode().GetLookupTable().GetTableValue(255)[:3]
+    np.testing.assert_array_equal(heat_only[tumour[z]], np.round(np.array(top) * 255).astype(np.uint8)[None].repeat(
+        int(tumour[z].sum()), axis=0))
+    with pytest.raises(ValueError, match="outside"):
+        slice_composite(flair, 10_000)
+    path = write_png(composite, tmp_path / "slice.png")
+    import vtk
+    from vtk.util import numpy_support
+
+    reader = vtk.vtkPNGReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+
+    image = reader.GetOutput()
+    width, height, _ = image.GetDimensions()
+    back = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)[::-1, :, :3]
+    np.testing.assert_array_equal(back, composite)  # first row at the top, as shown

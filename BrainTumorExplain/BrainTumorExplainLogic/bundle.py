@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .explainrun import add_run_outputs, run_summary
 from .library import ensure_library_importable
+from .render import canonical_array, slice_composite, write_png
 from .results import save_scene_bundle, show_overlay
 from .volumes import load_case_nodes
 
@@ -32,14 +33,24 @@ from BrainTumorExplainLib.case import CaseFiles  # noqa: E402
 
 
 def push_run_outputs(scene, run_folder: str | Path) -> None:
-    """Load the run's case from its files and add every output under one folder, uncertainty over the FLAIR."""
+    """Load the run's case from its files and add every output under one folder, uncertainty over the FLAIR; render
+    the slice views of the uncertainty (with the segmentation) and of the last layer's Grad-CAM into ``figures/``."""
+    run_folder = Path(run_folder)
     summary = run_summary(run_folder)
     inputs = summary["inputs"]
     nodes = load_case_nodes(scene, CaseFiles(**{k: Path(v) if v else None for k, v in inputs["files"].items()},
                                              case_id=summary["case"], naming=inputs["naming"]))
     flair = nodes.volumes["flair"]
-    _, overlays = add_run_outputs(scene, run_folder, flair, f"BrainTumorExplain {summary['model']}")
+    run, overlays = add_run_outputs(scene, run_folder, flair, f"BrainTumorExplain {summary['model']}")
     show_overlay(scene, flair, overlays["uncertainty"], opacity=0.5)
+    labels = next(node for node in run.nodes if node.IsA("vtkMRMLLabelMapVolumeNode"))
+    z = int(canonical_array(labels).astype(bool).sum(axis=(1, 2)).argmax())  # the largest predicted tumour
+    write_png(slice_composite(flair, z, overlays["uncertainty"], 0.5, labels),
+              run_folder / "figures" / "slice_uncertainty.png")
+    gradcam = [name for name in overlays if name.startswith("Grad-CAM")]
+    if gradcam:  # the enhancing tumour's map when there is one, else the first class's
+        chosen = next((name for name in gradcam if name.endswith(" ET")), gradcam[0])
+        write_png(slice_composite(flair, z, overlays[chosen], 0.6), run_folder / "figures" / "slice_gradcam.png")
 
 
 def main(argv: list[str] | None = None) -> int:
