@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from . import __version__
-from .case import CaseFiles, load_case
+from .case import CaseError, CaseFiles, load_case
 from .labels import CLASS_KEYS, CLASS_NAMES
 
 QUICK_FEATVIZ = {"steps": 100, "size": 96}
@@ -100,6 +100,9 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
     timings = Timings(progress)
     with timings.stage("load"):
         case = load_case(source)
+        if case.files is None:
+            raise CaseError(f"{source}: explain needs the case's image files (a folder or the four files), not a "
+                            "saved case: the scene and the report refer to them")
         model = (load_weights(config.weights, architecture=config.model, device=config.device) if config.weights
                  else load_pretrained(config.model, device=config.device))
         dissection = Dissection.load(config.dissection) if config.dissection else load_shipped_dissection(model)

@@ -156,6 +156,11 @@ def test_warning_free_on_a_clean_case(small_phantom):
 def test_saved_case_loads_back_identical_without_simpleitk(tmp_path, small_phantom, monkeypatch):
     case = load_case(small_phantom.flair.parent)
     path = case.save(tmp_path / "case.npz")
+    from BrainTumorExplainLib.explain import explain
+
+    with pytest.raises(CaseError, match="not a saved case"):  # its reports and scene refer to the image files
+        explain(path, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
     monkeypatch.setitem(sys.modules, "SimpleITK", None)  # `import SimpleITK` now fails: the load must not need it
     again = load_case(path)
     assert again.case_id == case.case_id and again.grid == case.grid
