@@ -33,7 +33,8 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 import torch
 
-from .case import SAMPLE_CASE, Case, load_case
+from .case import SAMPLE_CASE, Case, as_case, load_case
+from .inference import slice_batches
 from .models import build_model, load_pretrained, test_time_dropout
 from .models.base import SegmentationNet
 
@@ -145,8 +146,7 @@ def naive_ttd(model: SegmentationNet, case: Case, slices: np.ndarray, passes: in
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), test_time_dropout(model), torch.no_grad():
         torch.manual_seed(seed)
-        for z in slices:
-            image = torch.from_numpy(np.ascontiguousarray(case.images[None, :, z])).to(device)
+        for (z,), image in slice_batches(case, slices, 1, device):
             samples = np.stack([model.predict(image)[0].cpu().numpy() for _ in range(passes)])
             variance[z] = samples.var(axis=0).mean(axis=0)
     variance[~case.brain_mask] = 0.0
@@ -251,7 +251,7 @@ def bench_gradcam(model: SegmentationNet, case: Case, config: BenchConfig, devic
     layers = resolve_layers(model, "all")
     classes = list(range(4))
     slices = evenly_spaced_brain_slices(case, config.gradcam_slices)
-    images = torch.from_numpy(np.ascontiguousarray(case.images[:, slices].transpose(1, 0, 2, 3))).to(device)
+    _, images = next(slice_batches(case, slices, len(slices), device))
     work = f"{len(layers)} layers × {len(classes)} classes on a batch of {len(slices)} slices"
     layer_gradcam(model, images, layers, classes)  # warm-up, same shapes as timed
     ours, ours_s = _timed(lambda: layer_gradcam(model, images, layers, classes), device)
@@ -297,14 +297,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
+def dissection_cases(config: BenchConfig, count: int) -> list[Path]:
+    """``count`` case sources, cycling through the dissection cases (default: the bench case, repeated)."""
+    sources = list(config.dissection_cases or (config.case,))
+    return [sources[i % len(sources)] for i in range(count)]
+
+
 def _dissection_child(config: BenchConfig, count: int, queue) -> None:
     """In a fresh process: dissect ``count`` volumes; report peak RSS (before and after) and the time."""
     from .dissection import dissect
 
     model = load_bench_model(config)
     device = torch.device(config.device)
-    sources = list(config.dissection_cases or (config.case,))
-    cases = [sources[i % len(sources)] for i in range(count)]
+    cases = dissection_cases(config, count)
     baseline_mb = peak_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -327,7 +332,7 @@ def exact_thresholds(model: SegmentationNet, cases: Sequence[Case | str | Path],
     values: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     model.eval()
     for source in cases:
-        case = source if isinstance(source, Case) else load_case(source)
+        case = as_case(source)
         with torch.no_grad():
             for batch in dissection_values(model, case, layers, slice_step, device=device):
                 for name, tensor in batch.items():
@@ -356,9 +361,8 @@ def bench_dissection(model: SegmentationNet, case: Case, config: BenchConfig, de
         if process.exitcode:
             raise RuntimeError(f"dissection benchmark child for {count} volumes failed (exit {process.exitcode})")
     smallest = runs[0]
-    sources = list(config.dissection_cases or (config.case,))
-    cases = [sources[i % len(sources)] for i in range(smallest["volumes"])]
-    exact = exact_thresholds(model, cases, DEFAULT_QUANTILE, config.dissection_step, device)
+    exact = exact_thresholds(model, dissection_cases(config, smallest["volumes"]), DEFAULT_QUANTILE,
+                             config.dissection_step, device)
     errors, relative, within = [], [], True
     for name, (truth, spread) in exact.items():
         streamed = np.asarray(smallest["thresholds"][name])
@@ -368,7 +372,7 @@ def bench_dissection(model: SegmentationNet, case: Case, config: BenchConfig, de
         relative.append(float((error / np.where(spread > 0, spread, 1)).max()))
         within &= bool(np.all(error <= bound + 1e-6 * np.maximum(spread, 1e-12)))
     peaks = [run["peak_rss_mb"] for run in runs]
-    distinct = len(set(map(str, sources)))
+    distinct = len(set(map(str, config.dissection_cases or (config.case,))))
     work = (f"{', '.join(str(r['volumes']) for r in runs)} volumes ({distinct} distinct case(s), cycled), slice step "
             f"{config.dissection_step}, all layers")
     rows = [{key: run[key] for key in ("volumes", "seconds", "baseline_rss_mb", "peak_rss_mb", "peak_gpu_mb")}

@@ -369,10 +369,7 @@ def load_case(
     return Case(files.case_id, images, brain_mask, grid, labels, tissue, convention, files)
 
 
-def _label_array(image: sitk.Image, path: Path, what: str) -> np.ndarray:
-    import SimpleITK as sitk
-
-    array = sitk.GetArrayFromImage(image)
+def _label_values(array: np.ndarray, path: Path, what: str) -> np.ndarray:
     if not np.isfinite(array).all() or np.any(array != np.round(array)) or array.min() < 0:
         raise CaseError(f"{path}: {what} must hold non-negative integer labels")
     return array.astype(np.int64)
@@ -385,18 +382,30 @@ def _read_labels(path: Path, what: str, grid: ReferenceGrid, reference: sitk.Ima
     image = read_image(Path(path), what)
     image = _on_reference(image, Path(path), what, grid, reference, reference_path, on_grid_mismatch,
                           sitk.sitkNearestNeighbor)
-    return grid.to_canonical(_label_array(image, path, what))
+    return grid.to_canonical(_label_values(sitk.GetArrayFromImage(image), path, what))
+
+
+def read_canonical(path: str | Path, what: str = "image") -> tuple[np.ndarray, ReferenceGrid]:
+    """Any 3D single-component image file as a canonical ``(z, y, x)`` array, with its own grid."""
+    import SimpleITK as sitk
+
+    image = read_image(Path(path), what)
+    grid = ReferenceGrid.from_image(image)
+    return grid.to_canonical(sitk.GetArrayFromImage(image)), grid
 
 
 def read_label_file(path: str | Path, convention: str | LabelConvention, what: str = "labels"
                     ) -> tuple[np.ndarray, ReferenceGrid]:
     """A label file on its own grid, as canonical class indices, with that grid (for scoring files directly)."""
-    path = Path(path)
-    image = read_image(path, what)
-    grid = ReferenceGrid.from_image(image)
-    array = _label_array(image, path, what)
+    array, grid = read_canonical(path, what)
+    values = _label_values(array, Path(path), what)
     try:
-        classes = label_convention(convention).to_classes(array)
+        classes = label_convention(convention).to_classes(values)
     except ValueError as error:
         raise CaseError(f"{path}: {error}") from None
-    return grid.to_canonical(classes), grid
+    return classes, grid
+
+
+def as_case(source: Case | str | Path | CaseFiles) -> Case:
+    """``source`` itself when it is a :class:`Case`, else :func:`load_case` of it."""
+    return source if isinstance(source, Case) else load_case(source)

@@ -37,7 +37,7 @@ from scipy import ndimage
 
 from . import __version__
 from .activations import LayerRecorder, resolve_layers, upsample_to_input
-from .case import Case, CaseError, find_case_files, load_case
+from .case import Case, CaseError, as_case, find_case_files
 from .inference import slice_batches
 from .labels import region_mask
 from .models.base import SegmentationNet
@@ -342,10 +342,6 @@ class Dissection:
                              f"{self.fingerprint[:12]}…), not for this {model.architecture}")
 
 
-def _as_case(source: Case | str | Path) -> Case:
-    return source if isinstance(source, Case) else load_case(source)
-
-
 def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: str | Iterable[str] = "all",
             concepts: Sequence[str] | None = None, quantile: float = DEFAULT_QUANTILE,
             iou_cutoff: float = DEFAULT_IOU_CUTOFF, slice_step: int = 1, bins: int = 2048, batch_size: int = 16,
@@ -377,10 +373,10 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
                 sources = tqdm(cases, desc=f"dissect {model.architecture}: {stage}", unit="case")
             for source in sources:  # a case lives only for its own call: memory is one case, whatever the count
                 if stage == "concept IoU":
-                    case_ids.append(_tally_iou(model, _as_case(source), layer_names, concepts, sums, slice_step,
+                    case_ids.append(_tally_iou(model, as_case(source), layer_names, concepts, sums, slice_step,
                                                batch_size, device))
                 else:
-                    _tally_activations(model, _as_case(source), layer_names, statistics, quantile, bins, slice_step,
+                    _tally_activations(model, as_case(source), layer_names, statistics, quantile, bins, slice_step,
                                        batch_size, device)
             if stage == "thresholds":
                 for statistic in statistics.values():

@@ -47,6 +47,11 @@ class ExplainConfig:
     scene: bool = True  # scene.mrb (the Slicer module pushes into its own scene instead)
 
 
+# explain's stages in order; it prints "[stage] …" at each start and "[stage] 12.3 s" at each end (the Slicer
+# module's progress bar counts them)
+STAGES = ("load", "segmentation", "uncertainty", "gradcam", "concepts", "featviz", "scene", "report")
+
+
 class Timings:
     """Wall time per stage, printed as it goes."""
 
@@ -56,6 +61,8 @@ class Timings:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}: add it to STAGES")
         if self.progress:
             print(f"[{name}] …", flush=True)
         start = time.perf_counter()

@@ -11,6 +11,7 @@ from .results import RunOutputs, open_scene_bundle, save_scene_bundle, show_over
 from .volumes import (
     CaseNodes,
     add_volume_from_canonical,
+    canonical_array,
     canonical_shape,
     ijk_to_ras,
     load_case_nodes,
@@ -21,7 +22,8 @@ from .volumes import (
 
 __all__ = [
     "CaseNodes", "ExplainProcess", "RunOutputs", "RunSettings", "RunStatus", "add_gradcam_map", "add_run_outputs",
-    "assign_modalities", "check_input_nodes", "library_folder", "run_summary", "add_volume_from_canonical", "canonical_shape", "ensure_library_importable",
-    "ijk_to_ras", "load_case_nodes", "missing_dependencies", "node_reorientation", "nodes_of_class", "open_scene_bundle",
-    "remove_nodes", "save_scene_bundle", "show_overlay",
+    "add_volume_from_canonical", "assign_modalities", "canonical_array", "canonical_shape", "check_input_nodes",
+    "ensure_library_importable", "ijk_to_ras", "library_folder", "load_case_nodes", "missing_dependencies",
+    "node_reorientation", "nodes_of_class", "open_scene_bundle", "remove_nodes", "run_summary", "save_scene_bundle",
+    "show_overlay",
 ]

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from .explainrun import add_run_outputs, run_summary
 from .library import ensure_library_importable
-from .render import canonical_array, slice_composite, write_png
+from .render import slice_composite, write_png
 from .results import save_scene_bundle, show_overlay
-from .volumes import load_case_nodes
+from .volumes import canonical_array, load_case_nodes
 
 ensure_library_importable()
 from BrainTumorExplainLib.case import CaseFiles  # noqa: E402

@@ -10,6 +10,7 @@ and then inside a :class:`RunOutputs` transaction — a failed or cancelled run 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -29,11 +30,10 @@ from .results import RunOutputs
 from .volumes import ijk_to_ras
 
 ensure_library_importable()
-from BrainTumorExplainLib.case import MODALITIES  # noqa: E402
+from BrainTumorExplainLib.case import MODALITIES, read_canonical, read_label_file  # noqa: E402
+from BrainTumorExplainLib.explain import STAGES  # noqa: E402
 from BrainTumorExplainLib.labels import CLASS_KEYS, CLASS_NAMES, label_convention  # noqa: E402
 
-# explain's stages, in order; it prints "[stage] …" when one starts and "[stage] 12.3 s" when it ends
-STAGES = ("load", "segmentation", "uncertainty", "gradcam", "concepts", "featviz", "scene", "report")
 # node-name tokens per modality, checked in this order (t1ce before t1, so "t1ce" never reads as T1)
 MODALITY_TOKENS: dict[str, tuple[str, ...]] = {
     "flair": ("flair", "t2f"), "t1ce": ("t1ce", "t1c", "t1gd", "t1gad"), "t2": ("t2", "t2w"), "t1": ("t1", "t1n"),
@@ -200,19 +200,7 @@ def _write_node(node, path: Path) -> None:
         raise ValueError(f"could not write {node.GetName()!r} for the analysis ({path})")
 
 
-def canonical_from_file(path: Path) -> np.ndarray:
-    """An output file as a canonical ``(z, y, x)`` array, by the file's own geometry."""
-    import SimpleITK as sitk
-
-    from BrainTumorExplainLib.grid import ReferenceGrid
-
-    image = sitk.ReadImage(str(path))
-    return ReferenceGrid.from_image(image).to_canonical(sitk.GetArrayFromImage(image))
-
-
 def run_summary(run_folder: Path) -> dict:
-    import json
-
     return json.loads((Path(run_folder) / "summary.json").read_text())
 
 
@@ -224,9 +212,9 @@ def add_run_outputs(scene, run_folder: str | Path, reference_node, folder_name: 
     summary = run_summary(run_folder)
     convention = label_convention(summary["inputs"]["convention"])
     with RunOutputs(scene, reference_node, folder_name) as run:
-        run.add_segmentation(convention.to_classes(canonical_from_file(run_folder / "segmentation.nii.gz")),
+        run.add_segmentation(read_label_file(run_folder / "segmentation.nii.gz", convention, "segmentation")[0],
                              convention=convention)
-        overlays = {name: run.add_heatmap(canonical_from_file(run_folder / f"{name}.nii.gz"), name, colour=colour)
+        overlays = {name: run.add_heatmap(read_canonical(run_folder / f"{name}.nii.gz", name)[0], name, colour=colour)
                     for name, colour in HEATMAPS}
         gradcam = summary.get("gradcam", {})
         if gradcam.get("layers"):
@@ -234,7 +222,7 @@ def add_run_outputs(scene, run_folder: str | Path, reference_node, folder_name: 
             for class_name in gradcam["classes"]:
                 overlays[f"Grad-CAM {layer} {class_name}"] = add_gradcam_map(run, run_folder, layer, class_name)
         for path in sorted((run_folder / "concepts").glob("*.nii.gz")):
-            run.add_labelmap(canonical_from_file(path) > 0, f"concept {path.name[:-len('.nii.gz')]}")
+            run.add_labelmap(read_canonical(path, "concept mask")[0] > 0, f"concept {path.name[:-len('.nii.gz')]}")
     return run, overlays
 
 
@@ -244,4 +232,4 @@ def add_gradcam_map(run: RunOutputs, run_folder: Path, layer: str, class_name: s
     path = Path(run_folder) / "gradcam" / f"{layer}_{key}.nii.gz"
     if not path.is_file():
         raise ValueError(f"no Grad-CAM map for layer {layer}, class {class_name} in this run")
-    return run.add_heatmap(canonical_from_file(path), f"Grad-CAM {layer} {class_name}", colour="heat")
+    return run.add_heatmap(read_canonical(path, "Grad-CAM map")[0], f"Grad-CAM {layer} {class_name}", colour="heat")

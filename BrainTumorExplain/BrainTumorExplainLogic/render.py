@@ -14,16 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .volumes import node_reorientation
-
-
-def canonical_array(node) -> np.ndarray:
-    """A volume node's voxels in the canonical ``(z, y, x)`` order."""
-    return node_reorientation(node).to_canonical(slicer.util.arrayFromVolume(node))
+from .volumes import canonical_array
 
 
 def _lookup(color_node, indices: np.ndarray) -> np.ndarray:

@@ -104,6 +104,11 @@ def node_reorientation(node) -> Reorientation:
     return Reorientation.from_direction(tuple(lps.ravel()))
 
 
+def canonical_array(node) -> np.ndarray:
+    """A volume node's voxels in the canonical ``(z, y, x)`` order (a view where possible)."""
+    return node_reorientation(node).to_canonical(slicer.util.arrayFromVolume(node))
+
+
 def canonical_shape(node) -> tuple[int, int, int]:
     itk_shape = tuple(reversed(node.GetImageData().GetDimensions()))
     return tuple(itk_shape[a] for a in node_reorientation(node).axes)
