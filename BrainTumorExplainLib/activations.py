@@ -10,6 +10,7 @@ from typing import Iterable, Sequence
 import torch
 from torch.nn import functional as F
 
+from .errors import UsageError
 from .models.base import SegmentationNet
 
 
@@ -24,7 +25,7 @@ def resolve_layers(model: SegmentationNet, layers: str | Iterable[str] | None = 
     names = [n.strip() for n in layers.split(",")] if isinstance(layers, str) else list(layers)
     unknown = [n for n in names if n not in valid]
     if unknown or not names:
-        raise ValueError(f"unknown layer(s) {unknown or names} for {model.architecture}; valid layers: "
+        raise UsageError(f"unknown layer(s) {unknown or names} for {model.architecture}; valid layers: "
                          f"{', '.join(valid)}")
     return sorted(set(names), key=valid.index)  # network order, each once
 

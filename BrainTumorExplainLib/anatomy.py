@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from .errors import InputError
 
 ICBM152_NOTICE = """\
 Derived from the MNI ICBM152 2009a nonlinear symmetric template (as shipped in the nilearn package).
@@ -70,7 +71,7 @@ class Anatomy:
 def nilearn_data_folder() -> Path:
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the phantom needs the nilearn package: pip install 'BrainTumorExplain[phantom]'")
+        raise InputError("the phantom needs the nilearn package: pip install 'BrainTumorExplain[phantom]'")
     return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
 
 
@@ -82,7 +83,7 @@ def load_icbm152() -> Anatomy:
     for key, name in _FILES.items():
         path = folder / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: ICBM152 map missing from the installed nilearn package")
+            raise InputError(f"{path}: ICBM152 map missing from the installed nilearn package")
         images[key] = sitk.ReadImage(str(path))
     t1 = sitk.GetArrayFromImage(images["t1"]).astype(np.float32)
     gm = sitk.GetArrayFromImage(images["gm"]).astype(np.float32) / 255.0

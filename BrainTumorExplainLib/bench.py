@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .case import SAMPLE_CASE, Case, as_case, load_case
+from .errors import UsageError
 from .inference import slice_batches
 from .models import build_model, load_pretrained, test_time_dropout
 from .models.base import SegmentationNet
@@ -464,10 +465,10 @@ def run_benchmarks(config: BenchConfig, only: Sequence[str] = BENCHMARKS,
     """Run the chosen benchmarks; returns ``{"environment", "config", "measurements"}`` (JSON-ready)."""
     unknown = [name for name in only if name not in RUNNERS]
     if unknown:
-        raise ValueError(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
+        raise UsageError(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+        raise UsageError("--device cuda asked for, but torch sees no CUDA device")
     model = load_bench_model(config)
     case = load_case(config.case)
     measurements = []

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .errors import CaseError
 from .grid import ReferenceGrid
+from .imagefiles import check_image_file
 from .labels import BRATS2021, BRATS2023, LabelConvention, TISSUE_NAMES, label_convention
 
 if TYPE_CHECKING:  # imported where files are read, so a saved case (.npz) loads where SimpleITK is absent
@@ -37,10 +39,6 @@ NAMINGS: dict[str, dict[str, str]] = {
 }
 NAMING_CONVENTION: dict[str, LabelConvention] = {"brats2021": BRATS2021, "brats2023": BRATS2023}
 SAMPLE_CASE = Path(__file__).resolve().parent / "sample_data" / "Phantom_01003"  # shipped phantom, held-out seed
-
-
-class CaseError(ValueError):
-    """An input case cannot be used; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -222,34 +220,27 @@ def find_cases(data_dir: str | Path) -> list[Path]:
     return cases
 
 
-def count_nonfinite_on_disk(path: Path) -> int:
-    """NaN/Inf voxels stored in a floating-point NIfTI file.
-
-    ITK's NIfTI reader silently replaces NaN and Inf with 0, so the array it returns cannot reveal them; nibabel
-    reads the stored values. Integer files cannot hold NaN, and other formats keep NaN through ITK.
-    """
-    if not path.name.lower().endswith((".nii", ".nii.gz")):
-        return 0
-    import nibabel
-
-    image = nibabel.load(str(path))
-    if not np.issubdtype(image.header.get_data_dtype(), np.floating):
-        return 0
-    return int(np.count_nonzero(~np.isfinite(np.asanyarray(image.dataobj))))
+def _itk_reason(error: RuntimeError) -> str:
+    """The informative line of an ITK exception (its first lines name ITK's own source files)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("/", "Reason: No such file"))
+              and ".cxx:" not in line and ".h:" not in line]
+    return " ".join(useful or lines)[:200]
 
 
 def read_image(path: Path, what: str) -> sitk.Image:
-    """Read a 3D single-component image, or raise :class:`CaseError` naming the file."""
+    """Read a 3D single-component image, or raise :class:`CaseError` naming the file; the file's bytes and header
+    are checked first (:func:`imagefiles.check_image_file`: truncation, NaN in NIfTI, missing orientation)."""
     import SimpleITK as sitk
 
     path = Path(path)
     if not path.is_file():
         raise CaseError(f"{path}: {what} file does not exist")
+    check_image_file(path, what)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        reason = next((line for line in str(error).splitlines() if "ERROR" in line or "rror" in line), str(error))
-        raise CaseError(f"{path}: cannot read {what} image ({reason.strip()[:200]})") from None
+        raise CaseError(f"{path}: cannot read {what} image ({_itk_reason(error)})") from None
     if image.GetDimension() != 3:
         raise CaseError(f"{path}: {what} image is {image.GetDimension()}D, expected a 3D volume")
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -338,7 +329,7 @@ def load_case(
         image = _on_reference(image, path, modality, grid, reference_image, reference_path, on_grid_mismatch,
                               sitk.sitkLinear)
         array = sitk.GetArrayFromImage(image).astype(np.float32)
-        nonfinite = int(np.count_nonzero(~np.isfinite(array))) or count_nonfinite_on_disk(path)
+        nonfinite = int(np.count_nonzero(~np.isfinite(array)))  # NIfTI's are refused on disk, before ITK
         if nonfinite:
             raise CaseError(f"{path}: {modality} image has {nonfinite} NaN/Inf voxels")
         if not array.any():

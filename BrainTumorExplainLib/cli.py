@@ -1,16 +1,34 @@
-"""``python -m BrainTumorExplainLib <verb> ...`` — argument parsing only; every verb calls library functions."""
+"""``python -m BrainTumorExplainLib <verb> ...`` — argument parsing only; every verb calls library functions.
+
+Every verb checks its options, inputs and outputs before any work, writes through :mod:`outputs` (a private name,
+verified, then renamed onto the destination; inputs never written over), and fails with one ``error:`` line naming the
+file or option (exit 2), or ``error: interrupted`` after cleaning up on SIGINT (exit 130) or SIGTERM (exit 143).
+Anything else is a bug and shows its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from . import __version__
 from .case import CaseError
+from .errors import InputError, Interrupted, UsageError
+from .outputs import DISK_ERRNOS, OutputFile, OutputFolder
+from .settings import ExplainConfig, add_config_options, config_from_arguments, resolve_device
+from .settings import _device_option as device_option
+
+
+def _add_overwrite(p: argparse.ArgumentParser, what: str = "OUT") -> None:
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what} (an earlier result) once the new one "
+                                                             "is complete")
 
 
 def _add_phantom(sub: argparse._SubParsersAction) -> None:
@@ -22,37 +40,69 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the first case (default 0)")
     p.add_argument("--spacing", type=float, default=1.0, help="voxel size in mm (default 1.0: BraTS's 240x240x155)")
     p.add_argument("--montage", action="store_true", help="also write <case>/<id>_montage.png")
+    _add_overwrite(p, "an existing case folder of the same seed")
     p.set_defaults(run=_run_phantom)
 
 
 def _run_phantom(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .phantom import PhantomConfig, make_phantom, write_phantom
-
-    if args.cases < 1:
-        raise ValueError(f"--cases must be at least 1, got {args.cases}")
-    config = PhantomConfig(spacing_mm=args.spacing)
-    for seed in tqdm(range(args.seed, args.seed + args.cases), desc="phantoms", unit="case"):
-        files = write_phantom(make_phantom(seed, config), args.out)
-        if args.montage:
-            _montage(files.flair.parent, files.flair.parent / f"{files.case_id}_montage.png")
-    print(f"wrote {args.cases} case(s) to {args.out}")
-    return 0
-
-
-def _montage(case_folder: Path, png: Path) -> Path:
     from .case import load_case
     from .figures import case_montage
+    from .phantom import PhantomConfig, make_phantom, phantom_case_id, write_phantom_files
 
-    return case_montage(load_case(case_folder), png)
+    if args.cases < 1:
+        raise UsageError(f"--cases {args.cases}: must be at least 1")
+    config = PhantomConfig(spacing_mm=args.spacing)
+    seeds = range(args.seed, args.seed + args.cases)
+    folders = [OutputFolder(args.out / phantom_case_id(seed), (), args.overwrite, "phantom") for seed in seeds]
+    for seed, folder in zip(tqdm(seeds, desc="phantoms", unit="case"), folders):
+        with folder as work:
+            files = write_phantom_files(make_phantom(seed, config), work)
+            if args.montage:
+                case_montage(load_case(work), work / f"{files.case_id}_montage.png")
+    print(f"wrote {args.cases} case(s) to {args.out}")
+    return 0
 
 
 def _add_montage(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("montage", help="PNG montage of a case (4 sequences, labels, tissue)")
     p.add_argument("case", type=Path, help="BraTS case folder")
     p.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    p.set_defaults(run=lambda args: print(f"wrote {_montage(args.case, args.out)}") or 0)
+    _add_overwrite(p)
+    p.set_defaults(run=_run_montage)
+
+
+def _run_montage(args: argparse.Namespace) -> int:
+    from .case import load_case
+    from .figures import case_montage
+
+    target = _png_output(args.out, [args.case], args.overwrite)
+    case = load_case(args.case)
+    with target.writing() as written:
+        case_montage(case, written)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _png_output(path: Path, inputs, overwrite: bool) -> OutputFile:
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"--out {path}: a montage is written as .png")
+    return OutputFile(path, inputs, overwrite)
+
+
+def _json_output(path: Path | None, inputs, overwrite: bool) -> OutputFile | None:
+    if path is None:
+        return None
+    if path.suffix.lower() != ".json":
+        raise UsageError(f"--json {path}: give a .json file name")
+    return OutputFile(path, inputs, overwrite)
+
+
+def _write_json(target: OutputFile | None, data) -> None:
+    if target is not None:
+        with target.writing() as written:
+            written.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +112,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", default="brats2021", choices=["brats2021", "brats2023"],
                    help="label convention of both files (default brats2021: ET=4)")
     p.add_argument("--json", type=Path, help="also write the scores as JSON")
+    _add_overwrite(p, "the JSON file")
     p.set_defaults(run=_run_score)
 
 
@@ -69,14 +120,14 @@ def _run_score(args: argparse.Namespace) -> int:
     from .case import read_label_file
     from .metrics import format_scores, score_segmentation, scores_as_dict
 
+    target = _json_output(args.json, [args.pred, args.gt], args.overwrite)
     prediction, grid = read_label_file(args.pred, args.labels, "prediction")
     truth, truth_grid = read_label_file(args.gt, args.labels, "ground truth")
     if not grid.matches(truth_grid):
         raise CaseError(f"{args.gt}: grid ({truth_grid.describe()}) differs from {args.pred} ({grid.describe()})")
     scores = score_segmentation(prediction, truth, grid.canonical_spacing)
     print(format_scores(scores))
-    if args.json:
-        args.json.write_text(json.dumps(scores_as_dict(scores), indent=2) + "\n")
+    _write_json(target, scores_as_dict(scores))
     return 0
 
 
@@ -86,22 +137,27 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                                    "shipped network: segmentation, uncertainty, Grad-CAM, concept detectors, feature "
                                    "visualisation, figures and report.html. Its own output folder is replaced.")
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
-    p.add_argument("--model", default="denseunet", help="shipped network (default denseunet, the best on held-out phantoms)")
+    defaults = ExplainConfig()
+    p.add_argument("--model", default=defaults.model, choices=ExplainConfig.__dataclass_fields__["model"].metadata[
+        "choices"], help=f"shipped network (default {defaults.model}, the best on held-out phantoms)")
     p.add_argument("--seed", type=int, help="generate a phantom with this seed instead of using the shipped sample")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--device", default=defaults.device, type=device_option, help="auto, cpu, cuda or cuda:N")
     p.set_defaults(run=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .case import SAMPLE_CASE
-    from .explain import ExplainConfig
 
+    config = ExplainConfig(model=args.model, device=args.device, overwrite=True)
     source = SAMPLE_CASE
     if args.seed is not None:
-        from .phantom import make_phantom, write_phantom
+        from .phantom import make_phantom, phantom_case_id, write_phantom_files
 
-        source = write_phantom(make_phantom(args.seed), args.out.with_name(args.out.name + "-cases")).flair.parent
-    return _explain_and_print(source, args.out, ExplainConfig(model=args.model, device=args.device, overwrite=True))
+        cases = args.out.with_name(args.out.name + "-cases")
+        with OutputFolder(cases / phantom_case_id(args.seed), (), True, "phantom") as work:
+            write_phantom_files(make_phantom(args.seed), work)
+        source = cases / phantom_case_id(args.seed)
+    return _explain_and_print(source, args.out, config)
 
 
 def _explain_and_print(source, out: Path, config) -> int:
@@ -125,9 +181,7 @@ def _explain_and_print(source, out: Path, config) -> int:
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:
     from .case import MODALITIES
-    from .explain import ExplainConfig
 
-    defaults = ExplainConfig()
     p = sub.add_parser("explain", help="every analysis of one case: the files, figures and report.html",
                        description="Writes OUT/segmentation.nii.gz (0/1/2/4), uncertainty/entropy/"
                                    "mutual_information.nii.gz, gradcam/<layer>_<class>.nii.gz, "
@@ -137,58 +191,43 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     for modality in MODALITIES:
         p.add_argument(f"--{modality}", type=Path, help=f"{modality} file, instead of a case folder")
     p.add_argument("--seg", type=Path, help="ground-truth label file (optional, with the four files)")
-    _add_model_arguments(p)
-    p.add_argument("--dissection", type=Path, help="dissection.json from `dissect` (default: the shipped one)")
-    p.add_argument("--layers", default=defaults.layers, help="Grad-CAM layers: 'all' or comma-separated")
-    p.add_argument("--classes", default=defaults.classes, help="Grad-CAM classes: 'tumour', 'all' or e.g. ed,et")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="quick", action="store_true", default=None,
-                      help="adaptive test-time dropout (default on CPU)")
-    mode.add_argument("--full", dest="quick", action="store_false", help="-T passes (default on a GPU)")
-    p.add_argument("-T", "--passes", type=int, default=defaults.passes)
-    p.add_argument("--featviz-steps", type=int, default=defaults.featviz_steps, help="activation maximisation steps")
-    p.add_argument("--featviz-size", type=int, default=defaults.featviz_size, help="pre-image size in pixels")
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    add_config_options(p)
     p.add_argument("--out", required=True, type=Path, help="output folder (must not exist, unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT once the new run is complete")
-    p.add_argument("--no-scene", dest="scene", action="store_false", help="skip scene.mrb")
     p.set_defaults(run=_run_explain)
 
 
 def _run_explain(args: argparse.Namespace) -> int:
     from .case import MODALITIES, CaseFiles
-    from .explain import ExplainConfig
 
     files = [getattr(args, m) for m in MODALITIES]
     if args.case is not None and any(files):
-        raise ValueError("give either a case folder or the four files, not both")
+        raise UsageError("give either a case folder or the four files, not both")
     if args.case is None:
         if not all(files):
             missing = [m for m, f in zip(MODALITIES, files) if f is None]
-            raise ValueError(f"missing modality: give --{' --'.join(missing)} (or a case folder)")
+            raise UsageError(f"missing modality: give --{' --'.join(missing)} (or a case folder)")
         source = CaseFiles(*files, seg=args.seg, case_id=files[0].name.split(".")[0])
     else:
         source = args.case
-    config = ExplainConfig(model=args.model, weights=str(args.weights) if args.weights else None,
-                           dissection=str(args.dissection) if args.dissection else None, device=args.device,
-                           quick=args.quick, passes=args.passes, layers=args.layers, classes=args.classes,
-                           featviz_steps=args.featviz_steps, featviz_size=args.featviz_size, seed=args.seed,
-                           overwrite=args.overwrite, scene=args.scene)
-    return _explain_and_print(source, args.out, config)
+    return _explain_and_print(source, args.out, config_from_arguments(args))
 
 
-def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+def _add_model_arguments(p: argparse.ArgumentParser, device_default: str = ExplainConfig.device) -> None:
     p.add_argument("--model", required=True, help="denseunet, resunet or simunet (shipped weights)")
     p.add_argument("--weights", type=Path, help="your own weights file instead of the shipped ones")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--device", default=device_default, type=device_option,
+                   help=f"auto, cpu, cuda or cuda:N (default {device_default})")
 
 
-def _load_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace, name: str | None = None):
+    """The network the options name, on the device they name (checked: a CUDA device PyTorch lacks is refused)."""
     from .models import load_pretrained, load_weights
 
+    device = resolve_device(args.device)
+    name = name or args.model
     if args.weights is not None:
-        return load_weights(args.weights, architecture=args.model, device=args.device)
-    return load_pretrained(args.model, device=args.device)
+        return load_weights(args.weights, architecture=name, device=device)
+    return load_pretrained(name, device=device)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -209,8 +248,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=defaults.learning_rate)
     p.add_argument("--validation", type=int, default=defaults.validation_cases, help="cases held out for validation")
     p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", type=device_option, help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    _add_overwrite(p, "an existing weights file")
     p.set_defaults(run=_run_train)
 
 
@@ -218,10 +258,13 @@ def _run_train(args: argparse.Namespace) -> int:
     from .models import build_model
     from .training import TrainConfig, train
 
+    if args.out.suffix != ".pt":
+        raise UsageError(f"--out {args.out}: weights are written as a .pt file")
+    OutputFile(args.out, [args.data], args.overwrite)  # checked now; train() writes it when the run is complete
     build_model(args.model, width=args.width)  # unknown names fail here, before any data is read
     config = TrainConfig(model=args.model, width=args.width, epochs=args.epochs, steps_per_epoch=args.steps,
                          batch_size=args.batch_size, learning_rate=args.lr, validation_cases=args.validation,
-                         seed=args.seed, device=args.device)
+                         seed=args.seed, device=str(resolve_device(args.device)))
     history = train(args.data, args.out, config, resume=not args.no_resume)
     print(f"wrote {args.out} after {len(history)} epochs")
     return 0
@@ -232,22 +275,23 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=Path, help="a case folder or a folder of case folders")
     _add_model_arguments(p)
     p.add_argument("--json", type=Path, help="also write per-case and mean scores as JSON")
+    _add_overwrite(p, "the JSON file")
     p.set_defaults(run=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from .case import find_cases
     from .evaluation import evaluate_model, evaluation_as_dict, format_table
     from .metrics import scores_as_dict
-    from .case import find_cases
 
+    target = _json_output(args.json, [args.data, args.weights], args.overwrite)
     cases = find_cases(args.data)
     model = _load_model(args)
-    results = evaluate_model(model, cases, device=args.device, progress=True)
+    results = evaluate_model(model, cases, progress=True)
     summary = evaluation_as_dict(args.model, results)
     rows = {r.case_id: scores_as_dict(r.scores) for r in results}
     print(format_table({**rows, f"mean ({len(results)})": summary["mean"]}))
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    _write_json(target, summary)
     return 0
 
 
@@ -255,7 +299,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment a case with a network; labels written on the case's own grid")
     p.add_argument("case", type=Path, help="BraTS case folder")
     _add_model_arguments(p)
-    p.add_argument("--out", required=True, type=Path, help="label file to write (.nii.gz), in the case's convention")
+    p.add_argument("--out", required=True, type=Path,
+                   help="label file to write (.nii.gz, .nii, .nrrd or .mha), in the case's convention")
+    _add_overwrite(p)
     p.set_defaults(run=_run_segment)
 
 
@@ -263,10 +309,13 @@ def _run_segment(args: argparse.Namespace) -> int:
     from .case import load_case
     from .inference import segment_case
 
+    target = OutputFile(args.out, [args.case, args.weights], args.overwrite, volume=True)
     case = load_case(args.case)
     model = _load_model(args)
-    labels = segment_case(model, case, device=args.device, progress=True)
-    print(f"wrote {case.write_labels(labels, args.out)}")
+    labels = segment_case(model, case, progress=True)
+    with target.writing() as written:
+        case.write_labels(labels, written)
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -279,7 +328,8 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("case", type=Path, help="BraTS case folder")
     p.add_argument("--model", required=True, help="denseunet, resunet, simunet, or several comma-separated")
     p.add_argument("--weights", type=Path, help="your own weights file instead of the shipped ones (one model)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--device", default=ExplainConfig.device, type=device_option,
+                   help=f"auto, cpu, cuda or cuda:N (default {ExplainConfig.device})")
     p.add_argument("--layers", default="all", help="'all' (default) or comma-separated layer names")
     p.add_argument("--classes", default="tumour", help="'tumour' (default: ncr,ed,et), 'all', or e.g. ed,et or 2,3")
     p.add_argument("--slices", default="auto", help="axial slices for the montages: 'auto' (largest tumour "
@@ -289,39 +339,57 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-volume", action="store_true", help="only the montage slices: no NIfTI, no localisation")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", required=True, type=Path, help="output folder")
+    _add_overwrite(p)
     p.set_defaults(run=_run_gradcam)
 
 
 def _run_gradcam(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from .activations import resolve_layers
     from .case import load_case
-    from .figures import gradcam_montage, localisation_curves, montage_slices
-    from .gradcam import gradcam_volume, localisation, localisation_as_dict
-    from .labels import CLASS_KEYS, resolve_classes
+    from .figures import montage_slices
+    from .labels import resolve_classes
 
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     if args.weights is not None and len(models) != 1:
-        raise ValueError("--weights goes with exactly one --model")
+        raise UsageError("--weights goes with exactly one --model")
     classes = resolve_classes(args.classes)
+    folder = OutputFolder(args.out, [args.case, args.weights], args.overwrite, "gradcam")
     case = load_case(args.case)
-    slices = montage_slices(case, 1) if args.slices == "auto" else [int(z) for z in args.slices.split(",")]
+    try:
+        slices = montage_slices(case, 1) if args.slices == "auto" else [int(z) for z in args.slices.split(",")]
+    except ValueError:
+        raise UsageError(f"--slices {args.slices}: give 'auto' or comma-separated slice indices") from None
     if min(slices) < 0 or max(slices) >= case.images.shape[1]:
-        raise ValueError(f"--slices must lie in 0..{case.images.shape[1] - 1} for {case.case_id}, got {args.slices}")
+        raise UsageError(f"--slices must lie in 0..{case.images.shape[1] - 1} for {case.case_id}, got {args.slices}")
+    loaded = {name: _load_model(args, name) for name in models}
+    for model in loaded.values():
+        resolve_layers(model, args.layers)
+    with folder as work:
+        _gradcam_models(args, case, loaded, classes, slices, work)
+    return 0
+
+
+def _gradcam_models(args: argparse.Namespace, case, models: dict, classes: list[int], slices: list[int],
+                    work: Path) -> None:
+    from tqdm import tqdm
+
+    from .figures import gradcam_montage, localisation_curves
+    from .gradcam import gradcam_volume, localisation, localisation_as_dict
+    from .labels import CLASS_KEYS
+
     # Volume mode computes every brain slice (and any montage slice outside the brain) in one pass; the montages are
     # cut from it. --no-volume computes the montage slices only.
     computed = None if args.no_volume else sorted(set(case.brain_slices().tolist()) | set(slices))
     tables = {}
-    for name in models:
-        model = _load_model(argparse.Namespace(model=name, weights=args.weights, device=args.device))
-        out = args.out / name
+    for name, model in models.items():
+        out = work / name
         volume = gradcam_volume(model, case, args.layers, classes, args.target,
                                 slices=slices if args.no_volume else computed, batch_size=args.batch_size,
-                                device=args.device, progress=True)
+                                progress=True)
         for z in slices:
             png = gradcam_montage(case, z, volume.slice_maps(z), classes, out / f"gradcam_z{z}.png",
                                   title=f"{case.case_id} · {name} · Grad-CAM ({args.target}) per layer, rows: class")
-            print(f"wrote {png}")
+            print(f"wrote {args.out / png.relative_to(work)}")
         if args.no_volume:
             continue
         for (layer, class_index), cam in tqdm(volume.maps.items(), desc="write NIfTI", unit="map"):
@@ -330,10 +398,10 @@ def _run_gradcam(args: argparse.Namespace) -> int:
         (out / "localisation.json").write_text(json.dumps(
             {"case": case.case_id, "model": name, "target": args.target,
              "table": localisation_as_dict(tables[name])}, indent=2) + "\n")
-        print(f"wrote {len(volume.maps)} maps and localisation.json to {out}")
+        print(f"wrote {len(volume.maps)} maps and localisation.json to {args.out / name}")
     if tables:
-        print(f"wrote {localisation_curves(tables, args.out / 'topdown.png')}")
-    return 0
+        localisation_curves(tables, work / "topdown.png")
+        print(f"wrote {args.out / 'topdown.png'}")
 
 
 def _add_dissect(sub: argparse._SubParsersAction) -> None:
@@ -359,33 +427,45 @@ def _add_dissect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-cases", type=int, help="write concept-mask volumes for the first N cases only (default all)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", required=True, type=Path, help="output folder")
+    _add_overwrite(p)
     p.set_defaults(run=_run_dissect)
 
 
 def _run_dissect(args: argparse.Namespace) -> int:
+    from .activations import resolve_layers
+    from .case import find_cases
+
+    folder = OutputFolder(args.out, [args.data, args.weights], args.overwrite, "dissect")
+    cases = find_cases(args.data)
+    model = _load_model(args)
+    resolve_layers(model, args.layers)
+    with folder as work:
+        _dissect_into(args, cases, model, work)
+    return 0
+
+
+def _dissect_into(args: argparse.Namespace, cases: list[Path], model, work: Path) -> None:
     from tqdm import tqdm
 
-    from .case import find_cases, load_case
+    from .case import load_case
     from .dissection import concept_masks, dissect, filter_concept_masks
     from .figures import concept_montage, montage_slices
 
-    cases = find_cases(args.data)
-    model = _load_model(args)
     concepts = [c.strip() for c in args.concepts.split(",")] if args.concepts else None
     result = dissect(model, cases, args.layers, concepts, args.quantile, args.iou, args.slice_step,
-                     batch_size=args.batch_size, device=args.device, progress=True)
-    saved = result.save(args.out / "dissection.json")
-    result.write_tables(args.out / "tables")
-    (args.out / "detectors.json").write_text(json.dumps({"summary": result.summary(),
+                     batch_size=args.batch_size, progress=True)
+    result.save(work / "dissection.json")
+    result.write_tables(work / "tables")
+    (work / "detectors.json").write_text(json.dumps({"summary": result.summary(),
                                                          "detectors": result.detectors()}, indent=2) + "\n")
     best = result.best_detectors()
     picks = [(row["layer"], row["filter"]) for row in best.values()]
     for index, folder in enumerate(tqdm(cases[:args.mask_cases], desc="concept masks", unit="case")):
         case = load_case(folder)
-        masks = filter_concept_masks(model, case, result, picks, device=args.device)
+        masks = filter_concept_masks(model, case, result, picks)
         for concept, row in best.items():
             case.grid.write(masks[(row["layer"], row["filter"])].astype("uint8"),
-                            args.out / "concepts" / case.case_id / f"{row['layer']}_{row['filter']}_{concept}.nii.gz")
+                            work / "concepts" / case.case_id / f"{row['layer']}_{row['filter']}_{concept}.nii.gz")
         if index == 0 and best:
             z = montage_slices(case, 1)[0]
             truth = dict(zip(best, concept_masks(case, list(best))[:, z]))
@@ -393,7 +473,8 @@ def _run_dissect(args: argparse.Namespace) -> int:
                        masks[(row["layer"], row["filter"])][z], truth[concept]) for concept, row in best.items()]
             title = (f"{case.case_id} z={z} · {args.model}: best detector per concept (dataset-wide IoU), "
                      f"mask cyan, ground truth yellow")
-            print(f"wrote {concept_montage(case, z, panels, args.out / 'dissection.png', title=title)}")
+            concept_montage(case, z, panels, work / "dissection.png", title=title)
+            print(f"wrote {args.out / 'dissection.png'}")
     summary = result.summary()
     header = f"{'layer':<11}" + "".join(f"{c:>6}" for c in result.concepts) + "  filters"
     print(f"detectors (IoU ≥ {result.iou_cutoff}) per concept per layer, {len(cases)} case(s):")
@@ -401,8 +482,7 @@ def _run_dissect(args: argparse.Namespace) -> int:
     for layer, counts in summary.items():
         print(f"{layer:<11}" + "".join(f"{counts[c]:>6}" for c in result.concepts)
               + f"  {len(result.layers[layer].thresholds):>7}")
-    print(f"wrote {saved}")
-    return 0
+    print(f"wrote {args.out / 'dissection.json'}")
 
 
 def _add_uncertainty(sub: argparse._SubParsersAction) -> None:
@@ -422,6 +502,7 @@ def _add_uncertainty(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
     _add_batching_arguments(p)
     p.add_argument("--out", required=True, type=Path, help="output folder")
+    _add_overwrite(p)
     p.set_defaults(run=_run_uncertainty)
 
 
@@ -433,17 +514,26 @@ def _add_batching_arguments(p: argparse.ArgumentParser) -> None:
 
 def _run_uncertainty(args: argparse.Namespace) -> int:
     from .case import load_case
-    from .figures import error_by_uncertainty, uncertainty_figure
-    from .uncertainty import brain_pearson, uncertainty_error_analysis, uncertainty_volume
 
+    if args.passes < 2:
+        raise UsageError(f"--passes {args.passes}: test-time dropout needs at least 2 passes")
+    folder = OutputFolder(args.out, [args.case, args.weights], args.overwrite, "uncertainty")
     case = load_case(args.case)
     model = _load_model(args)
+    with folder as work:
+        _uncertainty_into(args, case, model, work)
+    return 0
+
+
+def _uncertainty_into(args: argparse.Namespace, case, model, work: Path) -> None:
+    from .figures import error_by_uncertainty, uncertainty_figure
+    from .uncertainty import brain_pearson, uncertainty_error_analysis, uncertainty_volume
 
     def run(quick: bool):
         start = time.perf_counter()
         result = uncertainty_volume(model, case, passes=args.passes, quick=quick, seed=args.seed,
                                     slices_per_batch=args.slices_per_batch,
-                                    passes_per_forward=args.passes_per_forward, device=args.device, progress=True)
+                                    passes_per_forward=args.passes_per_forward, progress=True)
         return result, time.perf_counter() - start
 
     volume, seconds = run(args.quick)
@@ -451,10 +541,9 @@ def _run_uncertainty(args: argparse.Namespace) -> int:
     summary = {"version": __version__, "case": case.case_id, "model": args.model, "seed": args.seed,
                "mode": "quick" if args.quick else f"T={args.passes}", "seconds": round(seconds, 2),
                "passes": {"min": int(used.min()), "mean": round(float(used.mean()), 1), "max": int(used.max())}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    case.write_labels(volume.labels, args.out / "segmentation.nii.gz")
+    case.write_labels(volume.labels, work / "segmentation.nii.gz")
     for name, array in volume.maps().items():
-        case.grid.write(array, args.out / f"{name}.nii.gz")
+        case.grid.write(array, work / f"{name}.nii.gz")
     print(f"{summary['mode']}: {summary['passes']['mean']} passes per slice on average, {seconds:.1f} s")
     if args.quick and args.agreement:
         full, full_seconds = run(False)
@@ -463,20 +552,19 @@ def _run_uncertainty(args: argparse.Namespace) -> int:
             for name, array in volume.maps().items()}}
         print(f"agreement with T={args.passes} ({full_seconds:.1f} s), Pearson r in the brain: "
               + ", ".join(f"{k} {v:.4f}" for k, v in summary["agreement_with_full"]["pearson_r"].items()))
-    uncertainty_figure(case, volume.labels, volume.variance, args.out / "uncertainty.png",
+    uncertainty_figure(case, volume.labels, volume.variance, work / "uncertainty.png",
                        title=f"{case.case_id} · {args.model} · test-time dropout ({summary['mode']}): ground truth "
                              f"| prediction | uncertainty")
     if case.labels is not None:
         analysis = uncertainty_error_analysis(volume, case)
         summary["uncertainty_error"] = analysis
-        error_by_uncertainty(analysis, args.out / "error_by_uncertainty.png",
+        error_by_uncertainty(analysis, work / "error_by_uncertainty.png",
                              title=f"{case.case_id} · {args.model}: errors vs uncertainty (brain)")
         print("AUROC for misclassified brain voxels: " + ", ".join(
             f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items())
             + f" (error rate {analysis['error_rate']:.4f})")
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")
-    return 0
 
 
 def _add_template(sub: argparse._SubParsersAction) -> None:
@@ -485,6 +573,7 @@ def _add_template(sub: argparse._SubParsersAction) -> None:
                                    "them as an .npz (read back without unpickling).")
     p.add_argument("--data", required=True, type=Path, help="a case folder or a folder of case folders")
     p.add_argument("--out", required=True, type=Path, help=".npz file to write")
+    _add_overwrite(p)
     p.set_defaults(run=_run_template)
 
 
@@ -492,16 +581,22 @@ def _run_template(args: argparse.Namespace) -> int:
     from .case import find_cases, load_case
     from .featviz import mean_template, save_template
 
+    if args.out.suffix != ".npz":
+        raise UsageError(f"--out {args.out}: a template is written as .npz")
+    target = OutputFile(args.out, [args.data], args.overwrite)
+    folders = find_cases(args.data)
     case_ids: list[str] = []
 
     def cases():  # one case in memory at a time
-        for folder in find_cases(args.data):
+        for folder in folders:
             case = load_case(folder)
             case_ids.append(case.case_id)
             yield case
 
     template = mean_template(cases())
-    print(f"wrote {save_template(template, args.out, case_ids)}")
+    with target.writing() as written:
+        save_template(template, written, case_ids)
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -530,43 +625,55 @@ def _add_featviz(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--template", type=Path, help="template .npz (default: the shipped phantom template)")
     p.add_argument("--sweep", action="store_true", help="also the regulariser sweep for the first filter")
     p.add_argument("--out", required=True, type=Path, help="output folder")
+    _add_overwrite(p)
     p.set_defaults(run=_run_featviz)
 
 
 def _run_featviz(args: argparse.Namespace) -> int:
-    import numpy as np
+    from .featviz import FeatvizConfig, Regularisers, check_targets, load_template, shipped_template_path
 
-    from .featviz import (FeatvizConfig, Regularisers, load_template, regulariser_sweep,
-                          shipped_template_path, visualise_filters)
-    from .figures import featviz_montage, featviz_sweep
-
+    try:
+        filters = [int(k) for k in args.filters.split(",")]
+    except ValueError:
+        raise UsageError(f"--filters {args.filters}: give comma-separated filter indices") from None
+    folder = OutputFolder(args.out, [args.weights, args.template], args.overwrite, "featviz")
     model = _load_model(args)
-    filters = [int(k) for k in args.filters.split(",")]
     config = FeatvizConfig(steps=args.steps, size=args.size, learning_rate=args.lr, seed=args.seed)
     regularisers = Regularisers(jitter=args.jitter, rotation=args.rotation, tv=args.tv, l2=args.l2,
                                 style=args.style, sigma=args.sigma)
     template = load_template(args.template or shipped_template_path(), args.size)
     targets = [(args.layer, k) for k in filters]
-    runs = {"unregularised": visualise_filters(model, targets, Regularisers.none(), config, device=args.device,
-                                               progress=True),
-            "regularised": visualise_filters(model, targets, regularisers, config, template, device=args.device,
-                                             progress=True)}
-    args.out.mkdir(parents=True, exist_ok=True)
+    check_targets(model, targets)
+    with folder as work:
+        _featviz_into(args, model, targets, config, regularisers, template, work)
+    return 0
+
+
+def _featviz_into(args: argparse.Namespace, model, targets, config, regularisers, template, work: Path) -> None:
+    import numpy as np
+
+    from .featviz import Regularisers, regulariser_sweep, visualise_filters
+    from .figures import featviz_montage, featviz_sweep
+
+    filters = [k for _, k in targets]
+    runs = {"unregularised": visualise_filters(model, targets, Regularisers.none(), config, progress=True),
+            "regularised": visualise_filters(model, targets, regularisers, config, template, progress=True)}
     layer = args.layer
-    np.savez_compressed(args.out / f"featviz_{layer}.npz", filters=np.asarray(filters),
+    np.savez_compressed(work / f"featviz_{layer}.npz", filters=np.asarray(filters),
                         **{f"{label}_images": run.images for label, run in runs.items()})
-    (args.out / f"featviz_{layer}.json").write_text(json.dumps(
+    (work / f"featviz_{layer}.json").write_text(json.dumps(
         {"model": args.model, **{label: run.to_dict() for label, run in runs.items()}}, indent=2) + "\n")
     for label, run in runs.items():
         print(f"{label}: mean activation " + ", ".join(
             f"#{k} {a:.2f} → {b:.2f}" for (_, k), a, b in zip(run.targets, run.start_activation, run.final_activation)))
     title = f"{args.model} {layer}: activation maximisation (left unregularised, right regularised)"
-    print(f"wrote {featviz_montage(runs, args.out / f'featviz_{layer}.png', title=title)}")
+    featviz_montage(runs, work / f"featviz_{layer}.png", title=title)
+    print(f"wrote {args.out / f'featviz_{layer}.png'}")
     if args.sweep:
-        sweep = regulariser_sweep(model, targets[0], template, config, regularisers, device=args.device)
+        sweep = regulariser_sweep(model, targets[0], template, config, regularisers)
         title = f"{args.model} {layer} #{filters[0]}: one regulariser varied, the others as given (FLAIR channel)"
-        print(f"wrote {featviz_sweep(sweep, args.out / f'sweep_{layer}_{filters[0]}.png', title=title)}")
-    return 0
+        featviz_sweep(sweep, work / f"sweep_{layer}_{filters[0]}.png", title=title)
+        print(f"wrote {args.out / f'sweep_{layer}_{filters[0]}.png'}")
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -581,7 +688,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="resunet", help="shipped model (default resunet)")
     p.add_argument("--width", type=float, default=None,
                    help="time an untrained network of this width instead of the shipped weights (1.0: paper width)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--device", default="cpu", type=device_option, help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--only", default="all", help="all (default), or some of ttd,gradcam,dissection,segmentation,"
                    "featviz,slicer")
     p.add_argument("-T", "--passes", type=int, default=100, help="TTD passes (default 100)")
@@ -600,6 +707,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--explain-run", type=Path, default=None, help="an explain output folder (slicer benchmark)")
     p.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
     p.add_argument("--markdown", type=Path, default=None, help="write a BENCHMARKS.md section to this file")
+    _add_overwrite(p, "the JSON and Markdown files")
     p.set_defaults(run=_run_bench)
 
 
@@ -607,6 +715,10 @@ def _run_bench(args: argparse.Namespace) -> int:
     from .bench import BENCHMARKS, BenchConfig, describe, markdown, run_benchmarks
     from .case import SAMPLE_CASE, find_cases
 
+    inputs = [args.case, args.dissection_data, args.explain_run]
+    json_target = _json_output(args.json, inputs, args.overwrite)
+    markdown_target = OutputFile(args.markdown, inputs, args.overwrite) if args.markdown else None
+    resolve_device(args.device)
     config = BenchConfig(
         case=args.case or SAMPLE_CASE, model=args.model, width=args.width, device=args.device, passes=args.passes,
         slices=args.slices, slices_per_batch=args.slices_per_batch, passes_per_forward=args.passes_per_forward,
@@ -617,19 +729,25 @@ def _run_bench(args: argparse.Namespace) -> int:
         featviz_filters=args.featviz_filters, featviz_steps=args.featviz_steps, explain_run=args.explain_run)
     only = BENCHMARKS if args.only == "all" else [name.strip() for name in args.only.split(",") if name.strip()]
     results = run_benchmarks(config, only, report=lambda m: print(describe(m), flush=True))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
+    if json_target is not None:
+        _write_json(json_target, results)
         print(f"wrote {args.json}")
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown(results))
+    if markdown_target is not None:
+        with markdown_target.writing() as written:
+            written.write_text(markdown(results))
         print(f"wrote {args.markdown}")
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An option error is a :class:`UsageError` (one ``error:`` line, exit 2), not argparse's usage text."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m BrainTumorExplainLib",
+    parser = _Parser(prog="python -m BrainTumorExplainLib",
                                      description="Explain brain-tumour segmentation networks (Natekar et al. 2020).")
     parser.add_argument("--version", action="version", version=f"BrainTumorExplainLib {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
@@ -639,12 +757,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, so every ``with``/``finally`` cleans up
+    (private folders, locks) before the process ends; the previous handlers come back afterwards."""
+    def stop(number, _frame):
+        name = signal.Signals(number).name
+        raise Interrupted(name, 128 + number)
+
+    previous = {}
+    for number in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[number] = signal.signal(number, stop)
+        except ValueError:  # not the main thread: leave the signals alone
+            pass
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     warnings.simplefilter("always")
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
-        return int(args.run(args) or 0)
-    except (CaseError, ValueError, FileNotFoundError, FileExistsError, PermissionError, ImportError) as error:
+        args = build_parser().parse_args(argv)
+        with signals_interrupt():
+            return int(args.run(args) or 0)
+    except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(f"error: interrupted ({stop.signal_name}): nothing was published and the partial files were removed",
+              file=sys.stderr)
+        return stop.exit_status
+    except OSError as error:
+        if error.errno in DISK_ERRNOS and error.filename:
+            print(f"error: {error.filename}: {error.strerror}", file=sys.stderr)
+            return 2
+        raise

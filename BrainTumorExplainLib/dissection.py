@@ -38,6 +38,7 @@ from scipy import ndimage
 from . import __version__
 from .activations import LayerRecorder, resolve_layers, upsample_to_input
 from .case import Case, CaseError, as_case, find_case_files
+from .errors import InputError, UsageError
 from .inference import slice_batches
 from .labels import region_mask
 from .models.base import SegmentationNet
@@ -66,7 +67,7 @@ def concept_masks(case: Case, concepts: Sequence[str]) -> np.ndarray:
     masks = []
     for name in concepts:
         if name not in CONCEPTS:
-            raise ValueError(f"unknown concept {name!r}; expected some of {', '.join(CONCEPTS)}")
+            raise UsageError(f"unknown concept {name!r}; expected some of {', '.join(CONCEPTS)}")
         needs = CONCEPTS[name][1]
         if needs == "labels" and case.labels is None:
             raise CaseError(f"{case.case_id}: concept {name} needs a label file (_seg), and this case has none")
@@ -102,13 +103,13 @@ def check_concepts(cases: Sequence[Case | str | Path], concepts: Sequence[str] |
     """The concepts to measure: by default every one all cases have ground truth for; a named concept that some
     case lacks is an error naming the case and the missing ground truth."""
     if not cases:
-        raise ValueError("the dissection dataset is empty: give at least one case")
+        raise UsageError("the dissection dataset is empty: give at least one case")
     present = [ground_truth_of(source) for source in cases]
     if concepts is None:
         return [name for name, (_, needs) in CONCEPTS.items() if all(needs in have for _, have in present)]
     for name in concepts:
         if name not in CONCEPTS:
-            raise ValueError(f"unknown concept {name!r}; expected some of {', '.join(CONCEPTS)}")
+            raise UsageError(f"unknown concept {name!r}; expected some of {', '.join(CONCEPTS)}")
         needs = CONCEPTS[name][1]
         lacking = [case_id for case_id, have in present if needs not in have]
         if lacking:
@@ -324,9 +325,9 @@ class Dissection:
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: not a readable dissection file ({error})") from None
+            raise InputError(f"{path}: not a readable dissection file ({error})") from None
         if data.get("format") != "BrainTumorExplain dissection 1":
-            raise ValueError(f"{path}: not a BrainTumorExplain dissection file")
+            raise InputError(f"{path}: not a BrainTumorExplain dissection file")
         layers = {name: LayerDissection(*(np.asarray(r[key], dtype=np.int64 if key in ("intersection", "union",
                                                                                          "image_count") else float)
                                           for key in ("thresholds", "threshold_error", "intersection", "union",
@@ -338,7 +339,7 @@ class Dissection:
     def check_model(self, model: SegmentationNet) -> None:
         """Refuse thresholds computed on other weights: they would make meaningless masks."""
         if model.architecture != self.architecture or model_fingerprint(model) != self.fingerprint:
-            raise ValueError(f"this dissection was computed for other weights ({self.architecture}, fingerprint "
+            raise InputError(f"this dissection was computed for other weights ({self.architecture}, fingerprint "
                              f"{self.fingerprint[:12]}…), not for this {model.architecture}")
 
 
@@ -354,9 +355,9 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
     """
     concepts = check_concepts(cases, concepts)
     if slice_step < 1:
-        raise ValueError(f"slice_step must be at least 1, got {slice_step}")
+        raise UsageError(f"slice_step must be at least 1, got {slice_step}")
     if not 0 <= iou_cutoff <= 1:
-        raise ValueError(f"iou_cutoff must lie in [0, 1], got {iou_cutoff}")
+        raise UsageError(f"iou_cutoff must lie in [0, 1], got {iou_cutoff}")
     layer_names = resolve_layers(model, layers)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     statistics: dict[str, StreamingQuantiles] = {}
@@ -453,9 +454,9 @@ def filter_concept_masks(model: SegmentationNet, case: Case, dissection: Dissect
     dissection.check_model(model)
     for layer, k in filters:
         if layer not in dissection.layers:
-            raise ValueError(f"layer {layer!r} was not dissected; dissected layers: {', '.join(dissection.layers)}")
+            raise UsageError(f"layer {layer!r} was not dissected; dissected layers: {', '.join(dissection.layers)}")
         if not 0 <= k < len(dissection.layers[layer].thresholds):
-            raise ValueError(f"filter {k} out of range for layer {layer} "
+            raise UsageError(f"filter {k} out of range for layer {layer} "
                              f"(0..{len(dissection.layers[layer].thresholds) - 1})")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     layers = resolve_layers(model, sorted({layer for layer, _ in filters}))
@@ -487,7 +488,7 @@ def load_shipped_dissection(model: SegmentationNet) -> Dissection:
     belong to exactly these weights."""
     path = shipped_dissection_path(model.architecture)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no shipped dissection for {model.architecture}; run `python -m "
+        raise InputError(f"{path}: no shipped dissection for {model.architecture}; run `python -m "
                                 f"BrainTumorExplainLib dissect` on a dataset to make one")
     dissection = Dissection.load(path)
     dissection.check_model(model)

@@ -6,18 +6,19 @@ layer and tumour class → concept masks of the model's best detectors (from its
 visualisations of those filters → ``scene.mrb`` (by the Slicer module's logic, in a child process) → report. Scores, the uncertainty–error AUROC and the detectors' IoU on
 this case need ground truth and are reported when the case has it.
 
-The output folder is written as ``OUT.partial`` and renamed to ``OUT`` only when every stage succeeded, so a failed or
-interrupted run never leaves something that looks like a result; an existing ``OUT`` is refused unless ``overwrite``.
+Every option and input is checked before any work (the case is read, the model, its layers and the dissection loaded).
+The run writes into a private folder beside ``OUT`` and publishes it as ``OUT`` only when every stage succeeded and
+every file reads back (:class:`outputs.OutputFolder`), so a failed or interrupted run never leaves something that
+looks like a result, two runs never mix, and an input is never written over.
 """
 
 from __future__ import annotations
 
 import json
 import platform
-import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
@@ -25,27 +26,10 @@ import numpy as np
 
 from . import __version__
 from .case import CaseError, CaseFiles, load_case
+from .errors import UsageError
 from .labels import CLASS_KEYS, CLASS_NAMES
-
-QUICK_FEATVIZ = {"steps": 100, "size": 96}
-
-
-@dataclass(frozen=True)
-class ExplainConfig:
-    model: str = "denseunet"
-    weights: str | None = None  # your own weights file instead of the shipped ones
-    dissection: str | None = None  # a dissect output (dissection.json); default: the one shipped with the model
-    device: str = "cpu"
-    quick: bool | None = None  # None: quick on CPU, T passes on a GPU
-    passes: int = 100
-    layers: str = "all"
-    classes: str = "tumour"
-    featviz_steps: int = QUICK_FEATVIZ["steps"]
-    featviz_size: int = QUICK_FEATVIZ["size"]
-    seed: int = 0
-    overwrite: bool = False
-    scene: bool = True  # scene.mrb (the Slicer module pushes into its own scene instead)
-
+from .outputs import OutputFolder
+from .settings import ExplainConfig, resolve_device
 
 # explain's stages in order; it prints "[stage] …" at each start and "[stage] 12.3 s" at each end (the Slicer
 # module's progress bar counts them)
@@ -72,23 +56,10 @@ class Timings:
             print(f"[{name}] {self.seconds[name]:.1f} s", flush=True)
 
 
-def _prepare_output(out: Path, overwrite: bool) -> Path:
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists: choose another --out or pass --overwrite (runs are never mixed)")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        partial.mkdir(parents=True)
-    except OSError as error:
-        raise PermissionError(f"{out}: cannot write the output folder ({error.strerror})") from None
-    return partial
-
-
 def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConfig = ExplainConfig(),
             progress: bool = True) -> dict:
     """Run every analysis on one case and write OUT (see the module notes); returns the summary."""
-    import torch
-
+    from .activations import resolve_layers
     from .baseline import threshold_segmentation
     from .dissection import (CONCEPTS, Dissection, concept_masks, filter_concept_masks, ground_truth_of,
                              load_shipped_dissection)
@@ -103,32 +74,38 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
     from .report import write_report
     from .uncertainty import uncertainty_error_analysis, uncertainty_volume
 
-    out = Path(out)
     timings = Timings(progress)
-    with timings.stage("load"):
-        case = load_case(source)
-        if case.files is None:
+    with timings.stage("load"):  # everything that can be refused, before any work or output
+        files = source if isinstance(source, CaseFiles) else None
+        if str(source).endswith(".npz"):
             raise CaseError(f"{source}: explain needs the case's image files (a folder or the four files), not a "
                             "saved case: the scene and the report refer to them")
-        model = (load_weights(config.weights, architecture=config.model, device=config.device) if config.weights
-                 else load_pretrained(config.model, device=config.device))
+        inputs = [source] if files is None else [files.flair, files.t1, files.t1ce, files.t2, files.seg, files.tissue]
+        folder = OutputFolder(out, [*inputs, config.weights, config.dissection], config.overwrite, "explain")
+        device = resolve_device(config.device)
+        case = load_case(source)
+        model = (load_weights(config.weights, architecture=config.model, device=device) if config.weights
+                 else load_pretrained(config.model, device=device))
+        try:
+            resolve_layers(model, config.layers)
+        except ValueError as error:
+            raise UsageError(f"--layers {config.layers}: {error}") from None
         dissection = Dissection.load(config.dissection) if config.dissection else load_shipped_dissection(model)
         dissection.check_model(model)
-        work = _prepare_output(out, config.overwrite)
-    quick = config.quick if config.quick is not None else torch.device(config.device).type == "cpu"
+    quick = config.quick if config.quick is not None else device.type == "cpu"
     summary: dict = {
         "version": __version__, "case": case.case_id, "model": config.model, "config": asdict(config),
-        "device": device_name(config.device), "versions": library_versions(), "ground_truth": case.labels is not None,
+        "device": device_name(device), "versions": library_versions(), "ground_truth": case.labels is not None,
         "inputs": {"files": {role: str(path) if path else None for role, path in
                              (("flair", case.files.flair), ("t1", case.files.t1), ("t1ce", case.files.t1ce),
                               ("t2", case.files.t2), ("seg", case.files.seg), ("tissue", case.files.tissue))},
                    "naming": case.files.naming, "convention": case.label_convention.name},
     }
-    try:
+    with folder as work:
         figures = work / "figures"
         z = montage_slices(case, 1)[0]
         with timings.stage("segmentation"):
-            labels = segment_case(model, case, device=config.device)
+            labels = segment_case(model, case)
             case.write_labels(labels, work / "segmentation.nii.gz")
             case_montage(case, figures / "segmentation.png", predicted=labels)
             if case.labels is not None:
@@ -137,7 +114,7 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
                     score_segmentation(threshold_segmentation(case), case.labels, case.spacing))
         with timings.stage("uncertainty"):
             volume = uncertainty_volume(model, case, passes=config.passes, quick=quick, seed=config.seed,
-                                        device=config.device, progress=progress)
+                                        progress=progress)
             for name, array in volume.maps().items():
                 case.grid.write(array, work / f"{name}.nii.gz")
             uncertainty_figure(case, volume.labels, volume.variance, figures / "uncertainty.png",
@@ -151,8 +128,7 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
                 error_by_uncertainty(analysis, figures / "error_by_uncertainty.png")
             del volume
         with timings.stage("gradcam"):
-            cams = gradcam_volume(model, case, config.layers, config.classes, device=config.device,
-                                  progress=progress)
+            cams = gradcam_volume(model, case, config.layers, config.classes, progress=progress)
             for (layer, class_index), cam in cams.maps.items():
                 case.grid.write(cam, work / "gradcam" / f"{layer}_{CLASS_KEYS[class_index]}.nii.gz")
             table = localisation(cams, case)
@@ -166,7 +142,7 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
         with timings.stage("concepts"):
             best = dissection.best_detectors()
             picks = [(row["layer"], row["filter"]) for row in best.values()]
-            masks = filter_concept_masks(model, case, dissection, picks, device=config.device) if picks else {}
+            masks = filter_concept_masks(model, case, dissection, picks) if picks else {}
             detectors = []
             carried = ground_truth_of(case)[1]
             have = [concept for concept in best if CONCEPTS[concept][1] in carried]
@@ -193,10 +169,8 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
             if picks:
                 featviz_config = FeatvizConfig(steps=config.featviz_steps, size=config.featviz_size, seed=config.seed)
                 template = load_template(shipped_template_path(), config.featviz_size)
-                runs = {"unregularised": visualise_filters(model, picks, Regularisers.none(), featviz_config,
-                                                           device=config.device),
-                        "regularised": visualise_filters(model, picks, Regularisers(), featviz_config, template,
-                                                         device=config.device)}
+                runs = {"unregularised": visualise_filters(model, picks, Regularisers.none(), featviz_config),
+                        "regularised": visualise_filters(model, picks, Regularisers(), featviz_config, template)}
                 featviz_montage(runs, work / "featviz" / "detectors.png",
                                 title=f"{config.model}: pre-images of the best detectors (left unregularised, "
                                       f"right regularised)")
@@ -210,12 +184,6 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
             write_report(summary, work, work / "report.html")
         summary["seconds"] = timings.seconds
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    if out.exists():  # overwrite: replace the old run only now that the new one is complete
-        shutil.rmtree(out)
-    work.rename(out)
     return summary
 
 
@@ -262,7 +230,7 @@ def run_scene_bundle(run_folder: Path, *arguments: str):
                           env=environment, capture_output=True, text=True)
 
 
-def device_name(device: str) -> str:
+def device_name(device) -> str:
     import torch
 
     if torch.device(device).type == "cuda" and torch.cuda.is_available():

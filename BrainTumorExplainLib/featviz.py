@@ -38,6 +38,7 @@ from torch.nn import functional as F
 
 from .activations import forward_until, resolve_layers
 from .case import Case
+from .errors import InputError, UsageError
 from .models.base import IN_CHANNELS, SegmentationNet
 
 
@@ -57,7 +58,7 @@ class Regularisers:
 
     def __post_init__(self) -> None:
         if self.jitter < 0 or self.rotation < 0 or min(self.tv, self.l2, self.style) < 0 or self.sigma <= 0:
-            raise ValueError(f"regularisers must be non-negative (sigma positive), got {self}")
+            raise UsageError(f"regularisers must be non-negative (sigma positive), got {self}")
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,9 @@ class FeatvizConfig:
 
     def __post_init__(self) -> None:
         if self.start not in ("template", "noise"):
-            raise ValueError(f"start must be 'template' or 'noise', got {self.start!r}")
+            raise UsageError(f"start must be 'template' or 'noise', got {self.start!r}")
         if self.steps < 1 or self.size < 8:
-            raise ValueError(f"need steps ≥ 1 and size ≥ 8, got {self.steps}, {self.size}")
+            raise UsageError(f"need steps ≥ 1 and size ≥ 8, got {self.steps}, {self.size}")
     seed: int = 0
 
 
@@ -138,27 +139,35 @@ class FeatureVisualisation:
                 "config": asdict(self.config)}
 
 
+def check_targets(model: SegmentationNet, targets: Sequence[Target], device: str | torch.device | None = None
+                  ) -> list[Target]:
+    """The ``(layer, filter)`` targets with checked names and filter indices (:class:`UsageError` otherwise)."""
+    targets = [(resolve_layers(model, [layer])[0], int(k)) for layer, k in targets]
+    if not targets:
+        raise UsageError("no filters to visualise")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    channels = _layer_channels(model, sorted({layer for layer, _ in targets}), device)
+    for layer, k in targets:
+        if not 0 <= k < channels[layer]:
+            raise UsageError(f"filter {k} out of range for layer {layer} (0..{channels[layer] - 1})")
+    return targets
+
+
 def visualise_filters(model: SegmentationNet, targets: Sequence[Target],
                       regularisers: Regularisers = Regularisers(), config: FeatvizConfig = FeatvizConfig(),
                       template: np.ndarray | None = None, device: str | torch.device | None = None,
                       progress: bool = False) -> FeatureVisualisation:
     """Optimise one pre-image per ``(layer, filter)`` target, all in one batch (eq. 8a)."""
-    targets = [(resolve_layers(model, [layer])[0], int(k)) for layer, k in targets]
-    if not targets:
-        raise ValueError("no filters to visualise")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    channels = _layer_channels(model, sorted({layer for layer, _ in targets}), device)
-    for layer, k in targets:
-        if not 0 <= k < channels[layer]:
-            raise ValueError(f"filter {k} out of range for layer {layer} (0..{channels[layer] - 1})")
+    targets = check_targets(model, targets, device)
     if regularisers.style > 0 and template is None:
-        raise ValueError("the style regulariser needs a template image (the dataset's mean image): pass "
+        raise UsageError("the style regulariser needs a template image (the dataset's mean image): pass "
                          "template=, or set style=0")
     template_tensor = None
     if template is not None:
         template = np.asarray(template, dtype=np.float32)
         if template.ndim != 3 or template.shape[0] != IN_CHANNELS:
-            raise ValueError(f"template must be (4, H, W) in [FLAIR, T1, T1ce, T2] order, got {template.shape}")
+            raise UsageError(f"template must be (4, H, W) in [FLAIR, T1, T1ce, T2] order, got {template.shape}")
         template_tensor = torch.from_numpy(template).to(device)
     generator = torch.Generator().manual_seed(config.seed)
     pad = regularisers.jitter
@@ -167,7 +176,7 @@ def visualise_filters(model: SegmentationNet, targets: Sequence[Target],
     start = start * config.init_scale
     if template_tensor is not None and config.start == "template":
         if template_tensor.shape[-2:] != (size, size):
-            raise ValueError(f"template is {tuple(template_tensor.shape[-2:])}, the pre-image {size}×{size}: "
+            raise UsageError(f"template is {tuple(template_tensor.shape[-2:])}, the pre-image {size}×{size}: "
                              f"load it with load_template(path, size)")
         start = start + F.pad(template_tensor.cpu()[None], (pad,) * 4, mode="reflect" if pad else "constant")
     x = start.to(device).requires_grad_(True)
@@ -252,7 +261,7 @@ def mean_template(cases: Iterable[Case]) -> np.ndarray:
         total = slices.sum(axis=1, dtype=np.float64) if total is None else total + slices.sum(axis=1)
         count += slices.shape[1]
     if total is None or count == 0:
-        raise ValueError("no brain slices to average: the template needs at least one case with brain")
+        raise InputError("no brain slices to average: the template needs at least one case with brain")
     return (total / count).astype(np.float32)
 
 
@@ -277,9 +286,9 @@ def load_template(path: str | Path, size: int | None = None) -> np.ndarray:
         with np.load(Path(path), allow_pickle=False) as data:
             template = data["template"]
     except (OSError, KeyError, ValueError) as error:
-        raise ValueError(f"{path}: not a template file ({error})") from None
+        raise InputError(f"{path}: not a template file ({error})") from None
     if template.ndim != 3 or template.shape[0] != IN_CHANNELS:
-        raise ValueError(f"{path}: template must be (4, H, W), got {template.shape}")
+        raise InputError(f"{path}: template must be (4, H, W), got {template.shape}")
     return resize_template(template, size) if size else template
 
 

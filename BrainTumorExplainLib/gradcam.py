@@ -24,6 +24,7 @@ import torch
 
 from .activations import LayerRecorder, resolve_layers, upsample_to_input
 from .case import Case
+from .errors import UsageError
 from .inference import slice_batches
 from .labels import CLASS_NAMES, region_mask, resolve_classes
 from .models.base import IN_CHANNELS, SegmentationNet
@@ -36,7 +37,7 @@ CLASS_REGION: dict[int, str] = {0: "brain", 1: "TC", 2: "WT", 3: "ET"}
 
 def _check_target(target: str) -> None:
     if target not in TARGETS:
-        raise ValueError(f"unknown Grad-CAM target {target!r}; expected one of {', '.join(TARGETS)}")
+        raise UsageError(f"unknown Grad-CAM target {target!r}; expected one of {', '.join(TARGETS)}")
 
 
 def layer_gradcam(model: SegmentationNet, images: torch.Tensor, layers: str | Iterable[str] = "all",
@@ -118,7 +119,7 @@ def gradcam_volume(model: SegmentationNet, case: Case, layers: str | Iterable[st
     chosen = case.brain_slices() if slices is None else np.asarray(sorted(set(int(z) for z in slices)), dtype=int)
     depth = case.images.shape[1]
     if chosen.size and (chosen.min() < 0 or chosen.max() >= depth):
-        raise ValueError(f"slices must lie in 0..{depth - 1} for {case.case_id}, got {chosen.min()}..{chosen.max()}")
+        raise UsageError(f"slices must lie in 0..{depth - 1} for {case.case_id}, got {chosen.min()}..{chosen.max()}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     maps = {(name, c): np.zeros(case.brain_mask.shape, dtype=np.float32) for name in layer_names for c in class_indices}
     label = f"Grad-CAM {case.case_id}" if progress else None
@@ -152,7 +153,7 @@ def localisation(volume: GradCamVolume, case: Case, top_fraction: float = 0.05
     (:data:`CLASS_REGION`) from the first layer to the last.
     """
     if not 0 < top_fraction < 1:
-        raise ValueError(f"top_fraction must lie in (0, 1), got {top_fraction}")
+        raise UsageError(f"top_fraction must lie in (0, 1), got {top_fraction}")
     computed = np.zeros(case.brain_mask.shape[0], dtype=bool)
     computed[volume.slices] = True
     brain = case.brain_mask & computed[:, None, None]

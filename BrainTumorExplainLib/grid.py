@@ -138,10 +138,22 @@ class ReferenceGrid:
         return image
 
     def write(self, canonical_array: np.ndarray, path: str | Path) -> Path:
-        """Write a canonical array as an image file on this grid (format from the extension)."""
+        """Write a canonical array as an image file on this grid (a 3D format, from the suffix). NaN/Inf values
+        are refused: they would not survive NIfTI. Failures raise :class:`OutputError` naming the file."""
         import SimpleITK as sitk
 
+        from .errors import OutputError
+        from .outputs import check_volume_path
+
         path = Path(path)
+        check_volume_path(path)
+        canonical_array = np.asarray(canonical_array)
+        if canonical_array.dtype.kind == "f" and not np.isfinite(canonical_array).all():
+            raise OutputError(f"{path}: the volume to write holds NaN or infinite values")
         path.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(self.to_image(canonical_array), str(path), useCompression=True)
+        try:
+            sitk.WriteImage(self.to_image(canonical_array), str(path), useCompression=True)
+        except RuntimeError as error:
+            detail = " ".join(str(error).split())[-160:]
+            raise OutputError(f"{path}: could not be written ({detail})") from None
         return path

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from .errors import UsageError
 
 CLASS_NAMES: tuple[str, ...] = ("background", "NCR/NET", "ED", "ET")
 CLASS_KEYS: tuple[str, ...] = ("bg", "ncr", "ed", "et")  # for file names and command lines
@@ -75,7 +76,7 @@ def label_convention(name: str | LabelConvention) -> LabelConvention:
     try:
         return LABEL_CONVENTIONS[name]
     except KeyError:
-        raise ValueError(f"unknown label convention {name!r}; expected one of {sorted(LABEL_CONVENTIONS)}") from None
+        raise UsageError(f"unknown label convention {name!r}; expected one of {sorted(LABEL_CONVENTIONS)}") from None
 
 
 def region_mask(classes: np.ndarray, region: str) -> np.ndarray:
@@ -83,7 +84,7 @@ def region_mask(classes: np.ndarray, region: str) -> np.ndarray:
     try:
         members = REGIONS[region]
     except KeyError:
-        raise ValueError(f"unknown region {region!r}; expected one of {list(REGIONS)}") from None
+        raise UsageError(f"unknown region {region!r}; expected one of {list(REGIONS)}") from None
     return np.isin(classes, members)
 
 
@@ -104,6 +105,6 @@ def resolve_classes(classes: str | int | list | tuple | None = "tumour") -> list
         elif text.lstrip("-").isdigit() and 0 <= int(text) < len(CLASS_NAMES):
             chosen.append(int(text))
         else:
-            raise ValueError(f"class {item!r} out of range: expected 0..{len(CLASS_NAMES) - 1} or one of "
+            raise UsageError(f"class {item!r} out of range: expected 0..{len(CLASS_NAMES) - 1} or one of "
                              f"{', '.join(CLASS_KEYS)} (also 'tumour' or 'all')")
     return sorted(set(chosen))

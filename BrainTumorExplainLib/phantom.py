@@ -34,6 +34,7 @@ from scipy import interpolate, ndimage
 
 from .anatomy import ICBM152_NOTICE, Anatomy, load_icbm152
 from .case import MODALITIES, CaseFiles
+from .errors import UsageError
 from .grid import ReferenceGrid
 from .labels import BRATS2021
 
@@ -61,6 +62,10 @@ class PhantomConfig:
     noise_fraction: float = 0.03  # Rician noise σ as a fraction of the white-matter level
     bias_amplitude: float = 0.08  # std of the log bias field
     deformation_mm: float = 2.0  # std of the smooth random displacement
+
+    def __post_init__(self) -> None:
+        if not 0.25 <= self.spacing_mm <= 12:  # below: gigabytes per case; above: a handful of voxels
+            raise UsageError(f"--spacing {self.spacing_mm}: the phantom's voxel size must lie in 0.25..12 mm")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -380,7 +385,12 @@ def _embed(array: np.ndarray, box: tuple[slice, slice, slice], shape: tuple[int,
 
 def write_phantom(case: PhantomCase, out_dir: str | Path) -> CaseFiles:
     """Write a phantom as a BraTS 2018–2021 case folder ``out_dir/<id>/`` and return its files."""
-    folder = Path(out_dir) / case.case_id
+    return write_phantom_files(case, Path(out_dir) / case.case_id)
+
+
+def write_phantom_files(case: PhantomCase, folder: str | Path) -> CaseFiles:
+    """Write a phantom's files (BraTS 2018–2021 naming) into ``folder``."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {m: case.grid.write(case.images[m], folder / f"{case.case_id}_{m}.nii.gz") for m in MODALITIES}
     seg = case.grid.write(BRATS2021.from_classes(case.labels), folder / f"{case.case_id}_seg.nii.gz")

@@ -24,6 +24,7 @@ through :meth:`state_dict`, so a long pass can be saved and resumed. The rank co
 from __future__ import annotations
 
 import torch
+from .errors import UsageError
 
 
 class StreamingQuantiles:
@@ -31,9 +32,9 @@ class StreamingQuantiles:
 
     def __init__(self, channels: int, q: float, bins: int = 2048) -> None:
         if not 0 < q < 1:
-            raise ValueError(f"quantile must lie in (0, 1), got {q}")
+            raise UsageError(f"quantile must lie in (0, 1), got {q}")
         if bins < 16 or bins % 2:
-            raise ValueError(f"bins must be an even number ≥ 16, got {bins}")
+            raise UsageError(f"bins must be an even number ≥ 16, got {bins}")
         self.channels, self.q, self.bins = channels, q, bins
         self.low = torch.zeros(channels, dtype=torch.float64)
         self.width = torch.zeros(channels, dtype=torch.float64)  # 0 until the first batch

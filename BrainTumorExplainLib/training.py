@@ -23,10 +23,12 @@ import torch
 from torch.nn import functional as F
 
 from .case import Case, CaseError, find_cases, load_case
+from .errors import InputError
 from .labels import REGIONS, region_mask
 from .metrics import dice
 from .models import build_model, save_weights
 from .models.base import NUM_CLASSES
+from .outputs import OutputFile
 
 
 @dataclass
@@ -197,7 +199,7 @@ def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: b
     if resume and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         if json.loads(state["config"]) != json.loads(json.dumps(asdict(config))):
-            raise ValueError(f"{checkpoint}: checkpoint of a different training configuration; delete it or use "
+            raise InputError(f"{checkpoint}: checkpoint of a different training configuration; delete it or use "
                              "the same options")
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
@@ -239,6 +241,7 @@ def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: b
         log(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f}, validation Dice "
             + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
 
-    save_weights(model.cpu(), out, training=asdict(config), history=history,
-                 training_cases=training.case_ids, validation_cases=validation.case_ids)
+    with OutputFile(out, overwrite=True).writing() as written:  # the checkpoint stays until the weights are whole
+        save_weights(model.cpu(), written, training=asdict(config), history=history,
+                     training_cases=training.case_ids, validation_cases=validation.case_ids)
     return history

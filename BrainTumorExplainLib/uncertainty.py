@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .case import Case
+from .errors import UsageError
 from .inference import slice_batches
 from .models.base import NUM_CLASSES, SegmentationNet, dropout_modules, test_time_dropout
 
@@ -49,14 +50,14 @@ class SamplingPlan:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_passes <= self.max_passes:
-            raise ValueError(f"need 1 ≤ min_passes ≤ max_passes, got {self.min_passes}, {self.max_passes}")
+            raise UsageError(f"need 1 ≤ min_passes ≤ max_passes, got {self.min_passes}, {self.max_passes}")
         if self.round_passes < 1:
-            raise ValueError(f"round_passes must be at least 1, got {self.round_passes}")
+            raise UsageError(f"round_passes must be at least 1, got {self.round_passes}")
 
     @classmethod
     def fixed(cls, passes: int) -> "SamplingPlan":
         if passes < 2:
-            raise ValueError(f"test-time dropout needs at least 2 passes for a variance, got {passes}")
+            raise UsageError(f"test-time dropout needs at least 2 passes for a variance, got {passes}")
         return cls(passes, passes, min(passes, 10))
 
 
@@ -66,7 +67,7 @@ QUICK = SamplingPlan(min_passes=8, max_passes=16, round_passes=4, settle_r=0.9)
 def _check_dropout(model: SegmentationNet) -> None:
     modules = dropout_modules(model)
     if not modules or all(float(getattr(m, "p", 0.0)) == 0.0 for m in modules):
-        raise ValueError(f"{model.architecture or type(model).__name__} has no active dropout layer: test-time "
+        raise UsageError(f"{model.architecture or type(model).__name__} has no active dropout layer: test-time "
                          f"dropout needs a network trained with dropout (p > 0)")
 
 
@@ -204,7 +205,7 @@ def uncertainty_volume(model: SegmentationNet, case: Case, passes: int = 100, qu
     (GPUs, and CPUs with AVX512-BF16); softmax and the running moments stay float32."""
     _check_dropout(model)
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     plan = plan or (QUICK if quick else SamplingPlan.fixed(passes))
     device = torch.device(device) if device is not None else next(model.parameters()).device
     slices_per_batch, passes_per_forward = batching(device, slices_per_batch, passes_per_forward)
@@ -256,7 +257,7 @@ def uncertainty_error_analysis(volume: UncertaintyVolume, case: Case, bins: int 
     """Does high uncertainty mark the voxels the mean prediction gets wrong? Inside the brain, per map: AUROC for
     misclassification, and the error rate in each of ``bins`` equal-count bins of the map (low to high)."""
     if case.labels is None:
-        raise ValueError(f"{case.case_id}: the uncertainty-error analysis needs ground truth (a _seg file)")
+        raise UsageError(f"{case.case_id}: the uncertainty-error analysis needs ground truth (a _seg file)")
     brain = case.brain_mask
     wrong = (volume.labels != case.labels)[brain]
     result = {"voxels": int(brain.sum()), "error_rate": float(wrong.mean()), "maps": {}}

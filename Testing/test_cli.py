@@ -84,10 +84,13 @@ def test_gradcam_writes_maps_on_the_case_grid_montage_and_curves(small_phantom, 
     assert set(table["head"]["ET"]) == {"brain", "WT", "TC", "ET"}
     for png in (out / "resunet" / "gradcam_z20.png", out / "topdown.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(["gradcam", str(case), "--model", "resunet", "--layers", "enc7", "--out", str(out)]) == 2
+    fresh = tmp_path / "refused"
+    assert main(["gradcam", str(case), "--model", "resunet", "--layers", "enc7", "--out", str(fresh)]) == 2
     assert "valid layers: enc1" in capsys.readouterr().err
-    assert main(["gradcam", str(case), "--model", "resunet", "--classes", "5", "--out", str(out)]) == 2
-    assert main(["gradcam", str(case), "--model", "resunet", "--slices", "999", "--out", str(out)]) == 2
+    assert main(["gradcam", str(case), "--model", "resunet", "--classes", "5", "--out", str(fresh)]) == 2
+    assert main(["gradcam", str(case), "--model", "resunet", "--slices", "999", "--out", str(fresh)]) == 2
+    assert main(["gradcam", str(case), "--model", "resunet", "--out", str(out)]) == 2  # a result is never mixed
+    assert "exists" in capsys.readouterr().err and not fresh.exists()
 
 
 def test_dissect_writes_thresholds_tables_masks_and_figure(small_phantom, tmp_path, capsys):
@@ -103,7 +106,8 @@ def test_dissect_writes_thresholds_tables_masks_and_figure(small_phantom, tmp_pa
     assert masks and all(_same_grid(p, small_phantom.flair) for p in masks)
     assert len(masks) == len({row["concept"] for row in json.loads((out / "detectors.json").read_text())["detectors"]})
     assert (out / "dissection.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(["dissect", "--data", str(tmp_path / "nothing"), "--model", "resunet", "--out", str(out)]) == 2
+    assert main(["dissect", "--data", str(tmp_path / "nothing"), "--model", "resunet", "--out",
+                 str(tmp_path / "dis2")]) == 2
     assert "data folder does not exist" in capsys.readouterr().err
 
 
@@ -137,5 +141,5 @@ def test_featviz_and_template(small_phantom, tmp_path, capsys):
     with np.load(out / "featviz_enc1.npz") as saved:
         assert saved["regularised_images"].shape == (2, 4, 32, 32)
     assert main(["featviz", "--model", "resunet", "--layer", "enc1", "--filters", "99", "--steps", "2", "--size",
-                 "32", "--out", str(out)]) == 2
+                 "32", "--out", str(tmp_path / "fv2")]) == 2
     assert "filter 99 out of range for layer enc1" in capsys.readouterr().err

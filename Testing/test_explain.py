@@ -80,7 +80,8 @@ def test_bad_input_is_one_clear_line(small_phantom, tmp_path, capsys):
                  "--model", "resunet", "--out", str(tmp_path / "x")]) == 2
     assert "missing modality: give --t1ce --t2" in capsys.readouterr().err
     assert main(["explain", str(folder), "--model", "unet3000", "--out", str(tmp_path / "y")]) == 2
-    assert "unknown model" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "invalid choice: 'unet3000'" in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "y").exists()
 
 

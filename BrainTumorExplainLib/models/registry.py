@@ -1,7 +1,10 @@
 """Building networks by name, and saving/loading weights safely.
 
-A weights file is ``torch.save`` of a plain dict — ``format``, ``library_version``, ``architecture``, ``config`` and
-``state_dict`` — read back with ``torch.load(weights_only=True)``, so loading never runs code from the file. Shipped
+A weights file is ``torch.save`` of a plain dict — ``format``, ``library_version``, ``architecture``, ``config``,
+``metadata``, ``state_dict`` and ``checksum`` — read back with ``torch.load(weights_only=True)``, so loading never
+runs code from the file. ``checksum`` is the sha256 of everything else in the dict (:func:`payload_checksum`): torch
+does not check its zip, so a flipped byte would otherwise load as a different network. Files without one (written
+before it existed) load with a warning; parameters that are NaN or infinite are refused. Shipped
 weights sit in ``BrainTumorExplainLib/weights/<name>.pt`` beside ``<name>.json``, a manifest whose ``sha256`` is
 checked before the file is even unpickled.
 """
@@ -10,12 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import __version__
+from ..errors import UsageError, WeightsError
 from .base import SegmentationNet
 from .denseunet import DenseUnet
 from .unet import ResUnet, SimUnet
@@ -23,10 +28,6 @@ from .unet import ResUnet, SimUnet
 ARCHITECTURES: dict[str, type[SegmentationNet]] = {"denseunet": DenseUnet, "resunet": ResUnet, "simunet": SimUnet}
 WEIGHTS_FORMAT = 1
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-
-
-class WeightsError(ValueError):
-    """A weights file is missing, tampered with, of another format, or of another architecture."""
 
 
 def build_model(name: str, **config: Any) -> SegmentationNet:
@@ -38,7 +39,7 @@ def build_model(name: str, **config: Any) -> SegmentationNet:
     try:
         architecture = ARCHITECTURES[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(ARCHITECTURES)}") from None
+        raise UsageError(f"unknown model {name!r}; valid models: {', '.join(ARCHITECTURES)}") from None
     return architecture(**config).to(memory_format=torch.channels_last)
 
 
@@ -62,8 +63,30 @@ def save_weights(model: SegmentationNet, path: str | Path, **metadata: Any) -> s
         "metadata": metadata,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    check_finite(payload["state_dict"], path)
+    payload["checksum"] = payload_checksum(payload)
     torch.save(payload, path)
     return sha256_of(path)
+
+
+def payload_checksum(payload: dict[str, Any]) -> str:
+    """sha256 of a weights payload without its ``checksum``: the metadata as canonical JSON, then every tensor's
+    name, dtype, shape and bytes in name order."""
+    digest = hashlib.sha256()
+    header = {key: value for key, value in payload.items() if key not in ("checksum", "state_dict")}
+    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
+    for name in sorted(payload["state_dict"]):
+        tensor = payload["state_dict"][name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise WeightsError(f"{path}: parameter {name} holds NaN or infinite values; these weights cannot "
+                               "segment anything")
 
 
 def load_weights(path: str | Path, *, expected_sha256: str | None = None, architecture: str | None = None,
@@ -89,6 +112,7 @@ def load_weights(path: str | Path, *, expected_sha256: str | None = None, archit
     if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT or "state_dict" not in payload:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise WeightsError(f"{path}: weights format {found!r} is not the supported format {WEIGHTS_FORMAT}")
+    _check_integrity(payload, path, verified=expected_sha256 is not None)
     stored = payload.get("architecture")
     if stored not in ARCHITECTURES:
         raise WeightsError(f"{path}: unknown architecture {stored!r} in the file")
@@ -104,14 +128,35 @@ def load_weights(path: str | Path, *, expected_sha256: str | None = None, archit
     return model.to(device).eval()
 
 
+def _check_integrity(payload: dict[str, Any], path: Path, verified: bool) -> None:
+    """The payload's own checksum, then its values. ``verified``: the whole file was checked against a manifest."""
+    if not isinstance(payload.get("state_dict"), dict) or not all(
+            isinstance(value, torch.Tensor) for value in payload["state_dict"].values()):
+        raise WeightsError(f"{path}: its state_dict is not a mapping of tensors")
+    if "checksum" in payload:
+        if payload["checksum"] != payload_checksum(payload):
+            raise WeightsError(f"{path}: the weights do not match the checksum stored in the file: it was changed or "
+                               "damaged after it was written — refusing to load it")
+    elif not verified:
+        warnings.warn(f"{path}: this weights file has no checksum (written before they were stored), so damage to "
+                      "it cannot be detected; save it again with this version to add one", stacklevel=3)
+    check_finite(payload["state_dict"], path)
+
+
 def pretrained_manifest(name: str) -> dict[str, Any]:
     """The manifest of a shipped model (architecture config, training, held-out scores, sha256)."""
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(ARCHITECTURES)}")
+        raise UsageError(f"unknown model {name!r}; valid models: {', '.join(ARCHITECTURES)}")
     path = WEIGHTS_DIR / f"{name}.json"
     if not path.is_file():
         raise WeightsError(f"no shipped weights for {name} ({path} missing)")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+        manifest["weights"], manifest["sha256"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise WeightsError(f"{path}: the manifest of the shipped {name} weights is damaged ({type(error).__name__}: "
+                           f"{str(error)[:120]}); reinstall the package") from None
+    return manifest
 
 
 def load_pretrained(name: str, device: str | torch.device = "cpu") -> SegmentationNet:

@@ -1,0 +1,149 @@
+"""The settings of a run, stated once: names, defaults, allowed values and help.
+
+``explain``'s command-line options are built from :class:`ExplainConfig`'s fields (:func:`add_config_options`), the
+Slicer panel passes a config back as arguments (:meth:`ExplainConfig.arguments`), and the panel's choices are the
+tuples below — so adding an option is one field here. torch is not imported here (the Slicer module reads this).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import MISSING, dataclass, field, fields
+
+from .errors import UsageError
+
+MODEL_NAMES: tuple[str, ...] = ("denseunet", "resunet", "simunet")  # the shipped networks (models.ARCHITECTURES)
+DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")  # the command line also takes cuda:N
+GRADCAM_CLASS_CHOICES: tuple[str, ...] = ("tumour", "all", "ncr", "ed", "et")  # also comma-separated lists
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_device_name(name: str) -> str:
+    """``name`` when it is a device the project runs on (auto, cpu, cuda, cuda:N), else :class:`UsageError`."""
+    if not isinstance(name, str) or not _DEVICE.match(name):
+        raise UsageError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+    return name
+
+
+def resolve_device(name: str):
+    """The torch device for ``name``; ``auto`` is the first CUDA GPU when PyTorch sees one, else the CPU. A CUDA
+    device PyTorch cannot use is a :class:`UsageError` naming what PyTorch sees."""
+    import torch
+
+    check_device_name(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise UsageError(f"--device {name}: PyTorch {torch.__version__} ({build}) sees no CUDA GPU; use --device "
+                             "cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: PyTorch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
+def _option(default, help: str, **cli):
+    """A setting: its default, its help text and how the command line spells it (``flags``, ``choices``, ...)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """Everything ``explain`` can be asked; the defaults are the command line's and the panel's."""
+
+    model: str = _option("denseunet", f"network: {', '.join(MODEL_NAMES)} (shipped weights)", choices=MODEL_NAMES)
+    weights: str | None = _option(None, "your own weights file instead of the shipped ones", metavar="FILE")
+    dissection: str | None = _option(None, "dissection.json from `dissect` (default: the model's shipped one)",
+                                     metavar="FILE")
+    device: str = _option("auto", "auto (a CUDA GPU when PyTorch sees one), cpu, cuda or cuda:N",
+                          type="device")
+    quick: bool | None = _option(None, "adaptive test-time dropout; default: quick on a CPU, -T passes on a GPU",
+                                 flags=("--quick", "--full"))
+    passes: int = _option(100, "test-time dropout passes when not quick (the paper's 100)", flags=("-T", "--passes"))
+    layers: str = _option("all", "Grad-CAM layers: 'all' or comma-separated names")
+    classes: str = _option("tumour", "Grad-CAM classes: 'tumour', 'all' or e.g. ed,et")
+    featviz_steps: int = _option(100, "activation maximisation steps")
+    featviz_size: int = _option(96, "pre-image size in pixels")
+    seed: int = _option(0, "seed of the dropout masks and the feature visualisation")
+    overwrite: bool = _option(False, "replace OUT (an earlier result) once the new run is complete")
+    scene: bool = _option(True, "scene.mrb for 3D Slicer")
+
+    def __post_init__(self) -> None:
+        """Refuse what cannot run, before any work (layer names are checked against the model when it is loaded)."""
+        from .labels import resolve_classes
+
+        check_device_name(self.device)
+        if self.passes < 2:
+            raise UsageError(f"--passes {self.passes}: test-time dropout needs at least 2 passes")
+        if self.featviz_steps < 1 or self.featviz_size < 16:
+            raise UsageError(f"--featviz-steps {self.featviz_steps} / --featviz-size {self.featviz_size}: need at "
+                             "least 1 step and 16 pixels")
+        try:
+            resolve_classes(self.classes)
+        except ValueError as error:
+            raise UsageError(f"--classes {self.classes}: {error}") from None
+        if not self.layers.strip():
+            raise UsageError("--layers: give 'all' or layer names")
+
+    def arguments(self) -> list[str]:
+        """The command-line options that give this config back (:func:`config_from_arguments`)."""
+        arguments: list[str] = []
+        for setting in fields(self):
+            value, flags = getattr(self, setting.name), _flags(setting)
+            if value is None:
+                continue
+            if setting.type == "bool | None":  # --quick / --full
+                arguments.append(flags[0] if value else flags[1])
+            elif setting.type == "bool":  # one switch that flips the default
+                arguments += [flags[0]] if value != setting.default else []
+            else:
+                arguments += [flags[-1], str(value)]
+        return arguments
+
+
+def _flags(setting) -> tuple[str, ...]:
+    if "flags" in setting.metadata:
+        return setting.metadata["flags"]
+    flag = "--" + setting.name.replace("_", "-")
+    if setting.type == "bool" and setting.default is True:
+        return ("--no-" + setting.name.replace("_", "-"),)
+    return (flag,)
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_type=ExplainConfig, exclude: tuple[str, ...] = ()
+                       ) -> None:
+    """One option per field of ``config_type`` (its help, default and choices), in field order."""
+    for setting in fields(config_type):
+        if setting.name in exclude:
+            continue
+        meta, flags = setting.metadata, _flags(setting)
+        default = None if setting.default is MISSING else setting.default
+        if setting.type == "bool | None":
+            group = parser.add_mutually_exclusive_group()
+            group.add_argument(flags[0], dest=setting.name, action="store_true", default=None, help=meta["help"])
+            group.add_argument(flags[1], dest=setting.name, action="store_false", help=f"not {flags[0]}")
+        elif setting.type == "bool":
+            parser.add_argument(*flags, dest=setting.name, action="store_false" if default else "store_true",
+                                help=f"do not write {meta['help']}" if default else meta["help"])
+        else:
+            kind = _device_option if meta.get("type") == "device" else int if setting.type == "int" else str
+            parser.add_argument(*flags, dest=setting.name, type=kind, default=default, choices=meta.get("choices"),
+                                metavar=meta.get("metavar"),
+                                help=meta["help"] + (f" (default {default})" if default is not None else ""))
+
+
+def _device_option(text: str) -> str:
+    try:
+        return check_device_name(text)
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error).split(": ", 1)[1]) from None
+
+
+def config_from_arguments(args: argparse.Namespace, config_type=ExplainConfig, **overrides):
+    """The config the parsed options describe (fields not on the command line keep their defaults)."""
+    given = {setting.name: getattr(args, setting.name) for setting in fields(config_type)
+             if hasattr(args, setting.name)}
+    return config_type(**{**given, **overrides})
