@@ -3,6 +3,7 @@
 This file is the Slicer module shell: module description, a thin widget over ``Resources/UI/BrainTumorExplain.ui``
 and the self-test. Everything that touches MRML lives in the Qt-free ``BrainTumorExplainLogic`` package (tested on
 slicer-core); the analyses run in a background ``PythonSlicer`` process, so torch never loads into Slicer itself.
+Supported: Slicer 5.6, 5.8 and 5.10 (every Slicer call is checked against their source: docs/slicer-api.md).
 """
 
 import shutil
@@ -15,7 +16,7 @@ import qt
 import slicer
 import vtk
 from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -26,23 +27,34 @@ from slicer.util import VTKObservationMixin
 
 from BrainTumorExplainLogic import (
     ExplainProcess,
-    RunSettings,
+    TorchProbe,
     add_gradcam_map,
     add_run_outputs,
     assign_modalities,
     ensure_library_importable,
+    has_pytorch_extension,
+    install_plan,
     load_case_nodes,
     missing_dependencies,
+    panel_config,
+    register_terminology,
     run_summary,
+    sample_data_source,
     show_overlay,
 )
-from BrainTumorExplainLogic.explainrun import torch_status
-from BrainTumorExplainLogic.selftest import check_explain_round_trip
+from BrainTumorExplainLogic.selftest import check_explain_round_trip, check_results_push, logic_test_enabled
 
 ensure_library_importable()
 from BrainTumorExplainLib.case import MODALITIES, SAMPLE_CASE  # noqa: E402  (numpy only at import)
+from BrainTumorExplainLib.settings import (  # noqa: E402  (no torch)
+    DEVICE_CHOICES,
+    GRADCAM_CLASS_CHOICES,
+    MODEL_NAMES,
+    ExplainConfig,
+)
 
 POLL_MS = 500
+DEFAULTS = ExplainConfig()
 
 
 class BrainTumorExplain(ScriptedLoadableModule):
@@ -60,23 +72,45 @@ class BrainTumorExplain(ScriptedLoadableModule):
             "The sample case is a phantom on the MNI ICBM152 2009a template (Copyright (C) 1993-2009 Louis Collins, "
             "McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill University)."
         )
+        slicer.app.connect("startupCompleted()", onStartupCompleted)
+
+
+def onStartupCompleted() -> None:
+    """Once the application is up: our segment terminology, and the sample case in the Sample Data module."""
+    register_terminology(slicer.modules.terminologies.logic())
+    registerSampleData()
+
+
+def registerSampleData() -> None:
+    import SampleData
+
+    thumbnail = Path(__file__).parent / "Resources" / "Icons" / f"{SAMPLE_CASE.name}.png"
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(**sample_data_source(thumbnail),
+                                                               customDownloader=lambda source: loadSampleCase())
+
+
+def loadSampleCase():
+    nodes = load_case_nodes(slicer.mrmlScene, SAMPLE_CASE)
+    slicer.util.setSliceViewerLayers(background=nodes.volumes["flair"], label=nodes.labels, fit=True)
+    return nodes
 
 
 @parameterNodeWrapper
 class BrainTumorExplainParameterNode:
-    """The panel's settings, saved with the scene."""
+    """The panel's settings, saved with the scene. Combo boxes need ``Choice`` (Slicer's QComboBox connector);
+    the choices and defaults are the library's (BrainTumorExplainLib.settings)."""
 
     flair: slicer.vtkMRMLScalarVolumeNode
     t1: slicer.vtkMRMLScalarVolumeNode
     t1ce: slicer.vtkMRMLScalarVolumeNode
     t2: slicer.vtkMRMLScalarVolumeNode
-    model: str = "resunet"
+    model: Annotated[str, Choice(list(MODEL_NAMES))] = DEFAULTS.model
     weights: str = ""
-    device: str = "auto"
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = DEFAULTS.device
     quick: bool = True
-    passes: Annotated[int, WithinRange(2, 1000)] = 100
-    layers: str = "all"
-    classes: str = "tumour"
+    passes: Annotated[int, WithinRange(2, 1000)] = DEFAULTS.passes
+    layers: str = DEFAULTS.layers
+    classes: Annotated[str, Choice(list(GRADCAM_CLASS_CHOICES))] = DEFAULTS.classes
 
 
 class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -88,14 +122,19 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._process = None
-        self._run = None  # (RunOutputs, ExplainProcess) of the last finished run; its files back the Results
+        self._process = None  # the analysis running now
+        self._probe = None  # the PyTorch question being asked now
+        self._lastRun = None  # the last finished run's RunOutputs; its files (self._lastProcess) back the Results
+        self._lastProcess = None
         self._overlays = {}
         self._layers = []
         self._started = 0.0
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self.onPoll)
+        self._probeTimer = qt.QTimer()
+        self._probeTimer.setInterval(POLL_MS)
+        self._probeTimer.timeout.connect(self.onProbePoll)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -103,7 +142,7 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = BrainTumorExplainLogic()
+        self.logic = BrainTumorExplainPanelLogic()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.loadSampleButton.clicked.connect(lambda: self.loadCase(SAMPLE_CASE))
@@ -121,9 +160,13 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        """Module cleanup and application exit: no analysis, probe or file outlives the panel."""
         self._timer.stop()
-        if self._process is not None:
-            self._process.cancel()
+        self._probeTimer.stop()
+        self.onCancel()
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
         self._forgetRun()
         self.removeObservers()
 
@@ -210,34 +253,67 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     # -- device and dependencies ---------------------------------------------------------------------------------
     def onCheckDevice(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Could not ask PyTorch."), waitCursor=True):
-            version, cuda = torch_status(self.logic.pythonExecutable())
-            self.ui.deviceStatusLabel.text = (
-                _("PyTorch is not installed yet: it is installed on the first Apply, after you agree.") if not version
-                else _("PyTorch {v}; {device}").format(v=version, device=_("CUDA GPU available") if cuda
+        """Ask the analysis interpreter about PyTorch in the background; the answer arrives in onProbePoll."""
+        if self._probe is not None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not ask PyTorch.")):
+            self._probe = TorchProbe(self.logic.pythonExecutable())
+            self.ui.checkDeviceButton.enabled = False
+            self.ui.deviceStatusLabel.text = _("Asking PyTorch…")
+            self._probeTimer.start()
+
+    def onProbePoll(self) -> None:
+        try:
+            answer = self._probe.poll()
+        except TimeoutError as error:
+            answer, message = None, _("PyTorch did not answer: {error}").format(error=error)
+        else:
+            if answer is None:
+                return
+            version, cuda = answer
+            message = (_("PyTorch is not installed yet: it is installed on the first Apply, after you agree.")
+                       if not version else
+                       _("PyTorch {v}; {device}").format(v=version, device=_("CUDA GPU available") if cuda
                                                          else _("CPU only (no CUDA GPU seen)")))
+        self._probeTimer.stop()
+        self._probe = None
+        self.ui.checkDeviceButton.enabled = True
+        self.ui.deviceStatusLabel.text = message
 
     def ensureDependencies(self) -> bool:
-        """Install what the analysis process lacks, after asking; False when the user says no."""
-        missing = missing_dependencies()
-        if not missing:
+        """Install what the analysis process lacks, after asking; False (said in the panel) when it does not
+        happen or does not work."""
+        plan = install_plan(missing_dependencies(), has_pytorch_extension())
+        if plan is None:
             return True
-        if not slicer.util.confirmOkCancelDisplay(
-                _("BrainTumorExplain needs these Python packages, not installed in Slicer yet: {names}. PyTorch alone "
-                  "is a large download. Install them now?").format(names=", ".join(missing)),
-                windowTitle=_("Install dependencies")):
+        if not slicer.util.confirmOkCancelDisplay(plan.question, windowTitle=_("Install dependencies")):
+            self.ui.statusLabel.text = _("Not started: the analysis needs {names}, which were not installed.").format(
+                names=", ".join(missing_dependencies()))
             return False
-        if "torch" in missing:
-            try:
-                import PyTorchUtils  # the PyTorch extension picks the build that fits this computer's GPU
+        try:
+            with slicer.util.WaitCursor():
+                self.ui.statusLabel.text = _("Installing {names}… (this can take minutes)").format(
+                    names=", ".join(missing_dependencies()))
+                slicer.app.processEvents()
+                if plan.torch == "extension":
+                    import PyTorchUtils
 
-                PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
-                missing.remove("torch")
-            except ImportError:
-                pass
-        if missing:
-            slicer.util.pip_install(" ".join(missing))
-        return not missing_dependencies()
+                    if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+                        raise RuntimeError(_("the PyTorch extension did not install PyTorch"))
+                elif plan.torch == "pip":
+                    slicer.util.pip_install("torch")
+                if plan.packages:
+                    slicer.util.pip_install(" ".join(plan.packages))
+        except Exception as error:  # pip and the PyTorch extension raise many kinds; each means: not installed
+            self.ui.statusLabel.text = _("Installing failed: {error}").format(error=error)
+            slicer.util.errorDisplay(_("Installing the dependencies failed: {error}").format(error=error))
+            return False
+        still = missing_dependencies()
+        if still:
+            self.ui.statusLabel.text = _("Still missing after installing: {names}. Restart Slicer and try again.").format(
+                names=", ".join(still))
+            return False
+        return True
 
     # -- running -------------------------------------------------------------------------------------------------
     def onApply(self) -> None:
@@ -253,11 +329,13 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._timer.start()
 
     def onCancel(self) -> None:
+        """End the analysis and every process it started, and delete its files."""
         if self._process is None:
             return
         self._timer.stop()
-        self._process.cancel()
-        self._process = None
+        process, self._process = self._process, None
+        with slicer.util.WaitCursor():
+            process.cancel()
         self.ui.progressBar.value = 0
         self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
         self._checkCanApply()
@@ -281,23 +359,28 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             slicer.util.errorDisplay(_("The analysis failed: {error}").format(error=status.error),
                                      detailedText=status.log[-5000:])
             return
+        self._pushResults(process, elapsed)
+
+    def _pushResults(self, process, elapsed: float) -> None:
         self._forgetRun()
         try:
             with slicer.util.tryWithErrorDisplay(_("Could not add the results to the scene."), waitCursor=True):
                 folderName = f"BrainTumorExplain {process.settings.model} {time.strftime('%H:%M')}"
-                run, overlays = add_run_outputs(slicer.mrmlScene, process.out, process.reference, folderName)
-                self._run = (run, process)
+                run, overlays = add_run_outputs(slicer.mrmlScene, process.out, process.reference, folderName,
+                                                process.geometry)
+                self._lastRun, self._lastProcess = run, process
                 self.showResults(run_summary(process.out), overlays)
                 self.ui.statusLabel.text = _("Done in {seconds:.0f} s.").format(seconds=elapsed)
         finally:
-            if self._run is None:  # the push failed (the transaction removed its nodes): drop the files too
+            if self._lastRun is None:  # the push failed (the transaction removed its nodes): drop the files too
                 process.cleanup()
+                self.ui.statusLabel.text = _("Finished, but the results could not be added to the scene.")
 
     def _forgetRun(self) -> None:
         """The last run's files go; its nodes stay in the scene (they are the user's now)."""
-        if self._run is not None:
-            self._run[1].cleanup()
-            self._run = None
+        if self._lastProcess is not None:
+            self._lastProcess.cleanup()
+        self._lastRun = self._lastProcess = None
 
     # -- results -------------------------------------------------------------------------------------------------
     def showResults(self, summary: dict, overlays: dict) -> None:
@@ -319,22 +402,22 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         for row, entry in enumerate(detectors):
             for column, key in enumerate(("concept", "layer", "filter", "dataset_iou", "case_iou")):
                 table.setItem(row, column, qt.QTableWidgetItem(str(entry.get(key, "—"))))
-        picture = self._run[1].out / "featviz" / "detectors.png"
+        picture = self._lastProcess.out / "featviz" / "detectors.png"
         self.ui.featvizLabel.setPixmap(qt.QPixmap(str(picture)).scaledToWidth(360) if picture.is_file()
                                        else qt.QPixmap())
-        self.ui.openReportButton.enabled = (self._run[1].out / "report.html").is_file()
+        self.ui.openReportButton.enabled = (self._lastProcess.out / "report.html").is_file()
         self.onOverlayChanged()
 
     def onOverlayChanged(self, *args) -> None:
         name = self.ui.overlayComboBox.currentText
-        if self._run is None or name not in self._overlays:
+        if self._lastRun is None or name not in self._overlays:
             return
-        show_overlay(slicer.mrmlScene, self._run[1].reference, self._overlays[name],
+        show_overlay(slicer.mrmlScene, self._lastProcess.reference, self._overlays[name],
                      opacity=self.ui.opacitySliderWidget.value)
 
     def onGradcamChanged(self, *args) -> None:
         """Show the chosen layer's Grad-CAM; a layer's map is added to the run's folder the first time it is seen."""
-        if self._run is None or not self._layers or not self.ui.gradcamClassComboBox.currentText:
+        if self._lastRun is None or not self._layers or not self.ui.gradcamClassComboBox.currentText:
             return
         layer = self._layers[self.ui.gradcamLayerSlider.value]
         className = self.ui.gradcamClassComboBox.currentText
@@ -342,16 +425,16 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.gradcamLayerLabel.text = name
         with slicer.util.tryWithErrorDisplay(_("Could not show this Grad-CAM map."), waitCursor=True):
             if name not in self._overlays:
-                self._overlays[name] = add_gradcam_map(self._run[0], self._run[1].out, layer, className)
+                self._overlays[name] = add_gradcam_map(self._lastRun, self._lastProcess.out, layer, className)
                 self.ui.overlayComboBox.addItem(name)
             self.ui.overlayComboBox.currentText = name
 
     def onOpenReport(self) -> None:
-        if self._run is not None:
-            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(self._run[1].out / "report.html")))
+        if self._lastProcess is not None:
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(self._lastProcess.out / "report.html")))
 
 
-class BrainTumorExplainLogic(ScriptedLoadableModuleLogic):
+class BrainTumorExplainPanelLogic(ScriptedLoadableModuleLogic):
     """Thin adapter from the panel's parameter node to the Qt-free logic package."""
 
     @staticmethod
@@ -359,26 +442,37 @@ class BrainTumorExplainLogic(ScriptedLoadableModuleLogic):
         """The interpreter for the analysis process: PythonSlicer (Slicer's Python with its packages)."""
         return shutil.which("PythonSlicer") or shutil.which("PythonSlicer.exe") or "PythonSlicer"
 
-    def settings(self, parameters) -> RunSettings:
-        device = parameters.device
-        if device == "auto":
-            device = "cuda" if torch_status(self.pythonExecutable())[1] else "cpu"
-        return RunSettings(model=parameters.model, weights=parameters.weights, device=device, quick=parameters.quick,
-                           passes=parameters.passes, layers=parameters.layers, classes=parameters.classes)
+    def settings(self, parameters) -> ExplainConfig:
+        """The run the panel asks for; ``auto`` stays ``auto``: the analysis process picks the device itself, so
+        Apply never waits for a PyTorch probe."""
+        return panel_config(model=parameters.model, weights=parameters.weights or None, device=parameters.device,
+                            quick=parameters.quick, passes=parameters.passes, layers=parameters.layers,
+                            classes=parameters.classes)
 
 
 class BrainTumorExplainTest(ScriptedLoadableModuleTest):
-    """Runs the same check as Testing/test_slicer_module.py, in desktop Slicer, on the shipped sample case."""
+    """The push check runs everywhere (no PyTorch needed); the full explain round trip of Testing/
+    test_slicer_module.py only with BRAINTUMOREXPLAIN_TEST_LOGIC=1 (it needs PyTorch and minutes of CPU)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
+        self.test_results_reach_the_scene_on_the_input_geometry()
+        self.setUp()
         self.test_explain_round_trip_on_the_sample_case()
 
+    def test_results_reach_the_scene_on_the_input_geometry(self):
+        check_results_push(slicer.mrmlScene, SAMPLE_CASE, slicer.modules.terminologies.logic())
+        self.delayDisplay("Results pushed onto the sample case's geometry, with terminology, and removed cleanly")
+
     def test_explain_round_trip_on_the_sample_case(self):
+        if not logic_test_enabled():
+            self.delayDisplay("Explain round trip skipped: set BRAINTUMOREXPLAIN_TEST_LOGIC=1 to run it (needs PyTorch)")
+            return
         self.delayDisplay("Explaining the sample case in a background process (a few minutes on a CPU)")
         summary = check_explain_round_trip(slicer.mrmlScene, SAMPLE_CASE,
-                                           python=BrainTumorExplainLogic.pythonExecutable())
+                                           python=BrainTumorExplainPanelLogic.pythonExecutable(),
+                                           idle=slicer.app.processEvents)
         self.delayDisplay(f"Sample case explained: {summary['case']}, results on the FLAIR's geometry")

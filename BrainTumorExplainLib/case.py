@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import CaseError
+from .errors import CaseError, itk_reason
 from .grid import ReferenceGrid
 from .imagefiles import check_image_file
 from .labels import BRATS2021, BRATS2023, LabelConvention, TISSUE_NAMES, label_convention
@@ -220,14 +220,6 @@ def find_cases(data_dir: str | Path) -> list[Path]:
     return cases
 
 
-def _itk_reason(error: RuntimeError) -> str:
-    """The informative line of an ITK exception (its first lines name ITK's own source files)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(("/", "Reason: No such file"))
-              and ".cxx:" not in line and ".h:" not in line]
-    return " ".join(useful or lines)[:200]
-
-
 def read_image(path: Path, what: str) -> sitk.Image:
     """Read a 3D single-component image, or raise :class:`CaseError` naming the file; the file's bytes and header
     are checked first (:func:`imagefiles.check_image_file`: truncation, NaN in NIfTI, missing orientation)."""
@@ -240,7 +232,7 @@ def read_image(path: Path, what: str) -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        raise CaseError(f"{path}: cannot read {what} image ({_itk_reason(error)})") from None
+        raise CaseError(f"{path}: cannot read {what} image ({itk_reason(error)})") from None
     if image.GetDimension() != 3:
         raise CaseError(f"{path}: {what} image is {image.GetDimension()}D, expected a 3D volume")
     if image.GetNumberOfComponentsPerPixel() != 1:

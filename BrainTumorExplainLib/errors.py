@@ -7,6 +7,14 @@ traceback.
 from __future__ import annotations
 
 
+def itk_reason(error: BaseException) -> str:
+    """The informative part of an ITK exception (its text starts with ITK's source file and line)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line.split("ERROR: ")[-1] for line in lines
+              if not line.startswith("/") and not line.startswith("Reason: No such file")]
+    return " ".join(useful or lines)[:200]
+
+
 class InputError(ValueError):
     """Something the user gave cannot be used; the message names the file or option and the problem."""
 

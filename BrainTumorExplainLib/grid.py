@@ -142,7 +142,7 @@ class ReferenceGrid:
         are refused: they would not survive NIfTI. Failures raise :class:`OutputError` naming the file."""
         import SimpleITK as sitk
 
-        from .errors import OutputError
+        from .errors import OutputError, itk_reason
         from .outputs import check_volume_path
 
         path = Path(path)
@@ -154,6 +154,5 @@ class ReferenceGrid:
         try:
             sitk.WriteImage(self.to_image(canonical_array), str(path), useCompression=True)
         except RuntimeError as error:
-            detail = " ".join(str(error).split())[-160:]
-            raise OutputError(f"{path}: could not be written ({detail})") from None
+            raise OutputError(f"{path}: could not be written ({itk_reason(error)})") from None
         return path

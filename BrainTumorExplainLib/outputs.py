@@ -102,7 +102,8 @@ def verify_written(path: Path, shown_as: Path | None = None) -> None:
             if damaged is not None:
                 raise ValueError(f"member {damaged} is damaged")
     except (ValueError, OSError, zipfile.BadZipFile, CaseError) as error:
-        raise OutputError(f"{shown}: was not written completely ({str(error)[:200]}; is the disk full?)") from None
+        reason = str(error).replace(f"{path}: ", "").replace(str(path), str(shown))[:160]
+        raise OutputError(f"{shown}: was not written completely ({reason}); is the disk full?") from None
 
 
 def _verify_volume(path: Path) -> None:
@@ -135,10 +136,10 @@ class OutputFile:
                  volume: bool = False) -> None:
         self.path = _absolute(path)
         self.shown = Path(path)
-        if volume:
-            check_volume_path(path)
         if self.path.is_dir():
             raise OutputError(f"{path}: is a folder; give a file name")
+        if volume:
+            check_volume_path(path)
         check_not_an_input(self.path, inputs)
         if self.path.exists() and not overwrite:
             raise OutputError(f"{path}: exists; choose another name or pass --overwrite")
@@ -173,6 +174,8 @@ class _Writing:
             raise
         self._undo()
         problem = _disk_error(self.target.shown, exc)
+        if problem is None and isinstance(exc, OutputError) and str(self.temporary) in str(exc):
+            problem = OutputError(str(exc).replace(str(self.temporary), str(self.target.shown)))  # say where to
         if problem is not None:
             raise problem from None
         return False

@@ -77,7 +77,7 @@ def test_failed_load_leaves_no_nodes(scene, tmp_path):
     paths = synthetic_case(tmp_path, "F")
     paths["t2"].write_bytes(b"corrupt")
     before = scene.GetNumberOfNodes()
-    with pytest.raises(ValueError, match=r"F_t2\.nii\.gz: Slicer could not read"):
+    with pytest.raises(ValueError, match=r"F_t2\.nii\.gz: cannot read F_t2 image"):
         load_case_nodes(scene, tmp_path)
     assert scene.GetNumberOfNodes() == before
 

@@ -10,10 +10,11 @@ import pytest
 slicer = pytest.importorskip("slicer")  # slicer-core; part of the [test] extra, so this runs in CI
 sys.path.insert(0, str(Path(__file__).parents[1] / "BrainTumorExplain"))
 
-from BrainTumorExplainLogic import (ExplainProcess, RunSettings, assign_modalities, check_input_nodes,  # noqa: E402
+from BrainTumorExplainLogic import (ExplainProcess, assign_modalities, check_input_nodes, panel_config,  # noqa: E402
                                     load_case_nodes)
 from BrainTumorExplainLogic.selftest import QUICK_CHECK, check_explain_round_trip  # noqa: E402
 from BrainTumorExplainLib.cli import build_parser  # noqa: E402
+from BrainTumorExplainLib.settings import config_from_arguments  # noqa: E402
 
 
 def test_modalities_are_assigned_from_node_names_and_ambiguity_is_reported():
@@ -26,13 +27,11 @@ def test_modalities_are_assigned_from_node_names_and_ambiguity_is_reported():
     assert assign_modalities(["MPRAGE"]) == {"flair": [], "t1": [], "t1ce": [], "t2": []}
 
 
-def test_run_settings_are_valid_explain_arguments():
-    settings = RunSettings(model="simunet", weights="/w.pt", device="cuda", quick=False, passes=20, layers="dec1",
-                           classes="ed,et", featviz_steps=7, seed=3)
+def test_the_panel_run_is_the_config_explain_parses_back():
+    settings = panel_config(model="simunet", weights="/w.pt", device="cuda", quick=False, passes=20, layers="dec1",
+                            classes="ed,et", featviz_steps=7, seed=3)
     args = build_parser().parse_args(["explain", "case", "--out", "out", *settings.arguments()])
-    assert (args.model, str(args.weights), args.device, args.quick, args.passes, args.layers, args.classes,
-            args.featviz_steps, args.seed, args.scene) == ("simunet", "/w.pt", "cuda", False, 20, "dec1", "ed,et",
-                                                           7, 3, False)
+    assert config_from_arguments(args) == settings and settings.scene is False
 
 
 def test_bad_inputs_are_refused_by_name_before_anything_is_made(scene, small_phantom, tmp_path):
@@ -66,7 +65,7 @@ def test_explain_from_nodes_round_trip(scene, small_phantom):
 def test_cancel_ends_the_process_and_leaves_no_files_and_no_nodes(scene, small_phantom):
     nodes = load_case_nodes(scene, small_phantom.flair.parent)
     count = scene.GetNumberOfNodes()
-    process = ExplainProcess(dict(nodes.volumes), RunSettings(quick=False, passes=100))
+    process = ExplainProcess(dict(nodes.volumes), panel_config(quick=False, passes=100, device="cpu"))
     time.sleep(2)
     assert not process.poll().finished
     process.cancel()
@@ -76,7 +75,7 @@ def test_cancel_ends_the_process_and_leaves_no_files_and_no_nodes(scene, small_p
 
 def test_a_failing_run_reports_its_own_error_line(scene, small_phantom):
     nodes = load_case_nodes(scene, small_phantom.flair.parent)
-    process = ExplainProcess(dict(nodes.volumes), RunSettings(model="no_such_net"))
+    process = ExplainProcess(dict(nodes.volumes), panel_config(model="no_such_net"))
     try:
         status = process.wait(timeout=300)
     finally:

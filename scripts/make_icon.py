@@ -37,3 +37,11 @@ axes.imshow(np.ma.masked_equal(edge, 0), cmap="autumn_r", alpha=1.0)
 for target in (root / "BrainTumorExplain.png", root / "BrainTumorExplain" / "Resources" / "Icons" / "BrainTumorExplain.png"):
     figure.savefig(target, transparent=True)
 print("wrote icons")
+
+# The Sample Data module's thumbnail of the sample case: FLAIR through the largest tumour cross-section, 260 px wide.
+thumbnail = plt.figure(figsize=(2.6, 2.6), dpi=100, facecolor="black")
+axes = thumbnail.add_axes((0, 0, 1, 1))
+axes.set_axis_off()
+axes.imshow(np.where(case.brain_mask[z], case.images[0, z], np.nan), cmap="gray", vmin=-2.0, vmax=3.0)
+thumbnail.savefig(root / "BrainTumorExplain" / "Resources" / "Icons" / "Phantom_01003.png", facecolor="black")
+print("wrote the sample data thumbnail")

@@ -4,10 +4,12 @@ It runs in desktop Slicer and on ``slicer-core`` (real MRML without the applicat
 torch is never imported here.
 """
 
-from .explainrun import (ExplainProcess, RunSettings, RunStatus, add_gradcam_map, add_run_outputs, assign_modalities,
-                         check_input_nodes, run_summary)
-from .library import ensure_library_importable, library_folder, missing_dependencies
-from .results import RunOutputs, open_scene_bundle, save_scene_bundle, show_overlay
+from .explainrun import (ExplainProcess, RunStatus, TorchProbe, add_gradcam_map, add_run_outputs, assign_modalities,
+                         check_input_nodes, panel_config, run_summary)
+from .library import (InstallPlan, ensure_library_importable, has_pytorch_extension, install_plan, library_folder,
+                      missing_dependencies)
+from .results import (ReferenceGeometry, RunOutputs, open_scene_bundle, register_terminology, save_scene_bundle,
+                      show_overlay)
 from .volumes import (
     CaseNodes,
     add_volume_from_canonical,
@@ -18,12 +20,15 @@ from .volumes import (
     node_reorientation,
     nodes_of_class,
     remove_nodes,
+    sample_data_source,
+    world_ijk_to_ras,
 )
 
 __all__ = [
-    "CaseNodes", "ExplainProcess", "RunOutputs", "RunSettings", "RunStatus", "add_gradcam_map", "add_run_outputs",
-    "add_volume_from_canonical", "assign_modalities", "canonical_array", "canonical_shape", "check_input_nodes",
-    "ensure_library_importable", "ijk_to_ras", "library_folder", "load_case_nodes", "missing_dependencies",
-    "node_reorientation", "nodes_of_class", "open_scene_bundle", "remove_nodes", "run_summary", "save_scene_bundle",
-    "show_overlay",
+    "CaseNodes", "ExplainProcess", "InstallPlan", "ReferenceGeometry", "RunOutputs", "RunStatus", "TorchProbe",
+    "add_gradcam_map", "add_run_outputs", "add_volume_from_canonical", "assign_modalities", "canonical_array",
+    "canonical_shape", "check_input_nodes", "ensure_library_importable", "has_pytorch_extension", "ijk_to_ras",
+    "install_plan", "library_folder", "load_case_nodes", "missing_dependencies", "node_reorientation",
+    "nodes_of_class", "open_scene_bundle", "panel_config", "register_terminology", "remove_nodes", "run_summary",
+    "sample_data_source", "save_scene_bundle", "show_overlay", "world_ijk_to_ras",
 ]

@@ -2,64 +2,64 @@
 reference (FLAIR) node.
 
 The analyses run in a child Python (``PythonSlicer`` in desktop Slicer), the way SlicerMONAIAuto3DSeg runs its
-models: torch never loads into Slicer's process, the GUI never waits, and Cancel ends the child. The inputs reach it
-as NRRD files written from the nodes by a storage node of our own (the nodes and their storage are untouched); the
-results come back with the reference node's exact IJK→RAS. Nothing is added to the scene until the run has finished,
-and then inside a :class:`RunOutputs` transaction — a failed or cancelled run leaves no node behind.
+models: torch never loads into Slicer's process, the GUI never waits, and Cancel ends the child. ``PythonSlicer`` is
+a launcher (CTKAppLauncher) that starts the real interpreter as *its* child, so the run is started in a process group
+of its own (POSIX) or a new process group without a console window (Windows), and ending it ends the whole tree: the
+group is signalled on POSIX, ``taskkill /T`` ends the tree on Windows. Only then are its files deleted.
+
+The inputs reach it as NRRD files written from the nodes by a storage node of our own (the nodes and their storage
+are untouched), with the geometry the user sees (a linear parent transform applied). The results come back onto the
+reference node's exact IJK→RAS, under its transform, and only if the reference is still in the scene with the
+geometry the run was computed on. Nothing is added to the scene until the run has finished, and then inside a
+:class:`RunOutputs` transaction — a failed or cancelled run leaves no node behind.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import slicer
+import vtk
 
 from .library import ensure_library_importable, library_folder
-from .results import RunOutputs
-from .volumes import ijk_to_ras
+from .results import ReferenceGeometry, RunOutputs
+from .volumes import world_ijk_to_ras
 
 ensure_library_importable()
 from BrainTumorExplainLib.case import MODALITIES, read_canonical, read_label_file  # noqa: E402
 from BrainTumorExplainLib.explain import STAGES  # noqa: E402
 from BrainTumorExplainLib.labels import CLASS_KEYS, CLASS_NAMES, label_convention  # noqa: E402
+from BrainTumorExplainLib.settings import ExplainConfig  # noqa: E402
 
 # node-name tokens per modality, checked in this order (t1ce before t1, so "t1ce" never reads as T1)
 MODALITY_TOKENS: dict[str, tuple[str, ...]] = {
     "flair": ("flair", "t2f"), "t1ce": ("t1ce", "t1c", "t1gd", "t1gad"), "t2": ("t2", "t2w"), "t1": ("t1", "t1n"),
 }
 HEATMAPS = (("uncertainty", "uncertainty"), ("entropy", "entropy"), ("mutual_information", "entropy"))
+# Windows process creation flags (subprocess only defines them on Windows)
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+END_GRACE_S = 10.0  # SIGTERM lets the run remove its private folder; then the tree is killed
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """What the panel asks of ``explain`` (its command-line options)."""
-
-    model: str = "resunet"
-    weights: str = ""  # your own weights file; empty: the shipped ones
-    device: str = "cpu"
-    quick: bool = True
-    passes: int = 100
-    layers: str = "all"
-    classes: str = "tumour"
-    featviz_steps: int = 100
-    seed: int = 0
-
-    def arguments(self) -> list[str]:
-        arguments = ["--model", self.model, "--device", self.device, "--quick" if self.quick else "--full",
-                     "-T", str(self.passes), "--layers", self.layers, "--classes", self.classes,
-                     "--featviz-steps", str(self.featviz_steps), "--seed", str(self.seed), "--no-scene"]
-        return arguments + (["--weights", self.weights] if self.weights else [])
+def panel_config(**settings) -> ExplainConfig:
+    """The config the panel runs: the library's defaults, the panel's settings, and no scene file (the module
+    pushes the results into its own scene)."""
+    return ExplainConfig(**{**settings, "scene": False})
 
 
 def assign_modalities(names: Sequence[str]) -> dict[str, list[str]]:
@@ -77,7 +77,8 @@ def assign_modalities(names: Sequence[str]) -> dict[str, list[str]]:
 
 def check_input_nodes(nodes: dict[str, object]) -> None:
     """Raise ``ValueError`` naming the problem unless the four modalities are distinct single-component scalar
-    volumes (not label maps) with voxels, all on the FLAIR's grid."""
+    volumes (not label maps) with voxels, all on the FLAIR's grid where the user sees them (parent transforms
+    applied; non-linear or shearing ones refused)."""
     missing = [m for m in MODALITIES if nodes.get(m) is None]
     if missing:
         raise ValueError(f"choose a volume for {', '.join(m.upper() for m in missing)}")
@@ -101,7 +102,7 @@ def check_input_nodes(nodes: dict[str, object]) -> None:
     for modality in MODALITIES[1:]:
         node = nodes[modality]
         if node.GetImageData().GetDimensions() != flair.GetImageData().GetDimensions() or not np.allclose(
-                ijk_to_ras(node), ijk_to_ras(flair), atol=1e-4):
+                world_ijk_to_ras(node), world_ijk_to_ras(flair), atol=1e-4):
             raise ValueError(f"{modality.upper()} {node.GetName()!r} is not on the FLAIR's grid: resample it onto "
                              f"{flair.GetName()!r} first (module Resample Image (BRAINS) or Crop Volume)")
 
@@ -115,31 +116,83 @@ class RunStatus:
     log: str  # everything it printed so far
 
 
+def process_options(platform: str = os.name) -> dict:
+    """``subprocess.Popen`` options that make the run's whole process tree endable, and hide its console window
+    on Windows (as ``slicer.util.launchConsoleProcess`` hides it), so that closing a console cannot kill it."""
+    if platform == "nt":
+        info = subprocess.STARTUPINFO() if hasattr(subprocess, "STARTUPINFO") else None
+        if info is not None:
+            info.dwFlags |= 1  # STARTF_USESHOWWINDOW
+            info.wShowWindow = 0  # SW_HIDE
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW, "startupinfo": info}
+    return {"start_new_session": True}  # its own session and process group: the launcher and python-real
+
+
+def end_process_tree(process: subprocess.Popen, grace_s: float = END_GRACE_S) -> None:
+    """End ``process`` and every process it started, and return when they are gone."""
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/PID", str(process.pid), "/T", "/F"], capture_output=True,
+                       creationflags=CREATE_NO_WINDOW)
+        process.wait()
+        return
+    _signal_group(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None and not _group_alive(process.pid):
+            return
+        time.sleep(0.05)
+    _signal_group(process.pid, signal.SIGKILL)
+    process.wait()
+    while _group_alive(process.pid):  # reparented grandchildren die with SIGKILL at once
+        time.sleep(0.02)
+
+
+def _signal_group(group: int, number: int) -> None:
+    try:
+        os.killpg(group, number)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class ExplainProcess:
     """One ``explain`` run in a child process on the given nodes; poll it from a timer, cancel it at any time.
 
     ``python``: the interpreter that runs the library (desktop Slicer: ``PythonSlicer``)."""
 
-    def __init__(self, nodes: dict[str, object], settings: RunSettings, python: str | None = None) -> None:
+    def __init__(self, nodes: dict[str, object], settings: ExplainConfig, python: str | None = None) -> None:
         check_input_nodes(nodes)
         self.settings = settings
         self.reference = nodes["flair"]
+        self.geometry = ReferenceGeometry(self.reference)
         self.folder = Path(tempfile.mkdtemp(prefix="BrainTumorExplain-"))
         self.out = self.folder / "out"
         self._lines: list[str] = []
+        self.process: subprocess.Popen | None = None
         try:
             case = self.folder / "case"
             case.mkdir()
             for modality, node in nodes.items():
-                _write_node(node, case / f"input_{modality}.nrrd")
+                write_node(node, case / f"input_{modality}.nrrd")
             environment = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
                 [str(library_folder()), os.environ.get("PYTHONPATH", "")]))
             self.process = subprocess.Popen(
                 [python or sys.executable, "-m", "BrainTumorExplainLib", "explain", str(case), "--out", str(self.out),
-                 *settings.arguments()], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+                 *settings.arguments()], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
+                **process_options())
         except BaseException:
             shutil.rmtree(self.folder, ignore_errors=True)
             raise
+        atexit.register(self.cancel)  # Slicer quits: no run outlives it
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -161,42 +214,78 @@ class ExplainProcess:
         stage = "done" if finished and error is None else (started[-1] if started else "")
         return RunStatus(stage, len(ended & set(STAGES)) / len(STAGES), finished, error, "\n".join(lines))
 
-    def wait(self, timeout: float | None = None) -> RunStatus:
-        self.process.wait(timeout)
+    def wait(self, timeout: float | None = None, idle: Callable[[], None] | None = None) -> RunStatus:
+        """Wait for the end of the run; ``idle`` is called between polls (desktop: ``slicer.app.processEvents``,
+        so the GUI stays alive)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.process.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"the analysis did not finish within {timeout} s")
+            if idle is not None:
+                idle()
+            time.sleep(0.1)
         return self.poll()
 
     def cancel(self) -> None:
-        """End the child (whatever it is doing) and delete everything it wrote."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """End the run's whole process tree (whatever it is doing), then delete everything it wrote."""
+        if self.process is not None and self.process.poll() is None:
+            end_process_tree(self.process)
         self.cleanup()
 
     def cleanup(self) -> None:
+        """Delete the run's files; a run still going is ended first (it would go on writing into them)."""
+        if self.process is not None and self.process.poll() is None:
+            end_process_tree(self.process)
+        atexit.unregister(self.cancel)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def torch_status(python: str | None = None) -> tuple[str, bool]:
-    """(torch version, CUDA available) as the analysis process sees them, asked in a child so that Slicer's own
-    process never imports torch; ("", False) when torch is not installed there."""
-    probe = ("import importlib.util, sys\n"
-             "if importlib.util.find_spec('torch') is None: print(''); sys.exit()\n"
-             "import torch; print(torch.__version__, int(torch.cuda.is_available()))")
-    done = subprocess.run([python or sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    words = done.stdout.split()
-    return (words[0], words[1] == "1") if len(words) == 2 else ("", False)
+class TorchProbe:
+    """Which PyTorch the analysis process would see, asked in a child process so that Slicer's own process never
+    imports torch and never waits: ``poll()`` from a timer until it returns a result."""
+
+    SCRIPT = ("import importlib.util, sys\n"
+              "if importlib.util.find_spec('torch') is None: print(''); sys.exit()\n"
+              "import torch; print(torch.__version__, int(torch.cuda.is_available()))")
+
+    def __init__(self, python: str | None = None, timeout_s: float = 120.0) -> None:
+        self._started = time.monotonic()
+        self.timeout_s = timeout_s
+        self.process = subprocess.Popen([python or sys.executable, "-c", self.SCRIPT], stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True, **process_options())
+
+    def poll(self) -> tuple[str, bool] | None:
+        """None while asking; then (torch version or "" when not installed, CUDA available). Raises
+        ``TimeoutError`` when the child takes longer than ``timeout_s`` (it is ended)."""
+        if self.process.poll() is None:
+            if time.monotonic() - self._started > self.timeout_s:
+                end_process_tree(self.process, grace_s=1.0)
+                raise TimeoutError(f"PyTorch did not answer within {self.timeout_s:.0f} s")
+            return None
+        words = self.process.stdout.read().split()
+        return (words[0], words[1] == "1") if len(words) == 2 else ("", False)
+
+    def cancel(self) -> None:
+        if self.process.poll() is None:
+            end_process_tree(self.process, grace_s=1.0)
 
 
-def _write_node(node, path: Path) -> None:
-    """The node's voxels and geometry to ``path`` through a storage node of our own (the node stays untouched)."""
+def write_node(node, path: Path) -> None:
+    """The node's voxels to ``path`` with the geometry the user sees (through its linear parent transform), via a
+    temporary node that shares the voxels and a storage node of our own: the input node itself is untouched."""
+    world = world_ijk_to_ras(node)
+    view = slicer.vtkMRMLScalarVolumeNode()
+    view.SetName(node.GetName())
+    view.SetAndObserveImageData(node.GetImageData())
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    for row in range(4):
+        for column in range(4):
+            ijk_to_ras.SetElement(row, column, world[row, column])
+    view.SetIJKToRASMatrix(ijk_to_ras)
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetFileName(str(path))
     storage.SetUseCompression(False)
-    if not storage.WriteData(node):
+    if not storage.WriteData(view):
         raise ValueError(f"could not write {node.GetName()!r} for the analysis ({path})")
 
 
@@ -204,14 +293,16 @@ def run_summary(run_folder: Path) -> dict:
     return json.loads((Path(run_folder) / "summary.json").read_text())
 
 
-def add_run_outputs(scene, run_folder: str | Path, reference_node, folder_name: str) -> tuple[RunOutputs, dict]:
+def add_run_outputs(scene, run_folder: str | Path, reference_node, folder_name: str,
+                    expected: ReferenceGeometry | None = None) -> tuple[RunOutputs, dict]:
     """Every output of an ``explain`` folder into one subject-hierarchy folder on ``reference_node``'s geometry:
     the segmentation (segments + label map), uncertainty, entropy and mutual information, the Grad-CAM map of the
-    last layer before the head for each class, and the concept masks. Returns the run and its heatmap nodes."""
+    last layer before the head for each class, and the concept masks. ``expected``: the reference's geometry when
+    the run started — refused if the node changed since. Returns the run and its heatmap nodes."""
     run_folder = Path(run_folder)
     summary = run_summary(run_folder)
     convention = label_convention(summary["inputs"]["convention"])
-    with RunOutputs(scene, reference_node, folder_name) as run:
+    with RunOutputs(scene, reference_node, folder_name, expected) as run:
         run.add_segmentation(read_label_file(run_folder / "segmentation.nii.gz", convention, "segmentation")[0],
                              convention=convention)
         overlays = {name: run.add_heatmap(read_canonical(run_folder / f"{name}.nii.gz", name)[0], name, colour=colour)

@@ -1,9 +1,18 @@
-"""Finding the BrainTumorExplainLib package and telling which of its Python dependencies are missing."""
+"""Finding the BrainTumorExplainLib package, telling which of its Python dependencies are missing, and how they
+would be installed.
+
+PyTorch comes from Slicer's PyTorch extension (``EXTENSION_DEPENDS PyTorch``): its ``installTorch`` uses
+light-the-torch, which picks the build that fits this computer's NVIDIA driver. A plain ``pip install torch`` gives a
+CPU-only build on Windows even with a GPU, so that fallback (a source checkout without the extension) is offered only
+after saying so.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import platform
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 # Import name → pip requirement, for what Slicer's own Python may lack. torch is installed only with consent.
@@ -11,7 +20,6 @@ LIBRARY_REQUIREMENTS: dict[str, str] = {
     "numpy": "numpy",
     "scipy": "scipy",
     "SimpleITK": "SimpleITK",
-    "nibabel": "nibabel",
     "matplotlib": "matplotlib",
     "tqdm": "tqdm",
     "torch": "torch",
@@ -43,3 +51,41 @@ def missing_dependencies(names: list[str] | None = None) -> list[str]:
     """pip requirements for the given import names (default: all) that cannot be imported now."""
     names = list(LIBRARY_REQUIREMENTS) if names is None else names
     return [LIBRARY_REQUIREMENTS[n] for n in names if importlib.util.find_spec(n) is None]
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    """What would be installed, how, and the question that asks the user first."""
+
+    packages: tuple[str, ...]  # pip requirements other than torch
+    torch: str  # "" (present), "extension" (PyTorchUtils.installTorch) or "pip" (plain PyPI wheel)
+    question: str
+
+
+def has_pytorch_extension() -> bool:
+    """Slicer's PyTorch extension (its PyTorchUtils module) is installed."""
+    return importlib.util.find_spec("PyTorchUtils") is not None
+
+
+def install_plan(missing: list[str], pytorch_extension: bool, system: str | None = None) -> InstallPlan | None:
+    """How to install ``missing`` (pip requirements from :func:`missing_dependencies`); None when nothing is."""
+    if not missing:
+        return None
+    system = system or platform.system()
+    others = tuple(name for name in missing if name != "torch")
+    listed = ", ".join(others) if others else ""
+    if "torch" not in missing:
+        return InstallPlan(others, "", f"BrainTumorExplain needs these Python packages, not installed in Slicer yet: "
+                                       f"{listed}. Install them now?")
+    if pytorch_extension:
+        how = ("PyTorch is installed by the PyTorch extension, which picks the build for this computer's GPU (a "
+               "download of up to a few GB).")
+        return InstallPlan(others, "extension", f"BrainTumorExplain needs PyTorch{' and ' + listed if listed else ''}. "
+                                                f"{how} Install now?")
+    gpu_note = {"Windows": "On Windows this is a CPU-only build: an NVIDIA GPU will NOT be used.",
+                "Darwin": "On macOS PyTorch runs on the CPU."}.get(
+        system, "On Linux this is a CUDA build of several GB that uses an NVIDIA GPU when there is one.")
+    return InstallPlan(others, "pip", "The PyTorch extension is not installed. Recommended: install it from the "
+                                      "Extensions Manager (it picks the PyTorch build for your GPU), restart Slicer and "
+                                      "Apply again. Or install PyTorch from PyPI now with pip. " + gpu_note +
+                                      f" Install PyTorch{' and ' + listed if listed else ''} with pip now?")

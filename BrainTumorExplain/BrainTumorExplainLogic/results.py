@@ -9,29 +9,35 @@ raising — every node it added (and its folder) is removed, so no half-made res
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import slicer
+import vtk
 
 from .library import ensure_library_importable
-from .volumes import add_volume_from_canonical, nodes_of_class, remove_nodes
+from .volumes import add_volume_from_canonical, new_node, nodes_of_class, remove_nodes, world_ijk_to_ras
 
 ensure_library_importable()
 from BrainTumorExplainLib.labels import BRATS2021, LabelConvention  # noqa: E402
 
-# Segment per class index: name, colour (BraTS as Slicer shows it), DICOM CID 7168 code. NCR and NET share the
-# necrosis concept, as CID 7168 prescribes for non-enhancing tumour.
+# Segment per class index: name, colour (BraTS as Slicer shows it), type code. NCR and NET share the necrosis
+# concept, as DICOM CID 7168 does for non-enhancing tumour. The codes live in our own terminology context
+# (BrainTumorExplain.term.json, registered with Slicer's Terminologies logic): Slicer's DICOM master list has
+# Necrosis and Edema but no enhancing lesion (checked in v5.6.0 to v5.10.0), so that context cannot name ET.
 TUMOUR_SEGMENTS: dict[int, tuple[str, tuple[float, float, float], str]] = {
     1: ("Necrosis/non-enhancing core", (0.86, 0.16, 0.16), "SCT^6574001^Necrosis"),
     2: ("Edema", (0.2, 0.75, 0.25), "SCT^79654002^Edema"),
     3: ("Enhancing tumor", (1.0, 0.85, 0.1), "NCIt^C113842^Enhancing Lesion"),
 }
+TERMINOLOGY_FILE = Path(__file__).resolve().with_name("BrainTumorExplain.term.json")
+TERMINOLOGY_CONTEXT = "BrainTumorExplain - BraTS glioma sub-regions"
 TERMINOLOGY_CATEGORY = "SCT^49755003^Morphologically Altered Structure"
-TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
-ANATOMY_CONTEXT = "Anatomic codes - DICOM master list"
+ANATOMY_CONTEXT = "Anatomic codes - DICOM master list"  # Slicer's own, in every version
+ANATOMY_REGION = "SCT^12738006^Brain"
 
 # Colour maps as piecewise-linear RGB ramps (position 0..1, r, g, b): no colour files needed, same in every Slicer.
 COLOUR_MAPS: dict[str, tuple[tuple[float, float, float, float], ...]] = {
@@ -42,13 +48,42 @@ COLOUR_MAPS: dict[str, tuple[tuple[float, float, float, float], ...]] = {
 
 
 def terminology_entry(class_index: int) -> str:
-    """Slicer's terminology string for a tumour class (1 NCR/NET, 2 ED, 3 ET)."""
+    """Slicer's serialised terminology entry for a tumour class (1 NCR/NET, 2 ED, 3 ET): context~category~type~
+    modifier~anatomic context~region~region modifier, the format of every supported version."""
     return "~".join([TERMINOLOGY_CONTEXT, TERMINOLOGY_CATEGORY, TUMOUR_SEGMENTS[class_index][2], "^^",
-                     ANATOMY_CONTEXT, "^^", "^^"])
+                     ANATOMY_CONTEXT, ANATOMY_REGION, "^^"])
 
 
-def colour_table(scene, name: str):
-    """The scene's ``BrainTumorExplain <name>`` colour table (256 entries), made once and reused."""
+def register_terminology(terminologies_logic) -> str:
+    """Load our terminology context into Slicer's Terminologies logic once (desktop:
+    ``slicer.modules.terminologies.logic()``); returns its name."""
+    loaded = vtk.vtkStringArray()
+    terminologies_logic.GetLoadedTerminologyNames(loaded)
+    if TERMINOLOGY_CONTEXT not in {loaded.GetValue(i) for i in range(loaded.GetNumberOfValues())}:
+        if not terminologies_logic.LoadContextFromFile(str(TERMINOLOGY_FILE)):
+            raise ValueError(f"{TERMINOLOGY_FILE}: Slicer could not load the module's terminology")
+    return TERMINOLOGY_CONTEXT
+
+
+def terminology_resolves(terminologies_logic, entry: str) -> bool:
+    """True when a serialised entry's type is in its context's category as loaded in ``terminologies_logic`` —
+    what Slicer's terminology selector needs to show the segment's meaning."""
+    parsed = slicer.vtkSlicerTerminologyEntry()
+    if not terminologies_logic.DeserializeTerminologyEntry(entry, parsed):
+        return False
+    context, category, wanted = parsed.GetTerminologyContextName(), parsed.GetCategoryObject(), parsed.GetTypeObject()
+    found = slicer.vtkSlicerTerminologyType()
+    for index in range(terminologies_logic.GetNumberOfTypesInTerminologyCategory(context, category)):
+        if (terminologies_logic.GetNthTypeInTerminologyCategory(context, category, index, found)
+                and (found.GetCodingSchemeDesignator(), found.GetCodeValue())
+                == (wanted.GetCodingSchemeDesignator(), wanted.GetCodeValue())):
+            return True
+    return False
+
+
+def colour_table(scene, name: str, created: list | None = None):
+    """The scene's ``BrainTumorExplain <name>`` colour table (256 entries), made once and reused; a new one is
+    recorded in ``created`` before it joins the scene."""
     if name not in COLOUR_MAPS:
         raise ValueError(f"unknown colour map {name!r}; expected one of {', '.join(COLOUR_MAPS)}")
     node_name = f"BrainTumorExplain {name}"
@@ -56,7 +91,7 @@ def colour_table(scene, name: str):
     if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
         return existing
     stops = np.array(COLOUR_MAPS[name])
-    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", node_name)
+    table = new_node(scene, "vtkMRMLColorTableNode", node_name, [] if created is None else created)
     table.SetTypeToUser()
     table.SetNumberOfColors(256)
     positions = np.linspace(0, 1, 256)
@@ -64,6 +99,25 @@ def colour_table(scene, name: str):
     for index, (r, g, b) in enumerate(rgb):
         table.SetColor(index, f"{index}", r, g, b, 1.0)
     return table
+
+
+class ReferenceGeometry:
+    """What a run was computed on: the reference volume's world IJK→RAS and voxel dimensions when the run started.
+    Results go back only onto a reference that still has both."""
+
+    def __init__(self, node) -> None:
+        self.name = node.GetName()
+        self.ijk_to_ras = world_ijk_to_ras(node)
+        self.dimensions = tuple(node.GetImageData().GetDimensions())
+
+    def check(self, node) -> None:
+        image = node.GetImageData()
+        if image is None or tuple(image.GetDimensions()) != self.dimensions:
+            raise ValueError(f"{node.GetName()!r} has other voxels than when the analysis started "
+                             f"({self.dimensions}); run it again on the volume as it is now")
+        if not np.allclose(world_ijk_to_ras(node), self.ijk_to_ras, rtol=0, atol=1e-6):
+            raise ValueError(f"{node.GetName()!r} was moved, resampled or given another spacing or origin since the "
+                             "analysis started; its results would land in the wrong place — run it again")
 
 
 def _subject_hierarchy(scene):
@@ -85,9 +139,14 @@ class RunOutputs:
             run.add_heatmap(cam, "Grad-CAM dec1 ET", colour="heat")
     """
 
-    def __init__(self, scene, reference_node, folder_name: str) -> None:
+    def __init__(self, scene, reference_node, folder_name: str, expected: "ReferenceGeometry | None" = None) -> None:
         if reference_node is None or not reference_node.IsA("vtkMRMLScalarVolumeNode"):
             raise ValueError("the reference input must be a scalar volume node")
+        if not scene.IsNodePresent(reference_node):
+            raise ValueError(f"the reference volume {reference_node.GetName()!r} is no longer in the scene: the "
+                             "results were computed on it and have nowhere to go")
+        if expected is not None:
+            expected.check(reference_node)
         self.scene, self.reference = scene, reference_node
         self.hierarchy = _subject_hierarchy(scene)
         parent = self.hierarchy.GetItemParent(self.hierarchy.GetItemByDataNode(reference_node)) \
@@ -106,7 +165,7 @@ class RunOutputs:
 
     def discard(self) -> None:
         """Remove every node this run added, and its folder."""
-        remove_nodes(self.scene, self.nodes + self._made_tables)
+        remove_nodes(self.scene, self._made_tables + self.nodes)
         self.nodes.clear()
         self._made_tables.clear()
         if self.folder:
@@ -114,16 +173,12 @@ class RunOutputs:
             self.folder = 0
 
     def _keep(self, node):
-        self.nodes.append(node)
+        """Put a node this run recorded into the run's folder."""
         self.hierarchy.SetItemParent(_item_of(self.hierarchy, node, self.folder), self.folder)
         return node
 
     def _table(self, name: str):
-        before = self.scene.GetFirstNodeByName(f"BrainTumorExplain {name}")
-        table = colour_table(self.scene, name)
-        if before is None:
-            self._made_tables.append(table)
-        return table
+        return colour_table(self.scene, name, self._made_tables)
 
     # -- outputs -------------------------------------------------------------------------------------------------
     def add_labelmap(self, canonical: np.ndarray, name: str):
@@ -131,7 +186,8 @@ class RunOutputs:
         canonical = np.asarray(canonical)
         if canonical.dtype == bool:
             canonical = canonical.astype(np.uint8)
-        return self._keep(add_volume_from_canonical(self.scene, self.reference, canonical, name, labelmap=True))
+        return self._keep(add_volume_from_canonical(self.scene, self.reference, canonical, name, labelmap=True,
+                                                    created=self.nodes))
 
     def add_segmentation(self, classes: np.ndarray, name: str = "Tumour segmentation",
                          convention: LabelConvention = BRATS2021):
@@ -139,8 +195,7 @@ class RunOutputs:
         terminology, reference geometry = the input) and a label map with the convention's values (1/2/4)."""
         classes = np.asarray(classes)
         labelmap = self.add_labelmap(convention.from_classes(classes), f"{name} labels")
-        colours = self.scene.AddNewNodeByClass("vtkMRMLColorTableNode", f"{name} colours")
-        self._made_tables.append(colours)
+        colours = new_node(self.scene, "vtkMRMLColorTableNode", f"{name} colours", self._made_tables)
         colours.SetTypeToUser()
         colours.SetNumberOfColors(max(convention.codes) + 1)
         for value in range(max(convention.codes) + 1):
@@ -148,18 +203,21 @@ class RunOutputs:
         for class_index, (segment_name, rgb, _) in TUMOUR_SEGMENTS.items():
             colours.SetColor(convention.codes[class_index], segment_name, *rgb, 1.0)
         labelmap.GetDisplayNode().SetAndObserveColorNodeID(colours.GetID())
-        segmentation = self._keep(self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name))
+        segmentation = self._keep(new_node(self.scene, "vtkMRMLSegmentationNode", name, self.nodes))
+        segmentation.SetAndObserveTransformNodeID(self.reference.GetTransformNodeID())
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(self.reference)
         segmentation.CreateDefaultDisplayNodes()
-        logic = slicer.vtkSlicerSegmentationsModuleLogic()
-        logic.SetMRMLScene(self.scene)
-        if not logic.ImportLabelmapToSegmentationNode(labelmap, segmentation):
+        # static: no module logic of our own bound to the scene (it would register node classes and converter
+        # rules again on every run)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation):
             raise ValueError(f"Slicer could not turn {labelmap.GetName()!r} into segments")
         value_to_class = {convention.codes[c]: c for c in TUMOUR_SEGMENTS}
         segments = segmentation.GetSegmentation()
         for index in range(segments.GetNumberOfSegments()):
             segment = segments.GetNthSegment(index)
-            segment.SetTerminology(terminology_entry(value_to_class[segment.GetLabelValue()]))
+            # the tag itself: vtkSegment.SetTerminology, which sets it, exists only from Slicer 5.10
+            segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(),
+                           terminology_entry(value_to_class[segment.GetLabelValue()]))
         return segmentation, labelmap
 
     def add_heatmap(self, canonical: np.ndarray, name: str, colour: str = "heat", transparent_below: float = 0.1):
@@ -168,7 +226,7 @@ class RunOutputs:
         canonical = np.asarray(canonical, dtype=np.float32)
         if not np.isfinite(canonical).all():
             raise ValueError(f"{name}: the map has NaN or infinite values")
-        node = self._keep(add_volume_from_canonical(self.scene, self.reference, canonical, name))
+        node = self._keep(add_volume_from_canonical(self.scene, self.reference, canonical, name, created=self.nodes))
         display = node.GetDisplayNode()
         display.SetAndObserveColorNodeID(self._table(colour).GetID())
         peak = float(canonical.max()) if canonical.size else 0.0
@@ -205,12 +263,13 @@ def save_scene_bundle(scene, path: str | Path, slicer_version: str = "Slicer 5.8
 
     ``slicer_version`` is written into the scene so desktop Slicer does not warn of an unknown application.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))
     if path.suffix != ".mrb":
         raise ValueError(f"{path}: a scene bundle file must end in .mrb")
     path.parent.mkdir(parents=True, exist_ok=True)
     logic = application_logic(scene)
     work = Path(tempfile.mkdtemp(prefix="bte_mrb_"))
+    here = os.getcwd()
     try:
         bundle = work / path.stem
         bundle.mkdir()
@@ -224,23 +283,32 @@ def save_scene_bundle(scene, path: str | Path, slicer_version: str = "Slicer 5.8
             raise ValueError(f"{path}: could not zip the scene bundle")
         partial.replace(path)  # never a half-written .mrb under the final name
     finally:
+        os.chdir(here)  # Slicer's zip changes the working directory
         shutil.rmtree(work, ignore_errors=True)
     return path
 
 
 def open_scene_bundle(path: str | Path):
-    """A new scene read from a ``.mrb`` (for checking what a bundle holds; desktop Slicer opens it directly)."""
-    path = Path(path)
+    """A new scene read from a ``.mrb`` (for checking what a bundle holds; desktop Slicer opens it directly).
+
+    The bundle is unpacked into a temporary folder that is deleted once the scene has read its data; the process's
+    working directory is left as it was (Slicer's unzip changes it)."""
+    path = Path(os.path.abspath(path))
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such scene bundle")
     scene = slicer.vtkMRMLScene()
     logic = slicer.vtkSlicerApplicationLogic()
     logic.SetMRMLScene(scene)
     work = Path(tempfile.mkdtemp(prefix="bte_mrb_open_"))
-    mrml = logic.UnpackSlicerDataBundle(str(path), str(work))
-    if not mrml:
-        raise ValueError(f"{path}: not a Slicer data bundle")
-    scene.SetURL(mrml)
-    if not scene.Import():
-        raise ValueError(f"{path}: Slicer could not read the scene in this bundle")
+    here = os.getcwd()
+    try:
+        mrml = logic.UnpackSlicerDataBundle(str(path), str(work))
+        if not mrml:
+            raise ValueError(f"{path}: not a Slicer data bundle (it does not unzip to a scene)")
+        scene.SetURL(mrml)
+        if not scene.Import():
+            raise ValueError(f"{path}: Slicer could not read the scene in this bundle")
+    finally:
+        os.chdir(here)
+        shutil.rmtree(work, ignore_errors=True)
     return scene
