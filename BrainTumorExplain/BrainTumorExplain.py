@@ -6,6 +6,8 @@ slicer-core); the analyses run in a background ``PythonSlicer`` process, so torc
 Supported: Slicer 5.6, 5.8 and 5.10 (every Slicer call is checked against their source: docs/slicer-api.md).
 """
 
+import importlib
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -15,16 +17,6 @@ import ctk
 import qt
 import slicer
 import vtk
-from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
-from slicer.util import VTKObservationMixin
-
 from BrainTumorExplainLogic import (
     ExplainProcess,
     TorchProbe,
@@ -38,20 +30,30 @@ from BrainTumorExplainLogic import (
     missing_dependencies,
     panel_config,
     register_terminology,
-    run_summary,
     sample_data_source,
     show_overlay,
 )
 from BrainTumorExplainLogic.selftest import check_explain_round_trip, check_results_push, logic_test_enabled
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
 
 ensure_library_importable()
-from BrainTumorExplainLib.case import MODALITIES, SAMPLE_CASE  # noqa: E402  (numpy only at import)
-from BrainTumorExplainLib.settings import (  # noqa: E402  (no torch)
+from BrainTumorExplainLib.app.contract import read_summary  # noqa: E402  (no torch)
+from BrainTumorExplainLib.app.settings import (  # noqa: E402  (no torch)
     DEVICE_CHOICES,
     GRADCAM_CLASS_CHOICES,
     MODEL_NAMES,
     ExplainConfig,
 )
+from BrainTumorExplainLib.data.case import MODALITIES, SAMPLE_CASE  # noqa: E402  (numpy only at import)
 
 POLL_MS = 500
 DEFAULTS = ExplainConfig()
@@ -61,7 +63,7 @@ class BrainTumorExplain(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Brain Tumor Explain")
-        self.parent.categories = [_("Segmentation")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]  # Slicer's own category
         self.parent.contributors = ["BrainTumorExplain developers"]
         self.parent.helpText = _(
             "Segment gliomas on the four BraTS MRI sequences (FLAIR, T1, T1ce, T2) and see how the network decides: "
@@ -76,9 +78,13 @@ class BrainTumorExplain(ScriptedLoadableModule):
 
 
 def onStartupCompleted() -> None:
-    """Once the application is up: our segment terminology, and the sample case in the Sample Data module."""
-    register_terminology(slicer.modules.terminologies.logic())
-    registerSampleData()
+    """Once the application is up: our segment terminology, and the sample case in the Sample Data module (each on
+    its own: one failing must not stop the other)."""
+    for step in (lambda: register_terminology(slicer.modules.terminologies.logic()), registerSampleData):
+        try:
+            step()
+        except Exception:  # logged with its traceback; the module itself still works
+            logging.exception("BrainTumorExplain: a startup step failed")
 
 
 def registerSampleData() -> None:
@@ -90,27 +96,32 @@ def registerSampleData() -> None:
 
 
 def loadSampleCase():
-    nodes = load_case_nodes(slicer.mrmlScene, SAMPLE_CASE)
-    slicer.util.setSliceViewerLayers(background=nodes.volumes["flair"], label=nodes.labels, fit=True)
-    return nodes
+    """The Sample Data module's button (Sample Data's own download path would load the labels as a plain volume)."""
+    with slicer.util.tryWithErrorDisplay(_("Could not load the sample case."), waitCursor=True):
+        nodes = load_case_nodes(slicer.mrmlScene, SAMPLE_CASE)
+        slicer.util.setSliceViewerLayers(background=nodes.volumes["flair"], label=nodes.labels, fit=True)
+        return nodes
 
 
 @parameterNodeWrapper
 class BrainTumorExplainParameterNode:
     """The panel's settings, saved with the scene. Combo boxes need ``Choice`` (Slicer's QComboBox connector);
-    the choices and defaults are the library's (BrainTumorExplainLib.settings)."""
+    the choices and defaults are the library's (BrainTumorExplainLib.app.settings)."""
 
     flair: slicer.vtkMRMLScalarVolumeNode
     t1: slicer.vtkMRMLScalarVolumeNode
     t1ce: slicer.vtkMRMLScalarVolumeNode
     t2: slicer.vtkMRMLScalarVolumeNode
     model: Annotated[str, Choice(list(MODEL_NAMES))] = DEFAULTS.model
-    weights: str = ""
+    weights: str = ""  # bound by hand: a path line edit
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = DEFAULTS.device
     quick: bool = True
     passes: Annotated[int, WithinRange(2, 1000)] = DEFAULTS.passes
-    layers: str = DEFAULTS.layers
+    layers: str = DEFAULTS.layers  # bound by hand on editingFinished: Slicer 5.6/5.8 rewrite a bound line edit per key
     classes: Annotated[str, Choice(list(GRADCAM_CLASS_CHOICES))] = DEFAULTS.classes
+
+
+CHOICE_PARAMETERS = {"model": MODEL_NAMES, "device": DEVICE_CHOICES, "classes": GRADCAM_CLASS_CHOICES}
 
 
 class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -149,6 +160,7 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.loadFolderButton.clicked.connect(self.onLoadFolder)
         self.ui.weightsPathLineEdit.filters = ctk.ctkPathLineEdit.Files
         self.ui.weightsPathLineEdit.currentPathChanged.connect(self.onWeightsChanged)
+        self.ui.layersLineEdit.editingFinished.connect(self.onLayersChanged)
         self.ui.checkDeviceButton.clicked.connect(self.onCheckDevice)
         self.ui.applyButton.clicked.connect(self.onApply)
         self.ui.cancelButton.clicked.connect(self.onCancel)
@@ -168,16 +180,15 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._probe.cancel()
             self._probe = None
         self._forgetRun()
+        self.setParameterNode(None)
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        """The panel stays bound to its parameter node (binding again on enter would, in Slicer 5.6/5.8, reset the
+        combo boxes through the old connectors: connectGui returns no tag there to disconnect them with)."""
 
     def onSceneStartClose(self, caller, event) -> None:
         self.onCancel()
@@ -194,20 +205,39 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.autoAssignInputs()
 
     def setParameterNode(self, parameterNode) -> None:
+        """Bind the panel to ``parameterNode`` once (a no-op when it is the bound one)."""
+        if (self._parameterNode is not None and parameterNode is not None
+                and self._parameterNode.parameterNode == parameterNode.parameterNode):
+            return
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._parameterNodeGuiTag = None
         self._parameterNode = parameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._resetUnknownChoices()
+            # connectParametersToGui returns its tag in every supported version (connectGui only from 5.10)
+            self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(self._boundWidgets())
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self.ui.weightsPathLineEdit.currentPath = self._parameterNode.weights
+            self.ui.layersLineEdit.text = self._parameterNode.layers
             self._checkCanApply()
+
+    def _boundWidgets(self) -> dict:
+        """Parameter name → the .ui widget that names it in its SlicerParameterName property."""
+        return {widget.property("SlicerParameterName"): widget for widget in vars(self.ui).values()
+                if hasattr(widget, "property") and widget.property("SlicerParameterName")}
+
+    def _resetUnknownChoices(self) -> None:
+        """A scene saved by another version may hold a value the combo box does not offer: use the default."""
+        for name, choices in CHOICE_PARAMETERS.items():
+            if getattr(self._parameterNode, name) not in choices:
+                setattr(self._parameterNode, name, getattr(DEFAULTS, name))
 
     def autoAssignInputs(self) -> None:
         """Fill empty modality slots from node names; say which names were ambiguous."""
         volumes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-                   if not n.IsA("vtkMRMLLabelMapVolumeNode")]
+                   if n.GetClassName() == "vtkMRMLScalarVolumeNode"]  # what the selectors offer (no label maps)
         found = assign_modalities([n.GetName() for n in volumes])
         byName = {n.GetName(): n for n in volumes}
         notes = []
@@ -236,6 +266,10 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def onWeightsChanged(self, path: str) -> None:
         if self._parameterNode:
             self._parameterNode.weights = path
+
+    def onLayersChanged(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.layers = self.ui.layersLineEdit.text.strip() or DEFAULTS.layers
 
     def onLoadFolder(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("BraTS case folder"))
@@ -298,8 +332,9 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 if plan.torch == "extension":
                     import PyTorchUtils
 
-                    if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-                        raise RuntimeError(_("the PyTorch extension did not install PyTorch"))
+                    # installs light-the-torch, then the build for this GPU; it imports torch into Slicer itself
+                    # once (the analyses still run in the background process)
+                    PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
                 elif plan.torch == "pip":
                     slicer.util.pip_install("torch")
                 if plan.packages:
@@ -308,6 +343,7 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.statusLabel.text = _("Installing failed: {error}").format(error=error)
             slicer.util.errorDisplay(_("Installing the dependencies failed: {error}").format(error=error))
             return False
+        importlib.invalidate_caches()  # what pip just installed must be found
         still = missing_dependencies()
         if still:
             self.ui.statusLabel.text = _("Still missing after installing: {names}. Restart Slicer and try again.").format(
@@ -317,9 +353,10 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     # -- running -------------------------------------------------------------------------------------------------
     def onApply(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Could not start the analysis."), waitCursor=True):
-            if not self.ensureDependencies():
+        with slicer.util.tryWithErrorDisplay(_("Could not install what the analysis needs.")):
+            if not self.ensureDependencies():  # asks first: no wait cursor over the question
                 return
+        with slicer.util.tryWithErrorDisplay(_("Could not start the analysis."), waitCursor=True):
             settings = self.logic.settings(self._parameterNode)
             self._process = ExplainProcess(self._inputs(), settings, self.logic.pythonExecutable())
             self._started = time.time()
@@ -365,11 +402,12 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._forgetRun()
         try:
             with slicer.util.tryWithErrorDisplay(_("Could not add the results to the scene."), waitCursor=True):
+                register_terminology(slicer.modules.terminologies.logic())  # if startup could not (idempotent)
                 folderName = f"BrainTumorExplain {process.settings.model} {time.strftime('%H:%M')}"
                 run, overlays = add_run_outputs(slicer.mrmlScene, process.out, process.reference, folderName,
                                                 process.geometry)
                 self._lastRun, self._lastProcess = run, process
-                self.showResults(run_summary(process.out), overlays)
+                self.showResults(read_summary(process.out), overlays)
                 self.ui.statusLabel.text = _("Done in {seconds:.0f} s.").format(seconds=elapsed)
         finally:
             if self._lastRun is None:  # the push failed (the transaction removed its nodes): drop the files too
@@ -389,10 +427,10 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.overlayComboBox.addItems(list(overlays))
         gradcam = summary.get("gradcam", {})
         self._layers = gradcam.get("layers", [])
+        self.ui.gradcamClassComboBox.clear()  # classes first: the slider below asks for the current class's map
+        self.ui.gradcamClassComboBox.addItems(gradcam.get("classes", []))
         self.ui.gradcamLayerSlider.maximum = max(len(self._layers) - 1, 0)
         self.ui.gradcamLayerSlider.value = max(len(self._layers) - 2, 0)
-        self.ui.gradcamClassComboBox.clear()
-        self.ui.gradcamClassComboBox.addItems(gradcam.get("classes", []))
         detectors = summary.get("concepts", {}).get("detectors", [])
         table = self.ui.detectorsTable
         headers = [_("concept"), _("layer"), _("filter"), _("IoU (dissection set)"), _("IoU (this case)")]

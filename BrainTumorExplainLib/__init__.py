@@ -5,9 +5,9 @@ Never imports Slicer, Qt or VTK; torch is imported only by the modules that need
 
 __version__ = "0.1.0"
 
-from .case import MODALITIES, Case, CaseError, CaseFiles, find_case_files, load_case  # noqa: E402
-from .grid import ReferenceGrid  # noqa: E402
-from .labels import BRATS2021, BRATS2023, CLASS_NAMES, REGIONS, TISSUE_NAMES, LabelConvention  # noqa: E402
+from .data.case import MODALITIES, Case, CaseError, CaseFiles, find_case_files, load_case  # noqa: E402
+from .data.grid import ReferenceGrid  # noqa: E402
+from .data.labels import BRATS2021, BRATS2023, CLASS_NAMES, REGIONS, TISSUE_NAMES, LabelConvention  # noqa: E402
 
 __all__ = [
     "BRATS2021", "BRATS2023", "CLASS_NAMES", "MODALITIES", "REGIONS", "TISSUE_NAMES",

@@ -109,7 +109,7 @@ def verify_written(path: Path, shown_as: Path | None = None) -> None:
 def _verify_volume(path: Path) -> None:
     import SimpleITK as sitk
 
-    from .imagefiles import check_image_file
+    from .data.imagefiles import check_image_file
 
     check_image_file(path, "written", values=False)
     reader = sitk.ImageFileReader()

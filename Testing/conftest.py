@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from BrainTumorExplainLib.phantom import PhantomConfig, make_phantom, write_phantom
+from BrainTumorExplainLib.data.phantom import PhantomConfig, make_phantom, write_phantom
 
 SMALL = PhantomConfig(spacing_mm=3.0)  # 52 x 80 x 80: the real generator, 27x fewer voxels
 
@@ -54,7 +54,7 @@ def oblique_direction(degrees: float = 20.0, flip: tuple[int, int, int] = (1, -1
 def synthetic_case(folder: Path, case_id: str = "BraTS_X", naming: str = "brats2021", shape=(12, 14, 16),
                    seg_values=(0, 1, 2, 4), **geometry) -> dict[str, Path]:
     """Four brain-like volumes (non-zero block in the middle) and a label volume, in either BraTS naming."""
-    from BrainTumorExplainLib.case import NAMINGS
+    from BrainTumorExplainLib.data.case import NAMINGS
 
     rng = np.random.default_rng(0)
     suffixes = NAMINGS[naming]

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from BrainTumorExplainLib.bench import (BenchConfig, captum_gradcam, exact_thresholds, markdown, run_benchmarks)
-from BrainTumorExplainLib.case import load_case
-from BrainTumorExplainLib.dissection import dissect
-from BrainTumorExplainLib.gradcam import layer_gradcam
+from BrainTumorExplainLib.analyses.dissection import dissect
+from BrainTumorExplainLib.analyses.gradcam import layer_gradcam
+from BrainTumorExplainLib.app.bench import BenchConfig, captum_gradcam, exact_thresholds, markdown, run_benchmarks
+from BrainTumorExplainLib.data.case import load_case
 from BrainTumorExplainLib.models import build_model, load_pretrained
 
 

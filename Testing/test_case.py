@@ -7,10 +7,10 @@ import warnings
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from BrainTumorExplainLib.case import CaseError, CaseFiles, find_case_files, load_case, zscore_in_mask
-from BrainTumorExplainLib.labels import BRATS2023
 from conftest import oblique_direction, synthetic_case, write_image
+
+from BrainTumorExplainLib.data.case import CaseError, CaseFiles, find_case_files, load_case, zscore_in_mask
+from BrainTumorExplainLib.data.labels import BRATS2023
 
 
 def _digest(folder):
@@ -156,7 +156,7 @@ def test_warning_free_on_a_clean_case(small_phantom):
 def test_saved_case_loads_back_identical_without_simpleitk(tmp_path, small_phantom, monkeypatch):
     case = load_case(small_phantom.flair.parent)
     path = case.save(tmp_path / "case.npz")
-    from BrainTumorExplainLib.explain import explain
+    from BrainTumorExplainLib.app.explain import explain
 
     with pytest.raises(CaseError, match="not a saved case"):  # its reports and scene refer to the image files
         explain(path, tmp_path / "out", progress=False)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from BrainTumorExplainLib.cli import build_parser, main
+from BrainTumorExplainLib.app.cli import build_parser, main
 
 
 def test_every_verb_has_help(capsys):
@@ -80,7 +80,7 @@ def test_gradcam_writes_maps_on_the_case_grid_montage_and_curves(small_phantom, 
     maps = sorted(p.name for p in (out / "resunet").glob("*.nii.gz"))
     assert maps == ["enc1_et.nii.gz", "head_et.nii.gz"]
     assert _same_grid(out / "resunet" / "head_et.nii.gz", small_phantom.flair)
-    table = json.loads((out / "resunet" / "localisation.json").read_text())["table"]
+    table = json.loads((out / "resunet" / "localisation.json").read_text())["localisation"]
     assert set(table["head"]["ET"]) == {"brain", "WT", "TC", "ET"}
     for png in (out / "resunet" / "gradcam_z20.png", out / "topdown.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -123,7 +123,7 @@ def test_uncertainty_writes_maps_figures_and_auroc(small_phantom, tmp_path, caps
     assert set(np.unique(labels)) <= {0, 1, 2, 4}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "quick" and 8 <= summary["passes"]["mean"] <= 16
-    assert set(summary["uncertainty_error"]["maps"]) == {"uncertainty", "entropy", "mutual_information"}
+    assert set(summary["error_analysis"]["maps"]) == {"uncertainty", "entropy", "mutual_information"}
     assert set(summary["agreement_with_full"]["pearson_r"]) == {"uncertainty", "entropy", "mutual_information"}
     for png in ("uncertainty.png", "error_by_uncertainty.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

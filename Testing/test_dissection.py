@@ -12,13 +12,20 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from BrainTumorExplainLib.case import CaseError, load_case
-from BrainTumorExplainLib.dissection import (Dissection, _open3x3, check_concepts, concept_masks, dissect,
-                                             filter_concept_masks, largest_component_per_slice)
-from BrainTumorExplainLib.labels import region_mask
+from BrainTumorExplainLib.analyses.dissection import (
+    Dissection,
+    _open3x3,
+    check_concepts,
+    concept_masks,
+    dissect,
+    filter_concept_masks,
+    largest_component_per_slice,
+)
+from BrainTumorExplainLib.analyses.quantiles import StreamingQuantiles
+from BrainTumorExplainLib.data.case import CaseError, load_case
+from BrainTumorExplainLib.data.labels import region_mask
 from BrainTumorExplainLib.models import build_model
 from BrainTumorExplainLib.models.base import SegmentationNet
-from BrainTumorExplainLib.quantiles import StreamingQuantiles
 
 
 def _stream(seed: int = 0) -> list[torch.Tensor]:
@@ -223,7 +230,7 @@ def test_memory_does_not_grow_with_the_number_of_cases(small_phantom):
 
 @pytest.mark.parametrize("name", ["denseunet", "resunet", "simunet"])
 def test_shipped_dissections_belong_to_the_shipped_weights(name):
-    from BrainTumorExplainLib.dissection import load_shipped_dissection
+    from BrainTumorExplainLib.analyses.dissection import load_shipped_dissection
     from BrainTumorExplainLib.models import load_pretrained
 
     model = load_pretrained(name)

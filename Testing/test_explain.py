@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from BrainTumorExplainLib.cli import main
+from BrainTumorExplainLib.app.cli import main
 
 FAST = ["--model", "resunet", "--layers", "enc2,dec1", "--full", "-T", "2", "--featviz-steps", "3",
         "--featviz-size", "32"]

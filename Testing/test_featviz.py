@@ -7,12 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from BrainTumorExplainLib.activations import LayerRecorder, forward_until
-from BrainTumorExplainLib.case import load_case
-from BrainTumorExplainLib.featviz import (FeatvizConfig, Regularisers, filter_activation, load_template,
-                                          mean_template, resize_template, save_template, style_distance,
-                                          total_variation, visualise_filters)
+from BrainTumorExplainLib.analyses.featviz import (
+    FeatvizConfig,
+    Regularisers,
+    filter_activation,
+    load_template,
+    mean_template,
+    resize_template,
+    save_template,
+    style_distance,
+    total_variation,
+    visualise_filters,
+)
+from BrainTumorExplainLib.data.case import load_case
 from BrainTumorExplainLib.models import build_model, load_pretrained
+from BrainTumorExplainLib.models.activations import LayerRecorder, forward_until
 
 FAST = FeatvizConfig(steps=40, size=32, learning_rate=0.05, seed=0)
 NONE = Regularisers.none()

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from BrainTumorExplainLib.case import load_case
-from BrainTumorExplainLib.gradcam import gradcam_volume, layer_gradcam, localisation, normalise
+from BrainTumorExplainLib.analyses.gradcam import (gradcam_volume, gradcam_weights, layer_gradcam, localisation,
+                                                   normalise)
+from BrainTumorExplainLib.data.case import load_case
 from BrainTumorExplainLib.models import build_model
 from BrainTumorExplainLib.models.base import SegmentationNet
 
@@ -42,6 +43,21 @@ def test_closed_form_on_a_linear_toy_with_padding():
     expected = torch.relu(torch.einsum("ck,nkhw->nchw", model.out.weight[:, :, 0, 0], activation)) / padded_pixels
     assert cams.shape == (2, 4, 13, 11)
     torch.testing.assert_close(cams, expected.detach(), rtol=1e-5, atol=1e-9)
+
+
+def test_a_cam_variant_is_one_weights_function():
+    """The weights seam (as pytorch-grad-cam's get_cam_weights): with every filter weighted 1, the map is
+    ReLU(Σ_k A_k) for every class — and the default weights are eq. 4's."""
+    torch.manual_seed(1)
+    model = LinearToy()
+    x = torch.randn(2, 4, 16, 16)
+    default = layer_gradcam(model, x, ["a"], "all", target="logits")["a"]
+    assert torch.equal(default, layer_gradcam(model, x, ["a"], "all", target="logits", weights=gradcam_weights)["a"])
+    flat = layer_gradcam(model, x, ["a"], "all", target="logits",
+                         weights=lambda activation, gradient: torch.ones_like(gradient[:, :, :1, :1]))["a"]
+    expected = torch.relu(model.a(x).sum(dim=1, keepdim=True)).expand(-1, 4, -1, -1)
+    torch.testing.assert_close(flat, expected.detach(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(flat, default)
 
 
 def _independent_gradcam(model: SegmentationNet, x: torch.Tensor, layer: str, class_index: int, target: str):
@@ -115,11 +131,11 @@ def test_volume_on_a_phantom_and_localisation(small_phantom):
     outside = np.setdiff1d(np.arange(case.brain_mask.shape[0]), brain_slices)
     assert not head_et[outside].any()  # slices without brain are never computed
     assert (head_et >= 0).all() and head_et[brain_slices].any()
-    display = volume.display("head", 3)
+    display = normalise(volume.maps[("head", 3)])
     assert display.max() == pytest.approx(1.0) and display.min() >= 0
 
     # A map that is the WT indicator puts all its mass in WT and its top voxels inside WT.
-    from BrainTumorExplainLib.labels import region_mask
+    from BrainTumorExplainLib.data.labels import region_mask
 
     wt = region_mask(case.labels, "WT")
     volume.maps[("enc1", 2)] = wt.astype(np.float32)

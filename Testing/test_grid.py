@@ -5,9 +5,9 @@ import itertools
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from BrainTumorExplainLib.grid import ReferenceGrid, Reorientation
 from conftest import oblique_direction
+
+from BrainTumorExplainLib.data.grid import ReferenceGrid, Reorientation
 
 
 def _all_axis_directions():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from BrainTumorExplainLib.labels import BRATS2021, BRATS2023, label_convention, region_mask
+from BrainTumorExplainLib.data.labels import BRATS2021, BRATS2023, label_convention, region_mask
 
 
 def test_conventions_map_file_values_to_classes_and_back():

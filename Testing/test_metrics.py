@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from BrainTumorExplainLib.metrics import dice, hd95, score_segmentation
+from BrainTumorExplainLib.scoring.metrics import dice, hd95, score_segmentation
 
 
 def _mask(shape, *voxels):

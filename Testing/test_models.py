@@ -154,12 +154,12 @@ def test_loading_never_executes_code_from_the_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_shipped_weights_load_verified_and_segment_the_sample(name):
-    from BrainTumorExplainLib.case import SAMPLE_CASE, load_case
-    from BrainTumorExplainLib.inference import segment_case
-    from BrainTumorExplainLib.labels import region_mask
-    from BrainTumorExplainLib.metrics import dice
+    from BrainTumorExplainLib.data.case import SAMPLE_CASE, load_case
+    from BrainTumorExplainLib.data.labels import region_mask
     from BrainTumorExplainLib.models import load_pretrained, pretrained_manifest
+    from BrainTumorExplainLib.models.inference import segment_case
     from BrainTumorExplainLib.models.registry import WEIGHTS_DIR, sha256_of
+    from BrainTumorExplainLib.scoring.metrics import dice
 
     manifest = pretrained_manifest(name)
     assert sha256_of(WEIGHTS_DIR / manifest["weights"]) == manifest["sha256"]

@@ -5,12 +5,12 @@ import json
 
 import numpy as np
 import pytest
-
-from BrainTumorExplainLib.case import load_case
-from BrainTumorExplainLib.labels import region_mask
-from BrainTumorExplainLib.metrics import dice
-from BrainTumorExplainLib.phantom import PhantomConfig, make_phantom, write_phantom
 from conftest import SMALL
+
+from BrainTumorExplainLib.data.case import load_case
+from BrainTumorExplainLib.data.labels import region_mask
+from BrainTumorExplainLib.data.phantom import PhantomConfig, make_phantom, write_phantom
+from BrainTumorExplainLib.scoring.metrics import dice
 
 SAMPLE = __import__("pathlib").Path(__file__).parents[1] / "BrainTumorExplainLib" / "sample_data" / "Phantom_01003"
 

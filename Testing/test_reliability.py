@@ -21,8 +21,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from BrainTumorExplainLib.case import CaseError, load_case, read_label_file
-from BrainTumorExplainLib.cli import main
+from BrainTumorExplainLib.app.cli import main
+from BrainTumorExplainLib.data.case import CaseError, load_case, read_label_file
 from BrainTumorExplainLib.models import WeightsError, build_model, load_weights, save_weights
 from BrainTumorExplainLib.outputs import OutputFolder
 
@@ -349,9 +349,8 @@ def test_an_interrupted_explain_cleans_up_and_says_so(case, tmp_path, stop, stat
 def pushed(scene, small_phantom, tmp_path):
     """An explain run folder and the case's nodes in the scene, with the FLAIR's geometry recorded."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "BrainTumorExplain"))
-    from BrainTumorExplainLogic import ReferenceGeometry, load_case_nodes
-
     import slicer
+    from BrainTumorExplainLogic import ReferenceGeometry, load_case_nodes
 
     run = tmp_path / "run"
     assert main(["explain", str(small_phantom.flair.parent), *FAST, "--no-scene", "--out", str(run)]) == 0
@@ -391,7 +390,6 @@ def test_a_truncated_result_is_not_pushed(scene, pushed):
 
 def test_an_interrupt_inside_volume_creation_leaves_no_node(scene, pushed, monkeypatch):
     import slicer
-
     from BrainTumorExplainLogic import RunOutputs
 
     _, nodes, _ = pushed

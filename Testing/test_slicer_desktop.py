@@ -29,16 +29,29 @@ UI_FILE = MODULE / "Resources" / "UI" / "BrainTumorExplain.ui"
 slicer = pytest.importorskip("slicer")
 sys.path.insert(0, str(MODULE))
 
-from BrainTumorExplainLib.case import SAMPLE_CASE, load_case, read_image  # noqa: E402
-from BrainTumorExplainLogic import (ExplainProcess, ReferenceGeometry, RunOutputs, TorchProbe,  # noqa: E402
-                                    add_run_outputs, add_volume_from_canonical, canonical_array, check_input_nodes,
-                                    ijk_to_ras, load_case_nodes, panel_config, register_terminology,
-                                    sample_data_source, world_ijk_to_ras)
+from BrainTumorExplainLogic import (  # noqa: E402
+    ExplainProcess,
+    RunOutputs,
+    TorchProbe,
+    add_volume_from_canonical,
+    check_input_nodes,
+    ijk_to_ras,
+    load_case_nodes,
+    panel_config,
+    register_terminology,
+    sample_data_source,
+    world_ijk_to_ras,
+)
 from BrainTumorExplainLogic.explainrun import write_node  # noqa: E402
-from BrainTumorExplainLogic.results import (TERMINOLOGY_CONTEXT, TERMINOLOGY_FILE, terminology_entry,  # noqa: E402
-                                            terminology_resolves)
+from BrainTumorExplainLogic.results import (  # noqa: E402
+    TERMINOLOGY_CONTEXT,
+    TERMINOLOGY_FILE,
+    terminology_entry,
+    terminology_resolves,
+)
 from BrainTumorExplainLogic.selftest import _terminology, check_results_push  # noqa: E402
 
+from BrainTumorExplainLib.data.case import SAMPLE_CASE, load_case, read_image  # noqa: E402
 
 # Slicer's GUI connectors (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py; read at v5.6.0, v5.8.1 and
 # v5.10.0): the widget class (matched exactly: ``type(widget) == ...``) → the parameter types it represents, what
@@ -53,7 +66,7 @@ CONNECTORS = {
     "QDoubleSpinBox": ({"float"}, None, (5, 6)),
     "ctkSliderWidget": ({"float"}, "bounded", (5, 6)),
     "QComboBox": ({"str", "int", "float", "bool", "enum"}, "choice", (5, 6)),
-    "QLineEdit": ({"str"}, None, (5, 6)),
+    "QLineEdit": ({"str"}, None, (5, 10)),  # before 5.10 its connector rewrites the text on every change
     "QTextEdit": ({"str"}, None, (5, 6)),
     "QLabel": ({"str"}, None, (5, 8)),  # QLabelToStrConnector is new in 5.8
     "ctkPathLineEdit": ({"Path"}, None, (5, 6)),
@@ -100,11 +113,11 @@ def _bindings() -> dict[str, str]:
 
 def _module_namespace() -> dict:
     """The names the parameter node's choices and defaults are built from, as the module imports them."""
-    from BrainTumorExplainLib import settings
+    from BrainTumorExplainLib.app import settings
 
     tree = ast.parse(MODULE_FILE.read_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                and node.module == "BrainTumorExplainLib.settings" for alias in node.names}
+                and node.module == "BrainTumorExplainLib.app.settings" for alias in node.names}
     namespace = {name: getattr(settings, name) for name in imported}
     for statement in tree.body:  # module-level constants such as DEFAULTS = ExplainConfig()
         if isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Call):
@@ -132,9 +145,16 @@ def test_every_bound_widget_has_a_slicer_connector_for_its_parameter_in_every_su
             assert "WithinRange" in annotations or {"Minimum", "Maximum"} <= annotations, name
 
 
+def test_the_panel_binds_with_a_call_that_returns_its_tag_in_every_version():
+    """connectGui returns the tag disconnectGui needs only from 5.10 (wrapper.py); connectParametersToGui does in
+    5.6, 5.8 and 5.10. Without the tag, old connectors stay live and reset the combo boxes on every bind."""
+    source = MODULE_FILE.read_text()
+    assert ".connectGui(" not in source and ".connectParametersToGui(" in source
+
+
 def test_the_panels_choices_are_the_librarys():
+    from BrainTumorExplainLib.app.settings import MODEL_NAMES, ExplainConfig
     from BrainTumorExplainLib.models import ARCHITECTURES
-    from BrainTumorExplainLib.settings import MODEL_NAMES, ExplainConfig
 
     namespace, fields = _module_namespace(), _parameter_node_fields()
     assert tuple(ARCHITECTURES) == MODEL_NAMES
@@ -464,7 +484,7 @@ def test_inputs_under_a_linear_transform_are_analysed_where_they_are_seen(scene,
     # a result computed on that file comes back under the same transform, voxel for voxel on the FLAIR
     import SimpleITK as sitk
 
-    from BrainTumorExplainLib.grid import ReferenceGrid
+    from BrainTumorExplainLib.data.grid import ReferenceGrid
 
     grid = ReferenceGrid.from_image(image)
     canonical = grid.to_canonical(sitk.GetArrayFromImage(image))

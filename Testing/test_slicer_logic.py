@@ -11,8 +11,9 @@ slicer = pytest.importorskip("slicer")  # slicer-core; part of the [test] extra,
 sys.path.insert(0, str(Path(__file__).parents[1] / "BrainTumorExplain"))
 
 from BrainTumorExplainLogic import add_volume_from_canonical, ijk_to_ras, load_case_nodes  # noqa: E402
-from BrainTumorExplainLib.case import load_case  # noqa: E402
 from conftest import oblique_direction, synthetic_case  # noqa: E402
+
+from BrainTumorExplainLib.data.case import load_case  # noqa: E402
 
 SAMPLE = Path(__file__).parents[1] / "BrainTumorExplainLib" / "sample_data" / "Phantom_01003"
 
@@ -29,7 +30,7 @@ def _ras_from_itk(image: sitk.Image) -> np.ndarray:
 
 def test_sample_case_loads_as_named_nodes_with_the_files_geometry(scene):
     nodes = load_case_nodes(scene, SAMPLE)
-    assert sorted(n.GetName() for n in nodes.all_nodes()) == sorted(
+    assert sorted(n.GetName() for n in [*nodes.volumes.values(), nodes.labels]) == sorted(
         f"Phantom_01003_{s}" for s in ("flair", "t1", "t1ce", "t2", "seg"))
     assert nodes.labels.IsA("vtkMRMLLabelMapVolumeNode")
     flair = sitk.ReadImage(str(SAMPLE / "Phantom_01003_flair.nii.gz"))

@@ -10,11 +10,11 @@ import pytest
 slicer = pytest.importorskip("slicer")  # slicer-core; part of the [test] extra, so this runs in CI
 sys.path.insert(0, str(Path(__file__).parents[1] / "BrainTumorExplain"))
 
-from BrainTumorExplainLogic import (ExplainProcess, assign_modalities, check_input_nodes, panel_config,  # noqa: E402
-                                    load_case_nodes)
+from BrainTumorExplainLogic import ExplainProcess, assign_modalities, check_input_nodes, load_case_nodes, panel_config  # noqa: E402
 from BrainTumorExplainLogic.selftest import QUICK_CHECK, check_explain_round_trip  # noqa: E402
-from BrainTumorExplainLib.cli import build_parser  # noqa: E402
-from BrainTumorExplainLib.settings import config_from_arguments  # noqa: E402
+
+from BrainTumorExplainLib.app.cli import build_parser  # noqa: E402
+from BrainTumorExplainLib.app.settings import config_from_arguments  # noqa: E402
 
 
 def test_modalities_are_assigned_from_node_names_and_ambiguity_is_reported():

@@ -12,10 +12,16 @@ slicer = pytest.importorskip("slicer")
 sys.path.insert(0, str(Path(__file__).parents[1] / "BrainTumorExplain"))
 
 from BrainTumorExplainLogic import ijk_to_ras, load_case_nodes, node_reorientation, nodes_of_class  # noqa: E402
-from BrainTumorExplainLogic.results import (RunOutputs, TUMOUR_SEGMENTS, open_scene_bundle,  # noqa: E402
-                                            save_scene_bundle, show_overlay)
-from BrainTumorExplainLib.case import load_case  # noqa: E402
+from BrainTumorExplainLogic.results import (  # noqa: E402
+    TUMOUR_SEGMENTS,
+    RunOutputs,
+    open_scene_bundle,
+    save_scene_bundle,
+    show_overlay,
+)
 from conftest import oblique_direction, synthetic_case  # noqa: E402
+
+from BrainTumorExplainLib.data.case import load_case  # noqa: E402
 
 
 @pytest.fixture

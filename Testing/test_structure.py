@@ -94,3 +94,38 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "bash scripts/demo.sh" in readme and "bash scripts/test.sh" in readme
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_library_functions_stay_short():
+    """About 60 lines at most, docstring aside, unless the docstring says why (``Long because``)."""
+    for path in LIBRARY.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            docstring = ast.get_docstring(node) or ""
+            first = node.body[1] if docstring and len(node.body) > 1 else node.body[0]
+            length = node.end_lineno - first.lineno + 1
+            assert length <= 60 or "Long because" in docstring, f"{path.relative_to(ROOT)}:{node.name} is {length} lines"
+
+
+def test_the_wheel_lists_every_package_folder():
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in LIBRARY.rglob("__init__.py")}
+    assert found | {"BrainTumorExplainLogic"} == listed
+    assert (MODULE / "BrainTumorExplainLogic" / "__init__.py").is_file()
+
+
+def test_the_library_layers_import_only_downwards():
+    """data ← models ← analyses / scoring ← app: no module imports a layer above its own."""
+    order = {"data": 0, "models": 1, "analyses": 2, "scoring": 2, "app": 3}
+    for path in LIBRARY.rglob("*.py"):
+        parts = path.relative_to(LIBRARY).parts
+        if len(parts) < 2 or parts[0] not in order:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2 and node.module:
+                target = node.module.split(".")[0]
+                if target in order:
+                    assert order[target] <= order[parts[0]], f"{path.relative_to(ROOT)} imports {node.module}"

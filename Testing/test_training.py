@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
-from BrainTumorExplainLib.case import CaseError, load_case
-from BrainTumorExplainLib.cli import main
-from BrainTumorExplainLib.models import load_weights
-from BrainTumorExplainLib.phantom import make_phantom, write_phantom
-from BrainTumorExplainLib.case import find_cases
-from BrainTumorExplainLib.training import TrainConfig, train
 from conftest import SMALL
+
+from BrainTumorExplainLib.app.cli import main
+from BrainTumorExplainLib.data.case import CaseError, find_cases, load_case
+from BrainTumorExplainLib.data.phantom import make_phantom, write_phantom
+from BrainTumorExplainLib.models import load_weights
+from BrainTumorExplainLib.app.training import TrainConfig, train
 
 CONFIG = TrainConfig(model="resunet", width=0.0625, epochs=3, steps_per_epoch=8, batch_size=4, crop=(64, 64),
                      validation_cases=1, seed=3)
@@ -105,7 +104,7 @@ def test_bad_training_and_evaluation_input(tiny_data, tmp_path, capsys):
 
 
 def test_loss_dice_term_ignores_tumour_classes_absent_from_the_batch():
-    from BrainTumorExplainLib.training import segmentation_loss
+    from BrainTumorExplainLib.app.training import segmentation_loss
 
     target = torch.zeros(1, 4, 4, dtype=torch.long)
     target[0, :2, :2] = 2  # only edema present

@@ -8,11 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from BrainTumorExplainLib.case import load_case
+from BrainTumorExplainLib.analyses.uncertainty import (
+    SamplingPlan,
+    _RunningMoments,
+    auroc,
+    ttd_batch,
+    uncertainty_error_analysis,
+    uncertainty_volume,
+)
+from BrainTumorExplainLib.data.case import load_case
 from BrainTumorExplainLib.models import build_model
 from BrainTumorExplainLib.models.base import SegmentationNet, test_time_dropout
-from BrainTumorExplainLib.uncertainty import (SamplingPlan, _RunningMoments, auroc, ttd_batch,
-                                              uncertainty_error_analysis, uncertainty_volume)
 
 
 def test_running_moments_match_the_direct_formulas():

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from BrainTumorExplainLib.dissection import Dissection, shipped_dissection_path
+from BrainTumorExplainLib.analyses.dissection import Dissection, shipped_dissection_path
 
 MODELS = ("denseunet", "resunet", "simunet")
 
@@ -39,7 +39,7 @@ def localisation_table(folder: Path) -> str:
         path = folder / model / "localisation.json"
         if not path.is_file():
             continue
-        table = json.loads(path.read_text())["table"]
+        table = json.loads(path.read_text())["localisation"]
         lines += [f"**{model}**: share of the Grad-CAM mass inside the class's region (chance in brackets)", "",
                   "| layer | NCR/NET in TC | ED in WT | ET in ET |", "|---|---:|---:|---:|"]
         for layer, classes in table.items():
@@ -58,12 +58,12 @@ def uncertainty_table(folder: Path) -> str:
         if not path.is_file():
             continue
         s = json.loads(path.read_text())
-        maps = s["uncertainty_error"]["maps"]
+        maps = s["error_analysis"]["maps"]
         agreement = s.get("agreement_with_full", {})
         r = agreement.get("pearson_r", {}).get("uncertainty")
         lines.append(f"| {model} | {s['mode']} | {s['passes']['mean']} | {s['seconds']} | "
                      f"{maps['uncertainty']['auroc']:.3f} | {maps['entropy']['auroc']:.3f} | "
-                     f"{maps['mutual_information']['auroc']:.3f} | {s['uncertainty_error']['error_rate']:.4f} | "
+                     f"{maps['mutual_information']['auroc']:.3f} | {s['error_analysis']['error_rate']:.4f} | "
                      + (f"{r:.3f} (T=100: {agreement['seconds']} s)" if r is not None else "–") + " |")
     return "\n".join(lines)
 

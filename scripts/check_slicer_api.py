@@ -102,6 +102,7 @@ DECLARED_IN: dict[str, list[str]] = {
     "slicer.mrmlScene.StartCloseEvent": _SCENE,
     "slicer.mrmlScene.EndCloseEvent": _SCENE,
     "slicer.i18n.tr": ["Base/Python/slicer/i18n.py"],
+    "slicer.i18n.translate": ["Base/Python/slicer/i18n.py"],
     "slicer.parameterNodeWrapper.parameterNodeWrapper": [_PNW + "wrapper.py"],
     "slicer.parameterNodeWrapper.WithinRange": [_PNW + "validators.py"],
     "slicer.parameterNodeWrapper.Choice": [_PNW + "validators.py"],
@@ -165,7 +166,7 @@ DECLARED_IN: dict[str, list[str]] = {
     **{name: [VTK] for name in (
         "IsA", "GetMTime", "GetDimensions", "SetDimensions", "GetNumberOfScalarComponents", "GetPointData",
         "SetScalars", "GetElement", "GetItemAsObject", "GetNumberOfItems", "GetTableValue",
-        "GetNumberOfTableValues", "SetInputData", "Write", "UnRegister", "SetElement", "GetValue",
+        "GetNumberOfTableValues", "SetInputData", "Write", "UnRegister", "SetElement", "GetValue", "GetClassName",
         "GetNumberOfValues")},
 }
 
@@ -525,6 +526,21 @@ def _missing(result: Result) -> str:
     return ", ".join(notes) if notes else ("—" if result.checked else "not checked")
 
 
+# What the collection cannot tie to a Slicer class, read by hand in the same tags (behaviour, not only existence).
+BY_HAND = (
+    "Read by hand in the same tags, beyond existence: the parameter-node wrapper's `connectParametersToGui` "
+    "returns the tag `disconnectGui` needs in every version (`Base/Python/slicer/parameterNodeWrapper/wrapper.py`), "
+    "while `connectGui` returns it only from 5.10 — so the panel binds with `connectParametersToGui`, once per "
+    "parameter node; `QLineEditToStrConnector` rewrites its line edit on every change before 5.10, so the Grad-CAM "
+    "layers field is bound by hand; the `QComboBox` connector needs `Choice` and fills the combo itself "
+    "(`guiConnectors.py`); `SampleData.SampleDataLogic.registerCustomSampleDataSource` takes the keyword arguments "
+    "the module passes in 5.6 and 5.10 and calls `customDownloader(source)` from its button "
+    "(`Modules/Scripted/SampleData/SampleData.py`); the terminology file follows the schema "
+    "`LoadContextFromFile` reads (`vtkSlicerTerminologiesModuleLogic.cxx`); `slicer.util.exit(status)` from "
+    "`--python-script` ends Slicer with that status; PyTorchUtils' `installTorch(askConfirmation=False)` raises on "
+    "failure and imports torch into Slicer once it has installed it.")
+
+
 def markdown(results: list[Result], tags: list[str]) -> str:
     """docs/slicer-api.md: what was checked and how, then one row per used API name."""
     intro = (
@@ -537,7 +553,8 @@ def markdown(results: list[Result], tags: list[str]) -> str:
         "which every later checked tag declares it (`missing`: the newest tag lacks it); VTK and CTK APIs are not "
         "in Slicer's tree and are not checked (Slicer 5.6-5.10 bundle VTK 9.2+). Signatures, argument types and "
         "behaviour are not checked. This file is generated: regenerate it with "
-        f"`{COMMAND}` (needs a git mirror of Slicer's source with its tags, `--mirror`).\n\n")
+        f"`{COMMAND}` (needs a git mirror of Slicer's source with its tags, `--mirror`).\n\n"
+        + BY_HAND + "\n\n")
     rows = ["| API | Declared in | Since | Missing in | Used in |", "|---|---|---|---|---|"]
     for result in results:
         cells = [f"`{result.name}`", _declared(result), result.since(tags), _missing(result),

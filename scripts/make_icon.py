@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from BrainTumorExplainLib.case import load_case  # noqa: E402
+from BrainTumorExplainLib.data.case import load_case  # noqa: E402
 
 root = Path(__file__).resolve().parents[1]
 case = load_case(root / "BrainTumorExplainLib" / "sample_data" / "Phantom_01003")

@@ -12,7 +12,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from BrainTumorExplainLib.gradcam import layer_gradcam
+from BrainTumorExplainLib.analyses.gradcam import layer_gradcam
 from BrainTumorExplainLib.models import build_model, load_pretrained, test_time_dropout
 
 

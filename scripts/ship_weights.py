@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from BrainTumorExplainLib import __version__
-from BrainTumorExplainLib.evaluation import evaluate_model, evaluation_as_dict
+from BrainTumorExplainLib.data.case import find_cases
 from BrainTumorExplainLib.models import load_weights
 from BrainTumorExplainLib.models.registry import WEIGHTS_DIR, sha256_of
-from BrainTumorExplainLib.case import find_cases
+from BrainTumorExplainLib.scoring.evaluation import evaluate_model, evaluation_as_dict
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--model", required=True)

@@ -3,8 +3,9 @@
     xvfb-run -a Slicer --no-splash --testing --additional-module-paths "$PWD/BrainTumorExplain" \
         --python-script "$PWD/scripts/slicer_selftest.py"
 
-Slicer's ``--python-code`` does not exit when the code raises, so a failing test would leave Slicer (and xvfb-run)
-waiting; this script catches every failure, prints it and exits non-zero. Set BRAINTUMOREXPLAIN_TEST_LOGIC=1 to run
+A failing test must end Slicer with a non-zero status whatever Slicer does with Python errors (``--python-code``
+with an exception before ``slicer.util.exit`` never reaches the exit): this script catches every failure, prints it
+and exits 1, and exits 0 only when the test passed. Set BRAINTUMOREXPLAIN_TEST_LOGIC=1 to run
 the explain round trip too (it needs PyTorch in Slicer's Python).
 """
 

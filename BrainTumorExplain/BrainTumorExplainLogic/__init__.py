@@ -4,24 +4,44 @@ It runs in desktop Slicer and on ``slicer-core`` (real MRML without the applicat
 torch is never imported here.
 """
 
-from .explainrun import (ExplainProcess, RunStatus, TorchProbe, add_gradcam_map, add_run_outputs, assign_modalities,
-                         check_input_nodes, panel_config, run_summary)
-from .library import (InstallPlan, ensure_library_importable, has_pytorch_extension, install_plan, library_folder,
-                      missing_dependencies)
-from .results import (ReferenceGeometry, RunOutputs, open_scene_bundle, register_terminology, save_scene_bundle,
-                      show_overlay)
+from .explainrun import (
+                         ExplainProcess,
+                         RunStatus,
+                         TorchProbe,
+                         add_gradcam_map,
+                         add_run_outputs,
+                         assign_modalities,
+                         check_input_nodes,
+                         panel_config,
+)
+from .library import (
+                         InstallPlan,
+                         ensure_library_importable,
+                         has_pytorch_extension,
+                         install_plan,
+                         library_folder,
+                         missing_dependencies,
+)
+from .results import (
+                         ReferenceGeometry,
+                         RunOutputs,
+                         open_scene_bundle,
+                         register_terminology,
+                         save_scene_bundle,
+                         show_overlay,
+)
 from .volumes import (
-    CaseNodes,
-    add_volume_from_canonical,
-    canonical_array,
-    canonical_shape,
-    ijk_to_ras,
-    load_case_nodes,
-    node_reorientation,
-    nodes_of_class,
-    remove_nodes,
-    sample_data_source,
-    world_ijk_to_ras,
+                         CaseNodes,
+                         add_volume_from_canonical,
+                         canonical_array,
+                         canonical_shape,
+                         ijk_to_ras,
+                         load_case_nodes,
+                         node_reorientation,
+                         nodes_of_class,
+                         remove_nodes,
+                         sample_data_source,
+                         world_ijk_to_ras,
 )
 
 __all__ = [
@@ -29,6 +49,6 @@ __all__ = [
     "add_gradcam_map", "add_run_outputs", "add_volume_from_canonical", "assign_modalities", "canonical_array",
     "canonical_shape", "check_input_nodes", "ensure_library_importable", "has_pytorch_extension", "ijk_to_ras",
     "install_plan", "library_folder", "load_case_nodes", "missing_dependencies", "node_reorientation",
-    "nodes_of_class", "open_scene_bundle", "panel_config", "register_terminology", "remove_nodes", "run_summary",
+    "nodes_of_class", "open_scene_bundle", "panel_config", "register_terminology", "remove_nodes",
     "sample_data_source", "save_scene_bundle", "show_overlay", "world_ijk_to_ras",
 ]

@@ -17,7 +17,6 @@ geometry the run was computed on. Nothing is added to the scene until the run ha
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import re
 import shutil
@@ -40,10 +39,19 @@ from .results import ReferenceGeometry, RunOutputs
 from .volumes import world_ijk_to_ras
 
 ensure_library_importable()
-from BrainTumorExplainLib.case import MODALITIES, read_canonical, read_label_file  # noqa: E402
-from BrainTumorExplainLib.explain import STAGES  # noqa: E402
-from BrainTumorExplainLib.labels import CLASS_KEYS, CLASS_NAMES, label_convention  # noqa: E402
-from BrainTumorExplainLib.settings import ExplainConfig  # noqa: E402
+from BrainTumorExplainLib.app.contract import (  # noqa: E402
+    CONCEPTS,
+    GRADCAM,
+    SEGMENTATION,
+    STAGES,
+    gradcam_file,
+    parse_event,
+    read_summary,
+    uncertainty_file,
+)
+from BrainTumorExplainLib.app.settings import ExplainConfig  # noqa: E402
+from BrainTumorExplainLib.data.case import MODALITIES, read_canonical, read_label_file  # noqa: E402
+from BrainTumorExplainLib.data.labels import CLASS_KEYS, CLASS_NAMES, label_convention  # noqa: E402
 
 # node-name tokens per modality, checked in this order (t1ce before t1, so "t1ce" never reads as T1)
 MODALITY_TOKENS: dict[str, tuple[str, ...]] = {
@@ -116,6 +124,17 @@ class RunStatus:
     log: str  # everything it printed so far
 
 
+# Slicer 5.6/5.8 run Python under the C locale, where text pipes decode as ASCII: the run speaks UTF-8, and a byte
+# that is not is replaced rather than ending the reader
+TEXT_PIPES = {"encoding": "utf-8", "errors": "replace"}
+
+
+def child_environment() -> dict[str, str]:
+    """The environment of a background run: Slicer's own, UTF-8 output, unbuffered, the library importable."""
+    return dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", PYTHONUTF8="1",
+                PYTHONPATH=os.pathsep.join([str(library_folder()), os.environ.get("PYTHONPATH", "")]))
+
+
 def process_options(platform: str = os.name) -> dict:
     """``subprocess.Popen`` options that make the run's whole process tree endable, and hide its console window
     on Windows (as ``slicer.util.launchConsoleProcess`` hides it), so that closing a console cannot kill it."""
@@ -129,21 +148,23 @@ def process_options(platform: str = os.name) -> dict:
 
 
 def end_process_tree(process: subprocess.Popen, grace_s: float = END_GRACE_S) -> None:
-    """End ``process`` and every process it started, and return when they are gone."""
+    """End ``process`` and every process it started, and return when they are gone (or, for processes that are
+    only zombies no one reaps, after a bounded wait: they hold no CPU, memory or files)."""
     if os.name == "nt":
         subprocess.run(["taskkill", "/PID", str(process.pid), "/T", "/F"], capture_output=True,
-                       creationflags=CREATE_NO_WINDOW)
-        process.wait()
+                       creationflags=CREATE_NO_WINDOW, timeout=30)
+        process.wait(timeout=30)
         return
-    _signal_group(process.pid, signal.SIGTERM)
+    _signal_group(process.pid, signal.SIGTERM)  # the run removes its private folder and lock on SIGTERM
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         if process.poll() is not None and not _group_alive(process.pid):
             return
         time.sleep(0.05)
     _signal_group(process.pid, signal.SIGKILL)
-    process.wait()
-    while _group_alive(process.pid):  # reparented grandchildren die with SIGKILL at once
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 5.0
+    while _group_alive(process.pid) and time.monotonic() < deadline:  # SIGKILL cannot be refused
         time.sleep(0.02)
 
 
@@ -176,37 +197,47 @@ class ExplainProcess:
         self.geometry = ReferenceGeometry(self.reference)
         self.folder = Path(tempfile.mkdtemp(prefix="BrainTumorExplain-"))
         self.out = self.folder / "out"
-        self._lines: list[str] = []
+        self._events: list[dict] = []  # the run's progress events (its stdout, one JSON object a line)
+        self._log: list[str] = []  # everything else it says (its stderr: progress bars, warnings, the error line)
         self.process: subprocess.Popen | None = None
         try:
             case = self.folder / "case"
             case.mkdir()
             for modality, node in nodes.items():
                 write_node(node, case / f"input_{modality}.nrrd")
-            environment = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
-                [str(library_folder()), os.environ.get("PYTHONPATH", "")]))
             self.process = subprocess.Popen(
                 [python or sys.executable, "-m", "BrainTumorExplainLib", "explain", str(case), "--out", str(self.out),
-                 *settings.arguments()], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
-                **process_options())
+                 *settings.arguments(), "--progress", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=child_environment(), **TEXT_PIPES, **process_options())
         except BaseException:
             shutil.rmtree(self.folder, ignore_errors=True)
             raise
         atexit.register(self.cancel)  # Slicer quits: no run outlives it
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._readers = [threading.Thread(target=self._read_events, daemon=True),
+                         threading.Thread(target=self._read_log, daemon=True)]
+        for reader in self._readers:
+            reader.start()
 
-    def _read(self) -> None:
-        for line in self.process.stdout:  # tqdm's carriage-return updates arrive as parts of lines
-            self._lines.extend(part for part in line.rstrip("\n").split("\r") if part.strip())
+    def _read_events(self) -> None:
+        for line in self.process.stdout:
+            event = parse_event(line)
+            if event is not None:
+                self._events.append(event)
+            elif line.strip():
+                self._log.append(line.rstrip("\n"))
+
+    def _read_log(self) -> None:
+        for line in self.process.stderr:  # tqdm's carriage-return updates arrive as parts of lines
+            self._log.extend(part for part in line.rstrip("\n").split("\r") if part.strip())
 
     def poll(self) -> RunStatus:
         finished = self.process.poll() is not None
         if finished:
-            self._reader.join(timeout=5)
-        lines = list(self._lines)
-        started = [m.group(1) for m in (re.match(r"\[(\w+)\] …", line) for line in lines) if m]
-        ended = {m.group(1) for m in (re.match(r"\[(\w+)\] [0-9.]+ s$", line) for line in lines) if m}
+            for reader in self._readers:
+                reader.join(timeout=5)
+        events, lines = list(self._events), list(self._log)
+        started = [event["stage"] for event in events if event["event"] == "stage_started"]
+        ended = {event["stage"] for event in events if event["event"] == "stage_finished"}
         error = None
         if finished and self.process.returncode != 0:
             errors = [line for line in lines if line.startswith("error:")]
@@ -252,7 +283,8 @@ class TorchProbe:
         self._started = time.monotonic()
         self.timeout_s = timeout_s
         self.process = subprocess.Popen([python or sys.executable, "-c", self.SCRIPT], stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True, **process_options())
+                                        stderr=subprocess.DEVNULL, env=child_environment(), **TEXT_PIPES,
+                                        **process_options())
 
     def poll(self) -> tuple[str, bool] | None:
         """None while asking; then (torch version or "" when not installed, CUDA available). Raises
@@ -289,30 +321,28 @@ def write_node(node, path: Path) -> None:
         raise ValueError(f"could not write {node.GetName()!r} for the analysis ({path})")
 
 
-def run_summary(run_folder: Path) -> dict:
-    return json.loads((Path(run_folder) / "summary.json").read_text())
-
-
 def add_run_outputs(scene, run_folder: str | Path, reference_node, folder_name: str,
-                    expected: ReferenceGeometry | None = None) -> tuple[RunOutputs, dict]:
+                    expected: ReferenceGeometry | None = None, summary: dict | None = None
+                    ) -> tuple[RunOutputs, dict]:
     """Every output of an ``explain`` folder into one subject-hierarchy folder on ``reference_node``'s geometry:
     the segmentation (segments + label map), uncertainty, entropy and mutual information, the Grad-CAM map of the
     last layer before the head for each class, and the concept masks. ``expected``: the reference's geometry when
-    the run started — refused if the node changed since. Returns the run and its heatmap nodes."""
+    the run started — refused if the node changed since. ``summary``: the run's (default: its summary.json).
+    Returns the run and its heatmap nodes."""
     run_folder = Path(run_folder)
-    summary = run_summary(run_folder)
+    summary = summary or read_summary(run_folder)
     convention = label_convention(summary["inputs"]["convention"])
     with RunOutputs(scene, reference_node, folder_name, expected) as run:
-        run.add_segmentation(read_label_file(run_folder / "segmentation.nii.gz", convention, "segmentation")[0],
+        run.add_segmentation(read_label_file(run_folder / SEGMENTATION, convention, "segmentation")[0],
                              convention=convention)
-        overlays = {name: run.add_heatmap(read_canonical(run_folder / f"{name}.nii.gz", name)[0], name, colour=colour)
-                    for name, colour in HEATMAPS}
+        overlays = {name: run.add_heatmap(read_canonical(run_folder / uncertainty_file(name), name)[0], name,
+                                          colour=colour) for name, colour in HEATMAPS}
         gradcam = summary.get("gradcam", {})
         if gradcam.get("layers"):
             layer = [name for name in gradcam["layers"] if name != "head"][-1]
             for class_name in gradcam["classes"]:
                 overlays[f"Grad-CAM {layer} {class_name}"] = add_gradcam_map(run, run_folder, layer, class_name)
-        for path in sorted((run_folder / "concepts").glob("*.nii.gz")):
+        for path in sorted((run_folder / CONCEPTS).glob("*.nii.gz")):
             run.add_labelmap(read_canonical(path, "concept mask")[0] > 0, f"concept {path.name[:-len('.nii.gz')]}")
     return run, overlays
 
@@ -320,7 +350,7 @@ def add_run_outputs(scene, run_folder: str | Path, reference_node, folder_name: 
 def add_gradcam_map(run: RunOutputs, run_folder: Path, layer: str, class_name: str):
     """One Grad-CAM map of the run (``gradcam/<layer>_<class>.nii.gz``) as a heatmap in the run's folder."""
     key = CLASS_KEYS[CLASS_NAMES.index(class_name)]
-    path = Path(run_folder) / "gradcam" / f"{layer}_{key}.nii.gz"
+    path = Path(run_folder) / GRADCAM / gradcam_file(layer, key)
     if not path.is_file():
         raise ValueError(f"no Grad-CAM map for layer {layer}, class {class_name} in this run")
     return run.add_heatmap(read_canonical(path, "Grad-CAM map")[0], f"Grad-CAM {layer} {class_name}", colour="heat")

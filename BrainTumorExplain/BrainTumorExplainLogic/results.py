@@ -22,7 +22,7 @@ from .library import ensure_library_importable
 from .volumes import add_volume_from_canonical, new_node, nodes_of_class, remove_nodes, world_ijk_to_ras
 
 ensure_library_importable()
-from BrainTumorExplainLib.labels import BRATS2021, LabelConvention  # noqa: E402
+from BrainTumorExplainLib.data.labels import BRATS2021, LabelConvention  # noqa: E402
 
 # Segment per class index: name, colour (BraTS as Slicer shows it), type code. NCR and NET share the necrosis
 # concept, as DICOM CID 7168 does for non-enhancing tumour. The codes live in our own terminology context

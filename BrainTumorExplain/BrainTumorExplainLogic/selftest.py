@@ -15,13 +15,14 @@ from typing import Callable, Mapping
 import numpy as np
 import slicer
 
-from .explainrun import ExplainProcess, add_run_outputs, panel_config, run_summary
+from .explainrun import ExplainProcess, add_run_outputs, panel_config
 from .library import ensure_library_importable
 from .results import TUMOUR_SEGMENTS, RunOutputs, register_terminology, terminology_resolves
 from .volumes import canonical_array, ijk_to_ras, load_case_nodes, nodes_of_class
 
 ensure_library_importable()
-from BrainTumorExplainLib.case import NAMING_CONVENTION  # noqa: E402
+from BrainTumorExplainLib.app.contract import read_summary  # noqa: E402
+from BrainTumorExplainLib.data.case import NAMING_CONVENTION  # noqa: E402
 
 QUICK_CHECK = panel_config(model="resunet", quick=True, layers="enc1,dec1", featviz_steps=5, featviz_size=32)
 LOGIC_TEST_VARIABLE = "BRAINTUMOREXPLAIN_TEST_LOGIC"
@@ -103,7 +104,7 @@ def check_explain_round_trip(scene, case_folder: str | Path, settings=QUICK_CHEC
         assert status.error is None, status.error or status.log[-2000:]
         assert status.fraction == 1.0, status.log[-2000:]
         run, overlays = add_run_outputs(scene, process.out, flair, "self-test run", process.geometry)
-        summary = run_summary(process.out)
+        summary = read_summary(process.out)
     finally:
         process.cleanup()
     assert not process.folder.exists(), "the run's temporary folder was left behind"

@@ -25,9 +25,9 @@ import vtk
 from .library import ensure_library_importable
 
 ensure_library_importable()
-from BrainTumorExplainLib.case import MODALITIES, SAMPLE_CASE, CaseFiles, find_case_files  # noqa: E402
-from BrainTumorExplainLib.grid import Reorientation  # noqa: E402
-from BrainTumorExplainLib.imagefiles import check_image_file  # noqa: E402
+from BrainTumorExplainLib.data.case import MODALITIES, SAMPLE_CASE, CaseFiles, find_case_files  # noqa: E402
+from BrainTumorExplainLib.data.grid import Reorientation  # noqa: E402
+from BrainTumorExplainLib.data.imagefiles import check_image_file  # noqa: E402
 
 
 @dataclass
@@ -38,9 +38,6 @@ class CaseNodes:
     volumes: dict[str, "slicer.vtkMRMLScalarVolumeNode"]
     labels: "slicer.vtkMRMLLabelMapVolumeNode | None" = None
     files: CaseFiles | None = field(default=None, repr=False)
-
-    def all_nodes(self) -> list:
-        return list(self.volumes.values()) + ([self.labels] if self.labels is not None else [])
 
 
 def _as_array(matrix) -> np.ndarray:

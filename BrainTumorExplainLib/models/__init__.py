@@ -11,6 +11,7 @@ from .registry import (
     ARCHITECTURES,
     WeightsError,
     build_model,
+    load_model,
     load_pretrained,
     load_weights,
     pretrained_manifest,
@@ -19,5 +20,5 @@ from .registry import (
 
 __all__ = [
     "ARCHITECTURES", "NUM_CLASSES", "SegmentationNet", "WeightsError", "build_model", "dropout_modules",
-    "load_pretrained", "load_weights", "pretrained_manifest", "save_weights", "test_time_dropout",
+    "load_model", "load_pretrained", "load_weights", "pretrained_manifest", "save_weights", "test_time_dropout",
 ]

@@ -85,3 +85,20 @@ def test_time_dropout(model: nn.Module) -> Iterator[nn.Module]:
 
 
 test_time_dropout.__test__ = False  # not a pytest test, despite its name
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block the model is in eval mode (dropout off, BatchNorm on its running statistics); its previous
+    mode comes back on exit, whatever happens inside."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def model_device(model: nn.Module, device: str | torch.device | None = None) -> torch.device:
+    """``device`` when given, else the device the model's parameters are on."""
+    return torch.device(device) if device is not None else next(model.parameters()).device

@@ -17,14 +17,16 @@ The quantile interpolates between the two order statistics around rank ``q·(n�
 and interpolating inside one bin would then miss by the gap (found by ``bench``'s exact check on a 15×15 layer).
 
 Memory is ``channels × bins`` counts (int64) per stage, whatever the number of values. The state round-trips
-through :meth:`state_dict`, so a long pass can be saved and resumed. The rank convention is torch.quantile's
-(linear interpolation between order statistics, rank ``q·(n−1)``).
+through :meth:`state_dict` (a pass continued from it gives the same quantiles, as the tests check; ``dissect`` runs
+its passes in one go and does not save it). The rank convention is torch.quantile's (linear interpolation between
+order statistics, rank ``q·(n−1)``).
 """
 
 from __future__ import annotations
 
 import torch
-from .errors import UsageError
+
+from ..errors import UsageError
 
 
 class StreamingQuantiles:

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from .errors import UsageError
+
+from ..errors import UsageError
 
 CLASS_NAMES: tuple[str, ...] = ("background", "NCR/NET", "ED", "ET")
 CLASS_KEYS: tuple[str, ...] = ("bg", "ncr", "ed", "et")  # for file names and command lines

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import CaseError, itk_reason
+from ..errors import CaseError, itk_reason
 from .grid import ReferenceGrid
 from .imagefiles import check_image_file
-from .labels import BRATS2021, BRATS2023, LabelConvention, TISSUE_NAMES, label_convention
+from .labels import BRATS2021, BRATS2023, TISSUE_NAMES, LabelConvention, label_convention
 
 if TYPE_CHECKING:  # imported where files are read, so a saved case (.npz) loads where SimpleITK is absent
     import SimpleITK as sitk
@@ -38,7 +38,7 @@ NAMINGS: dict[str, dict[str, str]] = {
     "brats2023": {"flair": "-t2f", "t1": "-t1n", "t1ce": "-t1c", "t2": "-t2w", "seg": "-seg", "tissue": "-tissue"},
 }
 NAMING_CONVENTION: dict[str, LabelConvention] = {"brats2021": BRATS2021, "brats2023": BRATS2023}
-SAMPLE_CASE = Path(__file__).resolve().parent / "sample_data" / "Phantom_01003"  # shipped phantom, held-out seed
+SAMPLE_CASE = Path(__file__).resolve().parents[1] / "sample_data" / "Phantom_01003"  # shipped phantom, held-out seed
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,6 @@ def load_case(
     """
     if not isinstance(source, CaseFiles) and str(source).endswith(".npz"):
         return load_saved_case(source)
-    import SimpleITK as sitk
 
     files = source if isinstance(source, CaseFiles) else find_case_files(source)
     if reference not in MODALITIES:
@@ -310,24 +309,12 @@ def load_case(
         if resolved in seen:
             raise CaseError(f"{path}: the same file is given as {seen[resolved]} and {modality}")
         seen[resolved] = modality
-
     reference_path = Path(paths[reference])
     reference_image = read_image(reference_path, reference)
     grid = ReferenceGrid.from_image(reference_image)
-    volumes = []
-    for modality in MODALITIES:
-        path = Path(paths[modality])
-        image = reference_image if modality == reference else read_image(path, modality)
-        image = _on_reference(image, path, modality, grid, reference_image, reference_path, on_grid_mismatch,
-                              sitk.sitkLinear)
-        array = sitk.GetArrayFromImage(image).astype(np.float32)
-        nonfinite = int(np.count_nonzero(~np.isfinite(array)))  # NIfTI's are refused on disk, before ITK
-        if nonfinite:
-            raise CaseError(f"{path}: {modality} image has {nonfinite} NaN/Inf voxels")
-        if not array.any():
-            raise CaseError(f"{path}: {modality} image is all zero")
-        volumes.append(grid.to_canonical(array))
-
+    onto = (grid, reference_image, reference_path, on_grid_mismatch)
+    volumes = [_read_sequence(Path(paths[m]), m, reference_image if m == reference else None, *onto)
+               for m in MODALITIES]
     brain_mask = np.any(np.stack(volumes) != 0, axis=0)
     images = np.empty((len(MODALITIES),) + brain_mask.shape, dtype=np.float32)
     for channel, (modality, volume) in enumerate(zip(MODALITIES, volumes)):
@@ -335,21 +322,37 @@ def load_case(
             images[channel] = zscore_in_mask(volume, brain_mask)
         except ValueError as error:
             raise CaseError(f"{paths[modality]}: {modality}: {error}") from None
-
     labels = None
     if files.seg is not None:
-        labels = _read_labels(files.seg, "segmentation", grid, reference_image, reference_path, on_grid_mismatch)
+        labels = _read_labels(files.seg, "segmentation", *onto)
         try:
             labels = convention.to_classes(labels)
         except ValueError as error:
             raise CaseError(f"{files.seg}: {error}") from None
     tissue = None
     if files.tissue is not None:
-        tissue = _read_labels(files.tissue, "tissue", grid, reference_image, reference_path, on_grid_mismatch)
+        tissue = _read_labels(files.tissue, "tissue", *onto)
         if tissue.size and tissue.max() >= len(TISSUE_NAMES):
             raise CaseError(f"{files.tissue}: tissue values must lie in 0..{len(TISSUE_NAMES) - 1} {TISSUE_NAMES}")
         tissue = tissue.astype(np.uint8)
     return Case(files.case_id, images, brain_mask, grid, labels, tissue, convention, files)
+
+
+def _read_sequence(path: Path, modality: str, image: sitk.Image | None, grid: ReferenceGrid, reference: sitk.Image,
+                   reference_path: Path, on_grid_mismatch: str) -> np.ndarray:
+    """One sequence as a canonical float32 array on the reference grid (resampled when its grid differs), refused
+    when it holds NaN/Inf (NIfTI files are refused on disk, before ITK hides them) or nothing."""
+    import SimpleITK as sitk
+
+    image = image if image is not None else read_image(path, modality)
+    image = _on_reference(image, path, modality, grid, reference, reference_path, on_grid_mismatch, sitk.sitkLinear)
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    nonfinite = int(np.count_nonzero(~np.isfinite(array)))
+    if nonfinite:
+        raise CaseError(f"{path}: {modality} image has {nonfinite} NaN/Inf voxels")
+    if not array.any():
+        raise CaseError(f"{path}: {modality} image is all zero")
+    return grid.to_canonical(array)
 
 
 def _label_values(array: np.ndarray, path: Path, what: str) -> np.ndarray:

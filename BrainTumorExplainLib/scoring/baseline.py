@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .case import MODALITIES, Case
+from ..data.case import MODALITIES, Case
 
 
 def threshold_segmentation(case: Case, flair_z: float = 1.8, t1ce_z: float = 2.5, min_voxels: int = 200) -> np.ndarray:

@@ -7,8 +7,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .case import Case
-from .models.base import NUM_CLASSES, SegmentationNet
+from ..data.case import Case
+from ..progress import progress_bar
+from .base import NUM_CLASSES, SegmentationNet, evaluating, model_device
 
 
 def slice_batches(case: Case, slices: Sequence[int] | np.ndarray, batch_size: int, device: torch.device,
@@ -16,12 +17,7 @@ def slice_batches(case: Case, slices: Sequence[int] | np.ndarray, batch_size: in
     """Consecutive batches of the given axial slices: ``(slice indices, images (N, 4, H, W) on device)``, the way
     every analysis feeds a volume to a 2D network. ``progress``: a tqdm label, or None for no bar."""
     slices = np.asarray(slices, dtype=int)
-    starts = range(0, len(slices), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, desc=progress, unit="batch")
-    for start in starts:
+    for start in progress_bar(range(0, len(slices), batch_size), progress, unit="batch"):
         chosen = slices[start:start + batch_size]
         yield chosen, torch.from_numpy(np.ascontiguousarray(case.images[:, chosen].transpose(1, 0, 2, 3))).to(device)
 
@@ -34,7 +30,7 @@ def predict_probabilities(model: SegmentationNet, case: Case, batch_size: int = 
     Slices without brain are background with probability 1; so is every voxel outside the brain mask (the
     inputs are skull-stripped, and the network was never asked about the outside).
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = model_device(model, device)
     probabilities = np.zeros((NUM_CLASSES,) + case.brain_mask.shape, dtype=np.float32)
     probabilities[0] = 1.0
     label = f"segment {case.case_id}" if progress else None
@@ -51,10 +47,6 @@ def segment_case(model: SegmentationNet, case: Case, batch_size: int = 16, devic
 
     Write them onto the case's own grid with ``case.write_labels(labels, path)``.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         probabilities = predict_probabilities(model, case, batch_size, device, progress)
-    finally:
-        model.train(was_training)
     return probabilities.argmax(axis=0).astype(np.uint8)

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 from scipy import interpolate, ndimage
 
+from ..errors import UsageError
 from .anatomy import ICBM152_NOTICE, Anatomy, load_icbm152
 from .case import MODALITIES, CaseFiles
-from .errors import UsageError
 from .grid import ReferenceGrid
 from .labels import BRATS2021
 
@@ -281,44 +281,20 @@ def _paint_mimics(rng: np.random.Generator, prob: dict[str, np.ndarray], brain: 
 
 
 def make_phantom(seed: int, config: PhantomConfig = PhantomConfig()) -> PhantomCase:
-    """Generate one phantom case, fully determined by ``seed`` and ``config``."""
+    """Generate one phantom case, fully determined by ``seed`` and ``config`` (every random draw comes from one
+    generator, in a fixed order: placement, lesions, deformation, lesion painting, mimics, textures, contrasts)."""
     rng = np.random.default_rng(seed)
     anatomy = load_icbm152()
-    grid, shape, spacing = config.grid, config.shape, config.spacing_mm
+    grid, spacing = config.grid, config.spacing_mm
     placement = _placement(rng, anatomy, grid)
     lesions = _draw_lesions(rng, placement)
-
-    full_axes_mm = _physical_axes(grid, shape)  # z (S), y (P), x (L)
+    full_axes_mm = _physical_axes(grid, config.shape)  # z (S), y (P), x (L)
     box = _brain_box(anatomy, placement, full_axes_mm)
     axes_mm = [a[b] for a, b in zip(full_axes_mm, box)]
-    shape = tuple(len(a) for a in axes_mm)
-    points = np.empty(shape + (3,), dtype=np.float32)  # LPS (x, y, z) per voxel
-    points[..., 0] = axes_mm[2][None, None, :]
-    points[..., 1] = axes_mm[1][None, :, None]
-    points[..., 2] = axes_mm[0][:, None, None]
-    displacement = np.stack(
-        [config.deformation_mm * _smooth_noise(rng, shape, 24.0 / spacing) for _ in range(3)], axis=-1
-    )
-    for lesion in lesions:  # mass effect: sample the anatomy closer to the centre, i.e. push tissue outwards
-        offset = points - np.array(lesion.centre_mm, dtype=np.float32)
-        sigma = lesion.core_radius_mm * lesion.edema_extent * 0.8
-        falloff = np.exp(-np.einsum("...i,...i->...", offset, offset) / (2.0 * sigma * sigma))
-        displacement += offset * (lesion.mass_effect * falloff)[..., None]
-    source = anatomy.physical_to_index(placement.to_anatomy(points - displacement)).astype(np.float32)
-    del points, displacement
-    coordinates = np.moveaxis(source, -1, 0)
-
-    brain = _warp(anatomy.brain.astype(np.float32), coordinates) > 0.5
-    prob = {name: _warp(getattr(anatomy, name), coordinates) * brain for name in ("csf", "gm", "wm")}
-    t1_template = _warp(anatomy.t1, coordinates) * brain
-    del coordinates, source
-
-    total = prob["csf"] + prob["gm"] + prob["wm"]
-    total[total == 0] = 1.0
-    for name in prob:
-        prob[name] /= total
-    tissue = np.where(brain, 1 + np.argmax(np.stack([prob["csf"], prob["gm"], prob["wm"]]), axis=0), 0).astype(np.uint8)
-
+    coordinates = _anatomy_coordinates(rng, anatomy, placement, lesions, axes_mm, config)
+    brain, prob, t1_template, tissue = _warped_tissues(anatomy, coordinates)
+    del coordinates
+    shape = brain.shape
     tumour_class = np.zeros(shape, dtype=np.uint8)
     edema_strength = np.zeros(shape, dtype=np.float32)
     for lesion in lesions:
@@ -327,9 +303,53 @@ def make_phantom(seed: int, config: PhantomConfig = PhantomConfig()) -> PhantomC
     for klass, label in ((_NCR, 1), (_NET, 1), (_ED, 2), (_ET, 3)):
         labels[tumour_class == klass] = label
     _paint_mimics(rng, prob, brain, tumour_class, spacing)
+    images = _contrasts(rng, anatomy, prob, t1_template, brain, tumour_class, edema_strength, config)
+    return PhantomCase(phantom_case_id(seed), seed, grid, {m: _embed(image, box, config.shape)
+                                                           for m, image in images.items()},
+                       _embed(labels, box, config.shape), _embed(tissue, box, config.shape), lesions)
 
-    # Partial-volume memberships of the tumour classes and a shared tumour texture.
-    sigma_vox = 0.7 / spacing
+
+def _anatomy_coordinates(rng: np.random.Generator, anatomy: Anatomy, placement, lesions: list[Lesion],
+                         axes_mm: list[np.ndarray], config: PhantomConfig) -> np.ndarray:
+    """For every voxel of the case's box, where in the template it samples: the placement, a smooth random
+    deformation, and each lesion's mass effect (tissue pushed outwards). ``(3, Z, Y, X)`` template indices."""
+    shape = tuple(len(a) for a in axes_mm)
+    points = np.empty(shape + (3,), dtype=np.float32)  # LPS (x, y, z) per voxel
+    points[..., 0] = axes_mm[2][None, None, :]
+    points[..., 1] = axes_mm[1][None, :, None]
+    points[..., 2] = axes_mm[0][:, None, None]
+    displacement = np.stack(
+        [config.deformation_mm * _smooth_noise(rng, shape, 24.0 / config.spacing_mm) for _ in range(3)], axis=-1
+    )
+    for lesion in lesions:  # mass effect: sample the anatomy closer to the centre, i.e. push tissue outwards
+        offset = points - np.array(lesion.centre_mm, dtype=np.float32)
+        sigma = lesion.core_radius_mm * lesion.edema_extent * 0.8
+        falloff = np.exp(-np.einsum("...i,...i->...", offset, offset) / (2.0 * sigma * sigma))
+        displacement += offset * (lesion.mass_effect * falloff)[..., None]
+    source = anatomy.physical_to_index(placement.to_anatomy(points - displacement)).astype(np.float32)
+    return np.moveaxis(source, -1, 0)
+
+
+def _warped_tissues(anatomy: Anatomy, coordinates: np.ndarray):
+    """The template warped onto the case: brain mask, CSF/GM/WM probabilities (summing to 1 in the brain), the
+    T1 template, and the tissue classes (0 background, 1 CSF, 2 GM, 3 WM)."""
+    brain = _warp(anatomy.brain.astype(np.float32), coordinates) > 0.5
+    prob = {name: _warp(getattr(anatomy, name), coordinates) * brain for name in ("csf", "gm", "wm")}
+    t1_template = _warp(anatomy.t1, coordinates) * brain
+    total = prob["csf"] + prob["gm"] + prob["wm"]
+    total[total == 0] = 1.0
+    for name in prob:
+        prob[name] /= total
+    tissue = np.where(brain, 1 + np.argmax(np.stack([prob["csf"], prob["gm"], prob["wm"]]), axis=0), 0).astype(np.uint8)
+    return brain, prob, t1_template, tissue
+
+
+def _contrasts(rng: np.random.Generator, anatomy: Anatomy, prob: dict, t1_template: np.ndarray, brain: np.ndarray,
+               tumour_class: np.ndarray, edema_strength: np.ndarray, config: PhantomConfig) -> dict[str, np.ndarray]:
+    """The four sequences: tissue and tumour intensities with partial volume and texture, then each sequence's
+    gain, bias field and Rician noise; int16, 0 outside the brain."""
+    shape, spacing = brain.shape, config.spacing_mm
+    sigma_vox = 0.7 / spacing  # partial-volume memberships of the tumour classes and a shared tumour texture
     membership = {k: ndimage.gaussian_filter((tumour_class == k).astype(np.float32), sigma_vox)
                   for k in (_NCR, _ED, _ET, _NET, _WMH, _VESSEL)}
     edema_strength = ndimage.gaussian_filter(edema_strength, sigma_vox)
@@ -337,7 +357,6 @@ def make_phantom(seed: int, config: PhantomConfig = PhantomConfig()) -> PhantomC
     texture = 1.0 + 0.08 * _smooth_noise(rng, shape, 3.0 / spacing)
     fine_texture = 1.0 + 0.03 * _smooth_noise(rng, shape, 2.0 / spacing)
     wm_level = float(np.median(anatomy.t1[anatomy.wm > 0.9]))
-
     images: dict[str, np.ndarray] = {}
     for modality in MODALITIES:
         mu = _INTENSITY[modality]
@@ -356,10 +375,8 @@ def make_phantom(seed: int, config: PhantomConfig = PhantomConfig()) -> PhantomC
         real = image * gain * bias + sigma * rng.standard_normal(shape, dtype=np.float32)
         imaginary = sigma * rng.standard_normal(shape, dtype=np.float32)
         magnitude = np.sqrt(real * real + imaginary * imaginary)  # Rician
-        images[modality] = _embed(np.where(brain, np.clip(np.round(magnitude), 1, 32767), 0).astype(np.int16),
-                                  box, config.shape)
-    return PhantomCase(phantom_case_id(seed), seed, grid, images, _embed(labels, box, config.shape),
-                       _embed(tissue, box, config.shape), lesions)
+        images[modality] = np.where(brain, np.clip(np.round(magnitude), 1, 32767), 0).astype(np.int16)
+    return images
 
 
 def _warp(volume: np.ndarray, coordinates: np.ndarray) -> np.ndarray:
@@ -398,7 +415,7 @@ def write_phantom_files(case: PhantomCase, folder: str | Path) -> CaseFiles:
     description = {
         "case_id": case.case_id,
         "seed": case.seed,
-        "generator": "BrainTumorExplainLib.phantom",
+        "generator": "BrainTumorExplainLib.data.phantom",
         "label_convention": BRATS2021.name,
         "tissue_labels": {"0": "background", "1": "CSF", "2": "GM", "3": "WM"},
         "lesions": [asdict(lesion) for lesion in case.lesions],

@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .case import Case, CaseError, find_cases, load_case
-from .errors import InputError
-from .labels import REGIONS, region_mask
-from .metrics import dice
-from .models import build_model, save_weights
-from .models.base import NUM_CLASSES
-from .outputs import OutputFile
+from ..data.case import Case, CaseError, find_cases, load_case
+from ..data.labels import REGIONS, region_mask
+from ..errors import InputError
+from ..models import build_model, save_weights
+from ..models.base import NUM_CLASSES
+from ..outputs import OutputFile
+from ..progress import progress_bar
+from ..scoring.metrics import dice
 
 
 @dataclass
@@ -169,6 +170,38 @@ def train(data_dir: str | Path, out: str | Path, config: TrainConfig = TrainConf
         return _train(data_dir, out, config, resume, progress, log)
 
 
+def _resume(checkpoint: Path, config: TrainConfig, model, optimiser, schedule, rng: np.random.Generator,
+            device: torch.device, log: Callable[[str], None]) -> list[dict]:
+    """Load the checkpoint's state into the training objects (when there is one); its history, or []."""
+    if not checkpoint.is_file():
+        return []
+    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    if json.loads(state["config"]) != json.loads(json.dumps(asdict(config))):
+        raise InputError(f"{checkpoint}: checkpoint of a different training configuration; delete it or use "
+                         "the same options")
+    model.load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimiser"])
+    schedule.load_state_dict(state["schedule"])
+    torch.set_rng_state(state["torch_rng"])
+    rng.bit_generator.state = json.loads(state["numpy_rng"])
+    history = json.loads(state["history"])
+    log(f"resuming from {checkpoint} after epoch {len(history)}")
+    return history
+
+
+def _save_checkpoint(checkpoint: Path, config: TrainConfig, model, optimiser, schedule, rng: np.random.Generator,
+                     history: list[dict]) -> None:
+    """Everything a rerun needs to continue exactly, written under a temporary name and renamed."""
+    state = {
+        "config": json.dumps(asdict(config)), "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+        "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
+        "numpy_rng": json.dumps(rng.bit_generator.state), "history": json.dumps(history),
+    }
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, checkpoint.with_name(checkpoint.name + ".tmp"))
+    checkpoint.with_name(checkpoint.name + ".tmp").replace(checkpoint)
+
+
 def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: bool, progress: bool,
            log: Callable[[str], None]) -> list[dict]:
     out = Path(out)
@@ -178,12 +211,7 @@ def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: b
         raise CaseError(f"{data_dir}: {len(case_paths)} case(s) found; need more than the {config.validation_cases} "
                         "held for validation")
     split = len(case_paths) - config.validation_cases
-    iterator = case_paths
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(case_paths, desc="load cases", unit="case")
-    cases = [load_case(path) for path in iterator]
+    cases = [load_case(path) for path in progress_bar(case_paths, "load cases" if progress else None, unit="case")]
     training, validation = SliceData.from_cases(cases[:split]), SliceData.from_cases(cases[split:])
     del cases
 
@@ -193,33 +221,16 @@ def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: b
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs * config.steps_per_epoch)
     weights = training.class_weights().to(device)
-    history: list[dict] = []
-    start_epoch = 0
     checkpoint = _checkpoint_path(out)
-    if resume and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        if json.loads(state["config"]) != json.loads(json.dumps(asdict(config))):
-            raise InputError(f"{checkpoint}: checkpoint of a different training configuration; delete it or use "
-                             "the same options")
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["torch_rng"])
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
-        history = json.loads(state["history"])
-        start_epoch = len(history)
-        log(f"resuming from {checkpoint} after epoch {start_epoch}")
+    history = _resume(checkpoint, config, model, optimiser, schedule, rng, device, log) if resume else []
+    start_epoch = len(history)
 
     model.train()
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
-        steps = range(config.steps_per_epoch)
-        if progress:
-            from tqdm import tqdm
-
-            steps = tqdm(steps, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step")
+        label = f"epoch {epoch + 1}/{config.epochs}" if progress else None
         losses = []
-        for _ in steps:
+        for _ in progress_bar(range(config.steps_per_epoch), label, unit="step"):
             x, y = training.sample(rng, config.batch_size, config.crop, config.tumour_slice_fraction)
             loss = segmentation_loss(model(x.to(device)), y.to(device), weights)
             optimiser.zero_grad(set_to_none=True)
@@ -230,14 +241,7 @@ def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: b
         scores = validate(model, validation, config.crop, device)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "validation_dice": scores,
                         "seconds": round(time.perf_counter() - started, 1)})
-        state = {
-            "config": json.dumps(asdict(config)), "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-            "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
-            "numpy_rng": json.dumps(rng.bit_generator.state), "history": json.dumps(history),
-        }
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, checkpoint.with_name(checkpoint.name + ".tmp"))
-        checkpoint.with_name(checkpoint.name + ".tmp").replace(checkpoint)
+        _save_checkpoint(checkpoint, config, model, optimiser, schedule, rng, history)
         log(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f}, validation Dice "
             + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
 

@@ -18,10 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from . import __version__
-from .case import CaseError
-from .errors import InputError, Interrupted, UsageError
-from .outputs import DISK_ERRNOS, OutputFile, OutputFolder
+from .. import __version__
+from ..data.case import CaseError
+from ..errors import InputError, Interrupted, UsageError
+from ..outputs import DISK_ERRNOS, OutputFile, OutputFolder
+from ..progress import progress_bar
+from . import stages
+from .contract import PROGRESS_FORMATS, SEGMENTATION, SUMMARY
 from .settings import ExplainConfig, add_config_options, config_from_arguments, resolve_device
 from .settings import _device_option as device_option
 
@@ -45,18 +48,16 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_phantom(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .case import load_case
+    from ..data.case import load_case
+    from ..data.phantom import PhantomConfig, make_phantom, phantom_case_id, write_phantom_files
     from .figures import case_montage
-    from .phantom import PhantomConfig, make_phantom, phantom_case_id, write_phantom_files
 
     if args.cases < 1:
         raise UsageError(f"--cases {args.cases}: must be at least 1")
     config = PhantomConfig(spacing_mm=args.spacing)
     seeds = range(args.seed, args.seed + args.cases)
     folders = [OutputFolder(args.out / phantom_case_id(seed), (), args.overwrite, "phantom") for seed in seeds]
-    for seed, folder in zip(tqdm(seeds, desc="phantoms", unit="case"), folders):
+    for seed, folder in zip(progress_bar(seeds, "phantoms", unit="case"), folders):
         with folder as work:
             files = write_phantom_files(make_phantom(seed, config), work)
             if args.montage:
@@ -74,7 +75,7 @@ def _add_montage(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_montage(args: argparse.Namespace) -> int:
-    from .case import load_case
+    from ..data.case import load_case
     from .figures import case_montage
 
     target = _png_output(args.out, [args.case], args.overwrite)
@@ -117,8 +118,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    from .case import read_label_file
-    from .metrics import format_scores, score_segmentation, scores_as_dict
+    from ..data.case import read_label_file
+    from ..scoring.metrics import format_scores, score_segmentation, scores_as_dict
 
     target = _json_output(args.json, [args.pred, args.gt], args.overwrite)
     prediction, grid = read_label_file(args.pred, args.labels, "prediction")
@@ -146,12 +147,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .case import SAMPLE_CASE
+    from ..data.case import SAMPLE_CASE
 
     config = ExplainConfig(model=args.model, device=args.device, overwrite=True)
     source = SAMPLE_CASE
     if args.seed is not None:
-        from .phantom import make_phantom, phantom_case_id, write_phantom_files
+        from ..data.phantom import make_phantom, phantom_case_id, write_phantom_files
 
         cases = args.out.with_name(args.out.name + "-cases")
         with OutputFolder(cases / phantom_case_id(args.seed), (), True, "phantom") as work:
@@ -160,27 +161,30 @@ def _run_demo(args: argparse.Namespace) -> int:
     return _explain_and_print(source, args.out, config)
 
 
-def _explain_and_print(source, out: Path, config) -> int:
-    from .evaluation import format_table
+def _explain_and_print(source, out: Path, config, progress: str = "text") -> int:
+    """Run explain, then its headline numbers for people (on stderr when stdout carries JSON events)."""
+    from ..scoring.evaluation import format_table
+    from .contract import REPORT, SCENE
     from .explain import explain
 
-    summary = explain(source, out, config)
+    summary = explain(source, out, config, progress)
+    stream = sys.stderr if progress == "json" else sys.stdout
     if "scores" in summary:
-        print(f"case {summary['case']} against its ground truth ({summary['model']}):")
-        print(format_table({summary["model"]: summary["scores"]}))
+        print(f"case {summary['case']} against its ground truth ({summary['model']}):", file=stream)
+        print(format_table({summary["model"]: summary["scores"]}), file=stream)
     analysis = summary.get("uncertainty", {}).get("error_analysis")
     if analysis:
         print("uncertainty AUROC for misclassified voxels: " + ", ".join(
-            f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items()))
-    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()))
-    if summary.get("scene") == "scene.mrb":
-        print(f"Slicer scene: {out / 'scene.mrb'}")
-    print(f"report: {out / 'report.html'}")
+            f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items()), file=stream)
+    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()), file=stream)
+    if summary.get("scene") == SCENE:
+        print(f"Slicer scene: {out / SCENE}", file=stream)
+    print(f"report: {out / REPORT}", file=stream)
     return 0
 
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:
-    from .case import MODALITIES
+    from ..data.case import MODALITIES
 
     p = sub.add_parser("explain", help="every analysis of one case: the files, figures and report.html",
                        description="Writes OUT/segmentation.nii.gz (0/1/2/4), uncertainty/entropy/"
@@ -193,11 +197,13 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seg", type=Path, help="ground-truth label file (optional, with the four files)")
     add_config_options(p)
     p.add_argument("--out", required=True, type=Path, help="output folder (must not exist, unless --overwrite)")
+    p.add_argument("--progress", choices=PROGRESS_FORMATS, default="text",
+                   help="text (default): [stage] lines; json: one JSON event per line on stdout, for programs")
     p.set_defaults(run=_run_explain)
 
 
 def _run_explain(args: argparse.Namespace) -> int:
-    from .case import MODALITIES, CaseFiles
+    from ..data.case import MODALITIES, CaseFiles
 
     files = [getattr(args, m) for m in MODALITIES]
     if args.case is not None and any(files):
@@ -209,7 +215,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         source = CaseFiles(*files, seg=args.seg, case_id=files[0].name.split(".")[0])
     else:
         source = args.case
-    return _explain_and_print(source, args.out, config_from_arguments(args))
+    return _explain_and_print(source, args.out, config_from_arguments(args), args.progress)
 
 
 def _add_model_arguments(p: argparse.ArgumentParser, device_default: str = ExplainConfig.device) -> None:
@@ -221,13 +227,9 @@ def _add_model_arguments(p: argparse.ArgumentParser, device_default: str = Expla
 
 def _load_model(args: argparse.Namespace, name: str | None = None):
     """The network the options name, on the device they name (checked: a CUDA device PyTorch lacks is refused)."""
-    from .models import load_pretrained, load_weights
+    from ..models import load_model
 
-    device = resolve_device(args.device)
-    name = name or args.model
-    if args.weights is not None:
-        return load_weights(args.weights, architecture=name, device=device)
-    return load_pretrained(name, device=device)
+    return load_model(name or args.model, args.weights, resolve_device(args.device))
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -255,7 +257,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .models import build_model
+    from ..models import build_model
     from .training import TrainConfig, train
 
     if args.out.suffix != ".pt":
@@ -280,9 +282,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .case import find_cases
-    from .evaluation import evaluate_model, evaluation_as_dict, format_table
-    from .metrics import scores_as_dict
+    from ..data.case import find_cases
+    from ..scoring.evaluation import evaluate_model, evaluation_as_dict, format_table
+    from ..scoring.metrics import scores_as_dict
 
     target = _json_output(args.json, [args.data, args.weights], args.overwrite)
     cases = find_cases(args.data)
@@ -306,15 +308,15 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from .case import load_case
-    from .inference import segment_case
+    from ..data.case import load_case
+    from ..models.inference import segment_case
 
     target = OutputFile(args.out, [args.case, args.weights], args.overwrite, volume=True)
     case = load_case(args.case)
     model = _load_model(args)
     labels = segment_case(model, case, progress=True)
     with target.writing() as written:
-        case.write_labels(labels, written)
+        stages.segmentation.write_labels(labels, case, written)
     print(f"wrote {args.out}")
     return 0
 
@@ -344,10 +346,10 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_gradcam(args: argparse.Namespace) -> int:
-    from .activations import resolve_layers
-    from .case import load_case
+    from ..data.case import load_case
+    from ..data.labels import resolve_classes
+    from ..models.activations import resolve_layers
     from .figures import montage_slices
-    from .labels import resolve_classes
 
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     if args.weights is not None and len(models) != 1:
@@ -371,11 +373,8 @@ def _run_gradcam(args: argparse.Namespace) -> int:
 
 def _gradcam_models(args: argparse.Namespace, case, models: dict, classes: list[int], slices: list[int],
                     work: Path) -> None:
-    from tqdm import tqdm
-
+    from ..analyses.gradcam import gradcam_volume, localisation
     from .figures import gradcam_montage, localisation_curves
-    from .gradcam import gradcam_volume, localisation, localisation_as_dict
-    from .labels import CLASS_KEYS
 
     # Volume mode computes every brain slice (and any montage slice outside the brain) in one pass; the montages are
     # cut from it. --no-volume computes the montage slices only.
@@ -392,12 +391,10 @@ def _gradcam_models(args: argparse.Namespace, case, models: dict, classes: list[
             print(f"wrote {args.out / png.relative_to(work)}")
         if args.no_volume:
             continue
-        for (layer, class_index), cam in tqdm(volume.maps.items(), desc="write NIfTI", unit="map"):
-            case.grid.write(cam, out / f"{layer}_{CLASS_KEYS[class_index]}.nii.gz")
+        stages.gradcam.write_maps(volume, case, out, progress=True)
         tables[name] = localisation(volume, case)
         (out / "localisation.json").write_text(json.dumps(
-            {"case": case.case_id, "model": name, "target": args.target,
-             "table": localisation_as_dict(tables[name])}, indent=2) + "\n")
+            {"case": case.case_id, "model": name, **stages.gradcam.summarise(volume, tables[name])}, indent=2) + "\n")
         print(f"wrote {len(volume.maps)} maps and localisation.json to {args.out / name}")
     if tables:
         localisation_curves(tables, work / "topdown.png")
@@ -405,7 +402,7 @@ def _gradcam_models(args: argparse.Namespace, case, models: dict, classes: list[
 
 
 def _add_dissect(sub: argparse._SubParsersAction) -> None:
-    from .dissection import DEFAULT_IOU_CUTOFF, DEFAULT_QUANTILE
+    from ..analyses.dissection import DEFAULT_IOU_CUTOFF, DEFAULT_QUANTILE
 
     p = sub.add_parser("dissect", help="network dissection: which filters detect which concepts (paper 3.1)",
                        description="Thresholds every filter at its dataset-wide top-1%% level (streamed, bounded "
@@ -432,8 +429,8 @@ def _add_dissect(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_dissect(args: argparse.Namespace) -> int:
-    from .activations import resolve_layers
-    from .case import find_cases
+    from ..data.case import find_cases
+    from ..models.activations import resolve_layers
 
     folder = OutputFolder(args.out, [args.data, args.weights], args.overwrite, "dissect")
     cases = find_cases(args.data)
@@ -445,10 +442,8 @@ def _run_dissect(args: argparse.Namespace) -> int:
 
 
 def _dissect_into(args: argparse.Namespace, cases: list[Path], model, work: Path) -> None:
-    from tqdm import tqdm
-
-    from .case import load_case
-    from .dissection import concept_masks, dissect, filter_concept_masks
+    from ..analyses.dissection import concept_masks, dissect, filter_concept_masks
+    from ..data.case import load_case
     from .figures import concept_montage, montage_slices
 
     concepts = [c.strip() for c in args.concepts.split(",")] if args.concepts else None
@@ -460,12 +455,10 @@ def _dissect_into(args: argparse.Namespace, cases: list[Path], model, work: Path
                                                          "detectors": result.detectors()}, indent=2) + "\n")
     best = result.best_detectors()
     picks = [(row["layer"], row["filter"]) for row in best.values()]
-    for index, folder in enumerate(tqdm(cases[:args.mask_cases], desc="concept masks", unit="case")):
+    for index, folder in enumerate(progress_bar(cases[:args.mask_cases], "concept masks", unit="case")):
         case = load_case(folder)
         masks = filter_concept_masks(model, case, result, picks)
-        for concept, row in best.items():
-            case.grid.write(masks[(row["layer"], row["filter"])].astype("uint8"),
-                            work / "concepts" / case.case_id / f"{row['layer']}_{row['filter']}_{concept}.nii.gz")
+        stages.concepts.write_masks(masks, best, case, work / "concepts" / case.case_id)
         if index == 0 and best:
             z = montage_slices(case, 1)[0]
             truth = dict(zip(best, concept_masks(case, list(best))[:, z]))
@@ -513,7 +506,7 @@ def _add_batching_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_uncertainty(args: argparse.Namespace) -> int:
-    from .case import load_case
+    from ..data.case import load_case
 
     if args.passes < 2:
         raise UsageError(f"--passes {args.passes}: test-time dropout needs at least 2 passes")
@@ -526,8 +519,7 @@ def _run_uncertainty(args: argparse.Namespace) -> int:
 
 
 def _uncertainty_into(args: argparse.Namespace, case, model, work: Path) -> None:
-    from .figures import error_by_uncertainty, uncertainty_figure
-    from .uncertainty import brain_pearson, uncertainty_error_analysis, uncertainty_volume
+    from ..analyses.uncertainty import brain_pearson, uncertainty_volume
 
     def run(quick: bool):
         start = time.perf_counter()
@@ -537,14 +529,12 @@ def _uncertainty_into(args: argparse.Namespace, case, model, work: Path) -> None
         return result, time.perf_counter() - start
 
     volume, seconds = run(args.quick)
-    used = volume.passes[volume.passes > 0]
-    summary = {"version": __version__, "case": case.case_id, "model": args.model, "seed": args.seed,
-               "mode": "quick" if args.quick else f"T={args.passes}", "seconds": round(seconds, 2),
-               "passes": {"min": int(used.min()), "mean": round(float(used.mean()), 1), "max": int(used.max())}}
-    case.write_labels(volume.labels, work / "segmentation.nii.gz")
-    for name, array in volume.maps().items():
-        case.grid.write(array, work / f"{name}.nii.gz")
-    print(f"{summary['mode']}: {summary['passes']['mean']} passes per slice on average, {seconds:.1f} s")
+    mode = "quick" if args.quick else f"T={args.passes}"
+    summary = {"version": __version__, "case": case.case_id, "model": args.model,
+               **stages.uncertainty.summarise(volume, case, mode, args.seed), "seconds": round(seconds, 2)}
+    stages.segmentation.write_labels(volume.labels, case, work / SEGMENTATION)
+    stages.uncertainty.write_maps(volume, case, work)
+    print(f"{mode}: {summary['passes']['mean']} passes per slice on average, {seconds:.1f} s")
     if args.quick and args.agreement:
         full, full_seconds = run(False)
         summary["agreement_with_full"] = {"passes": args.passes, "seconds": round(full_seconds, 2), "pearson_r": {
@@ -552,18 +542,15 @@ def _uncertainty_into(args: argparse.Namespace, case, model, work: Path) -> None
             for name, array in volume.maps().items()}}
         print(f"agreement with T={args.passes} ({full_seconds:.1f} s), Pearson r in the brain: "
               + ", ".join(f"{k} {v:.4f}" for k, v in summary["agreement_with_full"]["pearson_r"].items()))
-    uncertainty_figure(case, volume.labels, volume.variance, work / "uncertainty.png",
-                       title=f"{case.case_id} · {args.model} · test-time dropout ({summary['mode']}): ground truth "
-                             f"| prediction | uncertainty")
-    if case.labels is not None:
-        analysis = uncertainty_error_analysis(volume, case)
-        summary["uncertainty_error"] = analysis
-        error_by_uncertainty(analysis, work / "error_by_uncertainty.png",
-                             title=f"{case.case_id} · {args.model}: errors vs uncertainty (brain)")
+    stages.uncertainty.draw(volume, case, summary, work / "uncertainty.png", work / "error_by_uncertainty.png",
+                            f"{case.case_id} · {args.model} · test-time dropout ({mode}): ground truth | prediction "
+                            "| uncertainty")
+    if "error_analysis" in summary:
+        analysis = summary["error_analysis"]
         print("AUROC for misclassified brain voxels: " + ", ".join(
             f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items())
             + f" (error rate {analysis['error_rate']:.4f})")
-    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (work / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
@@ -578,8 +565,8 @@ def _add_template(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_template(args: argparse.Namespace) -> int:
-    from .case import find_cases, load_case
-    from .featviz import mean_template, save_template
+    from ..analyses.featviz import mean_template, save_template
+    from ..data.case import find_cases, load_case
 
     if args.out.suffix != ".npz":
         raise UsageError(f"--out {args.out}: a template is written as .npz")
@@ -601,7 +588,7 @@ def _run_template(args: argparse.Namespace) -> int:
 
 
 def _add_featviz(sub: argparse._SubParsersAction) -> None:
-    from .featviz import FeatvizConfig, Regularisers
+    from ..analyses.featviz import FeatvizConfig, Regularisers
 
     defaults, config = Regularisers(), FeatvizConfig()
     p = sub.add_parser("featviz", help="activation maximisation: the pre-image that excites a filter (paper 4)",
@@ -610,8 +597,9 @@ def _add_featviz(sub: argparse._SubParsersAction) -> None:
                                    "pre-images) and OUT/featviz_<layer>.json; --sweep adds "
                                    "OUT/sweep_<layer>_<filter>.png (Figure 13).")
     _add_model_arguments(p)
-    p.add_argument("--layer", required=True, help="layer name")
-    p.add_argument("--filters", required=True, help="comma-separated filter indices")
+    p.add_argument("--layer", help="layer of the filters given by index alone")
+    p.add_argument("--filters", required=True, help="comma-separated filter indices of --layer, or layer:index pairs "
+                   "(e.g. enc2:5,dec1:3: filters of several layers optimised in one batch, as explain does)")
     p.add_argument("--steps", type=int, default=config.steps)
     p.add_argument("--size", type=int, default=config.size, help="pre-image size in pixels")
     p.add_argument("--lr", type=float, default=config.learning_rate)
@@ -630,50 +618,50 @@ def _add_featviz(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_featviz(args: argparse.Namespace) -> int:
-    from .featviz import FeatvizConfig, Regularisers, check_targets, load_template, shipped_template_path
+    from ..analyses.featviz import FeatvizConfig, Regularisers, check_targets, load_template, shipped_template_path
 
-    try:
-        filters = [int(k) for k in args.filters.split(",")]
-    except ValueError:
-        raise UsageError(f"--filters {args.filters}: give comma-separated filter indices") from None
+    targets = _featviz_targets(args.filters, args.layer)
     folder = OutputFolder(args.out, [args.weights, args.template], args.overwrite, "featviz")
     model = _load_model(args)
     config = FeatvizConfig(steps=args.steps, size=args.size, learning_rate=args.lr, seed=args.seed)
     regularisers = Regularisers(jitter=args.jitter, rotation=args.rotation, tv=args.tv, l2=args.l2,
                                 style=args.style, sigma=args.sigma)
     template = load_template(args.template or shipped_template_path(), args.size)
-    targets = [(args.layer, k) for k in filters]
     check_targets(model, targets)
     with folder as work:
         _featviz_into(args, model, targets, config, regularisers, template, work)
     return 0
 
 
+def _featviz_targets(filters: str, layer: str | None) -> list[tuple[str, int]]:
+    """``(layer, filter)`` pairs from ``--filters`` (indices of ``--layer``, or layer:index)."""
+    targets = []
+    for item in filters.split(","):
+        name, _, index = item.strip().rpartition(":")
+        if not (name or layer) or not index.strip().isdigit():
+            raise UsageError(f"--filters {filters}: give filter indices with --layer, or layer:index pairs")
+        targets.append((name or layer, int(index)))
+    return targets
+
+
 def _featviz_into(args: argparse.Namespace, model, targets, config, regularisers, template, work: Path) -> None:
-    import numpy as np
+    from ..analyses.featviz import regulariser_sweep
+    from .figures import featviz_sweep
 
-    from .featviz import Regularisers, regulariser_sweep, visualise_filters
-    from .figures import featviz_montage, featviz_sweep
-
-    filters = [k for _, k in targets]
-    runs = {"unregularised": visualise_filters(model, targets, Regularisers.none(), config, progress=True),
-            "regularised": visualise_filters(model, targets, regularisers, config, template, progress=True)}
-    layer = args.layer
-    np.savez_compressed(work / f"featviz_{layer}.npz", filters=np.asarray(filters),
-                        **{f"{label}_images": run.images for label, run in runs.items()})
-    (work / f"featviz_{layer}.json").write_text(json.dumps(
-        {"model": args.model, **{label: run.to_dict() for label, run in runs.items()}}, indent=2) + "\n")
+    runs = stages.featviz.visualise(model, targets, config, regularisers, template, progress=True)
+    layer = args.layer or "+".join(sorted({name for name, _ in targets}))
     for label, run in runs.items():
         print(f"{label}: mean activation " + ", ".join(
             f"#{k} {a:.2f} → {b:.2f}" for (_, k), a, b in zip(run.targets, run.start_activation, run.final_activation)))
     title = f"{args.model} {layer}: activation maximisation (left unregularised, right regularised)"
-    featviz_montage(runs, work / f"featviz_{layer}.png", title=title)
+    stages.featviz.write_visualisations(runs, work, f"featviz_{layer}", title, {"model": args.model})
     print(f"wrote {args.out / f'featviz_{layer}.png'}")
     if args.sweep:
+        first = targets[0][1]
         sweep = regulariser_sweep(model, targets[0], template, config, regularisers)
-        title = f"{args.model} {layer} #{filters[0]}: one regulariser varied, the others as given (FLAIR channel)"
-        featviz_sweep(sweep, work / f"sweep_{layer}_{filters[0]}.png", title=title)
-        print(f"wrote {args.out / f'sweep_{layer}_{filters[0]}.png'}")
+        title = f"{args.model} {layer} #{first}: one regulariser varied, the others as given (FLAIR channel)"
+        featviz_sweep(sweep, work / f"sweep_{layer}_{first}.png", title=title)
+        print(f"wrote {args.out / f'sweep_{layer}_{first}.png'}")
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -712,8 +700,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    from ..data.case import SAMPLE_CASE, find_cases
     from .bench import BENCHMARKS, BenchConfig, describe, markdown, run_benchmarks
-    from .case import SAMPLE_CASE, find_cases
 
     inputs = [args.case, args.dissection_data, args.explain_run]
     json_target = _json_output(args.json, inputs, args.overwrite)

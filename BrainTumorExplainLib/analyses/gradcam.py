@@ -17,17 +17,17 @@ device. The batch is one ``y(c)`` sum: slices do not interact in eval mode, so e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Callable, Iterable, Literal
 
 import numpy as np
 import torch
 
-from .activations import LayerRecorder, resolve_layers, upsample_to_input
-from .case import Case
-from .errors import UsageError
-from .inference import slice_batches
-from .labels import CLASS_NAMES, region_mask, resolve_classes
-from .models.base import IN_CHANNELS, SegmentationNet
+from ..data.case import Case
+from ..data.labels import CLASS_NAMES, region_mask, resolve_classes
+from ..errors import UsageError
+from ..models.activations import LayerRecorder, resolve_layers, upsample_to_input
+from ..models.base import IN_CHANNELS, SegmentationNet, evaluating, model_device
+from ..models.inference import slice_batches
 
 OutputTarget = Literal["softmax", "logits"]
 TARGETS: tuple[str, ...] = ("softmax", "logits")
@@ -40,13 +40,25 @@ def _check_target(target: str) -> None:
         raise UsageError(f"unknown Grad-CAM target {target!r}; expected one of {', '.join(TARGETS)}")
 
 
+CamWeights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def gradcam_weights(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """Eq. 4, the paper's (and Grad-CAM's) filter weights: the spatial mean of the gradient, ``(N, K, 1, 1)``.
+
+    This is the extension point of a CAM variant, as ``get_cam_weights`` is in pytorch-grad-cam's ``BaseCAM``: any
+    function of the layer's activation and gradient ``(N, K, h, w)`` that returns ``(N, K, 1, 1)`` weights (or
+    ``(N, K, h, w)`` ones) can be passed as ``weights=`` to :func:`layer_gradcam` and :func:`gradcam_volume`."""
+    return gradient.mean(dim=(2, 3), keepdim=True)
+
+
 def layer_gradcam(model: SegmentationNet, images: torch.Tensor, layers: str | Iterable[str] = "all",
                   classes: str | Iterable[int] = "tumour", target: OutputTarget = "softmax",
-                  ) -> dict[str, torch.Tensor]:
+                  weights: CamWeights = gradcam_weights) -> dict[str, torch.Tensor]:
     """Raw Grad-CAM maps of a batch of slices: layer → ``(N, len(classes), H, W)`` at the input's size and device.
 
     ``images`` is ``(N, 4, H, W)`` in [FLAIR, T1, T1ce, T2] order. The model runs in eval mode (dropout off,
-    BatchNorm on its running statistics); its previous mode is restored.
+    BatchNorm on its running statistics); its previous mode is restored. ``weights``: see :func:`gradcam_weights`.
     """
     _check_target(target)
     if images.ndim != 4 or images.shape[1] != IN_CHANNELS:
@@ -55,28 +67,23 @@ def layer_gradcam(model: SegmentationNet, images: torch.Tensor, layers: str | It
     layer_names = resolve_layers(model, layers)
     class_indices = resolve_classes(classes)
     height, width = images.shape[-2:]
-    was_training = model.training
-    model.eval()
-    try:
-        with LayerRecorder(model, layer_names) as recorder, torch.enable_grad():
-            # The input asks for gradients so the graph exists even when every parameter is frozen.
-            logits = model(images.detach().requires_grad_(True))
-            output = torch.softmax(logits, dim=1) if target == "softmax" else logits
-            pooled = output.mean(dim=(2, 3))  # eq. 3: (N, classes)
-            activations = [recorder.outputs[name] for name in layer_names]
-            per_layer: list[list[torch.Tensor]] = [[] for _ in layer_names]
-            for position, class_index in enumerate(class_indices):
-                gradients = torch.autograd.grad(pooled[:, class_index].sum(), activations,
-                                                retain_graph=position < len(class_indices) - 1,
-                                                allow_unused=True)
-                for index, (activation, gradient) in enumerate(zip(activations, gradients)):
-                    if gradient is None:  # the class does not depend on this layer at all
-                        per_layer[index].append(activation.new_zeros(activation.shape[0], *activation.shape[2:]))
-                        continue
-                    weights = gradient.mean(dim=(2, 3), keepdim=True)  # eq. 4
-                    per_layer[index].append(torch.relu((weights * activation).sum(dim=1)).detach())  # eq. 5
-    finally:
-        model.train(was_training)
+    with evaluating(model), LayerRecorder(model, layer_names) as recorder, torch.enable_grad():
+        # The input asks for gradients so the graph exists even when every parameter is frozen.
+        logits = model(images.detach().requires_grad_(True))
+        output = torch.softmax(logits, dim=1) if target == "softmax" else logits
+        pooled = output.mean(dim=(2, 3))  # eq. 3: (N, classes)
+        activations = [recorder.outputs[name] for name in layer_names]
+        per_layer: list[list[torch.Tensor]] = [[] for _ in layer_names]
+        for position, class_index in enumerate(class_indices):
+            gradients = torch.autograd.grad(pooled[:, class_index].sum(), activations,
+                                            retain_graph=position < len(class_indices) - 1,
+                                            allow_unused=True)
+            for index, (activation, gradient) in enumerate(zip(activations, gradients)):
+                if gradient is None:  # the class does not depend on this layer at all
+                    per_layer[index].append(activation.new_zeros(activation.shape[0], *activation.shape[2:]))
+                    continue
+                beta = weights(activation, gradient)  # eq. 4
+                per_layer[index].append(torch.relu((beta * activation).sum(dim=1)).detach())  # eq. 5
     return {name: upsample_to_input(torch.stack(maps, dim=1), model, height, width)
             for name, maps in zip(layer_names, per_layer)}
 
@@ -92,16 +99,13 @@ def normalise(cam: np.ndarray | torch.Tensor) -> np.ndarray:
 class GradCamVolume:
     """Raw Grad-CAM maps of a case volume: ``maps[(layer, class_index)]`` is ``(Z, Y, X)`` float32 on the case's
     canonical grid (zero on slices not computed). Write one onto the case's own grid with
-    ``case.grid.write(volume.maps[key], path)``; ``display(key)`` gives the [0, 1] copy."""
+    ``case.grid.write(volume.maps[key], path)``; :func:`normalise` gives a [0, 1] copy."""
 
     layers: list[str]
     classes: list[int]
     target: str
     slices: np.ndarray
     maps: dict[tuple[str, int], np.ndarray] = field(repr=False)
-
-    def display(self, layer: str, class_index: int) -> np.ndarray:
-        return normalise(self.maps[(layer, class_index)])
 
     def slice_maps(self, z: int) -> dict[str, np.ndarray]:
         """Layer → ``(len(classes), Y, X)`` raw maps of axial slice ``z``, as :func:`figures.gradcam_montage` takes."""
@@ -111,7 +115,8 @@ class GradCamVolume:
 def gradcam_volume(model: SegmentationNet, case: Case, layers: str | Iterable[str] = "all",
                    classes: str | Iterable[int] = "tumour", target: OutputTarget = "softmax",
                    slices: Iterable[int] | None = None, batch_size: int = 8,
-                   device: str | torch.device | None = None, progress: bool = False) -> GradCamVolume:
+                   device: str | torch.device | None = None, progress: bool = False,
+                   weights: CamWeights = gradcam_weights) -> GradCamVolume:
     """Grad-CAM for every requested layer and class over the case's axial slices (default: every slice with brain),
     in batches. Memory: one float32 volume per (layer, class) — ask for the layers and classes you need."""
     layer_names = resolve_layers(model, layers)
@@ -120,11 +125,11 @@ def gradcam_volume(model: SegmentationNet, case: Case, layers: str | Iterable[st
     depth = case.images.shape[1]
     if chosen.size and (chosen.min() < 0 or chosen.max() >= depth):
         raise UsageError(f"slices must lie in 0..{depth - 1} for {case.case_id}, got {chosen.min()}..{chosen.max()}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = model_device(model, device)
     maps = {(name, c): np.zeros(case.brain_mask.shape, dtype=np.float32) for name in layer_names for c in class_indices}
     label = f"Grad-CAM {case.case_id}" if progress else None
     for batch_slices, images in slice_batches(case, chosen, batch_size, device, label):
-        for name, cams in layer_gradcam(model, images, layer_names, class_indices, target).items():
+        for name, cams in layer_gradcam(model, images, layer_names, class_indices, target, weights).items():
             cams = cams.float().cpu().numpy()
             for position, class_index in enumerate(class_indices):
                 maps[(name, class_index)][batch_slices] = cams[:, position]

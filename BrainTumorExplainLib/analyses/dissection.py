@@ -35,13 +35,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from . import __version__
-from .activations import LayerRecorder, resolve_layers, upsample_to_input
-from .case import Case, CaseError, as_case, find_case_files
-from .errors import InputError, UsageError
-from .inference import slice_batches
-from .labels import region_mask
-from .models.base import SegmentationNet
+from .. import __version__
+from ..data.case import Case, CaseError, as_case, find_case_files
+from ..data.labels import region_mask
+from ..errors import InputError, UsageError
+from ..models.activations import LayerRecorder, resolve_layers, upsample_to_input
+from ..models.base import SegmentationNet, evaluating, model_device
+from ..models.inference import slice_batches
+from ..progress import progress_bar
 from .quantiles import StreamingQuantiles
 
 # name → (what it is, the ground truth it needs)
@@ -359,25 +360,20 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
     if not 0 <= iou_cutoff <= 1:
         raise UsageError(f"iou_cutoff must lie in [0, 1], got {iou_cutoff}")
     layer_names = resolve_layers(model, layers)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = model_device(model, device)
     statistics: dict[str, StreamingQuantiles] = {}
     sums: dict[str, LayerDissection] = {}
     case_ids: list[str] = []
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for stage in ("thresholds", "refine thresholds", "concept IoU"):
-            sources: Iterable = cases
-            if progress:
-                from tqdm import tqdm
-
-                sources = tqdm(cases, desc=f"dissect {model.architecture}: {stage}", unit="case")
-            for source in sources:  # a case lives only for its own call: memory is one case, whatever the count
+            label = f"dissect {model.architecture}: {stage}" if progress else None
+            for source in progress_bar(cases, label, unit="case"):  # one case in memory at a time
+                case = as_case(source)
                 if stage == "concept IoU":
-                    case_ids.append(_tally_iou(model, as_case(source), layer_names, concepts, sums, slice_step,
-                                               batch_size, device))
+                    _tally_iou(model, case, layer_names, concepts, sums, slice_step, batch_size, device)
+                    case_ids.append(case.case_id)
                 else:
-                    _tally_activations(model, as_case(source), layer_names, statistics, quantile, bins, slice_step,
+                    _tally_activations(model, case, layer_names, statistics, quantile, bins, slice_step,
                                        batch_size, device)
             if stage == "thresholds":
                 for statistic in statistics.values():
@@ -390,8 +386,6 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
                                                  np.zeros((filters, len(concepts)), np.int64),
                                                  np.zeros((filters, len(concepts)), np.int64),
                                                  np.zeros((filters, len(concepts))), np.zeros(len(concepts), np.int64))
-    finally:
-        model.train(was_training)
     return Dissection(model.architecture, model_fingerprint(model), quantile, iou_cutoff, concepts, case_ids,
                       slice_step, sums)
 
@@ -412,7 +406,7 @@ def dissection_values(model: SegmentationNet, case: Case, layers: Sequence[str],
                       ) -> Iterator[dict[str, torch.Tensor]]:
     """Per batch of the case's dissection slices: layer → ``(K, values)``, the activations whose quantile is each
     filter's threshold (padding-only rows and columns dropped). Call with the model in eval mode."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = model_device(model, device)
     height, width = case.images.shape[-2:]
     slices = _dissection_slices(case, slice_step)
     for _, activations in _layer_batches(model, case, layers, slices, batch_size, device):
@@ -421,7 +415,7 @@ def dissection_values(model: SegmentationNet, case: Case, layers: Sequence[str],
 
 
 def _tally_iou(model: SegmentationNet, case: Case, layers: Sequence[str], concepts: Sequence[str],
-               sums: dict[str, LayerDissection], slice_step: int, batch_size: int, device: torch.device) -> str:
+               sums: dict[str, LayerDissection], slice_step: int, batch_size: int, device: torch.device) -> None:
     """IoU pass: each filter's post-processed masks against each concept, summed slice by slice."""
     truth = concept_masks(case, concepts)
     slices = _dissection_slices(case, slice_step)
@@ -443,7 +437,6 @@ def _tally_iou(model: SegmentationNet, case: Case, layers: Sequence[str], concep
             result.union += union.sum(0)
             result.image_iou_sum += (per_image * present[:, None, :]).sum(0)
             result.image_count += present.sum(0)
-    return case.case_id
 
 
 def filter_concept_masks(model: SegmentationNet, case: Case, dissection: Dissection,
@@ -458,12 +451,10 @@ def filter_concept_masks(model: SegmentationNet, case: Case, dissection: Dissect
         if not 0 <= k < len(dissection.layers[layer].thresholds):
             raise UsageError(f"filter {k} out of range for layer {layer} "
                              f"(0..{len(dissection.layers[layer].thresholds) - 1})")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = model_device(model, device)
     layers = resolve_layers(model, sorted({layer for layer, _ in filters}))
     masks = {pick: np.zeros(case.brain_mask.shape, dtype=bool) for pick in filters}
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for chosen, activations in _layer_batches(model, case, layers, case.brain_slices(), batch_size, device):
             brain = torch.from_numpy(case.brain_mask[chosen]).to(device)
             for layer in layers:
@@ -472,13 +463,11 @@ def filter_concept_masks(model: SegmentationNet, case: Case, dissection: Dissect
                 layer_masks = threshold_masks(activations[layer][:, ks], thresholds.to(device), brain, model)
                 for position, k in enumerate(ks):
                     masks[(layer, k)][chosen] = layer_masks[:, position]
-    finally:
-        model.train(was_training)
     return masks
 
 
 def shipped_dissection_path(architecture: str) -> Path:
-    from .models.registry import WEIGHTS_DIR
+    from ..models.registry import WEIGHTS_DIR
 
     return WEIGHTS_DIR / f"{architecture}.dissection.json"
 

@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .case import Case
-from .errors import UsageError
-from .inference import slice_batches
-from .models.base import NUM_CLASSES, SegmentationNet, dropout_modules, test_time_dropout
+from ..data.case import Case
+from ..errors import UsageError
+from ..models.base import NUM_CLASSES, SegmentationNet, dropout_modules, model_device, test_time_dropout
+from ..models.inference import slice_batches
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ def uncertainty_volume(model: SegmentationNet, case: Case, passes: int = 100, qu
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     plan = plan or (QUICK if quick else SamplingPlan.fixed(passes))
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = model_device(model, device)
     slices_per_batch, passes_per_forward = batching(device, slices_per_batch, passes_per_forward)
     shape = case.brain_mask.shape
     mean = np.zeros((NUM_CLASSES,) + shape, dtype=np.float32)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from .errors import InputError
+
+from ..errors import InputError
 
 ICBM152_NOTICE = """\
 Derived from the MNI ICBM152 2009a nonlinear symmetric template (as shipped in the nilearn package).

@@ -33,11 +33,11 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 import torch
 
-from .case import SAMPLE_CASE, Case, as_case, load_case
-from .errors import UsageError
-from .inference import slice_batches
-from .models import build_model, load_pretrained, test_time_dropout
-from .models.base import SegmentationNet
+from ..data.case import SAMPLE_CASE, Case, as_case, load_case
+from ..errors import UsageError
+from ..models import build_model, load_pretrained, test_time_dropout
+from ..models.base import SegmentationNet, evaluating
+from ..models.inference import slice_batches
 
 BENCHMARKS = ("ttd", "gradcam", "dissection", "segmentation", "featviz", "slicer")
 DISSECTION_VOLUMES = (4, 16, 48)
@@ -155,7 +155,7 @@ def naive_ttd(model: SegmentationNet, case: Case, slices: np.ndarray, passes: in
 
 
 def bench_ttd(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device) -> list[Measurement]:
-    from .uncertainty import QUICK, batching, brain_pearson, uncertainty_volume
+    from ..analyses.uncertainty import QUICK, batching, brain_pearson, uncertainty_volume
 
     slices = evenly_spaced_brain_slices(case, config.slices)
     subset = restricted_to_slices(case, slices)
@@ -224,7 +224,7 @@ def captum_gradcam(model: SegmentationNet, images: torch.Tensor, layers: Sequenc
     ReLU, brought onto the slice by the same upsampling as ours: layer → ``(N, len(classes), H, W)``."""
     from captum.attr import LayerGradCam
 
-    from .activations import upsample_to_input
+    from ..models.activations import upsample_to_input
 
     modules = model.analysable_layers()
     height, width = images.shape[-2:]
@@ -232,22 +232,18 @@ def captum_gradcam(model: SegmentationNet, images: torch.Tensor, layers: Sequenc
     def pooled_softmax(x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(model(x), dim=1).mean(dim=(2, 3))
 
-    was_training = model.training
-    model.eval()
-    try:
-        out = {}
+    out = {}
+    with evaluating(model):
         for name in layers:
             explainer = LayerGradCam(pooled_softmax, modules[name])
             maps = [explainer.attribute(images, target=c, relu_attributions=True).detach() for c in classes]
             out[name] = upsample_to_input(torch.cat(maps, dim=1), model, height, width)
-        return out
-    finally:
-        model.train(was_training)
+    return out
 
 
 def bench_gradcam(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device) -> list[Measurement]:
-    from .activations import resolve_layers
-    from .gradcam import layer_gradcam
+    from ..analyses.gradcam import layer_gradcam
+    from ..models.activations import resolve_layers
 
     layers = resolve_layers(model, "all")
     classes = list(range(4))
@@ -306,7 +302,7 @@ def dissection_cases(config: BenchConfig, count: int) -> list[Path]:
 
 def _dissection_child(config: BenchConfig, count: int, queue) -> None:
     """In a fresh process: dissect ``count`` volumes; report peak RSS (before and after) and the time."""
-    from .dissection import dissect
+    from ..analyses.dissection import dissect
 
     model = load_bench_model(config)
     device = torch.device(config.device)
@@ -326,8 +322,8 @@ def exact_thresholds(model: SegmentationNet, cases: Sequence[Case | str | Path],
                      device: torch.device) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per layer: the exact ``quantile`` of each filter over every dissection value of ``cases`` (all held in
     memory — a small set only), and each filter's value range."""
-    from .activations import resolve_layers
-    from .dissection import dissection_values
+    from ..analyses.dissection import dissection_values
+    from ..models.activations import resolve_layers
 
     layers = resolve_layers(model, "all")
     values: dict[str, list[np.ndarray]] = {name: [] for name in layers}
@@ -349,7 +345,7 @@ def exact_thresholds(model: SegmentationNet, cases: Sequence[Case | str | Path],
 
 def bench_dissection(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device
                      ) -> list[Measurement]:
-    from .dissection import DEFAULT_QUANTILE
+    from ..analyses.dissection import DEFAULT_QUANTILE
 
     context = multiprocessing.get_context("spawn")
     runs = []
@@ -390,7 +386,7 @@ def bench_dissection(model: SegmentationNet, case: Case, config: BenchConfig, de
 
 def bench_segmentation(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device
                        ) -> list[Measurement]:
-    from .inference import predict_probabilities
+    from ..models.inference import predict_probabilities
 
     slices = evenly_spaced_brain_slices(case, config.slices)
     subset = restricted_to_slices(case, slices)
@@ -407,8 +403,8 @@ def bench_segmentation(model: SegmentationNet, case: Case, config: BenchConfig, 
 
 def bench_featviz(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device
                   ) -> list[Measurement]:
-    from .activations import resolve_layers
-    from .featviz import FeatvizConfig, Regularisers, load_template, shipped_template_path, visualise_filters
+    from ..analyses.featviz import FeatvizConfig, Regularisers, load_template, shipped_template_path, visualise_filters
+    from ..models.activations import resolve_layers
 
     layers = resolve_layers(model, "all")
     picks = [layers[i] for i in np.linspace(0, len(layers) - 2, config.featviz_filters).round().astype(int)]

@@ -10,8 +10,8 @@ from typing import Iterable, Sequence
 import torch
 from torch.nn import functional as F
 
-from .errors import UsageError
-from .models.base import SegmentationNet
+from ..errors import UsageError
+from .base import SegmentationNet
 
 
 def resolve_layers(model: SegmentationNet, layers: str | Iterable[str] | None = "all") -> list[str]:

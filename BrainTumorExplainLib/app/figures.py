@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-
-from .case import MODALITIES, Case  # noqa: E402
-from .labels import CLASS_NAMES, TISSUE_NAMES  # noqa: E402
+from ..data.case import MODALITIES, Case
+from ..data.labels import CLASS_NAMES, TISSUE_NAMES
 
 # BraTS colours as Slicer shows them: NCR/NET red, edema green, enhancing yellow.
 LABEL_COLOURS = ((0, 0, 0, 0), (0.86, 0.16, 0.16, 1), (0.2, 0.75, 0.25, 1), (1.0, 0.85, 0.1, 1))
@@ -63,7 +60,7 @@ def case_montage(case: Case, path: str | Path, slices: list[int] | None = None, 
         overlays["prediction over T1ce"] = predicted
     if case.tissue is not None:
         columns.append("tissue")
-    figure, axes = plt.subplots(len(slices), len(columns), figsize=(2.2 * len(columns), 2.4 * len(slices)),
+    figure, axes = _subplots(len(slices), len(columns), figsize=(2.2 * len(columns), 2.4 * len(slices)),
                                 squeeze=False, facecolor="black")
     windows = [_window(case.images[c], case.brain_mask) for c in range(len(MODALITIES))]
     for row, z in enumerate(slices):
@@ -90,11 +87,16 @@ def case_montage(case: Case, path: str | Path, slices: list[int] | None = None, 
     return _save(figure, path, dpi)
 
 
+def _subplots(rows: int = 1, columns: int = 1, figsize=None, facecolor=None, squeeze: bool = True):
+    """A figure and its axes, made without pyplot: no global backend is chosen or changed (files only)."""
+    figure = Figure(figsize=figsize, facecolor=facecolor)
+    return figure, figure.subplots(rows, columns, squeeze=squeeze)
+
+
 def _save(figure, path: str | Path, dpi: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=dpi, facecolor=figure.get_facecolor())
-    plt.close(figure)
     return path
 
 
@@ -112,10 +114,10 @@ def gradcam_montage(case: Case, z: int, maps: dict[str, np.ndarray], classes: li
 
     ``maps``: layer → ``(len(classes), Y, X)`` raw Grad-CAM of slice ``z`` (network order).
     """
-    from .gradcam import normalise
+    from ..analyses.gradcam import normalise
 
     layers = list(maps)
-    figure, axes = plt.subplots(len(classes), len(layers) + 1, figsize=(1.6 * (len(layers) + 1), 1.8 * len(classes)),
+    figure, axes = _subplots(len(classes), len(layers) + 1, figsize=(1.6 * (len(layers) + 1), 1.8 * len(classes)),
                                 squeeze=False, facecolor="black")
     window = _window(case.images[0], case.brain_mask)
     for row, class_index in enumerate(classes):
@@ -140,10 +142,10 @@ def localisation_curves(tables: dict[str, dict], path: str | Path, dpi: int = 10
     """The paper's "top-down" claim as numbers: for each model (panel) and tumour class (line), the share of the
     Grad-CAM mass that falls inside the class's region, layer by layer; dashed: the region's share of the brain
     (a flat map). ``tables``: model → :func:`gradcam.localisation` output."""
-    from .gradcam import CLASS_REGION
+    from ..analyses.gradcam import CLASS_REGION
 
     colours = {1: LABEL_COLOURS[1], 2: LABEL_COLOURS[2], 3: (0.85, 0.6, 0.0, 1)}
-    figure, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.4), squeeze=False)
+    figure, axes = _subplots(1, len(tables), figsize=(4.2 * len(tables), 3.4), squeeze=False)
     for ax, (model, table) in zip(axes[0], tables.items()):
         layers = list(table)
         for class_index, colour in colours.items():
@@ -172,7 +174,7 @@ def concept_montage(case: Case, z: int, panels: list[tuple[str, np.ndarray, np.n
     the ground truth drawn as a yellow outline, so agreement is visible at a glance.
     """
     rows = max(1, -(-len(panels) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.6 * rows), squeeze=False, facecolor="black")
+    figure, axes = _subplots(rows, columns, figsize=(2.3 * columns, 2.6 * rows), squeeze=False, facecolor="black")
     window = _window(case.images[0], case.brain_mask)
     for ax in axes.ravel():
         ax.set_axis_off()
@@ -196,7 +198,7 @@ def uncertainty_figure(case: Case, labels: np.ndarray, uncertainty: np.ndarray, 
     slices = slices or montage_slices(case)
     with_truth = case.labels is not None
     columns = (["ground truth"] if with_truth else []) + ["prediction", "uncertainty"]
-    figure, axes = plt.subplots(len(slices), len(columns), figsize=(2.4 * len(columns), 2.5 * len(slices)),
+    figure, axes = _subplots(len(slices), len(columns), figsize=(2.4 * len(columns), 2.5 * len(slices)),
                                 squeeze=False, facecolor="black")
     window = _window(case.images[0], case.brain_mask)
     inside = uncertainty[case.brain_mask]
@@ -224,7 +226,7 @@ def error_by_uncertainty(analysis: dict, path: str | Path, title: str = "", dpi:
     """Error rate of the mean prediction in equal-count bins of each uncertainty map (low → high), AUROC in the
     legend; the dashed line is the brain's overall error rate. ``analysis``: from
     :func:`uncertainty.uncertainty_error_analysis`."""
-    figure, ax = plt.subplots(figsize=(6, 3.6))
+    figure, ax = _subplots(figsize=(6, 3.6))
     for name, entry in analysis["maps"].items():
         rates = [b["error_rate"] for b in entry["bins"]]
         ax.plot(range(1, len(rates) + 1), rates, marker="o", label=f"{name} (AUROC {entry['auroc']:.3f})")
@@ -252,7 +254,7 @@ def featviz_montage(runs: dict[str, "object"], path: str | Path, title: str = ""
     first = next(iter(runs.values()))
     labels = list(runs)
     columns = 4 * len(labels)
-    figure, axes = plt.subplots(len(first.targets), columns, figsize=(1.5 * columns, 1.6 * len(first.targets) + 0.4),
+    figure, axes = _subplots(len(first.targets), columns, figsize=(1.5 * columns, 1.6 * len(first.targets) + 0.4),
                                 squeeze=False, facecolor="black")
     for block, label in enumerate(labels):
         result = runs[label]
@@ -274,7 +276,7 @@ def featviz_sweep(sweep: dict[str, list], path: str | Path, title: str = "", dpi
     """Figure 13 of the paper: one row per regulariser, one column per coefficient; the FLAIR channel of each
     pre-image. ``sweep``: from :func:`featviz.regulariser_sweep`."""
     columns = max(len(values) for values in sweep.values())
-    figure, axes = plt.subplots(len(sweep), columns, figsize=(1.7 * columns, 1.9 * len(sweep)), squeeze=False,
+    figure, axes = _subplots(len(sweep), columns, figsize=(1.7 * columns, 1.9 * len(sweep)), squeeze=False,
                                 facecolor="black")
     for ax in axes.ravel():
         ax.set_axis_off()

@@ -36,10 +36,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .activations import forward_until, resolve_layers
-from .case import Case
-from .errors import InputError, UsageError
-from .models.base import IN_CHANNELS, SegmentationNet
+from ..data.case import Case
+from ..errors import InputError, UsageError
+from ..models.activations import forward_until, resolve_layers
+from ..models.base import IN_CHANNELS, SegmentationNet, evaluating, model_device
+from ..progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def check_targets(model: SegmentationNet, targets: Sequence[Target], device: str
     targets = [(resolve_layers(model, [layer])[0], int(k)) for layer, k in targets]
     if not targets:
         raise UsageError("no filters to visualise")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = model_device(model, device)
     channels = _layer_channels(model, sorted({layer for layer, _ in targets}), device)
     for layer, k in targets:
         if not 0 <= k < channels[layer]:
@@ -158,7 +159,7 @@ def visualise_filters(model: SegmentationNet, targets: Sequence[Target],
                       template: np.ndarray | None = None, device: str | torch.device | None = None,
                       progress: bool = False) -> FeatureVisualisation:
     """Optimise one pre-image per ``(layer, filter)`` target, all in one batch (eq. 8a)."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = model_device(model, device)
     targets = check_targets(model, targets, device)
     if regularisers.style > 0 and template is None:
         raise UsageError("the style regulariser needs a template image (the dataset's mean image): pass "
@@ -170,64 +171,64 @@ def visualise_filters(model: SegmentationNet, targets: Sequence[Target],
             raise UsageError(f"template must be (4, H, W) in [FLAIR, T1, T1ce, T2] order, got {template.shape}")
         template_tensor = torch.from_numpy(template).to(device)
     generator = torch.Generator().manual_seed(config.seed)
-    pad = regularisers.jitter
-    size = config.size
-    start = torch.randn(len(targets), IN_CHANNELS, size + 2 * pad, size + 2 * pad, generator=generator)
-    start = start * config.init_scale
-    if template_tensor is not None and config.start == "template":
-        if template_tensor.shape[-2:] != (size, size):
-            raise UsageError(f"template is {tuple(template_tensor.shape[-2:])}, the pre-image {size}×{size}: "
-                             f"load it with load_template(path, size)")
-        start = start + F.pad(template_tensor.cpu()[None], (pad,) * 4, mode="reflect" if pad else "constant")
-    x = start.to(device).requires_grad_(True)
-    optimiser = torch.optim.Adam([x], lr=config.learning_rate)
-    was_training = model.training
-    model.eval()
-    try:
+    x = _start_images(len(targets), regularisers.jitter, config, template_tensor, generator).to(device)
+    size, pad = config.size, regularisers.jitter
+    with evaluating(model):
         with torch.no_grad():
             start_activation = filter_activation(model, x[..., pad:pad + size, pad:pad + size], targets)
-        steps = range(config.steps)
-        if progress:
-            from tqdm import tqdm
-
-            steps = tqdm(steps, desc="featviz", unit="step")
-        for _ in steps:
-            dy, dx = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator)) if pad else (0, 0)
-            window = x[..., dy:dy + size, dx:dx + size]
-            if regularisers.rotation > 0:
-                angles = (torch.rand(len(targets), generator=generator) * 2 - 1) * regularisers.rotation
-                window = _rotate(window, angles.to(device))
-            objective = filter_activation(model, window, targets)
-            penalty = torch.zeros_like(objective)
-            if regularisers.tv > 0:
-                penalty = penalty + regularisers.tv * total_variation(x)
-            if regularisers.l2 > 0:
-                penalty = penalty + regularisers.l2 * x.pow(2).sum(dim=(1, 2, 3))
-            if regularisers.style > 0:
-                penalty = penalty + regularisers.style * style_distance(
-                    window, template_tensor, regularisers.sigma, regularisers.style_samples, generator)
-            # images are independent, so the sum's gradient is each image's own gradient
-            (gradient,) = torch.autograd.grad((penalty - objective).sum(), [x])
-            x.grad = gradient
-            optimiser.step()
-        result = x.detach()[..., pad:pad + size, pad:pad + size]
+        result = _optimise(model, x.requires_grad_(True), targets, regularisers, config, template_tensor, generator,
+                           progress)
         with torch.no_grad():
             final_activation = filter_activation(model, result, targets)
-    finally:
-        model.train(was_training)
     return FeatureVisualisation(targets, result.cpu().numpy().astype(np.float32),
                                 start_activation.cpu().numpy(), final_activation.cpu().numpy(), regularisers, config)
 
 
+def _start_images(count: int, pad: int, config: FeatvizConfig, template: torch.Tensor | None,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Seeded noise (plus the template when the config starts there), padded by the jitter on every side."""
+    size = config.size
+    start = torch.randn(count, IN_CHANNELS, size + 2 * pad, size + 2 * pad, generator=generator) * config.init_scale
+    if template is not None and config.start == "template":
+        if template.shape[-2:] != (size, size):
+            raise UsageError(f"template is {tuple(template.shape[-2:])}, the pre-image {size}×{size}: "
+                             f"load it with load_template(path, size)")
+        start = start + F.pad(template.cpu()[None], (pad,) * 4, mode="reflect" if pad else "constant")
+    return start
+
+
+def _optimise(model: SegmentationNet, x: torch.Tensor, targets: Sequence[Target], regularisers: Regularisers,
+              config: FeatvizConfig, template: torch.Tensor | None, generator: torch.Generator,
+              progress: bool) -> torch.Tensor:
+    """Gradient ascent on the filters' mean activation minus the regularisers, from ``x``; the final crops."""
+    size, pad = config.size, regularisers.jitter
+    optimiser = torch.optim.Adam([x], lr=config.learning_rate)
+    for _ in progress_bar(range(config.steps), "featviz" if progress else None, unit="step"):
+        dy, dx = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator)) if pad else (0, 0)
+        window = x[..., dy:dy + size, dx:dx + size]
+        if regularisers.rotation > 0:
+            angles = (torch.rand(len(targets), generator=generator) * 2 - 1) * regularisers.rotation
+            window = _rotate(window, angles.to(x.device))
+        objective = filter_activation(model, window, targets)
+        penalty = torch.zeros_like(objective)
+        if regularisers.tv > 0:
+            penalty = penalty + regularisers.tv * total_variation(x)
+        if regularisers.l2 > 0:
+            penalty = penalty + regularisers.l2 * x.pow(2).sum(dim=(1, 2, 3))
+        if regularisers.style > 0:
+            penalty = penalty + regularisers.style * style_distance(
+                window, template, regularisers.sigma, regularisers.style_samples, generator)
+        # images are independent, so the sum's gradient is each image's own gradient
+        (gradient,) = torch.autograd.grad((penalty - objective).sum(), [x])
+        x.grad = gradient
+        optimiser.step()
+    return x.detach()[..., pad:pad + size, pad:pad + size]
+
+
 def _layer_channels(model: SegmentationNet, layers: Sequence[str], device: torch.device) -> dict[str, int]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            probe = torch.zeros(1, IN_CHANNELS, model.divisor, model.divisor, device=device)
-            return {name: int(output.shape[1]) for name, output in forward_until(model, probe, layers).items()}
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad():
+        probe = torch.zeros(1, IN_CHANNELS, model.divisor, model.divisor, device=device)
+        return {name: int(output.shape[1]) for name, output in forward_until(model, probe, layers).items()}
 
 
 SWEEPS: dict[str, tuple[float, ...]] = {  # Figure 13: one regulariser varied, the others at their defaults
@@ -293,6 +294,6 @@ def load_template(path: str | Path, size: int | None = None) -> np.ndarray:
 
 
 def shipped_template_path() -> Path:
-    from .models.registry import WEIGHTS_DIR
+    from ..models.registry import WEIGHTS_DIR
 
     return WEIGHTS_DIR / "template.npz"

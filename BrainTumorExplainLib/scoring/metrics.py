@@ -13,12 +13,13 @@ Distances use the voxel spacing, so anisotropic grids are measured in mm.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage
 
-from .labels import REGIONS, region_mask
+from ..data.labels import REGIONS, region_mask
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -62,31 +63,60 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...]) 
 
 
 @dataclass(frozen=True)
+class RegionMetric:
+    """One score of a region: its key in the results, its table heading and digits, and how it is computed from a
+    predicted and a true mask and the voxel spacing (mm)."""
+
+    key: str
+    heading: str
+    digits: int
+    compute: Callable[[np.ndarray, np.ndarray, tuple[float, ...]], float]
+
+
+# Every score the project reports per region; a new metric is one entry here (scores, JSON, tables, means follow).
+REGION_METRICS: tuple[RegionMetric, ...] = (
+    RegionMetric("dice", "Dice", 3, lambda prediction, truth, spacing: dice(prediction, truth)),
+    RegionMetric("hd95_mm", "HD95", 2, hd95),
+)
+
+
+@dataclass(frozen=True)
 class RegionScore:
     region: str
-    dice: float
-    hd95_mm: float
+    values: dict[str, float]  # metric key → value, for each of REGION_METRICS
     predicted_voxels: int
     truth_voxels: int
+
+    @property
+    def dice(self) -> float:
+        return self.values["dice"]
+
+    @property
+    def hd95_mm(self) -> float:
+        return self.values["hd95_mm"]
 
 
 def score_segmentation(prediction: np.ndarray, truth: np.ndarray,
                        spacing: tuple[float, float, float]) -> dict[str, RegionScore]:
-    """Dice and HD95 for WT, TC and ET from two class-index volumes (0..3, see :mod:`labels`)."""
+    """Every metric of :data:`REGION_METRICS` for WT, TC and ET from two class-index volumes (0..3, see
+    :mod:`labels`)."""
     scores = {}
     for region in REGIONS:
         p, t = region_mask(prediction, region), region_mask(truth, region)
-        scores[region] = RegionScore(region, dice(p, t), hd95(p, t, spacing), int(p.sum()), int(t.sum()))
+        values = {metric.key: float(metric.compute(p, t, spacing)) for metric in REGION_METRICS}
+        scores[region] = RegionScore(region, values, int(p.sum()), int(t.sum()))
     return scores
 
 
 def scores_as_dict(scores: dict[str, RegionScore]) -> dict[str, dict[str, float]]:
-    return {region: {k: v for k, v in asdict(score).items() if k != "region"} for region, score in scores.items()}
+    return {region: {**score.values, "predicted_voxels": score.predicted_voxels, "truth_voxels": score.truth_voxels}
+            for region, score in scores.items()}
 
 
 def format_scores(scores: dict[str, RegionScore]) -> str:
-    lines = [f"{'region':<8}{'Dice':>8}{'HD95 mm':>10}{'pred vox':>11}{'true vox':>11}"]
+    lines = [f"{'region':<8}" + "".join(f"{metric.heading:>10}" for metric in REGION_METRICS)
+             + f"{'pred vox':>11}{'true vox':>11}"]
     for score in scores.values():
-        lines.append(f"{score.region:<8}{score.dice:>8.3f}{score.hd95_mm:>10.2f}{score.predicted_voxels:>11}"
-                     f"{score.truth_voxels:>11}")
+        lines.append(f"{score.region:<8}" + "".join(f"{score.values[m.key]:>10.{m.digits}f}" for m in REGION_METRICS)
+                     + f"{score.predicted_voxels:>11}{score.truth_voxels:>11}")
     return "\n".join(lines)

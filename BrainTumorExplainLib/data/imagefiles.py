@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CaseError
+from ..errors import CaseError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 QFORM_SFORM_TOLERANCE_MM = 1e-3  # beyond this, the two affines describe different grids

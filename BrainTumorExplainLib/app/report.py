@@ -7,27 +7,6 @@ import base64
 import html
 from pathlib import Path
 
-FIGURES = (  # file under the run folder, heading, what to look at
-    ("figures/segmentation.png", "Segmentation", "The four sequences, the ground truth (when present) and the "
-     "network's labels: NCR/NET red, edema green, enhancing tumour yellow."),
-    ("figures/uncertainty.png", "Uncertainty (test-time dropout)", "Red where the dropout passes disagree; "
-     "misclassified regions should be red."),
-    ("figures/slice_uncertainty.png", "As the slice view shows it", "The slice with the largest predicted tumour as "
-     "scene.mrb shows it in Slicer: FLAIR, the uncertainty overlay at 50 % and the segmentation labels."),
-    ("figures/error_by_uncertainty.png", "Is the uncertainty where the errors are?", "Error rate of the prediction "
-     "in ten equal bins of each uncertainty map, low to high."),
-    ("figures/gradcam.png", "Grad-CAM, layer by layer", "Where each layer looks for each class, input (left) to "
-     "output (right)."),
-    ("figures/slice_gradcam.png", "Grad-CAM of the last layer, as the slice view shows it", "The same slice with "
-     "the Grad-CAM heatmap of the layer before the output (enhancing tumour when predicted) over the FLAIR."),
-    ("figures/topdown.png", "Top-down localisation, measured", "Share of each class's Grad-CAM inside its region per "
-     "layer; dashed: a flat map."),
-    ("figures/concepts.png", "Concept detectors (network dissection)", "The filter that best detects each concept "
-     "over the dissection dataset, its mask on this case (cyan) and the ground truth (yellow)."),
-    ("featviz/detectors.png", "What those filters respond to (activation maximisation)", "Pre-images that maximise "
-     "each detector, without and with regularisers."),
-)
-
 
 def _image(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
@@ -44,8 +23,9 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def write_report(summary: dict, run_folder: Path, path: Path) -> Path:
-    """Write ``report.html`` for a run folder holding the figures named in :data:`FIGURES`."""
+def write_report(summary: dict, run_folder: Path, path: Path, figures: list[tuple[str, str, str]]) -> Path:
+    """Write ``report.html`` for a run folder: the summary's numbers, then each of ``figures`` (file under the run
+    folder, heading, what to look at) that the run made."""
     parts = [f"<h1>{html.escape(summary['case'])} · {html.escape(summary['model'])}</h1>",
              "<p class=note>Demonstration networks trained on phantoms; not for clinical use.</p>"]
     if "scores" in summary:
@@ -59,7 +39,7 @@ def write_report(summary: dict, run_folder: Path, path: Path) -> Path:
     if "error_analysis" in uncertainty:
         analysis = uncertainty["error_analysis"]
         rows = [[name, _fmt(entry["auroc"])] for name, entry in analysis["maps"].items()]
-        parts.append(f"<h2>Uncertainty ({html.escape(uncertainty['mode'])}, {uncertainty['mean_passes']} passes per "
+        parts.append(f"<h2>Uncertainty ({html.escape(uncertainty['mode'])}, {uncertainty['passes']['mean']} passes per "
                      f"slice on average)</h2><p>AUROC of each map for misclassified brain voxels (error rate "
                      f"{analysis['error_rate']:.4f}):</p>" + _table(rows, ["map", "AUROC"]))
     detectors = summary.get("concepts", {}).get("detectors", [])
@@ -69,7 +49,7 @@ def write_report(summary: dict, run_folder: Path, path: Path) -> Path:
         parts.append(f"<h2>Best detector per concept</h2><p>IoU over the {summary['concepts']['dissection_cases']} "
                      f"dissection cases, and on this case.</p>"
                      + _table(rows, ["concept", "layer", "filter", "dataset IoU", "IoU here"]))
-    for relative, heading, caption in FIGURES:
+    for relative, heading, caption in figures:
         figure = run_folder / relative
         if figure.is_file():
             parts.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(caption)}</p>{_image(figure)}")

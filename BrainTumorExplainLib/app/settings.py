@@ -11,7 +11,7 @@ import argparse
 import re
 from dataclasses import MISSING, dataclass, field, fields
 
-from .errors import UsageError
+from ..errors import UsageError
 
 MODEL_NAMES: tuple[str, ...] = ("denseunet", "resunet", "simunet")  # the shipped networks (models.ARCHITECTURES)
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")  # the command line also takes cuda:N
@@ -69,11 +69,12 @@ class ExplainConfig:
     featviz_size: int = _option(96, "pre-image size in pixels")
     seed: int = _option(0, "seed of the dropout masks and the feature visualisation")
     overwrite: bool = _option(False, "replace OUT (an earlier result) once the new run is complete")
-    scene: bool = _option(True, "scene.mrb for 3D Slicer")
+    scene: bool | None = _option(None, "write scene.mrb for 3D Slicer (refused before any work if slicer-core is "
+                                       "missing); default: when slicer-core is installed", flags=("--scene", "--no-scene"))
 
     def __post_init__(self) -> None:
         """Refuse what cannot run, before any work (layer names are checked against the model when it is loaded)."""
-        from .labels import resolve_classes
+        from ..data.labels import resolve_classes
 
         check_device_name(self.device)
         if self.passes < 2:

@@ -142,8 +142,8 @@ class ReferenceGrid:
         are refused: they would not survive NIfTI. Failures raise :class:`OutputError` naming the file."""
         import SimpleITK as sitk
 
-        from .errors import OutputError, itk_reason
-        from .outputs import check_volume_path
+        from ..errors import OutputError, itk_reason
+        from ..outputs import check_volume_path
 
         path = Path(path)
         check_volume_path(path)

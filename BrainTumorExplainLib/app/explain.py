@@ -1,0 +1,123 @@
+"""``explain``: every analysis of the paper on one case, written on the case's own grid, with figures, a JSON summary
+and a self-contained HTML report.
+
+Stages (:data:`contract.STAGES`, each timed): load → segmentation → test-time-dropout uncertainty (quick by default
+on CPU) → Grad-CAM for every layer and tumour class → concept masks of the model's best detectors (from its saved
+dissection) → feature visualisations of those filters → ``scene.mrb`` (by the Slicer module's logic, in a child
+process) → report. The analyses are the modules of :mod:`app.stages`. Scores, the uncertainty–error AUROC and the
+detectors' IoU on this case need ground truth and are reported when the case has it.
+
+Every option and input is checked before any work (the case is read, the model, its layers and the dissection
+loaded, the scene's prerequisites found). The run writes into a private folder beside ``OUT`` and publishes it as
+``OUT`` only when every stage succeeded and every file reads back (:class:`outputs.OutputFolder`), so a failed or
+interrupted run never leaves something that looks like a result, two runs never mix, and an input is never written
+over.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..data.case import CaseError, CaseFiles, load_case
+from ..errors import UsageError
+from ..outputs import OutputFolder
+from . import stages
+from .contract import REPORT, STAGES, SUMMARY, SUMMARY_SCHEMA, Progress
+from .settings import ExplainConfig, resolve_device
+
+__all__ = ["STAGES", "ExplainConfig", "explain"]
+
+
+def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConfig = ExplainConfig(),
+            progress: str | None = "text") -> dict:
+    """Run every analysis on one case and write OUT (see the module notes); returns the summary.
+    ``progress``: ``text`` (people), ``json`` (one event per line, for programs) or None (silent)."""
+    from .report import write_report
+
+    progress = progress or None
+    clock = Progress(progress)
+    with clock.stage("load"):  # everything that can be refused, before any work or output
+        run, folder = _load(source, out, config, progress is not None)
+    with folder as work:
+        run.work = work
+        for analysis in stages.ANALYSES:
+            with clock.stage(analysis.NAME):
+                analysis.run(run)
+        with clock.stage("scene"):
+            stages.scene.run(run)
+        with clock.stage("report"):
+            run.summary["seconds"] = clock.seconds
+            write_report(run.summary, work, work / REPORT, stages.report_figures())
+        run.summary["seconds"] = clock.seconds
+        (work / SUMMARY).write_text(json.dumps(run.summary, indent=2) + "\n")
+    clock.finished(Path(out))
+    return run.summary
+
+
+def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run", OutputFolder]:
+    """The run's inputs, read and checked, and its output folder, checked (nothing is written yet)."""
+    from ..analyses.dissection import Dissection, load_shipped_dissection
+    from ..models.activations import resolve_layers
+    from ..models.registry import load_model
+    from .figures import montage_slices
+
+    files = source if isinstance(source, CaseFiles) else None
+    if str(source).endswith(".npz"):
+        raise CaseError(f"{source}: explain needs the case's image files (a folder or the four files), not a "
+                        "saved case: the scene and the report refer to them")
+    inputs = [source] if files is None else [files.flair, files.t1, files.t1ce, files.t2, files.seg, files.tissue]
+    folder = OutputFolder(out, [*inputs, config.weights, config.dissection], config.overwrite, "explain")
+    scene = stages.scene.wanted(config.scene)
+    device = resolve_device(config.device)
+    case = load_case(source)
+    model = load_model(config.model, config.weights, device)
+    try:
+        resolve_layers(model, config.layers)
+    except ValueError as error:
+        raise UsageError(f"--layers {config.layers}: {error}") from None
+    dissection = Dissection.load(config.dissection) if config.dissection else load_shipped_dissection(model)
+    dissection.check_model(model)
+    run = stages.Run(case, model, config, dissection, Path(), _summary_start(case, config, device),
+                     quick=config.quick if config.quick is not None else device.type == "cpu",
+                     z=montage_slices(case, 1)[0], progress=bars)
+    run.handed_on["scene"] = scene
+    return run, folder
+
+
+def _summary_start(case, config: ExplainConfig, device) -> dict:
+    roles = ("flair", "t1", "t1ce", "t2", "seg", "tissue")
+    return {
+        "schema": SUMMARY_SCHEMA, "version": __version__, "case": case.case_id, "model": config.model,
+        "config": asdict(config), "device": device_name(device), "versions": library_versions(),
+        "ground_truth": case.labels is not None,
+        "inputs": {"files": {role: str(getattr(case.files, role)) if getattr(case.files, role) else None
+                             for role in roles},
+                   "naming": case.files.naming, "convention": case.label_convention.name},
+    }
+
+
+def device_name(device) -> str:
+    import torch
+
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def library_versions() -> dict[str, str]:
+    import scipy
+    import torch
+
+    try:
+        import SimpleITK
+        simpleitk = SimpleITK.Version_VersionString()
+    except ImportError:  # a saved case (.npz) needs no SimpleITK
+        simpleitk = "not installed"
+    return {"BrainTumorExplainLib": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "scipy": scipy.__version__, "SimpleITK": simpleitk}

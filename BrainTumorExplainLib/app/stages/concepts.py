@@ -1,0 +1,60 @@
+"""Concept masks of the model's best detectors (network dissection, §3.1) on this case, and their IoU here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..contract import CONCEPTS, concept_file, figure_file
+
+NAME = "concepts"
+FIGURES = ((figure_file("concepts"), "Concept detectors (network dissection)", "The filter that best detects each "
+            "concept over the dissection dataset, its mask on this case (cyan) and the ground truth (yellow)."),)
+
+
+def write_masks(masks: dict, best: dict[str, dict], case, folder: Path) -> list[Path]:
+    """The mask of each concept's best detector as ``<layer>_<filter>_<concept>.nii.gz`` in ``folder``
+    (``dissect`` writes them too)."""
+    return [case.grid.write(masks[(row["layer"], row["filter"])].astype(np.uint8),
+                            Path(folder) / concept_file(row["layer"], row["filter"], concept))
+            for concept, row in best.items()]
+
+
+def _detectors(best: dict, masks: dict, truth: dict) -> list[dict]:
+    """Each best detector's row, with its IoU over the dissection set and — with ground truth — on this case."""
+    detectors = []
+    for concept, row in best.items():
+        mask = masks[(row["layer"], row["filter"])]
+        entry = {key: value for key, value in row.items() if key != "iou"}
+        entry["dataset_iou"] = round(row["iou"], 4)
+        if concept in truth:
+            union = int((mask | truth[concept]).sum())
+            entry["case_iou"] = round(int((mask & truth[concept]).sum()) / union, 4) if union else 0.0
+        detectors.append(entry)
+    return detectors
+
+
+def run(run) -> None:
+    from ...analyses.dissection import CONCEPTS as CONCEPT_SOURCES
+    from ...analyses.dissection import concept_masks, filter_concept_masks, ground_truth_of
+    from ..figures import concept_montage
+
+    case, dissection = run.case, run.dissection
+    best = dissection.best_detectors()
+    picks = [(row["layer"], row["filter"]) for row in best.values()]
+    masks = filter_concept_masks(run.model, case, dissection, picks) if picks else {}
+    carried = ground_truth_of(case)[1]
+    have = [concept for concept in best if CONCEPT_SOURCES[concept][1] in carried]
+    truth = dict(zip(have, concept_masks(case, have))) if have else {}
+    write_masks(masks, best, case, run.work / CONCEPTS)
+    detectors = _detectors(best, masks, truth)
+    run.summary["concepts"] = {"dissection_cases": len(dissection.cases), "quantile": dissection.quantile,
+                               "detectors": detectors}
+    run.handed_on["detectors"] = picks
+    if detectors:
+        z = run.z
+        panels = [(f"{d['layer']} #{d['filter']}: {d['concept']}", masks[(d["layer"], d["filter"])][z],
+                   truth[d["concept"]][z] if d["concept"] in truth else None) for d in detectors]
+        concept_montage(case, z, panels, run.figure("concepts"),
+                        title=f"{case.case_id} z={z} · {run.config.model}: best detector per concept")

@@ -1,0 +1,54 @@
+"""Test-time-dropout uncertainty: the maps on the case's own grid, their summary, the figures (paper §5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..contract import figure_file, uncertainty_file
+
+NAME = "uncertainty"
+FIGURES = (
+    (figure_file("uncertainty"), "Uncertainty (test-time dropout)", "Red where the dropout passes disagree; "
+     "misclassified regions should be red."),
+    (figure_file("error_by_uncertainty"), "Is the uncertainty where the errors are?", "Error rate of the prediction "
+     "in ten equal bins of each uncertainty map, low to high."),
+)
+
+
+def write_maps(volume, case, folder: Path) -> list[Path]:
+    """``uncertainty``, ``entropy`` and ``mutual_information`` volumes into ``folder`` (the ``uncertainty`` verb
+    writes them too)."""
+    return [case.grid.write(array, Path(folder) / uncertainty_file(name)) for name, array in volume.maps().items()]
+
+
+def summarise(volume, case, mode: str, seed: int) -> dict:
+    """Mode, seed, passes per slice, and — with ground truth — the uncertainty-error analysis."""
+    from ...analyses.uncertainty import uncertainty_error_analysis
+
+    used = volume.passes[volume.passes > 0]
+    summary = {"mode": mode, "seed": seed, "passes": {"min": int(used.min()), "mean": round(float(used.mean()), 1),
+                                                      "max": int(used.max())}}
+    if case.labels is not None:
+        summary["error_analysis"] = uncertainty_error_analysis(volume, case)
+    return summary
+
+
+def draw(volume, case, summary: dict, uncertainty_png: Path, errors_png: Path, title: str) -> None:
+    from ..figures import error_by_uncertainty, uncertainty_figure
+
+    uncertainty_figure(case, volume.labels, volume.variance, uncertainty_png, title=title)
+    if "error_analysis" in summary:
+        error_by_uncertainty(summary["error_analysis"], errors_png)
+
+
+def run(run) -> None:
+    from ...analyses.uncertainty import uncertainty_volume
+
+    config = run.config
+    volume = uncertainty_volume(run.model, run.case, passes=config.passes, quick=run.quick, seed=config.seed,
+                                progress=run.progress)
+    write_maps(volume, run.case, run.work)
+    summary = summarise(volume, run.case, "quick" if run.quick else f"T={config.passes}", config.seed)
+    draw(volume, run.case, summary, run.figure("uncertainty"), run.figure("error_by_uncertainty"),
+         run.title("ground truth | prediction | uncertainty"))
+    run.summary["uncertainty"] = summary
