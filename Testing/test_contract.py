@@ -164,3 +164,24 @@ def test_asking_for_a_scene_without_slicer_core_fails_before_any_work(small_phan
     captured = capsys.readouterr()
     assert "--scene: cannot write scene.mrb: slicer-core is not installed" in captured.err
     assert "[segmentation]" not in captured.out and not (tmp_path / "x").exists()
+
+
+def test_an_option_is_one_field(small_phantom, tmp_path):
+    """gradcam_target was added as one field of ExplainConfig (and its use in its stage): the command line, the
+    arguments the panel passes and the summary follow from the field."""
+    from BrainTumorExplainLib.analyses.dissection import load_shipped_dissection
+    from BrainTumorExplainLib.app import stages
+    from BrainTumorExplainLib.app.cli import build_parser
+    from BrainTumorExplainLib.app.settings import ExplainConfig, config_from_arguments
+    from BrainTumorExplainLib.data.case import load_case
+    from BrainTumorExplainLib.models import load_pretrained
+
+    config = ExplainConfig(model="resunet", layers="dec1", gradcam_target="logits")
+    assert "--gradcam-target" in config.arguments()
+    parsed = build_parser().parse_args(["explain", "case", "--out", "o", *config.arguments()])
+    assert config_from_arguments(parsed) == config
+    model = load_pretrained("resunet")
+    run = stages.Run(load_case(small_phantom.flair.parent), model, config, load_shipped_dissection(model), tmp_path,
+                     {}, quick=True, z=20, progress=False)
+    stages.gradcam.run(run)
+    assert run.summary["gradcam"]["target"] == "logits"

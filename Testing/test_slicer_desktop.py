@@ -234,7 +234,11 @@ def test_loading_the_module_needs_no_package_slicer_lacks():
         package = path.parent
         for name in _top_level_imports(path):
             if name.startswith("."):
-                target = package / name.lstrip(".")
+                rest = name.lstrip(".")
+                base = package
+                for _ in range(len(name) - len(rest) - 1):
+                    base = base.parent
+                target = base.joinpath(*rest.split(".")) if rest else base
                 queue += [p for p in (target.with_suffix(".py"), target / "__init__.py") if p.is_file()]
                 continue
             top = name.split(".")[0]
@@ -246,6 +250,8 @@ def test_loading_the_module_needs_no_package_slicer_lacks():
                 continue
             assert top in allowed, f"{path.relative_to(ROOT)} imports {name} when the module loads"
     assert MODULE / "BrainTumorExplainLogic" / "explainrun.py" in seen
+    assert ROOT / "BrainTumorExplainLib" / "app" / "settings.py" in seen
+    assert ROOT / "BrainTumorExplainLib" / "analyses" / "__init__.py" in seen
 
 
 def test_process_options_give_a_whole_process_tree_and_no_console_window():

@@ -10,7 +10,7 @@ out=${2:?output folder}
 python=${PYTHON:-python3}
 case_args=()
 if [ -n "${3:-}" ]; then case_args=(--case "$3"); fi
-bench() { "$python" -m BrainTumorExplainLib bench "${case_args[@]}" --device "$device" "$@"; }
+bench() { "$python" -m BrainTumorExplainLib bench "${case_args[@]}" --device "$device" --overwrite "$@"; }
 
 if [ "$device" = cpu ]; then
   bench --slices 8 --precision both --gradcam-slices 8 --dissection-volumes 4,16,48 --dissection-step 32 \

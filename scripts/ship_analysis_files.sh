@@ -5,9 +5,9 @@
 # where explain and the Slicer module find them. Usage: bash scripts/ship_analysis_files.sh [WORKDIR] [DEVICE] [MODELS...]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/shipped_args.sh" "$@"
-"$python" -m BrainTumorExplainLib template --data "$work/heldout" --out BrainTumorExplainLib/weights/template.npz
+"$python" -m BrainTumorExplainLib template --data "$work/heldout" --out BrainTumorExplainLib/weights/template.npz --overwrite
 for model in "${models[@]}"; do
     "$python" -m BrainTumorExplainLib dissect --data "$work/heldout" --model "$model" --slice-step 4 --mask-cases 1 \
-        --device "$device" --out "$work/dissection/$model"
+        --device "$device" --out "$work/dissection/$model" --overwrite
     cp "$work/dissection/$model/dissection.json" "BrainTumorExplainLib/weights/$model.dissection.json"
 done

@@ -8,7 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/shipped_args.sh" "$@"
 [ -d "$work/train/Phantom_00023" ] || "$python" -m BrainTumorExplainLib phantom --out "$work/train" --cases 24 --seed 0
 for model in "${models[@]}"; do
     command=(-m BrainTumorExplainLib train --data "$work/train" --model "$model" --out "$work/$model.pt"
-             --width 0.25 --epochs "${EPOCHS:-10}" --steps 100 --batch-size 8 --lr 0.002 --validation 2 --seed 0 --device "$device")
+             --width 0.25 --epochs "${EPOCHS:-10}" --steps 100 --batch-size 8 --lr 0.002 --validation 2 --seed 0 --device "$device" --overwrite)
     start=$(date +%s)
     "$python" "${command[@]}"
     seconds=$(( $(date +%s) - start ))

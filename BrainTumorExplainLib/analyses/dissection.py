@@ -473,7 +473,7 @@ def shipped_dissection_path(architecture: str) -> Path:
 
 
 def load_shipped_dissection(model: SegmentationNet) -> Dissection:
-    """The dissection shipped beside a shipped model's weights (``scripts/dissect_shipped_models.sh``), checked to
+    """The dissection shipped beside a shipped model's weights (``scripts/ship_analysis_files.sh``), checked to
     belong to exactly these weights."""
     path = shipped_dissection_path(model.architecture)
     if not path.is_file():

@@ -28,9 +28,10 @@ from ..errors import UsageError
 from ..models.activations import LayerRecorder, resolve_layers, upsample_to_input
 from ..models.base import IN_CHANNELS, SegmentationNet, evaluating, model_device
 from ..models.inference import slice_batches
+from . import GRADCAM_TARGETS
 
 OutputTarget = Literal["softmax", "logits"]
-TARGETS: tuple[str, ...] = ("softmax", "logits")
+TARGETS = GRADCAM_TARGETS
 # The region each class's map should find, for the localisation curves (background: the brain it surrounds).
 CLASS_REGION: dict[int, str] = {0: "brain", 1: "TC", 2: "WT", 3: "ET"}
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .. import __version__
+from ..analyses import GRADCAM_TARGETS
 from ..data.case import CaseError
 from ..errors import InputError, Interrupted, UsageError
 from ..outputs import DISK_ERRNOS, OutputFile, OutputFolder
@@ -336,7 +337,7 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", default="tumour", help="'tumour' (default: ncr,ed,et), 'all', or e.g. ed,et or 2,3")
     p.add_argument("--slices", default="auto", help="axial slices for the montages: 'auto' (largest tumour "
                                                      "cross-section) or comma-separated indices")
-    p.add_argument("--target", default="softmax", choices=["softmax", "logits"],
+    p.add_argument("--target", default="softmax", choices=GRADCAM_TARGETS,
                    help="output map pooled for y(c) (default softmax, as in the paper)")
     p.add_argument("--no-volume", action="store_true", help="only the montage slices: no NIfTI, no localisation")
     p.add_argument("--batch-size", type=int, default=8)

@@ -11,6 +11,7 @@ import argparse
 import re
 from dataclasses import MISSING, dataclass, field, fields
 
+from ..analyses import GRADCAM_TARGETS
 from ..errors import UsageError
 
 MODEL_NAMES: tuple[str, ...] = ("denseunet", "resunet", "simunet")  # the shipped networks (models.ARCHITECTURES)
@@ -65,6 +66,8 @@ class ExplainConfig:
     passes: int = _option(100, "test-time dropout passes when not quick (the paper's 100)", flags=("-T", "--passes"))
     layers: str = _option("all", "Grad-CAM layers: 'all' or comma-separated names")
     classes: str = _option("tumour", "Grad-CAM classes: 'tumour', 'all' or e.g. ed,et")
+    gradcam_target: str = _option("softmax", "Grad-CAM's y(c): the softmax output, as the paper, or the logits",
+                                  choices=GRADCAM_TARGETS)
     featviz_steps: int = _option(100, "activation maximisation steps")
     featviz_size: int = _option(96, "pre-image size in pixels")
     seed: int = _option(0, "seed of the dropout masks and the feature visualisation")

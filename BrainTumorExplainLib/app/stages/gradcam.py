@@ -38,7 +38,8 @@ def run(run) -> None:
     from ...analyses.gradcam import gradcam_volume, localisation
     from ..figures import gradcam_montage, localisation_curves
 
-    cams = gradcam_volume(run.model, run.case, run.config.layers, run.config.classes, progress=run.progress)
+    cams = gradcam_volume(run.model, run.case, run.config.layers, run.config.classes, run.config.gradcam_target,
+                          progress=run.progress)
     write_maps(cams, run.case, run.work / GRADCAM)
     table = localisation(cams, run.case)
     run.summary["gradcam"] = summarise(cams, table)
