@@ -16,8 +16,14 @@ import numpy as np
 import pytest
 
 from BrainTumorExplainLib.app.cli import main
-from BrainTumorExplainLib.app.contract import (STAGES, SUMMARY_SCHEMA, event_line, gradcam_file, parse_event,
-                                               read_summary)
+from BrainTumorExplainLib.app.contract import (
+    STAGES,
+    SUMMARY_SCHEMA,
+    event_line,
+    gradcam_file,
+    parse_event,
+    read_summary,
+)
 from BrainTumorExplainLib.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,8 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from BrainTumorExplainLib.analyses.gradcam import (gradcam_volume, gradcam_weights, layer_gradcam, localisation,
-                                                   normalise)
+from BrainTumorExplainLib.analyses.gradcam import (
+    gradcam_volume,
+    gradcam_weights,
+    layer_gradcam,
+    localisation,
+    normalise,
+)
 from BrainTumorExplainLib.data.case import load_case
 from BrainTumorExplainLib.models import build_model
 from BrainTumorExplainLib.models.base import SegmentationNet

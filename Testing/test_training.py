@@ -9,10 +9,10 @@ import torch
 from conftest import SMALL
 
 from BrainTumorExplainLib.app.cli import main
+from BrainTumorExplainLib.app.training import TrainConfig, train
 from BrainTumorExplainLib.data.case import CaseError, find_cases, load_case
 from BrainTumorExplainLib.data.phantom import make_phantom, write_phantom
 from BrainTumorExplainLib.models import load_weights
-from BrainTumorExplainLib.app.training import TrainConfig, train
 
 CONFIG = TrainConfig(model="resunet", width=0.0625, epochs=3, steps_per_epoch=8, batch_size=4, crop=(64, 64),
                      validation_cases=1, seed=3)

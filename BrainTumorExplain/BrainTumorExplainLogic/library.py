@@ -22,6 +22,7 @@ LIBRARY_REQUIREMENTS: dict[str, str] = {
     "SimpleITK": "SimpleITK",
     "matplotlib": "matplotlib",
     "tqdm": "tqdm",
+    "monai": "monai>=1.4",
     "torch": "torch",
 }
 

@@ -220,17 +220,26 @@ def _run_explain(args: argparse.Namespace) -> int:
 
 
 def _add_model_arguments(p: argparse.ArgumentParser, device_default: str = ExplainConfig.device) -> None:
-    p.add_argument("--model", required=True, help="denseunet, resunet or simunet (shipped weights)")
+    p.add_argument("--model", required=True, help="denseunet, resunet or simunet (shipped weights), or a MONAI bundle "
+                   "folder (configs/, models/model.pt)")
     p.add_argument("--weights", type=Path, help="your own weights file instead of the shipped ones")
+    p.add_argument("--trust-bundle", action="store_true",
+                   help="let MONAI evaluate a bundle's own expressions to build its network (runs the bundle's code)")
     p.add_argument("--device", default=device_default, type=device_option,
                    help=f"auto, cpu, cuda or cuda:N (default {device_default})")
+
+
+def _model_folder(model: str) -> Path | None:
+    """A network given as a folder (a bundle) is an input too: nothing is ever written into it."""
+    return Path(model) if Path(model).is_dir() else None
 
 
 def _load_model(args: argparse.Namespace, name: str | None = None):
     """The network the options name, on the device they name (checked: a CUDA device PyTorch lacks is refused)."""
     from ..models import load_model
 
-    return load_model(name or args.model, args.weights, resolve_device(args.device))
+    return load_model(name or args.model, args.weights, resolve_device(args.device),
+                      getattr(args, "trust_bundle", False))
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -312,7 +321,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     from ..data.case import load_case
     from ..models.inference import segment_case
 
-    target = OutputFile(args.out, [args.case, args.weights], args.overwrite, volume=True)
+    target = OutputFile(args.out, [args.case, args.weights, _model_folder(args.model)], args.overwrite, volume=True)
     case = load_case(args.case)
     model = _load_model(args)
     labels = segment_case(model, case, progress=True)

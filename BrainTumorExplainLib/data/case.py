@@ -70,6 +70,8 @@ class Case:
         labels: ``(Z, Y, X)`` uint8 class indices (see :mod:`labels`), or None.
         tissue: ``(Z, Y, X)`` uint8 tissue classes (0 background, 1 CSF, 2 GM, 3 WM), or None.
         label_convention: the convention of the files, used again when writing labels.
+        intensity_stats: ``(4, 2)`` mean and standard deviation of each raw sequence over ``brain_mask`` (what
+            ``images`` were z-scored with; a network trained on another normalisation gets its inputs from them).
     """
 
     case_id: str
@@ -80,6 +82,7 @@ class Case:
     tissue: np.ndarray | None = None
     label_convention: LabelConvention = BRATS2021
     files: CaseFiles | None = field(default=None, repr=False)
+    intensity_stats: np.ndarray | None = field(default=None, repr=False)
 
     def brain_slices(self) -> np.ndarray:
         """Indices of the axial slices that contain brain (the only ones a network needs to see)."""
@@ -106,7 +109,8 @@ class Case:
         arrays = {"images": self.images, "brain_mask": self.brain_mask, "case_id": np.array(self.case_id),
                   "convention": np.array(self.label_convention.name), "format": np.array(SAVED_CASE_FORMAT),
                   **{f"grid_{name}": np.asarray(getattr(self.grid, name)) for name in GRID_FIELDS}}
-        arrays.update({name: getattr(self, name) for name in ("labels", "tissue") if getattr(self, name) is not None})
+        arrays.update({name: getattr(self, name) for name in ("labels", "tissue", "intensity_stats")
+                       if getattr(self, name) is not None})
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, **arrays)
         return path
@@ -139,7 +143,8 @@ def load_saved_case(path: str | Path) -> Case:
         raise CaseError(f"{path}: arrays {images.shape} / {brain_mask.shape} do not fit the saved grid "
                         f"{grid.canonical_shape}")
     return Case(str(arrays["case_id"]), images.astype(np.float32, copy=False), brain_mask.astype(bool, copy=False),
-                grid, arrays.get("labels"), arrays.get("tissue"), label_convention(str(arrays["convention"])))
+                grid, arrays.get("labels"), arrays.get("tissue"), label_convention(str(arrays["convention"])),
+                intensity_stats=arrays.get("intensity_stats"))
 
 
 def _stem(path: Path) -> str:
@@ -317,6 +322,8 @@ def load_case(
                for m in MODALITIES]
     brain_mask = np.any(np.stack(volumes) != 0, axis=0)
     images = np.empty((len(MODALITIES),) + brain_mask.shape, dtype=np.float32)
+    stats = np.array([[volume[brain_mask].mean(dtype=np.float64), volume[brain_mask].std(dtype=np.float64)]
+                      for volume in volumes])
     for channel, (modality, volume) in enumerate(zip(MODALITIES, volumes)):
         try:
             images[channel] = zscore_in_mask(volume, brain_mask)
@@ -335,7 +342,7 @@ def load_case(
         if tissue.size and tissue.max() >= len(TISSUE_NAMES):
             raise CaseError(f"{files.tissue}: tissue values must lie in 0..{len(TISSUE_NAMES) - 1} {TISSUE_NAMES}")
         tissue = tissue.astype(np.uint8)
-    return Case(files.case_id, images, brain_mask, grid, labels, tissue, convention, files)
+    return Case(files.case_id, images, brain_mask, grid, labels, tissue, convention, files, stats)
 
 
 def _read_sequence(path: Path, modality: str, image: sitk.Image | None, grid: ReferenceGrid, reference: sitk.Image,

@@ -45,8 +45,13 @@ def segment_case(model: SegmentationNet, case: Case, batch_size: int = 16, devic
                  progress: bool = False) -> np.ndarray:
     """Class indices ``(Z, Y, X)`` uint8 (0 background, 1 NCR/NET, 2 ED, 3 ET) on the case's canonical grid.
 
-    Write them onto the case's own grid with ``case.write_labels(labels, path)``.
+    Write them onto the case's own grid with ``case.write_labels(labels, path)``. A described 3D network (a bundle)
+    runs over the volume in its own windows (:func:`models.volume.segment_volume`).
     """
+    from .volume import DescribedNetwork, segment_volume
+
+    if isinstance(model, DescribedNetwork):
+        return segment_volume(model, case, device, progress)
     with evaluating(model):
         probabilities = predict_probabilities(model, case, batch_size, device, progress)
     return probabilities.argmax(axis=0).astype(np.uint8)

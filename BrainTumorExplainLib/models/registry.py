@@ -166,9 +166,18 @@ def load_pretrained(name: str, device: str | torch.device = "cpu") -> Segmentati
                         device=device)
 
 
-def load_model(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu") -> SegmentationNet:
-    """The network every command means by ``--model NAME [--weights FILE]``: the shipped weights of ``name``, or
-    your own file of that architecture; in eval mode on ``device``."""
+def load_model(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu",
+               trust_code: bool = False):
+    """The network every command means by ``--model NAME [--weights FILE]``: the shipped weights of ``name``, your
+    own file of that architecture, or — when ``name`` is a MONAI bundle folder — that bundle's network with its
+    description (:class:`models.volume.DescribedNetwork`); in eval mode on ``device``."""
+    from .bundle import is_bundle, load_bundle
+    from .volume import DescribedNetwork
+
+    if is_bundle(name):
+        if weights:
+            raise UsageError("--weights goes with a shipped network; a bundle brings its own (models/model.pt)")
+        return DescribedNetwork(*load_bundle(name, device, trust_code))
     if weights:
         return load_weights(weights, architecture=name, device=device)
     return load_pretrained(name, device=device)

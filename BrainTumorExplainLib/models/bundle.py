@@ -1,0 +1,206 @@
+"""A MONAI bundle folder (``configs/metadata.json``, ``configs/inference.json``, ``models/model.pt``) as a network
+and its :class:`~models.description.NetworkDescription`, without running any code from the bundle.
+
+* The network is ``network_def``: its ``_target_`` must name a class of ``monai.networks.nets`` and its arguments
+  must be plain values — a ``$`` expression or an ``@`` reference could run anything, so it is refused by name unless
+  the caller passes ``trust_code=True`` (then MONAI's own ``ConfigParser`` builds it).
+* The weights are read with ``torch.load(weights_only=True)``: a state dict, or a checkpoint holding one under
+  ``model`` (what MONAI's CheckpointSaver writes).
+* The channels come from ``network_data_format.inputs.image.channel_def``, the outputs from
+  ``network_data_format.outputs.pred.channel_def`` and the postprocessing's activation, the window from the
+  inferer, the normalisation, orientation and spacing from the preprocessing transforms. A transform this project
+  does not reproduce is refused by name, never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InputError, WeightsError
+from .description import CLASS_OUTPUTS, NetworkDescription
+
+# Transforms whose effect the library reproduces (or that change nothing it reads); anything else is refused.
+IGNORED_TRANSFORMS = {"LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureChannelFirst", "EnsureTyped",
+                      "EnsureType", "ToTensord", "ToTensor", "CastToTyped", "CastToType", "SaveImaged", "SaveImage",
+                      "Invertd", "Invert", "CopyItemsd", "ToDeviced", "EnsureTyped"}
+_SEQUENCE_ALIASES = {"flair": ("flair", "t2flair", "t2f"), "t1": ("t1", "t1n", "t1w", "t1native"),
+                     "t1ce": ("t1c", "t1ce", "t1gd", "t1contrast", "t1postcontrast"), "t2": ("t2", "t2w")}
+_REGION_ALIASES = {"TC": ("tc", "tumorcore", "tumourcore", "core"), "WT": ("wt", "wholetumor", "wholetumour",
+                                                                           "whole"),
+                   "ET": ("et", "enhancingtumor", "enhancingtumour", "enhancing")}
+_CLASS_ALIASES = {"background": ("background", "bg", "0"), "NCR": ("ncr", "necrosis", "necrotic", "ncrnet",
+                                                                  "necroticcore", "nonenhancingcore"),
+                  "ED": ("ed", "edema", "oedema", "peritumoraledema"), "ET": ("et", "enhancingtumor", "enhancing")}
+
+
+def is_bundle(path: str | Path) -> bool:
+    return (Path(path) / "configs" / "metadata.json").is_file()
+
+
+def _key(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(text).lower())
+
+
+def _named(names: dict[str, str], aliases: dict[str, tuple[str, ...]], what: str, path: Path) -> tuple[str, ...]:
+    """Channel index → our name, by the bundle's own channel names."""
+    out = []
+    for index in sorted(names, key=int):
+        found = [ours for ours, spelled in aliases.items() if _key(names[index]) in spelled]
+        if len(found) != 1:
+            raise InputError(f"{path}: {what} channel {index} is {names[index]!r}, which this project cannot map to "
+                             f"one of {', '.join(aliases)}")
+        out.append(found[0])
+    return tuple(out)
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"{path}: missing from the bundle")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(path.read_text())
+        return json.loads(path.read_text())
+    except Exception as error:  # json, yaml: each error means the file cannot be used
+        raise InputError(f"{path}: not a readable bundle config ({type(error).__name__}: {error})") from None
+
+
+def _plain(value: Any, where: str, path: Path) -> Any:
+    """``value`` when it holds no expression or reference, else :class:`InputError` naming it."""
+    if isinstance(value, str) and value[:1] in ("$", "@", "%"):
+        raise InputError(f"{path}: {where} is {value!r}, an expression the bundle would run; pass --trust-bundle "
+                         "to let MONAI evaluate the bundle's code")
+    if isinstance(value, dict):
+        return {k: _plain(v, f"{where}.{k}", path) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v, f"{where}[{i}]", path) for i, v in enumerate(value)]
+    return value
+
+
+def build_network(definition: dict, path: Path, trust_code: bool = False) -> nn.Module:
+    """The ``network_def`` of a bundle config as a module (see the module notes)."""
+    if trust_code:
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser({"network_def": definition})
+        return parser.get_parsed_content("network_def")
+    import monai.networks.nets as nets
+
+    definition = _plain(dict(definition), "network_def", path)
+    target = str(definition.pop("_target_", ""))
+    name = target.removeprefix("monai.networks.nets.")
+    network = getattr(nets, name, None) if "." not in name else None
+    if not (isinstance(network, type) and issubclass(network, nn.Module)):
+        raise InputError(f"{path}: network_def _target_ {target!r} is not a network class of monai.networks.nets; "
+                         "pass --trust-bundle to let MONAI build it")
+    try:
+        return network(**{k: v for k, v in definition.items() if not k.startswith("_")})
+    except TypeError as error:
+        raise InputError(f"{path}: network_def does not build {name}: {error}") from None
+
+
+def load_bundle_weights(model: nn.Module, folder: Path) -> None:
+    path = folder / "models" / "model.pt"
+    if not path.is_file():
+        raise WeightsError(f"{path}: the bundle has no weights (models/model.pt)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unpickling failure: not a plain weights file
+        raise WeightsError(f"{path}: not a readable weights file ({type(error).__name__}: {str(error)[:120]})") from None
+    state = payload.get("model", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: neither a state dict nor a checkpoint holding one under 'model'")
+    if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
+        raise WeightsError(f"{path}: the weights hold NaN or infinite values")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1:2] or [str(error)]
+        raise WeightsError(f"{path}: the weights do not fit the bundle's network: {first[0].strip()[:160]}") from None
+
+
+def _preprocessing(config: dict, path: Path) -> dict:
+    """Normalisation, axes and spacing from the preprocessing transforms; unknown transforms refused."""
+    transforms = (config.get("preprocessing") or {}).get("transforms", [])
+    found = {"normalisation": None, "axes": "LPS", "spacing_mm": None}  # LoadImage keeps a BraTS file's LPS order
+    for transform in transforms:
+        name = str(transform.get("_target_", "")).split(".")[-1]
+        if name in IGNORED_TRANSFORMS:
+            continue
+        if name in ("NormalizeIntensityd", "NormalizeIntensity"):
+            if not (transform.get("nonzero") and transform.get("channel_wise")):
+                raise InputError(f"{path}: NormalizeIntensityd without nonzero=True and channel_wise=True is not "
+                                 "reproduced here")
+            found["normalisation"] = "zscore-nonzero-channelwise"
+        elif name in ("Orientationd", "Orientation"):
+            found["axes"] = str(_plain(transform.get("axcodes", "RAS"), "Orientationd.axcodes", path))
+        elif name in ("Spacingd", "Spacing"):
+            found["spacing_mm"] = tuple(float(v) for v in _plain(transform.get("pixdim"), "Spacingd.pixdim", path))
+        else:
+            raise InputError(f"{path}: the preprocessing uses {name}, which this project does not reproduce; "
+                             "explaining the network without it would feed it other inputs than it was trained on")
+    if found["normalisation"] is None:
+        raise InputError(f"{path}: no NormalizeIntensityd in the preprocessing: the intensities the network expects "
+                         "are unknown")
+    return found
+
+
+def _outputs(config: dict, metadata: dict, path: Path) -> tuple[str, tuple[str, ...]]:
+    post = (config.get("postprocessing") or {}).get("transforms", [])
+    activations = [t for t in post if str(t.get("_target_", "")).split(".")[-1] in ("Activationsd", "Activations")]
+    kind = "sigmoid" if activations and activations[0].get("sigmoid") else "softmax"
+    names = metadata.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {})
+    if not names:
+        raise InputError(f"{path}: network_data_format.outputs.pred.channel_def is missing: what the outputs mean "
+                         "is unknown")
+    aliases = _REGION_ALIASES if kind == "sigmoid" else {name: _CLASS_ALIASES[name] for name in CLASS_OUTPUTS}
+    return kind, _named(names, aliases, "output", path)
+
+
+def load_bundle(folder: str | Path, device: str | torch.device = "cpu", trust_code: bool = False
+                ) -> tuple[nn.Module, NetworkDescription]:
+    """A MONAI bundle's network (weights loaded, eval mode, on ``device``) and its description."""
+    folder = Path(folder)
+    metadata = _read_config(folder / "configs" / "metadata.json")
+    config_path = next((folder / "configs" / f"inference.{ext}" for ext in ("json", "yaml", "yml")
+                        if (folder / "configs" / f"inference.{ext}").is_file()), folder / "configs" / "inference.json")
+    config = _read_config(config_path)
+    if "network_def" not in config:
+        raise InputError(f"{config_path}: no network_def")
+    model = build_network(config["network_def"], config_path, trust_code)
+    load_bundle_weights(model, folder)
+    inputs = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("channel_def", {})
+    if not inputs:
+        raise InputError(f"{folder / 'configs' / 'metadata.json'}: network_data_format.inputs.image.channel_def is "
+                         "missing: which sequence each input channel is is unknown")
+    inferer = _plain(config.get("inferer") or {}, "inferer", config_path)
+    window = tuple(int(v) for v in inferer["roi_size"]) if "roi_size" in inferer else None
+    kind, output_names = _outputs(config, metadata, config_path)
+    prepared = _preprocessing(config, config_path)
+    description = NetworkDescription(
+        name=str(metadata.get("name") or folder.name), spatial_dims=3,
+        channels=_named(inputs, _SEQUENCE_ALIASES, "input", folder / "configs" / "metadata.json"),
+        normalisation=prepared["normalisation"], outputs=kind, output_names=output_names, axes=prepared["axes"],
+        layers=discover_layers(model), dropout=any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+                                                   for m in model.modules()),
+        window=window, overlap=float(inferer.get("overlap", 0.25)), blend=str(inferer.get("mode", "constant")),
+        spacing_mm=prepared["spacing_mm"])
+    return model.to(device).eval(), description
+
+
+def discover_layers(model: nn.Module) -> dict[str, str]:
+    """Stable names of the layers worth analysing, for any network: the module tree's top two levels that hold a
+    convolution (named by their module path, which is what ``--layers`` selects), in forward-definition order."""
+    layers = {}
+    for path, module in model.named_modules():
+        if path and path.count(".") <= 1 and not isinstance(module, (nn.ModuleList, nn.ModuleDict)) and any(
+                isinstance(m, nn.modules.conv._ConvNd) for m in module.modules()):
+            layers[path] = path
+    return layers

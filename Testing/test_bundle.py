@@ -1,0 +1,171 @@
+"""Your own network as a MONAI bundle: built without running its code, described from its metadata and transforms,
+run in 3D windows — and its segmentation compared with MONAI running the same bundle itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+monai = pytest.importorskip("monai")
+
+from BrainTumorExplainLib.app.cli import main  # noqa: E402
+from BrainTumorExplainLib.data.case import load_case  # noqa: E402
+from BrainTumorExplainLib.errors import InputError  # noqa: E402
+from BrainTumorExplainLib.models import load_model  # noqa: E402
+from BrainTumorExplainLib.models.bundle import load_bundle  # noqa: E402
+from BrainTumorExplainLib.models.description import (  # noqa: E402
+    NetworkDescription,
+    from_network_space,
+    labels_from_outputs,
+    to_network_space,
+)
+
+# As MONAI's model zoo brats_mri_segmentation bundle (SegResNet, T1c/T1/T2/FLAIR, sigmoid TC/WT/ET), made tiny.
+NETWORK = {"_target_": "SegResNet", "blocks_down": [1, 1], "blocks_up": [1], "init_filters": 8, "in_channels": 4,
+           "out_channels": 3, "dropout_prob": 0.2}
+INFERENCE = {
+    "bundle_root": ".",
+    "network_def": NETWORK,
+    "network": "$@network_def",
+    "preprocessing": {"_target_": "Compose", "transforms": [
+        {"_target_": "LoadImaged", "keys": "image"},
+        {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True}]},
+    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32], "sw_batch_size": 1, "overlap": 0.5},
+    "postprocessing": {"_target_": "Compose", "transforms": [
+        {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+        {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
+        {"_target_": "Lambdad", "keys": "pred",
+         "func": "$lambda x: torch.where(x[[2]] > 0, 4, torch.where(x[[0]] > 0, 1, torch.where(x[[1]] > 0, 2, 0)))"}]},
+}
+METADATA = {"name": "tiny_brats_segresnet", "network_data_format": {
+    "inputs": {"image": {"num_channels": 4, "channel_def": {"0": "T1c", "1": "T1", "2": "T2", "3": "FLAIR"}}},
+    "outputs": {"pred": {"num_channels": 3, "channel_def": {"0": "Tumor core", "1": "Whole tumor",
+                                                            "2": "Enhancing tumor"}}}}}
+CHANNEL_FILES = ("t1ce", "t1", "t2", "flair")
+
+
+def make_bundle(folder: Path, inference: dict = INFERENCE, seed: int = 3) -> Path:
+    """A bundle folder with a seeded, untrained network (its weights are what MONAI's CheckpointSaver writes)."""
+    from monai.networks.nets import SegResNet
+
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
+    (folder / "configs" / "inference.json").write_text(json.dumps(inference, indent=1))
+    (folder / "configs" / "metadata.json").write_text(json.dumps(METADATA, indent=1))
+    torch.manual_seed(seed)
+    network = SegResNet(**{k: v for k, v in NETWORK.items() if k != "_target_"})
+    with torch.no_grad():  # an untrained net thresholds to nothing; scale the head so every label appears
+        network.conv_final[-1].conv.bias.copy_(torch.tensor([0.0, 0.5, -0.5]))
+    torch.save({"model": network.state_dict()}, folder / "models" / "model.pt")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny_bundle")
+
+
+def test_the_bundle_is_described_from_its_own_files(bundle):
+    model, description = load_bundle(bundle)
+    assert description.channels == ("t1ce", "t1", "t2", "flair")
+    assert (description.outputs, description.output_names) == ("sigmoid", ("TC", "WT", "ET"))
+    assert description.normalisation == "zscore-nonzero-channelwise" and description.axes == "LPS"
+    assert description.window == (32, 32, 32) and description.overlap == 0.5 and description.dropout
+    assert "convInit" in description.layers and "down_layers.1" in description.layers
+    assert not model.training
+
+
+def _monai_runs_the_bundle(bundle: Path, case_folder: Path, case_id: str) -> np.ndarray:
+    """MONAI's own run: the bundle's preprocessing, network, inferer and postprocessing, through its ConfigParser
+    (the bundle's expressions evaluated — this is our test bundle). Labels 0/1/2/4 in the files' (i, j, k) order."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    files = [str(case_folder / f"{case_id}_{name}.nii.gz") for name in CHANNEL_FILES]
+    data = parser.get_parsed_content("preprocessing")({"image": files})
+    network = parser.get_parsed_content("network")
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True)["model"])
+    network.eval()
+    with torch.no_grad():
+        data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], network)[0]
+    return np.asarray(parser.get_parsed_content("postprocessing")(data)["pred"][0])
+
+
+def test_segmentation_agrees_with_monai_running_the_same_bundle(bundle, small_phantom, tmp_path):
+    import nibabel
+
+    case_folder = small_phantom.flair.parent
+    out = tmp_path / "seg.nii.gz"
+    assert main(["segment", str(case_folder), "--model", str(bundle), "--device", "cpu", "--out", str(out)]) == 0
+    ours = np.asanyarray(nibabel.load(str(out)).dataobj)  # (i, j, k), labels 0/1/2/4
+    theirs = _monai_runs_the_bundle(bundle, case_folder, small_phantom.case_id)
+    brain = np.asanyarray(nibabel.load(str(small_phantom.flair)).dataobj) > 0
+    assert ours.shape == theirs.shape == brain.shape
+    assert set(np.unique(theirs[brain])) >= {0, 1, 2, 4}  # every label appears: the comparison means something
+    agreement = float((ours[brain] == theirs[brain]).mean())
+    assert agreement >= 0.99, agreement
+
+
+def test_regions_become_labels_as_nnunet_does():
+    description = NetworkDescription("d", 3, ("flair", "t1", "t1ce", "t2"), "zscore-brain", "sigmoid",
+                                     ("TC", "WT", "ET"))
+    outputs = np.zeros((3, 1, 1, 4), np.float32)
+    outputs[1, 0, 0, 1:] = 0.9  # WT
+    outputs[0, 0, 0, 2:] = 0.9  # TC
+    outputs[2, 0, 0, 3] = 0.9  # ET
+    assert labels_from_outputs(outputs, description).ravel().tolist() == [0, 2, 1, 3]
+
+
+@pytest.mark.parametrize("axes", ["SPL", "LPS", "RAS", "ARI", "IPR"])
+def test_network_space_round_trips_exactly(axes):
+    array = np.random.default_rng(0).random((2, 3, 4, 5))
+    there = to_network_space(array, axes)
+    np.testing.assert_array_equal(from_network_space(there, axes), array)
+    if axes == "LPS":  # a BraTS file as nibabel reads it: (i, j, k) = canonical (x, y, z)
+        np.testing.assert_array_equal(there, array.transpose(0, 3, 2, 1))
+
+
+def test_bundle_code_is_never_run_unless_trusted(tmp_path, small_phantom):
+    inference = {**INFERENCE, "network_def": {**NETWORK, "init_filters": "$__import__('os').getpid()"}}
+    folder = make_bundle(tmp_path / "evil", inference)
+    with pytest.raises(InputError, match=r"network_def.init_filters is .*pass --trust-bundle"):
+        load_bundle(folder)
+    other = {**INFERENCE, "network_def": {**NETWORK, "_target_": "os.system"}}
+    with pytest.raises(InputError, match="not a network class of monai.networks.nets"):
+        load_bundle(make_bundle(tmp_path / "other", other))
+
+
+def test_transforms_it_does_not_reproduce_are_refused_by_name(tmp_path):
+    crop = {"_target_": "CropForegroundd", "keys": "image", "source_key": "image"}
+    inference = {**INFERENCE, "preprocessing": {"_target_": "Compose", "transforms": [
+        *INFERENCE["preprocessing"]["transforms"], crop]}}
+    with pytest.raises(InputError, match="uses CropForegroundd, which this project does not reproduce"):
+        load_bundle(make_bundle(tmp_path / "crop", inference))
+
+
+def test_normalisation_matches_monai_on_the_raw_sequences(small_phantom):
+    """The case's z-scores turned back into MONAI's NormalizeIntensity(nonzero, channel_wise) of the raw files."""
+    import SimpleITK as sitk
+    from monai.transforms import NormalizeIntensity
+
+    from BrainTumorExplainLib.models.description import network_inputs
+
+    case = load_case(small_phantom.flair.parent)
+    description = NetworkDescription("d", 3, ("t1ce", "flair"), "zscore-nonzero-channelwise", "sigmoid",
+                                     ("TC", "WT", "ET"), axes="SPL")
+    ours = network_inputs(case, description)
+    raw = np.stack([sitk.GetArrayFromImage(sitk.ReadImage(str(getattr(small_phantom, m)))).astype(np.float32)
+                    for m in ("t1ce", "flair")])
+    theirs = np.asarray(NormalizeIntensity(nonzero=True, channel_wise=True)(raw))
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-4)  # identity-direction files: ITK order is canonical
+
+
+def test_load_model_gives_the_described_network(bundle):
+    network = load_model(str(bundle))
+    assert network.description.name == "tiny_brats_segresnet" and network.architecture == "tiny_brats_segresnet"
