@@ -34,7 +34,7 @@ INFERENCE = {
     "preprocessing": {"_target_": "Compose", "transforms": [
         {"_target_": "LoadImaged", "keys": "image"},
         {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True}]},
-    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32], "sw_batch_size": 1, "overlap": 0.5},
+    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [64, 64, 48], "sw_batch_size": 1, "overlap": 0.5},
     "postprocessing": {"_target_": "Compose", "transforms": [
         {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
         {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
@@ -74,7 +74,7 @@ def test_the_bundle_is_described_from_its_own_files(bundle):
     assert description.channels == ("t1ce", "t1", "t2", "flair")
     assert (description.outputs, description.output_names) == ("sigmoid", ("TC", "WT", "ET"))
     assert description.normalisation == "zscore-nonzero-channelwise" and description.axes == "LPS"
-    assert description.window == (32, 32, 32) and description.overlap == 0.5 and description.dropout
+    assert description.window == (64, 64, 48) and description.overlap == 0.5 and description.dropout
     assert "convInit" in description.layers and "down_layers.1" in description.layers
     assert not model.training
 
@@ -169,3 +169,70 @@ def test_normalisation_matches_monai_on_the_raw_sequences(small_phantom):
 def test_load_model_gives_the_described_network(bundle):
     network = load_model(str(bundle))
     assert network.description.name == "tiny_brats_segresnet" and network.architecture == "tiny_brats_segresnet"
+
+
+def test_uncertainty_without_dropout_comes_from_flips_and_says_so(bundle, small_phantom):
+    from BrainTumorExplainLib.analyses.volume import volume_uncertainty
+
+    network = load_model(str(bundle))
+    case = load_case(small_phantom.flair.parent)
+    for module in network.module.modules():  # a copy of the network as if it had no dropout
+        if isinstance(module, torch.nn.Dropout3d) or isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+    from dataclasses import replace
+
+    without = type(network)(network.module, replace(network.description, dropout=False, window=None))  # one window
+    flips = volume_uncertainty(without, case)
+    assert flips.method == "flips" and flips.passes.max() == 8
+    assert flips.variance.shape == case.brain_mask.shape and flips.variance[case.brain_mask].max() > 0
+    again = volume_uncertainty(without, case)
+    np.testing.assert_array_equal(again.variance, flips.variance)  # deterministic
+    assert (flips.mutual_information >= 0).all() and (flips.entropy >= flips.mutual_information - 1e-6).all()
+
+
+def test_test_time_dropout_of_a_bundle_is_seeded(bundle, small_phantom):
+    from BrainTumorExplainLib.analyses.volume import volume_uncertainty
+
+    from dataclasses import replace
+
+    network = load_model(str(bundle))
+    network = type(network)(network.module, replace(network.description, window=None))  # the case in one window
+    case = load_case(small_phantom.flair.parent)
+    first = volume_uncertainty(network, case, passes=3, seed=1)
+    assert first.method == "dropout"
+    np.testing.assert_array_equal(first.variance, volume_uncertainty(network, case, passes=3, seed=1).variance)
+    assert not np.array_equal(first.variance, volume_uncertainty(network, case, passes=3, seed=2).variance)
+    assert not network.module.training  # back in eval mode
+
+
+def test_windowed_gradcam_equals_monai_gradcam_on_one_window(bundle):
+    """All layers from one forward and one backward per target, against MONAI's GradCAM called per layer and class
+    on the same window, both unnormalised: MONAI pools the logits by their sum where eq. 3 takes their mean, so its
+    maps are ours times the window's voxel count."""
+    from monai.visualize import GradCAM
+
+    from BrainTumorExplainLib.analyses.volume import window_gradcam
+
+    network = load_model(str(bundle))
+    torch.manual_seed(0)
+    window = torch.randn(1, 4, 32, 32, 32)
+    layers = ["convInit", "down_layers.1", "up_layers.0"]
+    ours = window_gradcam(network.module, window, layers, [0, 1, 2], "sigmoid", target="logits") * window[0, 0].numel()
+    for i, layer in enumerate(layers):
+        cam = GradCAM(nn_module=network.module, target_layers=layer, postprocessing=lambda x: x)
+        for j in range(3):
+            theirs = cam(window, class_idx=j)[0, 0]
+            assert theirs.max() > 0
+            relative = float((ours[0, i * 3 + j] - theirs).abs().max() / theirs.abs().max())
+            assert relative <= 1e-3, (layer, j, relative)
+
+
+def test_volume_gradcam_covers_the_case(bundle, small_phantom):
+    from BrainTumorExplainLib.analyses.volume import volume_gradcam
+
+    network = load_model(str(bundle))
+    case = load_case(small_phantom.flair.parent)
+    cams = volume_gradcam(network, case, "down_layers.1,conv_final", [1])
+    assert set(cams.maps) == {("down_layers.1", 1), ("conv_final", 1)}
+    assert cams.maps[("down_layers.1", 1)].shape == case.brain_mask.shape
+    assert all((m >= 0).all() and m.any() for m in cams.maps.values())

@@ -185,11 +185,13 @@ class UncertaintyVolume:
     mutual_information: np.ndarray = field(repr=False)
     passes: np.ndarray = field(repr=False)  # (Z,) passes used per slice (0: skipped, no brain)
     seed: int = 0
+    method: str = "dropout"  # where the spread comes from: test-time "dropout", or "flips" (augmentation)
+    label_map: np.ndarray | None = field(default=None, repr=False)  # labels, when the outputs are not the classes
 
     @property
     def labels(self) -> np.ndarray:
         """Class indices (0..3) of the mean prediction."""
-        return self.mean.argmax(axis=0).astype(np.uint8)
+        return self.label_map if self.label_map is not None else self.mean.argmax(axis=0).astype(np.uint8)
 
     def maps(self) -> dict[str, np.ndarray]:
         return {"uncertainty": self.variance, "entropy": self.entropy, "mutual_information": self.mutual_information}
