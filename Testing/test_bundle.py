@@ -191,9 +191,9 @@ def test_uncertainty_without_dropout_comes_from_flips_and_says_so(bundle, small_
 
 
 def test_test_time_dropout_of_a_bundle_is_seeded(bundle, small_phantom):
-    from BrainTumorExplainLib.analyses.volume import volume_uncertainty
-
     from dataclasses import replace
+
+    from BrainTumorExplainLib.analyses.volume import volume_uncertainty
 
     network = load_model(str(bundle))
     network = type(network)(network.module, replace(network.description, window=None))  # the case in one window
@@ -236,3 +236,24 @@ def test_volume_gradcam_covers_the_case(bundle, small_phantom):
     assert set(cams.maps) == {("down_layers.1", 1), ("conv_final", 1)}
     assert cams.maps[("down_layers.1", 1)].shape == case.brain_mask.shape
     assert all((m >= 0).all() and m.any() for m in cams.maps.values())
+
+
+def test_explain_a_bundle_on_the_case_grid(bundle, small_phantom, tmp_path):
+    """explain --model <bundle folder>: segmentation, uncertainty saying its method, Grad-CAM per layer and region,
+    summary, report and scene — every volume on the case's own grid; concepts said to be unavailable."""
+    import SimpleITK as sitk
+
+    out = tmp_path / "run"
+    assert main(["explain", str(small_phantom.flair.parent), "--model", str(bundle), "--layers",
+                 "down_layers.1,conv_final", "--quick", "--device", "cpu", "--out", str(out)]) == 0
+    reference = sitk.ReadImage(str(small_phantom.flair))
+    names = ["segmentation", "uncertainty", "entropy", "mutual_information"] + [
+        f"gradcam/{layer}_{region}" for layer in ("down_layers.1", "conv_final") for region in ("tc", "wt", "et")]
+    for name in names:
+        image = sitk.ReadImage(str(out / f"{name}.nii.gz"))
+        assert (image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()) == (
+            reference.GetSize(), reference.GetSpacing(), reference.GetOrigin(), reference.GetDirection()), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "tiny_bundle" and summary["uncertainty"]["method"].startswith("test-time dropout")
+    assert summary["gradcam"]["classes"] == ["TC", "WT", "ET"] and "not_computed" in summary["concepts"]
+    assert summary["scene"] == "scene.mrb" and (out / "report.html").is_file()

@@ -81,7 +81,7 @@ def test_bad_input_is_one_clear_line(small_phantom, tmp_path, capsys):
     assert "missing modality: give --t1ce --t2" in capsys.readouterr().err
     assert main(["explain", str(folder), "--model", "unet3000", "--out", str(tmp_path / "y")]) == 2
     error = capsys.readouterr().err
-    assert "invalid choice: 'unet3000'" in error and len(error.strip().splitlines()) == 1
+    assert "--model unet3000: not a shipped network" in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "y").exists()
 
 

@@ -73,12 +73,17 @@ def test_cancel_ends_the_process_and_leaves_no_files_and_no_nodes(scene, small_p
     assert scene.GetNumberOfNodes() == count
 
 
-def test_a_failing_run_reports_its_own_error_line(scene, small_phantom):
+def test_a_failing_run_reports_its_own_error_line(scene, small_phantom, tmp_path):
+    from BrainTumorExplainLib.errors import UsageError
+
+    with pytest.raises(UsageError, match="--model no_such_net: not a shipped network"):
+        panel_config(model="no_such_net")  # refused in the panel, before any process starts
     nodes = load_case_nodes(scene, small_phantom.flair.parent)
-    process = ExplainProcess(dict(nodes.volumes), panel_config(model="no_such_net"))
+    missing = tmp_path / "no_such_weights.pt"
+    process = ExplainProcess(dict(nodes.volumes), panel_config(model="resunet", weights=str(missing)))
     try:
         status = process.wait(timeout=300)
     finally:
         process.cleanup()
-    assert status.finished and status.error and "no_such_net" in status.error
+    assert status.finished and status.error and "no_such_weights.pt" in status.error
     assert status.stage != "done" and status.fraction < 1

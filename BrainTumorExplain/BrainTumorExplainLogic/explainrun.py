@@ -45,13 +45,14 @@ from BrainTumorExplainLib.app.contract import (  # noqa: E402
     SEGMENTATION,
     STAGES,
     gradcam_file,
+    gradcam_key,
     parse_event,
     read_summary,
     uncertainty_file,
 )
 from BrainTumorExplainLib.app.settings import ExplainConfig  # noqa: E402
 from BrainTumorExplainLib.data.case import MODALITIES, read_canonical, read_label_file  # noqa: E402
-from BrainTumorExplainLib.data.labels import CLASS_KEYS, CLASS_NAMES, label_convention  # noqa: E402
+from BrainTumorExplainLib.data.labels import label_convention  # noqa: E402
 
 # node-name tokens per modality, checked in this order (t1ce before t1, so "t1ce" never reads as T1)
 MODALITY_TOKENS: dict[str, tuple[str, ...]] = {
@@ -349,8 +350,7 @@ def add_run_outputs(scene, run_folder: str | Path, reference_node, folder_name: 
 
 def add_gradcam_map(run: RunOutputs, run_folder: Path, layer: str, class_name: str):
     """One Grad-CAM map of the run (``gradcam/<layer>_<class>.nii.gz``) as a heatmap in the run's folder."""
-    key = CLASS_KEYS[CLASS_NAMES.index(class_name)]
-    path = Path(run_folder) / GRADCAM / gradcam_file(layer, key)
+    path = Path(run_folder) / GRADCAM / gradcam_file(layer, gradcam_key(class_name))
     if not path.is_file():
         raise ValueError(f"no Grad-CAM map for layer {layer}, class {class_name} in this run")
     return run.add_heatmap(read_canonical(path, "Grad-CAM map")[0], f"Grad-CAM {layer} {class_name}", colour="heat")

@@ -107,6 +107,14 @@ class GradCamVolume:
     target: str
     slices: np.ndarray
     maps: dict[tuple[str, int], np.ndarray] = field(repr=False)
+    names: dict[int, str] = field(default_factory=dict)  # target → its name (default: the class's)
+    regions: dict[int, str] = field(default_factory=dict)  # target → the region its map should find
+
+    def name(self, target: int) -> str:
+        return self.names.get(target) or CLASS_NAMES[target]
+
+    def region(self, target: int) -> str:
+        return self.regions.get(target) or CLASS_REGION[target]
 
     def slice_maps(self, z: int) -> dict[str, np.ndarray]:
         """Layer → ``(len(classes), Y, X)`` raw maps of axial slice ``z``, as :func:`figures.gradcam_montage` takes."""
@@ -182,7 +190,7 @@ def localisation(volume: GradCamVolume, case: Case, top_fraction: float = 0.05
             union = int((top | region).sum())
             iou = int((top & region).sum()) / union if union else 0.0
             entry[name] = RegionLocalisation(inside, int(region.sum()) / brain_count, iou)
-        result.setdefault(layer, {})[CLASS_NAMES[class_index]] = entry
+        result.setdefault(layer, {})[volume.name(class_index)] = entry
     return result
 
 

@@ -159,4 +159,19 @@ def volume_gradcam(network: DescribedNetwork, case: Case, layers: Sequence[str] 
     stitched = from_network_space(stitched[0].cpu().numpy(), description.axes)
     maps = {(layer, channel): np.ascontiguousarray(stitched[i * len(targets) + j], dtype=np.float32)
             for i, layer in enumerate(layers) for j, channel in enumerate(targets)}
-    return GradCamVolume(layers, targets, target, case.brain_slices(), maps)
+    names, regions = target_names(description)
+    return GradCamVolume(layers, targets, target, case.brain_slices(), maps,
+                         {c: names[c] for c in targets}, {c: regions[c] for c in targets})
+
+
+def target_names(description) -> tuple[list[str], list[str]]:
+    """Each output channel's name as the library says it (a region, or a class of CLASS_NAMES) and the region its
+    Grad-CAM should find."""
+    from ..data.labels import CLASS_NAMES
+    from ..models.description import CLASS_OUTPUTS
+    from .gradcam import CLASS_REGION
+
+    if description.outputs == "sigmoid":
+        return list(description.output_names), list(description.output_names)
+    classes = [CLASS_OUTPUTS.index(name) for name in description.output_names]
+    return [CLASS_NAMES[c] for c in classes], [CLASS_REGION[c] for c in classes]

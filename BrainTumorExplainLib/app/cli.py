@@ -26,7 +26,7 @@ from ..outputs import DISK_ERRNOS, OutputFile, OutputFolder
 from ..progress import progress_bar
 from . import stages
 from .contract import PROGRESS_FORMATS, SEGMENTATION, SUMMARY
-from .settings import ExplainConfig, add_config_options, config_from_arguments, resolve_device
+from .settings import MODEL_NAMES, ExplainConfig, add_config_options, config_from_arguments, resolve_device
 from .settings import _device_option as device_option
 
 
@@ -140,8 +140,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                                    "visualisation, figures and report.html. Its own output folder is replaced.")
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
     defaults = ExplainConfig()
-    p.add_argument("--model", default=defaults.model, choices=ExplainConfig.__dataclass_fields__["model"].metadata[
-        "choices"], help=f"shipped network (default {defaults.model}, the best on held-out phantoms)")
+    p.add_argument("--model", default=defaults.model, choices=MODEL_NAMES,
+                   help=f"shipped network (default {defaults.model}, the best on held-out phantoms)")
     p.add_argument("--seed", type=int, help="generate a phantom with this seed instead of using the shipped sample")
     p.add_argument("--device", default=defaults.device, type=device_option, help="auto, cpu, cuda or cuda:N")
     p.set_defaults(run=_run_demo)

@@ -51,6 +51,13 @@ def gradcam_file(layer: str, class_key: str) -> str:
     return f"{layer}_{class_key}.nii.gz"
 
 
+def gradcam_key(target: str) -> str:
+    """A Grad-CAM target's name in file names: a class's key (``ncr``, ``ed``, ``et``), or a region's (``wt``...)."""
+    from ..data.labels import CLASS_KEYS, CLASS_NAMES
+
+    return CLASS_KEYS[CLASS_NAMES.index(target)] if target in CLASS_NAMES else target.lower()
+
+
 def concept_file(layer: str, filter_index: int, concept: str) -> str:
     """One concept mask: ``<layer>_<filter>_<concept>.nii.gz`` (in ``concepts/`` of an explain run)."""
     return f"{layer}_{filter_index}_{concept}.nii.gz"

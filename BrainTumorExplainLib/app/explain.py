@@ -62,8 +62,6 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
 
 def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run", OutputFolder]:
     """The run's inputs, read and checked, and its output folder, checked (nothing is written yet)."""
-    from ..analyses.dissection import Dissection, load_shipped_dissection
-    from ..models.activations import resolve_layers
     from ..models.registry import load_model
     from .figures import montage_slices
 
@@ -72,17 +70,15 @@ def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run",
         raise CaseError(f"{source}: explain needs the case's image files (a folder or the four files), not a "
                         "saved case: the scene and the report refer to them")
     inputs = [source] if files is None else [files.flair, files.t1, files.t1ce, files.t2, files.seg, files.tissue]
-    folder = OutputFolder(out, [*inputs, config.weights, config.dissection], config.overwrite, "explain")
+    model_folder = config.model if Path(config.model).is_dir() else None
+    folder = OutputFolder(out, [*inputs, config.weights, config.dissection, model_folder], config.overwrite,
+                          "explain")
     scene = stages.scene.wanted(config.scene)
     device = resolve_device(config.device)
     case = load_case(source)
     model = load_model(config.model, config.weights, device)
-    try:
-        resolve_layers(model, config.layers)
-    except ValueError as error:
-        raise UsageError(f"--layers {config.layers}: {error}") from None
-    dissection = Dissection.load(config.dissection) if config.dissection else load_shipped_dissection(model)
-    dissection.check_model(model)
+    _check_layers(model, config.layers)
+    dissection = _dissection(model, config)
     run = stages.Run(case, model, config, dissection, Path(), _summary_start(case, config, device),
                      quick=config.quick if config.quick is not None else device.type == "cpu",
                      z=montage_slices(case, 1)[0], progress=bars)
@@ -90,10 +86,44 @@ def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run",
     return run, folder
 
 
+def _check_layers(model, layers: str) -> None:
+    """``--layers`` names layers of this network (module paths for a described network), before any work."""
+    from ..models.activations import resolve_layers
+    from ..models.volume import DescribedNetwork
+
+    if isinstance(model, DescribedNetwork):
+        known = dict(model.module.named_modules())
+        unknown = [name for name in layers.split(",") if layers != "all" and name.strip() not in known]
+        if unknown:
+            raise UsageError(f"--layers {layers}: {unknown} are not modules of {model.architecture}; its analysable "
+                             f"layers: {', '.join(model.description.layers)}")
+        return
+    try:
+        resolve_layers(model, layers)
+    except ValueError as error:
+        raise UsageError(f"--layers {layers}: {error}") from None
+
+
+def _dissection(model, config: ExplainConfig):
+    """The dissection whose thresholds make the concept masks: the one given, or the model's shipped one; a
+    described network has none yet (dissecting 3D networks comes later)."""
+    from ..analyses.dissection import Dissection, load_shipped_dissection
+    from ..models.volume import DescribedNetwork
+
+    if isinstance(model, DescribedNetwork):
+        if config.dissection:
+            raise UsageError(f"--dissection: dissections of 3D networks are not supported yet ({model.architecture})")
+        return None
+    dissection = Dissection.load(config.dissection) if config.dissection else load_shipped_dissection(model)
+    dissection.check_model(model)
+    return dissection
+
+
 def _summary_start(case, config: ExplainConfig, device) -> dict:
     roles = ("flair", "t1", "t1ce", "t2", "seg", "tissue")
     return {
-        "schema": SUMMARY_SCHEMA, "version": __version__, "case": case.case_id, "model": config.model,
+        "schema": SUMMARY_SCHEMA, "version": __version__, "case": case.case_id,
+        "model": Path(config.model).name if Path(config.model).is_dir() else config.model,
         "config": asdict(config), "device": device_name(device), "versions": library_versions(),
         "ground_truth": case.labels is not None,
         "inputs": {"files": {role: str(getattr(case.files, role)) if getattr(case.files, role) else None

@@ -108,7 +108,7 @@ def _heat_overlay(ax, case: Case, z: int, heat: np.ndarray, window: tuple[float,
 
 
 def gradcam_montage(case: Case, z: int, maps: dict[str, np.ndarray], classes: list[int], path: str | Path,
-                    title: str = "", dpi: int = 80) -> Path:
+                    title: str = "", dpi: int = 80, names: list[str] | None = None) -> Path:
     """Figure 5 / 11 of the paper for one axial slice: one row per class, one column per layer (input to output),
     each map normalised to its own maximum over the slice; the first column shows the labels when there are any.
 
@@ -127,7 +127,7 @@ def gradcam_montage(case: Case, z: int, maps: dict[str, np.ndarray], classes: li
             ax.imshow(case.labels[z], cmap=ListedColormap(LABEL_COLOURS), vmin=0, vmax=3, interpolation="nearest",
                       alpha=0.5)
         ax.set_axis_off()
-        ax.text(2, 12, CLASS_NAMES[class_index], color="yellow", fontsize=8)
+        ax.text(2, 12, names[row] if names else CLASS_NAMES[class_index], color="yellow", fontsize=8)
         for column, layer in enumerate(layers, start=1):
             _heat_overlay(axes[row, column], case, z, normalise(maps[layer][row]), window)
             if row == 0:
@@ -138,18 +138,21 @@ def gradcam_montage(case: Case, z: int, maps: dict[str, np.ndarray], classes: li
     return _save(figure, path, dpi)
 
 
-def localisation_curves(tables: dict[str, dict], path: str | Path, dpi: int = 100) -> Path:
+def localisation_curves(tables: dict[str, dict], path: str | Path, dpi: int = 100,
+                        regions: dict[str, str] | None = None) -> Path:
     """The paper's "top-down" claim as numbers: for each model (panel) and tumour class (line), the share of the
     Grad-CAM mass that falls inside the class's region, layer by layer; dashed: the region's share of the brain
-    (a flat map). ``tables``: model → :func:`gradcam.localisation` output."""
+    (a flat map). ``tables``: model → :func:`gradcam.localisation` output; ``regions``: target name → its region
+    (default: the tumour classes')."""
     from ..analyses.gradcam import CLASS_REGION
 
-    colours = {1: LABEL_COLOURS[1], 2: LABEL_COLOURS[2], 3: (0.85, 0.6, 0.0, 1)}
+    regions = regions or {CLASS_NAMES[c]: CLASS_REGION[c] for c in (1, 2, 3)}
+    colours = {"TC": LABEL_COLOURS[1], "WT": LABEL_COLOURS[2], "ET": (0.85, 0.6, 0.0, 1)}
     figure, axes = _subplots(1, len(tables), figsize=(4.2 * len(tables), 3.4), squeeze=False)
     for ax, (model, table) in zip(axes[0], tables.items()):
         layers = list(table)
-        for class_index, colour in colours.items():
-            name, region = CLASS_NAMES[class_index], CLASS_REGION[class_index]
+        for name, region in regions.items():
+            colour = colours.get(region, (0.6, 0.6, 0.6, 1))
             if name not in table[layers[0]] or region not in table[layers[0]][name]:
                 continue
             inside = [table[layer][name][region].mass_inside for layer in layers]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 
 from ..analyses import GRADCAM_TARGETS
 from ..errors import UsageError
@@ -55,7 +56,8 @@ def _option(default, help: str, **cli):
 class ExplainConfig:
     """Everything ``explain`` can be asked; the defaults are the command line's and the panel's."""
 
-    model: str = _option("denseunet", f"network: {', '.join(MODEL_NAMES)} (shipped weights)", choices=MODEL_NAMES)
+    model: str = _option("denseunet", f"network: {', '.join(MODEL_NAMES)} (shipped weights), or a MONAI bundle "
+                         "folder", metavar="NAME|FOLDER")
     weights: str | None = _option(None, "your own weights file instead of the shipped ones", metavar="FILE")
     dissection: str | None = _option(None, "dissection.json from `dissect` (default: the model's shipped one)",
                                      metavar="FILE")
@@ -80,6 +82,8 @@ class ExplainConfig:
         from ..data.labels import resolve_classes
 
         check_device_name(self.device)
+        if self.model not in MODEL_NAMES and not Path(self.model).is_dir():
+            raise UsageError(f"--model {self.model}: not a shipped network ({', '.join(MODEL_NAMES)}) nor a folder")
         if self.passes < 2:
             raise UsageError(f"--passes {self.passes}: test-time dropout needs at least 2 passes")
         if self.featviz_steps < 1 or self.featviz_size < 16:

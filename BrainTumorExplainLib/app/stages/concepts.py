@@ -41,6 +41,10 @@ def run(run) -> None:
     from ..figures import concept_montage
 
     case, dissection = run.case, run.dissection
+    if dissection is None:
+        run.summary["concepts"] = {"detectors": [], "not_computed": "no dissection of this network (network "
+                                   "dissection of 3D networks is not available yet)"}
+        return
     best = dissection.best_detectors()
     picks = [(row["layer"], row["filter"]) for row in best.values()]
     masks = filter_concept_masks(run.model, case, dissection, picks) if picks else {}

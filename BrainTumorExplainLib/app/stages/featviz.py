@@ -42,6 +42,7 @@ def run(run) -> None:
 
     picks = run.handed_on.get("detectors")
     if not picks:
+        run.summary["featviz"] = {"not_computed": "no concept detectors to visualise"}
         return
     config = FeatvizConfig(steps=run.config.featviz_steps, size=run.config.featviz_size, seed=run.config.seed)
     template = load_template(shipped_template_path(), run.config.featviz_size)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..contract import GRADCAM, figure_file, gradcam_file
+from ..contract import GRADCAM, figure_file, gradcam_file, gradcam_key
 
 NAME = "gradcam"
 FIGURES = (
@@ -18,31 +18,44 @@ FIGURES = (
 def write_maps(cams, case, folder: Path, progress: bool = False) -> list[Path]:
     """Every ``(layer, class)`` map as ``<layer>_<class>.nii.gz`` in ``folder`` (the ``gradcam`` verb writes them
     too)."""
-    from ...data.labels import CLASS_KEYS
     from ...progress import progress_bar
 
-    return [case.grid.write(cam, Path(folder) / gradcam_file(layer, CLASS_KEYS[class_index]))
+    return [case.grid.write(cam, Path(folder) / gradcam_file(layer, gradcam_key(cams.name(class_index))))
             for (layer, class_index), cam in progress_bar(cams.maps.items(), "write NIfTI" if progress else None,
                                                           unit="map")]
 
 
 def summarise(cams, table) -> dict:
     from ...analyses.gradcam import localisation_as_dict
-    from ...data.labels import CLASS_NAMES
 
-    return {"target": cams.target, "layers": cams.layers, "classes": [CLASS_NAMES[c] for c in cams.classes],
+    return {"target": cams.target, "layers": cams.layers, "classes": [cams.name(c) for c in cams.classes],
             "localisation": localisation_as_dict(table)}
 
 
 def run(run) -> None:
-    from ...analyses.gradcam import gradcam_volume, localisation
+    from ...analyses.gradcam import localisation
     from ..figures import gradcam_montage, localisation_curves
 
-    cams = gradcam_volume(run.model, run.case, run.config.layers, run.config.classes, run.config.gradcam_target,
-                          progress=run.progress)
+    cams = compute(run)
     write_maps(cams, run.case, run.work / GRADCAM)
     table = localisation(cams, run.case)
     run.summary["gradcam"] = summarise(cams, table)
+    names = [cams.name(c) for c in cams.classes]
     gradcam_montage(run.case, run.z, cams.slice_maps(run.z), cams.classes, run.figure("gradcam"),
-                    title=run.title("Grad-CAM per layer (rows: class)"))
-    localisation_curves({run.config.model: table}, run.figure("topdown"))
+                    title=run.title("Grad-CAM per layer (rows: class)"), names=names)
+    localisation_curves({run.config.model: table}, run.figure("topdown"),
+                        regions={name: cams.region(c) for name, c in zip(names, cams.classes)})
+
+
+def compute(run):
+    """Grad-CAM of the run's layers and classes: slice by slice for the paper's 2D networks, window by window for a
+    described 3D network (every output channel, with its own target)."""
+    from ...analyses.gradcam import gradcam_volume
+    from ...analyses.volume import volume_gradcam
+    from ...models.volume import DescribedNetwork
+
+    if isinstance(run.model, DescribedNetwork):
+        target = "logits" if run.config.gradcam_target == "logits" else "probabilities"
+        return volume_gradcam(run.model, run.case, run.config.layers, target=target)
+    return gradcam_volume(run.model, run.case, run.config.layers, run.config.classes, run.config.gradcam_target,
+                          progress=run.progress)

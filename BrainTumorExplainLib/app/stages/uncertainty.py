@@ -7,6 +7,8 @@ from pathlib import Path
 from ..contract import figure_file, uncertainty_file
 
 NAME = "uncertainty"
+METHODS = {"dropout": "test-time dropout (epistemic)",
+           "flips": "test-time augmentation: the 8 mirrorings (no dropout in the network)"}
 FIGURES = (
     (figure_file("uncertainty"), "Uncertainty (test-time dropout)", "Red where the dropout passes disagree; "
      "misclassified regions should be red."),
@@ -22,12 +24,13 @@ def write_maps(volume, case, folder: Path) -> list[Path]:
 
 
 def summarise(volume, case, mode: str, seed: int) -> dict:
-    """Mode, seed, passes per slice, and — with ground truth — the uncertainty-error analysis."""
+    """Method (test-time dropout or flips), mode, seed, passes per slice, and — with ground truth — the
+    uncertainty-error analysis."""
     from ...analyses.uncertainty import uncertainty_error_analysis
 
     used = volume.passes[volume.passes > 0]
-    summary = {"mode": mode, "seed": seed, "passes": {"min": int(used.min()), "mean": round(float(used.mean()), 1),
-                                                      "max": int(used.max())}}
+    summary = {"method": METHODS[volume.method], "mode": mode, "seed": seed,
+               "passes": {"min": int(used.min()), "mean": round(float(used.mean()), 1), "max": int(used.max())}}
     if case.labels is not None:
         summary["error_analysis"] = uncertainty_error_analysis(volume, case)
     return summary
@@ -41,14 +44,27 @@ def draw(volume, case, summary: dict, uncertainty_png: Path, errors_png: Path, t
         error_by_uncertainty(summary["error_analysis"], errors_png)
 
 
-def run(run) -> None:
+def compute(run):
+    """The paper's test-time dropout for its 2D networks; for a described 3D network, dropout when it has some
+    (8 passes when quick), else the 8 mirrorings."""
     from ...analyses.uncertainty import uncertainty_volume
+    from ...analyses.volume import volume_uncertainty
+    from ...models.volume import DescribedNetwork
 
     config = run.config
-    volume = uncertainty_volume(run.model, run.case, passes=config.passes, quick=run.quick, seed=config.seed,
-                                progress=run.progress)
+    if isinstance(run.model, DescribedNetwork):
+        return volume_uncertainty(run.model, run.case, passes=8 if run.quick else config.passes, seed=config.seed,
+                                  progress=run.progress)
+    return uncertainty_volume(run.model, run.case, passes=config.passes, quick=run.quick, seed=config.seed,
+                              progress=run.progress)
+
+
+def run(run) -> None:
+    config = run.config
+    volume = compute(run)
     write_maps(volume, run.case, run.work)
-    summary = summarise(volume, run.case, "quick" if run.quick else f"T={config.passes}", config.seed)
+    mode = "flips" if volume.method == "flips" else "quick" if run.quick else f"T={config.passes}"
+    summary = summarise(volume, run.case, mode, config.seed)
     draw(volume, run.case, summary, run.figure("uncertainty"), run.figure("error_by_uncertainty"),
          run.title("ground truth | prediction | uncertainty"))
     run.summary["uncertainty"] = summary
