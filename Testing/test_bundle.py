@@ -257,3 +257,16 @@ def test_explain_a_bundle_on_the_case_grid(bundle, small_phantom, tmp_path):
     assert summary["model"] == "tiny_bundle" and summary["uncertainty"]["method"].startswith("test-time dropout")
     assert summary["gradcam"]["classes"] == ["TC", "WT", "ET"] and "not_computed" in summary["concepts"]
     assert summary["scene"] == "scene.mrb" and (out / "report.html").is_file()
+
+
+def test_a_case_off_the_training_spacing_is_said(small_phantom):
+    from dataclasses import replace
+
+    from BrainTumorExplainLib.models.description import network_inputs
+
+    case = load_case(small_phantom.flair.parent)  # 3 mm
+    description = NetworkDescription("one_mm_net", 3, ("flair", "t1", "t1ce", "t2"), "zscore-brain", "sigmoid",
+                                     ("TC", "WT", "ET"), spacing_mm=(1.0, 1.0, 1.0))
+    with pytest.warns(UserWarning, match=r"trained at \(1.0, 1.0, 1.0\) mm"):
+        network_inputs(case, description)
+    network_inputs(case, replace(description, spacing_mm=(3.0, 3.0, 3.0)))  # no warning at its own spacing

@@ -10,6 +10,7 @@ only), so a user's network sees its inputs as it was trained, and its results la
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,11 +110,24 @@ def from_network_space(array: np.ndarray, axes: str) -> np.ndarray:
 def network_inputs(case: Case, description: NetworkDescription) -> np.ndarray:
     """The case's four sequences as the network takes them: its channel order, its normalisation, its axes;
     ``(channels, ...)`` float32, contiguous."""
+    warn_if_off_spacing(case, description)
     order = [MODALITIES.index(name) for name in description.channels]
     images = case.images[order]  # z-scored over the brain mask (the union of the sequences' non-zero voxels)
     if description.normalisation == "zscore-nonzero-channelwise":
         images = _zscore_nonzero_channelwise(case, order)
     return np.ascontiguousarray(to_network_space(images, description.axes), dtype=np.float32)
+
+
+def warn_if_off_spacing(case: Case, description: NetworkDescription, tolerance: float = 0.01) -> None:
+    """Say so when the case is not at the spacing the network was trained at (resampling is not done yet)."""
+    if description.spacing_mm is None:
+        return
+    order, _ = axis_permutation(CANONICAL_AXES, description.axes)
+    spacing = tuple(case.spacing[axis] for axis in order)
+    if not np.allclose(spacing, description.spacing_mm, rtol=tolerance):
+        warnings.warn(f"{case.case_id}: voxel size {tuple(round(s, 3) for s in spacing)} mm, but {description.name} "
+                      f"was trained at {description.spacing_mm} mm; it sees this case at the wrong scale (resample "
+                      "the case onto its spacing first)", stacklevel=3)
 
 
 def _zscore_nonzero_channelwise(case: Case, order: list[int]) -> np.ndarray:
