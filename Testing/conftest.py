@@ -19,6 +19,15 @@ def small_phantom(tmp_path_factory):
     return write_phantom(make_phantom(5, SMALL), tmp_path_factory.mktemp("phantoms"))
 
 
+@pytest.fixture(scope="session")
+def training_phantoms(tmp_path_factory):
+    """Three 3 mm phantom case folders (seeds 60-62): the last is the validation case of the training tests."""
+    folder = tmp_path_factory.mktemp("train")
+    for seed in (60, 61, 62):
+        write_phantom(make_phantom(seed, SMALL), folder)
+    return folder
+
+
 @pytest.fixture
 def scene():
     """A fresh MRML scene from slicer-core (real MRML without the application), cleared afterwards."""

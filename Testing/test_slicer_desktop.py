@@ -154,10 +154,10 @@ def test_the_panel_binds_with_a_call_that_returns_its_tag_in_every_version():
 
 def test_the_panels_choices_are_the_librarys():
     from BrainTumorExplainLib.app.settings import MODEL_NAMES, ExplainConfig
-    from BrainTumorExplainLib.models import ARCHITECTURES
+    from BrainTumorExplainLib.models import SHIPPED_NETWORKS
 
     namespace, fields = _module_namespace(), _parameter_node_fields()
-    assert tuple(ARCHITECTURES) == MODEL_NAMES
+    assert SHIPPED_NETWORKS == MODEL_NAMES
     assert eval(compile(ast.Expression(fields["model"][2]), "c", "eval"), namespace) == list(MODEL_NAMES)
     defaults = ExplainConfig()
     for name in ("model", "device", "passes", "layers", "classes"):

@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import SMALL
 
 from BrainTumorExplainLib.app.cli import main
 from BrainTumorExplainLib.app.training import TrainConfig, train
 from BrainTumorExplainLib.data.case import CaseError, find_cases, load_case
-from BrainTumorExplainLib.data.phantom import make_phantom, write_phantom
 from BrainTumorExplainLib.models import load_weights
 
 CONFIG = TrainConfig(model="resunet", width=0.0625, epochs=3, steps_per_epoch=8, batch_size=4, crop=(64, 64),
@@ -19,11 +17,8 @@ CONFIG = TrainConfig(model="resunet", width=0.0625, epochs=3, steps_per_epoch=8,
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("train")
-    for seed in (60, 61, 62):
-        write_phantom(make_phantom(seed, SMALL), folder)
-    return folder
+def tiny_data(training_phantoms):
+    return training_phantoms
 
 
 def test_training_lowers_the_loss_and_writes_loadable_weights(tiny_data, tmp_path):
@@ -34,6 +29,13 @@ def test_training_lowers_the_loss_and_writes_loadable_weights(tiny_data, tmp_pat
     model = load_weights(tmp_path / "w.pt", architecture="resunet")
     assert model.config["width"] == 0.0625
     assert (tmp_path / "w.pt.ckpt").is_file()
+    # The file says the space it was trained in (3 mm phantoms), so its cases are not resampled to the shipped 1 mm.
+    from BrainTumorExplainLib.data.case import load_case
+    from BrainTumorExplainLib.models.space import into_network_space, training_spacing
+
+    assert training_spacing(model) == (3.0, 3.0, 3.0)
+    case = load_case(tiny_data / "Phantom_00062")
+    assert into_network_space(case, model) is case
 
 
 def test_interrupted_training_resumes_to_the_same_weights(tiny_data, tmp_path):

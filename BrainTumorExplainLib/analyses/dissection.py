@@ -29,7 +29,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -347,12 +347,14 @@ class Dissection:
 def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: str | Iterable[str] = "all",
             concepts: Sequence[str] | None = None, quantile: float = DEFAULT_QUANTILE,
             iou_cutoff: float = DEFAULT_IOU_CUTOFF, slice_step: int = 1, bins: int = 2048, batch_size: int = 16,
-            device: str | torch.device | None = None, progress: bool = False) -> Dissection:
+            device: str | torch.device | None = None, progress: bool = False,
+            prepare: Callable[[Case], Case] | None = None) -> Dissection:
     """Thresholds and concept IoUs of every filter of ``layers`` over a dataset of cases.
 
     ``cases`` may be :class:`Case` objects or case folders (folders are read one at a time, in each pass, so
     memory stays bounded by one case). ``concepts`` defaults to every concept all cases have ground truth for;
-    naming one a case lacks is an error that says which.
+    naming one a case lacks is an error that says which. ``prepare``: what each case goes through once read (into
+    the network's space: :func:`models.space.into_network_space`).
     """
     concepts = check_concepts(cases, concepts)
     if slice_step < 1:
@@ -368,7 +370,7 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
         for stage in ("thresholds", "refine thresholds", "concept IoU"):
             label = f"dissect {model.architecture}: {stage}" if progress else None
             for source in progress_bar(cases, label, unit="case"):  # one case in memory at a time
-                case = as_case(source)
+                case = as_case(source) if prepare is None else prepare(as_case(source))
                 if stage == "concept IoU":
                     _tally_iou(model, case, layer_names, concepts, sums, slice_step, batch_size, device)
                     case_ids.append(case.case_id)

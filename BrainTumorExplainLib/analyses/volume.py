@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from ..data.case import Case
 from ..errors import UsageError
 from ..models.base import evaluating, model_device, test_time_dropout
-from ..models.description import from_network_space, labels_from_outputs, network_inputs
+from ..models.description import from_network_space, labels_from_outputs, network_inputs, require_hooks
 from ..models.volume import DescribedNetwork, activate, window_inferer
 from ..progress import progress_bar
 from .gradcam import GradCamVolume
@@ -143,6 +143,7 @@ def volume_gradcam(network: DescribedNetwork, case: Case, layers: Sequence[str] 
     """Grad-CAM of every chosen layer (module paths; ``all``: the description's layers) and output channel
     (default: all) over the case, blended across windows; ``maps[(layer, channel)]`` on the canonical grid."""
     module, description = network.module, network.description
+    require_hooks(description, "Grad-CAM")
     if target not in VOLUME_TARGETS:
         raise UsageError(f"unknown Grad-CAM target {target!r}; expected one of {', '.join(VOLUME_TARGETS)}")
     layers = list(description.layers) if layers == "all" else [s.strip() for s in layers.split(",")] \

@@ -10,6 +10,9 @@ and reports the ratio, so numbers from different machines are never compared acr
 4. ``segmentation``: a whole volume in batches against slice by slice; ``featviz``: filters optimised in one batch
    against one at a time.
 5. ``slicer``: pushing every output of an ``explain`` run into a scene on slicer-core, and saving it as .mrb.
+6. ``space``: the case seen through other acquisition grids (:data:`ACQUISITIONS`), segmented as acquired against
+   resampled into the network's space — seconds, and WT/TC/ET Dice on the acquired grid for both, and for the labels
+   carried back by nearest neighbour instead of through the probabilities.
 
 Timings are wall-clock seconds after a warm-up call, with the device synchronised. Where a flag restricts the work
 (slices, passes, volumes), the output says so; no number is extrapolated.
@@ -39,7 +42,7 @@ from ..models import build_model, load_pretrained, test_time_dropout
 from ..models.base import SegmentationNet, evaluating
 from ..models.inference import slice_batches
 
-BENCHMARKS = ("ttd", "gradcam", "dissection", "segmentation", "featviz", "slicer")
+BENCHMARKS = ("ttd", "gradcam", "dissection", "segmentation", "featviz", "slicer", "space")
 DISSECTION_VOLUMES = (4, 16, 48)
 Result = TypeVar("Result")
 
@@ -452,8 +455,63 @@ def bench_slicer(model: SegmentationNet, case: Case, config: BenchConfig, device
                          "process_total_s": total})]
 
 
+# -- 6. scans off the network's grid ---------------------------------------------------------------------------
+
+def _acquisitions() -> dict:
+    from ..data.acquisition import Acquisition
+
+    return {
+        "1.2×0.9×2 mm": Acquisition(spacing_mm=(1.2, 0.9, 2.0)),
+        "1.2×0.9×2 mm, edge not re-stripped": Acquisition(spacing_mm=(1.2, 0.9, 2.0), stripped=False),
+        "20° in-plane": Acquisition(tilt_degrees=(0.0, 0.0, 20.0)),
+        "2 mm": Acquisition(spacing_mm=(2.0, 2.0, 2.0)),
+        "0.5×0.5×5 mm": Acquisition(spacing_mm=(0.5, 0.5, 5.0)),
+        "20° + flipped + 1.2×0.9×2 mm": Acquisition(spacing_mm=(1.2, 0.9, 2.0), tilt_degrees=(0.0, 0.0, 20.0),
+                                                    axes=(1, 0, 2), flips=(False, True, False)),
+        "30° + 10° tilt, 0.9×0.9×3 mm": Acquisition(spacing_mm=(0.9, 0.9, 3.0), tilt_degrees=(30.0, 0.0, 10.0)),
+    }
+
+
+def bench_space(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device) -> list[Measurement]:
+    import warnings
+
+    from ..data.acquisition import reacquire
+    from ..models.inference import case_probabilities, labels_from_probabilities, segment_input
+    from ..models.space import into_network_space
+    from ..scoring.metrics import score_segmentation
+
+    if case.files is None or case.labels is None:
+        return [Measurement("Off-grid scans", "", "", None, None, "", {"skipped": "needs a case folder with labels"})]
+
+    def dice(labels: np.ndarray, on: Case) -> dict:
+        return {region: round(score.values["dice"], 3)
+                for region, score in score_segmentation(labels, on.labels, on.spacing).items()}
+
+    measurements = [Measurement("Off-grid scans", "as acquired (axis-aligned 1 mm: the reference)", "", None, None,
+                                f"{case.case_id}, {config.model}",
+                                {"dice": dice(labels_from_probabilities(model, case_probabilities(model, case,
+                                                                                                   device=device)),
+                                              case)})]
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, acquisition in _acquisitions().items():
+            acquired = load_case(reacquire(case.files, Path(scratch) / name, acquisition))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # off its grid: the control
+                raw, raw_s = _timed(lambda: segment_input(model, acquired, device)[1], device)
+            (labels, on_input), ours_s = _timed(
+                lambda: segment_input(model, into_network_space(acquired, model), device), device)
+            resampled = into_network_space(acquired, model)
+            nearest = resampled.grid.to_reference(labels) if resampled.original is not None else labels
+            measurements.append(Measurement(
+                "Off-grid scans", f"{name}: resampled into the network's space", "as acquired", ours_s, raw_s,
+                f"{acquired.grid.canonical_shape} voxels", {
+                    "dice_resampled": dice(on_input, acquired), "dice_as_acquired": dice(raw, acquired),
+                    "dice_labels_back_by_nearest": dice(nearest, acquired)}))
+    return measurements
+
+
 RUNNERS = {"ttd": bench_ttd, "gradcam": bench_gradcam, "dissection": bench_dissection,
-           "segmentation": bench_segmentation, "featviz": bench_featviz, "slicer": bench_slicer}
+           "segmentation": bench_segmentation, "featviz": bench_featviz, "slicer": bench_slicer, "space": bench_space}
 
 
 def run_benchmarks(config: BenchConfig, only: Sequence[str] = BENCHMARKS,

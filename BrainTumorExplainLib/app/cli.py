@@ -26,7 +26,7 @@ from ..outputs import DISK_ERRNOS, OutputFile, OutputFolder
 from ..progress import progress_bar
 from . import stages
 from .contract import PROGRESS_FORMATS, SEGMENTATION, SUMMARY
-from .settings import MODEL_NAMES, ExplainConfig, add_config_options, config_from_arguments, resolve_device
+from .settings import MODEL_NAMES, ExplainConfig, add_config_options, config_from_arguments, help_of, resolve_device
 from .settings import _device_option as device_option
 
 
@@ -223,15 +223,26 @@ def _add_model_arguments(p: argparse.ArgumentParser, device_default: str = Expla
     p.add_argument("--model", required=True, help="denseunet, resunet or simunet (shipped weights), or a MONAI bundle "
                    "folder (configs/, models/model.pt)")
     p.add_argument("--weights", type=Path, help="your own weights file instead of the shipped ones")
-    p.add_argument("--trust-bundle", action="store_true",
-                   help="let MONAI evaluate a bundle's own expressions to build its network (runs the bundle's code)")
+    p.add_argument("--trust-bundle", action="store_true", help=help_of("trust_bundle"))
     p.add_argument("--device", default=device_default, type=device_option,
                    help=f"auto, cpu, cuda or cuda:N (default {device_default})")
+
+
+def _add_resample(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-resample", dest="resample", action="store_false", help=f"do not {help_of('resample')}")
 
 
 def _model_folder(model: str) -> Path | None:
     """A network given as a folder (a bundle) is an input too: nothing is ever written into it."""
     return Path(model) if Path(model).is_dir() else None
+
+
+def _case_for(args: argparse.Namespace, model):
+    """``args.case`` read and brought into ``model``'s space (unless ``--no-resample``; see models.space)."""
+    from ..data.case import load_case
+    from ..models.space import into_network_space
+
+    return into_network_space(load_case(args.case), model, args.resample)
 
 
 def _load_model(args: argparse.Namespace, name: str | None = None):
@@ -282,10 +293,56 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_bundle(sub: argparse._SubParsersAction) -> None:
+    from .bundle_training import BundleTrainConfig
+
+    defaults = BundleTrainConfig()
+    p = sub.add_parser("train-bundle", help="train MONAI's SegResNet in 3D on BraTS-named case folders and write it "
+                                            "as a MONAI bundle folder",
+                       description="The recipe of the shipped 3D network (app/bundle_training.py): sigmoid TC/WT/ET, "
+                                   "cases resampled to --spacing mm, random cubes, MONAI's DiceCELoss, AdamW with "
+                                   "cosine decay; seeded. The last --validation cases are held out for the per-epoch "
+                                   "validation Dice. A checkpoint after every epoch (OUT.checkpoint.pt) lets a rerun "
+                                   "resume.")
+    p.add_argument("--data", required=True, type=Path, help="folder of case folders (BraTS or phantoms)")
+    p.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    p.add_argument("--name", default=defaults.name, help=f"the bundle's name (default {defaults.name})")
+    p.add_argument("--init-filters", type=int, default=defaults.init_filters,
+                   help=f"SegResNet's first width (default {defaults.init_filters})")
+    p.add_argument("--spacing", type=float, default=defaults.spacing_mm,
+                   help=f"isotropic training voxel size in mm (default {defaults.spacing_mm})")
+    p.add_argument("--crop", type=int, default=defaults.crop, help=f"training cube in voxels (default {defaults.crop})")
+    p.add_argument("--window", type=int, default=defaults.window,
+                   help=f"inference window in voxels (default {defaults.window})")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--steps", type=int, default=defaults.steps_per_epoch, help="steps per epoch")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.learning_rate)
+    p.add_argument("--validation", type=int, default=defaults.validation_cases, help="cases held out for validation")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--device", default="auto", type=device_option, help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    _add_overwrite(p, "an existing bundle folder written by this command")
+    p.set_defaults(run=_run_train_bundle)
+
+
+def _run_train_bundle(args: argparse.Namespace) -> int:
+    from .bundle_training import BundleTrainConfig, train_bundle
+
+    config = BundleTrainConfig(name=args.name, init_filters=args.init_filters, spacing_mm=args.spacing,
+                               crop=args.crop, window=args.window, epochs=args.epochs, steps_per_epoch=args.steps,
+                               batch_size=args.batch_size, learning_rate=args.lr, validation_cases=args.validation,
+                               seed=args.seed, device=str(resolve_device(args.device)))
+    history = train_bundle(args.data, args.out, config, resume=not args.no_resume, overwrite=args.overwrite)
+    print(f"wrote {args.out} after {len(history)} epochs")
+    return 0
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="per-case and mean Dice/HD95 of a network on labelled cases (Table 1)")
     p.add_argument("--data", required=True, type=Path, help="a case folder or a folder of case folders")
     _add_model_arguments(p)
+    _add_resample(p)
     p.add_argument("--json", type=Path, help="also write per-case and mean scores as JSON")
     _add_overwrite(p, "the JSON file")
     p.set_defaults(run=_run_evaluate)
@@ -299,7 +356,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     target = _json_output(args.json, [args.data, args.weights], args.overwrite)
     cases = find_cases(args.data)
     model = _load_model(args)
-    results = evaluate_model(model, cases, progress=True)
+    results = evaluate_model(model, cases, progress=True, resample=args.resample)
     summary = evaluation_as_dict(args.model, results)
     rows = {r.case_id: scores_as_dict(r.scores) for r in results}
     print(format_table({**rows, f"mean ({len(results)})": summary["mean"]}))
@@ -311,6 +368,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment a case with a network; labels written on the case's own grid")
     p.add_argument("case", type=Path, help="BraTS case folder")
     _add_model_arguments(p)
+    _add_resample(p)
     p.add_argument("--out", required=True, type=Path,
                    help="label file to write (.nii.gz, .nii, .nrrd or .mha), in the case's convention")
     _add_overwrite(p)
@@ -318,15 +376,11 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from ..data.case import load_case
-    from ..models.inference import segment_case
-
     target = OutputFile(args.out, [args.case, args.weights, _model_folder(args.model)], args.overwrite, volume=True)
-    case = load_case(args.case)
     model = _load_model(args)
-    labels = segment_case(model, case, progress=True)
+    case = _case_for(args, model)
     with target.writing() as written:
-        stages.segmentation.write_labels(labels, case, written)
+        stages.segmentation.segment(model, case, written, progress=True)
     print(f"wrote {args.out}")
     return 0
 
@@ -342,6 +396,7 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", type=Path, help="your own weights file instead of the shipped ones (one model)")
     p.add_argument("--device", default=ExplainConfig.device, type=device_option,
                    help=f"auto, cpu, cuda or cuda:N (default {ExplainConfig.device})")
+    _add_resample(p)
     p.add_argument("--layers", default="all", help="'all' (default) or comma-separated layer names")
     p.add_argument("--classes", default="tumour", help="'tumour' (default: ncr,ed,et), 'all', or e.g. ed,et or 2,3")
     p.add_argument("--slices", default="auto", help="axial slices for the montages: 'auto' (largest tumour "
@@ -356,7 +411,6 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_gradcam(args: argparse.Namespace) -> int:
-    from ..data.case import load_case
     from ..data.labels import resolve_classes
     from ..models.activations import resolve_layers
     from .figures import montage_slices
@@ -366,16 +420,17 @@ def _run_gradcam(args: argparse.Namespace) -> int:
         raise UsageError("--weights goes with exactly one --model")
     classes = resolve_classes(args.classes)
     folder = OutputFolder(args.out, [args.case, args.weights], args.overwrite, "gradcam")
-    case = load_case(args.case)
+    loaded = {name: _load_model(args, name) for name in models}
+    for model in loaded.values():
+        resolve_layers(model, args.layers)
+    case = _case_for(args, next(iter(loaded.values())))  # the shipped networks share one training space
     try:
         slices = montage_slices(case, 1) if args.slices == "auto" else [int(z) for z in args.slices.split(",")]
     except ValueError:
         raise UsageError(f"--slices {args.slices}: give 'auto' or comma-separated slice indices") from None
     if min(slices) < 0 or max(slices) >= case.images.shape[1]:
-        raise UsageError(f"--slices must lie in 0..{case.images.shape[1] - 1} for {case.case_id}, got {args.slices}")
-    loaded = {name: _load_model(args, name) for name in models}
-    for model in loaded.values():
-        resolve_layers(model, args.layers)
+        raise UsageError(f"--slices must lie in 0..{case.images.shape[1] - 1} for {case.case_id}"
+                         f"{' in the network space' if case.original is not None else ''}, got {args.slices}")
     with folder as work:
         _gradcam_models(args, case, loaded, classes, slices, work)
     return 0
@@ -424,6 +479,7 @@ def _add_dissect(sub: argparse._SubParsersAction) -> None:
                                    "each concept.")
     p.add_argument("--data", required=True, type=Path, help="a case folder or a folder of case folders")
     _add_model_arguments(p)
+    _add_resample(p)
     p.add_argument("--layers", default="all", help="'all' (default) or comma-separated layer names")
     p.add_argument("--concepts", help="comma-separated (default: every concept all cases have ground truth for)")
     p.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE,
@@ -454,11 +510,15 @@ def _run_dissect(args: argparse.Namespace) -> int:
 def _dissect_into(args: argparse.Namespace, cases: list[Path], model, work: Path) -> None:
     from ..analyses.dissection import concept_masks, dissect, filter_concept_masks
     from ..data.case import load_case
+    from ..models.space import into_network_space
     from .figures import concept_montage, montage_slices
 
     concepts = [c.strip() for c in args.concepts.split(",")] if args.concepts else None
+    def prepare(case):
+        return into_network_space(case, model, args.resample)
+
     result = dissect(model, cases, args.layers, concepts, args.quantile, args.iou, args.slice_step,
-                     batch_size=args.batch_size, progress=True)
+                     batch_size=args.batch_size, progress=True, prepare=prepare)
     result.save(work / "dissection.json")
     result.write_tables(work / "tables")
     (work / "detectors.json").write_text(json.dumps({"summary": result.summary(),
@@ -466,7 +526,7 @@ def _dissect_into(args: argparse.Namespace, cases: list[Path], model, work: Path
     best = result.best_detectors()
     picks = [(row["layer"], row["filter"]) for row in best.values()]
     for index, folder in enumerate(progress_bar(cases[:args.mask_cases], "concept masks", unit="case")):
-        case = load_case(folder)
+        case = prepare(load_case(folder))
         masks = filter_concept_masks(model, case, result, picks)
         stages.concepts.write_masks(masks, best, case, work / "concepts" / case.case_id)
         if index == 0 and best:
@@ -498,6 +558,7 @@ def _add_uncertainty(sub: argparse._SubParsersAction) -> None:
                                    "each map for misclassified voxels in summary.json.")
     p.add_argument("case", type=Path, help="BraTS case folder")
     _add_model_arguments(p)
+    _add_resample(p)
     p.add_argument("-T", "--passes", type=int, default=100, help="stochastic passes (default 100, as the paper)")
     p.add_argument("--quick", action="store_true", help="adaptive: 8 to 16 passes, stop when the map settles")
     p.add_argument("--agreement", action="store_true",
@@ -516,13 +577,11 @@ def _add_batching_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_uncertainty(args: argparse.Namespace) -> int:
-    from ..data.case import load_case
-
     if args.passes < 2:
         raise UsageError(f"--passes {args.passes}: test-time dropout needs at least 2 passes")
     folder = OutputFolder(args.out, [args.case, args.weights], args.overwrite, "uncertainty")
-    case = load_case(args.case)
     model = _load_model(args)
+    case = _case_for(args, model)
     with folder as work:
         _uncertainty_into(args, case, model, work)
     return 0
@@ -542,7 +601,7 @@ def _uncertainty_into(args: argparse.Namespace, case, model, work: Path) -> None
     mode = "quick" if args.quick else f"T={args.passes}"
     summary = {"version": __version__, "case": case.case_id, "model": args.model,
                **stages.uncertainty.summarise(volume, case, mode, args.seed), "seconds": round(seconds, 2)}
-    stages.segmentation.write_labels(volume.labels, case, work / SEGMENTATION)
+    case.write_labels(volume.labels, work / SEGMENTATION)
     stages.uncertainty.write_maps(volume, case, work)
     print(f"{mode}: {summary['passes']['mean']} passes per slice on average, {seconds:.1f} s")
     if args.quick and args.agreement:
@@ -749,7 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Explain brain-tumour segmentation networks (Natekar et al. 2020).")
     parser.add_argument("--version", action="version", version=f"BrainTumorExplainLib {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
-    for add in (_add_demo, _add_explain, _add_phantom, _add_montage, _add_score, _add_segment, _add_train, _add_evaluate,
+    for add in (_add_demo, _add_explain, _add_phantom, _add_montage, _add_score, _add_segment, _add_train, _add_train_bundle, _add_evaluate,
                 _add_gradcam, _add_dissect, _add_uncertainty, _add_template, _add_featviz, _add_bench):
         add(sub)
     return parser

@@ -63,6 +63,7 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
 def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run", OutputFolder]:
     """The run's inputs, read and checked, and its output folder, checked (nothing is written yet)."""
     from ..models.registry import load_model
+    from ..models.space import into_network_space
     from .figures import montage_slices
 
     files = source if isinstance(source, CaseFiles) else None
@@ -75,11 +76,11 @@ def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run",
                           "explain")
     scene = stages.scene.wanted(config.scene)
     device = resolve_device(config.device)
-    case = load_case(source)
-    model = load_model(config.model, config.weights, device)
+    model = load_model(config.model, config.weights, device, config.trust_bundle)
+    case = into_network_space(load_case(source), model, config.resample)
     _check_layers(model, config.layers)
     dissection = _dissection(model, config)
-    run = stages.Run(case, model, config, dissection, Path(), _summary_start(case, config, device),
+    run = stages.Run(case, model, config, dissection, Path(), _summary_start(case, model, config, device),
                      quick=config.quick if config.quick is not None else device.type == "cpu",
                      z=montage_slices(case, 1)[0], progress=bars)
     run.handed_on["scene"] = scene
@@ -119,13 +120,16 @@ def _dissection(model, config: ExplainConfig):
     return dissection
 
 
-def _summary_start(case, config: ExplainConfig, device) -> dict:
+def _summary_start(case, model, config: ExplainConfig, device) -> dict:
+    from ..models.space import space_summary
+
     roles = ("flair", "t1", "t1ce", "t2", "seg", "tissue")
     return {
         "schema": SUMMARY_SCHEMA, "version": __version__, "case": case.case_id,
         "model": Path(config.model).name if Path(config.model).is_dir() else config.model,
         "config": asdict(config), "device": device_name(device), "versions": library_versions(),
         "ground_truth": case.labels is not None,
+        "network_space": space_summary(case, model),
         "inputs": {"files": {role: str(getattr(case.files, role)) if getattr(case.files, role) else None
                              for role in roles},
                    "naming": case.files.naming, "convention": case.label_convention.name},

@@ -23,11 +23,25 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _network_space(space: dict) -> str:
+    """One line on the grid the network saw the case on (the figures are drawn on that grid)."""
+    if space.get("resampled"):
+        return (f"<p>The case was resampled into the network's space ({html.escape(space['reason'])}): from "
+                f"{space['from']['spacing_mm']} mm to {space['to']['spacing_mm']} mm, axis-aligned; the figures show "
+                "that grid, every volume beside this report lies on the case's own grid.</p>")
+    if space.get("off_space"):
+        return (f"<p class=note>The network saw this case off its training grid ({html.escape(space['off_space'])}; "
+                f"trained at {space['training_spacing_mm']} mm, axis-aligned) and was not resampled: its results "
+                "may be wrong for that reason alone.</p>")
+    return ""
+
+
 def write_report(summary: dict, run_folder: Path, path: Path, figures: list[tuple[str, str, str]]) -> Path:
     """Write ``report.html`` for a run folder: the summary's numbers, then each of ``figures`` (file under the run
     folder, heading, what to look at) that the run made."""
     parts = [f"<h1>{html.escape(summary['case'])} · {html.escape(summary['model'])}</h1>",
              "<p class=note>Demonstration networks trained on phantoms; not for clinical use.</p>"]
+    parts.append(_network_space(summary.get("network_space", {})))
     if "scores" in summary:
         baseline = summary.get("baseline_scores", {})
         rows = [[region, _fmt(v["dice"]), _fmt(v["hd95_mm"], 1),

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..analyses import GRADCAM_TARGETS
 from ..errors import UsageError
 
-MODEL_NAMES: tuple[str, ...] = ("denseunet", "resunet", "simunet")  # the shipped networks (models.ARCHITECTURES)
+MODEL_NAMES: tuple[str, ...] = ("denseunet", "resunet", "simunet")  # models.SHIPPED_NETWORKS
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")  # the command line also takes cuda:N
 GRADCAM_CLASS_CHOICES: tuple[str, ...] = ("tumour", "all", "ncr", "ed", "et")  # also comma-separated lists
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -59,6 +59,8 @@ class ExplainConfig:
     model: str = _option("denseunet", f"network: {', '.join(MODEL_NAMES)} (shipped weights), or a MONAI bundle "
                          "folder", metavar="NAME|FOLDER")
     weights: str | None = _option(None, "your own weights file instead of the shipped ones", metavar="FILE")
+    trust_bundle: bool = _option(False, "run a bundle's own code: the expressions of its configs (MONAI builds its "
+                                 "network) or its TorchScript network (models/model.ts)")
     dissection: str | None = _option(None, "dissection.json from `dissect` (default: the model's shipped one)",
                                      metavar="FILE")
     device: str = _option("auto", "auto (a CUDA GPU when PyTorch sees one), cpu, cuda or cuda:N",
@@ -73,6 +75,8 @@ class ExplainConfig:
     featviz_steps: int = _option(100, "activation maximisation steps")
     featviz_size: int = _option(96, "pre-image size in pixels")
     seed: int = _option(0, "seed of the dropout masks and the feature visualisation")
+    resample: bool = _option(True, "resample a case that is off the network's training grid (voxel size, oblique "
+                             "axes) into it; the results go back onto the case's own grid")
     overwrite: bool = _option(False, "replace OUT (an earlier result) once the new run is complete")
     scene: bool | None = _option(None, "write scene.mrb for 3D Slicer (refused before any work if slicer-core is "
                                        "missing); default: when slicer-core is installed", flags=("--scene", "--no-scene"))
@@ -112,6 +116,11 @@ class ExplainConfig:
         return arguments
 
 
+def help_of(name: str, config_type=ExplainConfig) -> str:
+    """The help text of a setting (for a verb that takes one setting of ``explain`` as its own option)."""
+    return next(setting.metadata["help"] for setting in fields(config_type) if setting.name == name)
+
+
 def _flags(setting) -> tuple[str, ...]:
     if "flags" in setting.metadata:
         return setting.metadata["flags"]
@@ -135,7 +144,7 @@ def add_config_options(parser: argparse.ArgumentParser, config_type=ExplainConfi
             group.add_argument(flags[1], dest=setting.name, action="store_false", help=f"not {flags[0]}")
         elif setting.type == "bool":
             parser.add_argument(*flags, dest=setting.name, action="store_false" if default else "store_true",
-                                help=f"do not write {meta['help']}" if default else meta["help"])
+                                help=f"do not {meta['help']}" if default else meta["help"])
         else:
             kind = _device_option if meta.get("type") == "device" else int if setting.type == "int" else str
             parser.add_argument(*flags, dest=setting.name, type=kind, default=default, choices=meta.get("choices"),

@@ -212,6 +212,7 @@ def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: b
                         "held for validation")
     split = len(case_paths) - config.validation_cases
     cases = [load_case(path) for path in progress_bar(case_paths, "load cases" if progress else None, unit="case")]
+    spacing = np.median([case.spacing for case in cases[:split]], axis=0)  # median voxel size, as nnU-Net's target
     training, validation = SliceData.from_cases(cases[:split]), SliceData.from_cases(cases[split:])
     del cases
 
@@ -247,5 +248,6 @@ def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: b
 
     with OutputFile(out, overwrite=True).writing() as written:  # the checkpoint stays until the weights are whole
         save_weights(model.cpu(), written, training=asdict(config), history=history,
-                     training_cases=training.case_ids, validation_cases=validation.case_ids)
+                     training_cases=training.case_ids, validation_cases=validation.case_ids,
+                     training_spacing_mm=[round(float(s), 4) for s in spacing])
     return history

@@ -72,6 +72,11 @@ class Case:
         label_convention: the convention of the files, used again when writing labels.
         intensity_stats: ``(4, 2)`` mean and standard deviation of each raw sequence over ``brain_mask`` (what
             ``images`` were z-scored with; a network trained on another normalisation gets its inputs from them).
+        nonzero: ``(4, Z, Y, X)`` bool, where each raw sequence is non-zero — kept only when it is not ``brain_mask``
+            for every sequence (a zero inside another sequence's brain; MONAI's ``NormalizeIntensityd(nonzero=True)``
+            leaves such voxels out of its statistics); see :meth:`sequence_support`.
+        original: the case as read, when this one is its resampling into a network's space
+            (:func:`data.resample.resample_case`; ``grid`` then writes every result back onto ``original.grid``).
     """
 
     case_id: str
@@ -83,10 +88,21 @@ class Case:
     label_convention: LabelConvention = BRATS2021
     files: CaseFiles | None = field(default=None, repr=False)
     intensity_stats: np.ndarray | None = field(default=None, repr=False)
+    nonzero: np.ndarray | None = field(default=None, repr=False)
+    original: "Case | None" = field(default=None, repr=False)
 
     def brain_slices(self) -> np.ndarray:
         """Indices of the axial slices that contain brain (the only ones a network needs to see)."""
         return np.flatnonzero(self.brain_mask.any(axis=(1, 2)))
+
+    def sequence_support(self, channel: int) -> np.ndarray:
+        """Where sequence ``channel`` (of ``MODALITIES``) is non-zero as read."""
+        return self.brain_mask if self.nonzero is None else self.nonzero[channel]
+
+    @property
+    def as_read(self) -> "Case":
+        """The case on its input grid: ``original`` when this one was resampled into a network's space, else itself."""
+        return self.original if self.original is not None else self
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -106,10 +122,12 @@ class Case:
         path = Path(path)
         if path.suffix != ".npz":
             raise CaseError(f"{path}: a saved case is an .npz file")
+        if self.original is not None:
+            raise CaseError(f"{path}: this case is a resampling into a network's space; save the case as read")
         arrays = {"images": self.images, "brain_mask": self.brain_mask, "case_id": np.array(self.case_id),
                   "convention": np.array(self.label_convention.name), "format": np.array(SAVED_CASE_FORMAT),
                   **{f"grid_{name}": np.asarray(getattr(self.grid, name)) for name in GRID_FIELDS}}
-        arrays.update({name: getattr(self, name) for name in ("labels", "tissue", "intensity_stats")
+        arrays.update({name: getattr(self, name) for name in ("labels", "tissue", "intensity_stats", "nonzero")
                        if getattr(self, name) is not None})
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, **arrays)
@@ -144,7 +162,7 @@ def load_saved_case(path: str | Path) -> Case:
                         f"{grid.canonical_shape}")
     return Case(str(arrays["case_id"]), images.astype(np.float32, copy=False), brain_mask.astype(bool, copy=False),
                 grid, arrays.get("labels"), arrays.get("tissue"), label_convention(str(arrays["convention"])),
-                intensity_stats=arrays.get("intensity_stats"))
+                intensity_stats=arrays.get("intensity_stats"), nonzero=arrays.get("nonzero"))
 
 
 def _stem(path: Path) -> str:
@@ -320,7 +338,8 @@ def load_case(
     onto = (grid, reference_image, reference_path, on_grid_mismatch)
     volumes = [_read_sequence(Path(paths[m]), m, reference_image if m == reference else None, *onto)
                for m in MODALITIES]
-    brain_mask = np.any(np.stack(volumes) != 0, axis=0)
+    nonzero = np.stack(volumes) != 0
+    brain_mask = nonzero.any(axis=0)
     images = np.empty((len(MODALITIES),) + brain_mask.shape, dtype=np.float32)
     stats = np.array([[volume[brain_mask].mean(dtype=np.float64), volume[brain_mask].std(dtype=np.float64)]
                       for volume in volumes])
@@ -342,7 +361,13 @@ def load_case(
         if tissue.size and tissue.max() >= len(TISSUE_NAMES):
             raise CaseError(f"{files.tissue}: tissue values must lie in 0..{len(TISSUE_NAMES) - 1} {TISSUE_NAMES}")
         tissue = tissue.astype(np.uint8)
-    return Case(files.case_id, images, brain_mask, grid, labels, tissue, convention, files, stats)
+    return Case(files.case_id, images, brain_mask, grid, labels, tissue, convention, files, stats,
+                sequence_nonzero(nonzero, brain_mask))
+
+
+def sequence_nonzero(nonzero: np.ndarray, brain_mask: np.ndarray) -> np.ndarray | None:
+    """``nonzero`` when some sequence is zero somewhere inside ``brain_mask``, else None (:attr:`Case.nonzero`)."""
+    return None if nonzero.all(axis=0)[brain_mask].all() else nonzero
 
 
 def _read_sequence(path: Path, modality: str, image: sitk.Image | None, grid: ReferenceGrid, reference: sitk.Image,

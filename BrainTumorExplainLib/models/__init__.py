@@ -9,6 +9,7 @@
 from .base import NUM_CLASSES, SegmentationNet, dropout_modules, test_time_dropout
 from .registry import (
     ARCHITECTURES,
+    SHIPPED_NETWORKS,
     WeightsError,
     build_model,
     load_model,
@@ -19,6 +20,6 @@ from .registry import (
 )
 
 __all__ = [
-    "ARCHITECTURES", "NUM_CLASSES", "SegmentationNet", "WeightsError", "build_model", "dropout_modules",
+    "ARCHITECTURES", "NUM_CLASSES", "SHIPPED_NETWORKS", "SegmentationNet", "WeightsError", "build_model", "dropout_modules",
     "load_model", "load_pretrained", "load_weights", "pretrained_manifest", "save_weights", "test_time_dropout",
 ]

@@ -23,6 +23,9 @@ class SegmentationNet(nn.Module):
 
     divisor: int = 16
     architecture: str = ""
+    # The voxel size (mm, canonical z, y, x) of the cases it was trained on: the shipped weights, 1 mm phantoms as
+    # BraTS; a weights file from `train` says its own (models.registry.load_weights).
+    training_spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     config: dict  # constructor arguments, saved with the weights so the file rebuilds the same network
 
     def __init__(self) -> None:

@@ -5,7 +5,10 @@ and its :class:`~models.description.NetworkDescription`, without running any cod
   must be plain values — a ``$`` expression or an ``@`` reference could run anything, so it is refused by name unless
   the caller passes ``trust_code=True`` (then MONAI's own ``ConfigParser`` builds it).
 * The weights are read with ``torch.load(weights_only=True)``: a state dict, or a checkpoint holding one under
-  ``model`` (what MONAI's CheckpointSaver writes).
+  ``model`` (what MONAI's CheckpointSaver writes). A bundle with only ``models/model.ts`` (TorchScript, what MONAI's
+  ``ckpt_export`` writes) holds its network as a program that runs from the file, so it loads only with
+  ``trust_code=True``; forward hooks do not run inside a ScriptModule, so its description says so
+  (``torchscript``) and the layer analyses refuse it, while segmentation and uncertainty by flips work.
 * The channels come from ``network_data_format.inputs.image.channel_def``, the outputs from
   ``network_data_format.outputs.pred.channel_def`` and the postprocessing's activation, the window from the
   inferer, the normalisation, orientation and spacing from the preprocessing transforms. A transform this project
@@ -102,7 +105,7 @@ def build_network(definition: dict, path: Path, trust_code: bool = False) -> nn.
                          "pass --trust-bundle to let MONAI build it")
     try:
         return network(**{k: v for k, v in definition.items() if not k.startswith("_")})
-    except TypeError as error:
+    except (TypeError, ValueError) as error:  # wrong or inconsistent arguments
         raise InputError(f"{path}: network_def does not build {name}: {error}") from None
 
 
@@ -164,18 +167,17 @@ def _outputs(config: dict, metadata: dict, path: Path) -> tuple[str, tuple[str, 
     return kind, _named(names, aliases, "output", path)
 
 
-def load_bundle(folder: str | Path, device: str | torch.device = "cpu", trust_code: bool = False
-                ) -> tuple[nn.Module, NetworkDescription]:
-    """A MONAI bundle's network (weights loaded, eval mode, on ``device``) and its description."""
-    folder = Path(folder)
+def _configs(folder: Path) -> tuple[dict, dict, Path]:
     metadata = _read_config(folder / "configs" / "metadata.json")
     config_path = next((folder / "configs" / f"inference.{ext}" for ext in ("json", "yaml", "yml")
                         if (folder / "configs" / f"inference.{ext}").is_file()), folder / "configs" / "inference.json")
-    config = _read_config(config_path)
-    if "network_def" not in config:
-        raise InputError(f"{config_path}: no network_def")
-    model = build_network(config["network_def"], config_path, trust_code)
-    load_bundle_weights(model, folder)
+    return metadata, _read_config(config_path), config_path
+
+
+def _describe(folder: Path, metadata: dict, config: dict, config_path: Path, model: nn.Module | None
+              ) -> NetworkDescription:
+    """The description of a bundle from its configs; ``model``: its network as built (None: TorchScript, whose
+    layers cannot be analysed and whose dropout cannot be switched on alone)."""
     inputs = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("channel_def", {})
     if not inputs:
         raise InputError(f"{folder / 'configs' / 'metadata.json'}: network_data_format.inputs.image.channel_def is "
@@ -184,15 +186,55 @@ def load_bundle(folder: str | Path, device: str | torch.device = "cpu", trust_co
     window = tuple(int(v) for v in inferer["roi_size"]) if "roi_size" in inferer else None
     kind, output_names = _outputs(config, metadata, config_path)
     prepared = _preprocessing(config, config_path)
-    description = NetworkDescription(
+    return NetworkDescription(
         name=str(metadata.get("name") or folder.name), spatial_dims=3,
         channels=_named(inputs, _SEQUENCE_ALIASES, "input", folder / "configs" / "metadata.json"),
         normalisation=prepared["normalisation"], outputs=kind, output_names=output_names, axes=prepared["axes"],
-        layers=discover_layers(model), dropout=any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
-                                                   for m in model.modules()),
+        layers=discover_layers(model) if model is not None else {},
+        dropout=model is not None and any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+                                          for m in model.modules()),
         window=window, overlap=float(inferer.get("overlap", 0.25)), blend=str(inferer.get("mode", "constant")),
-        spacing_mm=prepared["spacing_mm"])
+        spacing_mm=prepared["spacing_mm"], resampling="linear",  # as MONAI's Spacingd
+        torchscript=model is None)
+
+
+def read_bundle(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module, NetworkDescription]:
+    """A MONAI bundle's network, built but without its weights, and its description — what loading and training a
+    bundle both read from its configs."""
+    folder = Path(folder)
+    metadata, config, config_path = _configs(folder)
+    if "network_def" not in config:
+        raise InputError(f"{config_path}: no network_def")
+    model = build_network(config["network_def"], config_path, trust_code)
+    return model, _describe(folder, metadata, config, config_path, model)
+
+
+def load_bundle(folder: str | Path, device: str | torch.device = "cpu", trust_code: bool = False
+                ) -> tuple[nn.Module, NetworkDescription]:
+    """A MONAI bundle's network (weights loaded, eval mode, on ``device``) and its description; a bundle whose only
+    weights are ``models/model.ts`` as its TorchScript module (see the module notes)."""
+    folder = Path(folder)
+    scripted = folder / "models" / "model.ts"
+    if not (folder / "models" / "model.pt").is_file() and scripted.is_file():
+        return _load_torchscript(folder, scripted, device, trust_code)
+    model, description = read_bundle(folder, trust_code)
+    load_bundle_weights(model, folder)
     return model.to(device).eval(), description
+
+
+def _load_torchscript(folder: Path, path: Path, device: str | torch.device, trust_code: bool
+                      ) -> tuple[nn.Module, NetworkDescription]:
+    if not trust_code:
+        raise InputError(f"{path}: a TorchScript network is a program stored in the file, run when the network runs; "
+                         "pass --trust-bundle to run it (or give the bundle its weights as models/model.pt)")
+    metadata, config, config_path = _configs(folder)
+    description = _describe(folder, metadata, config, config_path, None)
+    try:
+        module = torch.jit.load(str(path), map_location=device)
+    except Exception as error:  # any failure to read the archive: not a usable TorchScript file
+        raise WeightsError(f"{path}: not a readable TorchScript file ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0][:120]})") from None
+    return module.eval(), description
 
 
 def discover_layers(model: nn.Module) -> dict[str, str]:

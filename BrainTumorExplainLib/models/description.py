@@ -10,13 +10,13 @@ only), so a user's network sees its inputs as it was trained, and its results la
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..data.case import MODALITIES, Case
 from ..data.labels import REGIONS
+from ..data.resample import SEQUENCE_RESAMPLING
 from ..errors import UsageError
 
 # Canonical array axes point towards Superior, Posterior, Left (data/grid.py): as axis codes, "SPL".
@@ -51,6 +51,8 @@ class NetworkDescription:
     overlap: float = 0.25
     blend: str = "constant"  # how windows are blended: MONAI's "constant" or "gaussian"
     spacing_mm: tuple[float, ...] | None = None  # the training space's voxel size, in the network's axis order
+    resampling: str = "skull-stripped"  # how sequences reach that voxel size (data.resample.SEQUENCE_RESAMPLING)
+    torchscript: bool = False  # a ScriptModule: no forward hooks, so no layer analyses (require_hooks)
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -67,6 +69,17 @@ class NetworkDescription:
             raise UsageError(f"{self.name}: outputs {self.outputs!r} {list(self.output_names)}; expected softmax "
                              f"over {', '.join(CLASS_OUTPUTS)} or sigmoid over {', '.join(REGIONS)}")
         axis_permutation(CANONICAL_AXES, self.axes)  # refuses impossible axis codes
+        if self.resampling not in SEQUENCE_RESAMPLING:
+            raise UsageError(f"{self.name}: resampling {self.resampling!r} is not one of "
+                             f"{', '.join(SEQUENCE_RESAMPLING)}")
+
+
+def require_hooks(description: NetworkDescription, analysis: str) -> None:
+    """Refuse ``analysis`` (one that reads layers through forward hooks) for a TorchScript network, saying what runs."""
+    if description.torchscript:
+        raise UsageError(f"{description.name} is a TorchScript network: forward hooks do not run inside a "
+                         f"ScriptModule, so {analysis} is not available for it; segmentation and uncertainty by test-"
+                         "time augmentation (flips) are")
 
 
 def axis_permutation(source: str, target: str) -> tuple[tuple[int, ...], tuple[bool, ...]]:
@@ -110,24 +123,11 @@ def from_network_space(array: np.ndarray, axes: str) -> np.ndarray:
 def network_inputs(case: Case, description: NetworkDescription) -> np.ndarray:
     """The case's four sequences as the network takes them: its channel order, its normalisation, its axes;
     ``(channels, ...)`` float32, contiguous."""
-    warn_if_off_spacing(case, description)
     order = [MODALITIES.index(name) for name in description.channels]
     images = case.images[order]  # z-scored over the brain mask (the union of the sequences' non-zero voxels)
     if description.normalisation == "zscore-nonzero-channelwise":
         images = _zscore_nonzero_channelwise(case, order)
     return np.ascontiguousarray(to_network_space(images, description.axes), dtype=np.float32)
-
-
-def warn_if_off_spacing(case: Case, description: NetworkDescription, tolerance: float = 0.01) -> None:
-    """Say so when the case is not at the spacing the network was trained at (resampling is not done yet)."""
-    if description.spacing_mm is None:
-        return
-    order, _ = axis_permutation(CANONICAL_AXES, description.axes)
-    spacing = tuple(case.spacing[axis] for axis in order)
-    if not np.allclose(spacing, description.spacing_mm, rtol=tolerance):
-        warnings.warn(f"{case.case_id}: voxel size {tuple(round(s, 3) for s in spacing)} mm, but {description.name} "
-                      f"was trained at {description.spacing_mm} mm; it sees this case at the wrong scale (resample "
-                      "the case onto its spacing first)", stacklevel=3)
 
 
 def _zscore_nonzero_channelwise(case: Case, order: list[int]) -> np.ndarray:
@@ -138,7 +138,7 @@ def _zscore_nonzero_channelwise(case: Case, order: list[int]) -> np.ndarray:
     for channel, modality in enumerate(order):
         mean, std = case.intensity_stats[modality]
         raw = np.where(case.brain_mask, case.images[modality].astype(np.float64) * std + mean, 0.0)
-        nonzero = raw != 0
+        nonzero = case.sequence_support(modality)  # as read: float32 z-scores do not give exact zeros back
         values = raw[nonzero]
         spread = values.std() if values.size else 0.0
         out[channel][nonzero] = (values - values.mean()) / (spread if spread > 0 else 1.0)

@@ -41,17 +41,53 @@ def predict_probabilities(model: SegmentationNet, case: Case, batch_size: int = 
     return probabilities
 
 
-def segment_case(model: SegmentationNet, case: Case, batch_size: int = 16, device: str | torch.device | None = None,
+def case_probabilities(model, case: Case, batch_size: int = 16, device: str | torch.device | None = None,
+                       progress: bool = False) -> np.ndarray:
+    """What the network says per voxel, ``(channels, Z, Y, X)`` float32 on the case's canonical grid: softmax class
+    probabilities of the paper's 2D networks; a described network's own outputs (classes or regions)."""
+    from .volume import DescribedNetwork, predict_outputs
+
+    if isinstance(model, DescribedNetwork):
+        return predict_outputs(model, case, device, progress)
+    with evaluating(model):
+        return predict_probabilities(model, case, batch_size, device, progress)
+
+
+def labels_from_probabilities(model, probabilities: np.ndarray) -> np.ndarray:
+    """Class indices ``(Z, Y, X)`` uint8 from :func:`case_probabilities` (regions become labels as nnU-Net does)."""
+    from .description import labels_from_outputs
+    from .volume import DescribedNetwork
+
+    if isinstance(model, DescribedNetwork):
+        return labels_from_outputs(probabilities, model.description)
+    return probabilities.argmax(axis=0).astype(np.uint8)
+
+
+def segment_case(model, case: Case, batch_size: int = 16, device: str | torch.device | None = None,
                  progress: bool = False) -> np.ndarray:
     """Class indices ``(Z, Y, X)`` uint8 (0 background, 1 NCR/NET, 2 ED, 3 ET) on the case's canonical grid.
 
     Write them onto the case's own grid with ``case.write_labels(labels, path)``. A described 3D network (a bundle)
-    runs over the volume in its own windows (:func:`models.volume.segment_volume`).
+    runs over the volume in its own windows (:func:`models.volume.predict_outputs`). A case outside the network's
+    training space is segmented as it is, with a warning: :func:`models.space.into_network_space` brings it there,
+    and :func:`segment_input` gives the labels on the input's own grid.
     """
-    from .volume import DescribedNetwork, segment_volume
+    from ..data.resample import warn_if_off_space
+    from .space import training_spacing
 
-    if isinstance(model, DescribedNetwork):
-        return segment_volume(model, case, device, progress)
-    with evaluating(model):
-        probabilities = predict_probabilities(model, case, batch_size, device, progress)
-    return probabilities.argmax(axis=0).astype(np.uint8)
+    warn_if_off_space(case, training_spacing(model), model.architecture)
+    return labels_from_probabilities(model, case_probabilities(model, case, batch_size, device, progress))
+
+
+def segment_input(model, case: Case, device: str | torch.device | None = None, progress: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Labels on the grid the network saw, and on the case's input grid (canonical order; the same array when the
+    case was not resampled). A case resampled into the network's space is labelled on its input grid from the
+    network's probabilities mapped back linearly — a little closer to the truth than carrying the labels back by
+    nearest neighbour (docs/analyses.md, "Scans off the network's grid")."""
+    probabilities = case_probabilities(model, case, device=device, progress=progress)
+    labels = labels_from_probabilities(model, probabilities)
+    if case.original is None:
+        return labels, labels
+    back = np.stack([case.grid.to_reference(channel) for channel in probabilities])
+    return labels, labels_from_probabilities(model, back)

@@ -26,6 +26,8 @@ from .denseunet import DenseUnet
 from .unet import ResUnet, SimUnet
 
 ARCHITECTURES: dict[str, type[SegmentationNet]] = {"denseunet": DenseUnet, "resunet": ResUnet, "simunet": SimUnet}
+SHIPPED_BUNDLES: tuple[str, ...] = ()  # MONAI bundle folders in WEIGHTS_DIR (app/bundle_training.py)
+SHIPPED_NETWORKS = tuple(ARCHITECTURES) + SHIPPED_BUNDLES
 WEIGHTS_FORMAT = 1
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
@@ -125,6 +127,9 @@ def load_weights(path: str | Path, *, expected_sha256: str | None = None, archit
         first = str(error).splitlines()[1:2] or [str(error)]
         raise WeightsError(f"{path}: weights do not fit {stored} with config {payload.get('config')}: "
                            f"{first[0].strip()[:160]}") from None
+    spacing = (payload.get("metadata") or {}).get("training_spacing_mm")
+    if spacing is not None:  # written by `train`; the shipped files predate it and were trained at the default
+        model.training_spacing_mm = tuple(float(s) for s in spacing)
     return model.to(device).eval()
 
 
@@ -144,19 +149,45 @@ def _check_integrity(payload: dict[str, Any], path: Path, verified: bool) -> Non
 
 
 def pretrained_manifest(name: str) -> dict[str, Any]:
-    """The manifest of a shipped model (architecture config, training, held-out scores, sha256)."""
-    if name not in ARCHITECTURES:
-        raise UsageError(f"unknown model {name!r}; valid models: {', '.join(ARCHITECTURES)}")
+    """The manifest of a shipped network (training, held-out scores, and the sha256 of its weights file — or, for a
+    bundle, of every file of its folder)."""
+    if name not in SHIPPED_NETWORKS:
+        raise UsageError(f"unknown model {name!r}; valid models: {', '.join(SHIPPED_NETWORKS)}")
     path = WEIGHTS_DIR / f"{name}.json"
     if not path.is_file():
         raise WeightsError(f"no shipped weights for {name} ({path} missing)")
     try:
         manifest = json.loads(path.read_text())
-        manifest["weights"], manifest["sha256"]
+        if name in SHIPPED_BUNDLES:
+            manifest["bundle"], dict(manifest["files"])
+        else:
+            manifest["weights"], manifest["sha256"]
     except (ValueError, KeyError, TypeError) as error:
         raise WeightsError(f"{path}: the manifest of the shipped {name} weights is damaged ({type(error).__name__}: "
                            f"{str(error)[:120]}); reinstall the package") from None
     return manifest
+
+
+def bundle_files(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a bundle folder, by its path inside it (what a shipped bundle's manifest holds)."""
+    return {path.relative_to(folder).as_posix(): sha256_of(path)
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def load_shipped_bundle(name: str, device: str | torch.device = "cpu"):
+    """A shipped bundle as a :class:`models.volume.DescribedNetwork`, every file checked against its manifest first."""
+    from .bundle import load_bundle
+    from .volume import DescribedNetwork
+
+    manifest = pretrained_manifest(name)
+    folder = WEIGHTS_DIR / manifest["bundle"]
+    found = bundle_files(folder) if folder.is_dir() else {}
+    for relative, expected in manifest["files"].items():
+        if found.get(relative) != expected:
+            problem = "is missing" if relative not in found else "does not match its manifest's sha256"
+            raise WeightsError(f"{folder / relative}: {problem}: the shipped {name} bundle was changed or damaged; "
+                               "reinstall the package")
+    return DescribedNetwork(*load_bundle(folder, device))
 
 
 def load_pretrained(name: str, device: str | torch.device = "cpu") -> SegmentationNet:
@@ -174,6 +205,11 @@ def load_model(name: str, weights: str | Path | None = None, device: str | torch
     from .bundle import is_bundle, load_bundle
     from .volume import DescribedNetwork
 
+    if name in SHIPPED_BUNDLES:
+        if weights:
+            raise UsageError(f"--weights goes with denseunet, resunet or simunet; {name} is a bundle and brings its "
+                             "own")
+        return load_shipped_bundle(name, device)
     if is_bundle(name):
         if weights:
             raise UsageError("--weights goes with a shipped network; a bundle brings its own (models/model.pt)")

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..data.case import Case
 from .base import evaluating, model_device
-from .description import NetworkDescription, from_network_space, labels_from_outputs, network_inputs
+from .description import NetworkDescription, from_network_space, network_inputs
 
 
 @dataclass
@@ -50,9 +50,3 @@ def predict_outputs(network: DescribedNetwork, case: Case, device: str | torch.d
         logits = window_inferer(description, progress=progress)(x, module) if description.window else module(x)
     probabilities = activate(logits.float(), description)[0].cpu().numpy()
     return np.ascontiguousarray(from_network_space(probabilities, description.axes))
-
-
-def segment_volume(network: DescribedNetwork, case: Case, device: str | torch.device | None = None,
-                   progress: bool = False) -> np.ndarray:
-    """Class indices ``(Z, Y, X)`` uint8 on the case's canonical grid (regions become labels as nnU-Net does)."""
-    return labels_from_outputs(predict_outputs(network, case, device, progress), network.description)

@@ -11,7 +11,8 @@ import torch
 from ..data.case import CaseError, load_case
 from ..data.labels import REGIONS
 from ..models.base import SegmentationNet
-from ..models.inference import segment_case
+from ..models.inference import segment_input
+from ..models.space import into_network_space
 from ..progress import progress_bar
 from .metrics import REGION_METRICS, RegionScore, score_segmentation, scores_as_dict
 
@@ -23,15 +24,16 @@ class CaseEvaluation:
 
 
 def evaluate_model(model: SegmentationNet, case_paths: list[Path], device: str | torch.device | None = None,
-                   progress: bool = False) -> list[CaseEvaluation]:
-    """Segment every case and score it against its labels (on ``device``, default: the model's). A case without
-    labels is an error, named."""
+                   progress: bool = False, resample: bool = True) -> list[CaseEvaluation]:
+    """Segment every case — in the network's space unless ``resample`` is False
+    (:func:`models.space.into_network_space`) — and score it on its own grid against its labels (on ``device``,
+    default: the model's). A case without labels is an error, named."""
     results = []
     for path in progress_bar(case_paths, "evaluate" if progress else None, unit="case"):
         case = load_case(path)
         if case.labels is None:
             raise CaseError(f"{path}: no label file (_seg), so this case cannot be evaluated")
-        prediction = segment_case(model, case, device=device)
+        prediction = segment_input(model, into_network_space(case, model, resample), device=device)[1]
         results.append(CaseEvaluation(case.case_id, score_segmentation(prediction, case.labels, case.spacing)))
     return results
 

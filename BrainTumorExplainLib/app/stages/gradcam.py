@@ -36,6 +36,15 @@ def run(run) -> None:
     from ...analyses.gradcam import localisation
     from ..figures import gradcam_montage, localisation_curves
 
+    from ...errors import UsageError
+    from ...models.description import require_hooks
+
+    try:
+        if hasattr(run.model, "description"):
+            require_hooks(run.model.description, "Grad-CAM")
+    except UsageError as unavailable:
+        run.summary["gradcam"] = {"not_computed": str(unavailable)}
+        return
     cams = compute(run)
     write_maps(cams, run.case, run.work / GRADCAM)
     table = localisation(cams, run.case)

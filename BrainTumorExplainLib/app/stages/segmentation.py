@@ -1,4 +1,5 @@
-"""Segmentation: labels on the case's own grid, the montage, and scores against ground truth when there is one."""
+"""Segmentation: labels on the case's own grid, the montage, and scores against ground truth when there is one
+(on the input's grid, against the input's labels, when the case was resampled into the network's space)."""
 
 from __future__ import annotations
 
@@ -13,22 +14,25 @@ FIGURES = ((figure_file("segmentation"), "Segmentation", "The four sequences, th
             "the network's labels: NCR/NET red, edema green, enhancing tumour yellow."),)
 
 
-def write_labels(labels: np.ndarray, case, path: Path) -> Path:
-    """Class indices as a label file in the case's convention, on its own grid (``segment`` writes it too)."""
-    return case.write_labels(labels, path)
+def segment(model, case, path: Path, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Segment ``case`` and write the labels on its input grid in its convention (``segment`` does this too);
+    returns the labels on the grid the network saw and on the input grid (:func:`models.inference.segment_input`)."""
+    from ...models.inference import segment_input
+
+    labels, on_input = segment_input(model, case, progress=progress)
+    case.as_read.write_labels(on_input, path)
+    return labels, on_input
 
 
 def run(run) -> None:
-    from ...models.inference import segment_case
     from ...scoring.baseline import threshold_segmentation
     from ...scoring.metrics import score_segmentation, scores_as_dict
     from ..figures import case_montage
 
-    case = run.case
-    labels = segment_case(run.model, case)
-    write_labels(labels, case, run.work / SEGMENTATION)
+    case, as_read = run.case, run.case.as_read
+    labels, on_input = segment(run.model, case, run.work / SEGMENTATION)
     case_montage(case, run.figure("segmentation"), predicted=labels)
-    if case.labels is not None:
-        run.summary["scores"] = scores_as_dict(score_segmentation(labels, case.labels, case.spacing))
+    if as_read.labels is not None:
+        run.summary["scores"] = scores_as_dict(score_segmentation(on_input, as_read.labels, as_read.spacing))
         run.summary["baseline_scores"] = scores_as_dict(  # what a non-learned threshold gets, for scale
-            score_segmentation(threshold_segmentation(case), case.labels, case.spacing))
+            score_segmentation(threshold_segmentation(as_read), as_read.labels, as_read.spacing))

@@ -1,0 +1,57 @@
+"""The space a network was trained in, and bringing a case into it (:mod:`data.resample` does the resampling).
+
+The shipped networks were trained on 1 mm axis-aligned volumes (the phantoms, as BraTS), a weights file from ``train``
+on the voxel size of its training cases (stored in the file); a described network (a bundle) on the voxel size its
+preprocessing resamples to, or — when it does not resample — on whatever it was given, which is then left as it is
+(as MONAI runs such a bundle).
+"""
+
+from __future__ import annotations
+
+from ..data.case import Case
+from ..data.resample import resample_case, warn_if_off_space
+from .description import CANONICAL_AXES, axis_permutation
+
+
+def training_spacing(network) -> tuple[float, float, float] | None:
+    """The voxel size (mm, canonical ``z, y, x``) ``network`` was trained at; None when its description has none."""
+    from .volume import DescribedNetwork
+
+    if not isinstance(network, DescribedNetwork):
+        return tuple(float(s) for s in network.training_spacing_mm)
+    description = network.description
+    if description.spacing_mm is None or description.spatial_dims != 3:
+        return None
+    order, _ = axis_permutation(CANONICAL_AXES, description.axes)  # network axis a is canonical axis order[a]
+    spacing = [0.0, 0.0, 0.0]
+    for network_axis, canonical_axis in enumerate(order):
+        spacing[canonical_axis] = float(description.spacing_mm[network_axis])
+    return tuple(spacing)
+
+
+def into_network_space(case: Case, network, resample: bool = True) -> Case:
+    """``case`` as ``network`` sees it: resampled into its space when it is not there (results written through the
+    returned case's grid land on ``case``'s own grid); with ``resample=False``, ``case`` itself, with a warning when
+    it is off that space."""
+    spacing = training_spacing(network)
+    if spacing is None:
+        return case
+    if not resample:
+        warn_if_off_space(case, spacing, network.architecture)
+        return case
+    from .volume import DescribedNetwork
+
+    if isinstance(network, DescribedNetwork):
+        return resample_case(case, spacing, network.description.resampling, network.description.axes)
+    return resample_case(case, spacing)
+
+
+def space_summary(case: Case, network) -> dict:
+    """What ``summary.json`` says about the space ``network`` saw ``case`` in (see :func:`into_network_space`)."""
+    from ..data.resample import ResampledGrid, space_mismatch
+
+    if isinstance(case.grid, ResampledGrid):
+        return case.grid.as_dict()
+    spacing = training_spacing(network)
+    return {"resampled": False, "training_spacing_mm": spacing,
+            "off_space": None if spacing is None else space_mismatch(case.grid, spacing)}
