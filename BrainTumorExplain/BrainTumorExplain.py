@@ -28,6 +28,7 @@ from BrainTumorExplainLogic import (
     install_plan,
     load_case_nodes,
     missing_dependencies,
+    network_channels,
     panel_config,
     register_terminology,
     sample_data_source,
@@ -114,6 +115,7 @@ class BrainTumorExplainParameterNode:
     t2: slicer.vtkMRMLScalarVolumeNode
     model: Annotated[str, Choice(list(MODEL_NAMES))] = DEFAULTS.model
     weights: str = ""  # bound by hand: a path line edit
+    network: str = ""  # bound by hand: a path line edit (a MONAI bundle folder), used instead of ``model``
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = DEFAULTS.device
     quick: bool = True
     passes: Annotated[int, WithinRange(2, 1000)] = DEFAULTS.passes
@@ -160,6 +162,9 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.loadFolderButton.clicked.connect(self.onLoadFolder)
         self.ui.weightsPathLineEdit.filters = ctk.ctkPathLineEdit.Files
         self.ui.weightsPathLineEdit.currentPathChanged.connect(self.onWeightsChanged)
+        self.ui.networkPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.ui.networkPathLineEdit.currentPathChanged.connect(self.onNetworkChanged)
+        self._modalityLabels = {m: getattr(self.ui, f"formLabel{i}").text for i, m in enumerate(MODALITIES, 1)}
         self.ui.layersLineEdit.editingFinished.connect(self.onLayersChanged)
         self.ui.checkDeviceButton.clicked.connect(self.onCheckDevice)
         self.ui.applyButton.clicked.connect(self.onApply)
@@ -220,6 +225,8 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(self._boundWidgets())
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self.ui.weightsPathLineEdit.currentPath = self._parameterNode.weights
+            self.ui.networkPathLineEdit.currentPath = self._parameterNode.network
+            self._showNetworkChannels()
             self.ui.layersLineEdit.text = self._parameterNode.layers
             self._checkCanApply()
 
@@ -266,6 +273,35 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def onWeightsChanged(self, path: str) -> None:
         if self._parameterNode:
             self._parameterNode.weights = path
+
+    def onNetworkChanged(self, path: str) -> None:
+        if self._parameterNode:
+            self._parameterNode.network = path
+        self._showNetworkChannels()
+
+    def _showNetworkChannels(self) -> None:
+        """Label each input selector with the channel of the user's network that takes it (from the bundle's own
+        channel names), or say why the folder is not a network this panel can run."""
+        folder = self._parameterNode.network if self._parameterNode else ""
+        channels, status = {}, ""
+        if folder:
+            try:
+                channels = network_channels(folder)
+                status = _("Your network reads {n} sequence(s), in its own channel order (shown beside each input); "
+                           "it is used instead of the network above.").format(n=len(channels))
+            except ValueError as error:
+                status = _("Not usable: {reason}").format(reason=str(error))
+        for i, modality in enumerate(MODALITIES, 1):
+            label = self._modalityLabels[modality]
+            if modality in channels:
+                label = _("{label} (network input {channel})").format(label=label.rstrip(":"),
+                                                                      channel=channels[modality]) + ":"
+            elif channels:
+                label = _("{label} (not read by the network)").format(label=label.rstrip(":")) + ":"
+            getattr(self.ui, f"formLabel{i}").text = label
+        self.ui.networkStatusLabel.text = status
+        self.ui.modelComboBox.enabled = not channels
+        self.ui.weightsPathLineEdit.enabled = not channels
 
     def onLayersChanged(self) -> None:
         if self._parameterNode:
@@ -483,7 +519,9 @@ class BrainTumorExplainPanelLogic(ScriptedLoadableModuleLogic):
     def settings(self, parameters) -> ExplainConfig:
         """The run the panel asks for; ``auto`` stays ``auto``: the analysis process picks the device itself, so
         Apply never waits for a PyTorch probe."""
-        return panel_config(model=parameters.model, weights=parameters.weights or None, device=parameters.device,
+        own = bool(parameters.network)
+        return panel_config(model=parameters.network if own else parameters.model,
+                            weights=None if own else parameters.weights or None, device=parameters.device,
                             quick=parameters.quick, passes=parameters.passes, layers=parameters.layers,
                             classes=parameters.classes)
 

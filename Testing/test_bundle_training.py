@@ -5,6 +5,7 @@ file before it loads."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -117,3 +118,22 @@ def test_train_bundle_verb_refuses_to_overwrite_and_names_bad_data(training_phan
     assert "exists" in capsys.readouterr().err and (taken / "notes.txt").read_text() == "mine"
     assert main(["train-bundle", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "b")]) == 2
     assert capsys.readouterr().err.startswith("error:") and not (tmp_path / "b").exists()
+
+
+def test_the_shipped_bundle_is_checked_file_by_file(tmp_path, monkeypatch):
+    from BrainTumorExplainLib.errors import WeightsError
+    from BrainTumorExplainLib.models import registry
+
+    manifest = registry.pretrained_manifest("segresnet3d")
+    network = load_model("segresnet3d")
+    assert network.description.spatial_dims == 3 and network.description.dropout
+    assert manifest["heldout"]["mean"]["WT"]["dice"] > 0.5
+    copy = tmp_path / "weights"
+    shutil.copytree(registry.WEIGHTS_DIR, copy)
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", copy)
+    config = copy / manifest["bundle"] / "configs" / "inference.json"
+    config.write_text(config.read_text().replace('"overlap": 0.5', '"overlap": 0.25'))
+    with pytest.raises(WeightsError, match="inference.json: does not match its manifest"):
+        load_model("segresnet3d")
+    with pytest.raises(Exception, match="bundle and brings its own"):
+        load_model("segresnet3d", weights=str(tmp_path / "w.pt"))

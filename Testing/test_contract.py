@@ -148,6 +148,8 @@ def test_a_wheel_installs_everything_explain_needs_for_its_scene(small_phantom, 
     assert all(line.startswith(str(site)) for line in where.stdout.split()), where.stdout
     assert (site / "BrainTumorExplainLogic" / "BrainTumorExplain.term.json").is_file()
     assert (site / "BrainTumorExplainLib" / "weights" / "resunet.pt").is_file()
+    shipped = json.loads((ROOT / "BrainTumorExplainLib" / "weights" / "segresnet3d.json").read_text())["files"]
+    assert all((site / "BrainTumorExplainLib" / "weights" / "segresnet3d" / name).is_file() for name in shipped)
     out = tmp_path / "run"
     result = subprocess.run([str(python), "-m", "BrainTumorExplainLib", "explain", str(small_phantom.flair.parent),
                              *FAST, "--layers", "dec1", "--full", "-T", "2", "--featviz-steps", "2", "--featviz-size",

@@ -92,3 +92,36 @@ def test_result_on_the_wrong_reference_is_refused_without_a_node(scene, tmp_path
     with pytest.raises(ValueError, match="pass the node of the case's reference volume"):
         add_volume_from_canonical(scene, other, case.labels, "x")
     assert scene.GetNumberOfNodes() == before
+
+
+def test_the_panel_reads_your_networks_channels_without_pytorch(tmp_path):
+    """"Own network": which input channel of a bundle takes which sequence, from its metadata alone (the panel shows
+    it beside each input selector); a folder that is not a usable bundle is said, naming the file."""
+    import json
+    import subprocess
+
+    from BrainTumorExplainLogic import network_channels
+
+    bundle = tmp_path / "bundle"
+    (bundle / "configs").mkdir(parents=True)
+    metadata = {"network_data_format": {"inputs": {"image": {"channel_def": {
+        "0": "T1c", "1": "T1", "2": "T2", "3": "FLAIR"}}}}}
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    assert network_channels(str(bundle)) == {"flair": 3, "t1": 1, "t1ce": 0, "t2": 2}
+    metadata["network_data_format"]["inputs"]["image"]["channel_def"] = {"0": "FLAIR", "1": "T1ce"}
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    assert network_channels(str(bundle)) == {"flair": 0, "t1ce": 1}  # the others are not read
+    metadata["network_data_format"]["inputs"]["image"]["channel_def"] = {"0": "DWI"}
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match="metadata.json: input channel 0 is 'DWI'"):
+        network_channels(str(bundle))
+    with pytest.raises(ValueError, match="not a MONAI bundle folder"):
+        network_channels(str(tmp_path))
+    metadata["network_data_format"]["inputs"]["image"]["channel_def"] = {"0": "T2f"}
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    logic = str(Path(__file__).parents[1] / "BrainTumorExplain")
+    done = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {logic!r}); "
+                           "from BrainTumorExplainLogic import network_channels; "
+                           f"print(network_channels({str(bundle)!r}), 'torch' in sys.modules)"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "{'flair': 0} False"  # read in Slicer's process: PyTorch never loads there

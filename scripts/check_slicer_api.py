@@ -87,6 +87,7 @@ DECLARED_IN: dict[str, list[str]] = {
         "vtk.util.numpy_support", "vtk.util.numpy_support.numpy_to_vtk", "vtk.VTK_UNSIGNED_CHAR")},
     "ctkPathLineEdit": [CTK],
     "ctkPathLineEdit.Files": [CTK],
+    "ctkPathLineEdit.Dirs": [CTK],
     "vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy": _SH,
     "vtkSegment.GetTerminologyEntryTagName": _SEGMENT,
     "vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode": _SEG_LOGIC,

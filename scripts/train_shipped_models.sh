@@ -11,18 +11,15 @@ for model in "${models[@]}"; do
     if [ "$model" = segresnet3d ]; then
         command=(-m BrainTumorExplainLib train-bundle --data "$work/train" --out "$work/$model" --name "$model"
                  --validation 2 --seed 0 --device "$device" --overwrite)
-        start=$(date +%s)
-        "$python" "${command[@]}"
-        seconds=$(( $(date +%s) - start ))
-        "$python" scripts/ship_bundle.py --name "$model" --bundle "$work/$model" --heldout "$work/heldout" \
-            --train-seconds "$seconds" --device "$device" --command "python ${command[*]}"
-        continue
+        ship=(scripts/ship_bundle.py --name "$model" --bundle "$work/$model")
+    else
+        command=(-m BrainTumorExplainLib train --data "$work/train" --model "$model" --out "$work/$model.pt"
+                 --width 0.25 --epochs "${EPOCHS:-10}" --steps 100 --batch-size 8 --lr 0.002 --validation 2 --seed 0 --device "$device" --overwrite)
+        ship=(scripts/ship_weights.py --model "$model" --weights "$work/$model.pt")
     fi
-    command=(-m BrainTumorExplainLib train --data "$work/train" --model "$model" --out "$work/$model.pt"
-             --width 0.25 --epochs "${EPOCHS:-10}" --steps 100 --batch-size 8 --lr 0.002 --validation 2 --seed 0 --device "$device" --overwrite)
     start=$(date +%s)
     "$python" "${command[@]}"
     seconds=$(( $(date +%s) - start ))
-    "$python" scripts/ship_weights.py --model "$model" --weights "$work/$model.pt" --heldout "$work/heldout" \
-        --train-seconds "$seconds" --device "$device" --command "python ${command[*]}"
+    "$python" "${ship[@]}" --heldout "$work/heldout" --train-seconds "$seconds" --device "$device" \
+        --command "python ${command[*]}"
 done

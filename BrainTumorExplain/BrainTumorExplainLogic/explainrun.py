@@ -71,6 +71,24 @@ def panel_config(**settings) -> ExplainConfig:
     return ExplainConfig(**{**settings, "scene": False})
 
 
+def network_channels(folder: str) -> dict[str, int]:
+    """Modality → the input channel of the user's network (a MONAI bundle folder) that takes it (a modality the
+    network does not read is absent), from the bundle's metadata, without PyTorch; ``ValueError`` naming the file
+    when the folder is not a usable bundle."""
+    from BrainTumorExplainLib.data.bundle_metadata import input_channels, is_bundle
+    from BrainTumorExplainLib.errors import InputError
+
+    if not is_bundle(folder):
+        raise ValueError(f"{folder}: not a MONAI bundle folder (no configs/metadata.json)")
+    try:
+        channels = input_channels(folder)
+    except InputError as error:
+        raise ValueError(str(error)) from None
+    if len(set(channels)) != len(channels):
+        raise ValueError(f"{folder}: the network's input channels name one sequence twice ({', '.join(channels)})")
+    return {modality: channels.index(modality) for modality in MODALITIES if modality in channels}
+
+
 def assign_modalities(names: Sequence[str]) -> dict[str, list[str]]:
     """Modality → the node names that look like it (``flair``/``t2f``, ``t1ce``/``t1c``/``t1gd``, ``t2``/``t2w``,
     ``t1``/``t1n`` as a word of the name, any case). One name per modality: assign it; none or several: ask."""

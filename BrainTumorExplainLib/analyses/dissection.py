@@ -119,10 +119,11 @@ def check_concepts(cases: Sequence[Case | str | Path], concepts: Sequence[str] |
     return list(dict.fromkeys(concepts))
 
 
-def model_fingerprint(model: SegmentationNet) -> str:
-    """sha256 over every parameter and buffer: ties saved thresholds to the exact weights they came from."""
+def model_fingerprint(model) -> str:
+    """sha256 over every parameter and buffer: ties saved thresholds to the exact weights they came from (a paper
+    network, or a described network's module)."""
     digest = hashlib.sha256(model.architecture.encode())
-    for name, tensor in model.state_dict().items():
+    for name, tensor in getattr(model, "module", model).state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
@@ -354,29 +355,43 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
     ``cases`` may be :class:`Case` objects or case folders (folders are read one at a time, in each pass, so
     memory stays bounded by one case). ``concepts`` defaults to every concept all cases have ground truth for;
     naming one a case lacks is an error that says which. ``prepare``: what each case goes through once read (into
-    the network's space: :func:`models.space.into_network_space`).
+    the network's space: :func:`models.space.into_network_space`). A described 3D network (a bundle) is dissected
+    over whole volumes (:mod:`analyses.volume_dissection`; ``slice_step`` and ``batch_size`` do not apply).
     """
+    from ..models.volume import DescribedNetwork
+    from . import volume_dissection
+
     concepts = check_concepts(cases, concepts)
     if slice_step < 1:
         raise UsageError(f"slice_step must be at least 1, got {slice_step}")
     if not 0 <= iou_cutoff <= 1:
         raise UsageError(f"iou_cutoff must lie in [0, 1], got {iou_cutoff}")
-    layer_names = resolve_layers(model, layers)
-    device = model_device(model, device)
+    described = isinstance(model, DescribedNetwork)
+    if described:
+        layer_names, slice_step = volume_dissection.resolve_volume_layers(model, layers), 1
+    else:
+        layer_names = resolve_layers(model, layers)
+    module = model.module if described else model
+    device = model_device(module, device)
     statistics: dict[str, StreamingQuantiles] = {}
     sums: dict[str, LayerDissection] = {}
     case_ids: list[str] = []
-    with evaluating(model):
+    with evaluating(module):
         for stage in ("thresholds", "refine thresholds", "concept IoU"):
             label = f"dissect {model.architecture}: {stage}" if progress else None
             for source in progress_bar(cases, label, unit="case"):  # one case in memory at a time
                 case = as_case(source) if prepare is None else prepare(as_case(source))
-                if stage == "concept IoU":
+                if stage == "concept IoU" and described:
+                    volume_dissection.tally_iou(model, case, layer_names, concepts, sums, device)
+                elif stage == "concept IoU":
                     _tally_iou(model, case, layer_names, concepts, sums, slice_step, batch_size, device)
-                    case_ids.append(case.case_id)
+                elif described:
+                    volume_dissection.tally_thresholds(model, case, layer_names, statistics, quantile, bins, device)
                 else:
                     _tally_activations(model, case, layer_names, statistics, quantile, bins, slice_step,
                                        batch_size, device)
+                if stage == "concept IoU":
+                    case_ids.append(case.case_id)
             if stage == "thresholds":
                 for statistic in statistics.values():
                     statistic.start_refinement()
@@ -445,7 +460,10 @@ def filter_concept_masks(model: SegmentationNet, case: Case, dissection: Dissect
                          filters: Sequence[tuple[str, int]], batch_size: int = 16,
                          device: str | torch.device | None = None) -> dict[tuple[str, int], np.ndarray]:
     """Concept masks of chosen ``(layer, filter)`` pairs on one case, from saved thresholds: ``(Z, Y, X)`` bool on
-    the case's canonical grid (empty on slices without brain). Write them with ``case.grid.write``."""
+    the case's canonical grid (empty on slices without brain). Write them with ``case.grid.write``. A described 3D
+    network's masks come from whole volumes (:func:`analyses.volume_dissection.volume_filter_masks`)."""
+    from ..models.volume import DescribedNetwork
+
     dissection.check_model(model)
     for layer, k in filters:
         if layer not in dissection.layers:
@@ -453,6 +471,11 @@ def filter_concept_masks(model: SegmentationNet, case: Case, dissection: Dissect
         if not 0 <= k < len(dissection.layers[layer].thresholds):
             raise UsageError(f"filter {k} out of range for layer {layer} "
                              f"(0..{len(dissection.layers[layer].thresholds) - 1})")
+    if isinstance(model, DescribedNetwork):
+        from .volume_dissection import volume_filter_masks
+
+        return volume_filter_masks(model, case, {name: r.thresholds for name, r in dissection.layers.items()},
+                                   filters, device)
     device = model_device(model, device)
     layers = resolve_layers(model, sorted({layer for layer, _ in filters}))
     masks = {pick: np.zeros(case.brain_mask.shape, dtype=bool) for pick in filters}

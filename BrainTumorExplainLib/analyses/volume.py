@@ -121,7 +121,10 @@ def window_gradcam(module: torch.nn.Module, window: torch.Tensor, layers: Sequen
         logits = module(window.detach().requires_grad_(True))
         scores = logits if target == "logits" else (torch.sigmoid(logits) if outputs == "sigmoid"
                                                     else torch.softmax(logits, dim=1))
-        pooled = scores.flatten(2).mean(-1)  # eq. 3, per window: (B, channels)
+        # eq. 3 pools by the mean; the sum, divided out below (the maps are linear in it), keeps the float32
+        # gradients away from the 1/voxels scale, where they lose precision
+        pooled = scores.flatten(2).sum(-1)  # (B, channels)
+        voxels = scores[0, 0].numel()
         activations = [recorder.outputs[layer] for layer in layers]
         maps: list[list[torch.Tensor]] = [[] for _ in layers]
         for position, channel in enumerate(targets):
@@ -132,7 +135,7 @@ def window_gradcam(module: torch.nn.Module, window: torch.Tensor, layers: Sequen
                     maps[index].append(activation.new_zeros((activation.shape[0],) + activation.shape[2:]))
                     continue
                 beta = gradient.flatten(2).mean(-1)[(...,) + (None,) * (activation.ndim - 2)]  # eq. 4
-                maps[index].append(torch.relu((beta * activation).sum(dim=1)).detach())  # eq. 5
+                maps[index].append(torch.relu((beta * activation).sum(dim=1)).detach() / voxels)  # eq. 5
     return torch.cat([F.interpolate(torch.stack(layer_maps, dim=1), size=size, mode="trilinear",
                                     align_corners=False) for layer_maps in maps], dim=1)
 

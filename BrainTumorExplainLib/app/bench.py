@@ -20,6 +20,7 @@ Timings are wall-clock seconds after a warm-up call, with the device synchronise
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import multiprocessing
@@ -42,7 +43,7 @@ from ..models import build_model, load_pretrained, test_time_dropout
 from ..models.base import SegmentationNet, evaluating
 from ..models.inference import slice_batches
 
-BENCHMARKS = ("ttd", "gradcam", "dissection", "segmentation", "featviz", "slicer", "space")
+BENCHMARKS = ("ttd", "gradcam", "dissection", "segmentation", "featviz", "slicer", "space", "gradcam3d")
 DISSECTION_VOLUMES = (4, 16, 48)
 Result = TypeVar("Result")
 
@@ -510,8 +511,113 @@ def bench_space(model: SegmentationNet, case: Case, config: BenchConfig, device:
     return measurements
 
 
+# -- 7. Grad-CAM of a 3D network ---------------------------------------------------------------------------------
+
+GRADCAM3D_NETWORK = "segresnet3d"  # the shipped 3D network (a MONAI bundle)
+GRADCAM3D_SCALES = (1, 2)  # the case tiled along each axis this many times: once and 8 times the volume
+
+
+def _gradcam3d_child(scale: int, queue) -> None:
+    """In a fresh process: Grad-CAM of every layer and region of the shipped 3D network over the sample case in its
+    space, tiled ``scale`` times along each axis; the peak RSS and the time."""
+    from ..analyses.volume import volume_gradcam
+    from ..models.registry import load_model
+    from ..models.space import into_network_space
+
+    network = load_model(GRADCAM3D_NETWORK)
+    case = into_network_space(load_case(SAMPLE_CASE), network)
+    def tile(array):
+        return None if array is None else np.tile(array, (1,) * (array.ndim - 3) + (scale,) * 3)
+
+    tiled = dataclasses.replace(case, images=tile(case.images), brain_mask=tile(case.brain_mask),
+                                nonzero=tile(case.nonzero), labels=None, tissue=None)
+    baseline = peak_rss_mb()
+    cams, seconds = _timed(lambda: volume_gradcam(network, tiled, "all"), torch.device("cpu"))
+    queue.put({"scale": scale, "voxels": int(tiled.brain_mask.size), "maps": len(cams.maps), "seconds": seconds,
+               "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb(),
+               "maps_mb": sum(m.nbytes for m in cams.maps.values()) / 2**20})
+
+
+def _gradcam3d_memory() -> Measurement:
+    """Peak memory of every map over the sample case in the 3D network's space, and over it tiled 8 times, each in
+    a fresh process."""
+    context = multiprocessing.get_context("spawn")
+    runs = []
+    for scale in GRADCAM3D_SCALES:
+        queue = context.Queue()
+        process = context.Process(target=_gradcam3d_child, args=(scale, queue))
+        process.start()
+        runs.append(queue.get())
+        process.join()
+    working = [run["peak_rss_mb"] - run["maps_mb"] for run in runs]  # what the windows take beside the outputs
+    return Measurement(
+        "Grad-CAM 3D memory", f"peak RSS {runs[-1]['peak_rss_mb']:.0f} MB for {runs[-1]['voxels']} voxels",
+        f"peak RSS {runs[0]['peak_rss_mb']:.0f} MB for {runs[0]['voxels']} voxels", runs[-1]["seconds"],
+        runs[0]["seconds"], f"the sample case in {GRADCAM3D_NETWORK}'s space tiled 1 and 8 times, all layers and "
+        "regions", {"volume_runs": runs, "peak_minus_maps_mb": working,
+                    "note": "the maps grow with the volume, and so does MONAI's stitching buffer (one float32 "
+                            "volume per map); a window's activations and gradients do not"})
+
+
+def bench_gradcam3d(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device
+                    ) -> list[Measurement]:
+    """On one window: all layers × regions from one forward and one backward per region, against MONAI's GradCAM
+    called per (layer, region); then peak memory of the whole-volume maps against the volume's size."""
+    from ..analyses.volume import window_gradcam
+    from ..models.registry import load_model
+
+    network = load_model(GRADCAM3D_NETWORK, device=device)
+    module, description = network.module, network.description
+    layers = list(description.layers.values())
+    targets = list(range(len(description.output_names)))
+    torch.manual_seed(config.seed)
+    window = torch.randn((1, len(description.channels)) + tuple(description.window), device=device)
+    work = f"{len(layers)} layers × {len(targets)} regions on one {'×'.join(map(str, description.window))} window"
+    window_gradcam(module, window, layers, targets, description.outputs, "logits")  # warm-up
+    ours, ours_s = _timed(lambda: window_gradcam(module, window, layers, targets, description.outputs, "logits"),
+                          device)
+    try:
+        import monai
+        from monai.visualize import GradCAM
+    except ImportError:
+        return [Measurement("Grad-CAM 3D", "all layers and regions, one forward", "MONAI GradCAM per (layer, region)",
+                            ours_s, None, work, {"skipped": "MONAI is not installed"})]
+
+    def monai_maps() -> list[torch.Tensor]:
+        maps = []
+        for layer in layers:
+            cam = GradCAM(nn_module=module, target_layers=layer, postprocessing=lambda x: x)
+            maps += [cam(window, class_idx=target)[0, 0] for target in targets]
+        return maps
+
+    theirs, theirs_s = _timed(monai_maps, device)
+    voxels = window[0, 0].numel()  # MONAI pools the logits by their sum, eq. 3 by their mean
+    ours = ours[0] * voxels
+    # Both are float32; the same maps in float64 say how far each is from exact. Maps whose exact peak is ~0 (the
+    # ReLU of a sum that cancels) are noise in both and left out of the relative figures.
+    exact = window_gradcam(copy.deepcopy(module).double(), window.double(), layers, targets, description.outputs,
+                           "logits")[0] * voxels
+    largest = float(exact.abs().max())
+    kept = [i for i in range(len(theirs)) if float(exact[i].abs().max()) > 1e-6 * largest]
+
+    def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+    measurements = [Measurement("Grad-CAM 3D", "all layers and regions, one forward", "MONAI GradCAM per (layer, "
+                                "region)", ours_s, theirs_s, work,
+                                {"monai": monai.__version__,
+                                 "max_relative_difference": max(relative(ours[i], theirs[i]) for i in kept),
+                                 "ours_vs_float64": max(relative(ours[i], exact[i]) for i in kept),
+                                 "monai_vs_float64": max(relative(theirs[i], exact[i]) for i in kept),
+                                 "maps_compared": len(kept), "maps_near_zero": len(theirs) - len(kept),
+                                 "definition": "max |a − b| / max |b| per (layer, region) map, over maps whose "
+                                               "float64 peak is above 1e-6 of the largest"})]
+    return measurements + [_gradcam3d_memory()]
+
+
 RUNNERS = {"ttd": bench_ttd, "gradcam": bench_gradcam, "dissection": bench_dissection,
-           "segmentation": bench_segmentation, "featviz": bench_featviz, "slicer": bench_slicer, "space": bench_space}
+           "segmentation": bench_segmentation, "featviz": bench_featviz, "slicer": bench_slicer, "space": bench_space,
+           "gradcam3d": bench_gradcam3d}
 
 
 def run_benchmarks(config: BenchConfig, only: Sequence[str] = BENCHMARKS,
@@ -576,6 +682,9 @@ def _check_text(key: str, value) -> str:
         return "runs: " + ", ".join(
             f"{r['volumes']} vol {r['seconds']:.0f} s peak RSS {r['peak_rss_mb']:.0f} MB"
             + (f" GPU {r['peak_gpu_mb']:.0f} MB" if r.get("peak_gpu_mb") else "") for r in value)
+    if key == "volume_runs":
+        return "runs: " + ", ".join(f"{r['voxels']} voxels {r['seconds']:.0f} s peak RSS {r['peak_rss_mb']:.0f} MB "
+                                    f"(maps {r['maps_mb']:.0f} MB)" for r in value)
     if isinstance(value, float):
         return f"{key} {value:.3g}"
     return f"{key} {value}"

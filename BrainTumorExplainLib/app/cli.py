@@ -253,6 +253,25 @@ def _load_model(args: argparse.Namespace, name: str | None = None):
                       getattr(args, "trust_bundle", False))
 
 
+def _add_training_options(p: argparse.ArgumentParser, defaults) -> None:
+    """The options ``train`` and ``train-bundle`` share (defaults from their configs)."""
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--steps", type=int, default=defaults.steps_per_epoch, help="steps per epoch")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.learning_rate)
+    p.add_argument("--validation", type=int, default=defaults.validation_cases, help="cases held out for validation")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--device", default="auto", type=device_option, help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+
+
+def _training_settings(args: argparse.Namespace) -> dict:
+    """The shared options as config fields."""
+    return {"epochs": args.epochs, "steps_per_epoch": args.steps, "batch_size": args.batch_size,
+            "learning_rate": args.lr, "validation_cases": args.validation, "seed": args.seed,
+            "device": str(resolve_device(args.device))}
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from .training import TrainConfig
 
@@ -265,14 +284,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="denseunet, resunet or simunet")
     p.add_argument("--out", required=True, type=Path, help="weights file to write (.pt)")
     p.add_argument("--width", type=float, default=defaults.width, help=f"channel multiplier (default {defaults.width}; 1.0 = paper width)")
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--steps", type=int, default=defaults.steps_per_epoch, help="steps per epoch")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.learning_rate)
-    p.add_argument("--validation", type=int, default=defaults.validation_cases, help="cases held out for validation")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--device", default="auto", type=device_option, help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    _add_training_options(p, defaults)
     _add_overwrite(p, "an existing weights file")
     p.set_defaults(run=_run_train)
 
@@ -285,9 +297,7 @@ def _run_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out}: weights are written as a .pt file")
     OutputFile(args.out, [args.data], args.overwrite)  # checked now; train() writes it when the run is complete
     build_model(args.model, width=args.width)  # unknown names fail here, before any data is read
-    config = TrainConfig(model=args.model, width=args.width, epochs=args.epochs, steps_per_epoch=args.steps,
-                         batch_size=args.batch_size, learning_rate=args.lr, validation_cases=args.validation,
-                         seed=args.seed, device=str(resolve_device(args.device)))
+    config = TrainConfig(model=args.model, width=args.width, **_training_settings(args))
     history = train(args.data, args.out, config, resume=not args.no_resume)
     print(f"wrote {args.out} after {len(history)} epochs")
     return 0
@@ -314,14 +324,7 @@ def _add_train_bundle(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop", type=int, default=defaults.crop, help=f"training cube in voxels (default {defaults.crop})")
     p.add_argument("--window", type=int, default=defaults.window,
                    help=f"inference window in voxels (default {defaults.window})")
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--steps", type=int, default=defaults.steps_per_epoch, help="steps per epoch")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.learning_rate)
-    p.add_argument("--validation", type=int, default=defaults.validation_cases, help="cases held out for validation")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--device", default="auto", type=device_option, help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    _add_training_options(p, defaults)
     _add_overwrite(p, "an existing bundle folder written by this command")
     p.set_defaults(run=_run_train_bundle)
 
@@ -330,9 +333,7 @@ def _run_train_bundle(args: argparse.Namespace) -> int:
     from .bundle_training import BundleTrainConfig, train_bundle
 
     config = BundleTrainConfig(name=args.name, init_filters=args.init_filters, spacing_mm=args.spacing,
-                               crop=args.crop, window=args.window, epochs=args.epochs, steps_per_epoch=args.steps,
-                               batch_size=args.batch_size, learning_rate=args.lr, validation_cases=args.validation,
-                               seed=args.seed, device=str(resolve_device(args.device)))
+                               crop=args.crop, window=args.window, **_training_settings(args))
     history = train_bundle(args.data, args.out, config, resume=not args.no_resume, overwrite=args.overwrite)
     print(f"wrote {args.out} after {len(history)} epochs")
     return 0
@@ -392,8 +393,10 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
                                    "each map inside brain, WT, TC, ET per layer) and OUT/topdown.png (those shares "
                                    "across layers: the paper's top-down claim, measured).")
     p.add_argument("case", type=Path, help="BraTS case folder")
-    p.add_argument("--model", required=True, help="denseunet, resunet, simunet, or several comma-separated")
+    p.add_argument("--model", required=True, help="denseunet, resunet, simunet, or several comma-separated; or a MONAI "
+                   "bundle folder (every output channel, windowed)")
     p.add_argument("--weights", type=Path, help="your own weights file instead of the shipped ones (one model)")
+    p.add_argument("--trust-bundle", action="store_true", help=help_of("trust_bundle"))
     p.add_argument("--device", default=ExplainConfig.device, type=device_option,
                    help=f"auto, cpu, cuda or cuda:N (default {ExplainConfig.device})")
     _add_resample(p)
@@ -412,17 +415,21 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
 
 def _run_gradcam(args: argparse.Namespace) -> int:
     from ..data.labels import resolve_classes
-    from ..models.activations import resolve_layers
+    from ..models.description import require_hooks
+    from .explain import check_layers
     from .figures import montage_slices
 
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     if args.weights is not None and len(models) != 1:
         raise UsageError("--weights goes with exactly one --model")
     classes = resolve_classes(args.classes)
-    folder = OutputFolder(args.out, [args.case, args.weights], args.overwrite, "gradcam")
-    loaded = {name: _load_model(args, name) for name in models}
+    folder = OutputFolder(args.out, [args.case, args.weights, *[m for m in models if Path(m).is_dir()]],
+                          args.overwrite, "gradcam")
+    loaded = {Path(name).name: _load_model(args, name) for name in models}
     for model in loaded.values():
-        resolve_layers(model, args.layers)
+        if hasattr(model, "description"):
+            require_hooks(model.description, "Grad-CAM")
+        check_layers(model, args.layers)
     case = _case_for(args, next(iter(loaded.values())))  # the shipped networks share one training space
     try:
         slices = montage_slices(case, 1) if args.slices == "auto" else [int(z) for z in args.slices.split(",")]
@@ -439,6 +446,8 @@ def _run_gradcam(args: argparse.Namespace) -> int:
 def _gradcam_models(args: argparse.Namespace, case, models: dict, classes: list[int], slices: list[int],
                     work: Path) -> None:
     from ..analyses.gradcam import gradcam_volume, localisation
+    from ..analyses.volume import volume_gradcam
+    from ..models.volume import DescribedNetwork
     from .figures import gradcam_montage, localisation_curves
 
     # Volume mode computes every brain slice (and any montage slice outside the brain) in one pass; the montages are
@@ -447,12 +456,17 @@ def _gradcam_models(args: argparse.Namespace, case, models: dict, classes: list[
     tables = {}
     for name, model in models.items():
         out = work / name
-        volume = gradcam_volume(model, case, args.layers, classes, args.target,
-                                slices=slices if args.no_volume else computed, batch_size=args.batch_size,
-                                progress=True)
+        if isinstance(model, DescribedNetwork):  # every output channel, over the whole volume in its windows
+            volume = volume_gradcam(model, case, args.layers,
+                                    target="logits" if args.target == "logits" else "probabilities")
+        else:
+            volume = gradcam_volume(model, case, args.layers, classes, args.target,
+                                    slices=slices if args.no_volume else computed, batch_size=args.batch_size,
+                                    progress=True)
         for z in slices:
-            png = gradcam_montage(case, z, volume.slice_maps(z), classes, out / f"gradcam_z{z}.png",
-                                  title=f"{case.case_id} · {name} · Grad-CAM ({args.target}) per layer, rows: class")
+            png = gradcam_montage(case, z, volume.slice_maps(z), volume.classes, out / f"gradcam_z{z}.png",
+                                  title=f"{case.case_id} · {name} · Grad-CAM ({args.target}) per layer, rows: class",
+                                  names=[volume.name(c) for c in volume.classes])
             print(f"wrote {args.out / png.relative_to(work)}")
         if args.no_volume:
             continue
@@ -495,13 +509,16 @@ def _add_dissect(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_dissect(args: argparse.Namespace) -> int:
+    from ..analyses.volume_dissection import resolve_volume_layers
     from ..data.case import find_cases
     from ..models.activations import resolve_layers
+    from ..models.volume import DescribedNetwork
 
-    folder = OutputFolder(args.out, [args.data, args.weights], args.overwrite, "dissect")
+    folder = OutputFolder(args.out, [args.data, args.weights, *[args.model] * Path(args.model).is_dir()],
+                          args.overwrite, "dissect")
     cases = find_cases(args.data)
     model = _load_model(args)
-    resolve_layers(model, args.layers)
+    (resolve_volume_layers if isinstance(model, DescribedNetwork) else resolve_layers)(model, args.layers)
     with folder as work:
         _dissect_into(args, cases, model, work)
     return 0

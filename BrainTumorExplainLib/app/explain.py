@@ -78,7 +78,7 @@ def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run",
     device = resolve_device(config.device)
     model = load_model(config.model, config.weights, device, config.trust_bundle)
     case = into_network_space(load_case(source), model, config.resample)
-    _check_layers(model, config.layers)
+    check_layers(model, config.layers)
     dissection = _dissection(model, config)
     run = stages.Run(case, model, config, dissection, Path(), _summary_start(case, model, config, device),
                      quick=config.quick if config.quick is not None else device.type == "cpu",
@@ -87,7 +87,7 @@ def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run",
     return run, folder
 
 
-def _check_layers(model, layers: str) -> None:
+def check_layers(model, layers: str) -> None:
     """``--layers`` names layers of this network (module paths for a described network), before any work."""
     from ..models.activations import resolve_layers
     from ..models.volume import DescribedNetwork
@@ -106,15 +106,17 @@ def _check_layers(model, layers: str) -> None:
 
 
 def _dissection(model, config: ExplainConfig):
-    """The dissection whose thresholds make the concept masks: the one given, or the model's shipped one; a
-    described network has none yet (dissecting 3D networks comes later)."""
+    """The dissection whose thresholds make the concept masks: the one given, or the model's shipped one; a bundle
+    folder has none unless one is given (``dissect --model FOLDER`` makes it)."""
     from ..analyses.dissection import Dissection, load_shipped_dissection
+    from ..models.description import require_hooks
+    from ..models.registry import SHIPPED_BUNDLES
     from ..models.volume import DescribedNetwork
 
     if isinstance(model, DescribedNetwork):
-        if config.dissection:
-            raise UsageError(f"--dissection: dissections of 3D networks are not supported yet ({model.architecture})")
-        return None
+        if not config.dissection and config.model not in SHIPPED_BUNDLES:
+            return None
+        require_hooks(model.description, "network dissection")
     dissection = Dissection.load(config.dissection) if config.dissection else load_shipped_dissection(model)
     dissection.check_model(model)
     return dissection

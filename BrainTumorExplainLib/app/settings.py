@@ -15,7 +15,7 @@ from pathlib import Path
 from ..analyses import GRADCAM_TARGETS
 from ..errors import UsageError
 
-MODEL_NAMES: tuple[str, ...] = ("denseunet", "resunet", "simunet")  # models.SHIPPED_NETWORKS
+MODEL_NAMES: tuple[str, ...] = ("denseunet", "resunet", "simunet", "segresnet3d")  # models.SHIPPED_NETWORKS
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")  # the command line also takes cuda:N
 GRADCAM_CLASS_CHOICES: tuple[str, ...] = ("tumour", "all", "ncr", "ed", "et")  # also comma-separated lists
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")

@@ -17,14 +17,19 @@ and its :class:`~models.description.NetworkDescription`, without running any cod
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..data.bundle_metadata import (
+    CLASS_ALIASES,
+    REGION_ALIASES,
+    bundle_configs,
+    channel_names,
+    input_channels,
+)
 from ..errors import InputError, WeightsError
 from .description import CLASS_OUTPUTS, NetworkDescription
 
@@ -32,49 +37,6 @@ from .description import CLASS_OUTPUTS, NetworkDescription
 IGNORED_TRANSFORMS = {"LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureChannelFirst", "EnsureTyped",
                       "EnsureType", "ToTensord", "ToTensor", "CastToTyped", "CastToType", "SaveImaged", "SaveImage",
                       "Invertd", "Invert", "CopyItemsd", "ToDeviced", "EnsureTyped"}
-_SEQUENCE_ALIASES = {"flair": ("flair", "t2flair", "t2f"), "t1": ("t1", "t1n", "t1w", "t1native"),
-                     "t1ce": ("t1c", "t1ce", "t1gd", "t1contrast", "t1postcontrast"), "t2": ("t2", "t2w")}
-_REGION_ALIASES = {"TC": ("tc", "tumorcore", "tumourcore", "core"), "WT": ("wt", "wholetumor", "wholetumour",
-                                                                           "whole"),
-                   "ET": ("et", "enhancingtumor", "enhancingtumour", "enhancing")}
-_CLASS_ALIASES = {"background": ("background", "bg", "0"), "NCR": ("ncr", "necrosis", "necrotic", "ncrnet",
-                                                                  "necroticcore", "nonenhancingcore"),
-                  "ED": ("ed", "edema", "oedema", "peritumoraledema"), "ET": ("et", "enhancingtumor", "enhancing")}
-
-
-def is_bundle(path: str | Path) -> bool:
-    return (Path(path) / "configs" / "metadata.json").is_file()
-
-
-def _key(text: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", str(text).lower())
-
-
-def _named(names: dict[str, str], aliases: dict[str, tuple[str, ...]], what: str, path: Path) -> tuple[str, ...]:
-    """Channel index → our name, by the bundle's own channel names."""
-    out = []
-    for index in sorted(names, key=int):
-        found = [ours for ours, spelled in aliases.items() if _key(names[index]) in spelled]
-        if len(found) != 1:
-            raise InputError(f"{path}: {what} channel {index} is {names[index]!r}, which this project cannot map to "
-                             f"one of {', '.join(aliases)}")
-        out.append(found[0])
-    return tuple(out)
-
-
-def _read_config(path: Path) -> dict:
-    if not path.is_file():
-        raise InputError(f"{path}: missing from the bundle")
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            return yaml.safe_load(path.read_text())
-        return json.loads(path.read_text())
-    except Exception as error:  # json, yaml: each error means the file cannot be used
-        raise InputError(f"{path}: not a readable bundle config ({type(error).__name__}: {error})") from None
-
-
 def _plain(value: Any, where: str, path: Path) -> Any:
     """``value`` when it holds no expression or reference, else :class:`InputError` naming it."""
     if isinstance(value, str) and value[:1] in ("$", "@", "%"):
@@ -163,32 +125,22 @@ def _outputs(config: dict, metadata: dict, path: Path) -> tuple[str, tuple[str, 
     if not names:
         raise InputError(f"{path}: network_data_format.outputs.pred.channel_def is missing: what the outputs mean "
                          "is unknown")
-    aliases = _REGION_ALIASES if kind == "sigmoid" else {name: _CLASS_ALIASES[name] for name in CLASS_OUTPUTS}
-    return kind, _named(names, aliases, "output", path)
-
-
-def _configs(folder: Path) -> tuple[dict, dict, Path]:
-    metadata = _read_config(folder / "configs" / "metadata.json")
-    config_path = next((folder / "configs" / f"inference.{ext}" for ext in ("json", "yaml", "yml")
-                        if (folder / "configs" / f"inference.{ext}").is_file()), folder / "configs" / "inference.json")
-    return metadata, _read_config(config_path), config_path
+    aliases = REGION_ALIASES if kind == "sigmoid" else {name: CLASS_ALIASES[name] for name in CLASS_OUTPUTS}
+    return kind, channel_names(names, aliases, "output", path)
 
 
 def _describe(folder: Path, metadata: dict, config: dict, config_path: Path, model: nn.Module | None
               ) -> NetworkDescription:
     """The description of a bundle from its configs; ``model``: its network as built (None: TorchScript, whose
     layers cannot be analysed and whose dropout cannot be switched on alone)."""
-    inputs = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("channel_def", {})
-    if not inputs:
-        raise InputError(f"{folder / 'configs' / 'metadata.json'}: network_data_format.inputs.image.channel_def is "
-                         "missing: which sequence each input channel is is unknown")
+    channels = input_channels(folder)
     inferer = _plain(config.get("inferer") or {}, "inferer", config_path)
     window = tuple(int(v) for v in inferer["roi_size"]) if "roi_size" in inferer else None
     kind, output_names = _outputs(config, metadata, config_path)
     prepared = _preprocessing(config, config_path)
     return NetworkDescription(
         name=str(metadata.get("name") or folder.name), spatial_dims=3,
-        channels=_named(inputs, _SEQUENCE_ALIASES, "input", folder / "configs" / "metadata.json"),
+        channels=channels,
         normalisation=prepared["normalisation"], outputs=kind, output_names=output_names, axes=prepared["axes"],
         layers=discover_layers(model) if model is not None else {},
         dropout=model is not None and any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
@@ -202,7 +154,7 @@ def read_bundle(folder: str | Path, trust_code: bool = False) -> tuple[nn.Module
     """A MONAI bundle's network, built but without its weights, and its description — what loading and training a
     bundle both read from its configs."""
     folder = Path(folder)
-    metadata, config, config_path = _configs(folder)
+    metadata, config, config_path = bundle_configs(folder)
     if "network_def" not in config:
         raise InputError(f"{config_path}: no network_def")
     model = build_network(config["network_def"], config_path, trust_code)
@@ -227,7 +179,7 @@ def _load_torchscript(folder: Path, path: Path, device: str | torch.device, trus
     if not trust_code:
         raise InputError(f"{path}: a TorchScript network is a program stored in the file, run when the network runs; "
                          "pass --trust-bundle to run it (or give the bundle its weights as models/model.pt)")
-    metadata, config, config_path = _configs(folder)
+    metadata, config, config_path = bundle_configs(folder)
     description = _describe(folder, metadata, config, config_path, None)
     try:
         module = torch.jit.load(str(path), map_location=device)

@@ -26,7 +26,7 @@ from .denseunet import DenseUnet
 from .unet import ResUnet, SimUnet
 
 ARCHITECTURES: dict[str, type[SegmentationNet]] = {"denseunet": DenseUnet, "resunet": ResUnet, "simunet": SimUnet}
-SHIPPED_BUNDLES: tuple[str, ...] = ()  # MONAI bundle folders in WEIGHTS_DIR (app/bundle_training.py)
+SHIPPED_BUNDLES = ("segresnet3d",)  # MONAI bundle folders in WEIGHTS_DIR (app/bundle_training.py)
 SHIPPED_NETWORKS = tuple(ARCHITECTURES) + SHIPPED_BUNDLES
 WEIGHTS_FORMAT = 1
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -202,7 +202,8 @@ def load_model(name: str, weights: str | Path | None = None, device: str | torch
     """The network every command means by ``--model NAME [--weights FILE]``: the shipped weights of ``name``, your
     own file of that architecture, or — when ``name`` is a MONAI bundle folder — that bundle's network with its
     description (:class:`models.volume.DescribedNetwork`); in eval mode on ``device``."""
-    from .bundle import is_bundle, load_bundle
+    from ..data.bundle_metadata import is_bundle
+    from .bundle import load_bundle
     from .volume import DescribedNetwork
 
     if name in SHIPPED_BUNDLES:

@@ -42,8 +42,8 @@ def run(run) -> None:
 
     case, dissection = run.case, run.dissection
     if dissection is None:
-        run.summary["concepts"] = {"detectors": [], "not_computed": "no dissection of this network (network "
-                                   "dissection of 3D networks is not available yet)"}
+        run.summary["concepts"] = {"detectors": [], "not_computed": "no dissection of this network: make one with "
+                                   "`dissect --data DIR --model …` and pass it with --dissection"}
         return
     best = dissection.best_detectors()
     picks = [(row["layer"], row["filter"]) for row in best.values()]

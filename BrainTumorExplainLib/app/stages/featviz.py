@@ -41,6 +41,9 @@ def run(run) -> None:
     from ...analyses.featviz import FeatvizConfig, Regularisers, load_template, shipped_template_path
 
     picks = run.handed_on.get("detectors")
+    if picks and hasattr(run.model, "description"):
+        run.summary["featviz"] = {"not_computed": "activation maximisation of 3D networks is not available yet"}
+        return
     if not picks:
         run.summary["featviz"] = {"not_computed": "no concept detectors to visualise"}
         return

@@ -34,10 +34,9 @@ def summarise(cams, table) -> dict:
 
 def run(run) -> None:
     from ...analyses.gradcam import localisation
-    from ..figures import gradcam_montage, localisation_curves
-
     from ...errors import UsageError
     from ...models.description import require_hooks
+    from ..figures import gradcam_montage, localisation_curves
 
     try:
         if hasattr(run.model, "description"):

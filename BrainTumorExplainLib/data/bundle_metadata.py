@@ -1,0 +1,75 @@
+"""What a MONAI bundle folder says about its network, read from its JSON/YAML without PyTorch: whether a folder is a
+bundle, its configs, and the meaning of its channels by name — so that the Slicer panel can show which of the four
+sequences each input channel is before any analysis process starts (:mod:`models.bundle` builds the network itself)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ..errors import InputError
+
+SEQUENCE_ALIASES = {"flair": ("flair", "t2flair", "t2f"), "t1": ("t1", "t1n", "t1w", "t1native"),
+                     "t1ce": ("t1c", "t1ce", "t1gd", "t1contrast", "t1postcontrast"), "t2": ("t2", "t2w")}
+REGION_ALIASES = {"TC": ("tc", "tumorcore", "tumourcore", "core"), "WT": ("wt", "wholetumor", "wholetumour",
+                                                                           "whole"),
+                   "ET": ("et", "enhancingtumor", "enhancingtumour", "enhancing")}
+CLASS_ALIASES = {"background": ("background", "bg", "0"), "NCR": ("ncr", "necrosis", "necrotic", "ncrnet",
+                                                                  "necroticcore", "nonenhancingcore"),
+                  "ED": ("ed", "edema", "oedema", "peritumoraledema"), "ET": ("et", "enhancingtumor", "enhancing")}
+
+
+def is_bundle(path: str | Path) -> bool:
+    return (Path(path) / "configs" / "metadata.json").is_file()
+
+
+def _key(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(text).lower())
+
+
+def channel_names(names: dict[str, str], aliases: dict[str, tuple[str, ...]], what: str, path: Path) -> tuple[str, ...]:
+    """Channel index → our name, by the bundle's own channel names."""
+    out = []
+    for index in sorted(names, key=int):
+        found = [ours for ours, spelled in aliases.items() if _key(names[index]) in spelled]
+        if len(found) != 1:
+            raise InputError(f"{path}: {what} channel {index} is {names[index]!r}, which this project cannot map to "
+                             f"one of {', '.join(aliases)}")
+        out.append(found[0])
+    return tuple(out)
+
+
+def read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"{path}: missing from the bundle")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(path.read_text())
+        return json.loads(path.read_text())
+    except Exception as error:  # json, yaml: each error means the file cannot be used
+        raise InputError(f"{path}: not a readable bundle config ({type(error).__name__}: {error})") from None
+
+
+
+
+def bundle_configs(folder: str | Path) -> tuple[dict, dict, Path]:
+    """``(metadata, inference config, the inference config's path)`` of a bundle folder."""
+    folder = Path(folder)
+    metadata = read_config(folder / "configs" / "metadata.json")
+    config_path = next((folder / "configs" / f"inference.{ext}" for ext in ("json", "yaml", "yml")
+                        if (folder / "configs" / f"inference.{ext}").is_file()), folder / "configs" / "inference.json")
+    return metadata, read_config(config_path), config_path
+
+
+def input_channels(folder: str | Path) -> tuple[str, ...]:
+    """The library's sequence name (flair, t1, t1ce, t2) of each input channel of the bundle, in its order."""
+    folder = Path(folder)
+    metadata = read_config(folder / "configs" / "metadata.json")
+    names = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("channel_def", {})
+    if not names:
+        raise InputError(f"{folder / 'configs' / 'metadata.json'}: network_data_format.inputs.image.channel_def is "
+                         "missing: which sequence each input channel is is unknown")
+    return channel_names(names, SEQUENCE_ALIASES, "input", folder / "configs" / "metadata.json")
