@@ -443,3 +443,21 @@ def test_dissection_of_a_bundle_over_volumes(bundle, training_phantoms, small_ph
         image = sitk.ReadImage(str(mask))
         assert (image.GetSize(), image.GetOrigin(), image.GetDirection()) == (
             reference.GetSize(), reference.GetOrigin(), reference.GetDirection())
+
+
+def test_the_uncertainty_verb_runs_a_bundle_and_featviz_says_3d_is_not_available(bundle, small_phantom, tmp_path,
+                                                                                  capsys):
+    import SimpleITK as sitk
+
+    folder, out = str(small_phantom.flair.parent), tmp_path / "uncertainty"
+    assert main(["uncertainty", folder, "--model", str(bundle), "--quick", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"].startswith("test-time dropout") and summary["passes"]["mean"] == 8
+    reference, written = sitk.ReadImage(str(small_phantom.flair)), sitk.ReadImage(str(out / "uncertainty.nii.gz"))
+    assert (written.GetSize(), written.GetOrigin(), written.GetDirection()) == (
+        reference.GetSize(), reference.GetOrigin(), reference.GetDirection())
+    capsys.readouterr()
+    assert main(["featviz", "--model", str(bundle), "--layer", "convInit", "--filters", "0",
+                 "--out", str(tmp_path / "f")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error:") and "not available yet" in error and not (tmp_path / "f").exists()

@@ -42,6 +42,8 @@ from ..models.activations import forward_until, resolve_layers
 from ..models.base import IN_CHANNELS, SegmentationNet, evaluating, model_device
 from ..progress import progress_bar
 
+NOT_FOR_3D = "activation maximisation of 3D networks is not available yet"  # said by the verb and by explain
+
 
 @dataclass(frozen=True)
 class Regularisers:

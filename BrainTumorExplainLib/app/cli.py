@@ -423,8 +423,8 @@ def _run_gradcam(args: argparse.Namespace) -> int:
     if args.weights is not None and len(models) != 1:
         raise UsageError("--weights goes with exactly one --model")
     classes = resolve_classes(args.classes)
-    folder = OutputFolder(args.out, [args.case, args.weights, *[m for m in models if Path(m).is_dir()]],
-                          args.overwrite, "gradcam")
+    folder = OutputFolder(args.out, [args.case, args.weights, *map(_model_folder, models)], args.overwrite,
+                          "gradcam")
     loaded = {Path(name).name: _load_model(args, name) for name in models}
     for model in loaded.values():
         if hasattr(model, "description"):
@@ -514,8 +514,8 @@ def _run_dissect(args: argparse.Namespace) -> int:
     from ..models.activations import resolve_layers
     from ..models.volume import DescribedNetwork
 
-    folder = OutputFolder(args.out, [args.data, args.weights, *[args.model] * Path(args.model).is_dir()],
-                          args.overwrite, "dissect")
+    folder = OutputFolder(args.out, [args.data, args.weights, _model_folder(args.model)], args.overwrite,
+                          "dissect")
     cases = find_cases(args.data)
     model = _load_model(args)
     (resolve_volume_layers if isinstance(model, DescribedNetwork) else resolve_layers)(model, args.layers)
@@ -596,7 +596,8 @@ def _add_batching_arguments(p: argparse.ArgumentParser) -> None:
 def _run_uncertainty(args: argparse.Namespace) -> int:
     if args.passes < 2:
         raise UsageError(f"--passes {args.passes}: test-time dropout needs at least 2 passes")
-    folder = OutputFolder(args.out, [args.case, args.weights], args.overwrite, "uncertainty")
+    folder = OutputFolder(args.out, [args.case, args.weights, _model_folder(args.model)], args.overwrite,
+                          "uncertainty")
     model = _load_model(args)
     case = _case_for(args, model)
     with folder as work:
@@ -606,16 +607,22 @@ def _run_uncertainty(args: argparse.Namespace) -> int:
 
 def _uncertainty_into(args: argparse.Namespace, case, model, work: Path) -> None:
     from ..analyses.uncertainty import brain_pearson, uncertainty_volume
+    from ..analyses.volume import volume_uncertainty
+    from ..models.volume import DescribedNetwork
 
     def run(quick: bool):
         start = time.perf_counter()
-        result = uncertainty_volume(model, case, passes=args.passes, quick=quick, seed=args.seed,
-                                    slices_per_batch=args.slices_per_batch,
-                                    passes_per_forward=args.passes_per_forward, progress=True)
+        if isinstance(model, DescribedNetwork):  # dropout when it has some (8 passes when quick), else the flips
+            result = volume_uncertainty(model, case, passes=8 if quick else args.passes, seed=args.seed,
+                                        progress=True)
+        else:
+            result = uncertainty_volume(model, case, passes=args.passes, quick=quick, seed=args.seed,
+                                        slices_per_batch=args.slices_per_batch,
+                                        passes_per_forward=args.passes_per_forward, progress=True)
         return result, time.perf_counter() - start
 
     volume, seconds = run(args.quick)
-    mode = "quick" if args.quick else f"T={args.passes}"
+    mode = "flips" if volume.method == "flips" else "quick" if args.quick else f"T={args.passes}"
     summary = {"version": __version__, "case": case.case_id, "model": args.model,
                **stages.uncertainty.summarise(volume, case, mode, args.seed), "seconds": round(seconds, 2)}
     case.write_labels(volume.labels, work / SEGMENTATION)
@@ -704,11 +711,20 @@ def _add_featviz(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_featviz(args: argparse.Namespace) -> int:
-    from ..analyses.featviz import FeatvizConfig, Regularisers, check_targets, load_template, shipped_template_path
+    from ..analyses.featviz import (
+        NOT_FOR_3D,
+        FeatvizConfig,
+        Regularisers,
+        check_targets,
+        load_template,
+        shipped_template_path,
+    )
 
     targets = _featviz_targets(args.filters, args.layer)
     folder = OutputFolder(args.out, [args.weights, args.template], args.overwrite, "featviz")
     model = _load_model(args)
+    if hasattr(model, "description"):
+        raise UsageError(f"--model {args.model}: {NOT_FOR_3D}")
     config = FeatvizConfig(steps=args.steps, size=args.size, learning_rate=args.lr, seed=args.seed)
     regularisers = Regularisers(jitter=args.jitter, rotation=args.rotation, tv=args.tv, l2=args.l2,
                                 style=args.style, sigma=args.sigma)

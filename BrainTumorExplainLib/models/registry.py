@@ -191,7 +191,11 @@ def load_shipped_bundle(name: str, device: str | torch.device = "cpu"):
 
 
 def load_pretrained(name: str, device: str | torch.device = "cpu") -> SegmentationNet:
-    """A shipped model in eval mode, its checksum verified against its manifest."""
+    """A shipped 2D model in eval mode, its checksum verified against its manifest (the shipped 3D bundle:
+    :func:`load_model`)."""
+    if name in SHIPPED_BUNDLES:
+        raise UsageError(f"{name} is the shipped 3D network (a MONAI bundle), not one of {', '.join(ARCHITECTURES)}: "
+                         "load it with load_model (on the command line, a verb's --model takes it)")
     manifest = pretrained_manifest(name)
     return load_weights(WEIGHTS_DIR / manifest["weights"], expected_sha256=manifest["sha256"], architecture=name,
                         device=device)

@@ -38,11 +38,11 @@ def visualise(model, targets: list, config, regularisers, template, progress: bo
 
 
 def run(run) -> None:
-    from ...analyses.featviz import FeatvizConfig, Regularisers, load_template, shipped_template_path
+    from ...analyses.featviz import NOT_FOR_3D, FeatvizConfig, Regularisers, load_template, shipped_template_path
 
     picks = run.handed_on.get("detectors")
     if picks and hasattr(run.model, "description"):
-        run.summary["featviz"] = {"not_computed": "activation maximisation of 3D networks is not available yet"}
+        run.summary["featviz"] = {"not_computed": NOT_FOR_3D}
         return
     if not picks:
         run.summary["featviz"] = {"not_computed": "no concept detectors to visualise"}
