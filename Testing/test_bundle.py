@@ -3,7 +3,9 @@ run in 3D windows — and its segmentation compared with MONAI running the same 
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -384,8 +386,8 @@ def test_a_torchscript_bundle_segments_and_says_what_it_cannot_do(bundle, small_
 def test_dissection_of_a_bundle_over_volumes(bundle, training_phantoms, small_phantom, tmp_path):
     """3D network dissection: each filter's threshold is numpy's exact quantile of its activations in the brains'
     boxes (within the stated bound), the IoU sums are those of the concept masks the same thresholds make on each
-    case's own grid, and explain --dissection writes those masks for a bundle (feature visualisation said to be
-    unavailable in 3D)."""
+    case's own grid, and explain --dissection writes those masks for a bundle and the 3D pre-images of their
+    filters."""
     import SimpleITK as sitk
 
     from BrainTumorExplainLib.analyses.dissection import Dissection, concept_masks, filter_concept_masks
@@ -401,6 +403,11 @@ def test_dissection_of_a_bundle_over_volumes(bundle, training_phantoms, small_ph
     assert together["down_layers.1"].shape[1:] != together["up_layers.0"].shape[1:]
     for layer, activation in together.items():
         torch.testing.assert_close(activation, layer_activations(network, case, [layer])[layer])
+    # A block and its last module give one tensor: MONAI's inferer weights each output in place, so it must be two
+    block = layer_activations(network, case, ["convInit", "convInit.conv", "conv_final", "conv_final.2"])
+    torch.testing.assert_close(block["convInit"], block["convInit.conv"], rtol=0, atol=0)
+    torch.testing.assert_close(block["conv_final"], block["conv_final.2"], rtol=0, atol=0)
+    torch.testing.assert_close(block["convInit"], together["convInit"], rtol=0, atol=0)
     layers = ["convInit", "down_layers.1"]
     out = tmp_path / "dissection"
     assert main(["dissect", "--data", str(training_phantoms), "--model", str(bundle), "--layers", ",".join(layers),
@@ -433,11 +440,17 @@ def test_dissection_of_a_bundle_over_volumes(bundle, training_phantoms, small_ph
 
     run = tmp_path / "run"
     assert main(["explain", str(small_phantom.flair.parent), "--model", str(bundle), "--layers", "conv_final",
-                 "--dissection", str(out / "dissection.json"), "--quick", "--no-scene", "--out", str(run)]) == 0
+                 "--dissection", str(out / "dissection.json"), "--quick", "--no-scene", "--featviz-steps", "3",
+                 "--featviz-size-3d", "16", "--out", str(run)]) == 0
     summary = json.loads((run / "summary.json").read_text())
     detectors = summary["concepts"]["detectors"]
     assert detectors and {d["concept"] for d in detectors} <= {"WT", "brain"} and (run / "concepts").is_dir()
-    assert "not available" in summary["featviz"]["not_computed"]
+    assert summary["featviz"]["template"].startswith("this case")
+    regularised = summary["featviz"]["regularised"]
+    assert regularised["axes"] == network.description.axes and regularised["sequences"] == list(CHANNEL_FILES)
+    with np.load(run / "featviz" / "detectors.npz") as preimages:
+        assert preimages["regularised_images"].shape == (len(detectors), 4, 16, 16, 16)
+    assert (run / "featviz" / "detectors.png").is_file()
     reference = sitk.ReadImage(str(small_phantom.flair))
     for mask in (run / "concepts").glob("*.nii.gz"):
         image = sitk.ReadImage(str(mask))
@@ -445,8 +458,7 @@ def test_dissection_of_a_bundle_over_volumes(bundle, training_phantoms, small_ph
             reference.GetSize(), reference.GetOrigin(), reference.GetDirection())
 
 
-def test_the_uncertainty_verb_runs_a_bundle_and_featviz_says_3d_is_not_available(bundle, small_phantom, tmp_path,
-                                                                                  capsys):
+def test_the_uncertainty_verb_runs_a_bundle(bundle, small_phantom, tmp_path):
     import SimpleITK as sitk
 
     folder, out = str(small_phantom.flair.parent), tmp_path / "uncertainty"
@@ -456,8 +468,81 @@ def test_the_uncertainty_verb_runs_a_bundle_and_featviz_says_3d_is_not_available
     reference, written = sitk.ReadImage(str(small_phantom.flair)), sitk.ReadImage(str(out / "uncertainty.nii.gz"))
     assert (written.GetSize(), written.GetOrigin(), written.GetDirection()) == (
         reference.GetSize(), reference.GetOrigin(), reference.GetDirection())
+
+
+def test_an_ensemble_of_bundle_weights_says_it_is_one(bundle, small_phantom, tmp_path, capsys):
+    """uncertainty --ensemble: two state dicts of the bundle's network (as two folds would be) give the members'
+    spread, on the case's grid, named as an ensemble with its members; one file alone is refused before any work."""
+    import SimpleITK as sitk
+
+    members = [make_bundle(tmp_path / f"fold{seed}", seed=seed) / "models" / "model.pt" for seed in (4, 5)]
+    folder, out = str(small_phantom.flair.parent), tmp_path / "ensemble"
+    assert main(["uncertainty", folder, "--model", str(bundle), "--ensemble", ",".join(map(str, members)),
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["source"] == "ensemble" and summary["mode"] == "ensemble" and summary["passes"]["max"] == 2
+    assert summary["members"] == [str(path) for path in members]
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "uncertainty.nii.gz")))
+    assert written.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(small_phantom.flair))).shape
+    assert written.max() > 0
+    capsys.readouterr()
+    assert main(["uncertainty", folder, "--model", str(bundle), "--ensemble", str(members[0]),
+                 "--out", str(tmp_path / "one")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error:") and "at least two" in error and not (tmp_path / "one").exists()
+
+    # explain says it too, and the scene names every uncertainty map by its kind
+    run = tmp_path / "explain"
+    assert main(["explain", folder, "--model", str(bundle), "--layers", "conv_final", "--ensemble",
+                 ",".join(map(str, members)), "--out", str(run)]) == 0
+    explained = json.loads((run / "summary.json").read_text())["uncertainty"]
+    assert explained["source"] == "ensemble" and explained["members"] == [str(path) for path in members]
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(run / "uncertainty.nii.gz"))), written)
+    if importlib.util.find_spec("slicer") is not None:
+        sys.path.insert(0, str(Path(__file__).parents[1] / "BrainTumorExplain"))
+        from BrainTumorExplainLogic import nodes_of_class, open_scene_bundle
+
+        names = {node.GetName() for node in nodes_of_class(open_scene_bundle(run / "scene.mrb"), "vtkMRMLVolumeNode")}
+        assert {"uncertainty (ensemble)", "entropy (ensemble)", "mutual_information (ensemble)"} <= names
+
+
+def test_activation_maximisation_of_a_3d_network(bundle, training_phantoms, tmp_path, capsys):
+    """featviz --model <bundle>: a 4×16³ pre-image per filter in the network's channel order, its activation raised
+    by the ascent; the style template is the network's own (template --model), a slice template refused."""
+    from BrainTumorExplainLib.analyses.featviz import (
+        FeatvizConfig,
+        Regularisers,
+        filter_activation,
+        load_template,
+        shipped_template_path,
+        visualise_filters,
+    )
+
+    network = load_model(str(bundle))
     capsys.readouterr()
     assert main(["featviz", "--model", str(bundle), "--layer", "convInit", "--filters", "0",
                  "--out", str(tmp_path / "f")]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("error:") and "not available yet" in error and not (tmp_path / "f").exists()
+    assert error.startswith("error:") and "template --data" in error and not (tmp_path / "f").exists()
+    with pytest.raises(InputError, match="template must be"):
+        load_template(shipped_template_path(), 16, network)
+
+    template = tmp_path / "template.npz"
+    assert main(["template", "--data", str(training_phantoms), "--model", str(bundle), "--size", "16",
+                 "--out", str(template)]) == 0
+    volume = load_template(template, 16, network)
+    assert volume.shape == (4, 16, 16, 16) and np.isfinite(volume).all() and volume.std() > 0.1
+    out = tmp_path / "featviz"
+    assert main(["featviz", "--model", str(bundle), "--filters", "convInit:1,down_layers.1:2", "--size", "16",
+                 "--steps", "4", "--template", str(template), "--out", str(out)]) == 0
+    with np.load(out / "featviz_convInit+down_layers.1.npz") as written:
+        assert written["regularised_images"].shape == (2, 4, 16, 16, 16)
+    assert (out / "featviz_convInit+down_layers.1.png").is_file()
+
+    plain = visualise_filters(network, [("convInit", 1), ("down_layers.1", 2)], Regularisers.none(),
+                              FeatvizConfig(steps=8, size=16))
+    assert plain.sequences == CHANNEL_FILES and plain.axes == network.description.axes
+    assert (plain.final_activation > plain.start_activation + 0.05).all()
+    with torch.no_grad():  # the recorded activation is the filter's on the returned pre-image
+        again = filter_activation(network, torch.from_numpy(plain.images), plain.targets).numpy()
+    np.testing.assert_allclose(again, plain.final_activation, rtol=1e-5, atol=1e-6)

@@ -99,7 +99,8 @@ def test_scene_bundle_reopens_with_every_output_on_the_input_geometry(explained,
     scene = open_scene_bundle(out / "scene.mrb")
     volumes = {n.GetName(): n for n in nodes_of_class(scene, "vtkMRMLVolumeNode")}
     flair = volumes[f"{small_phantom.case_id}_flair"]
-    expected = {"uncertainty", "entropy", "mutual_information", "Tumour segmentation labels",
+    expected = {"uncertainty (test-time dropout)", "entropy (test-time dropout)",
+                "mutual_information (test-time dropout)", "Tumour segmentation labels",
                 "Grad-CAM dec1 NCR/NET", "Grad-CAM dec1 ED", "Grad-CAM dec1 ET"}
     assert expected <= set(volumes)
     concepts = [name for name in volumes if name.startswith("concept ")]

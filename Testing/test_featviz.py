@@ -156,3 +156,34 @@ def test_a_template_start_reaches_filters_that_noise_cannot(template):
     assert from_template.final_activation[0] > from_template.start_activation[0]
     with pytest.raises(ValueError, match="start must be"):
         FeatvizConfig(start="zeros")
+
+
+def test_the_3d_regularisers_are_their_2d_ones_along_every_axis():
+    """Total variation sums the absolute differences along all three axes; a rotation is proper (orthonormal,
+    determinant 1) and turns a volume by 90° exactly as rot90 does; zero degrees changes nothing."""
+    from BrainTumorExplainLib.analyses.featviz import _rotate, _rotation_matrices
+
+    x = torch.randn(2, 4, 6, 7, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    expected = sum(np.abs(np.diff(x.numpy(), axis=axis)).sum(axis=(1, 2, 3, 4)) for axis in (2, 3, 4))
+    np.testing.assert_allclose(total_variation(x).numpy(), expected, rtol=1e-12)
+    rotations = _rotation_matrices(torch.tensor([[5.0, -7.0, 9.0], [0.0, 0.0, 90.0]], dtype=torch.float64))
+    torch.testing.assert_close(rotations @ rotations.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(2, 3, 3))
+    torch.testing.assert_close(torch.linalg.det(rotations), torch.ones(2, dtype=torch.float64))
+    cube = torch.randn(1, 2, 8, 8, 8, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(_rotate(cube, torch.zeros(1, 3)), cube, atol=1e-5, rtol=0)
+    turned = _rotate(cube, torch.tensor([[0.0, 0.0, 90.0]]))
+    assert any(torch.allclose(turned, torch.rot90(cube, k, dims=(3, 4)), atol=1e-4) for k in (1, -1))
+
+
+def test_orthogonal_slices_show_superior_up():
+    """A volume in RAS axes whose superior half is bright: the axial view is the central slice, and the coronal and
+    sagittal views are bright at the top."""
+    from BrainTumorExplainLib.app.figures import orthogonal_slices
+
+    volume = np.zeros((8, 8, 8), np.float32)  # RAS: the last axis runs towards superior
+    volume[..., 4:] = 1.0
+    view = orthogonal_slices(volume, "RAS")
+    assert view.shape == (8, 26) and np.isnan(view[:, 8]).all() and np.isnan(view[:, 17]).all()
+    assert (view[:, :8] == 1).all()  # axial: the central slice (index 4) lies in the superior half
+    for block in (view[:, 9:17], view[:, 18:26]):
+        assert (block[:4] == 1).all() and (block[4:] == 0).all()

@@ -17,6 +17,7 @@ from BrainTumorExplainLib.analyses.uncertainty import (
     uncertainty_volume,
 )
 from BrainTumorExplainLib.data.case import load_case
+from BrainTumorExplainLib.errors import UsageError
 from BrainTumorExplainLib.models import build_model
 from BrainTumorExplainLib.models.base import SegmentationNet, test_time_dropout
 
@@ -152,3 +153,39 @@ def test_bfloat16_autocast_gives_the_same_prediction_and_bad_precision_is_refuse
     assert (half.labels[brain] == full.labels[brain]).mean() > 0.95
     with pytest.raises(ValueError, match="precision must be one of"):
         uncertainty_volume(model, case, passes=2, precision="float16")
+
+
+def test_an_ensemble_is_the_spread_of_its_members(small_phantom, tmp_path):
+    """Two weights files of one architecture: the mean is their mean prediction, the uncertainty the channel mean of
+    their variance, the mutual information the entropy of the mean minus their mean entropy (numpy, from each
+    member's own prediction); two copies of one file disagree nowhere."""
+    from BrainTumorExplainLib.analyses.uncertainty import ensemble_uncertainty
+    from BrainTumorExplainLib.models import build_model
+    from BrainTumorExplainLib.models.inference import case_probabilities
+    from BrainTumorExplainLib.models.registry import load_ensemble, save_weights
+
+    files = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        files.append(tmp_path / f"member{seed}.pt")
+        save_weights(build_model("simunet", width=0.125).eval(), files[-1])
+    case = load_case(small_phantom.flair.parent)
+    members = load_ensemble("simunet", files)
+    result = ensemble_uncertainty(members, case)
+    p = np.stack([case_probabilities(member, case) for member in members]).astype(np.float64)
+    mean = p.mean(0)
+
+    def entropy(q):
+        return -(q * np.log(np.where(q > 0, q, 1))).sum(axis=-4)
+
+    assert result.method == "ensemble" and set(np.unique(result.passes)) <= {0, 2}
+    np.testing.assert_allclose(result.mean, mean, atol=1e-6)
+    np.testing.assert_allclose(result.variance, ((p - mean) ** 2).mean(0).mean(0), atol=1e-6)
+    np.testing.assert_allclose(result.mutual_information, np.clip(entropy(mean) - entropy(p).mean(0), 0, None),
+                               atol=1e-5)
+    np.testing.assert_array_equal(result.labels, result.mean.argmax(0))
+    assert result.variance[case.brain_mask].max() > 1e-4  # two random networks do disagree
+    same = ensemble_uncertainty(load_ensemble("simunet", [files[0], files[0]]), case)
+    assert same.variance.max() < 1e-6 and same.mutual_information.max() < 1e-5
+    with pytest.raises(UsageError, match="at least two"):
+        load_ensemble("simunet", files[:1])

@@ -344,7 +344,8 @@ def add_run_outputs(scene, run_folder: str | Path, reference_node, folder_name: 
                     expected: ReferenceGeometry | None = None, summary: dict | None = None
                     ) -> tuple[RunOutputs, dict]:
     """Every output of an ``explain`` folder into one subject-hierarchy folder on ``reference_node``'s geometry:
-    the segmentation (segments + label map), uncertainty, entropy and mutual information, the Grad-CAM map of the
+    the segmentation (segments + label map), uncertainty, entropy and mutual information (named with their kind:
+    test-time dropout, flips or an ensemble), the Grad-CAM map of the
     last layer before the head for each class, and the concept masks. ``expected``: the reference's geometry when
     the run started — refused if the node changed since. ``summary``: the run's (default: its summary.json).
     Returns the run and its heatmap nodes."""
@@ -354,8 +355,10 @@ def add_run_outputs(scene, run_folder: str | Path, reference_node, folder_name: 
     with RunOutputs(scene, reference_node, folder_name, expected) as run:
         run.add_segmentation(read_label_file(run_folder / SEGMENTATION, convention, "segmentation")[0],
                              convention=convention)
-        overlays = {name: run.add_heatmap(read_canonical(run_folder / uncertainty_file(name), name)[0], name,
-                                          colour=colour) for name, colour in HEATMAPS}
+        source = summary.get("uncertainty", {}).get("source")  # which kind of uncertainty: in every map's name
+        overlays = {name: run.add_heatmap(read_canonical(run_folder / uncertainty_file(name), name)[0],
+                                          f"{name} ({source})" if source else name, colour=colour)
+                    for name, colour in HEATMAPS}
         gradcam = summary.get("gradcam", {})
         if gradcam.get("layers"):
             layer = [name for name in gradcam["layers"] if name != "head"][-1]

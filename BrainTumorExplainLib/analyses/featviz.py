@@ -1,11 +1,13 @@
 """Activation maximisation (paper §4, eqs. 6-8): the 4-sequence pre-image that most excites one filter.
 
-For filter ``k`` of layer ``l`` we maximise, over a pre-image ``x`` of shape ``(4, size, size)``::
+For filter ``k`` of layer ``l`` we maximise, over a pre-image ``x`` of shape ``(4, size, size)`` — or, for a 3D
+network (a :class:`models.volume.DescribedNetwork`), ``(4, size, size, size)`` in its own channel order and axes::
 
     mean_ij Φ_k,l(x)  −  ζ·TV(x)  −  γ·L(x, s)  −  λ·‖x‖²
 
-* ``TV`` (eq. 7) with absolute differences, summed over rows, columns and the four channels;
-* ``‖x‖²`` summed over all pixels and channels (coefficients therefore assume the sums over a 4×size×size image);
+* ``TV`` (eq. 7) with absolute differences, summed over every spatial axis and the four channels;
+* ``‖x‖²`` summed over all voxels and channels (coefficients therefore assume the sums over a 4×size×size image,
+  and weigh more on a 4×size³ volume);
 * ``L(x, s)`` (eq. 8b-c) is the squared maximum mean discrepancy between the pixel values of ``x`` and of the
   template ``s`` (the dataset's mean image), per channel, with a Gaussian kernel of width ``σ``. Eq. 8b sums over
   all pixel pairs — quadratic in the pixels — so each step draws ``style_samples`` pixels of each and uses the
@@ -14,10 +16,13 @@ For filter ``k`` of layer ``l`` we maximise, over a pre-image ``x`` of shape ``(
   that style means *subtracting* it, which is what we do (and what Li et al. 2017, the cited source, minimise).
 * **jitter** as in the paper: the parameter image is padded by ``jitter`` pixels on each side and each step
   optimises a randomly placed size×size window (the result is the centre window); **rotation**: each step rotates
-  the window by a random angle in ±``rotation`` degrees.
+  the window by a random angle in ±``rotation`` degrees. In 3D the shift is along each of the three axes and the
+  rotation turns about each axis by its own random angle in ±``rotation`` degrees.
 
 The start is random noise (as in the paper) or, when a template is given, the template plus that noise
-(``FeatvizConfig.start``): some filters are flat for inputs near zero and never move from pure noise.
+(``FeatvizConfig.start``): some filters are flat for inputs near zero and never move from pure noise. A 3D
+network's template is a volume: the mean of cases' network inputs over their brain's bounding box, resized to the
+pre-image (:func:`volume_template`).
 
 Several filters — of one layer or of several — are optimised at once, one image each, in one batch; the forward
 pass stops after the deepest layer asked for. Seeded:
@@ -36,13 +41,16 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..data.case import Case
+from ..data.case import MODALITIES, Case
 from ..errors import InputError, UsageError
-from ..models.activations import forward_until, resolve_layers
-from ..models.base import IN_CHANNELS, SegmentationNet, evaluating, model_device
+from ..models.activations import forward_through, forward_until, resolve_layers
+from ..models.base import SegmentationNet, evaluating, model_device
+from ..models.description import network_inputs, to_network_space
+from ..models.volume import DescribedNetwork
 from ..progress import progress_bar
 
-NOT_FOR_3D = "activation maximisation of 3D networks is not available yet"  # said by the verb and by explain
+Network = SegmentationNet | DescribedNetwork
+VOLUME_SIZE = 32  # a 3D pre-image's voxels per side by default (4×32³ takes ~0.15 s a filter a step on 2 CPU cores)
 
 
 @dataclass(frozen=True)
@@ -82,16 +90,32 @@ class FeatvizConfig:
     seed: int = 0
 
 
+def spatial_dims(model: Network) -> int:
+    """2 for the paper's slice networks, the description's for a described network."""
+    return model.description.spatial_dims if isinstance(model, DescribedNetwork) else 2
+
+
+def input_sequences(model: Network) -> tuple[str, ...]:
+    """The sequence of each pre-image channel: the network's own input order."""
+    return model.description.channels if isinstance(model, DescribedNetwork) else MODALITIES
+
+
+def _module(model: Network) -> torch.nn.Module:
+    return model.module if isinstance(model, DescribedNetwork) else model
+
+
 def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Eq. 7 with absolute differences, per image: ``(N, C, H, W)`` → ``(N,)``."""
-    return ((x[..., 1:, :] - x[..., :-1, :]).abs().sum(dim=(1, 2, 3))
-            + (x[..., :, 1:] - x[..., :, :-1]).abs().sum(dim=(1, 2, 3)))
+    """Eq. 7 with absolute differences, per image: ``(N, C, *spatial)`` → ``(N,)``, over every spatial axis."""
+    total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for axis in range(2, x.ndim):
+        total = total + torch.diff(x, dim=axis).abs().flatten(1).sum(1)
+    return total
 
 
 def style_distance(x: torch.Tensor, template: torch.Tensor, sigma: float, samples: int,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """Unbiased MMD² estimate between the pixel values of each image and of the template, summed over channels:
-    ``x (N, C, H, W)``, ``template (C, H', W')`` → ``(N,)`` (eq. 8b-c on ``samples`` random pixels of each)."""
+    """Unbiased MMD² estimate between the voxel values of each image and of the template, summed over channels:
+    ``x (N, C, *spatial)``, ``template (C, *spatial')`` → ``(N,)`` (eq. 8b-c on ``samples`` random voxels of each)."""
     n, channels = x.shape[:2]
     xs = x.flatten(2)
     ss = template.flatten(1).to(x)
@@ -112,17 +136,48 @@ def style_distance(x: torch.Tensor, template: torch.Tensor, sigma: float, sample
 Target = tuple[str, int]  # (layer, filter)
 
 
-def filter_activation(model: SegmentationNet, images: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
+def _resolve_layer(model: Network, layer: str) -> str:
+    if isinstance(model, DescribedNetwork):
+        from .volume_dissection import resolve_volume_layers
+
+        return resolve_volume_layers(model, [layer], "activation maximisation")[0]
+    return resolve_layers(model, [layer])[0]
+
+
+def layer_outputs(model: Network, images: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The chosen layers' outputs on ``images``, the forward pass stopped after the last of them."""
+    if isinstance(model, DescribedNetwork):
+        modules = dict(model.module.named_modules())
+        return forward_through(model.module, images, {layer: modules[layer] for layer in layers})
+    return forward_until(model, images, layers)
+
+
+def filter_activation(model: Network, images: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
     """Mean activation of ``targets[i]`` on ``images[i]`` → ``(N,)`` (what is maximised)."""
-    activations = forward_until(model, images, sorted({layer for layer, _ in targets}))
+    activations = layer_outputs(model, images, sorted({layer for layer, _ in targets}))
     return torch.stack([activations[layer][i, k].mean() for i, (layer, k) in enumerate(targets)])
 
 
-def _rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+def _rotation_matrices(degrees: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` angles → ``(N, 2, 2)``; ``(N, 3)`` angles about each axis → ``(N, 3, 3)`` (their product)."""
     angle = degrees * math.pi / 180
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    zero = torch.zeros_like(cos)
-    theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1)
+    cos, sin, one, zero = torch.cos(angle), torch.sin(angle), torch.ones_like(angle), torch.zeros_like(angle)
+    if angle.ndim == 1:
+        return torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], 1)
+    c, s, o, z = cos.unbind(1), sin.unbind(1), one[:, 0], zero[:, 0]
+    about = [torch.stack([torch.stack([o, z, z], -1), torch.stack([z, c[0], -s[0]], -1),
+                          torch.stack([z, s[0], c[0]], -1)], 1),
+             torch.stack([torch.stack([c[1], z, s[1]], -1), torch.stack([z, o, z], -1),
+                          torch.stack([-s[1], z, c[1]], -1)], 1),
+             torch.stack([torch.stack([c[2], -s[2], z], -1), torch.stack([s[2], c[2], z], -1),
+                          torch.stack([z, z, o], -1)], 1)]
+    return about[2] @ about[1] @ about[0]
+
+
+def _rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Each image of ``x (N, C, *spatial)`` turned about its centre (``degrees``: see :func:`_rotation_matrices`)."""
+    rotation = _rotation_matrices(degrees)
+    theta = torch.cat([rotation, torch.zeros(rotation.shape[0], rotation.shape[1], 1)], 2)
     grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
@@ -130,93 +185,104 @@ def _rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
 @dataclass
 class FeatureVisualisation:
     targets: list[Target]  # (layer, filter) per image
-    images: np.ndarray  # (F, 4, size, size) float32, z-score units, [FLAIR, T1, T1ce, T2]
+    images: np.ndarray  # (F, 4, *spatial) float32, z-score units, channels as ``sequences``, in the network's axes
     start_activation: np.ndarray  # (F,) on the random start image
     final_activation: np.ndarray  # (F,) on the result
     regularisers: Regularisers
     config: FeatvizConfig
+    sequences: tuple[str, ...] = MODALITIES
+    axes: str | None = None  # a 3D network's axis codes (models.description), None for slices
 
     def to_dict(self) -> dict:
         return {"targets": [list(t) for t in self.targets], "start_activation": self.start_activation.tolist(),
                 "final_activation": self.final_activation.tolist(), "regularisers": asdict(self.regularisers),
-                "config": asdict(self.config)}
+                "config": asdict(self.config), "sequences": list(self.sequences), "axes": self.axes}
 
 
-def check_targets(model: SegmentationNet, targets: Sequence[Target], device: str | torch.device | None = None
-                  ) -> list[Target]:
-    """The ``(layer, filter)`` targets with checked names and filter indices (:class:`UsageError` otherwise)."""
-    targets = [(resolve_layers(model, [layer])[0], int(k)) for layer, k in targets]
+def check_targets(model: Network, targets: Sequence[Target], device: str | torch.device | None = None,
+                  size: int | None = None) -> list[Target]:
+    """The ``(layer, filter)`` targets with checked names and filter indices (:class:`UsageError` otherwise); a 3D
+    network is probed at the pre-image ``size`` (default :data:`VOLUME_SIZE`), which it must take."""
+    targets = [(_resolve_layer(model, layer), int(k)) for layer, k in targets]
     if not targets:
         raise UsageError("no filters to visualise")
-    device = model_device(model, device)
-    channels = _layer_channels(model, sorted({layer for layer, _ in targets}), device)
+    device = model_device(_module(model), device)
+    channels = _layer_channels(model, sorted({layer for layer, _ in targets}), device, size)
     for layer, k in targets:
         if not 0 <= k < channels[layer]:
             raise UsageError(f"filter {k} out of range for layer {layer} (0..{channels[layer] - 1})")
     return targets
 
 
-def visualise_filters(model: SegmentationNet, targets: Sequence[Target],
+def _centre(dims: int, pad: int, size: int) -> tuple[slice, ...]:
+    return (Ellipsis,) + (slice(pad, pad + size),) * dims
+
+
+def visualise_filters(model: Network, targets: Sequence[Target],
                       regularisers: Regularisers = Regularisers(), config: FeatvizConfig = FeatvizConfig(),
                       template: np.ndarray | None = None, device: str | torch.device | None = None,
                       progress: bool = False) -> FeatureVisualisation:
     """Optimise one pre-image per ``(layer, filter)`` target, all in one batch (eq. 8a)."""
-    device = model_device(model, device)
-    targets = check_targets(model, targets, device)
+    module, dims, sequences = _module(model), spatial_dims(model), input_sequences(model)
+    device = model_device(module, device)
+    targets = check_targets(model, targets, device, config.size)
     if regularisers.style > 0 and template is None:
         raise UsageError("the style regulariser needs a template image (the dataset's mean image): pass "
                          "template=, or set style=0")
     template_tensor = None
     if template is not None:
         template = np.asarray(template, dtype=np.float32)
-        if template.ndim != 3 or template.shape[0] != IN_CHANNELS:
-            raise UsageError(f"template must be (4, H, W) in [FLAIR, T1, T1ce, T2] order, got {template.shape}")
+        if template.ndim != 1 + dims or template.shape[0] != len(sequences):
+            raise UsageError(f"template must be ({len(sequences)}, {', '.join(['size'] * dims)}) in "
+                             f"[{', '.join(sequences)}] order, got {template.shape}")
         template_tensor = torch.from_numpy(template).to(device)
     generator = torch.Generator().manual_seed(config.seed)
-    x = _start_images(len(targets), regularisers.jitter, config, template_tensor, generator).to(device)
-    size, pad = config.size, regularisers.jitter
-    with evaluating(model):
+    x = _start_images(len(targets), len(sequences), dims, regularisers.jitter, config, template_tensor,
+                      generator).to(device)
+    with evaluating(module):
         with torch.no_grad():
-            start_activation = filter_activation(model, x[..., pad:pad + size, pad:pad + size], targets)
+            start_activation = filter_activation(model, x[_centre(dims, regularisers.jitter, config.size)], targets)
         result = _optimise(model, x.requires_grad_(True), targets, regularisers, config, template_tensor, generator,
                            progress)
         with torch.no_grad():
             final_activation = filter_activation(model, result, targets)
-    return FeatureVisualisation(targets, result.cpu().numpy().astype(np.float32),
-                                start_activation.cpu().numpy(), final_activation.cpu().numpy(), regularisers, config)
+    axes = model.description.axes if isinstance(model, DescribedNetwork) and dims == 3 else None
+    return FeatureVisualisation(targets, result.cpu().numpy().astype(np.float32), start_activation.cpu().numpy(),
+                                final_activation.cpu().numpy(), regularisers, config, tuple(sequences), axes)
 
 
-def _start_images(count: int, pad: int, config: FeatvizConfig, template: torch.Tensor | None,
-                  generator: torch.Generator) -> torch.Tensor:
+def _start_images(count: int, channels: int, dims: int, pad: int, config: FeatvizConfig,
+                  template: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
     """Seeded noise (plus the template when the config starts there), padded by the jitter on every side."""
     size = config.size
-    start = torch.randn(count, IN_CHANNELS, size + 2 * pad, size + 2 * pad, generator=generator) * config.init_scale
+    start = torch.randn(count, channels, *(size + 2 * pad,) * dims, generator=generator) * config.init_scale
     if template is not None and config.start == "template":
-        if template.shape[-2:] != (size, size):
-            raise UsageError(f"template is {tuple(template.shape[-2:])}, the pre-image {size}×{size}: "
-                             f"load it with load_template(path, size)")
-        start = start + F.pad(template.cpu()[None], (pad,) * 4, mode="reflect" if pad else "constant")
+        if tuple(template.shape[1:]) != (size,) * dims:
+            raise UsageError(f"template is {'×'.join(map(str, template.shape[1:]))}, the pre-image "
+                             f"{'×'.join([str(size)] * dims)}: load it with load_template(path, size)")
+        start = start + F.pad(template.cpu()[None], (pad,) * (2 * dims), mode="reflect" if pad else "constant")
     return start
 
 
-def _optimise(model: SegmentationNet, x: torch.Tensor, targets: Sequence[Target], regularisers: Regularisers,
+def _optimise(model: Network, x: torch.Tensor, targets: Sequence[Target], regularisers: Regularisers,
               config: FeatvizConfig, template: torch.Tensor | None, generator: torch.Generator,
               progress: bool) -> torch.Tensor:
     """Gradient ascent on the filters' mean activation minus the regularisers, from ``x``; the final crops."""
-    size, pad = config.size, regularisers.jitter
+    size, pad, dims = config.size, regularisers.jitter, x.ndim - 2
     optimiser = torch.optim.Adam([x], lr=config.learning_rate)
     for _ in progress_bar(range(config.steps), "featviz" if progress else None, unit="step"):
-        dy, dx = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator)) if pad else (0, 0)
-        window = x[..., dy:dy + size, dx:dx + size]
+        shifts = [int(v) for v in torch.randint(0, 2 * pad + 1, (dims,), generator=generator)] if pad else [0] * dims
+        window = x[(Ellipsis,) + tuple(slice(shift, shift + size) for shift in shifts)]
         if regularisers.rotation > 0:
-            angles = (torch.rand(len(targets), generator=generator) * 2 - 1) * regularisers.rotation
+            shape = (len(targets),) if dims == 2 else (len(targets), 3)
+            angles = (torch.rand(shape, generator=generator) * 2 - 1) * regularisers.rotation
             window = _rotate(window, angles.to(x.device))
         objective = filter_activation(model, window, targets)
         penalty = torch.zeros_like(objective)
         if regularisers.tv > 0:
             penalty = penalty + regularisers.tv * total_variation(x)
         if regularisers.l2 > 0:
-            penalty = penalty + regularisers.l2 * x.pow(2).sum(dim=(1, 2, 3))
+            penalty = penalty + regularisers.l2 * x.pow(2).flatten(1).sum(1)
         if regularisers.style > 0:
             penalty = penalty + regularisers.style * style_distance(
                 window, template, regularisers.sigma, regularisers.style_samples, generator)
@@ -224,13 +290,24 @@ def _optimise(model: SegmentationNet, x: torch.Tensor, targets: Sequence[Target]
         (gradient,) = torch.autograd.grad((penalty - objective).sum(), [x])
         x.grad = gradient
         optimiser.step()
-    return x.detach()[..., pad:pad + size, pad:pad + size]
+    return x.detach()[_centre(dims, pad, size)]
 
 
-def _layer_channels(model: SegmentationNet, layers: Sequence[str], device: torch.device) -> dict[str, int]:
-    with evaluating(model), torch.no_grad():
-        probe = torch.zeros(1, IN_CHANNELS, model.divisor, model.divisor, device=device)
-        return {name: int(output.shape[1]) for name, output in forward_until(model, probe, layers).items()}
+def _layer_channels(model: Network, layers: Sequence[str], device: torch.device,
+                    size: int | None = None) -> dict[str, int]:
+    module, dims = _module(model), spatial_dims(model)
+    side = model.divisor if not isinstance(model, DescribedNetwork) else size or VOLUME_SIZE
+    probe = torch.zeros(1, len(input_sequences(model)), *(side,) * dims, device=device)
+    with evaluating(module), torch.no_grad():
+        try:
+            outputs = layer_outputs(model, probe, layers)
+        except RuntimeError as error:  # a pre-image the network's down- and up-sampling cannot take
+            if not isinstance(model, DescribedNetwork):
+                raise
+            raise UsageError(f"{model.architecture} cannot take a {'×'.join([str(side)] * dims)} pre-image "
+                             f"({str(error).splitlines()[0]}): give a size its down-sampling divides, e.g. "
+                             f"{VOLUME_SIZE}") from None
+    return {name: int(output.shape[1]) for name, output in outputs.items()}
 
 
 SWEEPS: dict[str, tuple[float, ...]] = {  # Figure 13: one regulariser varied, the others at their defaults
@@ -268,30 +345,64 @@ def mean_template(cases: Iterable[Case]) -> np.ndarray:
     return (total / count).astype(np.float32)
 
 
+def volume_template(cases: Iterable[Case], network: DescribedNetwork, size: int = VOLUME_SIZE) -> np.ndarray:
+    """A 3D network's template: the mean over the cases of its inputs (its channel order, normalisation and axes)
+    over each case's brain bounding box, each box resized (trilinear) to ``size``³ — the 3D counterpart of
+    :func:`mean_template` then :func:`resize_template`. Cases should be in the network's space
+    (:func:`models.space.into_network_space`)."""
+    total, count = None, 0
+    for case in cases:
+        inputs = network_inputs(case, network.description)
+        brain = to_network_space(case.brain_mask, network.description.axes)
+        if not brain.any():
+            continue
+        voxels = np.argwhere(brain)
+        box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(voxels.min(0), voxels.max(0)))
+        resized = resize_template(inputs[(slice(None),) + box], size)
+        total = resized.astype(np.float64) if total is None else total + resized
+        count += 1
+    if total is None:
+        raise InputError("no brain to average: the template needs at least one case with brain")
+    return (total / count).astype(np.float32)
+
+
 def resize_template(template: np.ndarray, size: int) -> np.ndarray:
-    """The template at the pre-image's size (bilinear), so pixel statistics are comparable."""
-    tensor = torch.from_numpy(np.asarray(template, dtype=np.float32))[None]
-    return F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)[0].numpy()
+    """The template ``(C, *spatial)`` at the pre-image's size (bilinear, or trilinear for a volume), so voxel
+    statistics are comparable."""
+    template = np.asarray(template, dtype=np.float32)
+    dims = template.ndim - 1
+    tensor = torch.from_numpy(np.ascontiguousarray(template))[None]
+    return F.interpolate(tensor, size=(size,) * dims, mode="bilinear" if dims == 2 else "trilinear",
+                         align_corners=False)[0].numpy()
 
 
-def save_template(template: np.ndarray, path: str | Path, cases: Sequence[str]) -> Path:
+def save_template(template: np.ndarray, path: str | Path, cases: Sequence[str],
+                  sequences: Sequence[str] = MODALITIES, network: str | None = None) -> Path:
+    """The template and what it is: its cases, the sequence of each channel and, for a 3D network's, which."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"cases": list(cases), "channels": list(sequences), "network": network}
     with path.open("wb") as handle:
-        np.savez_compressed(handle, template=template.astype(np.float32),
-                            meta=np.array(json.dumps({"cases": list(cases), "channels": ["flair", "t1", "t1ce", "t2"]})))
+        np.savez_compressed(handle, template=template.astype(np.float32), meta=np.array(json.dumps(meta)))
     return path
 
 
-def load_template(path: str | Path, size: int | None = None) -> np.ndarray:
-    """Read a template saved by :func:`save_template` (never unpickles), resized to ``size``² when given."""
+def load_template(path: str | Path, size: int | None = None, model: Network | None = None) -> np.ndarray:
+    """Read a template saved by :func:`save_template` (never unpickles), resized to ``size`` per side when given;
+    with ``model``, refused unless its dimensions and channel order are the network's."""
     try:
         with np.load(Path(path), allow_pickle=False) as data:
-            template = data["template"]
+            template, meta = data["template"], json.loads(str(data["meta"])) if "meta" in data else {}
     except (OSError, KeyError, ValueError) as error:
         raise InputError(f"{path}: not a template file ({error})") from None
-    if template.ndim != 3 or template.shape[0] != IN_CHANNELS:
-        raise InputError(f"{path}: template must be (4, H, W), got {template.shape}")
+    dims = spatial_dims(model) if model is not None else template.ndim - 1
+    sequences = list(input_sequences(model)) if model is not None else meta.get("channels", list(MODALITIES))
+    if template.ndim != 1 + dims or dims not in (2, 3) or template.shape[0] != len(sequences):
+        raise InputError(f"{path}: template must be {len(sequences)} channels of {dims}D images for this network, "
+                         f"got shape {template.shape}")
+    if meta.get("channels", list(MODALITIES)) != sequences:
+        raise InputError(f"{path}: template channels {meta.get('channels')}, the network takes {sequences}: make "
+                         "one for it with `template --model …`")
     return resize_template(template, size) if size else template
 
 

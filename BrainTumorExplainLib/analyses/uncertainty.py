@@ -17,6 +17,10 @@ Cropping to the brain's bounding box was measured and **not** adopted: even with
 pooling grid and 16 px margins, 0.2–0.5 % of brain voxels change label on the shipped models (the networks see the
 non-zero features of the zero background through their ~200 px receptive field). Slices without brain are skipped.
 
+**Ensembles** (:func:`ensemble_uncertainty`; Lakshminarayanan et al. 2017): for a network without dropout, or
+several trained copies of one (nnU-Net's folds), the same maps over the members' deterministic predictions instead
+of the dropout passes — the spread between independently trained weights, not within one.
+
 Quick mode (for a laptop CPU) is adaptive, per batch of slices: passes come in rounds that alternate between two
 independent halves A and B. After each pair of rounds past the minimum, the split-half correlation r of the two
 halves' uncertainty maps (Pearson, inside the brain) gives, by the Spearman–Brown formula, the reliability of the
@@ -28,6 +32,7 @@ T = 100 is in docs/analyses.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -36,6 +41,7 @@ from ..data.case import Case
 from ..errors import UsageError
 from ..models.base import NUM_CLASSES, SegmentationNet, dropout_modules, model_device, test_time_dropout
 from ..models.inference import slice_batches
+from ..progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -185,7 +191,7 @@ class UncertaintyVolume:
     mutual_information: np.ndarray = field(repr=False)
     passes: np.ndarray = field(repr=False)  # (Z,) passes used per slice (0: skipped, no brain)
     seed: int = 0
-    method: str = "dropout"  # where the spread comes from: test-time "dropout", or "flips" (augmentation)
+    method: str = "dropout"  # where the spread comes from: test-time "dropout", "flips" (augmentation), "ensemble"
     label_map: np.ndarray | None = field(default=None, repr=False)  # labels, when the outputs are not the classes
 
     @property
@@ -235,6 +241,45 @@ def uncertainty_volume(model: SegmentationNet, case: Case, passes: int = 100, qu
     for array in maps.values():
         array[outside] = 0.0
     return UncertaintyVolume(mean, maps["variance"], maps["entropy"], maps["mutual_information"], used, seed)
+
+
+def predictive_entropy(p: torch.Tensor, outputs: str) -> torch.Tensor:
+    """Predictive entropy (nats) per voxel of ``(N, C, ...)`` probabilities: categorical over softmax classes, or
+    summed binary over sigmoid regions (each region a two-class prediction)."""
+    if outputs == "softmax":
+        return -torch.special.xlogy(p, p).sum(1)
+    return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)).sum(1)
+
+
+def ensemble_uncertainty(members: Sequence, case: Case, device: str | torch.device | None = None,
+                         progress: bool = False) -> UncertaintyVolume:
+    """The uncertainty maps of an ensemble (see the module notes): ``members`` are networks of one architecture
+    (from :func:`models.registry.load_ensemble`), each run once, deterministically, on the whole case; the mean of
+    their outputs is the prediction, and variance, entropy and mutual information come from their spread exactly as
+    from the dropout passes. ``passes`` counts the members on every brain slice."""
+    from ..models.inference import case_probabilities, labels_from_probabilities
+    from ..models.volume import DescribedNetwork
+
+    if len(members) < 2:
+        raise UsageError(f"an ensemble needs at least two members, got {len(members)}")
+    outputs = members[0].description.outputs if isinstance(members[0], DescribedNetwork) else "softmax"
+    total = squares = entropy_sum = None
+    for member in progress_bar(members, f"ensemble {case.case_id}" if progress else None, unit="member"):
+        p = torch.from_numpy(case_probabilities(member, case, device=device))[None]
+        total = p if total is None else total + p
+        squares = p * p if squares is None else squares + p * p
+        entropy = predictive_entropy(p, outputs)
+        entropy_sum = entropy if entropy_sum is None else entropy_sum + entropy
+    count = len(members)
+    mean = total / count
+    variance = (squares / count - mean * mean).clamp_min(0).mean(1)[0]
+    entropy = predictive_entropy(mean, outputs)[0]
+    information = (entropy - entropy_sum[0] / count).clamp_min(0)
+    mean_array = mean[0].float().numpy()
+    passes = np.where(case.brain_mask.any(axis=(1, 2)), count, 0).astype(np.int32)
+    labels = labels_from_probabilities(members[0], mean_array)
+    return UncertaintyVolume(mean_array, variance.float().numpy(), entropy.float().numpy(),
+                             information.float().numpy(), passes, method="ensemble", label_map=labels)
 
 
 def brain_pearson(a: np.ndarray, b: np.ndarray, brain: np.ndarray) -> float:

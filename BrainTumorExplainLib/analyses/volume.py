@@ -32,16 +32,9 @@ from ..models.description import from_network_space, labels_from_outputs, networ
 from ..models.volume import DescribedNetwork, activate, window_inferer
 from ..progress import progress_bar
 from .gradcam import GradCamVolume
-from .uncertainty import UncertaintyVolume
+from .uncertainty import UncertaintyVolume, predictive_entropy
 
 VOLUME_TARGETS = ("probabilities", "logits")
-
-
-def _entropy(p: torch.Tensor, outputs: str) -> torch.Tensor:
-    """Predictive entropy (nats) per voxel of ``(N, C, ...)`` outputs: categorical, or summed binary."""
-    if outputs == "softmax":
-        return -torch.special.xlogy(p, p).sum(1)
-    return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)).sum(1)
 
 
 def volume_uncertainty(network: DescribedNetwork, case: Case, passes: int = 8, seed: int = 0,
@@ -72,12 +65,12 @@ def volume_uncertainty(network: DescribedNetwork, case: Case, passes: int = 8, s
             p = predict(x) if method == "dropout" else predict(x.flip(run)).flip(run) if run else predict(x)
             total = p if total is None else total + p
             squares = p * p if squares is None else squares + p * p
-            entropy = _entropy(p, description.outputs)
+            entropy = predictive_entropy(p, description.outputs)
             entropy_sum = entropy if entropy_sum is None else entropy_sum + entropy
     count = len(runs)
     mean = total / count
     variance = (squares / count - mean * mean).clamp_min(0).mean(1)
-    entropy = _entropy(mean, description.outputs)
+    entropy = predictive_entropy(mean, description.outputs)
     information = (entropy - entropy_sum / count).clamp_min(0)
     back = {name: np.ascontiguousarray(from_network_space(value[0].cpu().numpy(), description.axes))
             for name, value in (("mean", mean), ("variance", variance[:, None]), ("entropy", entropy[:, None]),

@@ -37,9 +37,10 @@ _FILTER_CHUNK = 16  # filters upsampled at once: bounds the memory of the IoU pa
 _CONNECTED_26 = np.ones((3, 3, 3), dtype=bool)
 
 
-def resolve_volume_layers(network: DescribedNetwork, layers: str | Sequence[str] = "all") -> list[str]:
+def resolve_volume_layers(network: DescribedNetwork, layers: str | Sequence[str] = "all",
+                          analysis: str = "network dissection") -> list[str]:
     """``all`` → the description's layers; otherwise module paths of the network, checked, in network order."""
-    require_hooks(network.description, "network dissection")
+    require_hooks(network.description, analysis)
     known = list(dict(network.module.named_modules()))
     if layers in (None, "all"):
         return list(network.description.layers.values())
@@ -64,7 +65,10 @@ def layer_activations(network: DescribedNetwork, case: Case, layers: Sequence[st
     with ModuleRecorder(module, layers) as recorder, evaluating(module):
         def predictor(window: torch.Tensor) -> tuple[torch.Tensor, ...]:
             module(window)
-            outputs = {layer: recorder.outputs[layer].float() for layer in layers}
+            outputs: dict[str, torch.Tensor] = {}
+            for layer in layers:  # MONAI's inferer weights each output in place: a tensor that is two layers' output
+                output = recorder.outputs[layer].float()  # (a block and its last module) must come twice, not once
+                outputs[layer] = output.clone() if any(output is kept for kept in outputs.values()) else output
             if not order:  # MONAI 1.6 resizes one blending map from output to output and never back up: an output
                 #            at the window's size after a smaller one would not fit, so they come largest first
                 order.extend(sorted(layers, key=lambda layer: -outputs[layer][0, 0].numel()))

@@ -26,7 +26,15 @@ from ..outputs import DISK_ERRNOS, OutputFile, OutputFolder
 from ..progress import progress_bar
 from . import stages
 from .contract import PROGRESS_FORMATS, SEGMENTATION, SUMMARY
-from .settings import MODEL_NAMES, ExplainConfig, add_config_options, config_from_arguments, help_of, resolve_device
+from .settings import (
+    MODEL_NAMES,
+    ExplainConfig,
+    add_config_options,
+    config_from_arguments,
+    help_of,
+    resolve_device,
+    split_files,
+)
 from .settings import _device_option as device_option
 
 
@@ -220,8 +228,8 @@ def _run_explain(args: argparse.Namespace) -> int:
 
 
 def _add_model_arguments(p: argparse.ArgumentParser, device_default: str = ExplainConfig.device) -> None:
-    p.add_argument("--model", required=True, help="denseunet, resunet or simunet (shipped weights), or a MONAI bundle "
-                   "folder (configs/, models/model.pt)")
+    p.add_argument("--model", required=True, help=f"{', '.join(MODEL_NAMES)} (shipped), or a MONAI bundle folder "
+                   "(configs/, models/model.pt)")
     p.add_argument("--weights", type=Path, help="your own weights file instead of the shipped ones")
     p.add_argument("--trust-bundle", action="store_true", help=help_of("trust_bundle"))
     p.add_argument("--device", default=device_default, type=device_option,
@@ -581,6 +589,7 @@ def _add_uncertainty(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--agreement", action="store_true",
                    help="with --quick: also run the full T passes and print the Pearson r of the maps in the brain")
     p.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
+    p.add_argument("--ensemble", metavar="FILE,FILE,…", help=help_of("ensemble"))
     _add_batching_arguments(p)
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _add_overwrite(p)
@@ -594,25 +603,31 @@ def _add_batching_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_uncertainty(args: argparse.Namespace) -> int:
+    from ..models.registry import load_ensemble
+
     if args.passes < 2:
         raise UsageError(f"--passes {args.passes}: test-time dropout needs at least 2 passes")
-    folder = OutputFolder(args.out, [args.case, args.weights, _model_folder(args.model)], args.overwrite,
+    files = split_files(args.ensemble)
+    folder = OutputFolder(args.out, [args.case, args.weights, _model_folder(args.model), *files], args.overwrite,
                           "uncertainty")
     model = _load_model(args)
+    members = load_ensemble(args.model, files, resolve_device(args.device), args.trust_bundle) if files else []
     case = _case_for(args, model)
     with folder as work:
-        _uncertainty_into(args, case, model, work)
+        _uncertainty_into(args, case, model, work, members)
     return 0
 
 
-def _uncertainty_into(args: argparse.Namespace, case, model, work: Path) -> None:
-    from ..analyses.uncertainty import brain_pearson, uncertainty_volume
+def _uncertainty_into(args: argparse.Namespace, case, model, work: Path, members: list) -> None:
+    from ..analyses.uncertainty import brain_pearson, ensemble_uncertainty, uncertainty_volume
     from ..analyses.volume import volume_uncertainty
     from ..models.volume import DescribedNetwork
 
     def run(quick: bool):
         start = time.perf_counter()
-        if isinstance(model, DescribedNetwork):  # dropout when it has some (8 passes when quick), else the flips
+        if members:
+            result = ensemble_uncertainty(members, case, progress=True)
+        elif isinstance(model, DescribedNetwork):  # dropout when it has some (8 passes when quick), else the flips
             result = volume_uncertainty(model, case, passes=8 if quick else args.passes, seed=args.seed,
                                         progress=True)
         else:
@@ -622,13 +637,15 @@ def _uncertainty_into(args: argparse.Namespace, case, model, work: Path) -> None
         return result, time.perf_counter() - start
 
     volume, seconds = run(args.quick)
-    mode = "flips" if volume.method == "flips" else "quick" if args.quick else f"T={args.passes}"
+    mode = stages.uncertainty.mode_of(volume, args.quick, args.passes)
     summary = {"version": __version__, "case": case.case_id, "model": args.model,
                **stages.uncertainty.summarise(volume, case, mode, args.seed), "seconds": round(seconds, 2)}
+    if members:
+        summary["members"] = split_files(args.ensemble)
     case.write_labels(volume.labels, work / SEGMENTATION)
     stages.uncertainty.write_maps(volume, case, work)
     print(f"{mode}: {summary['passes']['mean']} passes per slice on average, {seconds:.1f} s")
-    if args.quick and args.agreement:
+    if args.quick and args.agreement and not members:
         full, full_seconds = run(False)
         summary["agreement_with_full"] = {"passes": args.passes, "seconds": round(full_seconds, 2), "pearson_r": {
             name: round(brain_pearson(array, full.maps()[name], case.brain_mask), 4)
@@ -636,8 +653,8 @@ def _uncertainty_into(args: argparse.Namespace, case, model, work: Path) -> None
         print(f"agreement with T={args.passes} ({full_seconds:.1f} s), Pearson r in the brain: "
               + ", ".join(f"{k} {v:.4f}" for k, v in summary["agreement_with_full"]["pearson_r"].items()))
     stages.uncertainty.draw(volume, case, summary, work / "uncertainty.png", work / "error_by_uncertainty.png",
-                            f"{case.case_id} · {args.model} · test-time dropout ({mode}): ground truth | prediction "
-                            "| uncertainty")
+                            f"{case.case_id} · {args.model} · {summary['source']} ({mode}): ground truth | "
+                            "prediction | uncertainty")
     if "error_analysis" in summary:
         analysis = summary["error_analysis"]
         print("AUROC for misclassified brain voxels: " + ", ".join(
@@ -648,40 +665,56 @@ def _uncertainty_into(args: argparse.Namespace, case, model, work: Path) -> None
 
 
 def _add_template(sub: argparse._SubParsersAction) -> None:
+    from ..analyses.featviz import VOLUME_SIZE
+
     p = sub.add_parser("template", help="the dataset's mean image: the style template of feature visualisation",
                        description="Averages the z-scored sequences over every brain slice of the cases and writes "
-                                   "them as an .npz (read back without unpickling).")
+                                   "them as an .npz (read back without unpickling). With --model, a 3D network's: "
+                                   "the mean of its inputs over each case's brain box, resized to --size per side.")
     p.add_argument("--data", required=True, type=Path, help="a case folder or a folder of case folders")
     p.add_argument("--out", required=True, type=Path, help=".npz file to write")
+    p.add_argument("--model", help="a 3D network (shipped name or bundle folder) whose template to make")
+    p.add_argument("--trust-bundle", action="store_true", help=help_of("trust_bundle"))
+    p.add_argument("--size", type=int, default=VOLUME_SIZE, help=f"a 3D template's voxels per side (default "
+                   f"{VOLUME_SIZE})")
     _add_overwrite(p)
     p.set_defaults(run=_run_template)
 
 
 def _run_template(args: argparse.Namespace) -> int:
-    from ..analyses.featviz import mean_template, save_template
+    from ..analyses.featviz import input_sequences, mean_template, save_template, spatial_dims, volume_template
     from ..data.case import find_cases, load_case
+    from ..models import load_model
+    from ..models.space import into_network_space
 
     if args.out.suffix != ".npz":
         raise UsageError(f"--out {args.out}: a template is written as .npz")
-    target = OutputFile(args.out, [args.data], args.overwrite)
+    target = OutputFile(args.out, [args.data, args.model and _model_folder(args.model)], args.overwrite)
     folders = find_cases(args.data)
+    model = load_model(args.model, trust_code=args.trust_bundle) if args.model else None
+    volume = model is not None and spatial_dims(model) == 3
     case_ids: list[str] = []
 
     def cases():  # one case in memory at a time
         for folder in folders:
             case = load_case(folder)
             case_ids.append(case.case_id)
-            yield case
+            yield into_network_space(case, model, True) if volume else case
 
-    template = mean_template(cases())
-    with target.writing() as written:
-        save_template(template, written, case_ids)
+    if volume:
+        template = volume_template(cases(), model, args.size)
+        with target.writing() as written:
+            save_template(template, written, case_ids, input_sequences(model), model.architecture)
+    else:
+        template = mean_template(cases())
+        with target.writing() as written:
+            save_template(template, written, case_ids)
     print(f"wrote {args.out}")
     return 0
 
 
 def _add_featviz(sub: argparse._SubParsersAction) -> None:
-    from ..analyses.featviz import FeatvizConfig, Regularisers
+    from ..analyses.featviz import VOLUME_SIZE, FeatvizConfig, Regularisers
 
     defaults, config = Regularisers(), FeatvizConfig()
     p = sub.add_parser("featviz", help="activation maximisation: the pre-image that excites a filter (paper 4)",
@@ -694,7 +727,8 @@ def _add_featviz(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filters", required=True, help="comma-separated filter indices of --layer, or layer:index pairs "
                    "(e.g. enc2:5,dec1:3: filters of several layers optimised in one batch, as explain does)")
     p.add_argument("--steps", type=int, default=config.steps)
-    p.add_argument("--size", type=int, default=config.size, help="pre-image size in pixels")
+    p.add_argument("--size", type=int, help=f"pre-image size in pixels (default {config.size}; a 3D network's "
+                   f"voxels per side, default {VOLUME_SIZE})")
     p.add_argument("--lr", type=float, default=config.learning_rate)
     p.add_argument("--seed", type=int, default=config.seed)
     p.add_argument("--jitter", type=int, default=defaults.jitter, help="pixels")
@@ -703,7 +737,8 @@ def _add_featviz(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--l2", type=float, default=defaults.l2, help="L2 coefficient")
     p.add_argument("--style", type=float, default=defaults.style, help="style (MMD to the template) coefficient")
     p.add_argument("--sigma", type=float, default=defaults.sigma, help="style kernel width (z-score units)")
-    p.add_argument("--template", type=Path, help="template .npz (default: the shipped phantom template)")
+    p.add_argument("--template", type=Path, help="template .npz (default: the shipped phantom template; a 3D "
+                   "network's from `template --model`)")
     p.add_argument("--sweep", action="store_true", help="also the regulariser sweep for the first filter")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _add_overwrite(p)
@@ -712,24 +747,31 @@ def _add_featviz(sub: argparse._SubParsersAction) -> None:
 
 def _run_featviz(args: argparse.Namespace) -> int:
     from ..analyses.featviz import (
-        NOT_FOR_3D,
+        VOLUME_SIZE,
         FeatvizConfig,
         Regularisers,
         check_targets,
         load_template,
         shipped_template_path,
+        spatial_dims,
     )
 
     targets = _featviz_targets(args.filters, args.layer)
-    folder = OutputFolder(args.out, [args.weights, args.template], args.overwrite, "featviz")
+    folder = OutputFolder(args.out, [args.weights, args.template, _model_folder(args.model)], args.overwrite,
+                          "featviz")
     model = _load_model(args)
-    if hasattr(model, "description"):
-        raise UsageError(f"--model {args.model}: {NOT_FOR_3D}")
-    config = FeatvizConfig(steps=args.steps, size=args.size, learning_rate=args.lr, seed=args.seed)
+    volume = spatial_dims(model) == 3
+    size = args.size or (VOLUME_SIZE if volume else FeatvizConfig.size)
+    config = FeatvizConfig(steps=args.steps, size=size, learning_rate=args.lr, seed=args.seed)
     regularisers = Regularisers(jitter=args.jitter, rotation=args.rotation, tv=args.tv, l2=args.l2,
                                 style=args.style, sigma=args.sigma)
-    template = load_template(args.template or shipped_template_path(), args.size)
-    check_targets(model, targets)
+    if volume and args.template is None and args.style > 0:
+        raise UsageError(f"--model {args.model} is a 3D network: its style template is made from your cases by "
+                         f"`template --data DIR --model {args.model} --out T.npz`; pass it with --template "
+                         "(or --style 0)")
+    template = (load_template(args.template or shipped_template_path(), size, model)
+                if args.template or not volume else None)
+    check_targets(model, targets, size=size)
     with folder as work:
         _featviz_into(args, model, targets, config, regularisers, template, work)
     return 0
@@ -748,7 +790,7 @@ def _featviz_targets(filters: str, layer: str | None) -> list[tuple[str, int]]:
 
 def _featviz_into(args: argparse.Namespace, model, targets, config, regularisers, template, work: Path) -> None:
     from ..analyses.featviz import regulariser_sweep
-    from .figures import featviz_sweep
+    from .figures import MODALITY_TITLES, featviz_sweep
 
     runs = stages.featviz.visualise(model, targets, config, regularisers, template, progress=True)
     layer = args.layer or "+".join(sorted({name for name, _ in targets}))
@@ -761,7 +803,8 @@ def _featviz_into(args: argparse.Namespace, model, targets, config, regularisers
     if args.sweep:
         first = targets[0][1]
         sweep = regulariser_sweep(model, targets[0], template, config, regularisers)
-        title = f"{args.model} {layer} #{first}: one regulariser varied, the others as given (FLAIR channel)"
+        title = (f"{args.model} {layer} #{first}: one regulariser varied, the others as given "
+                 f"({MODALITY_TITLES[runs['regularised'].sequences[0]]} channel)")
         featviz_sweep(sweep, work / f"sweep_{layer}_{first}.png", title=title)
         print(f"wrote {args.out / f'sweep_{layer}_{first}.png'}")
 

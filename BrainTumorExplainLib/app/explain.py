@@ -62,7 +62,7 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
 
 def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run", OutputFolder]:
     """The run's inputs, read and checked, and its output folder, checked (nothing is written yet)."""
-    from ..models.registry import load_model
+    from ..models.registry import load_ensemble, load_model
     from ..models.space import into_network_space
     from .figures import montage_slices
 
@@ -72,17 +72,18 @@ def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run",
                         "saved case: the scene and the report refer to them")
     inputs = [source] if files is None else [files.flair, files.t1, files.t1ce, files.t2, files.seg, files.tissue]
     model_folder = config.model if Path(config.model).is_dir() else None
-    folder = OutputFolder(out, [*inputs, config.weights, config.dissection, model_folder], config.overwrite,
-                          "explain")
+    folder = OutputFolder(out, [*inputs, config.weights, config.dissection, model_folder, *config.ensemble_files()],
+                          config.overwrite, "explain")
     scene = stages.scene.wanted(config.scene)
     device = resolve_device(config.device)
     model = load_model(config.model, config.weights, device, config.trust_bundle)
+    members = load_ensemble(config.model, config.ensemble_files(), device, config.trust_bundle) if config.ensemble else []
     case = into_network_space(load_case(source), model, config.resample)
     check_layers(model, config.layers)
     dissection = _dissection(model, config)
     run = stages.Run(case, model, config, dissection, Path(), _summary_start(case, model, config, device),
                      quick=config.quick if config.quick is not None else device.type == "cpu",
-                     z=montage_slices(case, 1)[0], progress=bars)
+                     z=montage_slices(case, 1)[0], progress=bars, ensemble=members)
     run.handed_on["scene"] = scene
     return run, folder
 

@@ -107,10 +107,15 @@ def _heat_overlay(ax, case: Case, z: int, heat: np.ndarray, window: tuple[float,
     ax.set_axis_off()
 
 
+NEGLIGIBLE_PEAK = 1e-3  # a Grad-CAM map this far below the largest of its row is drawn as empty
+
+
 def gradcam_montage(case: Case, z: int, maps: dict[str, np.ndarray], classes: list[int], path: str | Path,
                     title: str = "", dpi: int = 80, names: list[str] | None = None) -> Path:
     """Figure 5 / 11 of the paper for one axial slice: one row per class, one column per layer (input to output),
     each map normalised to its own maximum over the slice; the first column shows the labels when there are any.
+    A map whose peak is below :data:`NEGLIGIBLE_PEAK` of the row's largest is drawn empty and marked "≈ 0":
+    stretched to its own maximum, rounding noise would look like a finding.
 
     ``maps``: layer → ``(len(classes), Y, X)`` raw Grad-CAM of slice ``z`` (network order).
     """
@@ -128,8 +133,14 @@ def gradcam_montage(case: Case, z: int, maps: dict[str, np.ndarray], classes: li
                       alpha=0.5)
         ax.set_axis_off()
         ax.text(2, 12, names[row] if names else CLASS_NAMES[class_index], color="yellow", fontsize=8)
+        peaks = {layer: float(maps[layer][row].max()) for layer in layers}
+        largest = max(peaks.values(), default=0.0)
         for column, layer in enumerate(layers, start=1):
-            _heat_overlay(axes[row, column], case, z, normalise(maps[layer][row]), window)
+            negligible = peaks[layer] < NEGLIGIBLE_PEAK * largest
+            heat = np.zeros_like(maps[layer][row]) if negligible else normalise(maps[layer][row])
+            _heat_overlay(axes[row, column], case, z, heat, window)
+            if negligible:
+                axes[row, column].text(2, 12, "≈ 0", color="white", fontsize=8)
             if row == 0:
                 axes[row, column].set_title(layer, color="white", fontsize=8)
     axes[0, 0].set_title(f"z={z}", color="white", fontsize=8)
@@ -246,38 +257,62 @@ def error_by_uncertainty(analysis: dict, path: str | Path, title: str = "", dpi:
 
 
 def _preimage_panel(ax, image: np.ndarray) -> None:
-    low, high = np.percentile(image, (1, 99))
-    ax.imshow(image, cmap="gray", vmin=low, vmax=high if high > low else low + 1)
+    low, high = np.nanpercentile(image, (1, 99))
+    ax.imshow(np.ma.masked_invalid(image), cmap="gray", vmin=low, vmax=high if high > low else low + 1)
     ax.set_axis_off()
+
+
+def orthogonal_slices(volume: np.ndarray, axes: str) -> np.ndarray:
+    """A 3D pre-image ``(D, H, W)`` in the network's axes as its three central slices side by side — axial,
+    coronal, sagittal, superior up — with a blank column between them (what the figures show of a volume)."""
+    from ..models.description import from_network_space
+
+    canonical = from_network_space(volume, axes)  # (z, y, x): towards superior, posterior, left
+    z, y, x = (n // 2 for n in canonical.shape)
+    views = [canonical[z], canonical[::-1, y, :], canonical[::-1, :, x]]
+    height = max(view.shape[0] for view in views)
+    gap = np.full((height, 1), np.nan, dtype=np.float32)
+    padded = [np.pad(view.astype(np.float32), ((0, height - view.shape[0]), (0, 0)), constant_values=np.nan)
+              for view in views]
+    return np.concatenate([padded[0], gap, padded[1], gap, padded[2]], axis=1)
+
+
+def preimage_view(result, row: int, channel: int) -> np.ndarray:
+    """What a figure shows of pre-image ``row``'s ``channel``: the image, or a volume's orthogonal slices."""
+    image = result.images[row, channel]
+    return orthogonal_slices(image, result.axes) if image.ndim == 3 else image
 
 
 def featviz_montage(runs: dict[str, "object"], path: str | Path, title: str = "", dpi: int = 80) -> Path:
     """Figure 6 of the paper: one row per filter; for each run (e.g. "unregularised", "regularised") the four
-    sequences side by side. ``runs``: label → :class:`featviz.FeatureVisualisation` (same targets)."""
+    sequences side by side — for a 3D network, each as its axial, coronal and sagittal central slices.
+    ``runs``: label → :class:`featviz.FeatureVisualisation` (same targets)."""
     first = next(iter(runs.values()))
     labels = list(runs)
-    columns = 4 * len(labels)
-    figure, axes = _subplots(len(first.targets), columns, figsize=(1.5 * columns, 1.6 * len(first.targets) + 0.4),
-                                squeeze=False, facecolor="black")
+    channels = len(first.sequences)
+    columns = channels * len(labels)
+    width = 1.5 * (3 if first.images.ndim == 5 else 1)
+    figure, axes = _subplots(len(first.targets), columns, figsize=(width * columns, 1.6 * len(first.targets) + 0.4),
+                             squeeze=False, facecolor="black")
     for block, label in enumerate(labels):
         result = runs[label]
         for row, (layer, k) in enumerate(result.targets):
-            for channel, modality in enumerate(MODALITIES):
-                ax = axes[row, 4 * block + channel]
-                _preimage_panel(ax, result.images[row, channel])
+            for channel, sequence in enumerate(result.sequences):
+                ax = axes[row, channels * block + channel]
+                _preimage_panel(ax, preimage_view(result, row, channel))
                 if row == 0:
-                    ax.set_title(f"{label}\n{MODALITY_TITLES[modality]}" if channel == 0 else MODALITY_TITLES[modality],
-                                 color="white", fontsize=7)
-            axes[row, 4 * block].text(1, 8, f"{layer} #{k} act {result.final_activation[row]:.2f}",
-                                      color="yellow", fontsize=6)
+                    name = MODALITY_TITLES[sequence]
+                    ax.set_title(f"{label}\n{name}" if channel == 0 else name, color="white", fontsize=7)
+            axes[row, channels * block].text(1, 8, f"{layer} #{k} act {result.final_activation[row]:.2f}",
+                                             color="yellow", fontsize=6)
     figure.suptitle(title or "activation maximisation", color="white", fontsize=9)
     figure.tight_layout(rect=(0, 0, 1, 0.93))
     return _save(figure, path, dpi)
 
 
 def featviz_sweep(sweep: dict[str, list], path: str | Path, title: str = "", dpi: int = 80) -> Path:
-    """Figure 13 of the paper: one row per regulariser, one column per coefficient; the FLAIR channel of each
-    pre-image. ``sweep``: from :func:`featviz.regulariser_sweep`."""
+    """Figure 13 of the paper: one row per regulariser, one column per coefficient; the first channel of each
+    pre-image (FLAIR for the paper's networks). ``sweep``: from :func:`featviz.regulariser_sweep`."""
     columns = max(len(values) for values in sweep.values())
     figure, axes = _subplots(len(sweep), columns, figsize=(1.7 * columns, 1.9 * len(sweep)), squeeze=False,
                                 facecolor="black")
@@ -285,8 +320,8 @@ def featviz_sweep(sweep: dict[str, list], path: str | Path, title: str = "", dpi
         ax.set_axis_off()
     for row, (name, runs) in enumerate(sweep.items()):
         for column, (value, result) in enumerate(runs):
-            _preimage_panel(axes[row, column], result.images[0, 0])
+            _preimage_panel(axes[row, column], preimage_view(result, 0, 0))
             axes[row, column].set_title(f"{name} {value:g}", color="white", fontsize=7)
-    figure.suptitle(title or "regulariser sweep (FLAIR channel)", color="white", fontsize=9)
+    figure.suptitle(title or "regulariser sweep (first channel)", color="white", fontsize=9)
     figure.tight_layout(rect=(0, 0, 1, 0.93))
     return _save(figure, path, dpi)

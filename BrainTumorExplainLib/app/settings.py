@@ -47,6 +47,11 @@ def resolve_device(name: str):
     return device
 
 
+def split_files(text: str | None) -> list[str]:
+    """File names given comma-separated (``--ensemble A.pt,B.pt``), in order, blanks dropped."""
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
+
+
 def _option(default, help: str, **cli):
     """A setting: its default, its help text and how the command line spells it (``flags``, ``choices``, ...)."""
     return field(default=default, metadata={"help": help, **cli})
@@ -61,6 +66,9 @@ class ExplainConfig:
     weights: str | None = _option(None, "your own weights file instead of the shipped ones", metavar="FILE")
     trust_bundle: bool = _option(False, "run a bundle's own code: the expressions of its configs (MONAI builds its "
                                  "network) or its TorchScript network (models/model.ts)")
+    ensemble: str | None = _option(None, "two or more weights files of the network, comma-separated: the "
+                                   "uncertainty is their disagreement (an ensemble) instead of test-time dropout",
+                                   metavar="FILE,FILE,…")
     dissection: str | None = _option(None, "dissection.json from `dissect` (default: the model's shipped one)",
                                      metavar="FILE")
     device: str = _option("auto", "auto (a CUDA GPU when PyTorch sees one), cpu, cuda or cuda:N",
@@ -74,6 +82,7 @@ class ExplainConfig:
                                   choices=GRADCAM_TARGETS)
     featviz_steps: int = _option(100, "activation maximisation steps")
     featviz_size: int = _option(96, "pre-image size in pixels")
+    featviz_size_3d: int = _option(32, "a 3D network's pre-image size in voxels per side")
     seed: int = _option(0, "seed of the dropout masks and the feature visualisation")
     resample: bool = _option(True, "resample a case that is off the network's training grid (voxel size, oblique "
                              "axes) into it; the results go back onto the case's own grid")
@@ -88,17 +97,24 @@ class ExplainConfig:
         check_device_name(self.device)
         if self.model not in MODEL_NAMES and not Path(self.model).is_dir():
             raise UsageError(f"--model {self.model}: not a shipped network ({', '.join(MODEL_NAMES)}) nor a folder")
+        if self.ensemble is not None and len(self.ensemble_files()) < 2:
+            raise UsageError(f"--ensemble {self.ensemble}: an ensemble needs at least two weights files, "
+                             "comma-separated")
         if self.passes < 2:
             raise UsageError(f"--passes {self.passes}: test-time dropout needs at least 2 passes")
-        if self.featviz_steps < 1 or self.featviz_size < 16:
-            raise UsageError(f"--featviz-steps {self.featviz_steps} / --featviz-size {self.featviz_size}: need at "
-                             "least 1 step and 16 pixels")
+        if self.featviz_steps < 1 or min(self.featviz_size, self.featviz_size_3d) < 16:
+            raise UsageError(f"--featviz-steps {self.featviz_steps} / --featviz-size {self.featviz_size} / "
+                             f"--featviz-size-3d {self.featviz_size_3d}: need at least 1 step and 16 pixels")
         try:
             resolve_classes(self.classes)
         except ValueError as error:
             raise UsageError(f"--classes {self.classes}: {error}") from None
         if not self.layers.strip():
             raise UsageError("--layers: give 'all' or layer names")
+
+    def ensemble_files(self) -> list[str]:
+        """The weights files of ``--ensemble``, in the order given (empty without one)."""
+        return split_files(self.ensemble)
 
     def arguments(self) -> list[str]:
         """The command-line options that give this config back (:func:`config_from_arguments`)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UsageError
@@ -80,18 +81,22 @@ class _ReachedLayer(Exception):
 def forward_until(model: SegmentationNet, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
     """The outputs of the given layers, stopping the forward pass as soon as the last of them has run (an encoder
     layer's activation costs only the encoder). Gradients flow back to ``x`` as usual."""
-    names = resolve_layers(model, layers)
     modules = model.analysable_layers()
+    return forward_through(model, x, {name: modules[name] for name in resolve_layers(model, layers)})
+
+
+def forward_through(model: nn.Module, x: torch.Tensor, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """:func:`forward_until` for any module: ``layers`` maps a name to the submodule whose output it is."""
     kept: dict[str, torch.Tensor] = {}
 
     def keeper(name: str):
         def keep(_module, _inputs, output: torch.Tensor) -> None:
             kept[name] = output
-            if len(kept) == len(names):
+            if len(kept) == len(layers):
                 raise _ReachedLayer
         return keep
 
-    handles = [modules[name].register_forward_hook(keeper(name)) for name in names]
+    handles = [module.register_forward_hook(keeper(name)) for name, module in layers.items()]
     try:
         model(x)
     except _ReachedLayer:

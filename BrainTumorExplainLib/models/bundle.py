@@ -71,10 +71,12 @@ def build_network(definition: dict, path: Path, trust_code: bool = False) -> nn.
         raise InputError(f"{path}: network_def does not build {name}: {error}") from None
 
 
-def load_bundle_weights(model: nn.Module, folder: Path) -> None:
-    path = folder / "models" / "model.pt"
+def load_bundle_weights(model: nn.Module, folder: Path, path: Path | None = None) -> None:
+    """The bundle's ``models/model.pt`` — or another weights file of its network, ``path`` — into ``model``."""
+    given, path = path is not None, path or folder / "models" / "model.pt"
     if not path.is_file():
-        raise WeightsError(f"{path}: the bundle has no weights (models/model.pt)")
+        raise WeightsError(f"{path}: no such weights file" if given else
+                           f"{path}: the bundle has no weights (models/model.pt)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any unpickling failure: not a plain weights file
@@ -191,9 +193,16 @@ def _load_torchscript(folder: Path, path: Path, device: str | torch.device, trus
 
 def discover_layers(model: nn.Module) -> dict[str, str]:
     """Stable names of the layers worth analysing, for any network: the module tree's top two levels that hold a
-    convolution (named by their module path, which is what ``--layers`` selects), in forward-definition order."""
+    convolution (named by their module path, which is what ``--layers`` selects), in forward-definition order.
+    The last module of a listed ``nn.Sequential`` is left out: its output is the block's (MONAI's ``Convolution``
+    and ``conv_final`` are such blocks), and one map twice is twice the work for nothing."""
     layers = {}
-    for path, module in model.named_modules():
+    modules = dict(model.named_modules())
+    for path, module in modules.items():
+        parent, _, child = path.rpartition(".")
+        if parent in layers and isinstance(modules[parent], nn.Sequential) and child == list(
+                modules[parent]._modules)[-1]:
+            continue
         if path and path.count(".") <= 1 and not isinstance(module, (nn.ModuleList, nn.ModuleDict)) and any(
                 isinstance(m, nn.modules.conv._ConvNd) for m in module.modules()):
             layers[path] = path

@@ -15,7 +15,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -179,6 +179,11 @@ def load_shipped_bundle(name: str, device: str | torch.device = "cpu"):
     from .bundle import load_bundle
     from .volume import DescribedNetwork
 
+    return DescribedNetwork(*load_bundle(verified_bundle_folder(name), device))
+
+
+def verified_bundle_folder(name: str) -> Path:
+    """The folder of a shipped bundle, every file checked against its manifest's sha256 first."""
     manifest = pretrained_manifest(name)
     folder = WEIGHTS_DIR / manifest["bundle"]
     found = bundle_files(folder) if folder.is_dir() else {}
@@ -187,7 +192,29 @@ def load_shipped_bundle(name: str, device: str | torch.device = "cpu"):
             problem = "is missing" if relative not in found else "does not match its manifest's sha256"
             raise WeightsError(f"{folder / relative}: {problem}: the shipped {name} bundle was changed or damaged; "
                                "reinstall the package")
-    return DescribedNetwork(*load_bundle(folder, device))
+    return folder
+
+
+def load_ensemble(name: str, files: Sequence[str | Path], device: str | torch.device = "cpu",
+                  trust_code: bool = False) -> list:
+    """The members of an ensemble: one network per weights file, each of ``name``'s architecture — our weights
+    files for a 2D network, or the state dicts of a bundle's network (its ``network_def``, as ``models/model.pt``
+    holds them) for a bundle folder or the shipped 3D network. Each file loads with ``weights_only=True``."""
+    from ..data.bundle_metadata import is_bundle
+    from .bundle import load_bundle_weights, read_bundle
+    from .volume import DescribedNetwork
+
+    if len(files) < 2:
+        raise UsageError(f"--ensemble {','.join(map(str, files))}: an ensemble needs at least two weights files")
+    folder = verified_bundle_folder(name) if name in SHIPPED_BUNDLES else Path(name) if is_bundle(name) else None
+    if folder is None:
+        return [load_weights(path, architecture=name, device=device) for path in files]
+    members = []
+    for path in files:
+        module, description = read_bundle(folder, trust_code)
+        load_bundle_weights(module, folder, Path(path))
+        members.append(DescribedNetwork(module.to(device).eval(), description))
+    return members
 
 
 def load_pretrained(name: str, device: str | torch.device = "cpu") -> SegmentationNet:

@@ -38,18 +38,27 @@ def visualise(model, targets: list, config, regularisers, template, progress: bo
 
 
 def run(run) -> None:
-    from ...analyses.featviz import NOT_FOR_3D, FeatvizConfig, Regularisers, load_template, shipped_template_path
+    from ...analyses.featviz import (
+        FeatvizConfig,
+        Regularisers,
+        load_template,
+        shipped_template_path,
+        spatial_dims,
+        volume_template,
+    )
 
     picks = run.handed_on.get("detectors")
-    if picks and hasattr(run.model, "description"):
-        run.summary["featviz"] = {"not_computed": NOT_FOR_3D}
-        return
     if not picks:
         run.summary["featviz"] = {"not_computed": "no concept detectors to visualise"}
         return
-    config = FeatvizConfig(steps=run.config.featviz_steps, size=run.config.featviz_size, seed=run.config.seed)
-    template = load_template(shipped_template_path(), run.config.featviz_size)
+    volume = spatial_dims(run.model) == 3
+    size = run.config.featviz_size_3d if volume else run.config.featviz_size
+    config = FeatvizConfig(steps=run.config.featviz_steps, size=size, seed=run.config.seed)
+    if volume:  # no dataset mean ships with a user's network: this case's own inputs stand in for it
+        template, source = volume_template([run.case], run.model, size), "this case (a template of one)"
+    else:
+        template, source = load_template(shipped_template_path(), size), "the shipped phantom template"
     runs = visualise(run.model, picks, config, Regularisers(), template)
     write_visualisations(runs, run.work / FEATVIZ, "detectors", f"{run.config.model}: pre-images of the best "
                          "detectors (left unregularised, right regularised)", {"model": run.config.model})
-    run.summary["featviz"] = {label: entry.to_dict() for label, entry in runs.items()}
+    run.summary["featviz"] = {"template": source, **{label: entry.to_dict() for label, entry in runs.items()}}

@@ -8,7 +8,9 @@ from ..contract import figure_file, uncertainty_file
 
 NAME = "uncertainty"
 METHODS = {"dropout": "test-time dropout (epistemic)",
-           "flips": "test-time augmentation: the 8 mirrorings (no dropout in the network)"}
+           "flips": "test-time augmentation: the 8 mirrorings (no dropout in the network)",
+           "ensemble": "ensemble: the disagreement of several weight files of the network"}
+SOURCES = {"dropout": "test-time dropout", "flips": "test-time flips", "ensemble": "ensemble"}  # short, for map names
 FIGURES = (
     (figure_file("uncertainty"), "Uncertainty (test-time dropout)", "Red where the dropout passes disagree; "
      "misclassified regions should be red."),
@@ -24,12 +26,13 @@ def write_maps(volume, case, folder: Path) -> list[Path]:
 
 
 def summarise(volume, case, mode: str, seed: int) -> dict:
-    """Method (test-time dropout or flips), mode, seed, passes per slice, and — with ground truth — the
-    uncertainty-error analysis."""
+    """Method (test-time dropout, flips or an ensemble) and its short name (``source``, what the Slicer module names
+    the maps by), mode, seed, passes (or members) per slice, and — with ground truth — the uncertainty-error
+    analysis."""
     from ...analyses.uncertainty import uncertainty_error_analysis
 
     used = volume.passes[volume.passes > 0]
-    summary = {"method": METHODS[volume.method], "mode": mode, "seed": seed,
+    summary = {"method": METHODS[volume.method], "source": SOURCES[volume.method], "mode": mode, "seed": seed,
                "passes": {"min": int(used.min()), "mean": round(float(used.mean()), 1), "max": int(used.max())}}
     if case.labels is not None:
         summary["error_analysis"] = uncertainty_error_analysis(volume, case)
@@ -45,13 +48,15 @@ def draw(volume, case, summary: dict, uncertainty_png: Path, errors_png: Path, t
 
 
 def compute(run):
-    """The paper's test-time dropout for its 2D networks; for a described 3D network, dropout when it has some
-    (8 passes when quick), else the 8 mirrorings."""
-    from ...analyses.uncertainty import uncertainty_volume
+    """The ensemble's disagreement when members are given; else the paper's test-time dropout for its 2D networks;
+    for a described 3D network, dropout when it has some (8 passes when quick), else the 8 mirrorings."""
+    from ...analyses.uncertainty import ensemble_uncertainty, uncertainty_volume
     from ...analyses.volume import volume_uncertainty
     from ...models.volume import DescribedNetwork
 
     config = run.config
+    if run.ensemble:
+        return ensemble_uncertainty(run.ensemble, run.case, progress=run.progress)
     if isinstance(run.model, DescribedNetwork):
         return volume_uncertainty(run.model, run.case, passes=8 if run.quick else config.passes, seed=config.seed,
                                   progress=run.progress)
@@ -63,8 +68,15 @@ def run(run) -> None:
     config = run.config
     volume = compute(run)
     write_maps(volume, run.case, run.work)
-    mode = "flips" if volume.method == "flips" else "quick" if run.quick else f"T={config.passes}"
-    summary = summarise(volume, run.case, mode, config.seed)
+    summary = summarise(volume, run.case, mode_of(volume, run.quick, config.passes), config.seed)
+    if run.ensemble:
+        summary["members"] = config.ensemble_files()
     draw(volume, run.case, summary, run.figure("uncertainty"), run.figure("error_by_uncertainty"),
          run.title("ground truth | prediction | uncertainty"))
     run.summary["uncertainty"] = summary
+
+
+def mode_of(volume, quick: bool, passes: int) -> str:
+    """How the spread was sampled, as the summary says it: the flips, the members, quick dropout, or T passes
+    (how many: ``passes`` of the summary)."""
+    return volume.method if volume.method in ("flips", "ensemble") else "quick" if quick else f"T={passes}"
