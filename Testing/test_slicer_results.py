@@ -192,3 +192,41 @@ def test_rendered_slice_draws_heatmap_and_labels_exactly_on_the_tumour(scene, aw
     width, height, _ = image.GetDimensions()
     back = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)[::-1, :, :3]
     np.testing.assert_array_equal(back, composite)  # first row at the top, as shown
+
+
+def test_a_coregistration_becomes_a_transform_node_that_lays_the_sequence_over_the_reference(scene, awkward_case,
+                                                                                              tmp_path):
+    """A .tfm as explain writes it (ITK: reference point → moving point, LPS) becomes a linear transform node whose
+    "to parent" takes each point of the moving sequence's anatomy (RAS) back onto the reference's; nothing else in
+    the scene moves, and a failed run takes the node away with the rest."""
+    import SimpleITK as sitk
+    import vtk
+
+    from BrainTumorExplainLib.data.registration import read_linear_transform
+
+    euler = sitk.Euler3DTransform()
+    euler.SetCenter((10.0, -5.0, 3.0))
+    euler.SetRotation(0.05, -0.03, 0.02)
+    euler.SetTranslation((2.0, -1.0, 3.0))
+    path = tmp_path / "t1_to_flair.tfm"
+    sitk.WriteTransform(euler, str(path))
+    nodes = load_case_nodes(scene, awkward_case)
+    reference = nodes.volumes["flair"]
+    with RunOutputs(scene, reference, "run") as run:
+        node = run.add_registration(read_linear_transform(path), "registration t1 → flair")
+    to_parent = vtk.vtkMatrix4x4()
+    node.GetMatrixTransformToParent(to_parent)
+    matrix = np.array([[to_parent.GetElement(r, c) for c in range(4)] for r in range(4)])
+    for fixed_lps in ((0.0, 0.0, 0.0), (30.0, -12.0, 45.0)):
+        moving_lps = euler.TransformPoint(fixed_lps)
+        moving_ras = np.array([-moving_lps[0], -moving_lps[1], moving_lps[2], 1.0])
+        back = matrix @ moving_ras
+        np.testing.assert_allclose(back[:3], [-fixed_lps[0], -fixed_lps[1], fixed_lps[2]], atol=1e-6)
+    assert all(volume.GetParentTransformNode() is None for volume in nodes.volumes.values())
+
+    count = _node_count(scene)
+    with pytest.raises(RuntimeError):
+        with RunOutputs(scene, reference, "failed run") as run:
+            run.add_registration(read_linear_transform(path), "registration t2 → flair")
+            raise RuntimeError("cancelled")
+    assert _node_count(scene) == count

@@ -77,6 +77,7 @@ DECLARED_IN: dict[str, list[str]] = {
     # classes (a header */<Name>.h in Slicer's tree), and VTK/CTK classes
     **{name: [CLASS] for name in (
         "vtkMRMLColorTableNode", "vtkMRMLDisplayableNode", "vtkMRMLLabelMapVolumeNode", "vtkMRMLScalarVolumeNode",
+        "vtkMRMLLinearTransformNode",
         "vtkMRMLScene", "vtkMRMLSegmentationNode", "vtkMRMLSliceCompositeNode", "vtkMRMLStorableNode",
         "vtkMRMLSubjectHierarchyNode", "vtkMRMLVolumeArchetypeStorageNode", "vtkMRMLVolumeNode",
         "vtkSlicerApplicationLogic", "vtkSlicerSegmentationsModuleLogic", "vtkSegment", "vtkSlicerTerminologyEntry",
@@ -145,6 +146,7 @@ DECLARED_IN: dict[str, list[str]] = {
     "GetParentTransformNode": _TRANSFORMABLE, "GetTransformNodeID": _TRANSFORMABLE,
     "SetAndObserveTransformNodeID": _TRANSFORMABLE,
     "IsTransformToWorldLinear": _TRANSFORM, "GetMatrixTransformToWorld": _TRANSFORM,
+    "SetMatrixTransformFromParent": _TRANSFORM,
     "LoadContextFromFile": _TERM_LOGIC, "GetLoadedTerminologyNames": _TERM_LOGIC,
     "DeserializeTerminologyEntry": _TERM_LOGIC, "GetNumberOfTypesInTerminologyCategory": _TERM_LOGIC,
     "GetNthTypeInTerminologyCategory": _TERM_LOGIC,

@@ -42,6 +42,7 @@ ensure_library_importable()
 from BrainTumorExplainLib.app.contract import (  # noqa: E402
     CONCEPTS,
     GRADCAM,
+    REGISTRATION,
     SEGMENTATION,
     STAGES,
     gradcam_file,
@@ -53,6 +54,7 @@ from BrainTumorExplainLib.app.contract import (  # noqa: E402
 from BrainTumorExplainLib.app.settings import ExplainConfig  # noqa: E402
 from BrainTumorExplainLib.data.case import MODALITIES, read_canonical, read_label_file  # noqa: E402
 from BrainTumorExplainLib.data.labels import label_convention  # noqa: E402
+from BrainTumorExplainLib.data.registration import read_linear_transform  # noqa: E402
 
 # node-name tokens per modality, checked in this order (t1ce before t1, so "t1ce" never reads as T1)
 MODALITY_TOKENS: dict[str, tuple[str, ...]] = {
@@ -366,6 +368,8 @@ def add_run_outputs(scene, run_folder: str | Path, reference_node, folder_name: 
                 overlays[f"Grad-CAM {layer} {class_name}"] = add_gradcam_map(run, run_folder, layer, class_name)
         for path in sorted((run_folder / CONCEPTS).glob("*.nii.gz")):
             run.add_labelmap(read_canonical(path, "concept mask")[0] > 0, f"concept {path.name[:-len('.nii.gz')]}")
+        for path in sorted((run_folder / REGISTRATION).glob("*.tfm")):  # co-registrations, to inspect and apply
+            run.add_registration(read_linear_transform(path), f"registration {path.stem.replace('_to_', ' → ')}")
     return run, overlays
 
 

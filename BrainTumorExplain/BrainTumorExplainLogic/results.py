@@ -189,6 +189,20 @@ class RunOutputs:
         return self._keep(add_volume_from_canonical(self.scene, self.reference, canonical, name, labelmap=True,
                                                     created=self.nodes))
 
+    def add_registration(self, from_parent_lps: np.ndarray, name: str):
+        """A co-registration as a linear transform node: ``from_parent_lps`` (4×4, LPS) maps a point of the
+        reference to the same anatomy in the moving sequence, ITK's convention, which is Slicer's "from parent" —
+        so the node, applied to that sequence's volume, lays it over the reference. Only added: no node is moved."""
+        flip = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS ↔ RAS
+        ras = flip @ np.asarray(from_parent_lps, dtype=float) @ flip
+        matrix = vtk.vtkMatrix4x4()
+        for row in range(4):
+            for column in range(4):
+                matrix.SetElement(row, column, float(ras[row, column]))
+        node = new_node(self.scene, "vtkMRMLLinearTransformNode", name, self.nodes)
+        node.SetMatrixTransformFromParent(matrix)
+        return self._keep(node)
+
     def add_segmentation(self, classes: np.ndarray, name: str = "Tumour segmentation",
                          convention: LabelConvention = BRATS2021):
         """Class indices (0..3, canonical) → a segmentation node (three named, coloured segments with

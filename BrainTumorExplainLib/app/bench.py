@@ -13,6 +13,11 @@ and reports the ratio, so numbers from different machines are never compared acr
 6. ``space``: the case seen through other acquisition grids (:data:`ACQUISITIONS`), segmented as acquired against
    resampled into the network's space — seconds, and WT/TC/ET Dice on the acquired grid for both, and for the labels
    carried back by nearest neighbour instead of through the probabilities.
+7. ``gradcam3d``: Grad-CAM of every layer of the shipped 3D network against MONAI's ``GradCAM`` per layer, and
+   its peak memory against the volume.
+8. ``coregistration``: the case with its T1, T1ce and T2 acquired after a known head motion (:data:`MOTIONS`),
+   co-registered onto the FLAIR against taken at the scanner's world coordinates — seconds, the registration's error
+   at the tumour against the motion, and WT/TC/ET Dice of both.
 
 Timings are wall-clock seconds after a warm-up call, with the device synchronised. Where a flag restricts the work
 (slices, passes, volumes), the output says so; no number is extrapolated.
@@ -43,7 +48,8 @@ from ..models import build_model, load_pretrained, test_time_dropout
 from ..models.base import SegmentationNet, evaluating
 from ..models.inference import slice_batches
 
-BENCHMARKS = ("ttd", "gradcam", "dissection", "segmentation", "featviz", "slicer", "space", "gradcam3d")
+BENCHMARKS = ("ttd", "gradcam", "dissection", "segmentation", "featviz", "slicer", "space", "gradcam3d",
+              "coregistration")
 DISSECTION_VOLUMES = (4, 16, 48)
 Result = TypeVar("Result")
 
@@ -615,9 +621,58 @@ def bench_gradcam3d(model: SegmentationNet, case: Case, config: BenchConfig, dev
     return measurements + [_gradcam3d_memory()]
 
 
+# -- 8. Co-registration of separately acquired sequences ---------------------------------------------------------
+
+MOTIONS = ((2.0, 2.0), (5.0, 5.0))  # head motion between series (mm, degrees): the ends of a clinical range
+
+
+def bench_coregistration(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device
+                         ) -> list[Measurement]:
+    import warnings
+
+    from ..data.acquisition import Acquisition, reacquire
+    from ..models.inference import segment_input
+    from ..models.space import into_network_space
+    from ..scoring.metrics import score_segmentation
+
+    if case.files is None or case.labels is None:
+        return [Measurement("Co-registration", "", "", None, None, "", {"skipped": "needs a case folder with labels"})]
+
+    def dice(on: Case) -> dict:
+        labels = segment_input(model, into_network_space(on, model), device)[1]
+        return {region: round(score.values["dice"], 3)
+                for region, score in score_segmentation(labels, on.labels, on.spacing).items()}
+
+    tumour = case.grid.physical_points(case.labels > 0)
+    measurements = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for mm, degrees in MOTIONS:
+            acquisition = Acquisition(motion_mm=mm, motion_degrees=degrees, motion_seed=config.seed)
+            files = reacquire(case.files, Path(scratch) / f"{mm}mm", acquisition)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the sequences' grids differ: resampled onto the FLAIR's, the control
+                plain, plain_s = _timed(lambda: load_case(files), device)
+            registered, ours_s = _timed(lambda: load_case(files, coregister=True), device)
+            error, moved = {}, {}
+            for sequence, motion in acquisition.motions(case.grid).items():
+                found = registered.registrations[sequence].transform()
+                truth = np.array([motion.TransformPoint(tuple(p)) for p in tumour])
+                error[sequence] = round(float(np.linalg.norm(
+                    np.array([found.TransformPoint(tuple(p)) for p in tumour]) - truth, axis=1).max()), 2)
+                moved[sequence] = round(float(np.linalg.norm(truth - tumour, axis=1).max()), 2)
+            measurements.append(Measurement(
+                "Co-registration", f"{mm:g} mm, {degrees:g}° head motion: T1, T1ce, T2 co-registered to the FLAIR",
+                "at the scanner's world coordinates", ours_s, plain_s, f"{case.case_id}, {config.model}", {
+                    "max_error_at_tumour_mm": error, "motion_at_tumour_mm": moved,
+                    "applied": {s: r.applied for s, r in registered.registrations.items()},
+                    "dice_coregistered": dice(registered), "dice_as_acquired": dice(plain),
+                    "dice_unmoved": dice(case)}))
+    return measurements
+
+
 RUNNERS = {"ttd": bench_ttd, "gradcam": bench_gradcam, "dissection": bench_dissection,
            "segmentation": bench_segmentation, "featviz": bench_featviz, "slicer": bench_slicer, "space": bench_space,
-           "gradcam3d": bench_gradcam3d}
+           "gradcam3d": bench_gradcam3d, "coregistration": bench_coregistration}
 
 
 def run_benchmarks(config: BenchConfig, only: Sequence[str] = BENCHMARKS,

@@ -236,7 +236,10 @@ def _add_model_arguments(p: argparse.ArgumentParser, device_default: str = Expla
                    help=f"auto, cpu, cuda or cuda:N (default {device_default})")
 
 
-def _add_resample(p: argparse.ArgumentParser) -> None:
+def _add_case_preparation(p: argparse.ArgumentParser) -> None:
+    """How a case reaches the network: co-registered (or not) and resampled into its space (or not)."""
+    p.add_argument("--coregister", default=ExplainConfig.coregister, choices=("auto", "always", "never"),
+                   help=help_of("coregister") + f" (default {ExplainConfig.coregister})")
     p.add_argument("--no-resample", dest="resample", action="store_false", help=f"do not {help_of('resample')}")
 
 
@@ -246,11 +249,25 @@ def _model_folder(model: str) -> Path | None:
 
 
 def _case_for(args: argparse.Namespace, model):
-    """``args.case`` read and brought into ``model``'s space (unless ``--no-resample``; see models.space)."""
-    from ..data.case import load_case
+    """``args.case`` read — its sequences co-registered when ``--coregister`` asks (data.registration) — and brought
+    into ``model``'s space (unless ``--no-resample``; see models.space); each step printed."""
+    from ..data.case import find_case_files, load_case
+    from ..data.domain import domain_check
+    from ..data.registration import wants_coregistration
     from ..models.space import into_network_space
 
-    return into_network_space(load_case(args.case), model, args.resample)
+    if str(args.case).endswith(".npz"):  # a saved case is already on one grid
+        return into_network_space(load_case(args.case), model, args.resample)
+    files = find_case_files(args.case)
+    coregister, why = wants_coregistration(args.coregister, files.modality_paths())
+    case = load_case(files, coregister=coregister)
+    print(f"co-registration: {'ran' if coregister else 'skipped'} ({why})")
+    for sequence, found in (case.registrations or {}).items():
+        print(f"  {sequence} → {found.reference}: " + (
+            f"moved by up to {found.largest_motion_mm:.1f} mm" if found.applied else f"kept ({found.reason})"))
+    for warning in domain_check(case.brain_mask, case.spacing)["warnings"]:
+        print(f"warning: {case.case_id}: {warning}", file=sys.stderr)
+    return into_network_space(case, model, args.resample)
 
 
 def _load_model(args: argparse.Namespace, name: str | None = None):
@@ -351,7 +368,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="per-case and mean Dice/HD95 of a network on labelled cases (Table 1)")
     p.add_argument("--data", required=True, type=Path, help="a case folder or a folder of case folders")
     _add_model_arguments(p)
-    _add_resample(p)
+    _add_case_preparation(p)
     p.add_argument("--json", type=Path, help="also write per-case and mean scores as JSON")
     _add_overwrite(p, "the JSON file")
     p.set_defaults(run=_run_evaluate)
@@ -377,7 +394,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment a case with a network; labels written on the case's own grid")
     p.add_argument("case", type=Path, help="BraTS case folder")
     _add_model_arguments(p)
-    _add_resample(p)
+    _add_case_preparation(p)
     p.add_argument("--out", required=True, type=Path,
                    help="label file to write (.nii.gz, .nii, .nrrd or .mha), in the case's convention")
     _add_overwrite(p)
@@ -407,7 +424,7 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-bundle", action="store_true", help=help_of("trust_bundle"))
     p.add_argument("--device", default=ExplainConfig.device, type=device_option,
                    help=f"auto, cpu, cuda or cuda:N (default {ExplainConfig.device})")
-    _add_resample(p)
+    _add_case_preparation(p)
     p.add_argument("--layers", default="all", help="'all' (default) or comma-separated layer names")
     p.add_argument("--classes", default="tumour", help="'tumour' (default: ncr,ed,et), 'all', or e.g. ed,et or 2,3")
     p.add_argument("--slices", default="auto", help="axial slices for the montages: 'auto' (largest tumour "
@@ -501,7 +518,7 @@ def _add_dissect(sub: argparse._SubParsersAction) -> None:
                                    "each concept.")
     p.add_argument("--data", required=True, type=Path, help="a case folder or a folder of case folders")
     _add_model_arguments(p)
-    _add_resample(p)
+    _add_case_preparation(p)
     p.add_argument("--layers", default="all", help="'all' (default) or comma-separated layer names")
     p.add_argument("--concepts", help="comma-separated (default: every concept all cases have ground truth for)")
     p.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE,
@@ -583,7 +600,7 @@ def _add_uncertainty(sub: argparse._SubParsersAction) -> None:
                                    "each map for misclassified voxels in summary.json.")
     p.add_argument("case", type=Path, help="BraTS case folder")
     _add_model_arguments(p)
-    _add_resample(p)
+    _add_case_preparation(p)
     p.add_argument("-T", "--passes", type=int, default=100, help="stochastic passes (default 100, as the paper)")
     p.add_argument("--quick", action="store_true", help="adaptive: 8 to 16 passes, stop when the map settles")
     p.add_argument("--agreement", action="store_true",

@@ -37,6 +37,12 @@ FIGURES = "figures"
 GRADCAM = "gradcam"
 CONCEPTS = "concepts"
 FEATVIZ = "featviz"
+REGISTRATION = "registration"
+
+
+def registration_file(sequence: str, reference: str) -> str:
+    """One co-registration's transform (ITK text format, ``registration/`` of an explain run)."""
+    return f"{sequence}_to_{reference}.tfm"
 
 
 def uncertainty_file(name: str) -> str:

@@ -24,11 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..data.case import CaseError, CaseFiles, load_case
+from ..data.case import CaseError, CaseFiles, find_case_files, load_case
+from ..data.domain import domain_check
+from ..data.registration import wants_coregistration
 from ..errors import UsageError
 from ..outputs import OutputFolder
 from . import stages
-from .contract import REPORT, STAGES, SUMMARY, SUMMARY_SCHEMA, Progress
+from .contract import REGISTRATION, REPORT, STAGES, SUMMARY, SUMMARY_SCHEMA, Progress, registration_file
 from .settings import ExplainConfig, resolve_device
 
 __all__ = ["STAGES", "ExplainConfig", "explain"]
@@ -46,6 +48,7 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
         run, folder = _load(source, out, config, progress is not None)
     with folder as work:
         run.work = work
+        _write_registrations(run.case.original or run.case, work / REGISTRATION)
         for analysis in stages.ANALYSES:
             with clock.stage(analysis.NAME):
                 analysis.run(run)
@@ -78,10 +81,12 @@ def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run",
     device = resolve_device(config.device)
     model = load_model(config.model, config.weights, device, config.trust_bundle)
     members = load_ensemble(config.model, config.ensemble_files(), device, config.trust_bundle) if config.ensemble else []
-    case = into_network_space(load_case(source), model, config.resample)
+    case_files = files or find_case_files(source)
+    coregister, why = wants_coregistration(config.coregister, case_files.modality_paths())
+    case = into_network_space(load_case(case_files, coregister=coregister), model, config.resample)
     check_layers(model, config.layers)
     dissection = _dissection(model, config)
-    run = stages.Run(case, model, config, dissection, Path(), _summary_start(case, model, config, device),
+    run = stages.Run(case, model, config, dissection, Path(), _summary_start(case, model, config, device, why),
                      quick=config.quick if config.quick is not None else device.type == "cpu",
                      z=montage_slices(case, 1)[0], progress=bars, ensemble=members)
     run.handed_on["scene"] = scene
@@ -123,20 +128,40 @@ def _dissection(model, config: ExplainConfig):
     return dissection
 
 
-def _summary_start(case, model, config: ExplainConfig, device) -> dict:
+def _summary_start(case, model, config: ExplainConfig, device, coregistration: str) -> dict:
     from ..models.space import space_summary
 
+    as_read = case.original or case
+    registrations = as_read.registrations
     roles = ("flair", "t1", "t1ce", "t2", "seg", "tissue")
     return {
         "schema": SUMMARY_SCHEMA, "version": __version__, "case": case.case_id,
         "model": Path(config.model).name if Path(config.model).is_dir() else config.model,
         "config": asdict(config), "device": device_name(device), "versions": library_versions(),
         "ground_truth": case.labels is not None,
+        "coregistration": {"ran": registrations is not None, "why": coregistration,
+                           "sequences": {sequence: registration.to_dict()
+                                         for sequence, registration in (registrations or {}).items()}},
+        "domain": domain_check(as_read.brain_mask, as_read.spacing),
         "network_space": space_summary(case, model),
         "inputs": {"files": {role: str(getattr(case.files, role)) if getattr(case.files, role) else None
                              for role in roles},
                    "naming": case.files.naming, "convention": case.label_convention.name},
     }
+
+
+def _write_registrations(case, folder: Path) -> list[Path]:
+    """Each applied co-registration's transform as ``registration/<sequence>_to_<reference>.tfm`` (ITK's text
+    format, which 3D Slicer and every ITK tool read)."""
+    import SimpleITK as sitk
+
+    written = []
+    for sequence, registration in (case.registrations or {}).items():
+        if registration.applied:
+            folder.mkdir(parents=True, exist_ok=True)
+            written.append(folder / registration_file(sequence, registration.reference))
+            sitk.WriteTransform(registration.transform(), str(written[-1]))
+    return written
 
 
 def device_name(device) -> str:

@@ -36,11 +36,28 @@ def _network_space(space: dict) -> str:
     return ""
 
 
+def _coregistration(entry: dict) -> str:
+    """One line per co-registered sequence: how far it moved onto the FLAIR, or why it was kept as acquired."""
+    if not entry.get("ran"):
+        return ""
+    lines = []
+    for sequence, found in entry["sequences"].items():
+        if found["applied"]:
+            lines.append(f"{html.escape(sequence)}: moved onto the {html.escape(found['reference'])} by up to "
+                         f"{found['largest_motion_mm']:.1f} mm (rotation {max(map(abs, found['rotation_degrees'])):.1f}°)")
+        else:
+            lines.append(f"{html.escape(sequence)}: kept as acquired ({html.escape(found['reason'])})")
+    return f"<p>Co-registered ({html.escape(entry['why'])}): " + "; ".join(lines) + ".</p>"
+
+
 def write_report(summary: dict, run_folder: Path, path: Path, figures: list[tuple[str, str, str]]) -> Path:
     """Write ``report.html`` for a run folder: the summary's numbers, then each of ``figures`` (file under the run
     folder, heading, what to look at) that the run made."""
     parts = [f"<h1>{html.escape(summary['case'])} · {html.escape(summary['model'])}</h1>",
              "<p class=note>Demonstration networks trained on phantoms; not for clinical use.</p>"]
+    parts += [f"<p class=note>Unlike the training data: {html.escape(warning)}.</p>"
+              for warning in summary.get("domain", {}).get("warnings", [])]
+    parts.append(_coregistration(summary.get("coregistration", {})))
     parts.append(_network_space(summary.get("network_space", {})))
     if "scores" in summary:
         baseline = summary.get("baseline_scores", {})

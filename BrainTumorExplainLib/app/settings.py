@@ -84,6 +84,9 @@ class ExplainConfig:
     featviz_size: int = _option(96, "pre-image size in pixels")
     featviz_size_3d: int = _option(32, "a 3D network's pre-image size in voxels per side")
     seed: int = _option(0, "seed of the dropout masks and the feature visualisation")
+    coregister: str = _option("auto", "co-register T1, T1ce and T2 rigidly onto the FLAIR (mutual information): auto "
+                              "— when the four files are not on one grid, as separate acquisitions are —, always or "
+                              "never", choices=("auto", "always", "never"))
     resample: bool = _option(True, "resample a case that is off the network's training grid (voxel size, oblique "
                              "axes) into it; the results go back onto the case's own grid")
     overwrite: bool = _option(False, "replace OUT (an earlier result) once the new run is complete")

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import UsageError
 from .case import MODALITIES, CaseFiles, find_case_files, load_case
 from .grid import ReferenceGrid
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 
 @dataclass(frozen=True)
@@ -25,19 +29,57 @@ class Acquisition:
     anatomical axis 0 L, 1 P, 2 S it runs along; ``flips``: which of them run backwards). ``stripped``: the
     sequences skull-stripped at the new grid (a sharp brain edge, :func:`data.resample.resample_sequences`), or — False
     — the skull-stripped volumes merely interpolated, their edge blurred into a dark rim (what resampling a BraTS case
-    with any image tool gives)."""
+    with any image tool gives). ``motion_mm`` / ``motion_degrees``: the head moved between series — T1, T1ce and T2
+    are each their own series, written on their own grid, after a seeded rigid motion of the head (a translation of
+    that length and a rotation of that angle, about the case's centre, in directions drawn from ``motion_seed``), so
+    that their world coordinates are off the FLAIR's by that motion, as separate acquisitions are; the FLAIR, the
+    labels and the tissue map stay as they were (:meth:`motions` gives each motion)."""
 
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     tilt_degrees: tuple[float, float, float] = (0.0, 0.0, 0.0)
     axes: tuple[int, int, int] = (0, 1, 2)
     flips: tuple[bool, bool, bool] = (False, False, False)
     stripped: bool = True
+    motion_mm: float = 0.0
+    motion_degrees: float = 0.0
+    motion_seed: int = 0
 
     def __post_init__(self) -> None:
         if sorted(self.axes) != [0, 1, 2]:
             raise UsageError(f"acquisition axes {self.axes}: a permutation of 0, 1, 2")
         if min(self.spacing_mm) <= 0:
             raise UsageError(f"acquisition voxel size {self.spacing_mm}: must be positive")
+        if self.motion_mm < 0 or self.motion_degrees < 0:
+            raise UsageError(f"head motion {self.motion_mm} mm / {self.motion_degrees}°: must not be negative")
+
+    def motions(self, grid: ReferenceGrid) -> dict[str, "sitk.Euler3DTransform"]:
+        """Sequence → the rigid motion ``M`` of the head before it was acquired (about ``grid``'s centre): the
+        sequence shows at ``M(p)`` what the FLAIR shows at ``p``, so ``M`` is what co-registering it to the FLAIR
+        should find (ITK's convention). Empty without motion."""
+        import SimpleITK as sitk
+
+        if not (self.motion_mm or self.motion_degrees):
+            return {}
+        size, spacing = np.asarray(grid.size, dtype=float), np.asarray(grid.spacing)
+        centre = np.asarray(grid.origin) + np.asarray(grid.direction, dtype=float).reshape(3, 3) @ (
+            (size - 1) * spacing / 2)
+        moved = {}
+        for channel, sequence in enumerate(MODALITIES):
+            if sequence == "flair":
+                continue
+            rng = np.random.default_rng((self.motion_seed, channel))
+            axis, shift = rng.normal(size=3), rng.normal(size=3)
+            rotation = sitk.VersorRigid3DTransform()
+            rotation.SetCenter(tuple(float(c) for c in centre))
+            rotation.SetRotation(tuple(float(a) for a in axis / np.linalg.norm(axis)),
+                                 float(np.deg2rad(self.motion_degrees)))
+            rotation.SetTranslation(tuple(float(t) for t in shift / np.linalg.norm(shift) * self.motion_mm))
+            motion = sitk.Euler3DTransform()
+            motion.SetCenter(rotation.GetCenter())
+            motion.SetMatrix(rotation.GetMatrix())
+            motion.SetTranslation(rotation.GetTranslation())
+            moved[sequence] = motion
+        return moved
 
     @property
     def direction(self) -> np.ndarray:
@@ -82,11 +124,21 @@ def reacquire(source: str | Path | CaseFiles, out: str | Path, acquisition: Acqu
     else:
         raw = np.stack([resample_array(sequence, case.grid, grid) for sequence in raw_sequences(case)])
     out = Path(out)
-    written = {role: grid.write(raw[channel], out / Path(getattr(files, role)).name)
-               for channel, role in enumerate(MODALITIES)}
+    motions = acquisition.motions(case.grid)
+    written = {role: (moved_grid(grid, motions[role]) if role in motions else grid).write(
+        raw[channel], out / Path(getattr(files, role)).name) for channel, role in enumerate(MODALITIES)}
     if case.labels is not None:
         labels = case.label_convention.from_classes(resample_array(case.labels, case.grid, grid))
         written["seg"] = grid.write(labels, out / Path(files.seg).name)
     if case.tissue is not None:
         written["tissue"] = grid.write(resample_array(case.tissue, case.grid, grid), out / Path(files.tissue).name)
     return CaseFiles(**written, case_id=files.case_id, naming=files.naming)
+
+
+def moved_grid(grid: ReferenceGrid, motion: "sitk.Transform") -> ReferenceGrid:
+    """``grid`` carried along by a rigid ``motion``: the same voxels over the moved head, at moved world positions."""
+    matrix = np.asarray(motion.GetMatrix(), dtype=float).reshape(3, 3)
+    direction = matrix @ np.asarray(grid.direction, dtype=float).reshape(3, 3)
+    origin = motion.TransformPoint(tuple(float(o) for o in grid.origin))
+    return ReferenceGrid(grid.size, grid.spacing, tuple(float(o) for o in origin),
+                         tuple(float(d) for d in direction.ravel()))

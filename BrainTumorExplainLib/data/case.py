@@ -90,6 +90,7 @@ class Case:
     intensity_stats: np.ndarray | None = field(default=None, repr=False)
     nonzero: np.ndarray | None = field(default=None, repr=False)
     original: "Case | None" = field(default=None, repr=False)
+    registrations: dict | None = field(default=None, repr=False)  # sequence → data.registration.Registration
 
     def brain_slices(self) -> np.ndarray:
         """Indices of the axial slices that contain brain (the only ones a network needs to see)."""
@@ -297,6 +298,7 @@ def load_case(
     convention: str | LabelConvention | None = None,
     reference: str = "flair",
     on_grid_mismatch: str = "resample",
+    coregister: bool = False,
 ) -> Case:
     """Read, validate and normalise one case.
 
@@ -307,6 +309,8 @@ def load_case(
             BraTS 2018-2021 (1/2/4) — a label file with other values is refused, never reinterpreted.
         reference: modality whose grid every output is written on.
         on_grid_mismatch: ``resample`` (linear for images, nearest for labels, with a warning) or ``error``.
+        coregister: register every other sequence rigidly onto the reference first (:mod:`data.registration`);
+            the registrations, applied or refused by their check, are in :attr:`Case.registrations`.
 
     Raises:
         CaseError: naming the file and the problem (missing/duplicate modality, not 3D, unreadable, grid mismatch,
@@ -336,8 +340,16 @@ def load_case(
     reference_image = read_image(reference_path, reference)
     grid = ReferenceGrid.from_image(reference_image)
     onto = (grid, reference_image, reference_path, on_grid_mismatch)
-    volumes = [_read_sequence(Path(paths[m]), m, reference_image if m == reference else None, *onto)
-               for m in MODALITIES]
+    registrations: dict = {}
+    volumes = []
+    for m in MODALITIES:
+        image = reference_image if m == reference else read_image(Path(paths[m]), m)
+        if coregister and m != reference:
+            from .registration import onto_reference, rigid_registration
+
+            registrations[m] = rigid_registration(reference_image, image, m, reference)
+            image = onto_reference(image, reference_image, registrations[m]) if registrations[m].applied else image
+        volumes.append(_read_sequence(Path(paths[m]), m, image, *onto))
     nonzero = np.stack(volumes) != 0
     brain_mask = nonzero.any(axis=0)
     images = np.empty((len(MODALITIES),) + brain_mask.shape, dtype=np.float32)
@@ -362,7 +374,7 @@ def load_case(
             raise CaseError(f"{files.tissue}: tissue values must lie in 0..{len(TISSUE_NAMES) - 1} {TISSUE_NAMES}")
         tissue = tissue.astype(np.uint8)
     return Case(files.case_id, images, brain_mask, grid, labels, tissue, convention, files, stats,
-                sequence_nonzero(nonzero, brain_mask))
+                sequence_nonzero(nonzero, brain_mask), registrations=registrations if coregister else None)
 
 
 def sequence_nonzero(nonzero: np.ndarray, brain_mask: np.ndarray) -> np.ndarray | None:

@@ -119,6 +119,12 @@ class ReferenceGrid:
         """Array read from an image on this grid → canonical order (contiguous copy)."""
         return np.ascontiguousarray(self.reorientation.to_canonical(itk_array))
 
+    def physical_points(self, canonical_mask: np.ndarray) -> np.ndarray:
+        """The world (LPS, mm) positions ``(n, 3)`` of the voxels where a canonical mask is true."""
+        kji = np.argwhere(self.reorientation.from_canonical(np.asarray(canonical_mask, dtype=bool)))
+        direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        return np.asarray(self.origin) + (kji[:, ::-1] * np.asarray(self.spacing)) @ direction.T
+
     def to_image(self, canonical_array: np.ndarray) -> sitk.Image:
         """Canonical ``(z, y, x)`` array → image on this grid, geometry copied exactly."""
         import SimpleITK as sitk
