@@ -18,6 +18,7 @@ from BrainTumorExplainLib.data import registration
 from BrainTumorExplainLib.data.acquisition import Acquisition, reacquire
 from BrainTumorExplainLib.data.case import load_case
 from BrainTumorExplainLib.data.registration import wants_coregistration
+from BrainTumorExplainLib.errors import UsageError
 
 MOTION = Acquisition(spacing_mm=(3.0, 3.0, 3.0), motion_mm=4.0, motion_degrees=4.0, motion_seed=1)  # the small phantom's 3 mm
 
@@ -77,6 +78,8 @@ def test_an_unmoved_case_stays_where_it_is(small_phantom):
     wanted, why = wants_coregistration("auto", small_phantom.modality_paths())
     assert not wanted and "one grid" in why
     assert wants_coregistration("always", small_phantom.modality_paths())[0]
+    with pytest.raises(UsageError, match="--coregister yes"):
+        wants_coregistration("yes", small_phantom.modality_paths())
     case = load_case(small_phantom, coregister=True)
     for found in case.registrations.values():
         assert found.largest_motion_mm < 1.0 and (found.applied or "not improved" in found.reason)

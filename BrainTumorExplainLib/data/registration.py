@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import UsageError
+
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
@@ -175,7 +177,7 @@ def sequences_share_one_grid(paths: dict[str, str | Path]) -> bool:
 def wants_coregistration(mode: str, paths: dict[str, str | Path]) -> tuple[bool, str]:
     """Whether to co-register (``mode``: auto, always, never) and why, for the summary."""
     if mode not in COREGISTER_MODES:
-        raise ValueError(f"coregister must be one of {', '.join(COREGISTER_MODES)}, got {mode!r}")
+        raise UsageError(f"--coregister {mode}: expected one of {', '.join(COREGISTER_MODES)}")
     if mode != "auto":
         return mode == "always", f"--coregister {mode}"
     if sequences_share_one_grid(paths):
