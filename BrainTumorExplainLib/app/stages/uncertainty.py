@@ -12,7 +12,8 @@ METHODS = {"dropout": "test-time dropout (epistemic)",
            "ensemble": "ensemble: the disagreement of several weight files of the network"}
 SOURCES = {"dropout": "test-time dropout", "flips": "test-time flips", "ensemble": "ensemble"}  # short, for map names
 FIGURES = (
-    (figure_file("uncertainty"), "Uncertainty (test-time dropout)", "Red where the dropout passes disagree; "
+    (figure_file("uncertainty"), "Uncertainty", "Red where the samples disagree — test-time dropout passes, flips "
+     "or ensemble members (the summary's uncertainty method says which); "
      "misclassified regions should be red."),
     (figure_file("error_by_uncertainty"), "Is the uncertainty where the errors are?", "Error rate of the prediction "
      "in ten equal bins of each uncertainty map, low to high."),
