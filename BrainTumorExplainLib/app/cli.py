@@ -21,6 +21,7 @@ from typing import Iterator
 from .. import __version__
 from ..analyses import GRADCAM_TARGETS
 from ..data.case import CaseError
+from ..data.registration import COREGISTER_MODES
 from ..errors import InputError, Interrupted, UsageError
 from ..outputs import DISK_ERRNOS, OutputFile, OutputFolder
 from ..progress import progress_bar
@@ -236,11 +237,16 @@ def _add_model_arguments(p: argparse.ArgumentParser, device_default: str = Expla
                    help=f"auto, cpu, cuda or cuda:N (default {device_default})")
 
 
-def _add_case_preparation(p: argparse.ArgumentParser) -> None:
-    """How a case reaches the network: co-registered (or not) and resampled into its space (or not)."""
-    p.add_argument("--coregister", default=ExplainConfig.coregister, choices=("auto", "always", "never"),
-                   help=help_of("coregister") + f" (default {ExplainConfig.coregister})")
+def _add_resample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resample", dest="resample", action="store_false", help=f"do not {help_of('resample')}")
+
+
+def _add_case_preparation(p: argparse.ArgumentParser) -> None:
+    """How one case reaches the network (:func:`_case_for`): co-registered (or not) and resampled into its space
+    (or not). The cohort verbs (evaluate, dissect) take --no-resample alone: they do not co-register yet."""
+    p.add_argument("--coregister", default=ExplainConfig.coregister, choices=COREGISTER_MODES,
+                   help=help_of("coregister") + f" (default {ExplainConfig.coregister})")
+    _add_resample(p)
 
 
 def _model_folder(model: str) -> Path | None:
@@ -251,23 +257,18 @@ def _model_folder(model: str) -> Path | None:
 def _case_for(args: argparse.Namespace, model):
     """``args.case`` read — its sequences co-registered when ``--coregister`` asks (data.registration) — and brought
     into ``model``'s space (unless ``--no-resample``; see models.space); each step printed."""
-    from ..data.case import find_case_files, load_case
     from ..data.domain import domain_check
-    from ..data.registration import wants_coregistration
-    from ..models.space import into_network_space
+    from ..models.space import prepare_case
 
-    if str(args.case).endswith(".npz"):  # a saved case is already on one grid
-        return into_network_space(load_case(args.case), model, args.resample)
-    files = find_case_files(args.case)
-    coregister, why = wants_coregistration(args.coregister, files.modality_paths())
-    case = load_case(files, coregister=coregister)
-    print(f"co-registration: {'ran' if coregister else 'skipped'} ({why})")
+    prepared, why = prepare_case(args.case, model, args.coregister, args.resample)
+    case = prepared.original or prepared  # as read (and co-registered), before any resampling
+    print(f"co-registration: {'ran' if case.registrations is not None else 'skipped'} ({why})")
     for sequence, found in (case.registrations or {}).items():
         print(f"  {sequence} → {found.reference}: " + (
             f"moved by up to {found.largest_motion_mm:.1f} mm" if found.applied else f"kept ({found.reason})"))
     for warning in domain_check(case.brain_mask, case.spacing)["warnings"]:
         print(f"warning: {case.case_id}: {warning}", file=sys.stderr)
-    return into_network_space(case, model, args.resample)
+    return prepared
 
 
 def _load_model(args: argparse.Namespace, name: str | None = None):
@@ -368,7 +369,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="per-case and mean Dice/HD95 of a network on labelled cases (Table 1)")
     p.add_argument("--data", required=True, type=Path, help="a case folder or a folder of case folders")
     _add_model_arguments(p)
-    _add_case_preparation(p)
+    _add_resample(p)
     p.add_argument("--json", type=Path, help="also write per-case and mean scores as JSON")
     _add_overwrite(p, "the JSON file")
     p.set_defaults(run=_run_evaluate)
@@ -518,7 +519,7 @@ def _add_dissect(sub: argparse._SubParsersAction) -> None:
                                    "each concept.")
     p.add_argument("--data", required=True, type=Path, help="a case folder or a folder of case folders")
     _add_model_arguments(p)
-    _add_case_preparation(p)
+    _add_resample(p)
     p.add_argument("--layers", default="all", help="'all' (default) or comma-separated layer names")
     p.add_argument("--concepts", help="comma-separated (default: every concept all cases have ground truth for)")
     p.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE,
@@ -631,11 +632,12 @@ def _run_uncertainty(args: argparse.Namespace) -> int:
     members = load_ensemble(args.model, files, resolve_device(args.device), args.trust_bundle) if files else []
     case = _case_for(args, model)
     with folder as work:
-        _uncertainty_into(args, case, model, work, members)
+        _uncertainty_into(args, case, model, work, dict(zip(files, members)))
     return 0
 
 
-def _uncertainty_into(args: argparse.Namespace, case, model, work: Path, members: list) -> None:
+def _uncertainty_into(args: argparse.Namespace, case, model, work: Path, members: dict) -> None:
+    """``members``: weights file → network, the ensemble when one is given."""
     from ..analyses.uncertainty import brain_pearson, ensemble_uncertainty, uncertainty_volume
     from ..analyses.volume import volume_uncertainty
     from ..models.volume import DescribedNetwork
@@ -643,7 +645,7 @@ def _uncertainty_into(args: argparse.Namespace, case, model, work: Path, members
     def run(quick: bool):
         start = time.perf_counter()
         if members:
-            result = ensemble_uncertainty(members, case, progress=True)
+            result = ensemble_uncertainty(list(members.values()), case, progress=True)
         elif isinstance(model, DescribedNetwork):  # dropout when it has some (8 passes when quick), else the flips
             result = volume_uncertainty(model, case, passes=8 if quick else args.passes, seed=args.seed,
                                         progress=True)
@@ -658,7 +660,7 @@ def _uncertainty_into(args: argparse.Namespace, case, model, work: Path, members
     summary = {"version": __version__, "case": case.case_id, "model": args.model,
                **stages.uncertainty.summarise(volume, case, mode, args.seed), "seconds": round(seconds, 2)}
     if members:
-        summary["members"] = split_files(args.ensemble)
+        summary["members"] = list(members)
     case.write_labels(volume.labels, work / SEGMENTATION)
     stages.uncertainty.write_maps(volume, case, work)
     print(f"{mode}: {summary['passes']['mean']} passes per slice on average, {seconds:.1f} s")

@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..data.case import CaseError, CaseFiles, find_case_files, load_case
+from ..data.case import CaseError, CaseFiles
 from ..data.domain import domain_check
-from ..data.registration import wants_coregistration
 from ..errors import UsageError
 from ..outputs import OutputFolder
 from . import stages
@@ -66,7 +65,7 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
 def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run", OutputFolder]:
     """The run's inputs, read and checked, and its output folder, checked (nothing is written yet)."""
     from ..models.registry import load_ensemble, load_model
-    from ..models.space import into_network_space
+    from ..models.space import prepare_case
     from .figures import montage_slices
 
     files = source if isinstance(source, CaseFiles) else None
@@ -81,9 +80,7 @@ def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run",
     device = resolve_device(config.device)
     model = load_model(config.model, config.weights, device, config.trust_bundle)
     members = load_ensemble(config.model, config.ensemble_files(), device, config.trust_bundle) if config.ensemble else []
-    case_files = files or find_case_files(source)
-    coregister, why = wants_coregistration(config.coregister, case_files.modality_paths())
-    case = into_network_space(load_case(case_files, coregister=coregister), model, config.resample)
+    case, why = prepare_case(source, model, config.coregister, config.resample)
     check_layers(model, config.layers)
     dissection = _dissection(model, config)
     run = stages.Run(case, model, config, dissection, Path(), _summary_start(case, model, config, device, why),

@@ -46,6 +46,21 @@ def into_network_space(case: Case, network, resample: bool = True) -> Case:
     return resample_case(case, spacing)
 
 
+def prepare_case(source, network, coregister: str = "auto", resample: bool = True) -> tuple[Case, str]:
+    """A case (folder, :class:`data.case.CaseFiles` or saved ``.npz``) read as ``network`` needs it: its sequences
+    co-registered onto the FLAIR when ``coregister`` (auto, always, never: :func:`data.registration.
+    wants_coregistration`) asks, then brought into the network's space (:func:`into_network_space`). Returns the
+    case and why co-registration ran or not."""
+    from ..data.case import CaseFiles, find_case_files, load_case
+    from ..data.registration import wants_coregistration
+
+    if not isinstance(source, CaseFiles) and str(source).endswith(".npz"):
+        return into_network_space(load_case(source), network, resample), "a saved case is already on one grid"
+    files = source if isinstance(source, CaseFiles) else find_case_files(source)
+    wanted, why = wants_coregistration(coregister, files.modality_paths())
+    return into_network_space(load_case(files, coregister=wanted), network, resample), why
+
+
 def space_summary(case: Case, network) -> dict:
     """What ``summary.json`` says about the space ``network`` saw ``case`` in (see :func:`into_network_space`)."""
     from ..data.resample import ResampledGrid, space_mismatch
