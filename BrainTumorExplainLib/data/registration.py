@@ -102,7 +102,7 @@ def mutual_information(fixed: "sitk.Image", moving: "sitk.Image", transform: "si
 
 
 def rigid_registration(fixed: "sitk.Image", moving: "sitk.Image", sequence: str, reference: str,
-                       seed: int = 0, sampling: float = 0.05) -> Registration:
+                       seed: int = 1, sampling: float = 0.05) -> Registration:
     """Register ``moving`` (``sequence``) rigidly onto ``fixed`` (``reference``); see the module notes."""
     import SimpleITK as sitk
 
@@ -113,6 +113,8 @@ def rigid_registration(fixed: "sitk.Image", moving: "sitk.Image", sequence: str,
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
+    if seed == sitk.sitkWallClock:  # SimpleITK reads seed 0 as "the wall clock": a different transform every run
+        raise ValueError("the registration's seed must not be 0 (SimpleITK's wall-clock seed)")
     method.SetMetricSamplingPercentage(sampling, seed)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=200,
