@@ -48,6 +48,7 @@ from slicer.util import VTKObservationMixin
 
 ensure_library_importable()
 from BrainTumorExplainLib.app.contract import read_summary  # noqa: E402  (no torch)
+from BrainTumorExplainLib.app.report import preprocessing_lines  # noqa: E402  (no torch)
 from BrainTumorExplainLib.app.settings import (  # noqa: E402  (no torch)
     DEVICE_CHOICES,
     GRADCAM_CLASS_CHOICES,
@@ -480,6 +481,7 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.featvizLabel.setPixmap(qt.QPixmap(str(picture)).scaledToWidth(360) if picture.is_file()
                                        else qt.QPixmap())
         self.ui.openReportButton.enabled = (self._lastProcess.out / "report.html").is_file()
+        self.ui.preprocessingLabel.text = "\n".join(preprocessing_lines(summary))
         self.onOverlayChanged()
 
     def onOverlayChanged(self, *args) -> None:

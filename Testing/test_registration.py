@@ -20,7 +20,7 @@ from BrainTumorExplainLib.data.case import load_case
 from BrainTumorExplainLib.data.registration import wants_coregistration
 from BrainTumorExplainLib.errors import UsageError
 
-MOTION = Acquisition(spacing_mm=(3.0, 3.0, 3.0), motion_mm=4.0, motion_degrees=4.0, motion_seed=1)  # the small phantom's 3 mm
+MOTION = Acquisition(spacing_mm=(3.0, 3.0, 3.0), motion_mm=4.0, motion_degrees=4.0, seed=1)  # the small phantom's 3 mm
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,7 @@ from .volumes import world_ijk_to_ras
 
 ensure_library_importable()
 from BrainTumorExplainLib.app.contract import (  # noqa: E402
+    BRAIN_MASK,
     CONCEPTS,
     GRADCAM,
     REGISTRATION,
@@ -347,10 +348,11 @@ def add_run_outputs(scene, run_folder: str | Path, reference_node, folder_name: 
                     ) -> tuple[RunOutputs, dict]:
     """Every output of an ``explain`` folder into one subject-hierarchy folder on ``reference_node``'s geometry:
     the segmentation (segments + label map), uncertainty, entropy and mutual information (named with their kind:
-    test-time dropout, flips or an ensemble), the Grad-CAM map of the
-    last layer before the head for each class, and the concept masks. ``expected``: the reference's geometry when
-    the run started — refused if the node changed since. ``summary``: the run's (default: its summary.json).
-    Returns the run and its heatmap nodes."""
+    test-time dropout, flips or an ensemble), the Grad-CAM map of the last layer before the head for each class,
+    the concept masks, the brain mask when the preprocessing made one, and each transform it found
+    (co-registrations, the atlas pose) as a transform node. ``expected``: the reference's geometry when the run
+    started — refused if the node changed since. ``summary``: the run's (default: its summary.json). Returns the
+    run and its heatmap nodes."""
     run_folder = Path(run_folder)
     summary = summary or read_summary(run_folder)
     convention = label_convention(summary["inputs"]["convention"])
@@ -368,6 +370,9 @@ def add_run_outputs(scene, run_folder: str | Path, reference_node, folder_name: 
                 overlays[f"Grad-CAM {layer} {class_name}"] = add_gradcam_map(run, run_folder, layer, class_name)
         for path in sorted((run_folder / CONCEPTS).glob("*.nii.gz")):
             run.add_labelmap(read_canonical(path, "concept mask")[0] > 0, f"concept {path.name[:-len('.nii.gz')]}")
+        if (run_folder / BRAIN_MASK).is_file():  # the brain the network saw, when it is not the scan's own
+            source = summary.get("preprocessing", {}).get("brain_mask", {}).get("source", "")
+            run.add_labelmap(read_canonical(run_folder / BRAIN_MASK, "brain mask")[0] > 0, f"brain mask ({source})")
         for path in sorted((run_folder / REGISTRATION).glob("*.tfm")):  # co-registrations, to inspect and apply
             run.add_registration(read_linear_transform(path), f"registration {path.stem.replace('_to_', ' → ')}")
     return run, overlays

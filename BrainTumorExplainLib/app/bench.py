@@ -49,7 +49,7 @@ from ..models.base import SegmentationNet, evaluating
 from ..models.inference import slice_batches
 
 BENCHMARKS = ("ttd", "gradcam", "dissection", "segmentation", "featviz", "slicer", "space", "gradcam3d",
-              "coregistration")
+              "coregistration", "clinical")
 DISSECTION_VOLUMES = (4, 16, 48)
 Result = TypeVar("Result")
 
@@ -647,7 +647,7 @@ def bench_coregistration(model: SegmentationNet, case: Case, config: BenchConfig
     measurements = []
     with tempfile.TemporaryDirectory() as scratch:
         for mm, degrees in MOTIONS:
-            acquisition = Acquisition(motion_mm=mm, motion_degrees=degrees, motion_seed=config.seed)
+            acquisition = Acquisition(motion_mm=mm, motion_degrees=degrees, seed=config.seed)
             files = reacquire(case.files, Path(scratch) / f"{mm}mm", acquisition)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the sequences' grids differ: resampled onto the FLAIR's, the control
@@ -670,9 +670,99 @@ def bench_coregistration(model: SegmentationNet, case: Case, config: BenchConfig
     return measurements
 
 
+# -- 9. clinical scans: BraTS-style preprocessing ----------------------------------------------------------------
+
+def _clinical_scans() -> dict:
+    """Clinical-mode reacquisitions of the case: the head turned in the scanner, its skull left on, the series
+    moved between acquisitions, thick slices and oblique or flipped grids (data.acquisition) — the stripped,
+    single-grid oblique case of the issue that opened this work, and controls: each slice thickness alone, stripped
+    and upright on one grid (what no preprocessing can win back: the slices' own loss)."""
+    from ..data.acquisition import Acquisition
+
+    return {
+        "skull on (1 mm, upright, no motion)": Acquisition(skull=True, seed=1),
+        "10° head, 1×1×3 mm, 2 mm/2° motion, skull on": Acquisition(
+            spacing_mm=(1.0, 1.0, 3.0), head_tilt_degrees=(10.0, 0.0, 0.0), motion_mm=2.0, motion_degrees=2.0,
+            skull=True, seed=1),
+        "20° head, 15° oblique flipped grid, 0.9×0.9×5 mm, 3 mm/3°, skull on": Acquisition(
+            spacing_mm=(0.9, 0.9, 5.0), tilt_degrees=(0.0, 0.0, 15.0), flips=(False, True, False),
+            head_tilt_degrees=(15.0, 0.0, 13.0), motion_mm=3.0, motion_degrees=3.0, skull=True, seed=1),
+        "30° head, 0.5×0.5×6 mm, 5 mm/5°, skull on": Acquisition(
+            spacing_mm=(0.5, 0.5, 6.0), head_tilt_degrees=(-30.0, 0.0, 0.0), motion_mm=5.0, motion_degrees=5.0,
+            skull=True, seed=1),
+        "stripped, one grid: 20° oblique + flipped + 1.2×0.9×2 mm": Acquisition(
+            spacing_mm=(1.2, 0.9, 2.0), tilt_degrees=(0.0, 0.0, 20.0), axes=(1, 0, 2), flips=(False, True, False)),
+        **{f"control: stripped, one grid, upright, {label}": Acquisition(spacing_mm=spacing)
+           for label, spacing in (("1×1×3 mm", (1.0, 1.0, 3.0)), ("0.9×0.9×5 mm", (0.9, 0.9, 5.0)),
+                                  ("0.5×0.5×6 mm", (0.5, 0.5, 6.0)))},
+    }
+
+
+CLINICAL_NETWORKS = ("denseunet", "resunet", "simunet")  # the shipped networks, all trained in one space
+
+
+def bench_clinical(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device
+                   ) -> list[Measurement]:
+    import warnings
+
+    from ..data.acquisition import reacquire
+    from ..data.atlas import align_to_atlas
+    from ..data.preprocess import preprocess
+    from ..data.resample import raw_sequences
+    from ..models.inference import segment_input
+    from ..models.space import into_network_space, training_spacing
+    from ..scoring.metrics import score_segmentation
+
+    if case.files is None or case.labels is None:
+        return [Measurement("Clinical scans", "", "", None, None, "", {"skipped": "needs a case folder with labels"})]
+    networks = {name: load_pretrained(name, device=device) for name in CLINICAL_NETWORKS}
+
+    def dice(on_input: Case, truth: Case, resample: bool = True) -> dict:
+        scores = {}
+        for name, network in networks.items():
+            seen = into_network_space(on_input, network) if resample else on_input
+            labels = segment_input(network, seen, device)[1]
+            scores[name] = {region: round(score.values["dice"], 3)
+                            for region, score in score_segmentation(labels, truth.labels, truth.spacing).items()}
+        return scores
+
+    upright = align_to_atlas(case.grid.to_image(raw_sequences(case)[1]))  # the pose the turned heads are measured from
+    measurements = [Measurement("Clinical scans", "the case as shipped (1 mm, axis-aligned, stripped): the goal", "",
+                                None, None, case.case_id, {"dice": dice(case, case, resample=False)})]
+    with tempfile.TemporaryDirectory() as scratch:
+        for index, (name, acquisition) in enumerate(_clinical_scans().items()):
+            files = reacquire(case.files, Path(scratch) / str(index), acquisition)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the controls: off the networks' grid, the sequences' grids differ
+                truth = load_case(files)
+                prepared, steps = preprocess(files, training_spacing(model))
+                details = {"dice_preprocessed": dice(prepared, truth),
+                           "dice_without_the_atlas_pose": dice(dataclasses.replace(prepared, alignment=None), truth),
+                           "dice_resampled_only": dice(truth, truth),
+                           "dice_as_acquired": dice(truth, truth, resample=False),
+                           "steps": steps.lines(), "seconds": steps.to_dict()["seconds"]}
+            tumour = truth.grid.physical_points(truth.labels > 0)[::7]
+            errors = {}
+            for sequence, motion in acquisition.motions(case.grid).items():
+                found = prepared.registrations[sequence].transform()
+                errors[sequence] = round(float(max(np.linalg.norm(
+                    np.subtract(found.TransformPoint(tuple(p)), motion.TransformPoint(tuple(p)))) for p in tumour)), 2)
+            details["coregistration_error_at_tumour_mm"] = errors
+            pose = acquisition.pose(case.grid)
+            if steps.alignment is not None:
+                turn = np.eye(3) if pose is None else np.asarray(pose.GetMatrix()).reshape(3, 3)
+                expected = turn @ np.asarray(upright.rotation).reshape(3, 3)
+                found = np.asarray(steps.alignment.rotation).reshape(3, 3)
+                details["atlas_pose_error_degrees"] = round(float(np.degrees(np.arccos(np.clip(
+                    (np.trace(expected.T @ found) - 1) / 2, -1.0, 1.0)))), 2)
+            measurements.append(Measurement("Clinical scans", name, "", sum(steps.seconds.values()), None,
+                                            f"{truth.grid.canonical_shape} voxels", details))
+    return measurements
+
+
 RUNNERS = {"ttd": bench_ttd, "gradcam": bench_gradcam, "dissection": bench_dissection,
            "segmentation": bench_segmentation, "featviz": bench_featviz, "slicer": bench_slicer, "space": bench_space,
-           "gradcam3d": bench_gradcam3d, "coregistration": bench_coregistration}
+           "gradcam3d": bench_gradcam3d, "coregistration": bench_coregistration, "clinical": bench_clinical}
 
 
 def run_benchmarks(config: BenchConfig, only: Sequence[str] = BENCHMARKS,

@@ -21,13 +21,13 @@ from typing import Iterator
 from .. import __version__
 from ..analyses import GRADCAM_TARGETS
 from ..data.case import CaseError
-from ..data.registration import COREGISTER_MODES
 from ..errors import InputError, Interrupted, UsageError
 from ..outputs import DISK_ERRNOS, OutputFile, OutputFolder
 from ..progress import progress_bar
 from . import stages
 from .contract import PROGRESS_FORMATS, SEGMENTATION, SUMMARY
 from .settings import (
+    CASE_PREPARATION,
     MODEL_NAMES,
     ExplainConfig,
     add_config_options,
@@ -242,11 +242,16 @@ def _add_resample(p: argparse.ArgumentParser) -> None:
 
 
 def _add_case_preparation(p: argparse.ArgumentParser) -> None:
-    """How one case reaches the network (:func:`_case_for`): co-registered (or not) and resampled into its space
-    (or not). The cohort verbs (evaluate, dissect) take --no-resample alone: they do not co-register yet."""
-    p.add_argument("--coregister", default=ExplainConfig.coregister, choices=COREGISTER_MODES,
-                   help=help_of("coregister") + f" (default {ExplainConfig.coregister})")
+    """How one case reaches the network (:func:`_case_for`): preprocessed (co-registration, brain mask, atlas
+    pose: data.preprocess) and resampled into its space (or not). The cohort verbs (evaluate, dissect) take
+    --no-resample alone: they do not preprocess yet."""
+    add_config_options(p, only=CASE_PREPARATION)
     _add_resample(p)
+
+
+def _mask_file(args: argparse.Namespace) -> Path | None:
+    """A brain mask given as a file is an input too: never written over."""
+    return Path(args.brain_mask) if Path(args.brain_mask).is_file() else None
 
 
 def _model_folder(model: str) -> Path | None:
@@ -255,17 +260,21 @@ def _model_folder(model: str) -> Path | None:
 
 
 def _case_for(args: argparse.Namespace, model):
-    """``args.case`` read — its sequences co-registered when ``--coregister`` asks (data.registration) — and brought
-    into ``model``'s space (unless ``--no-resample``; see models.space); each step printed."""
+    """``args.case`` read and preprocessed as ``--coregister``, ``--atlas`` and ``--brain-mask`` ask
+    (data.preprocess) and brought into ``model``'s space (unless ``--no-resample``; see models.space); each step
+    printed."""
     from ..data.domain import domain_check
     from ..models.space import prepare_case
 
-    prepared, why = prepare_case(args.case, model, args.coregister, args.resample)
-    case = prepared.original or prepared  # as read (and co-registered), before any resampling
-    print(f"co-registration: {'ran' if case.registrations is not None else 'skipped'} ({why})")
-    for sequence, found in (case.registrations or {}).items():
-        print(f"  {sequence} → {found.reference}: " + (
-            f"moved by up to {found.largest_motion_mm:.1f} mm" if found.applied else f"kept ({found.reason})"))
+    prepared, steps = prepare_case(args.case, model, args.coregister, args.resample, args.atlas, args.brain_mask)
+    case = prepared.original or prepared  # as read and preprocessed, before any resampling
+    if steps is not None:
+        print(f"co-registration: {'ran' if case.registrations is not None else 'skipped'} ({steps.coregistration})")
+        for sequence, found in (case.registrations or {}).items():
+            print(f"  {sequence} → {found.reference}: " + (
+                f"moved by up to {found.largest_motion_mm:.1f} mm" if found.applied else f"kept ({found.reason})"))
+        for line in steps.lines():
+            print(line)
     for warning in domain_check(case.brain_mask, case.spacing)["warnings"]:
         print(f"warning: {case.case_id}: {warning}", file=sys.stderr)
     return prepared
@@ -403,7 +412,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    target = OutputFile(args.out, [args.case, args.weights, _model_folder(args.model)], args.overwrite, volume=True)
+    target = OutputFile(args.out, [args.case, args.weights, _model_folder(args.model), _mask_file(args)],
+                        args.overwrite, volume=True)
     model = _load_model(args)
     case = _case_for(args, model)
     with target.writing() as written:
@@ -449,8 +459,8 @@ def _run_gradcam(args: argparse.Namespace) -> int:
     if args.weights is not None and len(models) != 1:
         raise UsageError("--weights goes with exactly one --model")
     classes = resolve_classes(args.classes)
-    folder = OutputFolder(args.out, [args.case, args.weights, *map(_model_folder, models)], args.overwrite,
-                          "gradcam")
+    folder = OutputFolder(args.out, [args.case, args.weights, _mask_file(args), *map(_model_folder, models)],
+                          args.overwrite, "gradcam")
     loaded = {Path(name).name: _load_model(args, name) for name in models}
     for model in loaded.values():
         if hasattr(model, "description"):
@@ -626,7 +636,8 @@ def _run_uncertainty(args: argparse.Namespace) -> int:
     if args.passes < 2:
         raise UsageError(f"--passes {args.passes}: test-time dropout needs at least 2 passes")
     files = split_files(args.ensemble)
-    folder = OutputFolder(args.out, [args.case, args.weights, _model_folder(args.model), *files], args.overwrite,
+    folder = OutputFolder(args.out, [args.case, args.weights, _model_folder(args.model), _mask_file(args), *files],
+                          args.overwrite,
                           "uncertainty")
     model = _load_model(args)
     members = load_ensemble(args.model, files, resolve_device(args.device), args.trust_bundle) if files else []

@@ -38,6 +38,8 @@ GRADCAM = "gradcam"
 CONCEPTS = "concepts"
 FEATVIZ = "featviz"
 REGISTRATION = "registration"
+BRAIN_MASK = "brain_mask.nii.gz"  # written when the brain was masked by the atlas or the user's mask
+ATLAS = "atlas"  # the atlas's name in registration_file: flair_to_atlas.tfm is the head's pose against it
 
 
 def registration_file(sequence: str, reference: str) -> str:

@@ -29,7 +29,17 @@ from ..data.domain import domain_check
 from ..errors import UsageError
 from ..outputs import OutputFolder
 from . import stages
-from .contract import REGISTRATION, REPORT, STAGES, SUMMARY, SUMMARY_SCHEMA, Progress, registration_file
+from .contract import (
+    ATLAS,
+    BRAIN_MASK,
+    REGISTRATION,
+    REPORT,
+    STAGES,
+    SUMMARY,
+    SUMMARY_SCHEMA,
+    Progress,
+    registration_file,
+)
 from .settings import ExplainConfig, resolve_device
 
 __all__ = ["STAGES", "ExplainConfig", "explain"]
@@ -47,7 +57,7 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
         run, folder = _load(source, out, config, progress is not None)
     with folder as work:
         run.work = work
-        _write_registrations(run.case.original or run.case, work / REGISTRATION)
+        _write_preprocessing(run.case.original or run.case, run.handed_on["preprocessing"], work)
         for analysis in stages.ANALYSES:
             with clock.stage(analysis.NAME):
                 analysis.run(run)
@@ -74,19 +84,21 @@ def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run",
                         "saved case: the scene and the report refer to them")
     inputs = [source] if files is None else [files.flair, files.t1, files.t1ce, files.t2, files.seg, files.tissue]
     model_folder = config.model if Path(config.model).is_dir() else None
-    folder = OutputFolder(out, [*inputs, config.weights, config.dissection, model_folder, *config.ensemble_files()],
-                          config.overwrite, "explain")
+    mask_file = config.brain_mask if Path(config.brain_mask).is_file() else None
+    folder = OutputFolder(out, [*inputs, config.weights, config.dissection, model_folder, mask_file,
+                                *config.ensemble_files()], config.overwrite, "explain")
     scene = stages.scene.wanted(config.scene)
     device = resolve_device(config.device)
     model = load_model(config.model, config.weights, device, config.trust_bundle)
     members = load_ensemble(config.model, config.ensemble_files(), device, config.trust_bundle) if config.ensemble else []
-    case, why = prepare_case(source, model, config.coregister, config.resample)
+    case, steps = prepare_case(source, model, config.coregister, config.resample, config.atlas, config.brain_mask)
     check_layers(model, config.layers)
     dissection = _dissection(model, config)
-    run = stages.Run(case, model, config, dissection, Path(), _summary_start(case, model, config, device, why),
+    run = stages.Run(case, model, config, dissection, Path(), _summary_start(case, model, config, device, steps),
                      quick=config.quick if config.quick is not None else device.type == "cpu",
                      z=montage_slices(case, 1)[0], progress=bars, ensemble=members)
     run.handed_on["scene"] = scene
+    run.handed_on["preprocessing"] = steps
     return run, folder
 
 
@@ -125,7 +137,7 @@ def _dissection(model, config: ExplainConfig):
     return dissection
 
 
-def _summary_start(case, model, config: ExplainConfig, device, coregistration: str) -> dict:
+def _summary_start(case, model, config: ExplainConfig, device, steps) -> dict:
     from ..models.space import space_summary
 
     as_read = case.original or case
@@ -136,9 +148,10 @@ def _summary_start(case, model, config: ExplainConfig, device, coregistration: s
         "model": Path(config.model).name if Path(config.model).is_dir() else config.model,
         "config": asdict(config), "device": device_name(device), "versions": library_versions(),
         "ground_truth": case.labels is not None,
-        "coregistration": {"ran": registrations is not None, "why": coregistration,
+        "coregistration": {"ran": registrations is not None, "why": steps.coregistration,
                            "sequences": {sequence: registration.to_dict()
                                          for sequence, registration in (registrations or {}).items()}},
+        "preprocessing": {**steps.to_dict(), "steps": steps.lines()},
         "domain": domain_check(as_read.brain_mask, as_read.spacing),
         "network_space": space_summary(case, model),
         "inputs": {"files": {role: str(getattr(case.files, role)) if getattr(case.files, role) else None
@@ -147,17 +160,25 @@ def _summary_start(case, model, config: ExplainConfig, device, coregistration: s
     }
 
 
-def _write_registrations(case, folder: Path) -> list[Path]:
-    """Each applied co-registration's transform as ``registration/<sequence>_to_<reference>.tfm`` (ITK's text
-    format, which 3D Slicer and every ITK tool read)."""
+def _write_preprocessing(case, steps, work: Path) -> list[Path]:
+    """What the preprocessing found, beside the results: each applied co-registration's transform as
+    ``registration/<sequence>_to_<reference>.tfm`` and the head's pose against the atlas as
+    ``registration/flair_to_atlas.tfm`` (ITK's text format, which 3D Slicer and every ITK tool read), and the brain
+    mask when it is not the scan's own (``brain_mask.nii.gz``, on the case's grid)."""
     import SimpleITK as sitk
 
+    folder = work / REGISTRATION
+    transforms = {registration_file(sequence, found.reference): found.transform()
+                  for sequence, found in (case.registrations or {}).items() if found.applied}
+    if steps.atlas_aligned:
+        transforms[registration_file("flair", ATLAS)] = steps.alignment.rigid()
     written = []
-    for sequence, registration in (case.registrations or {}).items():
-        if registration.applied:
-            folder.mkdir(parents=True, exist_ok=True)
-            written.append(folder / registration_file(sequence, registration.reference))
-            sitk.WriteTransform(registration.transform(), str(written[-1]))
+    for name, transform in transforms.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        written.append(folder / name)
+        sitk.WriteTransform(transform, str(written[-1]))
+    if steps.brain_mask != "as read":
+        written.append(case.grid.write(case.brain_mask.astype(np.uint8), work / BRAIN_MASK))
     return written
 
 

@@ -50,6 +50,22 @@ def _coregistration(entry: dict) -> str:
     return f"<p>Co-registered ({html.escape(entry['why'])}): " + "; ".join(lines) + ".</p>"
 
 
+def _preprocessing(entry: dict) -> str:
+    """The brain mask and the atlas pose, as the preprocessing decided them (data.preprocess)."""
+    lines = entry.get("steps", [])
+    return f"<p>Preprocessing — {'; '.join(html.escape(line) for line in lines)}.</p>" if lines else ""
+
+
+def preprocessing_lines(summary: dict) -> list[str]:
+    """What the preprocessing did, in words, a step a line, then every warning that the case is unlike the
+    training data: what the Slicer panel shows after a run (the report says the same in its own paragraphs)."""
+    coregistration = summary.get("coregistration", {})
+    lines = [f"co-registration: {'ran' if coregistration.get('ran') else 'skipped'} ({coregistration.get('why', '')})"
+             ] if coregistration else []
+    lines += summary.get("preprocessing", {}).get("steps", [])
+    return lines + [f"warning: {warning}" for warning in summary.get("domain", {}).get("warnings", [])]
+
+
 def write_report(summary: dict, run_folder: Path, path: Path, figures: list[tuple[str, str, str]]) -> Path:
     """Write ``report.html`` for a run folder: the summary's numbers, then each of ``figures`` (file under the run
     folder, heading, what to look at) that the run made."""
@@ -58,6 +74,7 @@ def write_report(summary: dict, run_folder: Path, path: Path, figures: list[tupl
     parts += [f"<p class=note>Unlike the training data: {html.escape(warning)}.</p>"
               for warning in summary.get("domain", {}).get("warnings", [])]
     parts.append(_coregistration(summary.get("coregistration", {})))
+    parts.append(_preprocessing(summary.get("preprocessing", {})))
     parts.append(_network_space(summary.get("network_space", {})))
     if "scores" in summary:
         baseline = summary.get("baseline_scores", {})

@@ -13,6 +13,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from ..analyses import GRADCAM_TARGETS
+from ..data.atlas import ATLAS_MODES
+from ..data.preprocess import check_brain_mask
 from ..errors import UsageError
 
 MODEL_NAMES: tuple[str, ...] = ("denseunet", "resunet", "simunet", "segresnet3d")  # models.SHIPPED_NETWORKS
@@ -87,6 +89,13 @@ class ExplainConfig:
     coregister: str = _option("auto", "co-register T1, T1ce and T2 rigidly onto the FLAIR (mutual information): auto "
                               "— when the four files are not on one grid, as separate acquisitions are —, always or "
                               "never", choices=("auto", "always", "never"))
+    atlas: str = _option("auto", "turn the head rigidly into the pose of the atlas (MNI ICBM152) on the way into the "
+                         "network's space: auto — for a raw acquisition (sequences on different grids, or not "
+                         "skull-stripped) —, always or never",
+                         choices=ATLAS_MODES)
+    brain_mask: str = _option("auto", "the brain the analyses see: auto — a skull-stripped scan's own, else the "
+                              "atlas's (coarser than a learned skull-stripper) —, atlas, as-read, or your mask file "
+                              "(non-zero = brain, on any grid)", metavar="auto|atlas|as-read|FILE")
     resample: bool = _option(True, "resample a case that is off the network's training grid (voxel size, oblique "
                              "axes) into it; the results go back onto the case's own grid")
     overwrite: bool = _option(False, "replace OUT (an earlier result) once the new run is complete")
@@ -114,6 +123,7 @@ class ExplainConfig:
             raise UsageError(f"--classes {self.classes}: {error}") from None
         if not self.layers.strip():
             raise UsageError("--layers: give 'all' or layer names")
+        check_brain_mask(self.brain_mask)
 
     def ensemble_files(self) -> list[str]:
         """The weights files of ``--ensemble``, in the order given (empty without one)."""
@@ -135,6 +145,9 @@ class ExplainConfig:
         return arguments
 
 
+CASE_PREPARATION = ("coregister", "atlas", "brain_mask")  # the settings every single-case verb takes from explain
+
+
 def help_of(name: str, config_type=ExplainConfig) -> str:
     """The help text of a setting (for a verb that takes one setting of ``explain`` as its own option)."""
     return next(setting.metadata["help"] for setting in fields(config_type) if setting.name == name)
@@ -149,11 +162,12 @@ def _flags(setting) -> tuple[str, ...]:
     return (flag,)
 
 
-def add_config_options(parser: argparse.ArgumentParser, config_type=ExplainConfig, exclude: tuple[str, ...] = ()
-                       ) -> None:
-    """One option per field of ``config_type`` (its help, default and choices), in field order."""
+def add_config_options(parser: argparse.ArgumentParser, config_type=ExplainConfig, exclude: tuple[str, ...] = (),
+                       only: tuple[str, ...] | None = None) -> None:
+    """One option per field of ``config_type`` (its help, default and choices), in field order; ``only`` these
+    fields when given."""
     for setting in fields(config_type):
-        if setting.name in exclude:
+        if setting.name in exclude or (only is not None and setting.name not in only):
             continue
         meta, flags = setting.metadata, _flags(setting)
         default = None if setting.default is MISSING else setting.default

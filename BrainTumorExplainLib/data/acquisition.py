@@ -8,7 +8,7 @@ network copes with a scan that is not on its training grid, against the axis-ali
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,9 +31,14 @@ class Acquisition:
     — the skull-stripped volumes merely interpolated, their edge blurred into a dark rim (what resampling a BraTS case
     with any image tool gives). ``motion_mm`` / ``motion_degrees``: the head moved between series — T1, T1ce and T2
     are each their own series, written on their own grid, after a seeded rigid motion of the head (a translation of
-    that length and a rotation of that angle, about the case's centre, in directions drawn from ``motion_seed``), so
+    that length and a rotation of that angle, about the case's centre, in directions drawn from ``seed``), so
     that their world coordinates are off the FLAIR's by that motion, as separate acquisitions are; the FLAIR, the
-    labels and the tissue map stay as they were (:meth:`motions` gives each motion)."""
+    labels and the tissue map stay as they were (:meth:`motions` gives each motion). ``head_tilt_degrees``: the
+    patient's head itself turned in the scanner (about each LPS axis, as ``tilt_degrees``, about the case's centre),
+    every file with it — the ground truth too (:meth:`pose`). ``skull``: the head around the brain left on, as a scan
+    that was not skull-stripped — no head image ships with the template, so a synthetic one (:func:`add_head`): a
+    cerebrospinal-fluid rim, a dark skull and a bright scalp following the brain's outline, and noise in the air
+    (drawn from ``seed``)."""
 
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     tilt_degrees: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -42,7 +47,9 @@ class Acquisition:
     stripped: bool = True
     motion_mm: float = 0.0
     motion_degrees: float = 0.0
-    motion_seed: int = 0
+    seed: int = 0
+    head_tilt_degrees: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    skull: bool = False
 
     def __post_init__(self) -> None:
         if sorted(self.axes) != [0, 1, 2]:
@@ -60,14 +67,12 @@ class Acquisition:
 
         if not (self.motion_mm or self.motion_degrees):
             return {}
-        size, spacing = np.asarray(grid.size, dtype=float), np.asarray(grid.spacing)
-        centre = np.asarray(grid.origin) + np.asarray(grid.direction, dtype=float).reshape(3, 3) @ (
-            (size - 1) * spacing / 2)
+        centre = _centre(grid)
         moved = {}
         for channel, sequence in enumerate(MODALITIES):
             if sequence == "flair":
                 continue
-            rng = np.random.default_rng((self.motion_seed, channel))
+            rng = np.random.default_rng((self.seed, channel))
             axis, shift = rng.normal(size=3), rng.normal(size=3)
             rotation = sitk.VersorRigid3DTransform()
             rotation.SetCenter(tuple(float(c) for c in centre))
@@ -81,19 +86,22 @@ class Acquisition:
             moved[sequence] = motion
         return moved
 
+    def pose(self, grid: ReferenceGrid) -> "sitk.AffineTransform | None":
+        """The head's turn in the scanner (about ``grid``'s centre), None when it lies as the case does."""
+        import SimpleITK as sitk
+
+        if not any(self.head_tilt_degrees):
+            return None
+        turn = sitk.AffineTransform(3)
+        turn.SetCenter(tuple(float(c) for c in _centre(grid)))
+        turn.SetMatrix(tuple(float(v) for v in _rotation(self.head_tilt_degrees).ravel()))
+        return turn
+
     @property
     def direction(self) -> np.ndarray:
         """3×3: column m is the direction of image axis m in LPS."""
-        rotation = np.eye(3)
-        for axis, degrees in enumerate(self.tilt_degrees):
-            angle = np.deg2rad(degrees)
-            turn = np.eye(3)
-            a, b = [i for i in range(3) if i != axis]
-            turn[a, a] = turn[b, b] = np.cos(angle)
-            turn[a, b], turn[b, a] = -np.sin(angle), np.sin(angle)
-            rotation = turn @ rotation
         signs = np.where(self.flips, -1.0, 1.0)
-        return rotation @ (np.eye(3)[:, list(self.axes)] * signs)
+        return _rotation(self.tilt_degrees) @ (np.eye(3)[:, list(self.axes)] * signs)
 
     def grid_for(self, grid: ReferenceGrid) -> ReferenceGrid:
         """The grid of this acquisition about ``grid``'s centre, covering ``grid``'s physical box."""
@@ -110,29 +118,79 @@ class Acquisition:
                              tuple(float(o) for o in origin), tuple(float(d) for d in direction.ravel()))
 
 
+def _rotation(degrees: tuple[float, float, float]) -> np.ndarray:
+    """Turns about the LPS x, then y, then z axis."""
+    rotation = np.eye(3)
+    for axis, value in enumerate(degrees):
+        angle = np.deg2rad(value)
+        turn = np.eye(3)
+        a, b = [i for i in range(3) if i != axis]
+        turn[a, a] = turn[b, b] = np.cos(angle)
+        turn[a, b], turn[b, a] = -np.sin(angle), np.sin(angle)
+        rotation = turn @ rotation
+    return rotation
+
+
+def _centre(grid: ReferenceGrid) -> np.ndarray:
+    size, spacing = np.asarray(grid.size, dtype=float), np.asarray(grid.spacing)
+    return np.asarray(grid.origin) + np.asarray(grid.direction, dtype=float).reshape(3, 3) @ ((size - 1) * spacing / 2)
+
+
 def reacquire(source: str | Path | CaseFiles, out: str | Path, acquisition: Acquisition) -> CaseFiles:
     """Write ``source``'s files, seen through ``acquisition``, into the folder ``out`` (same names): the sequences
-    linearly (skull-stripped at the new grid unless ``acquisition.stripped`` is False), labels and tissue by nearest
-    neighbour. The source files are only read."""
+    linearly (skull-stripped at the new grid unless ``acquisition.stripped`` is False; the head added around the
+    brain when ``acquisition.skull``), labels and tissue by nearest neighbour. The source files are only read."""
     from .resample import raw_sequences, resample_array, resample_sequences
 
     files = source if isinstance(source, CaseFiles) else find_case_files(source)
     case = load_case(files)
     grid = acquisition.grid_for(case.grid)
+    pose = acquisition.pose(case.grid)
+    posed = case if pose is None else replace(case, grid=moved_grid(case.grid, pose))  # the same voxels, turned
     if acquisition.stripped:
-        raw, _ = resample_sequences(case, grid)
+        raw, _ = resample_sequences(posed, grid)
     else:
-        raw = np.stack([resample_array(sequence, case.grid, grid) for sequence in raw_sequences(case)])
+        raw = np.stack([resample_array(sequence, posed.grid, grid) for sequence in raw_sequences(posed)])
+    if acquisition.skull:
+        raw = add_head(raw, grid.canonical_spacing, acquisition.seed)
     out = Path(out)
     motions = acquisition.motions(case.grid)
     written = {role: (moved_grid(grid, motions[role]) if role in motions else grid).write(
         raw[channel], out / Path(getattr(files, role)).name) for channel, role in enumerate(MODALITIES)}
     if case.labels is not None:
-        labels = case.label_convention.from_classes(resample_array(case.labels, case.grid, grid))
+        labels = case.label_convention.from_classes(resample_array(case.labels, posed.grid, grid))
         written["seg"] = grid.write(labels, out / Path(files.seg).name)
     if case.tissue is not None:
-        written["tissue"] = grid.write(resample_array(case.tissue, case.grid, grid), out / Path(files.tissue).name)
+        written["tissue"] = grid.write(resample_array(case.tissue, posed.grid, grid), out / Path(files.tissue).name)
     return CaseFiles(**written, case_id=files.case_id, naming=files.naming)
+
+
+# Around the brain, outwards (mm from its edge): cerebrospinal fluid, skull (dark in every sequence), scalp (fat:
+# bright in T1); each sequence's intensity there relative to its median in the brain (in MODALITIES order).
+HEAD_LAYERS_MM = {"csf": (0.0, 3.0), "skull": (3.0, 8.0), "scalp": (8.0, 14.0)}
+HEAD_INTENSITY = {"csf": (0.25, 0.3, 0.35, 1.8), "skull": (0.05, 0.05, 0.05, 0.05), "scalp": (0.9, 1.5, 1.4, 0.8)}
+AIR_NOISE = 0.02  # Rayleigh noise in the air, relative to the brain's median
+
+
+def add_head(raw: np.ndarray, spacing_mm: tuple[float, float, float], seed: int) -> np.ndarray:
+    """Skull-stripped sequences ``(4, ...)`` (canonical, 0 outside the brain) with a synthetic head around the brain
+    (:data:`HEAD_LAYERS_MM`, :data:`HEAD_INTENSITY`, a 10 % texture) and noise in the air: a scan as the scanner
+    gives it, before any skull-stripping. The brain's voxels are not changed."""
+    from scipy import ndimage
+
+    brain = (raw != 0).any(axis=0)
+    outside_mm = ndimage.distance_transform_edt(~brain, sampling=spacing_mm)
+    rng = np.random.default_rng((seed, 1 << 16))
+    head = raw.copy()
+    for channel in range(len(raw)):
+        median = float(np.median(raw[channel][brain]))
+        values = AIR_NOISE * median * rng.rayleigh(1.0, size=brain.shape)
+        for layer, (inner, outer) in HEAD_LAYERS_MM.items():
+            shell = (outside_mm > inner) & (outside_mm <= outer)
+            texture = 1.0 + 0.1 * rng.standard_normal(int(shell.sum()))
+            values[shell] = HEAD_INTENSITY[layer][channel] * median * texture
+        head[channel] = np.where(brain, raw[channel], values)
+    return head.astype(np.float32)
 
 
 def moved_grid(grid: ReferenceGrid, motion: "sitk.Transform") -> ReferenceGrid:

@@ -31,6 +31,8 @@ from .labels import BRATS2021, BRATS2023, TISSUE_NAMES, LabelConvention, label_c
 if TYPE_CHECKING:  # imported where files are read, so a saved case (.npz) loads where SimpleITK is absent
     import SimpleITK as sitk
 
+    from .atlas import AtlasAlignment
+
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
 NAMINGS: dict[str, dict[str, str]] = {
@@ -77,6 +79,9 @@ class Case:
             leaves such voxels out of its statistics); see :meth:`sequence_support`.
         original: the case as read, when this one is its resampling into a network's space
             (:func:`data.resample.resample_case`; ``grid`` then writes every result back onto ``original.grid``).
+        registrations: each sequence's co-registration onto the reference, when it ran (:mod:`data.registration`).
+        alignment: the head's pose against the atlas, when the case is to be turned into it on the way into a
+            network's space (:mod:`data.atlas`, :func:`data.preprocess.preprocess`).
     """
 
     case_id: str
@@ -91,6 +96,7 @@ class Case:
     nonzero: np.ndarray | None = field(default=None, repr=False)
     original: "Case | None" = field(default=None, repr=False)
     registrations: dict | None = field(default=None, repr=False)  # sequence → data.registration.Registration
+    alignment: "AtlasAlignment | None" = field(default=None, repr=False)  # the pose into the network's space
 
     def brain_slices(self) -> np.ndarray:
         """Indices of the axial slices that contain brain (the only ones a network needs to see)."""

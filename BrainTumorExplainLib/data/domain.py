@@ -24,18 +24,29 @@ MAX_FACES_TOUCHED = 2  # a brain may reach the box's top and bottom slices (BraT
 BRAIN_VOLUME_ML = (700.0, 2200.0)  # adult brains (with the tumour) lie well inside this range
 
 
+def _fraction_and_faces(brain: np.ndarray) -> tuple[float, int]:
+    fraction = float(brain.mean()) if brain.size else 0.0
+    return fraction, sum(bool(np.take(brain, index, axis=axis).any()) for axis in range(3) for index in (0, -1))
+
+
+def looks_skull_stripped(brain_mask: np.ndarray) -> bool:
+    """Whether a canonical brain mask (voxels non-zero in any sequence) is a stripped brain's, not a head's."""
+    fraction, faces = _fraction_and_faces(np.asarray(brain_mask, dtype=bool))
+    return fraction <= MAX_BRAIN_FRACTION and faces <= MAX_FACES_TOUCHED
+
+
 def domain_check(brain_mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> dict:
     """The measurements above for a canonical brain mask and its voxel size (mm, canonical order), with a
     ``warnings`` list (empty when the case looks like the training data)."""
     brain = np.asarray(brain_mask, dtype=bool)
     volume_ml = float(brain.sum() * np.prod(spacing_mm) / 1000.0)
-    fraction = float(brain.mean()) if brain.size else 0.0
-    faces = sum(bool(np.take(brain, index, axis=axis).any()) for axis in range(3) for index in (0, -1))
+    fraction, faces = _fraction_and_faces(brain)
     warnings = []
-    if fraction > MAX_BRAIN_FRACTION or faces > MAX_FACES_TOUCHED:
+    if not looks_skull_stripped(brain):
         warnings.append(f"the brain mask (voxels non-zero in any sequence) fills {fraction:.0%} of the image and "
                         f"touches {faces} of its 6 faces: the scan does not look skull-stripped, and the networks "
-                        "were trained on skull-stripped brains — strip it first (e.g. HD-BET or SynthStrip)")
+                        "were trained on skull-stripped brains — strip it first (e.g. HD-BET or SynthStrip), give "
+                        "its mask (--brain-mask FILE) or let the atlas mask it (--brain-mask auto)")
     low, high = BRAIN_VOLUME_ML
     if not low <= volume_ml <= high:
         warnings.append(f"the brain mask holds {volume_ml:.0f} mL, outside the {low:.0f}–{high:.0f} mL of a whole "

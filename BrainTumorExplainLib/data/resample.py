@@ -131,6 +131,7 @@ class ResampledGrid:
     grid: ReferenceGrid  # the network's space: axis-aligned, at its voxel size
     reference: ReferenceGrid  # the case's own grid, where every result is written
     reason: str
+    aligned: ReferenceGrid | None = None  # ``reference``'s voxels turned into the atlas's pose, when it was aligned
 
     @property
     def canonical_shape(self) -> tuple[int, int, int]:
@@ -141,8 +142,9 @@ class ResampledGrid:
         return self.grid.canonical_spacing
 
     def to_reference(self, canonical_array: np.ndarray) -> np.ndarray:
-        """A canonical array in the network's space, on the case's own grid (canonical order)."""
-        return resample_array(canonical_array, self.grid, self.reference)
+        """A canonical array in the network's space, on the case's own grid (canonical order): sampled on the
+        aligned grid when the case was turned into the atlas's pose — the same voxels as ``reference``."""
+        return resample_array(canonical_array, self.grid, self.aligned or self.reference)
 
     def to_image(self, canonical_array: np.ndarray) -> "sitk.Image":
         return self.reference.to_image(self.to_reference(canonical_array))
@@ -160,6 +162,7 @@ class ResampledGrid:
                 "from": {"spacing_mm": _mm(self.reference.canonical_spacing),
                          "oblique_degrees": round(obliquity_degrees(self.reference), 2)},
                 "to": {"spacing_mm": _mm(self.grid.canonical_spacing), "oblique_degrees": 0.0},
+                "atlas_aligned": self.aligned is not None,
                 "interpolation": "sequences linear, labels nearest; results back: maps linear, labels nearest"}
 
 
@@ -168,21 +171,27 @@ def resample_case(case: Case, spacing: tuple[float, float, float], sequences: st
     """``case`` in the space of a network trained at ``spacing`` (mm, canonical ``z, y, x``) on axis-aligned
     volumes: ``case`` itself when it is already there, else a new case (see the module notes; ``sequences``: one of
     :data:`SEQUENCE_RESAMPLING`; ``axes``: the network's array axes, see :func:`network_grid`) whose ``original`` is
-    ``case``. The input case is not changed."""
+    ``case``. A case with an :attr:`~data.case.Case.alignment` is turned into the atlas's pose on the way (its grid
+    moved by the pose's inverse: the same voxels, in the atlas's frame). The input case is not changed."""
+    from .acquisition import moved_grid
+
     if isinstance(case.grid, ResampledGrid):
         case = case.original
-    reason = space_mismatch(case.grid, tuple(float(s) for s in spacing))
+    aligned = None if case.alignment is None else moved_grid(case.grid, case.alignment.rigid_to_atlas())
+    source = aligned or case.grid
+    reason = space_mismatch(source, tuple(float(s) for s in spacing))
     if reason is None:
         return case
+    if aligned is not None:
+        reason = f"turned {case.alignment.rotation_degrees:.1f}° into the atlas's pose; {reason}"
     # A bundle (linear, as MONAI's Spacingd) gets MONAI's whole grid; ours the part around the brain.
-    source = case.grid
     target = network_grid(source, spacing, case.brain_mask if sequences == "skull-stripped" else None, axes=axes)
     if sequences == "linear":
         raw = np.stack([resample_array(sequence, source, target) for sequence in raw_sequences(case)])
         nonzero = raw != 0
         brain = nonzero.any(axis=0)
     elif sequences == "skull-stripped":
-        raw, brain = resample_sequences(case, target)
+        raw, brain = resample_sequences(replace(case, grid=source), target)
         nonzero = None
     else:
         raise ValueError(f"sequences={sequences!r}: one of {SEQUENCE_RESAMPLING}")
@@ -191,7 +200,7 @@ def resample_case(case: Case, spacing: tuple[float, float, float], sequences: st
     images = np.stack([zscore_in_mask(sequence, brain) for sequence in raw])
     discrete = {name: None if getattr(case, name) is None else resample_array(getattr(case, name), source, target)
                 for name in ("labels", "tissue")}
-    return replace(case, images=images, brain_mask=brain, grid=ResampledGrid(target, source, reason),
+    return replace(case, images=images, brain_mask=brain, grid=ResampledGrid(target, case.grid, reason, aligned),
                    intensity_stats=stats, nonzero=None if nonzero is None else sequence_nonzero(nonzero, brain),
                    original=case, **discrete)
 

@@ -8,9 +8,14 @@ preprocessing resamples to, or — when it does not resample — on whatever it 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..data.case import Case
 from ..data.resample import resample_case, warn_if_off_space
 from .description import CANONICAL_AXES, axis_permutation
+
+if TYPE_CHECKING:
+    from ..data.preprocess import Preprocessing
 
 
 def training_spacing(network) -> tuple[float, float, float] | None:
@@ -46,19 +51,21 @@ def into_network_space(case: Case, network, resample: bool = True) -> Case:
     return resample_case(case, spacing)
 
 
-def prepare_case(source, network, coregister: str = "auto", resample: bool = True) -> tuple[Case, str]:
-    """A case (folder, :class:`data.case.CaseFiles` or saved ``.npz``) read as ``network`` needs it: its sequences
-    co-registered onto the FLAIR when ``coregister`` (auto, always, never: :func:`data.registration.
-    wants_coregistration`) asks, then brought into the network's space (:func:`into_network_space`). Returns the
-    case and why co-registration ran or not."""
+def prepare_case(source, network, coregister: str = "auto", resample: bool = True, atlas: str = "auto",
+                 brain_mask: str = "auto") -> tuple[Case, "Preprocessing | None"]:
+    """A case (folder, :class:`data.case.CaseFiles` or saved ``.npz``) read as ``network`` needs it: BraTS-style
+    preprocessing as its input asks (:func:`data.preprocess.preprocess`: co-registration, brain mask, atlas
+    alignment; ``coregister``, ``atlas``, ``brain_mask`` as there), then brought into the network's space
+    (:func:`into_network_space`). Returns the case and what the preprocessing did (None for a saved case, which is
+    taken as it was saved)."""
     from ..data.case import CaseFiles, find_case_files, load_case
-    from ..data.registration import wants_coregistration
+    from ..data.preprocess import preprocess
 
     if not isinstance(source, CaseFiles) and str(source).endswith(".npz"):
-        return into_network_space(load_case(source), network, resample), "a saved case is already on one grid"
+        return into_network_space(load_case(source), network, resample), None
     files = source if isinstance(source, CaseFiles) else find_case_files(source)
-    wanted, why = wants_coregistration(coregister, files.modality_paths())
-    return into_network_space(load_case(files, coregister=wanted), network, resample), why
+    case, steps = preprocess(files, training_spacing(network), coregister, atlas, brain_mask, resample)
+    return into_network_space(case, network, resample), steps
 
 
 def space_summary(case: Case, network) -> dict:
