@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 
 from BrainTumorExplainLib.app.cli import main
-from BrainTumorExplainLib.app.explain import _write_preprocessing
+from BrainTumorExplainLib.app.explain import write_preprocessing
 from BrainTumorExplainLib.app.report import preprocessing_lines
 from BrainTumorExplainLib.data.acquisition import Acquisition, reacquire
 from BrainTumorExplainLib.data.case import load_case
@@ -135,8 +135,27 @@ def test_explain_records_the_steps_and_writes_the_mask_and_the_pose(turned, tmp_
         assert "brain mask (atlas)" in names
 
     case, steps = preprocess(turned, ONE_MM)  # the pose, when it is used, goes beside the results
-    written = _write_preprocessing(case, steps, tmp_path / "pose")
+    written = write_preprocessing(case, steps, tmp_path / "pose")
     pose = sitk.ReadTransform(str(tmp_path / "pose" / "registration" / "flair_to_atlas.tfm"))
     point = (10.0, -20.0, 30.0)
     np.testing.assert_allclose(pose.TransformPoint(point), steps.alignment.rigid().TransformPoint(point), atol=1e-6)
     assert {path.name for path in written} == {"flair_to_atlas.tfm", "brain_mask.nii.gz"}
+
+
+def test_preprocess_writes_a_case_to_check_that_explain_takes_as_preprocessed(turned, tmp_path):
+    """The preprocess verb writes the masked sequences on the scan's own grid under the input's names, the mask,
+    the pose and what it did; the folder is a case that needs no preprocessing again; the input is only read."""
+    before = {path.name: path.read_bytes() for path in Path(turned.flair).parent.iterdir()}
+    out = tmp_path / "preprocessed"
+    assert main(["preprocess", str(Path(turned.flair).parent), "--out", str(out)]) == 0
+    assert {path.name: path.read_bytes() for path in Path(turned.flair).parent.iterdir()} == before
+    record = json.loads((out / "preprocessing.json").read_text())
+    assert record["preprocessing"]["brain_mask"]["source"] == "atlas" and record["preprocessing"]["atlas"]["aligned"]
+    assert {path.name for path in (out / "registration").iterdir()} == {"flair_to_atlas.tfm"}
+    written = load_case(out)
+    assert ReferenceGrid.from_image(sitk.ReadImage(str(out / Path(turned.flair).name))) == load_case(turned).grid
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "brain_mask.nii.gz"))) > 0
+    assert np.array_equal(written.brain_mask, written.grid.to_canonical(mask))
+    case, steps = preprocess(out, ONE_MM)
+    assert steps.brain_mask == "as read" and not steps.atlas_aligned and "preprocessed" in steps.atlas_why
+    np.testing.assert_array_equal(case.labels, load_case(turned).labels)

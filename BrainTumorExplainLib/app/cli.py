@@ -25,7 +25,8 @@ from ..errors import InputError, Interrupted, UsageError
 from ..outputs import DISK_ERRNOS, OutputFile, OutputFolder
 from ..progress import progress_bar
 from . import stages
-from .contract import PROGRESS_FORMATS, SEGMENTATION, SUMMARY
+from .contract import PREPROCESSING, PROGRESS_FORMATS, SEGMENTATION, SUMMARY
+from .report import preprocessing_lines
 from .settings import (
     CASE_PREPARATION,
     MODEL_NAMES,
@@ -422,6 +423,50 @@ def _run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_preprocess(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("preprocess", help="BraTS-style preprocessing of a clinical case, written as a case folder to "
+                       "check (in 3D Slicer or any viewer) before any analysis",
+                       description="Writes OUT/ as a case folder with the input's file names: the four sequences "
+                                   "co-registered onto the FLAIR and skull-stripped, on the FLAIR's own grid (its "
+                                   "intensities, not z-scores; labels and tissue carried over), OUT/registration/"
+                                   "*.tfm (each co-registration, and the head's pose against the atlas), "
+                                   "OUT/brain_mask.nii.gz when the brain was masked, OUT/preprocessing.json (each "
+                                   "step, why, seconds). explain takes OUT as preprocessed (one grid, skull-stripped) "
+                                   "and keeps its pose unless --atlas always. The input is only read.")
+    p.add_argument("case", type=Path, help="BraTS case folder")
+    add_config_options(p, only=CASE_PREPARATION)
+    p.add_argument("--out", required=True, type=Path, help="output case folder")
+    _add_overwrite(p)
+    p.set_defaults(run=_run_preprocess)
+
+
+ATLAS_SPACING_MM = (1.0, 1.0, 1.0)  # preprocess decides the pose for the atlas's (and the shipped networks') 1 mm
+
+
+def _run_preprocess(args: argparse.Namespace) -> int:
+    from ..data.case import MODALITIES, find_case_files
+    from ..data.preprocess import preprocess
+    from ..data.resample import raw_sequences
+    from .explain import preprocessing_summary, write_preprocessing
+
+    files = find_case_files(args.case)
+    with OutputFolder(args.out, [args.case, _mask_file(args)], args.overwrite, "preprocess") as work:
+        case, steps = preprocess(files, ATLAS_SPACING_MM, args.coregister, args.atlas, args.brain_mask)
+        for channel, sequence in enumerate(raw_sequences(case)):
+            case.grid.write(sequence, work / Path(getattr(files, MODALITIES[channel])).name)
+        if case.labels is not None:
+            case.write_labels(case.labels, work / Path(files.seg).name)
+        if case.tissue is not None:
+            case.grid.write(case.tissue, work / Path(files.tissue).name)
+        write_preprocessing(case, steps, work)
+        record = {"case": case.case_id, **preprocessing_summary(case, steps)}
+        (work / PREPROCESSING).write_text(json.dumps(record, indent=2) + "\n")
+    for line in preprocessing_lines(record):
+        print(line)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _add_gradcam(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gradcam", help="layer-wise Grad-CAM of a case: every layer from one forward pass (paper 3.2)",
                        description="Writes OUT/<model>/<layer>_<class>.nii.gz (raw maps on the case's own grid), "
@@ -637,8 +682,7 @@ def _run_uncertainty(args: argparse.Namespace) -> int:
         raise UsageError(f"--passes {args.passes}: test-time dropout needs at least 2 passes")
     files = split_files(args.ensemble)
     folder = OutputFolder(args.out, [args.case, args.weights, _model_folder(args.model), _mask_file(args), *files],
-                          args.overwrite,
-                          "uncertainty")
+                          args.overwrite, "uncertainty")
     model = _load_model(args)
     members = load_ensemble(args.model, files, resolve_device(args.device), args.trust_bundle) if files else []
     case = _case_for(args, model)
@@ -914,7 +958,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Explain brain-tumour segmentation networks (Natekar et al. 2020).")
     parser.add_argument("--version", action="version", version=f"BrainTumorExplainLib {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
-    for add in (_add_demo, _add_explain, _add_phantom, _add_montage, _add_score, _add_segment, _add_train, _add_train_bundle, _add_evaluate,
+    for add in (_add_demo, _add_explain, _add_phantom, _add_montage, _add_score, _add_segment, _add_preprocess, _add_train, _add_train_bundle, _add_evaluate,
                 _add_gradcam, _add_dissect, _add_uncertainty, _add_template, _add_featviz, _add_bench):
         add(sub)
     return parser

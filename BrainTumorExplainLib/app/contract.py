@@ -38,6 +38,7 @@ GRADCAM = "gradcam"
 CONCEPTS = "concepts"
 FEATVIZ = "featviz"
 REGISTRATION = "registration"
+PREPROCESSING = "preprocessing.json"  # what the preprocess verb did (summary.json's parts on it)
 BRAIN_MASK = "brain_mask.nii.gz"  # written when the brain was masked by the atlas or the user's mask
 ATLAS = "atlas"  # the atlas's name in registration_file: flair_to_atlas.tfm is the head's pose against it
 

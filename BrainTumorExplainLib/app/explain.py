@@ -57,7 +57,7 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
         run, folder = _load(source, out, config, progress is not None)
     with folder as work:
         run.work = work
-        _write_preprocessing(run.case.original or run.case, run.handed_on["preprocessing"], work)
+        write_preprocessing(run.case.as_read, run.handed_on["preprocessing"], work)
         for analysis in stages.ANALYSES:
             with clock.stage(analysis.NAME):
                 analysis.run(run)
@@ -140,19 +140,13 @@ def _dissection(model, config: ExplainConfig):
 def _summary_start(case, model, config: ExplainConfig, device, steps) -> dict:
     from ..models.space import space_summary
 
-    as_read = case.original or case
-    registrations = as_read.registrations
     roles = ("flair", "t1", "t1ce", "t2", "seg", "tissue")
     return {
         "schema": SUMMARY_SCHEMA, "version": __version__, "case": case.case_id,
         "model": Path(config.model).name if Path(config.model).is_dir() else config.model,
         "config": asdict(config), "device": device_name(device), "versions": library_versions(),
         "ground_truth": case.labels is not None,
-        "coregistration": {"ran": registrations is not None, "why": steps.coregistration,
-                           "sequences": {sequence: registration.to_dict()
-                                         for sequence, registration in (registrations or {}).items()}},
-        "preprocessing": {**steps.to_dict(), "steps": steps.lines()},
-        "domain": domain_check(as_read.brain_mask, as_read.spacing),
+        **preprocessing_summary(case.as_read, steps),
         "network_space": space_summary(case, model),
         "inputs": {"files": {role: str(getattr(case.files, role)) if getattr(case.files, role) else None
                              for role in roles},
@@ -160,7 +154,18 @@ def _summary_start(case, model, config: ExplainConfig, device, steps) -> dict:
     }
 
 
-def _write_preprocessing(case, steps, work: Path) -> list[Path]:
+def preprocessing_summary(as_read, steps) -> dict:
+    """What ``summary.json`` (and ``preprocess``'s ``preprocessing.json``) say of the preprocessing of a case as read:
+    ``coregistration``, ``preprocessing`` (each step, why, seconds) and ``domain`` (the checks after it)."""
+    registrations = as_read.registrations
+    return {"coregistration": {"ran": registrations is not None, "why": steps.coregistration,
+                               "sequences": {sequence: registration.to_dict()
+                                             for sequence, registration in (registrations or {}).items()}},
+            "preprocessing": {**steps.to_dict(), "steps": steps.lines()},
+            "domain": domain_check(as_read.brain_mask, as_read.spacing)}
+
+
+def write_preprocessing(case, steps, work: Path) -> list[Path]:
     """What the preprocessing found, beside the results: each applied co-registration's transform as
     ``registration/<sequence>_to_<reference>.tfm`` and the head's pose against the atlas as
     ``registration/flair_to_atlas.tfm`` (ITK's text format, which 3D Slicer and every ITK tool read), and the brain

@@ -28,7 +28,16 @@ import numpy as np
 
 from ..errors import CaseError, UsageError
 from .atlas import ATLAS_NAME, AtlasAlignment, align_to_atlas, atlas_brain_mask, wants_alignment
-from .case import MODALITIES, Case, CaseFiles, load_case, read_canonical, sequence_nonzero, zscore_in_mask
+from .case import (
+    MODALITIES,
+    Case,
+    CaseFiles,
+    find_case_files,
+    load_case,
+    read_canonical,
+    sequence_nonzero,
+    zscore_in_mask,
+)
 from .domain import looks_skull_stripped
 from .registration import wants_coregistration
 
@@ -65,13 +74,14 @@ class Preprocessing:
         return [f"{mask[self.brain_mask]} ({self.brain_mask_why})", atlas]
 
 
-def preprocess(files: CaseFiles, training_spacing: tuple[float, float, float] | None, coregister: str = "auto",
+def preprocess(files: CaseFiles | str | Path, training_spacing: tuple[float, float, float] | None, coregister: str = "auto",
                atlas: str = "auto", brain_mask: str = "auto", resample: bool = True) -> tuple[Case, Preprocessing]:
-    """``files`` read and prepared (steps 1–3 of the module notes) for a network trained at ``training_spacing``
+    """``files`` (or a case folder) read and prepared (steps 1–3 of the module notes) for a network trained at ``training_spacing``
     (mm, canonical ``z, y, x``; None: it resamples nothing, so no alignment). ``coregister``, ``atlas``: auto,
     always or never; ``brain_mask``: auto, atlas, as-read or a mask file (non-zero = brain, on any grid)."""
     from .resample import raw_sequences
 
+    files = files if isinstance(files, CaseFiles) else find_case_files(files)
     wanted, coregistration_why = wants_coregistration(coregister, files.modality_paths())
     check_brain_mask(brain_mask)
     clock = time.perf_counter()
