@@ -15,11 +15,12 @@ pose and the mask need no finer).
 * **Pose**: the similarity's rotation about its centre — rigid, so the case's anatomy keeps its size and shape when it
   is brought into the network's space (:func:`data.resample.resample_case`).
 * **Brain mask** (:func:`atlas_brain_mask`): the template's brain through the affine onto the case's grid, its outer
-  2 mm left out. It is the template's shape, scaled and sheared to the head: far coarser than a learned skull-stripper (HD-BET, SynthStrip),
-  which follows this brain's own edge — on the phantoms, built on this very template, it is better than it will be on
-  a patient. A user's own mask (``--brain-mask``) is always preferred.
+  2 mm left out. It is the template's shape, scaled and sheared to the head: far coarser than a learned
+  skull-stripper (HD-BET, SynthStrip), which follows this brain's own edge — on the phantoms, built on this very
+  template, it is better than it will be on a patient. A user's own mask (``--brain-mask FILE``) is always preferred.
 
-``transform`` maps a point of the template to the same anatomy in the case (ITK's convention).
+Every transform here maps a point of the template to the same anatomy in the case (ITK's convention), except
+:meth:`AtlasAlignment.rigid_to_atlas`, its inverse.
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def template_images() -> tuple["sitk.Image", "sitk.Image"]:
     return coarse, brain
 
 
-def _method(mask: "sitk.Image", initial: "sitk.Transform", seed: int, sampling: float) -> "sitk.ImageRegistrationMethod":
+def _method(mask: "sitk.Image", initial: "sitk.Transform", seed: int, sampling: float
+            ) -> "sitk.ImageRegistrationMethod":
     import SimpleITK as sitk
 
     method = sitk.ImageRegistrationMethod()
