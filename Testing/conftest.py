@@ -78,3 +78,17 @@ def synthetic_case(folder: Path, case_id: str = "BraTS_X", naming: str = "brats2
         labels[4 + i % 3, 4:6, 4 + 2 * i:6 + 2 * i] = value
     paths["seg"] = write_image(folder / f"{case_id}{suffixes['seg']}.nii.gz", labels, **geometry)
     return paths
+
+
+def explain_cheaply(case_folder, out) -> bool:
+    """explain on a case folder with the cheapest settings (SimUNet, one layer, quick dropout, two pre-image steps,
+    no resampling), writing the scene when slicer-core is installed; returns whether it did."""
+    import importlib.util
+
+    from BrainTumorExplainLib.app.cli import main
+
+    scene = importlib.util.find_spec("slicer") is not None
+    assert main(["explain", str(case_folder), "--model", "simunet", "--layers", "dec1", "--quick",
+                 "--featviz-steps", "2", "--featviz-size", "32", "--no-resample", "--scene" if scene else "--no-scene",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    return scene

@@ -4,7 +4,6 @@ preprocessed case skips every step, and explain records and writes what it did."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from dataclasses import replace
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import explain_cheaply
 
 from BrainTumorExplainLib.app.cli import main
 from BrainTumorExplainLib.app.explain import write_preprocessing
@@ -111,10 +111,7 @@ def test_explain_records_the_steps_and_writes_the_mask_and_the_pose(turned, tmp_
     """explain on the unstripped scan: the summary, the report and the scene say what ran, the atlas's mask lies
     beside the results on the scan's grid; the pose is written as ITK reads it."""
     out = tmp_path / "run"
-    scene = importlib.util.find_spec("slicer") is not None
-    assert main(["explain", str(turned.flair.parent), "--model", "simunet", "--layers", "dec1", "--quick",
-                 "--featviz-steps", "2", "--featviz-size", "32", "--no-resample", "--scene" if scene else "--no-scene",
-                 "--device", "cpu", "--out", str(out)]) == 0
+    scene = explain_cheaply(turned.flair.parent, out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["preprocessing"]["brain_mask"]["source"] == "atlas"
     assert summary["preprocessing"]["atlas"] == {"aligned": False, "why": "--no-resample",

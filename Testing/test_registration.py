@@ -4,7 +4,6 @@ did and writes the transforms."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import explain_cheaply
 
-from BrainTumorExplainLib.app.cli import main
 from BrainTumorExplainLib.data import registration
 from BrainTumorExplainLib.data.acquisition import Acquisition, reacquire
 from BrainTumorExplainLib.data.case import load_case
@@ -103,10 +102,7 @@ def test_a_registration_the_check_does_not_believe_is_not_used(moved, monkeypatc
 
 def test_explain_says_what_it_registered_and_writes_the_transforms(moved, tmp_path):
     out = tmp_path / "run"
-    scene = importlib.util.find_spec("slicer") is not None
-    assert main(["explain", str(moved.flair.parent), "--model", "simunet", "--layers", "dec1", "--quick",
-                 "--featviz-steps", "2", "--featviz-size", "32", "--no-resample", "--scene" if scene else "--no-scene",
-                 "--device", "cpu", "--out", str(out)]) == 0
+    scene = explain_cheaply(moved.flair.parent, out)
     everything = json.loads((out / "summary.json").read_text())
     assert everything["domain"]["warnings"] == []  # co-registered, the case looks like the training data again
     summary = everything["coregistration"]

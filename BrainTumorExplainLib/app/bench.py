@@ -706,7 +706,7 @@ def bench_clinical(model: SegmentationNet, case: Case, config: BenchConfig, devi
     import warnings
 
     from ..data.acquisition import reacquire
-    from ..data.atlas import align_to_atlas
+    from ..data.atlas import align_to_atlas, rotation_angle_degrees
     from ..data.preprocess import preprocess
     from ..data.resample import raw_sequences
     from ..models.inference import segment_input
@@ -753,8 +753,7 @@ def bench_clinical(model: SegmentationNet, case: Case, config: BenchConfig, devi
                 turn = np.eye(3) if pose is None else np.asarray(pose.GetMatrix()).reshape(3, 3)
                 expected = turn @ np.asarray(upright.rotation).reshape(3, 3)
                 found = np.asarray(steps.alignment.rotation).reshape(3, 3)
-                details["atlas_pose_error_degrees"] = round(float(np.degrees(np.arccos(np.clip(
-                    (np.trace(expected.T @ found) - 1) / 2, -1.0, 1.0)))), 2)
+                details["atlas_pose_error_degrees"] = round(rotation_angle_degrees(expected.T @ found), 2)
             measurements.append(Measurement("Clinical scans", name, "", sum(steps.seconds.values()), None,
                                             f"{truth.grid.canonical_shape} voxels", details))
     return measurements

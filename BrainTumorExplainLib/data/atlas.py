@@ -72,8 +72,7 @@ class AtlasAlignment:
     @property
     def rotation_degrees(self) -> float:
         """The pose's angle away from the template's."""
-        trace = float(np.trace(np.asarray(self.rotation).reshape(3, 3)))
-        return float(np.degrees(np.arccos(np.clip((trace - 1) / 2, -1.0, 1.0))))
+        return rotation_angle_degrees(np.asarray(self.rotation).reshape(3, 3))
 
     @property
     def scales(self) -> tuple[float, float, float]:
@@ -91,6 +90,11 @@ class AtlasAlignment:
                 "rotation_degrees": round(self.rotation_degrees, 2),
                 "scales": [round(s, 3) for s in self.scales],
                 "metric_before": round(self.metric_before, 4), "metric_after": round(self.metric_after, 4)}
+
+
+def rotation_angle_degrees(rotation: np.ndarray) -> float:
+    """The angle (degrees) of a 3×3 rotation matrix."""
+    return float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1.0, 1.0))))
 
 
 def _affine(matrix, translation, centre) -> "sitk.AffineTransform":
@@ -159,8 +163,9 @@ def align_to_atlas(t1: "sitk.Image", seed: int = 1, sampling: float = 0.1) -> At
     :data:`MAX_SCALE_CHANGE` (a misregistration, not a head)."""
     import SimpleITK as sitk
 
-    if seed == sitk.sitkWallClock:
-        raise ValueError("the registration's seed must not be 0 (SimpleITK's wall-clock seed)")
+    from .registration import check_seed, mutual_information
+
+    check_seed(seed)
     template, brain = template_images()
     moving = sitk.Cast(t1, sitk.sitkFloat32)
     centred = sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
@@ -182,8 +187,8 @@ def align_to_atlas(t1: "sitk.Image", seed: int = 1, sampling: float = 0.1) -> At
     method = _method(brain, affine, seed, sampling)
     _refine(method, (1,))
     affine = sitk.AffineTransform(_found(method, template, moving))
-    before = _masked_information(template, brain, moving, centred)
-    after = _masked_information(template, brain, moving, affine)
+    before = mutual_information(template, moving, centred, brain)
+    after = mutual_information(template, moving, affine, brain)
     rotation = np.asarray(similarity.GetMatrix()).reshape(3, 3) / similarity.GetScale()
     alignment = AtlasAlignment(tuple(float(v) for v in rotation.ravel()),
                                tuple(float(v) for v in similarity.GetTranslation()),
@@ -195,19 +200,6 @@ def align_to_atlas(t1: "sitk.Image", seed: int = 1, sampling: float = 0.1) -> At
               f"mutual information not improved ({after:.4f} vs {before:.4f})" if after >= before else
               f"it would scale the head by {1 + stretch:.2f}× (more than ±{MAX_SCALE_CHANGE:.0%})")
     return replace(alignment, applied=not reason, reason=reason)
-
-
-def _masked_information(template: "sitk.Image", brain: "sitk.Image", moving: "sitk.Image",
-                        transform: "sitk.Transform") -> float:
-    import SimpleITK as sitk
-
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    method.SetMetricFixedMask(brain)
-    method.SetMetricSamplingStrategy(method.NONE)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetInitialTransform(transform, inPlace=False)
-    return float(method.MetricEvaluate(template, moving))
 
 
 def atlas_brain_mask(alignment: AtlasAlignment, grid: ReferenceGrid) -> np.ndarray:

@@ -298,6 +298,14 @@ def zscore_in_mask(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def zscored_sequences(raw: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Raw sequences ``(4, ...)`` z-scored over ``mask`` (:func:`zscore_in_mask`), and the ``(4, 2)`` mean and
+    standard deviation they were z-scored with (:attr:`Case.intensity_stats`)."""
+    stats = np.array([[sequence[mask].mean(dtype=np.float64), sequence[mask].std(dtype=np.float64)]
+                      for sequence in raw])
+    return np.stack([zscore_in_mask(sequence, mask) for sequence in raw]), stats
+
+
 def load_case(
     source: str | Path | CaseFiles,
     *,

@@ -36,7 +36,7 @@ from .case import (
     load_case,
     read_canonical,
     sequence_nonzero,
-    zscore_in_mask,
+    zscored_sequences,
 )
 from .domain import looks_skull_stripped
 from .registration import wants_coregistration
@@ -161,10 +161,8 @@ def with_brain_mask(case: Case, mask: np.ndarray, source: str = "atlas") -> Case
     raw = raw_sequences(case) * mask
     nonzero = raw != 0
     try:
-        images = np.stack([zscore_in_mask(sequence, mask) for sequence in raw])
+        images, stats = zscored_sequences(raw, mask)
     except ValueError as error:
         raise CaseError(f"{source}: the brain mask leaves a sequence constant ({error})") from None
-    stats = np.array([[sequence[mask].mean(dtype=np.float64), sequence[mask].std(dtype=np.float64)]
-                      for sequence in raw])
     return replace(case, images=images, brain_mask=np.asarray(mask, dtype=bool), intensity_stats=stats,
                    nonzero=sequence_nonzero(nonzero, mask))

@@ -88,17 +88,30 @@ def largest_motion_mm(transform: "sitk.Transform", image: "sitk.Image") -> float
     return float(np.linalg.norm(moved - corners, axis=1).max())
 
 
-def mutual_information(fixed: "sitk.Image", moving: "sitk.Image", transform: "sitk.Transform") -> float:
+def mutual_information(fixed: "sitk.Image", moving: "sitk.Image", transform: "sitk.Transform",
+                       fixed_mask: "sitk.Image | None" = None) -> float:
     """Mattes mutual information of ``moving`` through ``transform`` against ``fixed``, on every voxel of ``fixed``
-    (lower is better: SimpleITK minimises its negative)."""
+    (or of ``fixed_mask``; lower is better: SimpleITK minimises its negative)."""
     import SimpleITK as sitk
 
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    if fixed_mask is not None:
+        method.SetMetricFixedMask(fixed_mask)
     method.SetMetricSamplingStrategy(method.NONE)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetInitialTransform(transform, inPlace=False)
     return float(method.MetricEvaluate(_float(fixed), _float(moving)))
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` when it fixes the metric's sampling: SimpleITK reads seed 0 as "the wall clock", a different
+    transform every run."""
+    import SimpleITK as sitk
+
+    if seed == sitk.sitkWallClock:
+        raise ValueError("the registration's seed must not be 0 (SimpleITK's wall-clock seed)")
+    return seed
 
 
 def rigid_registration(fixed: "sitk.Image", moving: "sitk.Image", sequence: str, reference: str,
@@ -113,8 +126,7 @@ def rigid_registration(fixed: "sitk.Image", moving: "sitk.Image", sequence: str,
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    if seed == sitk.sitkWallClock:  # SimpleITK reads seed 0 as "the wall clock": a different transform every run
-        raise ValueError("the registration's seed must not be 0 (SimpleITK's wall-clock seed)")
+    check_seed(seed)
     method.SetMetricSamplingPercentage(sampling, seed)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=200,

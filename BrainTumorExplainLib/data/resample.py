@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .case import Case, sequence_nonzero, zscore_in_mask
+from .case import Case, sequence_nonzero, zscored_sequences
 from .grid import ReferenceGrid
 
 if TYPE_CHECKING:
@@ -195,9 +195,7 @@ def resample_case(case: Case, spacing: tuple[float, float, float], sequences: st
         nonzero = None
     else:
         raise ValueError(f"sequences={sequences!r}: one of {SEQUENCE_RESAMPLING}")
-    stats = np.array([[sequence[brain].mean(dtype=np.float64), sequence[brain].std(dtype=np.float64)]
-                      for sequence in raw])
-    images = np.stack([zscore_in_mask(sequence, brain) for sequence in raw])
+    images, stats = zscored_sequences(raw, brain)
     discrete = {name: None if getattr(case, name) is None else resample_array(getattr(case, name), source, target)
                 for name in ("labels", "tissue")}
     return replace(case, images=images, brain_mask=brain, grid=ResampledGrid(target, case.grid, reason, aligned),
