@@ -354,17 +354,18 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def ensureDependencies(self) -> bool:
         """Install what the analysis process lacks, after asking; False (said in the panel) when it does not
         happen or does not work."""
-        plan = install_plan(missing_dependencies(), has_pytorch_extension())
+        network = self._parameterNode.network if self._parameterNode else ""
+        plan = install_plan(missing_dependencies(network=network), has_pytorch_extension())
         if plan is None:
             return True
         if not slicer.util.confirmOkCancelDisplay(plan.question, windowTitle=_("Install dependencies")):
             self.ui.statusLabel.text = _("Not started: the analysis needs {names}, which were not installed.").format(
-                names=", ".join(missing_dependencies()))
+                names=", ".join(missing_dependencies(network=network)))
             return False
         try:
             with slicer.util.WaitCursor():
                 self.ui.statusLabel.text = _("Installing {names}… (this can take minutes)").format(
-                    names=", ".join(missing_dependencies()))
+                    names=", ".join(missing_dependencies(network=network)))
                 slicer.app.processEvents()
                 if plan.torch == "extension":
                     import PyTorchUtils
@@ -376,12 +377,14 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                     slicer.util.pip_install("torch")
                 if plan.packages:
                     slicer.util.pip_install(" ".join(plan.packages))
+                if plan.without_dependencies:  # a list: pip_install passes it on as arguments (Slicer 5.6-5.10)
+                    slicer.util.pip_install(["--no-deps", *plan.without_dependencies])
         except Exception as error:  # pip and the PyTorch extension raise many kinds; each means: not installed
             self.ui.statusLabel.text = _("Installing failed: {error}").format(error=error)
             slicer.util.errorDisplay(_("Installing the dependencies failed: {error}").format(error=error))
             return False
         importlib.invalidate_caches()  # what pip just installed must be found
-        still = missing_dependencies()
+        still = missing_dependencies(network=network)
         if still:
             self.ui.statusLabel.text = _("Still missing after installing: {names}. Restart Slicer and try again.").format(
                 names=", ".join(still))

@@ -272,6 +272,9 @@ def test_install_plans_say_what_they_install():
     windows = install_plan(["torch"], False, system="Windows")
     assert windows.torch == "pip" and "CPU-only" in windows.question and "Extensions Manager" in windows.question
     assert install_plan(["scipy"], False).torch == "" and "scipy" in install_plan(["scipy"], False).question
+    nnunet = install_plan(["scipy", "dynamic-network-architectures"], True)  # an nnU-Net folder's networks' package
+    assert nnunet.packages == ("scipy",) and nnunet.without_dependencies == ("dynamic-network-architectures",)
+    assert "dynamic-network-architectures" in nnunet.question
 
 
 def test_logic_test_is_opt_in():

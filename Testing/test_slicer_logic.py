@@ -115,8 +115,14 @@ def test_the_panel_reads_your_networks_channels_without_pytorch(tmp_path):
     (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
     with pytest.raises(ValueError, match="metadata.json: input channel 0 is 'DWI'"):
         network_channels(str(bundle))
-    with pytest.raises(ValueError, match="not a MONAI bundle folder"):
+    with pytest.raises(ValueError, match="neither a MONAI bundle folder"):
         network_channels(str(tmp_path))
+    nnunet = tmp_path / "Dataset137_BraTS2021" / "nnUNetTrainer__nnUNetPlans__3d_fullres"  # its own channel names
+    nnunet.mkdir(parents=True)
+    (nnunet / "plans.json").write_text("{}")
+    (nnunet / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1", "1": "T1ce", "2": "T2",
+                                                                       "3": "Flair"}}))
+    assert network_channels(str(nnunet)) == {"flair": 3, "t1": 0, "t1ce": 1, "t2": 2}
     metadata["network_data_format"]["inputs"]["image"]["channel_def"] = {"0": "T2f"}
     (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
     logic = str(Path(__file__).parents[1] / "BrainTumorExplain")

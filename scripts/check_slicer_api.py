@@ -541,7 +541,9 @@ BY_HAND = (
     "(`Modules/Scripted/SampleData/SampleData.py`); the terminology file follows the schema "
     "`LoadContextFromFile` reads (`vtkSlicerTerminologiesModuleLogic.cxx`); `slicer.util.exit(status)` from "
     "`--python-script` ends Slicer with that status; PyTorchUtils' `installTorch(askConfirmation=False)` raises on "
-    "failure and imports torch into Slicer once it has installed it.")
+    "failure and imports torch into Slicer once it has installed it; `slicer.util.pip_install` passes a list on as "
+    "pip's arguments (a string is split by `shlex`) in 5.6.0, 5.8.1 and 5.10.0 (`Base/Python/slicer/util.py`), which "
+    "the `--no-deps` install of an nnU-Net folder's networks' package relies on.")
 
 
 def markdown(results: list[Result], tags: list[str]) -> str:

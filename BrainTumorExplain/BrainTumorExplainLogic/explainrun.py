@@ -75,16 +75,22 @@ def panel_config(**settings) -> ExplainConfig:
 
 
 def network_channels(folder: str) -> dict[str, int]:
-    """Modality → the input channel of the user's network (a MONAI bundle folder) that takes it (a modality the
-    network does not read is absent), from the bundle's metadata, without PyTorch; ``ValueError`` naming the file
-    when the folder is not a usable bundle."""
-    from BrainTumorExplainLib.data.bundle_metadata import input_channels, is_bundle
+    """Modality → the input channel of the user's network (a MONAI bundle folder or an nnU-Net trained-model folder)
+    that takes it (a modality the network does not read is absent), from the folder's metadata, without PyTorch;
+    ``ValueError`` naming the file when the folder is not a usable network."""
+    from BrainTumorExplainLib.data.bundle_metadata import (
+        input_channels,
+        is_bundle,
+        is_nnunet_folder,
+        nnunet_input_channels,
+    )
     from BrainTumorExplainLib.errors import InputError
 
-    if not is_bundle(folder):
-        raise ValueError(f"{folder}: not a MONAI bundle folder (no configs/metadata.json)")
+    if not is_bundle(folder) and not is_nnunet_folder(folder):
+        raise ValueError(f"{folder}: neither a MONAI bundle folder (configs/metadata.json) nor an nnU-Net "
+                         "trained-model folder (plans.json, dataset.json)")
     try:
-        channels = input_channels(folder)
+        channels = nnunet_input_channels(folder) if is_nnunet_folder(folder) else input_channels(folder)
     except InputError as error:
         raise ValueError(str(error)) from None
     if len(set(channels)) != len(channels):

@@ -25,6 +25,10 @@ LIBRARY_REQUIREMENTS: dict[str, str] = {
     "monai": "monai>=1.4",
     "torch": "torch",
 }
+# What an nnU-Net model folder needs besides (BrainTumorExplainLib.models.nnunet): its networks' package, installed with
+# --no-deps — it asks for timm (for its Primus and Eva networks only), whose torchvision would replace Slicer's PyTorch.
+NNUNET_REQUIREMENTS: dict[str, str] = {"dynamic_network_architectures": "dynamic-network-architectures",
+                                       "einops": "einops"}
 
 
 def ensure_library_importable() -> None:
@@ -48,10 +52,14 @@ def library_folder() -> Path:
     return Path(importlib.util.find_spec("BrainTumorExplainLib").origin).parents[1]
 
 
-def missing_dependencies(names: list[str] | None = None) -> list[str]:
-    """pip requirements for the given import names (default: all) that cannot be imported now."""
-    names = list(LIBRARY_REQUIREMENTS) if names is None else names
-    return [LIBRARY_REQUIREMENTS[n] for n in names if importlib.util.find_spec(n) is None]
+def missing_dependencies(names: list[str] | None = None, network: str = "") -> list[str]:
+    """pip requirements for the given import names (default: all the library's, and an nnU-Net folder's when
+    ``network`` is one) that cannot be imported now."""
+    from BrainTumorExplainLib.data.bundle_metadata import is_nnunet_folder
+
+    requirements = {**LIBRARY_REQUIREMENTS, **(NNUNET_REQUIREMENTS if network and is_nnunet_folder(network) else {})}
+    names = list(requirements) if names is None else names
+    return [requirements[n] for n in names if importlib.util.find_spec(n) is None]
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class InstallPlan:
     packages: tuple[str, ...]  # pip requirements other than torch
     torch: str  # "" (present), "extension" (PyTorchUtils.installTorch) or "pip" (plain PyPI wheel)
     question: str
+    without_dependencies: tuple[str, ...] = ()  # installed with --no-deps (NNUNET_REQUIREMENTS)
 
 
 def has_pytorch_extension() -> bool:
@@ -73,20 +82,21 @@ def install_plan(missing: list[str], pytorch_extension: bool, system: str | None
     if not missing:
         return None
     system = system or platform.system()
-    others = tuple(name for name in missing if name != "torch")
-    listed = ", ".join(others) if others else ""
+    alone = tuple(name for name in missing if name in NNUNET_REQUIREMENTS.values())
+    others = tuple(name for name in missing if name != "torch" and name not in alone)
+    listed = ", ".join(others + alone)
     if "torch" not in missing:
         return InstallPlan(others, "", f"BrainTumorExplain needs these Python packages, not installed in Slicer yet: "
-                                       f"{listed}. Install them now?")
+                                       f"{listed}. Install them now?", alone)
     if pytorch_extension:
         how = ("PyTorch is installed by the PyTorch extension, which picks the build for this computer's GPU (a "
                "download of up to a few GB).")
         return InstallPlan(others, "extension", f"BrainTumorExplain needs PyTorch{' and ' + listed if listed else ''}. "
-                                                f"{how} Install now?")
+                                                f"{how} Install now?", alone)
     gpu_note = {"Windows": "On Windows this is a CPU-only build: an NVIDIA GPU will NOT be used.",
                 "Darwin": "On macOS PyTorch runs on the CPU."}.get(
         system, "On Linux this is a CUDA build of several GB that uses an NVIDIA GPU when there is one.")
     return InstallPlan(others, "pip", "The PyTorch extension is not installed. Recommended: install it from the "
                                       "Extensions Manager (it picks the PyTorch build for your GPU), restart Slicer and "
                                       "Apply again. Or install PyTorch from PyPI now with pip. " + gpu_note +
-                                      f" Install PyTorch{' and ' + listed if listed else ''} with pip now?")
+                                      f" Install PyTorch{' and ' + listed if listed else ''} with pip now?", alone)

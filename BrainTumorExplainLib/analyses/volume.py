@@ -4,8 +4,9 @@
 
 * ``dropout`` — test-time dropout, when the network has dropout: ``passes`` seeded stochastic passes over the whole
   volume, only the dropout modules sampling (epistemic, as the paper's eq. 9);
-* ``flips`` — test-time augmentation, when it has none: the 8 mirrorings along the network's three axes, each
-  undone on its output, as nnU-Net mirrors at inference (sensitivity of the prediction to the input's handedness).
+* ``flips`` — test-time augmentation, when it has none: the 8 mirrorings along the network's three axes (an nnU-Net
+  network's: those its checkpoint allows), each undone on its output, as nnU-Net mirrors at inference (sensitivity
+  of the prediction to the input's handedness).
 
 Both give the same maps as the 2D networks: the channel mean of the output variances, the predictive entropy and
 the mutual information (for sigmoid regions, each region is a two-class prediction and their entropies add up).
@@ -29,7 +30,7 @@ from ..data.case import Case
 from ..errors import UsageError
 from ..models.base import evaluating, model_device, test_time_dropout
 from ..models.description import from_network_space, labels_from_outputs, network_inputs, require_hooks
-from ..models.volume import DescribedNetwork, activate, window_inferer
+from ..models.volume import DescribedNetwork, activate, run_windows, window_inferer
 from ..progress import progress_bar
 from .gradcam import GradCamVolume
 from .uncertainty import UncertaintyVolume, predictive_entropy
@@ -50,13 +51,14 @@ def volume_uncertainty(network: DescribedNetwork, case: Case, passes: int = 8, s
         raise UsageError(f"unknown uncertainty method {method!r}; expected dropout or flips")
     device = model_device(module, device)
     x = torch.from_numpy(network_inputs(case, description))[None].to(device)
-    inferer = window_inferer(description) if description.window else None
 
     def predict(inputs: torch.Tensor) -> torch.Tensor:
-        return activate((inferer(inputs, module) if inferer else module(inputs)).float(), description)
+        return activate(run_windows(description, inputs, module).float(), description)
 
     total = squares = entropy_sum = None
-    runs = range(passes) if method == "dropout" else [a for n in range(4) for a in itertools.combinations((2, 3, 4), n)]
+    axes = tuple(a + 2 for a in (description.mirror_axes if description.mirror_axes is not None else (0, 1, 2)))
+    runs = range(passes) if method == "dropout" else [a for n in range(len(axes) + 1)
+                                                       for a in itertools.combinations(axes, n)]
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad(), (
             test_time_dropout(module) if method == "dropout" else evaluating(module)):
@@ -105,6 +107,12 @@ class ModuleRecorder:
         self.outputs.clear()
 
 
+def as_window(output: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """A layer's output as ``(B, C, d, h, w)``: a 2D network run slice by slice over depth-1 windows (an nnU-Net 2d
+    configuration, :class:`models.nnunet.SliceNetwork`) gives ``(B, C, h, w)``."""
+    return output.unsqueeze(2) if output.ndim == window.ndim - 1 else output
+
+
 def window_gradcam(module: torch.nn.Module, window: torch.Tensor, layers: Sequence[str], targets: Sequence[int],
                    outputs: str, target: str = "probabilities") -> torch.Tensor:
     """Grad-CAM maps of one batch of windows ``(B, C, D, H, W)``: ``(B, len(layers) * len(targets), D, H, W)``,
@@ -120,15 +128,17 @@ def window_gradcam(module: torch.nn.Module, window: torch.Tensor, layers: Sequen
         voxels = scores[0, 0].numel()
         activations = [recorder.outputs[layer] for layer in layers]
         maps: list[list[torch.Tensor]] = [[] for _ in layers]
+        depth = [as_window(activation, window).shape[2:] for activation in activations]
         for position, channel in enumerate(targets):
             gradients = torch.autograd.grad(pooled[:, channel].sum(), activations, allow_unused=True,
                                             retain_graph=position < len(targets) - 1)
             for index, (activation, gradient) in enumerate(zip(activations, gradients)):
                 if gradient is None:
-                    maps[index].append(activation.new_zeros((activation.shape[0],) + activation.shape[2:]))
+                    maps[index].append(activation.new_zeros((activation.shape[0],) + depth[index]))
                     continue
                 beta = gradient.flatten(2).mean(-1)[(...,) + (None,) * (activation.ndim - 2)]  # eq. 4
-                maps[index].append(torch.relu((beta * activation).sum(dim=1)).detach() / voxels)  # eq. 5
+                cam = torch.relu((beta * activation).sum(dim=1)).detach() / voxels  # eq. 5
+                maps[index].append(cam.reshape((activation.shape[0],) + depth[index]))
     return torch.cat([F.interpolate(torch.stack(layer_maps, dim=1), size=size, mode="trilinear",
                                     align_corners=False) for layer_maps in maps], dim=1)
 

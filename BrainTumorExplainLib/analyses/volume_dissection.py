@@ -31,7 +31,7 @@ from ..models.description import from_network_space, network_inputs, require_hoo
 from ..models.volume import DescribedNetwork, window_inferer
 from .dissection import LayerDissection, concept_masks
 from .quantiles import StreamingQuantiles
-from .volume import ModuleRecorder
+from .volume import ModuleRecorder, as_window
 
 _FILTER_CHUNK = 16  # filters upsampled at once: bounds the memory of the IoU pass to 16 input-sized volumes
 _CONNECTED_26 = np.ones((3, 3, 3), dtype=bool)
@@ -67,7 +67,8 @@ def layer_activations(network: DescribedNetwork, case: Case, layers: Sequence[st
             module(window)
             outputs: dict[str, torch.Tensor] = {}
             for layer in layers:  # MONAI's inferer weights each output in place: a tensor that is two layers' output
-                output = recorder.outputs[layer].float()  # (a block and its last module) must come twice, not once
+                #                   (a block and its last module) must come twice, not once
+                output = as_window(recorder.outputs[layer], window).float()
                 outputs[layer] = output.clone() if any(output is kept for kept in outputs.values()) else output
             if not order:  # MONAI 1.6 resizes one blending map from output to output and never back up: an output
                 #            at the window's size after a smaller one would not fit, so they come largest first

@@ -18,6 +18,9 @@ and reports the ratio, so numbers from different machines are never compared acr
 8. ``coregistration``: the case with its T1, T1ce and T2 acquired after a known head motion (:data:`MOTIONS`),
    co-registered onto the FLAIR against taken at the scanner's world coordinates — seconds, the registration's error
    at the tumour against the motion, and WT/TC/ET Dice of both.
+9. ``clinical``: the case re-acquired as clinical scans, through BraTS-style preprocessing.
+10. ``nnunet``: our inference of an nnU-Net folder against ``nnUNetPredictor`` on the same folder and case, and the
+    cost of Grad-CAM on top (nnunetv2 is a test extra).
 
 Timings are wall-clock seconds after a warm-up call, with the device synchronised. Where a flag restricts the work
 (slices, passes, volumes), the output says so; no number is extrapolated.
@@ -49,7 +52,7 @@ from ..models.base import SegmentationNet, evaluating
 from ..models.inference import slice_batches
 
 BENCHMARKS = ("ttd", "gradcam", "dissection", "segmentation", "featviz", "slicer", "space", "gradcam3d",
-              "coregistration", "clinical")
+              "coregistration", "clinical", "nnunet")
 DISSECTION_VOLUMES = (4, 16, 48)
 Result = TypeVar("Result")
 
@@ -759,9 +762,86 @@ def bench_clinical(model: SegmentationNet, case: Case, config: BenchConfig, devi
     return measurements
 
 
+# -- 10. nnU-Net: our inference against nnUNetPredictor on the same folder --------------------------------------
+
+NNUNET_NETWORK = {"features": (8, 16, 32, 64), "patch": (64, 64, 64), "folds": (0, 1)}  # stride 8, as CPUs allow
+
+
+def _nnunet_predictor(folder: Path, files: list[str], out: Path, device: torch.device) -> Callable[[], np.ndarray]:
+    """nnU-Net's own predictor on ``folder``'s folds, from the case's files (in the network's channel order) to its
+    labels (nnU-Net's label values, the files' array order)."""
+    import SimpleITK as sitk
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, device=device,
+                                verbose=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=NNUNET_NETWORK["folds"])
+    out.mkdir()
+
+    def labels() -> np.ndarray:
+        predictor.predict_from_files_sequential([files], str(out), save_probabilities=False, overwrite=True)
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(next(out.glob("*.nii.gz")))))
+    return labels
+
+
+def bench_nnunet(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device
+                 ) -> list[Measurement]:
+    """A PlainConvUNet nnU-Net folder (random weights, :data:`NNUNET_NETWORK`, written by nnU-Net's own trainer) on
+    the bench case at its own voxel size: seconds per case of nnU-Net's predictor (two folds, mirroring) against
+    ours, their agreement, then the cost of Grad-CAM of every stage and region on top (one fold)."""
+    try:
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: F401 (the peer: a test extra)
+    except ImportError:
+        return [Measurement("nnU-Net", "ours", "nnUNetPredictor", None, None, "", {"skipped": "nnunetv2 missing"})]
+    from ..analyses.volume import volume_gradcam
+    from ..data.case import find_case_files
+    from ..models.description import to_network_space
+    from ..models.inference import case_probabilities, labels_from_probabilities
+    from ..models.nnunet import NnUNetSlidingWindow
+    from ..models.registry import load_model
+    from ..models.space import prepare_case
+    from .nnunet_example import write_model_folder
+
+    files = find_case_files(config.case)
+    spacing = float(load_case(files).spacing[0])
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = write_model_folder(Path(temporary), "PlainConvUNet", True, "3d_fullres", NNUNET_NETWORK["folds"],
+                                    spacing, NNUNET_NETWORK["patch"], seed=config.seed,
+                                    features=NNUNET_NETWORK["features"])
+        network = load_model(str(folder), device=device)
+        prepared, _ = prepare_case(files, network)
+        theirs = _nnunet_predictor(folder, [str(files.modality_paths()[m]) for m in network.description.channels],
+                                   Path(temporary) / "theirs", device)
+
+        def ours() -> np.ndarray:  # read, normalised, segmented: what nnU-Net's predictor does from the files
+            case, _ = prepare_case(files, network)
+            return labels_from_probabilities(network, case_probabilities(network, case, device=device))
+
+        theirs(), ours()  # warm-up
+        their_labels, theirs_s = _timed(theirs, device)
+        our_labels, ours_s = _timed(ours, device)
+        agreement = float((our_labels == np.array([0, 2, 1, 3])[their_labels]).mean())
+        brain = np.argwhere(to_network_space(prepared.brain_mask, network.description.axes))
+        box = [max(int(n), w) for n, w in zip(brain.max(0) - brain.min(0) + 1, network.description.window)]
+        windows = int(np.prod([len(s) for s in NnUNetSlidingWindow(network.description.window).steps(box)]))
+        work = (f"{prepared.grid.canonical_shape} voxels, {windows} windows × 8 mirrorings × "
+                f"{len(NNUNET_NETWORK['folds'])} folds, PlainConvUNet {NNUNET_NETWORK['features']}")
+        one_fold = dataclasses.replace(network, members=[])
+        _, gradcam_s = _timed(lambda: volume_gradcam(one_fold, prepared, device=device), device)
+        _, segment_s = _timed(lambda: case_probabilities(one_fold, prepared, device=device), device)
+    stages = len(network.description.layers)
+    return [Measurement("nnU-Net inference", "ours (float32 sums)", "nnUNetPredictor", ours_s, theirs_s, work,
+                        {"label_agreement": round(agreement, 6)}),
+            Measurement("nnU-Net Grad-CAM", f"Grad-CAM, {stages} stages × 3 regions, one fold", "one fold's "
+                        "segmentation (8 mirrorings)", gradcam_s, segment_s, work.split(" windows")[0] + " windows",
+                        {"note": "ratio = segmentation seconds / Grad-CAM seconds: below 1, Grad-CAM costs more "
+                                 "than one fold's mirrored inference"})]
+
+
 RUNNERS = {"ttd": bench_ttd, "gradcam": bench_gradcam, "dissection": bench_dissection,
            "segmentation": bench_segmentation, "featviz": bench_featviz, "slicer": bench_slicer, "space": bench_space,
-           "gradcam3d": bench_gradcam3d, "coregistration": bench_coregistration, "clinical": bench_clinical}
+           "gradcam3d": bench_gradcam3d, "coregistration": bench_coregistration, "clinical": bench_clinical,
+           "nnunet": bench_nnunet}
 
 
 def run_benchmarks(config: BenchConfig, only: Sequence[str] = BENCHMARKS,

@@ -230,8 +230,9 @@ def _run_explain(args: argparse.Namespace) -> int:
 
 
 def _add_model_arguments(p: argparse.ArgumentParser, device_default: str = ExplainConfig.device) -> None:
-    p.add_argument("--model", required=True, help=f"{', '.join(MODEL_NAMES)} (shipped), or a MONAI bundle folder "
-                   "(configs/, models/model.pt)")
+    p.add_argument("--model", required=True, help=f"{', '.join(MODEL_NAMES)} (shipped), a MONAI bundle folder "
+                   "(configs/, models/model.pt) or an nnU-Net trained-model folder (plans.json, fold_k/)")
+    p.add_argument("--folds", metavar="all|K,K,…|fold_all", help=help_of("folds"))
     p.add_argument("--weights", type=Path, help="your own weights file instead of the shipped ones")
     p.add_argument("--trust-bundle", action="store_true", help=help_of("trust_bundle"))
     p.add_argument("--device", default=device_default, type=device_option,
@@ -286,7 +287,7 @@ def _load_model(args: argparse.Namespace, name: str | None = None):
     from ..models import load_model
 
     return load_model(name or args.model, args.weights, resolve_device(args.device),
-                      getattr(args, "trust_bundle", False))
+                      getattr(args, "trust_bundle", False), getattr(args, "folds", None))
 
 
 def _add_training_options(p: argparse.ArgumentParser, defaults) -> None:
@@ -475,7 +476,8 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
                                    "across layers: the paper's top-down claim, measured).")
     p.add_argument("case", type=Path, help="BraTS case folder")
     p.add_argument("--model", required=True, help="denseunet, resunet, simunet, or several comma-separated; or a MONAI "
-                   "bundle folder (every output channel, windowed)")
+                   "bundle folder or nnU-Net trained-model folder (every output channel, windowed)")
+    p.add_argument("--folds", metavar="all|K,K,…|fold_all", help=help_of("folds"))
     p.add_argument("--weights", type=Path, help="your own weights file instead of the shipped ones (one model)")
     p.add_argument("--trust-bundle", action="store_true", help=help_of("trust_bundle"))
     p.add_argument("--device", default=ExplainConfig.device, type=device_option,
@@ -677,6 +679,7 @@ def _add_batching_arguments(p: argparse.ArgumentParser) -> None:
 
 def _run_uncertainty(args: argparse.Namespace) -> int:
     from ..models.registry import load_ensemble
+    from ..models.volume import fold_members
 
     if args.passes < 2:
         raise UsageError(f"--passes {args.passes}: test-time dropout needs at least 2 passes")
@@ -684,10 +687,11 @@ def _run_uncertainty(args: argparse.Namespace) -> int:
     folder = OutputFolder(args.out, [args.case, args.weights, _model_folder(args.model), _mask_file(args), *files],
                           args.overwrite, "uncertainty")
     model = _load_model(args)
-    members = load_ensemble(args.model, files, resolve_device(args.device), args.trust_bundle) if files else []
+    members = dict(zip(files, load_ensemble(args.model, files, resolve_device(args.device), args.trust_bundle))) \
+        if files else fold_members(model)
     case = _case_for(args, model)
     with folder as work:
-        _uncertainty_into(args, case, model, work, dict(zip(files, members)))
+        _uncertainty_into(args, case, model, work, members)
     return 0
 
 

@@ -76,6 +76,7 @@ def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run",
     """The run's inputs, read and checked, and its output folder, checked (nothing is written yet)."""
     from ..models.registry import load_ensemble, load_model
     from ..models.space import prepare_case
+    from ..models.volume import fold_members
     from .figures import montage_slices
 
     files = source if isinstance(source, CaseFiles) else None
@@ -89,8 +90,10 @@ def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run",
                                 *config.ensemble_files()], config.overwrite, "explain")
     scene = stages.scene.wanted(config.scene)
     device = resolve_device(config.device)
-    model = load_model(config.model, config.weights, device, config.trust_bundle)
-    members = load_ensemble(config.model, config.ensemble_files(), device, config.trust_bundle) if config.ensemble else []
+    model = load_model(config.model, config.weights, device, config.trust_bundle, config.folds)
+    members = dict(zip(config.ensemble_files(), load_ensemble(config.model, config.ensemble_files(), device,
+                                                              config.trust_bundle))) if config.ensemble \
+        else fold_members(model)
     case, steps = prepare_case(source, model, config.coregister, config.resample, config.atlas, config.brain_mask)
     check_layers(model, config.layers)
     dissection = _dissection(model, config)

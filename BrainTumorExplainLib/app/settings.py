@@ -63,8 +63,11 @@ def _option(default, help: str, **cli):
 class ExplainConfig:
     """Everything ``explain`` can be asked; the defaults are the command line's and the panel's."""
 
-    model: str = _option("denseunet", f"network: {', '.join(MODEL_NAMES)} (shipped weights), or a MONAI bundle "
-                         "folder", metavar="NAME|FOLDER")
+    model: str = _option("denseunet", f"network: {', '.join(MODEL_NAMES)} (shipped weights), a MONAI bundle "
+                         "folder or an nnU-Net trained-model folder", metavar="NAME|FOLDER")
+    folds: str | None = _option(None, "an nnU-Net folder's folds: all (default: every numbered fold, their ensemble "
+                                "as nnU-Net predicts; the uncertainty is their disagreement), numbers like 0,1,2, or "
+                                "fold_all (nnU-Net's -f all)", metavar="all|K,K,…|fold_all")
     weights: str | None = _option(None, "your own weights file instead of the shipped ones", metavar="FILE")
     trust_bundle: bool = _option(False, "run a bundle's own code: the expressions of its configs (MONAI builds its "
                                  "network) or its TorchScript network (models/model.ts)")
@@ -109,6 +112,8 @@ class ExplainConfig:
         check_device_name(self.device)
         if self.model not in MODEL_NAMES and not Path(self.model).is_dir():
             raise UsageError(f"--model {self.model}: not a shipped network ({', '.join(MODEL_NAMES)}) nor a folder")
+        if self.folds is not None and not Path(self.model, "plans.json").is_file():
+            raise UsageError(f"--folds goes with an nnU-Net trained-model folder; {self.model} is not one")
         if self.ensemble is not None and len(self.ensemble_files()) < 2:
             raise UsageError(f"--ensemble {self.ensemble}: an ensemble needs at least two weights files, "
                              "comma-separated")

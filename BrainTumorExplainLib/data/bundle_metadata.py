@@ -1,6 +1,7 @@
-"""What a MONAI bundle folder says about its network, read from its JSON/YAML without PyTorch: whether a folder is a
-bundle, its configs, and the meaning of its channels by name — so that the Slicer panel can show which of the four
-sequences each input channel is before any analysis process starts (:mod:`models.bundle` builds the network itself)."""
+"""What a MONAI bundle folder (or an nnU-Net model folder) says about its network, read from its JSON/YAML without
+PyTorch: whether a folder is one, its configs, and the meaning of its channels by name — so that the Slicer panel
+can show which of the four sequences each input channel is before any analysis process starts (:mod:`models.bundle`
+and :mod:`models.nnunet` build the networks themselves)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ CLASS_ALIASES = {"background": ("background", "bg", "0"), "NCR": ("ncr", "necros
 
 def is_bundle(path: str | Path) -> bool:
     return (Path(path) / "configs" / "metadata.json").is_file()
+
+
+def is_nnunet_folder(path: str | Path) -> bool:
+    """Whether ``path`` is an nnU-Net trained-model folder (``plans.json`` and ``dataset.json``; models.nnunet)."""
+    return (Path(path) / "plans.json").is_file() and (Path(path) / "dataset.json").is_file()
 
 
 def _key(text: str) -> str:
@@ -73,3 +79,14 @@ def input_channels(folder: str | Path) -> tuple[str, ...]:
         raise InputError(f"{folder / 'configs' / 'metadata.json'}: network_data_format.inputs.image.channel_def is "
                          "missing: which sequence each input channel is is unknown")
     return channel_names(names, SEQUENCE_ALIASES, "input", folder / "configs" / "metadata.json")
+
+
+def nnunet_input_channels(folder: str | Path) -> tuple[str, ...]:
+    """The library's sequence name of each input channel of an nnU-Net model folder, in its order (``dataset.json``
+    ``channel_names``; nnU-Net v1's ``modality``)."""
+    path = Path(folder) / "dataset.json"
+    dataset = read_config(path)
+    names = dataset.get("channel_names") or dataset.get("modality") or {}
+    if not names:
+        raise InputError(f"{path}: channel_names is missing: which sequence each input channel is is unknown")
+    return channel_names(names, SEQUENCE_ALIASES, "input", path)

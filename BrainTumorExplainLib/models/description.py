@@ -23,7 +23,10 @@ from ..errors import UsageError
 CANONICAL_AXES = "SPL"
 _OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
 CLASS_OUTPUTS = ("background", "NCR", "ED", "ET")  # softmax channel meanings, class index order of the library
-NORMALISATIONS = ("zscore-brain", "zscore-nonzero-channelwise")
+# zscore-brain: the library's (each sequence over the union of the non-zero voxels); zscore-nonzero-channelwise:
+# MONAI's NormalizeIntensity(nonzero, channel_wise); nnunet-zscore-mask / nnunet-zscore: nnU-Net's
+# ZScoreNormalization with / without use_mask_for_norm (models.nnunet)
+NORMALISATIONS = ("zscore-brain", "zscore-nonzero-channelwise", "nnunet-zscore-mask", "nnunet-zscore")
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,10 @@ class NetworkDescription:
     dropout: bool = False
     window: tuple[int, ...] | None = None  # the inference window, in the network's axis order
     overlap: float = 0.25
-    blend: str = "constant"  # how windows are blended: MONAI's "constant" or "gaussian"
+    # how windows are placed and blended: MONAI's "constant" or "gaussian"; nnU-Net's "nnunet" (sums in float32) or
+    # "nnunet-float16" (its predictor's own float16 sums, to compare with it)
+    blend: str = "constant"
+    mirror_axes: tuple[int, ...] | None = None  # network axes its test-time mirroring flips (None: all three)
     spacing_mm: tuple[float, ...] | None = None  # the training space's voxel size, in the network's axis order
     resampling: str = "skull-stripped"  # how sequences reach that voxel size (data.resample.SEQUENCE_RESAMPLING)
     torchscript: bool = False  # a ScriptModule: no forward hooks, so no layer analyses (require_hooks)
@@ -127,6 +133,8 @@ def network_inputs(case: Case, description: NetworkDescription) -> np.ndarray:
     images = case.images[order]  # z-scored over the brain mask (the union of the sequences' non-zero voxels)
     if description.normalisation == "zscore-nonzero-channelwise":
         images = _zscore_nonzero_channelwise(case, order)
+    elif description.normalisation.startswith("nnunet-"):
+        images = _nnunet_zscore(case, order, masked=description.normalisation == "nnunet-zscore-mask")
     return np.ascontiguousarray(to_network_space(images, description.axes), dtype=np.float32)
 
 
@@ -142,6 +150,28 @@ def _zscore_nonzero_channelwise(case: Case, order: list[int]) -> np.ndarray:
         values = raw[nonzero]
         spread = values.std() if values.size else 0.0
         out[channel][nonzero] = (values - values.mean()) / (spread if spread > 0 else 1.0)
+    return out
+
+
+def _nnunet_zscore(case: Case, order: list[int], masked: bool) -> np.ndarray:
+    """nnU-Net's ``ZScoreNormalization`` of the raw sequences, after its ``crop_to_nonzero``: the non-zero mask is the
+    union of the network's channels' non-zero voxels with its holes filled; each channel is z-scored over that mask
+    (``use_mask_for_norm``), zero outside, or over the whole bounding box of the mask, zero outside the box (the crop
+    nnU-Net would have cut away)."""
+    from scipy.ndimage import binary_fill_holes
+
+    from ..data.resample import raw_sequences
+
+    raw = raw_sequences(case)[order].astype(np.float64)
+    mask = binary_fill_holes(np.any([case.sequence_support(m) for m in order], axis=0))
+    region = mask
+    if not masked:
+        region = np.zeros_like(mask)
+        region[tuple(slice(a.min(), a.max() + 1) for a in np.nonzero(mask))] = True
+    out = np.zeros(raw.shape, dtype=np.float32)
+    for channel, values in enumerate(raw):
+        inside = values[region]
+        out[channel][region] = (inside - inside.mean()) / max(inside.std(), 1e-8)
     return out
 
 

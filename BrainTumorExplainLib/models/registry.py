@@ -229,13 +229,25 @@ def load_pretrained(name: str, device: str | torch.device = "cpu") -> Segmentati
 
 
 def load_model(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu",
-               trust_code: bool = False):
+               trust_code: bool = False, folds: str | None = None):
     """The network every command means by ``--model NAME [--weights FILE]``: the shipped weights of ``name``, your
-    own file of that architecture, or — when ``name`` is a MONAI bundle folder — that bundle's network with its
-    description (:class:`models.volume.DescribedNetwork`); in eval mode on ``device``."""
-    from ..data.bundle_metadata import is_bundle
+    own file of that architecture, or — when ``name`` is a MONAI bundle folder or an nnU-Net trained-model folder
+    (``folds``: which of its folds, :func:`models.nnunet.choose_folds`) — that network with its description
+    (:class:`models.volume.DescribedNetwork`); in eval mode on ``device``."""
+    from ..data.bundle_metadata import is_bundle, is_nnunet_folder
     from .bundle import load_bundle
     from .volume import DescribedNetwork
+
+    if is_nnunet_folder(name):
+        if weights:
+            raise UsageError("--weights goes with a shipped network; an nnU-Net folder brings its own "
+                             "(fold_k/checkpoint_final.pth; --folds chooses them)")
+        from .nnunet import load_nnunet
+
+        return load_nnunet(name, folds, device)
+    if folds is not None:
+        raise UsageError(f"--folds goes with an nnU-Net trained-model folder; {name} is not one (no plans.json and "
+                         "dataset.json)")
 
     if name in SHIPPED_BUNDLES:
         if weights:

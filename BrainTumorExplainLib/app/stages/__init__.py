@@ -34,7 +34,7 @@ class Run:
     z: int  # the axial slice every figure shows
     progress: bool = True  # progress bars
     handed_on: dict = field(default_factory=dict)  # what a stage gives a later one (the detectors, for featviz)
-    ensemble: list = field(default_factory=list)  # the members of --ensemble (networks), when given
+    ensemble: dict = field(default_factory=dict)  # name → network: --ensemble's files, or an nnU-Net folder's folds
 
     def figure(self, name: str) -> Path:
         return self.work / figure_file(name)

@@ -8,8 +8,9 @@ from ..contract import figure_file, uncertainty_file
 
 NAME = "uncertainty"
 METHODS = {"dropout": "test-time dropout (epistemic)",
-           "flips": "test-time augmentation: the 8 mirrorings (no dropout in the network)",
-           "ensemble": "ensemble: the disagreement of several weight files of the network"}
+           "flips": "test-time augmentation: the mirrorings (no dropout in the network)",
+           "ensemble": "ensemble: the disagreement of several weight files of the network (an nnU-Net folder's "
+                        "folds)"}
 SOURCES = {"dropout": "test-time dropout", "flips": "test-time flips", "ensemble": "ensemble"}  # short, for map names
 FIGURES = (
     (figure_file("uncertainty"), "Uncertainty", "Red where the samples disagree — test-time dropout passes, flips "
@@ -57,7 +58,7 @@ def compute(run):
 
     config = run.config
     if run.ensemble:
-        return ensemble_uncertainty(run.ensemble, run.case, progress=run.progress)
+        return ensemble_uncertainty(list(run.ensemble.values()), run.case, progress=run.progress)
     if isinstance(run.model, DescribedNetwork):
         return volume_uncertainty(run.model, run.case, passes=8 if run.quick else config.passes, seed=config.seed,
                                   progress=run.progress)
@@ -71,7 +72,7 @@ def run(run) -> None:
     write_maps(volume, run.case, run.work)
     summary = summarise(volume, run.case, mode_of(volume, run.quick, config.passes), config.seed)
     if run.ensemble:
-        summary["members"] = config.ensemble_files()
+        summary["members"] = list(run.ensemble)  # weights files, or an nnU-Net folder's folds
     draw(volume, run.case, summary, run.figure("uncertainty"), run.figure("error_by_uncertainty"),
          run.title("ground truth | prediction | uncertainty"))
     run.summary["uncertainty"] = summary
