@@ -39,7 +39,7 @@ def folders(tmp_path_factory):
             for i, flavour in enumerate(FLAVOURS)}
 
 
-def _nnunet_predicts(folder: Path, case_files, out: Path) -> tuple[np.ndarray, np.ndarray]:
+def _nnunet_predicts(folder: Path, case_files, out: Path, folds=(0, 1)) -> tuple[np.ndarray, np.ndarray]:
     """nnU-Net's own predictor on the case's files in the folder's channel order: labels and probabilities, in the
     files' array order (which is the canonical order of these identity-direction phantoms)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -48,7 +48,7 @@ def _nnunet_predicts(folder: Path, case_files, out: Path) -> tuple[np.ndarray, n
 
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                 device=torch.device("cpu"), verbose=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(folder), use_folds=(0, 1))
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=folds)
     order = channel_names(json.loads((folder / "dataset.json").read_text())["channel_names"], SEQUENCE_ALIASES,
                           "input", folder)
     paths = case_files.modality_paths()
@@ -83,6 +83,44 @@ def test_segmentation_agrees_with_nnunets_own_predictor(folders, flavour, small_
     assert (np.abs(ours - their_probabilities).max(0) <= 1e-3).mean() >= 0.97
 
 
+def test_a_case_off_the_plans_voxel_size_is_resized_as_nnunet_resizes_it(small_phantom, tmp_path):
+    """Plans at 2.5 mm, a 3 mm case (one fold): cropped, z-scored, resized by nnU-Net's spline, the logits resized
+    back before the sigmoid — nnU-Net's labels and probabilities on the case's own grid (with its float16 sums)."""
+    from BrainTumorExplainLib.data.nnunet_resampling import NnUNetGrid
+    from BrainTumorExplainLib.models.inference import segment_input
+    from BrainTumorExplainLib.models.nnunet import background_logits
+    from BrainTumorExplainLib.models.volume import activate, predict_logits
+
+    folder = write_model_folder(tmp_path / "m", folds=(0,), spacing_mm=2.5, seed=7)
+    case_files = find_case_files(small_phantom.flair.parent)
+    their_labels, their_probabilities = _nnunet_predicts(folder, case_files, tmp_path / "nnunet", folds=(0,))
+    network = load_model(str(folder))
+    case, _ = prepare_case(case_files, network)
+    assert isinstance(case.grid, NnUNetGrid) and case.grid.canonical_spacing == (2.5, 2.5, 2.5)
+    as_nnunet = replace(network, description=replace(network.description, blend="nnunet-float16"))
+    _, labels = segment_input(as_nnunet, case)
+    assert (labels == NNUNET_TO_CLASS[their_labels]).mean() >= 0.999
+    back = np.stack([case.grid.to_reference(channel, float(outside)) for channel, outside in
+                     zip(predict_logits(as_nnunet, case), background_logits(network.description))])
+    probabilities = activate(torch.from_numpy(back)[None], network.description)[0].numpy()
+    assert (np.abs(probabilities - their_probabilities).max(0) <= 1e-3).mean() >= 0.999
+
+
+@pytest.mark.parametrize("current,target,order", [((5.0, 1.0, 1.0), (1.0, 1.0, 1.0), 3), ((1.0, 1.0, 1.0), (4.0, 1.0, 1.0), 3),
+                                                  ((2.0, 2.0, 2.0), (1.5, 1.5, 1.5), 3), ((1.0, 4.0, 1.0), (1.0, 1.0, 1.0), 1)])
+def test_resizing_is_nnunets(current, target, order):
+    """Our port of nnU-Net's resizing equals its resample_data_or_seg_to_shape, the coarse-axis rule included."""
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape, resample_data_or_seg_to_shape
+
+    from BrainTumorExplainLib.data.nnunet_resampling import Resize
+
+    data = np.random.default_rng(0).normal(size=(1, 9, 20, 18)).astype(np.float32)
+    shape = tuple(int(n) for n in compute_new_shape(data.shape[1:], current, target))
+    theirs = resample_data_or_seg_to_shape(data, shape, current, target, False, order, 0, None)[0]
+    ours = Resize(order, 0, None)(data[0], shape, np.array(current), np.array(target))
+    assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 1e-6
+
+
 def test_the_folder_is_described_from_its_own_files(folders):
     """Channels, outputs, axes, window and spacing come from dataset.json, plans.json and the checkpoint."""
     regions = read_nnunet_folder(folders[FLAVOURS[0]]).description
@@ -97,6 +135,40 @@ def test_the_folder_is_described_from_its_own_files(folders):
     assert slices.folds == ("fold_1",) and slices.members[0].segmenter.mirrorings == [(3,), (4,), (3, 4)]
     assert list(slices.description.layers) == [f"{part}.stages.{k}" for part, n in (("encoder", 3), ("decoder", 2))
                                                for k in range(n)]
+
+
+def test_plans_from_before_the_architecture_entry_build_the_same_network(folders, tmp_path):
+    """Older plans (``UNet_class_name`` and sizes) are read as nnU-Net's ConfigurationManager reads them: the same
+    network, so the checkpoint's weights fit it exactly."""
+    import shutil
+
+    folder = shutil.copytree(folders[FLAVOURS[0]], tmp_path / "Dataset900_X" / folders[FLAVOURS[0]].name)
+    plans = json.loads((folder / "plans.json").read_text())
+    configuration = plans["configurations"]["3d_fullres"]
+    kwargs = configuration.pop("architecture")["arch_kwargs"]
+    configuration.update(UNet_class_name="PlainConvUNet", UNet_base_num_features=4, unet_max_num_features=16,
+                         n_conv_per_stage_encoder=kwargs["n_conv_per_stage"],
+                         n_conv_per_stage_decoder=kwargs["n_conv_per_stage_decoder"],
+                         conv_kernel_sizes=kwargs["kernel_sizes"], pool_op_kernel_sizes=kwargs["strides"])
+    (folder / "plans.json").write_text(json.dumps(plans))
+    old, new = load_model(str(folder), folds="0"), load_model(str(folders[FLAVOURS[0]]), folds="0")
+    window = torch.randn(1, 4, 32, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(old.module(window), new.module(window))
+
+
+@pytest.mark.parametrize("length", [176, 208, 240])
+def test_coarse_layer_outputs_are_blended_over_the_whole_crop(length):
+    """A layer at 1/32 of the window (an odd 5 voxels across, as nnU-Net's bottlenecks are) over crops whose scaled
+    size ends in a half: every coarse voxel is covered, and a constant input blends back to that constant."""
+    from torch.nn import functional as F
+
+    from BrainTumorExplainLib.models.nnunet import NnUNetSlidingWindow
+
+    inputs = torch.full((1, 1, 16, length, 16), 3.0)
+    full, coarse = NnUNetSlidingWindow((16, 160, 16))(inputs, lambda w: (w * 2, F.avg_pool3d(w, (1, 32, 1))))
+    assert torch.allclose(full, torch.full_like(full, 6.0)) and full.shape == inputs.shape
+    assert coarse.shape[3] == max(1, round(length / 32)) and torch.allclose(coarse, torch.full_like(coarse, 3.0))
 
 
 def test_folds_are_chosen_as_said(folders):

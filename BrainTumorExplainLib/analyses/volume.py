@@ -59,6 +59,9 @@ def volume_uncertainty(network: DescribedNetwork, case: Case, passes: int = 8, s
     axes = tuple(a + 2 for a in (description.mirror_axes if description.mirror_axes is not None else (0, 1, 2)))
     runs = range(passes) if method == "dropout" else [a for n in range(len(axes) + 1)
                                                        for a in itertools.combinations(axes, n)]
+    if len(runs) < 2:
+        raise UsageError(f"{description.name} allows no test-time mirroring and has no dropout: nothing to sample "
+                         "its uncertainty from (an nnU-Net folder: give several folds, --folds all)")
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad(), (
             test_time_dropout(module) if method == "dropout" else evaluating(module)):

@@ -96,9 +96,10 @@ def write_model_folder(out: str | Path, architecture: str = "PlainConvUNet", reg
                                 device=torch.device("cpu"))
         trainer.initialize()
         trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # sets the inference mirroring axes
-        for key, value in (("train_losses", np.mean([0.9, 0.8])), ("val_losses", np.mean([0.85])),
+        # as training logs them: float32 losses and Dice (np.mean of float32), float64 means, plain floats
+        for key, value in (("train_losses", np.mean(np.float32([0.9, 0.8]))), ("val_losses", np.mean([0.85])),
                            ("mean_fg_dice", np.float64(0.1)),  # the logger adds its running mean itself
-                           ("dice_per_class_or_region", [np.float64(0.1)] * 3), ("lrs", 0.01),
+                           ("dice_per_class_or_region", [np.float32(0.1)] * 3), ("lrs", 0.01),
                            ("epoch_start_timestamps", 0.0), ("epoch_end_timestamps", 1.0)):
             trainer.logger.log(key, value, 0)
         trainer._best_ema = np.float64(0.1)

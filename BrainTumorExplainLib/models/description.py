@@ -57,7 +57,10 @@ class NetworkDescription:
     blend: str = "constant"
     mirror_axes: tuple[int, ...] | None = None  # network axes its test-time mirroring flips (None: all three)
     spacing_mm: tuple[float, ...] | None = None  # the training space's voxel size, in the network's axis order
-    resampling: str = "skull-stripped"  # how sequences reach that voxel size (data.resample.SEQUENCE_RESAMPLING)
+    # how sequences reach that voxel size: data.resample.SEQUENCE_RESAMPLING, or "nnunet" (nnU-Net's own resizing,
+    # data.nnunet_resampling, with the plans' settings for the data and for the outputs in nnunet_resizing)
+    resampling: str = "skull-stripped"
+    nnunet_resizing: tuple | None = None
     torchscript: bool = False  # a ScriptModule: no forward hooks, so no layer analyses (require_hooks)
 
     def __post_init__(self) -> None:
@@ -75,7 +78,7 @@ class NetworkDescription:
             raise UsageError(f"{self.name}: outputs {self.outputs!r} {list(self.output_names)}; expected softmax "
                              f"over {', '.join(CLASS_OUTPUTS)} or sigmoid over {', '.join(REGIONS)}")
         axis_permutation(CANONICAL_AXES, self.axes)  # refuses impossible axis codes
-        if self.resampling not in SEQUENCE_RESAMPLING:
+        if self.resampling not in SEQUENCE_RESAMPLING + ("nnunet",):
             raise UsageError(f"{self.name}: resampling {self.resampling!r} is not one of "
                              f"{', '.join(SEQUENCE_RESAMPLING)}")
 
@@ -134,7 +137,10 @@ def network_inputs(case: Case, description: NetworkDescription) -> np.ndarray:
     if description.normalisation == "zscore-nonzero-channelwise":
         images = _zscore_nonzero_channelwise(case, order)
     elif description.normalisation.startswith("nnunet-"):
-        images = _nnunet_zscore(case, order, masked=description.normalisation == "nnunet-zscore-mask")
+        from ..data.nnunet_resampling import NnUNetGrid, nnunet_zscore
+
+        if not isinstance(case.grid, NnUNetGrid):  # resized by nnU-Net's rules, it was z-scored before (theirs too)
+            images = nnunet_zscore(case, order, description.normalisation == "nnunet-zscore-mask")[0][order]
     return np.ascontiguousarray(to_network_space(images, description.axes), dtype=np.float32)
 
 
@@ -150,28 +156,6 @@ def _zscore_nonzero_channelwise(case: Case, order: list[int]) -> np.ndarray:
         values = raw[nonzero]
         spread = values.std() if values.size else 0.0
         out[channel][nonzero] = (values - values.mean()) / (spread if spread > 0 else 1.0)
-    return out
-
-
-def _nnunet_zscore(case: Case, order: list[int], masked: bool) -> np.ndarray:
-    """nnU-Net's ``ZScoreNormalization`` of the raw sequences, after its ``crop_to_nonzero``: the non-zero mask is the
-    union of the network's channels' non-zero voxels with its holes filled; each channel is z-scored over that mask
-    (``use_mask_for_norm``), zero outside, or over the whole bounding box of the mask, zero outside the box (the crop
-    nnU-Net would have cut away)."""
-    from scipy.ndimage import binary_fill_holes
-
-    from ..data.resample import raw_sequences
-
-    raw = raw_sequences(case)[order].astype(np.float64)
-    mask = binary_fill_holes(np.any([case.sequence_support(m) for m in order], axis=0))
-    region = mask
-    if not masked:
-        region = np.zeros_like(mask)
-        region[tuple(slice(a.min(), a.max() + 1) for a in np.nonzero(mask))] = True
-    out = np.zeros(raw.shape, dtype=np.float32)
-    for channel, values in enumerate(raw):
-        inside = values[region]
-        out[channel][region] = (inside - inside.mean()) / max(inside.std(), 1e-8)
     return out
 
 

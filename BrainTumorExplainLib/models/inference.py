@@ -85,6 +85,19 @@ def segment_input(model, case: Case, device: str | torch.device | None = None, p
     case was not resampled). A case resampled into the network's space is labelled on its input grid from the
     network's probabilities mapped back linearly — a little closer to the truth than carrying the labels back by
     nearest neighbour (docs/analyses.md, "Scans off the network's grid")."""
+    from ..data.nnunet_resampling import NnUNetGrid
+    from .volume import activate, predict_logits
+
+    if isinstance(case.grid, NnUNetGrid):  # nnU-Net's export: the logits resized back, then the softmax or sigmoid
+        from .nnunet import background_logits
+
+        logits = predict_logits(model, case, device, progress)
+        labels = labels_from_probabilities(model, activate(torch.from_numpy(logits)[None], model.description)[0]
+                                           .numpy())
+        back = np.stack([case.grid.to_reference(channel, float(outside)) for channel, outside in
+                         zip(logits, background_logits(model.description))])
+        return labels, labels_from_probabilities(model, activate(torch.from_numpy(back)[None], model.description)[0]
+                                                 .numpy())
     probabilities = case_probabilities(model, case, device=device, progress=progress)
     labels = labels_from_probabilities(model, probabilities)
     if case.original is None:

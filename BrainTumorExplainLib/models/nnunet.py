@@ -4,7 +4,8 @@ described network, run as nnU-Net's ``nnUNetPredictor`` runs it, without running
 * The network is rebuilt from the plans' ``architecture`` (``network_class_name`` and ``arch_kwargs``) through
   ``dynamic-network-architectures``, the package nnU-Net builds it with; the class must be one of
   :data:`NETWORK_CLASSES` and every ``_kw_requires_import`` entry one of :data:`TORCH_CLASSES` — nnU-Net's own
-  ``pydoc.locate`` would import whatever the file names. Deep supervision is off, as nnU-Net infers.
+  ``pydoc.locate`` would import whatever the file names (older plans, without ``architecture``, are read as nnU-Net
+  reads them). Deep supervision is off, as nnU-Net infers.
 * Each fold's checkpoint is read with ``torch.load(weights_only=True)``; what a real checkpoint holds besides tensors
   and plain values (numpy scalars and dtypes in its training log) is allowed by name (:data:`CHECKPOINT_GLOBALS`), and
   anything else is refused naming it.
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from ..data.bundle_metadata import CLASS_ALIASES, REGION_ALIASES, channel_names, nnunet_input_channels
+from ..data.nnunet_resampling import Resize
 from ..errors import InputError, WeightsError
 from .description import NetworkDescription
 
@@ -115,20 +117,44 @@ def read_checkpoint(path: Path) -> dict:
 def _checkpoint_globals() -> dict[str, object]:
     """:data:`CHECKPOINT_GLOBALS` by name → the numpy objects they are, in this numpy (1.x or 2.x)."""
     core = getattr(np, "_core", None) or np.core
-    found = {"numpy.dtype": np.dtype, "numpy._core.multiarray.scalar": core.multiarray.scalar,
-             "numpy.core.multiarray.scalar": core.multiarray.scalar}
-    for name in CHECKPOINT_GLOBALS:
-        if name.startswith("numpy.dtypes.") and hasattr(getattr(np, "dtypes", None), name.rsplit(".", 1)[-1]):
-            found[name] = getattr(np.dtypes, name.rsplit(".", 1)[-1])
-    return found
+    return {"numpy.dtype": np.dtype, "numpy._core.multiarray.scalar": core.multiarray.scalar,
+            "numpy.core.multiarray.scalar": core.multiarray.scalar,
+            # the classes of these dtypes (numpy.dtypes.Float64DType from numpy 1.25, numpy.dtype[float64] before)
+            **{f"numpy.dtypes.{kind}DType": type(np.dtype(code)) for kind, code in (
+                ("Float64", "f8"), ("Float32", "f4"), ("Int64", "i8"))}}
+
+
+def _architecture(configuration: dict, path: Path) -> dict:
+    """The configuration's ``architecture``; for plans written before nnU-Net had one (``UNet_class_name`` and its
+    sizes), the entry nnU-Net's own ``ConfigurationManager`` rebuilds from them."""
+    if isinstance(configuration.get("architecture"), dict):
+        return configuration["architecture"]
+    name = configuration.get("UNet_class_name")
+    if name not in ("PlainConvUNet", "ResidualEncoderUNet"):
+        raise InputError(f"{path}: the configuration names no network ('architecture', or the older "
+                         "'UNet_class_name' of PlainConvUNet or ResidualEncoderUNet)")
+    try:
+        stages, dims = len(configuration["n_conv_per_stage_encoder"]), len(configuration["patch_size"])
+        features = [min(configuration["UNet_base_num_features"] * 2 ** i, configuration["unet_max_num_features"])
+                    for i in range(stages)]
+        kwargs = {"n_stages": stages, "features_per_stage": features,
+                  "conv_op": f"torch.nn.modules.conv.Conv{dims}d", "kernel_sizes": configuration["conv_kernel_sizes"],
+                  "strides": configuration["pool_op_kernel_sizes"],
+                  "n_conv_per_stage" if name == "PlainConvUNet" else "n_blocks_per_stage":
+                      configuration["n_conv_per_stage_encoder"],
+                  "n_conv_per_stage_decoder": configuration["n_conv_per_stage_decoder"], "conv_bias": True,
+                  "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dims}d",
+                  "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+                  "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
+    except (KeyError, TypeError) as error:
+        raise InputError(f"{path}: older plans ({name}) without {error}") from None
+    return {"network_class_name": f"dynamic_network_architectures.architectures.unet.{name}", "arch_kwargs": kwargs,
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
 
 
 def build_network(configuration: dict, inputs: int, outputs: int, path: Path) -> nn.Module:
     """The plans' network with deep supervision off (see the module notes)."""
-    architecture = configuration.get("architecture")
-    if not isinstance(architecture, dict):
-        raise InputError(f"{path}: the configuration has no 'architecture' (plans written before nnU-Net 2.4 name "
-                         "their network differently; re-plan with a current nnU-Net to use them here)")
+    architecture = _architecture(configuration, path)
     class_path = str(architecture.get("network_class_name", ""))
     name = class_path.rsplit(".", 1)[-1]
     if name not in NETWORK_CLASSES or not class_path.startswith("dynamic_network_architectures."):
@@ -159,7 +185,10 @@ def _outputs(dataset: dict, path: Path) -> tuple[str, tuple[str, ...]]:
         raise InputError(f"{path}: no 'labels'")
     if "ignore" in labels:
         raise InputError(f"{path}: an ignore label (sparse annotations) is not supported")
-    foreground = {name: value for name, value in labels.items() if value not in (0, [0])}
+    # a region is a list of several labels (nnU-Net's LabelManager); a list of one is that label
+    labels = {name: value[0] if isinstance(value, (list, tuple)) and len(value) == 1 else value
+              for name, value in labels.items()}
+    foreground = {name: value for name, value in labels.items() if value != 0}
     if any(isinstance(value, (list, tuple)) for value in foreground.values()):
         if not dataset.get("regions_class_order"):
             raise InputError(f"{path}: region labels without regions_class_order")
@@ -196,7 +225,10 @@ def read_nnunet_folder(folder: str | Path, folds: str | Sequence[str] | None = N
     if configuration_name not in configurations:
         raise InputError(f"{folder / 'plans.json'}: no configuration {configuration_name!r} (the folder's name "
                          f"ends in it); configurations: {', '.join(configurations) or 'none'}")
-    configuration = _resolved(configurations, configuration_name)
+    configuration = _resolved(configurations, configuration_name, folder / "plans.json")
+    if configuration.get("previous_stage"):
+        raise InputError(f"{folder / 'plans.json'}: {configuration_name} is the second stage of a cascade (its input "
+                         "holds the first stage's segmentation); cascades are not supported yet — use 3d_fullres")
     channels = nnunet_input_channels(folder)
     schemes = configuration.get("normalization_schemes", [])
     masks = configuration.get("use_mask_for_norm", [])
@@ -214,15 +246,20 @@ def read_nnunet_folder(folder: str | Path, folds: str | Sequence[str] | None = N
         name=f"{plans.get('dataset_name', folder.parent.name)}-{configuration_name}", spatial_dims=dims,
         channels=channels, normalisation=NORMALISATIONS[bool(masks[0])], outputs=outputs, output_names=names,
         axes=axes, layers={}, dropout=False, window=patch if dims == 3 else (1,) + patch, overlap=1 - STEP,
-        blend="nnunet", spacing_mm=spacing if dims == 3 else None, resampling="linear")
+        blend="nnunet", spacing_mm=spacing if dims == 3 else None, resampling="nnunet",
+        nnunet_resizing=(Resize.from_plans(configuration, "data", folder / "plans.json"),
+                         Resize.from_plans(configuration, "probabilities", folder / "plans.json")))
     return NnUNetFolder(folder, configuration, description, tuple(chosen))
 
 
-def _resolved(configurations: dict, name: str) -> dict:
+def _resolved(configurations: dict, name: str, path: Path, seen: tuple[str, ...] = ()) -> dict:
     """A configuration with what it ``inherits_from`` filled in, as nnU-Net's PlansManager does."""
+    if name in seen or name not in configurations:
+        raise InputError(f"{path}: configuration {name!r} " + ("inherits from itself" if name in seen else
+                                                                "is inherited from but missing"))
     configuration = dict(configurations[name])
     parent = configuration.pop("inherits_from", None)
-    return {**_resolved(configurations, parent), **configuration} if parent else configuration
+    return {**_resolved(configurations, parent, path, seen + (name,)), **configuration} if parent else configuration
 
 
 class SliceNetwork(nn.Module):
@@ -323,36 +360,44 @@ class NnUNetSlidingWindow:
 
 
 class _Sum:
-    """One output's weighted sum over the windows, at its own resolution (``scale`` of the input's)."""
+    """One output's weighted sum over the windows, at its own resolution (``scale`` of the input's, a layer's): a
+    window at ``c`` starts at ``floor(c · scale)``; the sum spans up to the last window's end, which the steps (at most
+    half a window apart) cover without a gap."""
 
     def __init__(self, output: torch.Tensor, padded: torch.Size, window: tuple[int, ...], weights: torch.Tensor,
                  dtype: torch.dtype) -> None:
         self.scale = [o / w for o, w in zip(output.shape[2:], window)]
-        size = [round(n * s) for n, s in zip(padded[2:], self.scale)]
+        size = [int((n - w) * s) + o for n, w, s, o in zip(padded[2:], window, self.scale, output.shape[2:])]
         self.weights = weights if tuple(output.shape[2:]) == window else torch.nn.functional.interpolate(
             weights.float()[None, None], size=tuple(output.shape[2:]), mode="trilinear")[0, 0].to(dtype)
         self.total = output.new_zeros((padded[0], output.shape[1], *size), dtype=dtype)
         self.count = output.new_zeros(size, dtype=dtype)
 
     def add(self, output: torch.Tensor, corner: tuple[int, ...]) -> None:
-        where = tuple(slice(round(c * s), round(c * s) + o) for c, s, o in zip(corner, self.scale, output.shape[2:]))
+        where = tuple(slice(int(c * s), int(c * s) + o) for c, s, o in zip(corner, self.scale, output.shape[2:]))
         self.total[(slice(None), slice(None)) + where] += (output.float() * self.weights).to(self.total.dtype)
         self.count[where] += self.weights
 
     def result(self, shape: torch.Size, low: list[int], pads: list, cropped: tuple[int, ...],
                outside: torch.Tensor | None) -> torch.Tensor:
+        """The blended sum without the padding, in place in the whole input's extent (at this resolution; a coarse
+        layer's last part-voxel, which no window's floor-placed output reaches, repeats its neighbour)."""
         blended = (self.total / self.count).float()
-        size = [round(n * s) for n, s in zip(shape[2:], self.scale)]
+        size = [max(1, round(n * s)) for n, s in zip(shape[2:], self.scale)]
         out = blended.new_zeros((blended.shape[0], blended.shape[1], *size))
         if outside is not None:
             out += outside.to(out)[None, :, None, None, None]
-        source, target = [], []
-        for start, (below, _), length, s, n in zip(low, pads, cropped, self.scale, size):
-            first, count = round(start * s), round(length * s)
-            count = min(count, n - first)
-            source.append(slice(round(below * s), round(below * s) + count))
+        source, target, short = [], [], []
+        for start, (below, _), length, s, n, have in zip(low, pads, cropped, self.scale, size, blended.shape[2:]):
+            first, begin = min(int(start * s), n - 1), int(below * s)
+            count = max(1, min(int(np.ceil(length * s)), n - first))
+            source.append(slice(begin, min(begin + count, have)))
             target.append(slice(first, first + count))
-        out[(slice(None), slice(None)) + tuple(target)] = blended[(slice(None), slice(None)) + tuple(source)]
+            short.append(count - (min(begin + count, have) - begin))
+        placed = blended[(slice(None), slice(None)) + tuple(source)]
+        if any(short):
+            placed = torch.nn.functional.pad(placed, [p for gap in reversed(short) for p in (0, gap)], mode="replicate")
+        out[(slice(None), slice(None)) + tuple(target)] = placed
         return out
 
 
@@ -394,6 +439,9 @@ def load_nnunet(folder: str | Path, folds: str | Sequence[str] | None = None, de
             raise WeightsError(f"{path}: the weights do not fit the plans' network: {first[0].strip()[:160]}") from None
         if mirror_axes is None:  # nnU-Net takes them from the first fold's checkpoint
             mirror_axes = tuple(checkpoint.get("inference_allowed_mirroring_axes") or ())
+            if not all(isinstance(a, int) and 0 <= a < description.spatial_dims for a in mirror_axes):
+                raise WeightsError(f"{path}: inference_allowed_mirroring_axes {mirror_axes} are not axes of a "
+                                   f"{description.spatial_dims}D network")
         networks.append((SliceNetwork(network) if description.spatial_dims == 2 else network).to(device).eval())
     # the checkpoint's axes count the network's spatial axes; a 2D network's windows carry the slice axis first
     offset = 3 if description.spatial_dims == 2 else 2

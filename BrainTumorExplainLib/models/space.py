@@ -46,9 +46,34 @@ def into_network_space(case: Case, network, resample: bool = True) -> Case:
         return case
     from .volume import DescribedNetwork
 
+    if isinstance(network, DescribedNetwork) and network.description.resampling == "nnunet":
+        return _into_nnunet_space(case, network.description, spacing)
     if isinstance(network, DescribedNetwork):
         return resample_case(case, spacing, network.description.resampling, network.description.axes)
     return resample_case(case, spacing)
+
+
+def _into_nnunet_space(case: Case, description, spacing: tuple[float, float, float]) -> Case:
+    """An nnU-Net network's case: as it is at the plans' voxel size (the sliding window crops it; an oblique scan is
+    taken as stored, as nnU-Net takes it), else resized by nnU-Net's rules (data.nnunet_resampling); a case turned
+    into the atlas's pose goes the library's way (data.resample), since nnU-Net has no pose to keep."""
+    import numpy as np
+
+    from ..data.case import MODALITIES
+    from ..data.nnunet_resampling import nnunet_resampled_case
+    from ..data.resample import SPACING_TOLERANCE
+
+    if case.original is not None:
+        case = case.original
+    if case.alignment is not None:
+        return resample_case(case, spacing, "linear", description.axes)
+    own = case.grid.canonical_spacing
+    if np.allclose(own, spacing, rtol=SPACING_TOLERANCE, atol=0):
+        return case
+    data, back = description.nnunet_resizing
+    reason = f"voxel size {tuple(round(s, 3) for s in own)} mm, not {tuple(round(s, 3) for s in spacing)} mm"
+    return nnunet_resampled_case(case, spacing, [MODALITIES.index(c) for c in description.channels],
+                                 description.normalisation == "nnunet-zscore-mask", data, back, reason)
 
 
 def prepare_case(source, network, coregister: str = "auto", resample: bool = True, atlas: str = "auto",
@@ -70,9 +95,9 @@ def prepare_case(source, network, coregister: str = "auto", resample: bool = Tru
 
 def space_summary(case: Case, network) -> dict:
     """What ``summary.json`` says about the space ``network`` saw ``case`` in (see :func:`into_network_space`)."""
-    from ..data.resample import ResampledGrid, space_mismatch
+    from ..data.resample import space_mismatch
 
-    if isinstance(case.grid, ResampledGrid):
+    if case.original is not None:  # a ResampledGrid or an NnUNetGrid
         return case.grid.as_dict()
     spacing = training_spacing(network)
     return {"resampled": False, "training_spacing_mm": spacing,

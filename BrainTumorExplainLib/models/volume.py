@@ -73,10 +73,18 @@ def activate(logits: torch.Tensor, description: NetworkDescription) -> torch.Ten
     return torch.sigmoid(logits) if description.outputs == "sigmoid" else torch.softmax(logits, dim=1)
 
 
-@torch.no_grad()
 def predict_outputs(network: DescribedNetwork, case: Case, device: str | torch.device | None = None,
                     progress: bool = False) -> np.ndarray:
     """Probabilities ``(channels, Z, Y, X)`` float32 on the case's canonical grid (see :func:`activate`)."""
+    logits = predict_logits(network, case, device, progress)
+    return activate(torch.from_numpy(logits)[None], network.description)[0].numpy()
+
+
+@torch.no_grad()
+def predict_logits(network: DescribedNetwork, case: Case, device: str | torch.device | None = None,
+                   progress: bool = False) -> np.ndarray:
+    """The network's logits ``(channels, Z, Y, X)`` float32 on the case's canonical grid (the folds' mean for an
+    nnU-Net folder)."""
     description = network.description
     modules = [member.segmenter or member.module for member in network.members] or [
         network.segmenter or network.module]
@@ -88,6 +96,5 @@ def predict_outputs(network: DescribedNetwork, case: Case, device: str | torch.d
         with evaluating(module):
             fold = run_windows(description, x, module, progress).to(sums)
         logits = fold if logits is None else logits + fold
-    logits = logits / len(modules)
-    probabilities = activate(logits.float(), description)[0].cpu().numpy()
-    return np.ascontiguousarray(from_network_space(probabilities, description.axes))
+    logits = (logits / len(modules)).float()[0].cpu().numpy()
+    return np.ascontiguousarray(from_network_space(logits, description.axes))
