@@ -120,6 +120,7 @@ def test_uncertainty_writes_maps_figures_and_auroc(small_phantom, tmp_path, caps
                  "--agreement", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "agreement with T=4" in printed and "AUROC for misclassified brain voxels" in printed
+    assert "control (entropy of one deterministic pass (no sampling))" in printed
     for name in ("segmentation", "uncertainty", "entropy", "mutual_information"):
         assert _same_grid(out / f"{name}.nii.gz", small_phantom.flair)
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentation.nii.gz")))

@@ -53,6 +53,7 @@ def test_summary_and_report_carry_the_numbers(explained):
     assert set(summary["scores"]) == {"WT", "TC", "ET"} and set(summary["baseline_scores"]) == {"WT", "TC", "ET"}
     assert summary["uncertainty"]["mode"] == "T=2"
     assert set(summary["uncertainty"]["error_analysis"]["maps"]) == {"uncertainty", "entropy", "mutual_information"}
+    assert 0 <= summary["uncertainty"]["error_analysis"]["control"]["auroc"] <= 1
     assert list(summary["gradcam"]["localisation"]) == ["enc2", "dec1"]
     assert summary["concepts"]["detectors"] and all("case_iou" in d for d in summary["concepts"]["detectors"])
     assert {"load", "segmentation", "uncertainty", "gradcam", "concepts", "featviz", "report"} <= set(summary["seconds"])

@@ -116,6 +116,23 @@ def test_error_analysis_on_a_perfect_uncertainty_map(case_and_model):
     assert analysis["maps"]["uncertainty"]["bins"][-1]["error_rate"] > analysis["maps"]["uncertainty"]["bins"][0]["error_rate"]
 
 
+def test_the_control_is_the_deterministic_predictions_own_entropy(case_and_model):
+    """The control: one eval-mode pass, its entropy's AUROC for its own errors — computed here the long way."""
+    from BrainTumorExplainLib.analyses.uncertainty import deterministic_control
+    from BrainTumorExplainLib.models.base import evaluating
+    from BrainTumorExplainLib.models.inference import predict_probabilities
+
+    case, model = case_and_model
+    control = deterministic_control(model, case)
+    with evaluating(model):
+        p = predict_probabilities(model, case).astype(np.float64)
+    entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(0)
+    wrong = (p.argmax(0) != case.labels)[case.brain_mask]
+    assert control["error_rate"] == pytest.approx(wrong.mean())
+    assert control["auroc"] == pytest.approx(auroc(entropy[case.brain_mask], wrong), abs=1e-4)
+    assert deterministic_control(model, case) == control  # no sampling: the same every time
+
+
 class NoDropout(SegmentationNet):
     architecture = "nodropout"
     divisor = 1

@@ -300,6 +300,25 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def deterministic_control(model, case: Case, device: str | torch.device | None = None) -> dict:
+    """The control of every uncertainty map: the predictive entropy of the network's own deterministic prediction
+    (one pass in eval mode: no dropout, no flips; an nnU-Net folder's folds as it predicts), as an AUROC for that
+    prediction's misclassified brain voxels. Sampling adds something only where a map's AUROC beats it — a softmax
+    is uncertain at its boundaries without any sampling."""
+    from ..models.inference import case_probabilities, labels_from_probabilities
+    from ..models.volume import DescribedNetwork
+
+    if case.labels is None:
+        raise UsageError(f"{case.case_id}: the deterministic control needs ground truth (a _seg file)")
+    outputs = model.description.outputs if isinstance(model, DescribedNetwork) else "softmax"
+    probabilities = case_probabilities(model, case, device=device)
+    entropy = predictive_entropy(torch.from_numpy(probabilities)[None], outputs)[0].numpy()
+    brain = case.brain_mask
+    wrong = (labels_from_probabilities(model, probabilities) != case.labels)[brain]
+    return {"map": "entropy of one deterministic pass (no sampling)", "error_rate": float(wrong.mean()),
+            "auroc": auroc(entropy[brain], wrong)}
+
+
 def uncertainty_error_analysis(volume: UncertaintyVolume, case: Case, bins: int = 10) -> dict:
     """Does high uncertainty mark the voxels the mean prediction gets wrong? Inside the brain, per map: AUROC for
     misclassification, and the error rate in each of ``bins`` equal-count bins of the map (low to high)."""

@@ -186,7 +186,8 @@ def _explain_and_print(source, out: Path, config, progress: str = "text") -> int
     analysis = summary.get("uncertainty", {}).get("error_analysis")
     if analysis:
         print("uncertainty AUROC for misclassified voxels: " + ", ".join(
-            f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items()), file=stream)
+            f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items())
+            + f"; {_control_text(analysis)}", file=stream)
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()), file=stream)
     if summary.get("scene") == SCENE:
         print(f"Slicer scene: {out / SCENE}", file=stream)
@@ -717,7 +718,7 @@ def _uncertainty_into(args: argparse.Namespace, case, model, work: Path, members
     volume, seconds = run(args.quick)
     mode = stages.uncertainty.mode_of(volume, args.quick, args.passes)
     summary = {"version": __version__, "case": case.case_id, "model": args.model,
-               **stages.uncertainty.summarise(volume, case, mode, args.seed), "seconds": round(seconds, 2)}
+               **stages.uncertainty.summarise(volume, case, mode, args.seed, model), "seconds": round(seconds, 2)}
     if members:
         summary["members"] = list(members)
     case.write_labels(volume.labels, work / SEGMENTATION)
@@ -737,9 +738,15 @@ def _uncertainty_into(args: argparse.Namespace, case, model, work: Path, members
         analysis = summary["error_analysis"]
         print("AUROC for misclassified brain voxels: " + ", ".join(
             f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items())
-            + f" (error rate {analysis['error_rate']:.4f})")
+            + f" (error rate {analysis['error_rate']:.4f}); {_control_text(analysis)}")
     (work / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+def _control_text(analysis: dict) -> str:
+    """The deterministic control beside the uncertainty AUROCs (analyses.uncertainty.deterministic_control)."""
+    control = analysis.get("control")
+    return f"control ({control['map']}) {control['auroc']:.3f}" if control else "no control"
 
 
 def _add_template(sub: argparse._SubParsersAction) -> None:

@@ -87,6 +87,8 @@ def write_report(summary: dict, run_folder: Path, path: Path, figures: list[tupl
     if "error_analysis" in uncertainty:
         analysis = uncertainty["error_analysis"]
         rows = [[name, _fmt(entry["auroc"])] for name, entry in analysis["maps"].items()]
+        if "control" in analysis:  # what the maps must beat to show that sampling adds anything
+            rows.append([f"control: {analysis['control']['map']}", _fmt(analysis["control"]["auroc"])])
         parts.append(f"<h2>Uncertainty ({html.escape(uncertainty['mode'])}, {uncertainty['passes']['mean']} passes per "
                      f"slice on average)</h2><p>AUROC of each map for misclassified brain voxels (error rate "
                      f"{analysis['error_rate']:.4f}):</p>" + _table(rows, ["map", "AUROC"]))
