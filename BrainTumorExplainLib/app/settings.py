@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..analyses import GRADCAM_TARGETS
 from ..data.atlas import ATLAS_MODES
+from ..data.bundle_metadata import is_nnunet_folder
 from ..data.preprocess import check_brain_mask
 from ..errors import UsageError
 
@@ -112,7 +113,7 @@ class ExplainConfig:
         check_device_name(self.device)
         if self.model not in MODEL_NAMES and not Path(self.model).is_dir():
             raise UsageError(f"--model {self.model}: not a shipped network ({', '.join(MODEL_NAMES)}) nor a folder")
-        if self.folds is not None and not Path(self.model, "plans.json").is_file():
+        if self.folds is not None and not is_nnunet_folder(self.model):
             raise UsageError(f"--folds goes with an nnU-Net trained-model folder; {self.model} is not one")
         if self.ensemble is not None and len(self.ensemble_files()) < 2:
             raise UsageError(f"--ensemble {self.ensemble}: an ensemble needs at least two weights files, "

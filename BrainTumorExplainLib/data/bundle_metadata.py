@@ -59,8 +59,6 @@ def read_config(path: Path) -> dict:
         raise InputError(f"{path}: not a readable bundle config ({type(error).__name__}: {error})") from None
 
 
-
-
 def bundle_configs(folder: str | Path) -> tuple[dict, dict, Path]:
     """``(metadata, inference config, the inference config's path)`` of a bundle folder."""
     folder = Path(folder)
