@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 
 from BrainTumorExplainLib.app.cli import main
-from BrainTumorExplainLib.app.nnunet_example import write_model_folder
+from BrainTumorExplainLib.app.nnunet_example import NNUNET_TO_CLASS, write_model_folder
 from BrainTumorExplainLib.data.case import find_case_files
 from BrainTumorExplainLib.errors import InputError, UsageError, WeightsError
 from BrainTumorExplainLib.models.inference import case_probabilities, labels_from_probabilities
@@ -23,9 +23,6 @@ from BrainTumorExplainLib.models.space import prepare_case
 
 pytest.importorskip("nnunetv2")
 
-# Our class order (0 background, 1 NCR, 2 ED, 3 ET) of each folder flavour's nnU-Net label values (app/nnunet_example:
-# regions as nnU-Net's BraTS 2021 dataset, 1 ED, 2 NCR, 3 ET; labels as the Decathlon's, edema, non-enhancing, enhancing)
-NNUNET_TO_CLASS = np.array([0, 2, 1, 3])
 FLAVOURS = [("PlainConvUNet", True, "3d_fullres", (0, 1, 2)), ("ResidualEncoderUNet", False, "3d_fullres", (0, 2, 1)),
             ("PlainConvUNet", False, "2d", (0, 1, 2))]
 

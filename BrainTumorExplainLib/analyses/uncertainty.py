@@ -300,18 +300,21 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def deterministic_control(model, case: Case, device: str | torch.device | None = None) -> dict:
+def deterministic_control(model, case: Case, device: str | torch.device | None = None,
+                          probabilities: np.ndarray | None = None) -> dict:
     """The control of every uncertainty map: the predictive entropy of the network's own deterministic prediction
     (one pass in eval mode: no dropout, no flips; an nnU-Net folder's folds as it predicts), as an AUROC for that
     prediction's misclassified brain voxels. Sampling adds something only where a map's AUROC beats it — a softmax
-    is uncertain at its boundaries without any sampling."""
+    is uncertain at its boundaries without any sampling. ``probabilities``: that prediction, when already made (the
+    segmentation's, in ``explain``)."""
     from ..models.inference import case_probabilities, labels_from_probabilities
     from ..models.volume import DescribedNetwork
 
     if case.labels is None:
         raise UsageError(f"{case.case_id}: the deterministic control needs ground truth (a _seg file)")
     outputs = model.description.outputs if isinstance(model, DescribedNetwork) else "softmax"
-    probabilities = case_probabilities(model, case, device=device)
+    if probabilities is None:
+        probabilities = case_probabilities(model, case, device=device)
     entropy = predictive_entropy(torch.from_numpy(probabilities)[None], outputs)[0].numpy()
     brain = case.brain_mask
     wrong = (labels_from_probabilities(model, probabilities) != case.labels)[brain]

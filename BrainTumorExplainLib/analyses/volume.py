@@ -131,17 +131,17 @@ def window_gradcam(module: torch.nn.Module, window: torch.Tensor, layers: Sequen
         voxels = scores[0, 0].numel()
         activations = [recorder.outputs[layer] for layer in layers]
         maps: list[list[torch.Tensor]] = [[] for _ in layers]
-        depth = [as_window(activation, window).shape[2:] for activation in activations]
+        spatial = [as_window(activation, window).shape[2:] for activation in activations]  # per layer
         for position, channel in enumerate(targets):
             gradients = torch.autograd.grad(pooled[:, channel].sum(), activations, allow_unused=True,
                                             retain_graph=position < len(targets) - 1)
             for index, (activation, gradient) in enumerate(zip(activations, gradients)):
                 if gradient is None:
-                    maps[index].append(activation.new_zeros((activation.shape[0],) + depth[index]))
+                    maps[index].append(activation.new_zeros((activation.shape[0],) + spatial[index]))
                     continue
                 beta = gradient.flatten(2).mean(-1)[(...,) + (None,) * (activation.ndim - 2)]  # eq. 4
                 cam = torch.relu((beta * activation).sum(dim=1)).detach() / voxels  # eq. 5
-                maps[index].append(cam.reshape((activation.shape[0],) + depth[index]))
+                maps[index].append(cam.reshape((activation.shape[0],) + spatial[index]))
     return torch.cat([F.interpolate(torch.stack(layer_maps, dim=1), size=size, mode="trilinear",
                                     align_corners=False) for layer_maps in maps], dim=1)
 

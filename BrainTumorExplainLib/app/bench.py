@@ -800,7 +800,7 @@ def bench_nnunet(model: SegmentationNet, case: Case, config: BenchConfig, device
     from ..models.nnunet import NnUNetSlidingWindow
     from ..models.registry import load_model
     from ..models.space import prepare_case
-    from .nnunet_example import write_model_folder
+    from .nnunet_example import NNUNET_TO_CLASS, write_model_folder
 
     files = find_case_files(config.case)
     spacing = float(load_case(files).spacing[0])
@@ -820,7 +820,7 @@ def bench_nnunet(model: SegmentationNet, case: Case, config: BenchConfig, device
         theirs(), ours()  # warm-up
         their_labels, theirs_s = _timed(theirs, device)
         our_labels, ours_s = _timed(ours, device)
-        agreement = float((our_labels == np.array([0, 2, 1, 3])[their_labels]).mean())
+        agreement = float((our_labels == NNUNET_TO_CLASS[their_labels]).mean())
         brain = np.argwhere(to_network_space(prepared.brain_mask, network.description.axes))
         box = [max(int(n), w) for n, w in zip(brain.max(0) - brain.min(0) + 1, network.description.window)]
         windows = int(np.prod([len(s) for s in NnUNetSlidingWindow(network.description.window).steps(box)]))

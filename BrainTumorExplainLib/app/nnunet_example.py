@@ -22,6 +22,9 @@ ARCHITECTURES = {"PlainConvUNet": "dynamic_network_architectures.architectures.u
 REGION_DATASET = {"channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"},
                   "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]},
                   "regions_class_order": [1, 2, 3], "numTraining": 1, "file_ending": ".nii.gz"}
+# The library's class index (0 background, 1 NCR, 2 ED, 3 ET) of each nnU-Net label value both datasets write: regions
+# painted 1 where WT, 2 where TC, 3 where ET (edema, non-enhancing, enhancing); labels edema 1, non-enhancing 2, 3
+NNUNET_TO_CLASS = np.array([0, 2, 1, 3])
 LABEL_DATASET = {"channel_names": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
                  "labels": {"background": 0, "edema": 1, "non-enhancing tumor": 2, "enhancing tumour": 3},
                  "numTraining": 1, "file_ending": ".nii.gz"}

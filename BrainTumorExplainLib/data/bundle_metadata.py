@@ -47,8 +47,9 @@ def channel_names(names: dict[str, str], aliases: dict[str, tuple[str, ...]], wh
 
 
 def read_config(path: Path) -> dict:
+    """A JSON or YAML file of a model folder (a bundle's configs, an nnU-Net folder's plans and dataset)."""
     if not path.is_file():
-        raise InputError(f"{path}: missing from the bundle")
+        raise InputError(f"{path}: missing from the model folder")
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
@@ -56,7 +57,7 @@ def read_config(path: Path) -> dict:
             return yaml.safe_load(path.read_text())
         return json.loads(path.read_text())
     except Exception as error:  # json, yaml: each error means the file cannot be used
-        raise InputError(f"{path}: not a readable bundle config ({type(error).__name__}: {error})") from None
+        raise InputError(f"{path}: not a readable config ({type(error).__name__}: {error})") from None
 
 
 def bundle_configs(folder: str | Path) -> tuple[dict, dict, Path]:
@@ -83,7 +84,11 @@ def nnunet_input_channels(folder: str | Path) -> tuple[str, ...]:
     """The library's sequence name of each input channel of an nnU-Net model folder, in its order (``dataset.json``
     ``channel_names``; nnU-Net v1's ``modality``)."""
     path = Path(folder) / "dataset.json"
-    dataset = read_config(path)
+    return dataset_channels(read_config(path), path)
+
+
+def dataset_channels(dataset: dict, path: Path) -> tuple[str, ...]:
+    """:func:`nnunet_input_channels` of a ``dataset.json`` already read from ``path``."""
     names = dataset.get("channel_names") or dataset.get("modality") or {}
     if not names:
         raise InputError(f"{path}: channel_names is missing: which sequence each input channel is is unknown")

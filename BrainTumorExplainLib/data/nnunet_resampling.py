@@ -87,6 +87,11 @@ class Resize:
         return map_coordinates(slices, np.array(grid), order=self.order_z, mode="nearest").astype(np.float32)
 
 
+def resize_labels(array: np.ndarray, shape: tuple[int, ...], current: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Labels or a mask resized by nearest neighbour, in their own type."""
+    return np.rint(Resize(0, 0, False)(array.astype(np.float32), shape, current, target)).astype(array.dtype)
+
+
 @dataclass(frozen=True)
 class NnUNetGrid:
     """The grid of a case resized as nnU-Net resizes it; its writes land on the reference input's grid."""
@@ -113,11 +118,8 @@ class NnUNetGrid:
         crop = tuple(s.stop - s.start for s in self.box)
         current = np.asarray(self.spacing)
         target = np.asarray(self.reference.canonical_spacing)
-        if array.dtype.kind in "biu":
-            back = Resize(0, 0, False)(array.astype(np.float32), crop, current, target)
-            back = np.rint(back).astype(array.dtype)
-        else:
-            back = self.back(array, crop, current, target)
+        resize = resize_labels if array.dtype.kind in "biu" else self.back
+        back = resize(array, crop, current, target)
         out = np.full(self.reference.canonical_shape, outside, dtype=back.dtype)
         out[self.box] = back
         return out
@@ -174,15 +176,12 @@ def nnunet_resampled_case(case: Case, spacing: tuple[float, float, float], chann
     crop = np.array([s.stop - s.start for s in box])
     shape = tuple(int(round(n * c / t)) for n, c, t in zip(crop, current, target))
     images = np.stack([data(channel[box], shape, current, target) for channel in normalised])
-    nearest = Resize(0, 0, False)
 
     def discrete(array: np.ndarray | None) -> np.ndarray | None:
-        if array is None:
-            return None
-        return np.rint(nearest(array[box].astype(np.float32), shape, current, target)).astype(array.dtype)
+        return None if array is None else resize_labels(array[box], shape, current, target)
 
-    brain = discrete(case.brain_mask.astype(np.uint8)).astype(bool)
     grid = NnUNetGrid(case.grid, box, shape, tuple(float(t) for t in target), back, reason)
+    brain = discrete(case.brain_mask)
     return replace(case, images=images, brain_mask=brain, grid=grid, labels=discrete(case.labels),
                    tissue=discrete(case.tissue), intensity_stats=None,
                    nonzero=sequence_nonzero(images != 0, brain), original=case)

@@ -47,12 +47,17 @@ def obliquity_degrees(grid: ReferenceGrid) -> float:
     return float(np.degrees(np.arccos(np.clip(columns.max(axis=0), -1.0, 1.0))).max())
 
 
+def same_spacing(own, spacing) -> bool:
+    """Whether two voxel sizes (mm, same axis order) are one, to :data:`SPACING_TOLERANCE`."""
+    return bool(np.allclose(own, spacing, rtol=SPACING_TOLERANCE, atol=0))
+
+
 def space_mismatch(grid: ReferenceGrid, spacing: tuple[float, float, float]) -> str | None:
     """Why a case on ``grid`` is not in the space of a network trained at ``spacing`` (mm along canonical
     ``z, y, x``) on axis-aligned volumes — or None when it is."""
     reasons = []
     own = grid.canonical_spacing
-    if not np.allclose(own, spacing, rtol=SPACING_TOLERANCE, atol=0):
+    if not same_spacing(own, spacing):
         reasons.append(f"voxel size {_mm(own)} mm, not {_mm(spacing)} mm")
     tilt = obliquity_degrees(grid)
     if tilt > OBLIQUE_TOLERANCE_DEGREES:

@@ -79,28 +79,37 @@ def segment_case(model, case: Case, batch_size: int = 16, device: str | torch.de
     return labels_from_probabilities(model, case_probabilities(model, case, batch_size, device, progress))
 
 
-def segment_input(model, case: Case, device: str | torch.device | None = None, progress: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Labels on the grid the network saw, and on the case's input grid (canonical order; the same array when the
-    case was not resampled). A case resampled into the network's space is labelled on its input grid from the
-    network's probabilities mapped back linearly — a little closer to the truth than carrying the labels back by
-    nearest neighbour (docs/analyses.md, "Scans off the network's grid")."""
+def network_outputs(model, case: Case, device: str | torch.device | None = None, progress: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """What the network says on the grid it saw: its probabilities (:func:`case_probabilities`), and, for a case
+    resized by nnU-Net's rules, the logits nnU-Net's export resizes back before the activation (else None)."""
     from ..data.nnunet_resampling import NnUNetGrid
     from .volume import activate, predict_logits
 
-    if isinstance(case.grid, NnUNetGrid):  # nnU-Net's export: the logits resized back, then the softmax or sigmoid
-        from .nnunet import background_logits
-
+    if isinstance(case.grid, NnUNetGrid):
         logits = predict_logits(model, case, device, progress)
-        labels = labels_from_probabilities(model, activate(torch.from_numpy(logits)[None], model.description)[0]
-                                           .numpy())
+        return activate(torch.from_numpy(logits)[None], model.description)[0].numpy(), logits
+    return case_probabilities(model, case, device=device, progress=progress), None
+
+
+def segment_input(model, case: Case, device: str | torch.device | None = None, progress: bool = False,
+                  outputs: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Labels on the grid the network saw, and on the case's input grid (canonical order; the same array when the
+    case was not resampled), from ``outputs`` (:func:`network_outputs`, computed when not given). A case resampled
+    into the network's space is labelled on its input grid from the network's probabilities mapped back linearly —
+    a little closer to the truth than carrying the labels back by nearest neighbour (docs/analyses.md, "Scans off
+    the network's grid"); one resized by nnU-Net's rules from its logits, as nnU-Net's export does."""
+    probabilities, logits = outputs or network_outputs(model, case, device, progress)
+    labels = labels_from_probabilities(model, probabilities)
+    if case.original is None:
+        return labels, labels
+    if logits is not None:
+        from .nnunet import background_logits
+        from .volume import activate
+
         back = np.stack([case.grid.to_reference(channel, float(outside)) for channel, outside in
                          zip(logits, background_logits(model.description))])
         return labels, labels_from_probabilities(model, activate(torch.from_numpy(back)[None], model.description)[0]
                                                  .numpy())
-    probabilities = case_probabilities(model, case, device=device, progress=progress)
-    labels = labels_from_probabilities(model, probabilities)
-    if case.original is None:
-        return labels, labels
     back = np.stack([case.grid.to_reference(channel) for channel in probabilities])
     return labels, labels_from_probabilities(model, back)

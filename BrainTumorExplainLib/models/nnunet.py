@@ -22,7 +22,6 @@ described network, run as nnU-Net's ``nnUNetPredictor`` runs it, without running
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -31,10 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.bundle_metadata import CLASS_ALIASES, REGION_ALIASES, channel_names, nnunet_input_channels
+from ..data.bundle_metadata import CLASS_ALIASES, REGION_ALIASES, channel_names, dataset_channels, read_config
 from ..data.nnunet_resampling import Resize
 from ..errors import InputError, WeightsError
 from .description import NetworkDescription
+from .registry import check_finite
 
 CHECKPOINT = "checkpoint_final.pth"
 NETWORK_CLASSES = ("PlainConvUNet", "ResidualEncoderUNet", "ResidualUNet")  # dynamic_network_architectures...unet
@@ -52,15 +52,6 @@ STEP = 0.5  # nnUNetPredictor's default tile_step_size
 # Extra spellings nnU-Net datasets give BraTS classes (the Decathlon's Task01 among them)
 NNUNET_CLASS_ALIASES = {name: spelled + extra for (name, spelled), extra in zip(CLASS_ALIASES.items(), (
     (), ("nonenhancingtumor", "nonenhancing", "necroticnonenhancingtumorcore"), (), ("enhancingtumour",)))}
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise InputError(f"{path}: missing from the nnU-Net model folder")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as error:
-        raise InputError(f"{path}: not readable JSON ({error})") from None
 
 
 def choose_folds(folder: Path, folds: str | Sequence[str] | None = None) -> list[str]:
@@ -109,8 +100,7 @@ def read_checkpoint(path: Path) -> dict:
     state = checkpoint.get("network_weights") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: no network_weights state dict (not an nnU-Net v2 checkpoint)")
-    if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
-        raise WeightsError(f"{path}: the weights hold NaN or infinite values")
+    check_finite(state, path)
     return checkpoint
 
 
@@ -218,7 +208,7 @@ class NnUNetFolder:
 def read_nnunet_folder(folder: str | Path, folds: str | Sequence[str] | None = None) -> NnUNetFolder:
     """The folder's plans, dataset and network description (see the module notes), and the folds chosen."""
     folder = Path(folder)
-    plans, dataset = _read_json(folder / "plans.json"), _read_json(folder / "dataset.json")
+    plans, dataset = read_config(folder / "plans.json"), read_config(folder / "dataset.json")
     chosen = choose_folds(folder, folds)
     configuration_name = folder.name.rsplit("__", 1)[-1]
     configurations = plans.get("configurations") or {}
@@ -229,7 +219,7 @@ def read_nnunet_folder(folder: str | Path, folds: str | Sequence[str] | None = N
     if configuration.get("previous_stage"):
         raise InputError(f"{folder / 'plans.json'}: {configuration_name} is the second stage of a cascade (its input "
                          "holds the first stage's segmentation); cascades are not supported yet — use 3d_fullres")
-    channels = nnunet_input_channels(folder)
+    channels = dataset_channels(dataset, folder / "dataset.json")
     schemes = configuration.get("normalization_schemes", [])
     masks = configuration.get("use_mask_for_norm", [])
     if set(schemes) != {"ZScoreNormalization"} or len(set(masks)) != 1 or len(schemes) != len(channels):

@@ -57,18 +57,16 @@ def _into_nnunet_space(case: Case, description, spacing: tuple[float, float, flo
     """An nnU-Net network's case: as it is at the plans' voxel size (the sliding window crops it; an oblique scan is
     taken as stored, as nnU-Net takes it), else resized by nnU-Net's rules (data.nnunet_resampling); a case turned
     into the atlas's pose goes the library's way (data.resample), since nnU-Net has no pose to keep."""
-    import numpy as np
-
     from ..data.case import MODALITIES
     from ..data.nnunet_resampling import nnunet_resampled_case
-    from ..data.resample import SPACING_TOLERANCE
+    from ..data.resample import same_spacing
 
     if case.original is not None:
         case = case.original
     if case.alignment is not None:
         return resample_case(case, spacing, "linear", description.axes)
     own = case.grid.canonical_spacing
-    if np.allclose(own, spacing, rtol=SPACING_TOLERANCE, atol=0):
+    if same_spacing(own, spacing):
         return case
     data, back = description.nnunet_resizing
     reason = f"voxel size {tuple(round(s, 3) for s in own)} mm, not {tuple(round(s, 3) for s in spacing)} mm"

@@ -14,23 +14,27 @@ FIGURES = ((figure_file("segmentation"), "Segmentation", "The four sequences, th
             "the network's labels: NCR/NET red, edema green, enhancing tumour yellow."),)
 
 
-def segment(model, case, path: Path, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def segment(model, case, path: Path, progress: bool = False, outputs=None) -> tuple[np.ndarray, np.ndarray]:
     """Segment ``case`` and write the labels on its input grid in its convention (``segment`` does this too);
-    returns the labels on the grid the network saw and on the input grid (:func:`models.inference.segment_input`)."""
+    returns the labels on the grid the network saw and on the input grid (:func:`models.inference.segment_input`;
+    ``outputs``: the network's, when already computed)."""
     from ...models.inference import segment_input
 
-    labels, on_input = segment_input(model, case, progress=progress)
+    labels, on_input = segment_input(model, case, progress=progress, outputs=outputs)
     case.as_read.write_labels(on_input, path)
     return labels, on_input
 
 
 def run(run) -> None:
+    from ...models.inference import network_outputs
     from ...scoring.baseline import threshold_segmentation
     from ...scoring.metrics import score_segmentation, scores_as_dict
     from ..figures import case_montage
 
     case, as_read = run.case, run.case.as_read
-    labels, on_input = segment(run.model, case, run.work / SEGMENTATION)
+    outputs = network_outputs(run.model, case)
+    labels, on_input = segment(run.model, case, run.work / SEGMENTATION, outputs=outputs)
+    run.handed_on["probabilities"] = outputs[0]  # the deterministic prediction: the uncertainty's control
     case_montage(case, run.figure("segmentation"), predicted=labels)
     if as_read.labels is not None:
         run.summary["scores"] = scores_as_dict(score_segmentation(on_input, as_read.labels, as_read.spacing))

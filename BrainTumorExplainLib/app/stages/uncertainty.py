@@ -27,10 +27,11 @@ def write_maps(volume, case, folder: Path) -> list[Path]:
     return [case.grid.write(array, Path(folder) / uncertainty_file(name)) for name, array in volume.maps().items()]
 
 
-def summarise(volume, case, mode: str, seed: int, model=None) -> dict:
+def summarise(volume, case, mode: str, seed: int, model=None, probabilities=None) -> dict:
     """Method (test-time dropout, flips or an ensemble) and its short name (``source``, what the Slicer module names
     the maps by), mode, seed, passes (or members) per slice, and — with ground truth — the uncertainty-error
-    analysis, with ``model``'s deterministic control beside it (``error_analysis.control``)."""
+    analysis, with ``model``'s deterministic control beside it (``error_analysis.control``; ``probabilities``: its
+    deterministic prediction, when already made)."""
     from ...analyses.uncertainty import deterministic_control, uncertainty_error_analysis
 
     used = volume.passes[volume.passes > 0]
@@ -39,7 +40,7 @@ def summarise(volume, case, mode: str, seed: int, model=None) -> dict:
     if case.labels is not None:
         summary["error_analysis"] = uncertainty_error_analysis(volume, case)
         if model is not None:
-            summary["error_analysis"]["control"] = deterministic_control(model, case)
+            summary["error_analysis"]["control"] = deterministic_control(model, case, probabilities=probabilities)
     return summary
 
 
@@ -72,7 +73,8 @@ def run(run) -> None:
     config = run.config
     volume = compute(run)
     write_maps(volume, run.case, run.work)
-    summary = summarise(volume, run.case, mode_of(volume, run.quick, config.passes), config.seed, run.model)
+    summary = summarise(volume, run.case, mode_of(volume, run.quick, config.passes), config.seed, run.model,
+                        run.handed_on.pop("probabilities", None))
     if run.ensemble:
         summary["members"] = list(run.ensemble)  # weights files, or an nnU-Net folder's folds
     draw(volume, run.case, summary, run.figure("uncertainty"), run.figure("error_by_uncertainty"),
