@@ -473,12 +473,13 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.gradcamLayerSlider.value = max(len(self._layers) - 2, 0)
         detectors = summary.get("concepts", {}).get("detectors", [])
         table = self.ui.detectorsTable
-        headers = [_("concept"), _("layer"), _("filter"), _("IoU (dissection set)"), _("IoU (this case)")]
+        headers = [_("concept"), _("layer"), _("filter"), _("IoU (dissection set)"), _("best control's IoU"),
+                   _("IoU (this case)")]
         table.setColumnCount(len(headers))
         table.setHorizontalHeaderLabels(headers)
         table.setRowCount(len(detectors))
         for row, entry in enumerate(detectors):
-            for column, key in enumerate(("concept", "layer", "filter", "dataset_iou", "case_iou")):
+            for column, key in enumerate(("concept", "layer", "filter", "dataset_iou", "control_iou", "case_iou")):
                 table.setItem(row, column, qt.QTableWidgetItem(str(entry.get(key, "—"))))
         picture = self._lastProcess.out / "featviz" / "detectors.png"
         self.ui.featvizLabel.setPixmap(qt.QPixmap(str(picture)).scaledToWidth(360) if picture.is_file()

@@ -284,6 +284,33 @@ def test_windowed_gradcam_equals_monai_gradcam_on_one_window(bundle):
             assert relative <= 1e-3, (layer, j, relative)
 
 
+def test_windowed_gradcam_of_the_predicted_region_equals_captum(bundle):
+    """pool="predicted": y(c) averages a region's logits over the voxels the network assigns to it (> 0), against
+    Captum's LayerGradCam of the masked sum (its maps are ours times the region's voxel count)."""
+    from captum.attr import LayerGradCam
+
+    from BrainTumorExplainLib.analyses.volume import window_gradcam
+
+    network = load_model(str(bundle))
+    torch.manual_seed(0)
+    window = torch.randn(1, 4, 32, 32, 32)
+    with torch.no_grad():
+        mask = (network.module(window) > 0).float()
+    assert 0 < int(mask.sum()) < mask.numel()
+    ours = window_gradcam(network.module, window, ["convInit"], [0, 1, 2], "sigmoid", target="logits",
+                          pool="predicted")
+    layer = network.module.get_submodule("convInit")
+    captum = LayerGradCam(lambda x: (network.module(x) * mask).flatten(2).sum(-1), layer)
+    for j in range(3):
+        theirs = captum.attribute(window, target=j, relu_attributions=True)[0, 0].detach()
+        count = float(mask[0, j].sum())
+        if count == 0:
+            assert not ours[0, j].any()
+            continue
+        relative = float((ours[0, j] * count - theirs).abs().max() / theirs.abs().max())
+        assert relative <= 1e-3, (j, relative)
+
+
 def test_volume_gradcam_covers_the_case(bundle, small_phantom):
     from BrainTumorExplainLib.analyses.volume import volume_gradcam
 
@@ -393,6 +420,7 @@ def test_dissection_of_a_bundle_over_volumes(bundle, training_phantoms, small_ph
     from BrainTumorExplainLib.analyses.dissection import Dissection, concept_masks, filter_concept_masks
     from BrainTumorExplainLib.analyses.volume_dissection import _brain_box, layer_activations
     from BrainTumorExplainLib.data.case import find_cases
+    from BrainTumorExplainLib.models.description import network_inputs
 
     network = load_model(str(bundle))
     cases = find_cases(training_phantoms)
@@ -414,19 +442,29 @@ def test_dissection_of_a_bundle_over_volumes(bundle, training_phantoms, small_ph
                  "--concepts", "WT,brain", "--iou", "0", "--mask-cases", "1", "--out", str(out)]) == 0
     result = Dissection.load(out / "dissection.json")
     assert result.architecture == network.architecture and result.quantile == 0.99
+    assert set(result.controls) == {"random weights", "raw input"}
     values = {layer: [] for layer in layers}
+    raw_values = []  # the raw-input control's "filters": the network's input channels as it receives them
     for path in cases:
         case = load_case(path)
         brain = to_network_space(case.brain_mask, network.description.axes)
         for layer, activation in layer_activations(network, case, layers).items():
             box = _brain_box(brain, tuple(activation.shape[1:]))
             values[layer].append(activation[(slice(None),) + box].flatten(1).numpy())
+        inputs = network_inputs(case, network.description)
+        raw_values.append(inputs[(slice(None),) + _brain_box(brain, inputs.shape[1:])].reshape(len(inputs), -1))
     for layer in layers:
         exact = np.quantile(np.concatenate(values[layer], axis=1), 0.99, axis=1)
         found = result.layers[layer]
         assert found.thresholds.shape == exact.shape == (network.module.get_submodule(layer).conv.out_channels
                                                          if layer == "convInit" else exact.shape[0],)
         assert (np.abs(found.thresholds - exact) <= found.threshold_error + 1e-6).all()
+    raw = result.controls["raw input"].layers["input"]
+    exact = np.quantile(np.concatenate(raw_values, axis=1), 0.99, axis=1)
+    assert (np.abs(raw.thresholds - exact) <= raw.threshold_error + 1e-6).all()
+    random = result.controls["random weights"].layers["convInit"]
+    assert random.thresholds.shape == result.layers["convInit"].thresholds.shape
+    assert not np.allclose(random.thresholds, result.layers["convInit"].thresholds)
 
     picks = [("down_layers.1", k) for k in range(len(result.layers["down_layers.1"].thresholds))]
     intersection = np.zeros((len(picks), 2), np.int64)
@@ -438,13 +476,22 @@ def test_dissection_of_a_bundle_over_volumes(bundle, training_phantoms, small_ph
         assert all(not (mask & ~case.brain_mask).any() for mask in masks.values())
     np.testing.assert_array_equal(intersection, result.layers["down_layers.1"].intersection)
 
+    # A dissection without controls (these tiny trained filters need not beat them): every filter over the cutoff
+    # is a detector, and explain says no control was measured.
+    result.controls = {}
+    uncontrolled = result.save(tmp_path / "uncontrolled.json")
     run = tmp_path / "run"
     assert main(["explain", str(small_phantom.flair.parent), "--model", str(bundle), "--layers", "conv_final",
-                 "--dissection", str(out / "dissection.json"), "--quick", "--no-scene", "--featviz-steps", "3",
+                 "--dissection", str(uncontrolled), "--quick", "--no-scene", "--featviz-steps", "3",
                  "--featviz-size-3d", "16", "--out", str(run)]) == 0
     summary = json.loads((run / "summary.json").read_text())
     detectors = summary["concepts"]["detectors"]
     assert detectors and {d["concept"] for d in detectors} <= {"WT", "brain"} and (run / "concepts").is_dir()
+    assert summary["concepts"]["controls"].startswith("not measured")
+    controls = summary["gradcam"]["controls"]  # the Grad-CAM localisation beside random weights and raw input
+    assert controls["slices"] > 0 and set(controls["targets"]) == {"TC", "WT", "ET"}  # every slice, in 3D
+    assert list(controls["targets"]["WT"]["layers"]) == ["conv_final"]
+    assert controls["targets"]["WT"]["raw input"]["channel"] in network.description.channels
     assert summary["featviz"]["template"].startswith("this case")
     regularised = summary["featviz"]["regularised"]
     assert regularised["axes"] == network.description.axes and regularised["sequences"] == list(CHANNEL_FILES)

@@ -101,10 +101,15 @@ def test_dissect_writes_thresholds_tables_masks_and_figure(small_phantom, tmp_pa
     assert main(["dissect", "--data", str(small_phantom.flair.parent), *RESUNET, "--layers", "enc2,dec1",
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "detectors (IoU ≥ 0.04) per concept per layer" in printed
+    assert "detectors (IoU ≥ 0.04 and ≥ the best control + 0.05) per concept per layer" in printed
+    assert "best IoU per concept:  trained  random weights       raw input  learned" in printed
     saved = json.loads((out / "dissection.json").read_text())
     assert saved["architecture"] == "resunet" and list(saved["layers"]) == ["enc2", "dec1"]
-    assert (out / "tables" / "enc2.csv").read_text().startswith("filter,best_concept,iou,detector,threshold")
+    assert list(saved["controls"]["random weights"]["layers"]) == ["enc2", "dec1"]
+    assert list(saved["controls"]["raw input"]["layers"]) == ["input"]
+    assert len(saved["control_table"]) == len(saved["concepts"]) and saved["control_seed"] == 0
+    assert (out / "tables" / "enc2.csv").read_text().startswith("filter,best_concept,iou,control_iou,detector,")
+    assert (out / "tables" / "controls.csv").read_text().startswith("concept,trained_layer,trained_filter,")
     masks = list((out / "concepts" / small_phantom.case_id).glob("*.nii.gz"))
     assert masks and all(_same_grid(p, small_phantom.flair) for p in masks)
     assert len(masks) == len({row["concept"] for row in json.loads((out / "detectors.json").read_text())["detectors"]})

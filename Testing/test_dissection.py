@@ -159,7 +159,7 @@ def concept_case(small_phantom):
 
 
 def test_dissection_finds_the_detectors_built_into_a_toy(concept_case):
-    result = dissect(ConceptToy(), [concept_case], layers=["a"], quantile=0.95)
+    result = dissect(ConceptToy(), [concept_case], layers=["a"], quantile=0.95, controls=False)
     assert result.concepts == ["WT", "TC", "ET", "ED", "NCR", "brain", "WM", "GM", "CSF"]
     iou = result.layers["a"].iou
     best = [result.concepts[i] for i in iou.argmax(1)]
@@ -170,6 +170,7 @@ def test_dissection_finds_the_detectors_built_into_a_toy(concept_case):
     detected = {(row["filter"], row["concept"]) for row in result.detectors()}
     assert {(0, "WT"), (2, "TC")} <= detected and all(k != 3 for k, _ in detected)
     assert result.summary()["a"]["WT"] >= 1
+    assert result.controls == {} and result.control_table() == []  # no controls: no row claims one
     # thresholds against the exact quantile of all the values the dissection saw (every brain slice)
     seen = torch.from_numpy(concept_case.images[:, concept_case.brain_slices()].reshape(4, -1)).double()
     exact = torch.quantile(seen, 0.95, dim=1).numpy()
@@ -179,7 +180,7 @@ def test_dissection_finds_the_detectors_built_into_a_toy(concept_case):
 
 def test_saved_thresholds_dissect_a_single_case_the_same_way(concept_case, tmp_path):
     model = ConceptToy()
-    result = dissect(model, [concept_case], layers=["a"], quantile=0.95)
+    result = dissect(model, [concept_case], layers=["a"], quantile=0.95, controls=False)
     loaded = Dissection.load(result.save(tmp_path / "dissection.json"))
     assert loaded.concepts == result.concepts and loaded.fingerprint == result.fingerprint
     np.testing.assert_array_equal(loaded.layers["a"].intersection, result.layers["a"].intersection)
@@ -202,8 +203,10 @@ def test_bad_input_is_named(concept_case, tmp_path, small_phantom):
     no_tissue = dataclasses.replace(concept_case, case_id="NoTissue", tissue=None)
     with pytest.raises(CaseError, match="concept WM needs tissue.*NoTissue"):
         dissect(model, [concept_case, no_tissue], concepts=["WT", "WM"])
+    with pytest.raises(ValueError, match="control margin must lie in"):
+        dissect(model, [concept_case], margin=2.0)
     assert "WM" not in check_concepts([concept_case, no_tissue], None)  # default: only what every case has
-    result = dissect(model, [concept_case], layers=["a"], quantile=0.95)
+    result = dissect(model, [concept_case], layers=["a"], quantile=0.95, controls=False)
     other = build_model("resunet", width=0.0625)
     with pytest.raises(ValueError, match="computed for other weights"):
         filter_concept_masks(other, concept_case, result, [("enc1", 0)])
@@ -222,7 +225,7 @@ def test_memory_does_not_grow_with_the_number_of_cases(small_phantom):
     peaks = []
     for count in (1, 4):
         tracemalloc.start()
-        dissect(model, [folder] * count, layers=["enc1", "dec1"])
+        dissect(model, [folder] * count, layers=["enc1", "dec1"])  # with its controls
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < 1.15 * peaks[0], peaks
@@ -240,3 +243,76 @@ def test_shipped_dissections_belong_to_the_shipped_weights(name):
     for layer, result in dissection.layers.items():
         assert (result.union >= result.intersection).all() and (result.threshold_error >= 0).all()
     assert dissection.detectors(), "the shipped models have concept detectors"
+    # made with their controls, on the same cases: the random-weights network's layers, the four input channels
+    assert set(dissection.controls) == {"random weights", "raw input"} and dissection.control_seed == 0
+    assert list(dissection.controls["random weights"].layers) == list(dissection.layers)
+    assert len(dissection.controls["raw input"].layers["input"].thresholds) == 4
+    assert all(control.cases == dissection.cases for control in dissection.controls.values())
+    assert all(row["iou"] >= row["control_iou"] + dissection.margin for row in dissection.detectors())
+
+
+class CopyOrCompute(SegmentationNet):
+    """Layer "a": filter 0 copies input channel 1 (WM) through a positive affine map; filter 1 averages channel 0
+    over 3×3 — on a case whose channel 0 is the tumour core with half its voxels dropped (which the paper's 3×3
+    opening wipes out), that mean fills the core back in: a concept the input alone does not show."""
+
+    architecture = "copy-or-compute"
+    divisor = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = {}
+        self.a = nn.Conv2d(4, 2, 3, padding=1)
+        self.out = nn.Conv2d(2, 4, 1)
+        with torch.no_grad():
+            self.a.weight.zero_()
+            self.a.bias.zero_()
+            self.a.weight[0, 1, 1, 1], self.a.bias[0] = 2.0, 0.5
+            self.a.weight[1, 0] = 1.0 / 9.0
+        self._register_layer("a", "a")
+        self._register_layer("out", "out")
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.a(x)))
+
+
+@pytest.fixture(scope="module")
+def sparse_core_case(small_phantom):
+    """Inputs: the tumour core with half its voxels dropped, white matter, noise, zeros."""
+    case = load_case(small_phantom.flair.parent)
+    rng = np.random.default_rng(1)
+    core = region_mask(case.labels, "TC") & (rng.random(case.brain_mask.shape) > 0.5)
+    images = np.stack([core, case.tissue == 3, rng.random(case.brain_mask.shape), np.zeros(core.shape)])
+    return dataclasses.replace(case, images=images.astype(np.float32))
+
+
+def test_a_filter_that_copies_an_input_channel_is_not_a_learned_detector(sparse_core_case, tmp_path):
+    model = CopyOrCompute()
+    result = dissect(model, [sparse_core_case], layers=["a"], concepts=["WT", "TC", "WM"], quantile=0.95)
+    iou = result.layers["a"].iou
+    tc, wm = result.concepts.index("TC"), result.concepts.index("WM")
+    raw = result.controls["raw input"].layers["input"].iou
+    assert iou[0, wm] > 0.2 and raw[0, tc] < 0.2 and iou[1, tc] > 0.5  # both reach the cutoff by far, but ...
+    np.testing.assert_allclose(iou[0], raw[1])  # ... filter 0 is the input's channel 1, mask for mask
+    assert result.controls["random weights"].architecture == "copy-or-compute (random weights)"
+    bars = result.control_bars()
+    assert bars["WM"]["iou"] >= raw[1, wm] and bars["TC"]["iou"] < iou[1, tc] - result.margin
+    uncontrolled = {(row["filter"], row["concept"]) for row in result.detectors(controlled=False)}
+    controlled = {(row["filter"], row["concept"]) for row in result.detectors()}
+    assert (0, "WM") in uncontrolled and controlled == {(1, "TC")}
+    assert all(row["control_iou"] == bars[row["concept"]]["iou"] for row in result.detectors())
+    table = {row["concept"]: row for row in result.control_table()}
+    assert table["TC"]["learned"] and not table["WM"]["learned"]
+    assert table["WM"]["over_cutoff"] >= 1 and table["WM"]["detectors"] == 0
+    # the controls' weights come from the seed and leave the model and the global random state alone
+    state = torch.random.get_rng_state()
+    again = dissect(model, [sparse_core_case], layers=["a"], concepts=["WT", "TC", "WM"], quantile=0.95)
+    assert torch.equal(state, torch.random.get_rng_state())
+    np.testing.assert_array_equal(again.controls["random weights"].layers["a"].intersection,
+                                  result.controls["random weights"].layers["a"].intersection)
+    assert again.fingerprint == result.fingerprint
+    # saved and read back: the same verdicts, the controls with it
+    loaded = Dissection.load(result.save(tmp_path / "dissection.json"))
+    assert loaded.detectors() == result.detectors() and loaded.control_seed == 0
+    assert set(loaded.controls) == {"random weights", "raw input"}
+    assert {path.name for path in loaded.write_tables(tmp_path / "tables")} == {"a.csv", "controls.csv"}

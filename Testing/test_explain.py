@@ -55,13 +55,21 @@ def test_summary_and_report_carry_the_numbers(explained):
     assert set(summary["uncertainty"]["error_analysis"]["maps"]) == {"uncertainty", "entropy", "mutual_information"}
     assert 0 <= summary["uncertainty"]["error_analysis"]["control"]["auroc"] <= 1
     assert list(summary["gradcam"]["localisation"]) == ["enc2", "dec1"]
-    assert summary["concepts"]["detectors"] and all("case_iou" in d for d in summary["concepts"]["detectors"])
+    concepts = summary["concepts"]
+    assert concepts["detectors"] and all("case_iou" in d and "control_iou" in d for d in concepts["detectors"])
+    # the shipped dissection carries its controls: every detector beat its concept's best control by the margin
+    assert {row["concept"] for row in concepts["controls"]} >= {d["concept"] for d in concepts["detectors"]}
+    assert all(d["dataset_iou"] >= d["control_iou"] + concepts["margin"] - 1e-4 for d in concepts["detectors"])
+    gradcam_controls = summary["gradcam"]["controls"]["targets"]
+    assert set(gradcam_controls) == {"NCR/NET", "ED", "ET"}
+    assert all(list(entry["layers"]) == ["enc2", "dec1"] for entry in gradcam_controls.values())
     assert {"load", "segmentation", "uncertainty", "gradcam", "concepts", "featviz", "report"} <= set(summary["seconds"])
     assert summary["versions"]["torch"]
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 6
     assert not re.search(r"""(src|href)=["']?(https?:|file:|/)""", report)  # self-contained: loads nothing
     assert "AUROC" in report and "Best detector per concept" in report
+    assert "Concepts against controls" in report and "Grad-CAM against controls" in report
 
 
 def test_runs_are_never_mixed_and_failures_leave_nothing(explained, small_phantom, capsys):

@@ -12,7 +12,9 @@ from BrainTumorExplainLib.analyses.gradcam import (
     gradcam_weights,
     layer_gradcam,
     localisation,
+    localisation_controls,
     normalise,
+    raw_input_volume,
 )
 from BrainTumorExplainLib.data.case import load_case
 from BrainTumorExplainLib.models import build_model
@@ -65,18 +67,26 @@ def test_a_cam_variant_is_one_weights_function():
     assert not torch.allclose(flat, default)
 
 
-def _independent_gradcam(model: SegmentationNet, x: torch.Tensor, layer: str, class_index: int, target: str):
-    """One layer, one class, one hook, straight from eqs. 3-5 (the slow way the batched code replaces)."""
+def _independent_gradcam(model: SegmentationNet, x: torch.Tensor, layer: str, class_index: int, target: str,
+                         pool: str = "image"):
+    """One layer, one class, one hook, straight from eqs. 3-5 (the slow way the batched code replaces); ``pool``
+    "predicted": y(c) is the mean over the slice's pixels labelled c, skipped (zero map) where there are none."""
     kept = {}
     handle = model.analysable_layers()[layer].register_forward_hook(lambda m, i, o: kept.setdefault("a", o))
     try:
         output = model(x)
     finally:
         handle.remove()
+    labels = output.argmax(1)
     output = torch.softmax(output, 1) if target == "softmax" else output
     cams = []
     for n in range(x.shape[0]):  # one slice at a time: y(c) of that slice only
-        (gradient,) = torch.autograd.grad(output[n, class_index].mean(), kept["a"], retain_graph=True)
+        region = labels[n] == class_index
+        if pool == "predicted" and not region.any():
+            cams.append(torch.zeros(x.shape[-2:]))
+            continue
+        score = output[n, class_index].mean() if pool == "image" else output[n, class_index][region].mean()
+        (gradient,) = torch.autograd.grad(score, kept["a"], retain_graph=True)
         beta = gradient[n].mean(dim=(1, 2))
         cam = torch.relu((beta[:, None, None] * kept["a"][n]).sum(0))
         cams.append(torch.nn.functional.interpolate(cam.detach()[None, None], size=x.shape[-2:], mode="bilinear",
@@ -84,9 +94,10 @@ def _independent_gradcam(model: SegmentationNet, x: torch.Tensor, layer: str, cl
     return torch.stack(cams)
 
 
-@pytest.mark.parametrize("architecture", ["resunet", "denseunet"])
+@pytest.mark.parametrize("architecture,pool", [("resunet", "image"), ("denseunet", "image"),
+                                               ("resunet", "predicted")])
 @pytest.mark.parametrize("target", ["softmax", "logits"])
-def test_all_layers_at_once_equal_one_layer_at_a_time(architecture, target):
+def test_all_layers_at_once_equal_one_layer_at_a_time(architecture, target, pool):
     torch.manual_seed(1)
     model = build_model(architecture, width=0.125).eval()
     with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode matters
@@ -95,11 +106,14 @@ def test_all_layers_at_once_equal_one_layer_at_a_time(architecture, target):
                 module.running_mean.uniform_(-0.2, 0.2)
                 module.running_var.uniform_(0.5, 1.5)
     x = torch.randn(3, 4, 64, 64)
-    maps = layer_gradcam(model, x, "all", "all", target=target)
+    maps = layer_gradcam(model, x, "all", "all", target=target, pool=pool)
     assert list(maps) == list(model.analysable_layers())
+    if pool == "predicted":  # some class is missing from some slice: its map there must be zero
+        labels = model(x).argmax(1)
+        assert any(not (labels[n] == c).any() for n in range(3) for c in range(4))
     for layer, cams in maps.items():
         for class_index in range(4):
-            expected = _independent_gradcam(model, x, layer, class_index, target)
+            expected = _independent_gradcam(model, x, layer, class_index, target, pool)
             scale = float(expected.abs().max()) or 1.0
             assert float((cams[:, class_index] - expected).abs().max()) <= 1e-4 * scale, (layer, class_index)
 
@@ -151,6 +165,36 @@ def test_volume_on_a_phantom_and_localisation(small_phantom):
     assert entry["brain"].mass_inside == pytest.approx(1.0)
     assert 0 < entry["WT"].top_iou <= 1
     assert entry["WT"].top_iou > entry["ET"].top_iou or entry["ET"].mass_inside > 0.9
+
+
+def test_localisation_controls_on_known_maps(small_phantom):
+    """The raw-input control of a channel that is the region itself puts all its mass inside; a channel below its
+    mean everywhere has no mass; the random-weights column is the same Grad-CAM of a re-initialised network."""
+    from BrainTumorExplainLib.analyses.controls import random_weights
+    from BrainTumorExplainLib.data.labels import region_mask
+
+    case = load_case(small_phantom.flair.parent)
+    slices = case.brain_slices()[::4]
+    et = region_mask(case.labels, "ET")
+    channels = np.stack([et.astype(np.float32), -np.ones(et.shape, np.float32), case.images[2]])
+    raw = localisation(raw_input_volume(channels, ["et", "dark", "t1ce"], slices), case)
+    assert raw["input"]["et"]["ET"].mass_inside == pytest.approx(1.0)
+    assert np.isnan(raw["input"]["dark"]["ET"].mass_inside)  # an all-zero map has no share anywhere
+    torch.manual_seed(0)
+    model = build_model("resunet", width=0.0625)
+    control = random_weights(model, seed=5)
+    assert not torch.equal(model.head[2].weight, control.head[2].weight)
+    again = random_weights(model, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(control.state_dict().values(), again.state_dict().values()))
+    trained = localisation(gradcam_volume(model, case, ["enc1", "head"], "tumour", slices=slices), case)
+    random = localisation(gradcam_volume(control, case, ["enc1", "head"], "tumour", slices=slices), case)
+    result = localisation_controls(trained, random, raw, {"ET": "ET", "WT": "WT"}, seed=5, slices=len(slices))
+    entry = result["targets"]["ET"]
+    assert entry["raw input"] == {"channel": "et", "mass_inside": 1.0}  # the best channel, named
+    assert entry["chance"] == pytest.approx(et[slices].sum() / case.brain_mask[slices].sum(), abs=1e-4)
+    for layer, column, table in (("head", "random weights", random), ("enc1", "trained", trained)):
+        np.testing.assert_equal(entry["layers"][layer][column], round(table[layer]["ET"]["ET"].mass_inside, 4))
+    assert result["seed"] == 5 and result["slices"] == len(slices)
 
 
 def test_normalise_keeps_zero_maps_zero():

@@ -72,7 +72,12 @@ def test_evaluate_and_segment_verbs(tiny_data, tmp_path, capsys):
     summary = json.loads((tmp_path / "e.json").read_text())
     assert sorted(summary["cases"]) == ["Phantom_00060", "Phantom_00061", "Phantom_00062"]
     assert 0.0 <= summary["mean"]["WT"]["dice"] <= 1.0
-    assert "mean (3)" in capsys.readouterr().out
+    cases = summary["cases"].values()  # lesion-wise too: means of the cases' scores, lesion counts summed
+    assert summary["mean"]["ET"]["lesion_dice"] == pytest.approx(np.mean([c["ET"]["lesion_dice"] for c in cases]))
+    assert summary["mean"]["WT"]["lesion_fn"] == sum(c["WT"]["lesion_fn"] for c in cases)
+    assert "lesion counts summed" in summary["mean_convention"]
+    printed = capsys.readouterr().out
+    assert "mean (3)" in printed and "WT L-Dice" in printed
     assert main(["segment", str(case_folder), "--model", "resunet", "--weights", str(tmp_path / "w.pt"),
                  "--out", str(tmp_path / "seg.nii.gz")]) == 0
     written = sitk.ReadImage(str(tmp_path / "seg.nii.gz"))

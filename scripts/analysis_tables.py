@@ -9,7 +9,9 @@ import argparse
 import json
 from pathlib import Path
 
+from BrainTumorExplainLib.analyses.controls import INPUT_LAYER
 from BrainTumorExplainLib.analyses.dissection import Dissection, shipped_dissection_path
+from BrainTumorExplainLib.data.case import MODALITIES
 
 MODELS = ("denseunet", "resunet", "simunet")
 
@@ -19,18 +21,30 @@ def dissection_tables() -> str:
     for model in MODELS:
         dissection = Dissection.load(shipped_dissection_path(model))
         concepts = dissection.concepts
+        over = dissection.summary(controlled=False)
         lines += [f"**{model}** ({len(dissection.cases)} held-out phantoms, every {dissection.slice_step}th brain "
-                  f"slice; filters detecting each concept, IoU ≥ {dissection.iou_cutoff}):", "",
+                  f"slice): detectors per concept — filters with IoU ≥ {dissection.iou_cutoff} that also beat the "
+                  f"best control by {dissection.margin} — and, in brackets, all filters with IoU ≥ "
+                  f"{dissection.iou_cutoff}:", "",
                   "| layer | filters | " + " | ".join(concepts) + " |", "|---|---:|" + "---:|" * len(concepts)]
         for layer, counts in dissection.summary().items():
             lines.append(f"| {layer} | {len(dissection.layers[layer].thresholds)} | "
-                         + " | ".join(str(counts[c]) for c in concepts) + " |")
-        best = {}
-        for row in dissection.detectors():
-            best.setdefault(row["concept"], row)
-        lines += ["", "Best detector per concept: " + "; ".join(
-            f"{c} {r['layer']} #{r['filter']} (IoU {r['iou']:.2f})" for c, r in best.items()), ""]
+                         + " | ".join(f"{counts[c]} ({over[layer][c]})" for c in concepts) + " |")
+        names = list(dissection.controls)
+        lines += ["", f"Best filter per concept against the controls (random weights: seed {dissection.control_seed}):",
+                  "", "| concept | trained | " + " | ".join(names) + " | learned | detectors (of those over the cutoff) |",
+                  "|---|---|" + "---|" * len(names) + "---|---:|"]
+        for row in dissection.control_table():
+            cells = [f"{_filter_name(row[name])}: {row[name]['iou']:.2f}" for name in ("trained", *names)]
+            lines.append(f"| {row['concept']} | " + " | ".join(cells) + f" | {'yes' if row['learned'] else 'no'} | "
+                         f"{row['detectors']} ({row['over_cutoff']}) |")
+        lines.append("")
     return "\n".join(lines)
+
+
+def _filter_name(row: dict) -> str:
+    """``layer #k``, or the sequence for the raw-input control (the paper networks' channel order)."""
+    return MODALITIES[row["filter"]].upper() if row["layer"] == INPUT_LAYER else f"{row['layer']} #{row['filter']}"
 
 
 def localisation_table(folder: Path) -> str:
@@ -39,13 +53,19 @@ def localisation_table(folder: Path) -> str:
         path = folder / model / "localisation.json"
         if not path.is_file():
             continue
-        table = json.loads(path.read_text())["localisation"]
-        lines += [f"**{model}**: share of the Grad-CAM mass inside the class's region (chance in brackets)", "",
-                  "| layer | NCR/NET in TC | ED in WT | ET in ET |", "|---|---:|---:|---:|"]
-        for layer, classes in table.items():
-            cells = [f"{classes[c][r]['mass_inside']:.2f} ({classes[c][r]['chance']:.2f})"
-                     for c, r in (("NCR/NET", "TC"), ("ED", "WT"), ("ET", "ET"))]
-            lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+        controls = json.loads(path.read_text())["controls"]
+        targets = {name: controls["targets"][name] for name in ("NCR/NET", "ED", "ET")}
+        lines += [f"**{model}**: share of the Grad-CAM mass inside the class's region, trained / random weights "
+                  f"(seed {controls['seed']}), over {controls['slices']} slices (every 4th brain slice)", "",
+                  "| layer | " + " | ".join(f"{name} in {t['region']}" for name, t in targets.items()) + " |",
+                  "|---|" + "---:|" * len(targets)]
+        for layer in next(iter(targets.values()))["layers"]:
+            lines.append(f"| {layer} | " + " | ".join(f"{t['layers'][layer]['trained']:.2f} / "
+                                                      f"{t['layers'][layer]['random weights']:.2f}"
+                                                      for t in targets.values()) + " |")
+        lines.append("| raw input, best channel | " + " | ".join(
+            f"{t['raw input']['mass_inside']:.2f} ({t['raw input']['channel']})" for t in targets.values()) + " |")
+        lines.append("| chance (a flat map) | " + " | ".join(f"{t['chance']:.2f}" for t in targets.values()) + " |")
         lines.append("")
     return "\n".join(lines)
 

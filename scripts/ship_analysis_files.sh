@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reproduce the analysis files shipped beside the weights, from the held-out phantoms (seeds 1000-1009):
 # the style template of feature visualisation (BrainTumorExplainLib/weights/template.npz) and, per model, the
-# dissection (thresholds + concept IoUs, every 4th brain slice; whole volumes for the 3D segresnet3d, which takes no
-# slice step) in BrainTumorExplainLib/weights/<model>.dissection.json, where explain and the Slicer module find them.
+# dissection (thresholds + concept IoUs, with its random-weights and raw-input controls; every 4th brain slice; whole
+# volumes for the 3D segresnet3d, which takes no slice step) in BrainTumorExplainLib/weights/<model>.dissection.json,
+# where explain and the Slicer module find them.
 # Usage: bash scripts/ship_analysis_files.sh [WORKDIR] [DEVICE] [MODELS...]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/shipped_args.sh" "$@"

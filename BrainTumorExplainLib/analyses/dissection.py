@@ -14,8 +14,14 @@ For filter ``k`` of layer ``l``:
 * IoU against every concept with ground truth (eq. 2): *explicit* — WT, TC, ET, ED, NCR (from the labels);
   *implicit* — brain (the brain mask), WM, GM, CSF (from a phantom's tissue map). Dataset-wide IoU is
   Σ|M ∩ G| / Σ|M ∪ G| over all slices; the per-image statistic is the mean IoU over the slices where the concept
-  is present. A filter *detects* a concept when its dataset-wide IoU ≥ ``iou_cutoff`` (0.04, as in Network
+  is present. A filter's IoU reaches the concept when its dataset-wide IoU ≥ ``iou_cutoff`` (0.04, as in Network
   Dissection).
+* **Controls** (:mod:`controls`): the same dissection of the architecture with random weights and of the raw input
+  channels. A filter *detects* a concept — is reported as a learned detector — only when its IoU also beats the best
+  control for that concept (the highest IoU any control filter of any layer reaches) by ``margin`` (0.05 IoU): over
+  the ten held-out phantoms a random ResUnet has an ET filter of IoU 0.69 and the T1ce channel alone reaches 0.40
+  (docs/analyses.md), so IoU ≥ 0.04 alone says nothing about learning. A dissection made without controls (``controls=False``, or a file of format 1) reports
+  every filter over the cutoff and says that no control was measured.
 
 Our own code rather than netdissect's: the concepts, post-processing and 2D-slice dataset are the paper's, and
 the streaming statistics are a few dozen lines (:mod:`quantiles`). Three passes over the data (histogram,
@@ -24,9 +30,11 @@ refinement, IoU); memory does not grow with the number of cases.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -43,6 +51,7 @@ from ..models.activations import LayerRecorder, resolve_layers, upsample_to_inpu
 from ..models.base import SegmentationNet, evaluating, model_device
 from ..models.inference import slice_batches
 from ..progress import progress_bar
+from .controls import DEFAULT_SEED, RAW_INPUT, control_networks
 from .quantiles import StreamingQuantiles
 
 # name → (what it is, the ground truth it needs)
@@ -61,6 +70,9 @@ _TISSUE_VALUE = {"CSF": 1, "GM": 2, "WM": 3}
 _CLASS_VALUE = {"NCR": 1, "ED": 2}
 DEFAULT_QUANTILE = 0.99
 DEFAULT_IOU_CUTOFF = 0.04
+DEFAULT_MARGIN = 0.05  # IoU by which a learned detector must beat the best control of its concept
+FORMAT = "BrainTumorExplain dissection 2"
+_FORMATS = ("BrainTumorExplain dissection 1", FORMAT)  # 1: no controls
 
 
 def concept_masks(case: Case, concepts: Sequence[str]) -> np.ndarray:
@@ -233,7 +245,8 @@ class LayerDissection:
 @dataclass
 class Dissection:
     """The result of :func:`dissect`, saved as JSON (:meth:`save`) beside a model so a single new case can be
-    dissected later without the dataset (:func:`filter_concept_masks`)."""
+    dissected later without the dataset (:func:`filter_concept_masks`). ``controls``: the same dissection of each
+    control network (:mod:`controls`), by name; empty when none was measured."""
 
     architecture: str
     fingerprint: str
@@ -243,18 +256,48 @@ class Dissection:
     cases: list[str]
     slice_step: int
     layers: dict[str, LayerDissection] = field(repr=False)
+    controls: dict[str, "Dissection"] = field(default_factory=dict, repr=False)
+    margin: float = DEFAULT_MARGIN
+    control_seed: int | None = None  # the random-weights control's seed
 
-    def detectors(self, cutoff: float | None = None) -> list[dict]:
-        """Every (layer, filter) whose best concept reaches the IoU cutoff, best first."""
+    def best_filters(self) -> dict[str, dict]:
+        """Concept → the filter of any layer with the highest IoU for it (whatever the cutoff)."""
+        best: dict[str, dict] = {}
+        for layer, result in self.layers.items():
+            iou = result.iou
+            for j, concept in enumerate(self.concepts):
+                k = int(iou[:, j].argmax())
+                if concept not in best or iou[k, j] > best[concept]["iou"]:
+                    best[concept] = {"layer": layer, "filter": k, "iou": float(iou[k, j])}
+        return best
+
+    def control_bars(self) -> dict[str, dict]:
+        """Concept → the best control filter for it (``control``, ``layer``, ``filter``, ``iou``): what a learned
+        detector must beat by ``margin``. Empty without controls."""
+        bars: dict[str, dict] = {}
+        for name, control in self.controls.items():
+            for concept, row in control.best_filters().items():
+                if concept not in bars or row["iou"] > bars[concept]["iou"]:
+                    bars[concept] = {"control": name, **row}
+        return bars
+
+    def detectors(self, cutoff: float | None = None, controlled: bool = True) -> list[dict]:
+        """Every (layer, filter) whose best concept reaches the IoU cutoff and — when controls were measured and
+        ``controlled`` — beats that concept's best control by ``margin``; best first. Each row names the control
+        it was held against (``control``, ``control_iou``)."""
         cutoff = self.iou_cutoff if cutoff is None else cutoff
+        bars = self.control_bars() if controlled else {}
         rows = []
         for layer, result in self.layers.items():
             iou = result.iou
             for k in range(iou.shape[0]):
                 best = int(iou[k].argmax())
-                if iou[k, best] >= cutoff:
-                    rows.append({"layer": layer, "filter": k, "concept": self.concepts[best],
-                                 "iou": float(iou[k, best]), "image_iou": float(result.image_iou[k, best])})
+                concept, value = self.concepts[best], float(iou[k, best])
+                bar = bars.get(concept)
+                if value >= cutoff and (bar is None or value >= bar["iou"] + self.margin):
+                    rows.append({"layer": layer, "filter": k, "concept": concept, "iou": value,
+                                 "image_iou": float(result.image_iou[k, best]),
+                                 **({"control": bar["control"], "control_iou": bar["iou"]} if bar else {})})
         return sorted(rows, key=lambda row: -row["iou"])
 
     def best_detectors(self) -> dict[str, dict]:
@@ -264,35 +307,65 @@ class Dissection:
             best.setdefault(row["concept"], row)
         return best
 
-    def summary(self) -> dict[str, dict[str, int]]:
+    def summary(self, controlled: bool = True) -> dict[str, dict[str, int]]:
         """Detectors per concept per layer: ``{layer: {concept: count}}`` (each filter counted for its best
-        concept only)."""
+        concept only; ``controlled=False``: every filter over the cutoff, controls or not)."""
         table = {layer: {concept: 0 for concept in self.concepts} for layer in self.layers}
-        for row in self.detectors():
+        for row in self.detectors(controlled=controlled):
             table[row["layer"]][row["concept"]] += 1
         return table
 
+    def control_table(self) -> list[dict]:
+        """Per concept: the trained network's best filter for it beside each control's best, the margin, whether
+        the concept is learned (some filter whose best concept it is beats every control by the margin: a
+        detector) and how many filters are detectors against how many only reach the cutoff. Empty without
+        controls."""
+        if not self.controls:
+            return []
+        trained = self.best_filters()
+        controls = {name: control.best_filters() for name, control in self.controls.items()}
+        detected = Counter(row["concept"] for row in self.detectors())
+        over_cutoff = Counter(row["concept"] for row in self.detectors(controlled=False))
+        rows = []
+        for concept in self.concepts:
+            rows.append({"concept": concept, "trained": _rounded(trained[concept]),
+                         **{name: _rounded(found[concept]) for name, found in controls.items()},
+                         "margin": self.margin,
+                         "learned": detected[concept] > 0,
+                         "detectors": detected[concept], "over_cutoff": over_cutoff[concept]})
+        return rows
+
     def table(self, layer: str) -> list[dict]:
-        """One row per filter of ``layer``: best concept, its IoU, the threshold, and the IoU with every concept."""
+        """One row per filter of ``layer``: best concept, its IoU, the best control's IoU for it, whether it is a
+        detector, the threshold, and the IoU with every concept."""
         result = self.layers[layer]
         iou = result.iou
+        bars = self.control_bars()
+        detected = {row["filter"] for row in self.detectors() if row["layer"] == layer}
         rows = []
         for k in range(iou.shape[0]):
             best = int(iou[k].argmax())
+            bar = bars.get(self.concepts[best])
             rows.append({"filter": k, "best_concept": self.concepts[best], "iou": round(float(iou[k, best]), 5),
-                         "detector": bool(iou[k, best] >= self.iou_cutoff),
+                         "control_iou": round(bar["iou"], 5) if bar else "", "detector": k in detected,
                          "threshold": float(result.thresholds[k]),
                          **{f"iou_{c}": round(float(iou[k, j]), 5) for j, c in enumerate(self.concepts)}})
         return rows
 
     def write_tables(self, folder: str | Path) -> list[Path]:
-        """``<layer>.csv`` per layer (the same rows as :meth:`table`)."""
+        """``<layer>.csv`` per layer (the same rows as :meth:`table`), and ``controls.csv`` with controls."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        tables = {layer: self.table(layer) for layer in self.layers}
+        if self.controls:
+            tables["controls"] = [{"concept": row["concept"],
+                                   **{f"{name}_{key}": row[name][key] for name in ("trained", *self.controls)
+                                      for key in ("layer", "filter", "iou")},
+                                   **{key: row[key] for key in ("margin", "learned", "detectors", "over_cutoff")}}
+                                  for row in self.control_table()]
         paths = []
-        for layer in self.layers:
-            rows = self.table(layer)
-            path = folder / f"{layer}.csv"
+        for name, rows in tables.items():
+            path = folder / f"{name}.csv"
             with path.open("w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
                 writer.writeheader()
@@ -302,14 +375,16 @@ class Dissection:
 
     def to_dict(self) -> dict:
         return {
-            "format": "BrainTumorExplain dissection 1", "library_version": __version__,
+            "format": FORMAT, "library_version": __version__,
             "architecture": self.architecture, "fingerprint": self.fingerprint, "quantile": self.quantile,
             "iou_cutoff": self.iou_cutoff, "concepts": self.concepts, "cases": self.cases,
-            "slice_step": self.slice_step,
+            "slice_step": self.slice_step, "margin": self.margin, "control_seed": self.control_seed,
             "layers": {name: {"thresholds": r.thresholds.tolist(), "threshold_error": r.threshold_error.tolist(),
                               "intersection": r.intersection.tolist(), "union": r.union.tolist(),
                               "image_iou_sum": r.image_iou_sum.tolist(), "image_count": r.image_count.tolist()}
                        for name, r in self.layers.items()},
+            "controls": {name: control.to_dict() for name, control in self.controls.items()},
+            "control_table": self.control_table(),
             "summary": self.summary(),
             "detectors": [{**row, "iou": round(row["iou"], 5), "image_iou": round(row["image_iou"], 5)}
                           for row in self.detectors()],
@@ -328,15 +403,21 @@ class Dissection:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise InputError(f"{path}: not a readable dissection file ({error})") from None
-        if data.get("format") != "BrainTumorExplain dissection 1":
+        if data.get("format") not in _FORMATS:
             raise InputError(f"{path}: not a BrainTumorExplain dissection file")
-        layers = {name: LayerDissection(*(np.asarray(r[key], dtype=np.int64 if key in ("intersection", "union",
-                                                                                         "image_count") else float)
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Dissection":
+        counts = ("intersection", "union", "image_count")
+        layers = {name: LayerDissection(*(np.asarray(r[key], dtype=np.int64 if key in counts else float)
                                           for key in ("thresholds", "threshold_error", "intersection", "union",
                                                       "image_iou_sum", "image_count")))
                   for name, r in data["layers"].items()}
         return cls(data["architecture"], data["fingerprint"], data["quantile"], data["iou_cutoff"],
-                   data["concepts"], data["cases"], data["slice_step"], layers)
+                   data["concepts"], data["cases"], data["slice_step"], layers,
+                   {name: cls.from_dict(control) for name, control in data.get("controls", {}).items()},
+                   data.get("margin", DEFAULT_MARGIN), data.get("control_seed"))
 
     def check_model(self, model: SegmentationNet) -> None:
         """Refuse thresholds computed on other weights: they would make meaningless masks."""
@@ -345,18 +426,26 @@ class Dissection:
                              f"{self.fingerprint[:12]}…), not for this {model.architecture}")
 
 
+def _rounded(row: dict) -> dict:
+    return {**row, "iou": round(row["iou"], 5)}
+
+
 def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: str | Iterable[str] = "all",
             concepts: Sequence[str] | None = None, quantile: float = DEFAULT_QUANTILE,
             iou_cutoff: float = DEFAULT_IOU_CUTOFF, slice_step: int = 1, bins: int = 2048, batch_size: int = 16,
             device: str | torch.device | None = None, progress: bool = False,
-            prepare: Callable[[Case], Case] | None = None) -> Dissection:
-    """Thresholds and concept IoUs of every filter of ``layers`` over a dataset of cases.
+            prepare: Callable[[Case], Case] | None = None, controls: bool = True,
+            control_seed: int = DEFAULT_SEED, margin: float = DEFAULT_MARGIN) -> Dissection:
+    """Thresholds and concept IoUs of every filter of ``layers`` over a dataset of cases, and — with ``controls`` —
+    the same for the architecture with random weights (from ``control_seed``) and for the raw input channels, so
+    that only filters beating both by ``margin`` count as detectors (module notes).
 
     ``cases`` may be :class:`Case` objects or case folders (folders are read one at a time, in each pass, so
-    memory stays bounded by one case). ``concepts`` defaults to every concept all cases have ground truth for;
-    naming one a case lacks is an error that says which. ``prepare``: what each case goes through once read (into
-    the network's space: :func:`models.space.into_network_space`). A described 3D network (a bundle) is dissected
-    over whole volumes (:mod:`analyses.volume_dissection`; ``slice_step`` and ``batch_size`` do not apply).
+    memory stays bounded by one case; the controls ride on the same reads). ``concepts`` defaults to every concept
+    all cases have ground truth for; naming one a case lacks is an error that says which. ``prepare``: what each
+    case goes through once read (into the network's space: :func:`models.space.into_network_space`). A described 3D
+    network (a bundle) is dissected over whole volumes (:mod:`analyses.volume_dissection`; ``slice_step`` and
+    ``batch_size`` do not apply).
     """
     from ..models.volume import DescribedNetwork
     from . import volume_dissection
@@ -366,45 +455,62 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
         raise UsageError(f"slice_step must be at least 1, got {slice_step}")
     if not 0 <= iou_cutoff <= 1:
         raise UsageError(f"iou_cutoff must lie in [0, 1], got {iou_cutoff}")
+    if not 0 <= margin <= 1:
+        raise UsageError(f"the control margin must lie in [0, 1], got {margin}")
     described = isinstance(model, DescribedNetwork)
-    if described:
-        layer_names, slice_step = volume_dissection.resolve_volume_layers(model, layers), 1
-    else:
-        layer_names = resolve_layers(model, layers)
+    resolve = volume_dissection.resolve_volume_layers if described else resolve_layers
+    networks = {"trained": (model, resolve(model, layers))}
+    if controls:
+        networks.update({name: (control, resolve(control, "all" if name == RAW_INPUT else layers))
+                         for name, control in control_networks(model, control_seed).items()})
+    slice_step = 1 if described else slice_step
     module = model.module if described else model
     device = model_device(module, device)
-    statistics: dict[str, StreamingQuantiles] = {}
-    sums: dict[str, LayerDissection] = {}
+    statistics: dict[str, dict[str, StreamingQuantiles]] = {name: {} for name in networks}
+    sums: dict[str, dict[str, LayerDissection]] = {name: {} for name in networks}
     case_ids: list[str] = []
-    with evaluating(module):
+    with contextlib.ExitStack() as stack:
+        for network, _ in networks.values():
+            stack.enter_context(evaluating(network.module if described else network))
         for stage in ("thresholds", "refine thresholds", "concept IoU"):
-            label = f"dissect {model.architecture}: {stage}" if progress else None
+            label = f"dissect {model.architecture}{' and controls' if controls else ''}: {stage}" if progress else None
             for source in progress_bar(cases, label, unit="case"):  # one case in memory at a time
                 case = as_case(source) if prepare is None else prepare(as_case(source))
-                if stage == "concept IoU" and described:
-                    volume_dissection.tally_iou(model, case, layer_names, concepts, sums, device)
-                elif stage == "concept IoU":
-                    _tally_iou(model, case, layer_names, concepts, sums, slice_step, batch_size, device)
-                elif described:
-                    volume_dissection.tally_thresholds(model, case, layer_names, statistics, quantile, bins, device)
-                else:
-                    _tally_activations(model, case, layer_names, statistics, quantile, bins, slice_step,
-                                       batch_size, device)
+                for name, (network, layer_names) in networks.items():
+                    if stage == "concept IoU" and described:
+                        volume_dissection.tally_iou(network, case, layer_names, concepts, sums[name], device)
+                    elif stage == "concept IoU":
+                        _tally_iou(network, case, layer_names, concepts, sums[name], slice_step, batch_size, device)
+                    elif described:
+                        volume_dissection.tally_thresholds(network, case, layer_names, statistics[name], quantile,
+                                                           bins, device)
+                    else:
+                        _tally_activations(network, case, layer_names, statistics[name], quantile, bins, slice_step,
+                                           batch_size, device)
                 if stage == "concept IoU":
                     case_ids.append(case.case_id)
-            if stage == "thresholds":
-                for statistic in statistics.values():
-                    statistic.start_refinement()
-            elif stage == "refine thresholds":
-                for name, statistic in statistics.items():
-                    filters = statistic.channels
-                    sums[name] = LayerDissection(statistic.quantile().float().double().numpy(),
-                                                 statistic.error_bound().numpy(),
-                                                 np.zeros((filters, len(concepts)), np.int64),
-                                                 np.zeros((filters, len(concepts)), np.int64),
-                                                 np.zeros((filters, len(concepts))), np.zeros(len(concepts), np.int64))
-    return Dissection(model.architecture, model_fingerprint(model), quantile, iou_cutoff, concepts, case_ids,
-                      slice_step, sums)
+            for name in networks:
+                if stage == "thresholds":
+                    for statistic in statistics[name].values():
+                        statistic.start_refinement()
+                elif stage == "refine thresholds":
+                    sums[name] = {layer: _empty_sums(statistic, len(concepts))
+                                  for layer, statistic in statistics[name].items()}
+    results = {name: Dissection(network.architecture, model_fingerprint(network), quantile, iou_cutoff, concepts,
+                                case_ids, slice_step, sums[name])
+               for name, (network, _) in networks.items()}
+    result = results.pop("trained")
+    result.controls, result.margin = results, margin
+    result.control_seed = control_seed if controls else None
+    return result
+
+
+def _empty_sums(statistic: StreamingQuantiles, concepts: int) -> LayerDissection:
+    """A layer's thresholds from its finished statistic, and zero IoU sums for the IoU pass."""
+    filters = statistic.channels
+    return LayerDissection(statistic.quantile().float().double().numpy(), statistic.error_bound().numpy(),
+                           np.zeros((filters, concepts), np.int64), np.zeros((filters, concepts), np.int64),
+                           np.zeros((filters, concepts)), np.zeros(concepts, np.int64))
 
 
 def _tally_activations(model: SegmentationNet, case: Case, layers: Sequence[str],

@@ -7,6 +7,9 @@ the map is ``ReLU(Σ_k β A_l,k)`` (eq. 5), upsampled bilinearly onto the input 
 ``Φ`` is the **softmax** output by default: the paper's networks end in a softmax and its ``Φ^c`` is "the output
 segmentation map". ``target="logits"`` uses the pre-softmax scores instead (the usual Grad-CAM choice; it avoids
 the softmax's competition between classes, so a class map does not light up where *other* classes lose).
+``pool="predicted"`` averages ``Φ^c`` over the pixels the network labels ``c`` instead of the whole slice (the
+paper's class average over the predicted region, as pytorch-grad-cam's ``SemanticSegmentationTarget`` masks it): the
+map then explains what was segmented, not the class's score everywhere; a slice without any ``c`` gets a zero map.
 
 Why our own code rather than pytorch-grad-cam or Captum: they run one forward and one backward per (layer,
 class). Here one forward records every requested layer, one backward per class returns the gradients of all of
@@ -17,7 +20,7 @@ device. The batch is one ``y(c)`` sum: slices do not interact in eval mode, so e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +31,8 @@ from ..errors import UsageError
 from ..models.activations import LayerRecorder, resolve_layers, upsample_to_input
 from ..models.base import IN_CHANNELS, SegmentationNet, evaluating, model_device
 from ..models.inference import slice_batches
-from . import GRADCAM_TARGETS
+from . import GRADCAM_POOLS, GRADCAM_TARGETS
+from .controls import INPUT_LAYER
 
 OutputTarget = Literal["softmax", "logits"]
 TARGETS = GRADCAM_TARGETS
@@ -36,9 +40,18 @@ TARGETS = GRADCAM_TARGETS
 CLASS_REGION: dict[int, str] = {0: "brain", 1: "TC", 2: "WT", 3: "ET"}
 
 
-def _check_target(target: str) -> None:
+def _check_target(target: str, pool: str = "image") -> None:
     if target not in TARGETS:
         raise UsageError(f"unknown Grad-CAM target {target!r}; expected one of {', '.join(TARGETS)}")
+    if pool not in GRADCAM_POOLS:
+        raise UsageError(f"unknown Grad-CAM pooling {pool!r}; expected one of {', '.join(GRADCAM_POOLS)}")
+
+
+def predicted_region_means(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(N, C)``: each channel of ``scores`` ``(N, C, ...)`` averaged over the voxels where ``labels`` ``(N, C, ...)``
+    (bool, detached) is set; zero where none is."""
+    mask = labels.to(scores.dtype)
+    return (scores * mask).flatten(2).sum(-1) / mask.flatten(2).sum(-1).clamp_min(1)
 
 
 CamWeights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -55,13 +68,14 @@ def gradcam_weights(activation: torch.Tensor, gradient: torch.Tensor) -> torch.T
 
 def layer_gradcam(model: SegmentationNet, images: torch.Tensor, layers: str | Iterable[str] = "all",
                   classes: str | Iterable[int] = "tumour", target: OutputTarget = "softmax",
-                  weights: CamWeights = gradcam_weights) -> dict[str, torch.Tensor]:
+                  weights: CamWeights = gradcam_weights, pool: str = "image") -> dict[str, torch.Tensor]:
     """Raw Grad-CAM maps of a batch of slices: layer → ``(N, len(classes), H, W)`` at the input's size and device.
 
     ``images`` is ``(N, 4, H, W)`` in [FLAIR, T1, T1ce, T2] order. The model runs in eval mode (dropout off,
-    BatchNorm on its running statistics); its previous mode is restored. ``weights``: see :func:`gradcam_weights`.
+    BatchNorm on its running statistics); its previous mode is restored. ``weights``: see :func:`gradcam_weights`;
+    ``pool``: see the module notes.
     """
-    _check_target(target)
+    _check_target(target, pool)
     if images.ndim != 4 or images.shape[1] != IN_CHANNELS:
         raise ValueError(f"expected images (N, {IN_CHANNELS}, H, W) in [FLAIR, T1, T1ce, T2] order, "
                          f"got {tuple(images.shape)}")
@@ -72,7 +86,12 @@ def layer_gradcam(model: SegmentationNet, images: torch.Tensor, layers: str | It
         # The input asks for gradients so the graph exists even when every parameter is frozen.
         logits = model(images.detach().requires_grad_(True))
         output = torch.softmax(logits, dim=1) if target == "softmax" else logits
-        pooled = output.mean(dim=(2, 3))  # eq. 3: (N, classes)
+        if pool == "image":
+            pooled = output.mean(dim=(2, 3))  # eq. 3: (N, classes)
+        else:
+            predicted = logits.detach().argmax(1)
+            labels = torch.stack([predicted == c for c in range(logits.shape[1])], dim=1)
+            pooled = predicted_region_means(output, labels)
         activations = [recorder.outputs[name] for name in layer_names]
         per_layer: list[list[torch.Tensor]] = [[] for _ in layer_names]
         for position, class_index in enumerate(class_indices):
@@ -109,6 +128,7 @@ class GradCamVolume:
     maps: dict[tuple[str, int], np.ndarray] = field(repr=False)
     names: dict[int, str] = field(default_factory=dict)  # target → its name (default: the class's)
     regions: dict[int, str] = field(default_factory=dict)  # target → the region its map should find
+    pool: str = "image"  # where y(c) pooled the output (GRADCAM_POOLS)
 
     def name(self, target: int) -> str:
         return self.names.get(target) or CLASS_NAMES[target]
@@ -125,9 +145,10 @@ def gradcam_volume(model: SegmentationNet, case: Case, layers: str | Iterable[st
                    classes: str | Iterable[int] = "tumour", target: OutputTarget = "softmax",
                    slices: Iterable[int] | None = None, batch_size: int = 8,
                    device: str | torch.device | None = None, progress: bool = False,
-                   weights: CamWeights = gradcam_weights) -> GradCamVolume:
+                   weights: CamWeights = gradcam_weights, pool: str = "image") -> GradCamVolume:
     """Grad-CAM for every requested layer and class over the case's axial slices (default: every slice with brain),
     in batches. Memory: one float32 volume per (layer, class) — ask for the layers and classes you need."""
+    _check_target(target, pool)
     layer_names = resolve_layers(model, layers)
     class_indices = resolve_classes(classes)
     chosen = case.brain_slices() if slices is None else np.asarray(sorted(set(int(z) for z in slices)), dtype=int)
@@ -138,11 +159,11 @@ def gradcam_volume(model: SegmentationNet, case: Case, layers: str | Iterable[st
     maps = {(name, c): np.zeros(case.brain_mask.shape, dtype=np.float32) for name in layer_names for c in class_indices}
     label = f"Grad-CAM {case.case_id}" if progress else None
     for batch_slices, images in slice_batches(case, chosen, batch_size, device, label):
-        for name, cams in layer_gradcam(model, images, layer_names, class_indices, target, weights).items():
+        for name, cams in layer_gradcam(model, images, layer_names, class_indices, target, weights, pool).items():
             cams = cams.float().cpu().numpy()
             for position, class_index in enumerate(class_indices):
                 maps[(name, class_index)][batch_slices] = cams[:, position]
-    return GradCamVolume(layer_names, class_indices, target, chosen, maps)
+    return GradCamVolume(layer_names, class_indices, target, chosen, maps, pool=pool)
 
 
 @dataclass(frozen=True)
@@ -198,3 +219,40 @@ def localisation_as_dict(table: dict[str, dict[str, dict[str, RegionLocalisation
     return {layer: {cls: {region: {"mass_inside": round(v.mass_inside, 4), "chance": round(v.chance, 4),
                                    "top_iou": round(v.top_iou, 4)} for region, v in regions.items()}
                     for cls, regions in classes.items()} for layer, classes in table.items()}
+
+
+CONTROL_SLICE_STEP = 4  # the random-weights control of a 2D network's localisation: every 4th computed slice
+
+
+def raw_input_volume(channels: np.ndarray, names: Sequence[str], slices: np.ndarray) -> GradCamVolume:
+    """The raw-input control of a localisation: each input channel's positive part as a map (the inputs are
+    z-scored, so: where the sequence is brighter than its mean), ``channels`` ``(C, Z, Y, X)`` on the canonical
+    grid. Its :func:`localisation` says how much of the region the input alone already singles out."""
+    maps = {(INPUT_LAYER, c): np.maximum(channel, 0).astype(np.float32) for c, channel in enumerate(channels)}
+    return GradCamVolume([INPUT_LAYER], list(range(len(channels))), "raw input", slices, maps,
+                         {c: name for c, name in enumerate(names)})
+
+
+
+def localisation_controls(trained: dict, random: dict, raw: dict, regions: dict[str, str], seed: int,
+                          slices: int) -> dict:
+    """Per target: its region, the region's share of the brain (chance), the best raw input channel's share, and,
+    layer by layer, the trained network's share beside the random-weights network's — all over the same
+    ``slices`` (tables of :func:`localisation`; ``regions``: target name → region)."""
+    result = {}
+    for name, region in regions.items():
+        layers = [layer for layer in trained if name in trained[layer] and region in trained[layer][name]]
+        if not layers:
+            continue
+        channel = max(raw[INPUT_LAYER], key=lambda c: _share(raw[INPUT_LAYER][c][region]))
+        result[name] = {"region": region, "chance": round(trained[layers[0]][name][region].chance, 4),
+                        "raw input": {"channel": channel,
+                                      "mass_inside": round(_share(raw[INPUT_LAYER][channel][region]), 4)},
+                        "layers": {layer: {"trained": round(trained[layer][name][region].mass_inside, 4),
+                                           "random weights": round(random[layer][name][region].mass_inside, 4)}
+                                   for layer in layers}}
+    return {"seed": seed, "slices": slices, "targets": result}
+
+
+def _share(entry: RegionLocalisation) -> float:
+    return 0.0 if np.isnan(entry.mass_inside) else entry.mass_inside

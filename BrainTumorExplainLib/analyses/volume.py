@@ -32,6 +32,7 @@ from ..models.base import evaluating, model_device, test_time_dropout
 from ..models.description import from_network_space, labels_from_outputs, network_inputs, require_hooks
 from ..models.volume import DescribedNetwork, activate, run_windows, window_inferer
 from ..progress import progress_bar
+from . import GRADCAM_POOLS
 from .gradcam import GradCamVolume
 from .uncertainty import UncertaintyVolume, predictive_entropy
 
@@ -117,9 +118,10 @@ def as_window(output: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
 
 
 def window_gradcam(module: torch.nn.Module, window: torch.Tensor, layers: Sequence[str], targets: Sequence[int],
-                   outputs: str, target: str = "probabilities") -> torch.Tensor:
+                   outputs: str, target: str = "probabilities", pool: str = "image") -> torch.Tensor:
     """Grad-CAM maps of one batch of windows ``(B, C, D, H, W)``: ``(B, len(layers) * len(targets), D, H, W)``,
-    layer-major — one forward for all layers, one backward per target."""
+    layer-major — one forward for all layers, one backward per target. ``pool="predicted"``: each window's y(c) is
+    the mean over the voxels it labels ``c`` (argmax of a softmax, > 0.5 of a sigmoid region)."""
     size = tuple(window.shape[2:])
     with ModuleRecorder(module, layers) as recorder, torch.enable_grad():
         logits = module(window.detach().requires_grad_(True))
@@ -127,8 +129,14 @@ def window_gradcam(module: torch.nn.Module, window: torch.Tensor, layers: Sequen
                                                     else torch.softmax(logits, dim=1))
         # eq. 3 pools by the mean; the sum, divided out below (the maps are linear in it), keeps the float32
         # gradients away from the 1/voxels scale, where they lose precision
-        pooled = scores.flatten(2).sum(-1)  # (B, channels)
-        voxels = scores[0, 0].numel()
+        if pool == "image":
+            pooled = scores.flatten(2).sum(-1)  # (B, channels)
+            voxels = torch.full((logits.shape[0], logits.shape[1]), float(scores[0, 0].numel()), device=logits.device)
+        else:
+            mask = (logits.detach() > 0 if outputs == "sigmoid" else F.one_hot(logits.detach().argmax(1),
+                                                                               logits.shape[1]).movedim(-1, 1) > 0)
+            pooled = (scores * mask).flatten(2).sum(-1)
+            voxels = mask.flatten(2).sum(-1).clamp_min(1).to(scores.dtype)
         activations = [recorder.outputs[layer] for layer in layers]
         maps: list[list[torch.Tensor]] = [[] for _ in layers]
         spatial = [as_window(activation, window).shape[2:] for activation in activations]  # per layer
@@ -140,7 +148,8 @@ def window_gradcam(module: torch.nn.Module, window: torch.Tensor, layers: Sequen
                     maps[index].append(activation.new_zeros((activation.shape[0],) + spatial[index]))
                     continue
                 beta = gradient.flatten(2).mean(-1)[(...,) + (None,) * (activation.ndim - 2)]  # eq. 4
-                cam = torch.relu((beta * activation).sum(dim=1)).detach() / voxels  # eq. 5
+                cam = torch.relu((beta * activation).sum(dim=1)).detach()  # eq. 5
+                cam = cam / voxels[:, channel].reshape((-1,) + (1,) * (cam.ndim - 1))
                 maps[index].append(cam.reshape((activation.shape[0],) + spatial[index]))
     return torch.cat([F.interpolate(torch.stack(layer_maps, dim=1), size=size, mode="trilinear",
                                     align_corners=False) for layer_maps in maps], dim=1)
@@ -148,13 +157,15 @@ def window_gradcam(module: torch.nn.Module, window: torch.Tensor, layers: Sequen
 
 def volume_gradcam(network: DescribedNetwork, case: Case, layers: Sequence[str] | str = "all",
                    targets: Sequence[int] | None = None, target: str = "probabilities",
-                   device: str | torch.device | None = None) -> GradCamVolume:
+                   device: str | torch.device | None = None, pool: str = "image") -> GradCamVolume:
     """Grad-CAM of every chosen layer (module paths; ``all``: the description's layers) and output channel
     (default: all) over the case, blended across windows; ``maps[(layer, channel)]`` on the canonical grid."""
     module, description = network.module, network.description
     require_hooks(description, "Grad-CAM")
     if target not in VOLUME_TARGETS:
         raise UsageError(f"unknown Grad-CAM target {target!r}; expected one of {', '.join(VOLUME_TARGETS)}")
+    if pool not in GRADCAM_POOLS:
+        raise UsageError(f"unknown Grad-CAM pooling {pool!r}; expected one of {', '.join(GRADCAM_POOLS)}")
     layers = list(description.layers) if layers == "all" else [s.strip() for s in layers.split(",")] \
         if isinstance(layers, str) else list(layers)
     targets = list(range(len(description.output_names))) if targets is None else list(targets)
@@ -162,7 +173,7 @@ def volume_gradcam(network: DescribedNetwork, case: Case, layers: Sequence[str] 
     x = torch.from_numpy(network_inputs(case, description))[None].to(device)
 
     def predictor(window: torch.Tensor) -> torch.Tensor:
-        return window_gradcam(module, window, layers, targets, description.outputs, target)
+        return window_gradcam(module, window, layers, targets, description.outputs, target, pool)
 
     with evaluating(module):
         stitched = window_inferer(description)(x, predictor) if description.window else predictor(x)
@@ -171,7 +182,7 @@ def volume_gradcam(network: DescribedNetwork, case: Case, layers: Sequence[str] 
             for i, layer in enumerate(layers) for j, channel in enumerate(targets)}
     names, regions = target_names(description)
     return GradCamVolume(layers, targets, target, case.brain_slices(), maps,
-                         {c: names[c] for c in targets}, {c: regions[c] for c in targets})
+                         {c: names[c] for c in targets}, {c: regions[c] for c in targets}, pool)
 
 
 def target_names(description) -> tuple[list[str], list[str]]:

@@ -323,7 +323,8 @@ def _dissection_child(config: BenchConfig, count: int, queue) -> None:
     baseline_mb = peak_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    result, seconds = _timed(lambda: dissect(model, cases, "all", slice_step=config.dissection_step, device=device),
+    result, seconds = _timed(lambda: dissect(model, cases, "all", slice_step=config.dissection_step, device=device,
+                                             controls=False),  # the streamed statistics of one network
                              device)
     queue.put({"volumes": count, "seconds": seconds, "baseline_rss_mb": baseline_mb, "peak_rss_mb": peak_rss_mb(),
                "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
@@ -495,7 +496,7 @@ def bench_space(model: SegmentationNet, case: Case, config: BenchConfig, device:
 
     def dice(labels: np.ndarray, on: Case) -> dict:
         return {region: round(score.values["dice"], 3)
-                for region, score in score_segmentation(labels, on.labels, on.spacing).items()}
+                for region, score in score_segmentation(labels, on.labels, on.spacing, lesion_rule=None).items()}
 
     measurements = [Measurement("Off-grid scans", "as acquired (axis-aligned 1 mm: the reference)", "", None, None,
                                 f"{case.case_id}, {config.model}",
@@ -644,7 +645,7 @@ def bench_coregistration(model: SegmentationNet, case: Case, config: BenchConfig
     def dice(on: Case) -> dict:
         labels = segment_input(model, into_network_space(on, model), device)[1]
         return {region: round(score.values["dice"], 3)
-                for region, score in score_segmentation(labels, on.labels, on.spacing).items()}
+                for region, score in score_segmentation(labels, on.labels, on.spacing, lesion_rule=None).items()}
 
     tumour = case.grid.physical_points(case.labels > 0)
     measurements = []
@@ -725,8 +726,8 @@ def bench_clinical(model: SegmentationNet, case: Case, config: BenchConfig, devi
         for name, network in networks.items():
             seen = into_network_space(on_input, network) if resample else on_input
             labels = segment_input(network, seen, device)[1]
-            scores[name] = {region: round(score.values["dice"], 3)
-                            for region, score in score_segmentation(labels, truth.labels, truth.spacing).items()}
+            scored = score_segmentation(labels, truth.labels, truth.spacing, lesion_rule=None)
+            scores[name] = {region: round(score.values["dice"], 3) for region, score in scored.items()}
         return scores
 
     upright = align_to_atlas(case.grid.to_image(raw_sequences(case)[1]))  # the pose the turned heads are measured from

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .. import __version__
-from ..analyses import GRADCAM_TARGETS
+from ..analyses import GRADCAM_POOLS, GRADCAM_TARGETS
 from ..data.case import CaseError
 from ..errors import InputError, Interrupted, UsageError
 from ..outputs import DISK_ERRNOS, OutputFile, OutputFolder
@@ -118,14 +118,41 @@ def _write_json(target: OutputFile | None, data) -> None:
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help="Dice and HD95 (mm) of a segmentation against ground truth, for WT, TC, ET")
+    p = sub.add_parser("score", help="Dice and HD95 (mm) of a segmentation against ground truth, for WT, TC, ET, "
+                                     "legacy and lesion-wise (BraTS 2023)")
     p.add_argument("--pred", required=True, type=Path, help="predicted label file")
     p.add_argument("--gt", required=True, type=Path, help="ground-truth label file (same grid)")
     p.add_argument("--labels", default="brats2021", choices=["brats2021", "brats2023"],
                    help="label convention of both files (default brats2021: ET=4)")
+    _add_lesion_rule(p)
     p.add_argument("--json", type=Path, help="also write the scores as JSON")
     _add_overwrite(p, "the JSON file")
     p.set_defaults(run=_run_score)
+
+
+def _add_lesion_rule(p: argparse.ArgumentParser) -> None:
+    from ..scoring.lesions import CHALLENGES, DEFAULT_CHALLENGE
+
+    p.add_argument("--challenge", default=DEFAULT_CHALLENGE, choices=list(CHALLENGES),
+                   help=f"the BraTS 2023 challenge whose lesion-wise rule to apply (default {DEFAULT_CHALLENGE}: "
+                        "ground-truth lesions merged by a 3-voxel dilation, lesions of 50 mm³ or less not scored)")
+    p.add_argument("--dilation", type=int, help="override the rule's dilation (voxels)")
+    p.add_argument("--min-lesion-mm3", type=float, help="override the rule's volume threshold (mm³)")
+
+
+def _lesion_rule(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from ..scoring.lesions import CHALLENGES
+
+    rule = CHALLENGES[args.challenge]
+    if args.dilation is not None:
+        if args.dilation < 0:
+            raise UsageError(f"--dilation must be 0 or more, got {args.dilation}")
+        rule = replace(rule, dilation=args.dilation)
+    if args.min_lesion_mm3 is not None:
+        rule = replace(rule, min_volume_mm3=args.min_lesion_mm3)
+    return rule
 
 
 def _run_score(args: argparse.Namespace) -> int:
@@ -137,7 +164,7 @@ def _run_score(args: argparse.Namespace) -> int:
     truth, truth_grid = read_label_file(args.gt, args.labels, "ground truth")
     if not grid.matches(truth_grid):
         raise CaseError(f"{args.gt}: grid ({truth_grid.describe()}) differs from {args.pred} ({grid.describe()})")
-    scores = score_segmentation(prediction, truth, grid.canonical_spacing)
+    scores = score_segmentation(prediction, truth, grid.canonical_spacing, _lesion_rule(args))
     print(format_scores(scores))
     _write_json(target, scores_as_dict(scores))
     return 0
@@ -188,6 +215,12 @@ def _explain_and_print(source, out: Path, config, progress: str = "text") -> int
         print("uncertainty AUROC for misclassified voxels: " + ", ".join(
             f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items())
             + f"; {_control_text(analysis)}", file=stream)
+    controls = summary.get("concepts", {}).get("controls")
+    if isinstance(controls, list) and controls:
+        learned = [row["concept"] for row in controls if row["learned"]]
+        print(f"concepts the network detects beyond its controls (random weights, raw input): "
+              f"{', '.join(learned) or 'none'}; not beyond them: "
+              f"{', '.join(row['concept'] for row in controls if not row['learned']) or 'none'}", file=stream)
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()), file=stream)
     if summary.get("scene") == SCENE:
         print(f"Slicer scene: {out / SCENE}", file=stream)
@@ -378,10 +411,12 @@ def _run_train_bundle(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="per-case and mean Dice/HD95 of a network on labelled cases (Table 1)")
+    p = sub.add_parser("evaluate", help="per-case and mean Dice/HD95 of a network on labelled cases (Table 1), legacy "
+                                        "and lesion-wise (BraTS 2023)")
     p.add_argument("--data", required=True, type=Path, help="a case folder or a folder of case folders")
     _add_model_arguments(p)
     _add_resample(p)
+    _add_lesion_rule(p)
     p.add_argument("--json", type=Path, help="also write per-case and mean scores as JSON")
     _add_overwrite(p, "the JSON file")
     p.set_defaults(run=_run_evaluate)
@@ -395,7 +430,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     target = _json_output(args.json, [args.data, args.weights], args.overwrite)
     cases = find_cases(args.data)
     model = _load_model(args)
-    results = evaluate_model(model, cases, progress=True, resample=args.resample)
+    results = evaluate_model(model, cases, progress=True, resample=args.resample, lesion_rule=_lesion_rule(args))
     summary = evaluation_as_dict(args.model, results)
     rows = {r.case_id: scores_as_dict(r.scores) for r in results}
     print(format_table({**rows, f"mean ({len(results)})": summary["mean"]}))
@@ -473,7 +508,8 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gradcam", help="layer-wise Grad-CAM of a case: every layer from one forward pass (paper 3.2)",
                        description="Writes OUT/<model>/<layer>_<class>.nii.gz (raw maps on the case's own grid), "
                                    "OUT/<model>/gradcam_z<Z>.png montages, OUT/<model>/localisation.json (share of "
-                                   "each map inside brain, WT, TC, ET per layer) and OUT/topdown.png (those shares "
+                                   "each map inside brain, WT, TC, ET per layer, beside the same architecture with "
+                                   "random weights and the raw input channels) and OUT/topdown.png (those shares "
                                    "across layers: the paper's top-down claim, measured).")
     p.add_argument("case", type=Path, help="BraTS case folder")
     p.add_argument("--model", required=True, help="denseunet, resunet, simunet, or several comma-separated; or a MONAI "
@@ -490,6 +526,7 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
                                                      "cross-section) or comma-separated indices")
     p.add_argument("--target", default="softmax", choices=GRADCAM_TARGETS,
                    help="output map pooled for y(c) (default softmax, as in the paper)")
+    p.add_argument("--pool", default="image", choices=GRADCAM_POOLS, help=help_of("gradcam_pool"))
     p.add_argument("--no-volume", action="store_true", help="only the montage slices: no NIfTI, no localisation")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", required=True, type=Path, help="output folder")
@@ -537,16 +574,18 @@ def _gradcam_models(args: argparse.Namespace, case, models: dict, classes: list[
     # Volume mode computes every brain slice (and any montage slice outside the brain) in one pass; the montages are
     # cut from it. --no-volume computes the montage slices only.
     computed = None if args.no_volume else sorted(set(case.brain_slices().tolist()) | set(slices))
-    tables = {}
+    tables, controls = {}, {}
     for name, model in models.items():
         out = work / name
-        if isinstance(model, DescribedNetwork):  # every output channel, over the whole volume in its windows
-            volume = volume_gradcam(model, case, args.layers,
-                                    target="logits" if args.target == "logits" else "probabilities")
-        else:
-            volume = gradcam_volume(model, case, args.layers, classes, args.target,
-                                    slices=slices if args.no_volume else computed, batch_size=args.batch_size,
-                                    progress=True)
+
+        def compute(network, chosen):
+            if isinstance(network, DescribedNetwork):  # every output channel, over the whole volume in its windows
+                return volume_gradcam(network, case, args.layers, pool=args.pool,
+                                      target="logits" if args.target == "logits" else "probabilities")
+            return gradcam_volume(network, case, args.layers, classes, args.target, slices=chosen,
+                                  batch_size=args.batch_size, progress=True, pool=args.pool)
+
+        volume = compute(model, slices if args.no_volume else computed)
         for z in slices:
             png = gradcam_montage(case, z, volume.slice_maps(z), volume.classes, out / f"gradcam_z{z}.png",
                                   title=f"{case.case_id} · {name} · Grad-CAM ({args.target}) per layer, rows: class",
@@ -556,24 +595,29 @@ def _gradcam_models(args: argparse.Namespace, case, models: dict, classes: list[
             continue
         stages.gradcam.write_maps(volume, case, out, progress=True)
         tables[name] = localisation(volume, case)
+        controls[name] = stages.gradcam.control_localisation(model, case, volume, compute)
         (out / "localisation.json").write_text(json.dumps(
-            {"case": case.case_id, "model": name, **stages.gradcam.summarise(volume, tables[name])}, indent=2) + "\n")
+            {"case": case.case_id, "model": name, **stages.gradcam.summarise(volume, tables[name]),
+             "controls": controls[name]}, indent=2) + "\n")
         print(f"wrote {len(volume.maps)} maps and localisation.json to {args.out / name}")
     if tables:
-        localisation_curves(tables, work / "topdown.png")
+        localisation_curves(tables, work / "topdown.png", controls=controls)
         print(f"wrote {args.out / 'topdown.png'}")
 
 
 def _add_dissect(sub: argparse._SubParsersAction) -> None:
-    from ..analyses.dissection import DEFAULT_IOU_CUTOFF, DEFAULT_QUANTILE
+    from ..analyses.controls import DEFAULT_SEED
+    from ..analyses.dissection import DEFAULT_IOU_CUTOFF, DEFAULT_MARGIN, DEFAULT_QUANTILE
 
     p = sub.add_parser("dissect", help="network dissection: which filters detect which concepts (paper 3.1)",
                        description="Thresholds every filter at its dataset-wide top-1%% level (streamed, bounded "
                                    "memory), post-processes the concept masks as the paper does and measures IoU "
                                    "against WT, TC, ET, ED, NCR (labels) and brain, WM, GM, CSF (phantom tissue "
-                                   "maps). Writes OUT/dissection.json (thresholds and IoUs: give it to explain), "
-                                   "OUT/tables/<layer>.csv, OUT/detectors.json, OUT/dissection.png and, per case, "
-                                   "OUT/concepts/<case>/<layer>_<filter>_<concept>.nii.gz for the best detector of "
+                                   "maps) — for the network, the same architecture with random weights and the raw "
+                                   "input channels: a filter is a detector only when it beats both controls by the "
+                                   "margin. Writes OUT/dissection.json (thresholds and IoUs: give it to explain), "
+                                   "OUT/tables/<layer>.csv (and controls.csv), OUT/detectors.json, OUT/dissection.png "
+                                   "and, per case, OUT/concepts/<case>/<layer>_<filter>_<concept>.nii.gz for the best detector of "
                                    "each concept.")
     p.add_argument("--data", required=True, type=Path, help="a case folder or a folder of case folders")
     _add_model_arguments(p)
@@ -583,7 +627,14 @@ def _add_dissect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE,
                    help=f"threshold quantile (default {DEFAULT_QUANTILE}: the top 1%% of activations)")
     p.add_argument("--iou", type=float, default=DEFAULT_IOU_CUTOFF,
-                   help=f"IoU from which a filter detects a concept (default {DEFAULT_IOU_CUTOFF})")
+                   help=f"IoU a detector must reach (default {DEFAULT_IOU_CUTOFF})")
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                   help=f"IoU by which a detector must beat the best control of its concept (default {DEFAULT_MARGIN})")
+    p.add_argument("--control-seed", type=int, default=DEFAULT_SEED,
+                   help=f"seed of the random-weights control (default {DEFAULT_SEED})")
+    p.add_argument("--no-controls", dest="controls", action="store_false",
+                   help="skip the controls (a third of the time): every filter over the cutoff is then reported, "
+                        "and the results say that no control was measured")
     p.add_argument("--slice-step", type=int, default=1, help="use every N-th brain slice (default 1: all)")
     p.add_argument("--mask-cases", type=int, help="write concept-mask volumes for the first N cases only (default all)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -619,11 +670,12 @@ def _dissect_into(args: argparse.Namespace, cases: list[Path], model, work: Path
         return into_network_space(case, model, args.resample)
 
     result = dissect(model, cases, args.layers, concepts, args.quantile, args.iou, args.slice_step,
-                     batch_size=args.batch_size, progress=True, prepare=prepare)
+                     batch_size=args.batch_size, progress=True, prepare=prepare, controls=args.controls,
+                     control_seed=args.control_seed, margin=args.margin)
     result.save(work / "dissection.json")
     result.write_tables(work / "tables")
-    (work / "detectors.json").write_text(json.dumps({"summary": result.summary(),
-                                                         "detectors": result.detectors()}, indent=2) + "\n")
+    (work / "detectors.json").write_text(json.dumps({"summary": result.summary(), "controls": result.control_table(),
+                                                     "detectors": result.detectors()}, indent=2) + "\n")
     best = result.best_detectors()
     picks = [(row["layer"], row["filter"]) for row in best.values()]
     for index, folder in enumerate(progress_bar(cases[:args.mask_cases], "concept masks", unit="case")):
@@ -639,14 +691,26 @@ def _dissect_into(args: argparse.Namespace, cases: list[Path], model, work: Path
                      f"mask cyan, ground truth yellow")
             concept_montage(case, z, panels, work / "dissection.png", title=title)
             print(f"wrote {args.out / 'dissection.png'}")
+    _print_dissection(result, len(cases))
+    print(f"wrote {args.out / 'dissection.json'}")
+
+
+def _print_dissection(result, cases: int) -> None:
+    """Detector counts per concept per layer, and each concept's best filter beside its controls."""
     summary = result.summary()
-    header = f"{'layer':<11}" + "".join(f"{c:>6}" for c in result.concepts) + "  filters"
-    print(f"detectors (IoU ≥ {result.iou_cutoff}) per concept per layer, {len(cases)} case(s):")
-    print(header)
+    rule = (f"IoU ≥ {result.iou_cutoff} and ≥ the best control + {result.margin}" if result.controls
+            else f"IoU ≥ {result.iou_cutoff}; no controls measured")
+    print(f"detectors ({rule}) per concept per layer, {cases} case(s):")
+    print(f"{'layer':<11}" + "".join(f"{c:>6}" for c in result.concepts) + "  filters")
     for layer, counts in summary.items():
         print(f"{layer:<11}" + "".join(f"{counts[c]:>6}" for c in result.concepts)
               + f"  {len(result.layers[layer].thresholds):>7}")
-    print(f"wrote {args.out / 'dissection.json'}")
+    if result.controls:
+        names = list(result.controls)
+        print(f"best IoU per concept: {'trained':>8}" + "".join(f"{name:>16}" for name in names) + "  learned")
+        for row in result.control_table():
+            print(f"{row['concept']:<21} {row['trained']['iou']:>8.3f}"
+                  + "".join(f"{row[name]['iou']:>16.3f}" for name in names) + f"  {'yes' if row['learned'] else 'no'}")
 
 
 def _add_uncertainty(sub: argparse._SubParsersAction) -> None:

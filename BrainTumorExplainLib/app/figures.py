@@ -150,11 +150,12 @@ def gradcam_montage(case: Case, z: int, maps: dict[str, np.ndarray], classes: li
 
 
 def localisation_curves(tables: dict[str, dict], path: str | Path, dpi: int = 100,
-                        regions: dict[str, str] | None = None) -> Path:
+                        regions: dict[str, str] | None = None, controls: dict[str, dict] | None = None) -> Path:
     """The paper's "top-down" claim as numbers: for each model (panel) and tumour class (line), the share of the
     Grad-CAM mass that falls inside the class's region, layer by layer; dashed: the region's share of the brain
     (a flat map). ``tables``: model → :func:`gradcam.localisation` output; ``regions``: target name → its region
-    (default: the tumour classes')."""
+    (default: the tumour classes'); ``controls``: model → :func:`gradcam.localisation_controls` output, drawn
+    dotted (random weights) and dash-dot (the best raw input channel)."""
     from ..analyses.gradcam import CLASS_REGION
 
     regions = regions or {CLASS_NAMES[c]: CLASS_REGION[c] for c in (1, 2, 3)}
@@ -169,6 +170,12 @@ def localisation_curves(tables: dict[str, dict], path: str | Path, dpi: int = 10
             inside = [table[layer][name][region].mass_inside for layer in layers]
             ax.plot(range(len(layers)), inside, marker="o", color=colour, label=f"{name} in {region}")
             ax.axhline(table[layers[0]][name][region].chance, color=colour, linestyle="--", linewidth=0.8)
+            control = (controls or {}).get(model, {}).get("targets", {}).get(name)
+            if control:
+                ax.plot(range(len(layers)), [control["layers"][layer]["random weights"] for layer in layers],
+                        linestyle=":", marker=".", color=colour, label=f"{name}: random weights")
+                ax.axhline(control["raw input"]["mass_inside"], color=colour, linestyle="-.", linewidth=0.8,
+                           label=f"{name}: raw {control['raw input']['channel']}")
         ax.set_xticks(range(len(layers)))
         ax.set_xticklabels(layers, rotation=60, fontsize=7)
         ax.set_ylim(0, 1.02)

@@ -19,6 +19,63 @@ def _table(rows: list[list], header: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _controls_section(concepts: dict) -> str:
+    """Every concept's best filter beside the controls' best: what the dissection can and cannot claim."""
+    controls = concepts.get("controls")
+    if isinstance(controls, str):
+        return f"<h2>Concepts against controls</h2><p>{html.escape(controls)}.</p>"
+    if not controls:
+        return ""
+    names = [key for key in controls[0] if key not in ("concept", "trained", "margin", "learned", "detectors",
+                                                       "over_cutoff")]
+    rows = [[row["concept"], f"{row['trained']['layer']} #{row['trained']['filter']}: {_fmt(row['trained']['iou'])}",
+             *[_fmt(row[name]["iou"]) for name in names], "yes" if row["learned"] else "no",
+             f"{row['detectors']} of {row['over_cutoff']}"] for row in controls]
+    return (f"<h2>Concepts against controls</h2><p>Best IoU per concept over the dissection set: the trained "
+            f"network's best filter, the same architecture with random weights (seed {concepts['control_seed']}) and "
+            f"the raw input channels. A concept is learned when the trained filter beats every control by "
+            f"{concepts['margin']} IoU; detectors: filters that do, of those over the {concepts['iou_cutoff']} "
+            f"cutoff.</p>" + _table(rows, ["concept", "trained", *names, "learned", "detectors"]))
+
+
+def _scores_section(summary: dict) -> str:
+    """Legacy and lesion-wise scores against the ground truth, beside a threshold baseline's Dice."""
+    from ..scoring.metrics import LESION_COUNTS
+
+    baseline = summary.get("baseline_scores", {})
+    rows = [[region, _fmt(v["dice"]), _fmt(v["hd95_mm"], 1), _fmt(v.get("lesion_dice", "–")),
+             _fmt(v.get("lesion_hd95_mm", "–"), 1),
+             "/".join(str(v[key]) for key in LESION_COUNTS) if all(key in v for key in LESION_COUNTS) else "–",
+             _fmt(baseline[region]["dice"]) if region in baseline else "–"]
+            for region, v in summary["scores"].items()]
+    return ("<h2>Scores against the ground truth</h2><p>Legacy Dice and HD95 over the whole region, and the BraTS "
+            "2023 lesion-wise scores (every missed or false-positive lesion scores Dice 0 and HD95 374 mm; lesions "
+            "of 50 mm³ or less are not scored).</p>"
+            + _table(rows, ["region", "Dice", "HD95 (mm)", "lesion Dice", "lesion HD95 (mm)", "lesions TP/FP/FN",
+                            "Dice of a threshold baseline"]))
+
+
+def _gradcam_controls_section(controls: dict | None) -> str:
+    """Each target's Grad-CAM share inside its region at the first and last layer, beside random weights and the
+    raw input: the early layers' localisation is mostly the input's."""
+    if not controls or not controls.get("targets"):
+        return ""
+    rows = []
+    for name, entry in controls["targets"].items():
+        layers = list(entry["layers"])
+        row = [f"{name} in {entry['region']}", _fmt(entry["chance"]),
+               f"{entry['raw input']['channel']}: {_fmt(entry['raw input']['mass_inside'])}"]
+        for layer in (layers[0], layers[-1]):
+            shares = entry["layers"][layer]
+            row += [f"{layer}: {_fmt(shares['trained'])}", _fmt(shares["random weights"])]
+        rows.append(row)
+    return (f"<h2>Grad-CAM against controls</h2><p>Share of each target's Grad-CAM mass inside its region over "
+            f"{controls['slices']} slices: a flat map (chance), the best raw input channel's positive part, and the "
+            f"first and last layer of the trained network beside the same architecture with random weights (seed "
+            f"{controls['seed']}).</p>"
+            + _table(rows, ["target", "chance", "raw input", "first layer", "random", "last layer", "random"]))
+
+
 def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
@@ -77,12 +134,7 @@ def write_report(summary: dict, run_folder: Path, path: Path, figures: list[tupl
     parts.append(_preprocessing(summary.get("preprocessing", {})))
     parts.append(_network_space(summary.get("network_space", {})))
     if "scores" in summary:
-        baseline = summary.get("baseline_scores", {})
-        rows = [[region, _fmt(v["dice"]), _fmt(v["hd95_mm"], 1),
-                 _fmt(baseline[region]["dice"]) if region in baseline else "–"]
-                for region, v in summary["scores"].items()]
-        parts.append("<h2>Scores against the ground truth</h2>"
-                     + _table(rows, ["region", "Dice", "HD95 (mm)", "Dice of a threshold baseline"]))
+        parts.append(_scores_section(summary))
     uncertainty = summary.get("uncertainty", {})
     if "error_analysis" in uncertainty:
         analysis = uncertainty["error_analysis"]
@@ -92,13 +144,16 @@ def write_report(summary: dict, run_folder: Path, path: Path, figures: list[tupl
         parts.append(f"<h2>Uncertainty ({html.escape(uncertainty['mode'])}, {uncertainty['passes']['mean']} passes per "
                      f"slice on average)</h2><p>AUROC of each map for misclassified brain voxels (error rate "
                      f"{analysis['error_rate']:.4f}):</p>" + _table(rows, ["map", "AUROC"]))
-    detectors = summary.get("concepts", {}).get("detectors", [])
+    concepts = summary.get("concepts", {})
+    detectors = concepts.get("detectors", [])
     if detectors:
-        rows = [[d["concept"], d["layer"], d["filter"], _fmt(d["dataset_iou"]), _fmt(d.get("case_iou", "–"))]
-                for d in detectors]
-        parts.append(f"<h2>Best detector per concept</h2><p>IoU over the {summary['concepts']['dissection_cases']} "
-                     f"dissection cases, and on this case.</p>"
-                     + _table(rows, ["concept", "layer", "filter", "dataset IoU", "IoU here"]))
+        rows = [[d["concept"], d["layer"], d["filter"], _fmt(d["dataset_iou"]), _fmt(d.get("control_iou", "–")),
+                 _fmt(d.get("case_iou", "–"))] for d in detectors]
+        parts.append(f"<h2>Best detector per concept</h2><p>IoU over the {concepts['dissection_cases']} "
+                     f"dissection cases, the best control's IoU it beat, and on this case.</p>"
+                     + _table(rows, ["concept", "layer", "filter", "dataset IoU", "control IoU", "IoU here"]))
+    parts.append(_controls_section(concepts))
+    parts.append(_gradcam_controls_section(summary.get("gradcam", {}).get("controls")))
     for relative, heading, caption in figures:
         figure = run_folder / relative
         if figure.is_file():

@@ -12,7 +12,7 @@ import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from ..analyses import GRADCAM_TARGETS
+from ..analyses import GRADCAM_POOLS, GRADCAM_TARGETS
 from ..data.atlas import ATLAS_MODES
 from ..data.bundle_metadata import is_nnunet_folder
 from ..data.preprocess import check_brain_mask
@@ -86,6 +86,9 @@ class ExplainConfig:
     classes: str = _option("tumour", "Grad-CAM classes: 'tumour', 'all' or e.g. ed,et")
     gradcam_target: str = _option("softmax", "Grad-CAM's y(c): the softmax output, as the paper, or the logits",
                                   choices=GRADCAM_TARGETS)
+    gradcam_pool: str = _option("image", "where Grad-CAM's y(c) averages the output: the whole image, or the voxels "
+                                "the network labels c (predicted: the paper's class average over the predicted region)",
+                                choices=GRADCAM_POOLS)
     featviz_steps: int = _option(100, "activation maximisation steps")
     featviz_size: int = _option(96, "pre-image size in pixels")
     featviz_size_3d: int = _option(32, "a 3D network's pre-image size in voxels per side")

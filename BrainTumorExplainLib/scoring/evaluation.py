@@ -14,7 +14,8 @@ from ..models.base import SegmentationNet
 from ..models.inference import segment_input
 from ..models.space import into_network_space
 from ..progress import progress_bar
-from .metrics import REGION_METRICS, RegionScore, score_segmentation, scores_as_dict
+from .lesions import CHALLENGES, DEFAULT_CHALLENGE, LesionRule
+from .metrics import LESION_COUNTS, LESION_METRICS, REGION_METRICS, RegionScore, score_segmentation, scores_as_dict
 
 
 @dataclass
@@ -24,24 +25,40 @@ class CaseEvaluation:
 
 
 def evaluate_model(model: SegmentationNet, case_paths: list[Path], device: str | torch.device | None = None,
-                   progress: bool = False, resample: bool = True) -> list[CaseEvaluation]:
+                   progress: bool = False, resample: bool = True,
+                   lesion_rule: LesionRule | None = CHALLENGES[DEFAULT_CHALLENGE]) -> list[CaseEvaluation]:
     """Segment every case — in the network's space unless ``resample`` is False
     (:func:`models.space.into_network_space`) — and score it on its own grid against its labels (on ``device``,
-    default: the model's). A case without labels is an error, named."""
+    default: the model's), lesion-wise too under ``lesion_rule``. A case without labels is an error, named."""
     results = []
     for path in progress_bar(case_paths, "evaluate" if progress else None, unit="case"):
         case = load_case(path)
         if case.labels is None:
             raise CaseError(f"{path}: no label file (_seg), so this case cannot be evaluated")
         prediction = segment_input(model, into_network_space(case, model, resample), device=device)[1]
-        results.append(CaseEvaluation(case.case_id, score_segmentation(prediction, case.labels, case.spacing)))
+        results.append(CaseEvaluation(case.case_id, score_segmentation(prediction, case.labels, case.spacing,
+                                                                        lesion_rule)))
     return results
 
 
+# How a cohort mean treats empty regions: as every case scores them (metrics and lesions module notes), not skipped.
+MEAN_CONVENTION = ("plain mean over every case, each scored by its own conventions for empty regions (legacy: both "
+                   "empty Dice 1 / HD95 0, one empty Dice 0 / HD95 the image diagonal; lesion-wise: nothing to score "
+                   "Dice 1 / HD95 0, each missed or false-positive lesion Dice 0 / HD95 374); lesion counts summed")
+
+
 def mean_scores(results: list[CaseEvaluation]) -> dict[str, dict[str, float]]:
-    """Region → metric → its mean over the cases."""
-    return {region: {metric.key: float(np.mean([r.scores[region].values[metric.key] for r in results]))
-                     for metric in REGION_METRICS} for region in REGIONS}
+    """Region → metric → its mean over the cases (lesion counts: their sums); see :data:`MEAN_CONVENTION`."""
+    means = {}
+    for region in REGIONS:
+        scores = [r.scores[region] for r in results]
+        means[region] = {metric.key: float(np.mean([s.values[metric.key] for s in scores]))
+                         for metric in REGION_METRICS}
+        if all(s.lesions for s in scores):
+            values = [s.lesions.as_dict() for s in scores]
+            means[region].update({key: float(np.mean([v[key] for v in values])) for key, _, _ in LESION_METRICS})
+            means[region].update({key: int(sum(v[key] for v in values)) for key in LESION_COUNTS})
+    return means
 
 
 def evaluation_as_dict(model_name: str, results: list[CaseEvaluation]) -> dict:
@@ -49,15 +66,21 @@ def evaluation_as_dict(model_name: str, results: list[CaseEvaluation]) -> dict:
         "model": model_name,
         "cases": {r.case_id: scores_as_dict(r.scores) for r in results},
         "mean": mean_scores(results),
+        "mean_convention": MEAN_CONVENTION,
     }
 
 
 def format_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
     """Rows of ``name → region → {metric: value}`` as the paper's Table 1 (plus HD95): each metric for each
-    region."""
-    header = f"{'':<16}" + "".join(f"{f'{r} {m.heading}':>10}" for m in REGION_METRICS for r in REGIONS)
-    lines = [header]
-    for name, scores in rows.items():
-        lines.append(f"{name:<16}" + "".join(f"{scores[r][m.key]:>10.{m.digits}f}" for m in REGION_METRICS
-                                             for r in REGIONS))
+    region; then, when every row has them, the lesion-wise scores in a second table."""
+    metrics = [(m.key, m.heading, m.digits) for m in REGION_METRICS]
+    tables = [metrics]
+    if rows and all(LESION_METRICS[0][0] in scores[r] for scores in rows.values() for r in REGIONS):
+        tables.append(list(LESION_METRICS))
+    lines = []
+    for table in tables:
+        lines.append(f"{'':<16}" + "".join(f"{f'{r} {heading}':>10}" for _, heading, _ in table for r in REGIONS))
+        for name, scores in rows.items():
+            lines.append(f"{name:<16}" + "".join(f"{scores[r][key]:>10.{digits}f}" for key, _, digits in table
+                                                 for r in REGIONS))
     return "\n".join(lines)

@@ -9,6 +9,9 @@ Conventions (BraTS legacy, whole volume):
 HD95 follows MONAI and medpy: the larger of the two directed 95th percentiles of surface-to-surface distances, where a
 surface is the mask minus its 6-connected erosion and percentiles interpolate linearly (``numpy.percentile``).
 Distances use the voxel spacing, so anisotropic grids are measured in mm.
+
+Beside them, the BraTS 2023 lesion-wise scores (:mod:`lesions`: lesion Dice and HD95, TP/FP/FN lesions, voxel-wise
+sensitivity and specificity), with that module's own conventions for empty regions.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..data.labels import REGIONS, region_mask
+from .lesions import CHALLENGES, DEFAULT_CHALLENGE, LesionRule, LesionScores, lesion_wise
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -80,12 +84,18 @@ REGION_METRICS: tuple[RegionMetric, ...] = (
 )
 
 
+# The lesion-wise values (lesions.LesionScores.as_dict keys) that tables show and cohorts average.
+LESION_METRICS: tuple[tuple[str, str, int], ...] = (("lesion_dice", "L-Dice", 3), ("lesion_hd95_mm", "L-HD95", 2))
+LESION_COUNTS = ("lesion_tp", "lesion_fp", "lesion_fn")  # summed over a cohort
+
+
 @dataclass(frozen=True)
 class RegionScore:
     region: str
     values: dict[str, float]  # metric key → value, for each of REGION_METRICS
     predicted_voxels: int
     truth_voxels: int
+    lesions: LesionScores | None = None
 
     @property
     def dice(self) -> float:
@@ -96,27 +106,34 @@ class RegionScore:
         return self.values["hd95_mm"]
 
 
-def score_segmentation(prediction: np.ndarray, truth: np.ndarray,
-                       spacing: tuple[float, float, float]) -> dict[str, RegionScore]:
+def score_segmentation(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float],
+                       lesion_rule: LesionRule | None = CHALLENGES[DEFAULT_CHALLENGE]) -> dict[str, RegionScore]:
     """Every metric of :data:`REGION_METRICS` for WT, TC and ET from two class-index volumes (0..3, see
-    :mod:`labels`)."""
+    :mod:`labels`), and the lesion-wise scores under ``lesion_rule`` (None: not computed)."""
     scores = {}
     for region in REGIONS:
         p, t = region_mask(prediction, region), region_mask(truth, region)
         values = {metric.key: float(metric.compute(p, t, spacing)) for metric in REGION_METRICS}
-        scores[region] = RegionScore(region, values, int(p.sum()), int(t.sum()))
+        lesions = lesion_wise(p, t, spacing, lesion_rule) if lesion_rule is not None else None
+        scores[region] = RegionScore(region, values, int(p.sum()), int(t.sum()), lesions)
     return scores
 
 
 def scores_as_dict(scores: dict[str, RegionScore]) -> dict[str, dict[str, float]]:
-    return {region: {**score.values, "predicted_voxels": score.predicted_voxels, "truth_voxels": score.truth_voxels}
+    return {region: {**score.values, **(score.lesions.as_dict() if score.lesions else {}),
+                     "predicted_voxels": score.predicted_voxels, "truth_voxels": score.truth_voxels}
             for region, score in scores.items()}
 
 
 def format_scores(scores: dict[str, RegionScore]) -> str:
+    lesions = all(score.lesions for score in scores.values())
     lines = [f"{'region':<8}" + "".join(f"{metric.heading:>10}" for metric in REGION_METRICS)
+             + ("".join(f"{heading:>10}" for _, heading, _ in LESION_METRICS) + f"{'TP/FP/FN':>10}" if lesions else "")
              + f"{'pred vox':>11}{'true vox':>11}"]
     for score in scores.values():
+        values = score.lesions.as_dict() if lesions else {}
         lines.append(f"{score.region:<8}" + "".join(f"{score.values[m.key]:>10.{m.digits}f}" for m in REGION_METRICS)
+                     + ("".join(f"{values[key]:>10.{digits}f}" for key, _, digits in LESION_METRICS)
+                        + f"{'/'.join(str(values[key]) for key in LESION_COUNTS):>10}" if lesions else "")
                      + f"{score.predicted_voxels:>11}{score.truth_voxels:>11}")
     return "\n".join(lines)

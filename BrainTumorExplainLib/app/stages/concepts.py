@@ -1,4 +1,5 @@
-"""Concept masks of the model's best detectors (network dissection, §3.1) on this case, and their IoU here."""
+"""Concept masks of the model's best detectors (network dissection, §3.1) on this case, and their IoU here; beside
+them, each concept's best filter against the dissection's controls (random weights, raw input)."""
 
 from __future__ import annotations
 
@@ -26,13 +27,25 @@ def _detectors(best: dict, masks: dict, truth: dict) -> list[dict]:
     detectors = []
     for concept, row in best.items():
         mask = masks[(row["layer"], row["filter"])]
-        entry = {key: value for key, value in row.items() if key != "iou"}
+        entry = {key: value for key, value in row.items() if key not in ("iou", "control_iou")}
         entry["dataset_iou"] = round(row["iou"], 4)
+        if "control_iou" in row:  # what it beat: the best control filter's IoU for its concept
+            entry["control_iou"] = round(row["control_iou"], 4)
         if concept in truth:
             union = int((mask | truth[concept]).sum())
             entry["case_iou"] = round(int((mask & truth[concept]).sum()) / union, 4) if union else 0.0
         detectors.append(entry)
     return detectors
+
+
+def controls_summary(dissection) -> dict:
+    """The controls the detectors were held against: the margin and each concept's best filter beside each
+    control's, or why there are none."""
+    if not dissection.controls:
+        return {"controls": "not measured: this dissection was made without controls, so its detectors are every "
+                            "filter over the IoU cutoff, which a random network or the raw input may reach too"}
+    return {"margin": dissection.margin, "control_seed": dissection.control_seed,
+            "controls": dissection.control_table()}
 
 
 def run(run) -> None:
@@ -54,7 +67,8 @@ def run(run) -> None:
     write_masks(masks, best, case, run.work / CONCEPTS)
     detectors = _detectors(best, masks, truth)
     run.summary["concepts"] = {"dissection_cases": len(dissection.cases), "quantile": dissection.quantile,
-                               "detectors": detectors}
+                               "iou_cutoff": dissection.iou_cutoff, "detectors": detectors,
+                               **controls_summary(dissection)}
     run.handed_on["detectors"] = picks
     if detectors:
         z = run.z

@@ -11,7 +11,8 @@ FIGURES = (
     (figure_file("gradcam"), "Grad-CAM, layer by layer", "Where each layer looks for each class, input (left) to "
      "output (right)."),
     (figure_file("topdown"), "Top-down localisation, measured", "Share of each class's Grad-CAM inside its region per "
-     "layer; dashed: a flat map."),
+     "layer (solid); dotted: the same architecture with random weights; dash-dot: the best raw input channel; "
+     "dashed: a flat map."),
 )
 
 
@@ -28,8 +29,8 @@ def write_maps(cams, case, folder: Path, progress: bool = False) -> list[Path]:
 def summarise(cams, table) -> dict:
     from ...analyses.gradcam import localisation_as_dict
 
-    return {"target": cams.target, "layers": cams.layers, "classes": [cams.name(c) for c in cams.classes],
-            "localisation": localisation_as_dict(table)}
+    return {"target": cams.target, "pool": cams.pool, "layers": cams.layers,
+            "classes": [cams.name(c) for c in cams.classes], "localisation": localisation_as_dict(table)}
 
 
 def run(run) -> None:
@@ -47,23 +48,55 @@ def run(run) -> None:
     cams = compute(run)
     write_maps(cams, run.case, run.work / GRADCAM)
     table = localisation(cams, run.case)
-    run.summary["gradcam"] = summarise(cams, table)
+    controls = control_localisation(run.model, run.case, cams, lambda network, slices: compute(run, network, slices))
+    run.summary["gradcam"] = {**summarise(cams, table), "controls": controls}
     names = [cams.name(c) for c in cams.classes]
     gradcam_montage(run.case, run.z, cams.slice_maps(run.z), cams.classes, run.figure("gradcam"),
                     title=run.title("Grad-CAM per layer (rows: class)"), names=names)
     localisation_curves({run.config.model: table}, run.figure("topdown"),
-                        regions={name: cams.region(c) for name, c in zip(names, cams.classes)})
+                        regions={name: cams.region(c) for name, c in zip(names, cams.classes)},
+                        controls={run.config.model: controls})
 
 
-def compute(run):
-    """Grad-CAM of the run's layers and classes: slice by slice for the paper's 2D networks, window by window for a
-    described 3D network (every output channel, with its own target)."""
+def compute(run, model=None, slices=None):
+    """Grad-CAM of the run's layers and classes for the run's model (or ``model``): slice by slice for the paper's
+    2D networks (every brain slice, or ``slices``), window by window for a described 3D network (every output
+    channel, with its own target)."""
     from ...analyses.gradcam import gradcam_volume
     from ...analyses.volume import volume_gradcam
     from ...models.volume import DescribedNetwork
 
-    if isinstance(run.model, DescribedNetwork):
-        target = "logits" if run.config.gradcam_target == "logits" else "probabilities"
-        return volume_gradcam(run.model, run.case, run.config.layers, target=target)
-    return gradcam_volume(run.model, run.case, run.config.layers, run.config.classes, run.config.gradcam_target,
-                          progress=run.progress)
+    model, config = run.model if model is None else model, run.config
+    if isinstance(model, DescribedNetwork):
+        target = "logits" if config.gradcam_target == "logits" else "probabilities"
+        return volume_gradcam(model, run.case, config.layers, target=target, pool=config.gradcam_pool)
+    return gradcam_volume(model, run.case, config.layers, config.classes, config.gradcam_target, slices=slices,
+                          progress=run.progress, pool=config.gradcam_pool)
+
+
+def control_localisation(model, case, cams, compute) -> dict:
+    """The localisation of ``cams`` (``model``'s Grad-CAM of ``case``) beside its controls
+    (:mod:`analyses.controls`): the same Grad-CAM of the architecture with random weights — ``compute(network,
+    slices)`` makes it — and the raw input channels, against the trained maps over the same slices (every
+    ``CONTROL_SLICE_STEP``-th for a 2D network, to keep the cost at a quarter of the maps')."""
+    from dataclasses import replace
+
+    from ...analyses.controls import DEFAULT_SEED, random_weights
+    from ...analyses.gradcam import CONTROL_SLICE_STEP, localisation, localisation_controls, raw_input_volume
+    from ...data.case import MODALITIES
+    from ...models.description import from_network_space, network_inputs
+    from ...models.volume import DescribedNetwork
+
+    if isinstance(model, DescribedNetwork):
+        description = model.description
+        slices = cams.slices
+        channels = from_network_space(network_inputs(case, description), description.axes)
+        names = description.channels
+    else:
+        slices = cams.slices[::CONTROL_SLICE_STEP]
+        channels, names = case.images, MODALITIES
+    random_table = localisation(compute(random_weights(model, DEFAULT_SEED), slices), case)
+    raw_table = localisation(raw_input_volume(channels, names, slices), case)
+    trained_table = localisation(replace(cams, slices=slices), case)
+    regions = {cams.name(c): cams.region(c) for c in cams.classes}
+    return localisation_controls(trained_table, random_table, raw_table, regions, DEFAULT_SEED, len(slices))
