@@ -20,8 +20,9 @@ For filter ``k`` of layer ``l``:
   channels. A filter *detects* a concept — is reported as a learned detector — only when its IoU also beats the best
   control for that concept (the highest IoU any control filter of any layer reaches) by ``margin`` (0.05 IoU): over
   the ten held-out phantoms a random ResUnet has an ET filter of IoU 0.69 and the T1ce channel alone reaches 0.40
-  (docs/analyses.md), so IoU ≥ 0.04 alone says nothing about learning. A dissection made without controls (``controls=False``, or a file of format 1) reports
-  every filter over the cutoff and says that no control was measured.
+  (docs/analyses.md), so IoU ≥ 0.04 alone says nothing about learning. A dissection made without controls
+  (``controls=False``, or a file of format 1) reports every filter over the cutoff and says that no control was
+  measured.
 
 Our own code rather than netdissect's: the concepts, post-processing and 2D-slice dataset are the paper's, and
 the streaming statistics are a few dozen lines (:mod:`quantiles`). Three passes over the data (histogram,

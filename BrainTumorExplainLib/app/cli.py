@@ -617,8 +617,8 @@ def _add_dissect(sub: argparse._SubParsersAction) -> None:
                                    "input channels: a filter is a detector only when it beats both controls by the "
                                    "margin. Writes OUT/dissection.json (thresholds and IoUs: give it to explain), "
                                    "OUT/tables/<layer>.csv (and controls.csv), OUT/detectors.json, OUT/dissection.png "
-                                   "and, per case, OUT/concepts/<case>/<layer>_<filter>_<concept>.nii.gz for the best detector of "
-                                   "each concept.")
+                                   "and, per case, OUT/concepts/<case>/<layer>_<filter>_<concept>.nii.gz for the best "
+                                   "detector of each concept.")
     p.add_argument("--data", required=True, type=Path, help="a case folder or a folder of case folders")
     _add_model_arguments(p)
     _add_resample(p)
@@ -629,12 +629,13 @@ def _add_dissect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iou", type=float, default=DEFAULT_IOU_CUTOFF,
                    help=f"IoU a detector must reach (default {DEFAULT_IOU_CUTOFF})")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
-                   help=f"IoU by which a detector must beat the best control of its concept (default {DEFAULT_MARGIN})")
+                   help=f"IoU by which a detector must beat the best control of its concept "
+                        f"(default {DEFAULT_MARGIN})")
     p.add_argument("--control-seed", type=int, default=DEFAULT_SEED,
                    help=f"seed of the random-weights control (default {DEFAULT_SEED})")
     p.add_argument("--no-controls", dest="controls", action="store_false",
-                   help="skip the controls (a third of the time): every filter over the cutoff is then reported, "
-                        "and the results say that no control was measured")
+                   help="skip the controls (they take up to as long again as the network itself): every filter "
+                        "over the cutoff is then reported, and the results say that no control was measured")
     p.add_argument("--slice-step", type=int, default=1, help="use every N-th brain slice (default 1: all)")
     p.add_argument("--mask-cases", type=int, help="write concept-mask volumes for the first N cases only (default all)")
     p.add_argument("--batch-size", type=int, default=16)
