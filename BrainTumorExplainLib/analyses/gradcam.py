@@ -43,15 +43,21 @@ CLASS_REGION: dict[int, str] = {0: "brain", 1: "TC", 2: "WT", 3: "ET"}
 def _check_target(target: str, pool: str = "image") -> None:
     if target not in TARGETS:
         raise UsageError(f"unknown Grad-CAM target {target!r}; expected one of {', '.join(TARGETS)}")
+    check_pool(pool)
+
+
+def check_pool(pool: str) -> None:
     if pool not in GRADCAM_POOLS:
         raise UsageError(f"unknown Grad-CAM pooling {pool!r}; expected one of {', '.join(GRADCAM_POOLS)}")
 
 
-def predicted_region_means(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``(N, C)``: each channel of ``scores`` ``(N, C, ...)`` averaged over the voxels where ``labels`` ``(N, C, ...)``
-    (bool, detached) is set; zero where none is."""
-    mask = labels.to(scores.dtype)
-    return (scores * mask).flatten(2).sum(-1) / mask.flatten(2).sum(-1).clamp_min(1)
+def predicted_masks(logits: torch.Tensor, outputs: str = "softmax") -> torch.Tensor:
+    """Bool ``(N, C, ...)``, detached: where the network labels each channel — its argmax for softmax classes, a
+    positive logit (probability > 0.5) for sigmoid regions."""
+    logits = logits.detach()
+    if outputs == "sigmoid":
+        return logits > 0
+    return torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1]).movedim(-1, 1) > 0
 
 
 CamWeights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -88,10 +94,9 @@ def layer_gradcam(model: SegmentationNet, images: torch.Tensor, layers: str | It
         output = torch.softmax(logits, dim=1) if target == "softmax" else logits
         if pool == "image":
             pooled = output.mean(dim=(2, 3))  # eq. 3: (N, classes)
-        else:
-            predicted = logits.detach().argmax(1)
-            labels = torch.stack([predicted == c for c in range(logits.shape[1])], dim=1)
-            pooled = predicted_region_means(output, labels)
+        else:  # the mean over each class's predicted pixels; zero where there are none
+            mask = predicted_masks(logits).to(output.dtype)
+            pooled = (output * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3)).clamp_min(1)
         activations = [recorder.outputs[name] for name in layer_names]
         per_layer: list[list[torch.Tensor]] = [[] for _ in layer_names]
         for position, class_index in enumerate(class_indices):
@@ -231,7 +236,6 @@ def raw_input_volume(channels: np.ndarray, names: Sequence[str], slices: np.ndar
     maps = {(INPUT_LAYER, c): np.maximum(channel, 0).astype(np.float32) for c, channel in enumerate(channels)}
     return GradCamVolume([INPUT_LAYER], list(range(len(channels))), "raw input", slices, maps,
                          {c: name for c, name in enumerate(names)})
-
 
 
 def localisation_controls(trained: dict, random: dict, raw: dict, regions: dict[str, str], seed: int,

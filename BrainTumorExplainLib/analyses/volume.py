@@ -32,8 +32,7 @@ from ..models.base import evaluating, model_device, test_time_dropout
 from ..models.description import from_network_space, labels_from_outputs, network_inputs, require_hooks
 from ..models.volume import DescribedNetwork, activate, run_windows, window_inferer
 from ..progress import progress_bar
-from . import GRADCAM_POOLS
-from .gradcam import GradCamVolume
+from .gradcam import GradCamVolume, check_pool, predicted_masks
 from .uncertainty import UncertaintyVolume, predictive_entropy
 
 VOLUME_TARGETS = ("probabilities", "logits")
@@ -133,8 +132,7 @@ def window_gradcam(module: torch.nn.Module, window: torch.Tensor, layers: Sequen
             pooled = scores.flatten(2).sum(-1)  # (B, channels)
             voxels = torch.full((logits.shape[0], logits.shape[1]), float(scores[0, 0].numel()), device=logits.device)
         else:
-            mask = (logits.detach() > 0 if outputs == "sigmoid" else F.one_hot(logits.detach().argmax(1),
-                                                                               logits.shape[1]).movedim(-1, 1) > 0)
+            mask = predicted_masks(logits, outputs)
             pooled = (scores * mask).flatten(2).sum(-1)
             voxels = mask.flatten(2).sum(-1).clamp_min(1).to(scores.dtype)
         activations = [recorder.outputs[layer] for layer in layers]
@@ -164,8 +162,7 @@ def volume_gradcam(network: DescribedNetwork, case: Case, layers: Sequence[str] 
     require_hooks(description, "Grad-CAM")
     if target not in VOLUME_TARGETS:
         raise UsageError(f"unknown Grad-CAM target {target!r}; expected one of {', '.join(VOLUME_TARGETS)}")
-    if pool not in GRADCAM_POOLS:
-        raise UsageError(f"unknown Grad-CAM pooling {pool!r}; expected one of {', '.join(GRADCAM_POOLS)}")
+    check_pool(pool)
     layers = list(description.layers) if layers == "all" else [s.strip() for s in layers.split(",")] \
         if isinstance(layers, str) else list(layers)
     targets = list(range(len(description.output_names))) if targets is None else list(targets)

@@ -26,16 +26,15 @@ def _controls_section(concepts: dict) -> str:
         return f"<h2>Concepts against controls</h2><p>{html.escape(controls)}.</p>"
     if not controls:
         return ""
-    names = [key for key in controls[0] if key not in ("concept", "trained", "margin", "learned", "detectors",
-                                                       "over_cutoff")]
+    names = [key for key, value in controls[0].items() if isinstance(value, dict) and key != "trained"]
     rows = [[row["concept"], f"{row['trained']['layer']} #{row['trained']['filter']}: {_fmt(row['trained']['iou'])}",
              *[_fmt(row[name]["iou"]) for name in names], "yes" if row["learned"] else "no",
              f"{row['detectors']} of {row['over_cutoff']}"] for row in controls]
     return (f"<h2>Concepts against controls</h2><p>Best IoU per concept over the dissection set: the trained "
             f"network's best filter, the same architecture with random weights (seed {concepts['control_seed']}) and "
-            f"the raw input channels. A concept is learned when the trained filter beats every control by "
-            f"{concepts['margin']} IoU; detectors: filters that do, of those over the {concepts['iou_cutoff']} "
-            f"cutoff.</p>" + _table(rows, ["concept", "trained", *names, "learned", "detectors"]))
+            f"the raw input channels. A concept is learned when a filter whose best concept it is beats every "
+            f"control by {concepts['margin']} IoU (the trained column's filter may count for another concept); "
+            f"detectors: filters that do, of those over the {concepts['iou_cutoff']} cutoff.</p>" + _table(rows, ["concept", "trained", *names, "learned", "detectors"]))
 
 
 def _scores_section(summary: dict) -> str:
