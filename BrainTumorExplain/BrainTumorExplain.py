@@ -26,6 +26,7 @@ from BrainTumorExplainLogic import (
     ensure_library_importable,
     has_pytorch_extension,
     install_plan,
+    jump_to_review_point,
     load_case_nodes,
     missing_dependencies,
     network_channels,
@@ -48,7 +49,13 @@ from slicer.util import VTKObservationMixin
 
 ensure_library_importable()
 from BrainTumorExplainLib.app.contract import read_summary  # noqa: E402  (no torch)
-from BrainTumorExplainLib.app.report import preprocessing_lines  # noqa: E402  (no torch)
+from BrainTumorExplainLib.app.report import (  # noqa: E402  (no torch)
+    LESION_HEADER,
+    REVIEW_HEADER,
+    lesion_rows,
+    preprocessing_lines,
+    review_rows,
+)
 from BrainTumorExplainLib.app.settings import (  # noqa: E402  (no torch)
     DEVICE_CHOICES,
     GRADCAM_CLASS_CHOICES,
@@ -142,6 +149,7 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._lastProcess = None
         self._overlays = {}
         self._layers = []
+        self._reviewIndex = -1  # the review point the slice views were last centred on
         self._started = 0.0
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MS)
@@ -175,6 +183,8 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.gradcamLayerSlider.valueChanged.connect(self.onGradcamChanged)
         self.ui.gradcamClassComboBox.currentTextChanged.connect(self.onGradcamChanged)
         self.ui.openReportButton.clicked.connect(self.onOpenReport)
+        self.ui.reviewTable.cellClicked.connect(self.onReviewClicked)
+        self.ui.nextReviewButton.clicked.connect(self.onNextReview)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -472,15 +482,15 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.gradcamLayerSlider.maximum = max(len(self._layers) - 1, 0)
         self.ui.gradcamLayerSlider.value = max(len(self._layers) - 2, 0)
         detectors = summary.get("concepts", {}).get("detectors", [])
-        table = self.ui.detectorsTable
-        headers = [_("concept"), _("layer"), _("filter"), _("IoU (dissection set)"), _("best control's IoU"),
-                   _("IoU (this case)")]
-        table.setColumnCount(len(headers))
-        table.setHorizontalHeaderLabels(headers)
-        table.setRowCount(len(detectors))
-        for row, entry in enumerate(detectors):
-            for column, key in enumerate(("concept", "layer", "filter", "dataset_iou", "control_iou", "case_iou")):
-                table.setItem(row, column, qt.QTableWidgetItem(str(entry.get(key, "—"))))
+        keys = ("concept", "layer", "filter", "dataset_iou", "control_iou", "case_iou")
+        fillTable(self.ui.detectorsTable, [_("concept"), _("layer"), _("filter"), _("IoU (dissection set)"),
+                                           _("best control's IoU"), _("IoU (this case)")],
+                  [[str(entry.get(key, "—")) for key in keys] for entry in detectors])
+        review = summary.get("review", {})
+        fillTable(self.ui.reviewTable, REVIEW_HEADER, review_rows(review))
+        fillTable(self.ui.lesionTable, LESION_HEADER, lesion_rows(review))
+        self._reviewIndex = -1
+        self.ui.nextReviewButton.enabled = self._lastRun.review_points is not None
         picture = self._lastProcess.out / "featviz" / "detectors.png"
         self.ui.featvizLabel.setPixmap(qt.QPixmap(str(picture)).scaledToWidth(360) if picture.is_file()
                                        else qt.QPixmap())
@@ -509,9 +519,36 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 self.ui.overlayComboBox.addItem(name)
             self.ui.overlayComboBox.currentText = name
 
+    def onReviewClicked(self, row: int, column: int = 0) -> None:
+        """Centre the slice views on the review region of the clicked row."""
+        points = self._lastRun.review_points if self._lastRun is not None else None
+        if points is None or not 0 <= row < points.GetNumberOfControlPoints():
+            return
+        jump_to_review_point(slicer.mrmlScene, points, row)
+        self._reviewIndex = row
+        self.ui.reviewTable.selectRow(row)
+
+    def onNextReview(self) -> None:
+        points = self._lastRun.review_points if self._lastRun is not None else None
+        if points is not None and points.GetNumberOfControlPoints():
+            self.onReviewClicked((self._reviewIndex + 1) % points.GetNumberOfControlPoints())
+
     def onOpenReport(self) -> None:
         if self._lastProcess is not None:
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(self._lastProcess.out / "report.html")))
+
+
+def fillTable(table, headers: list[str], rows: list[list[str]]) -> None:
+    """A read-only QTableWidget with these column headers and rows of text."""
+    table.clear()
+    table.setColumnCount(len(headers))
+    table.setHorizontalHeaderLabels(headers)
+    table.setRowCount(len(rows))
+    for row, values in enumerate(rows):
+        for column, value in enumerate(values):
+            item = qt.QTableWidgetItem(value)
+            item.setFlags(qt.Qt.ItemIsSelectable | qt.Qt.ItemIsEnabled)
+            table.setItem(row, column, item)
 
 
 class BrainTumorExplainPanelLogic(ScriptedLoadableModuleLogic):

@@ -32,7 +32,7 @@ def explained(small_phantom, tmp_path_factory):
 def test_every_output_is_on_the_case_grid_and_named_as_documented(explained, small_phantom):
     out = explained
     reference = _grid(small_phantom.flair)
-    volumes = ["segmentation", "uncertainty", "entropy", "mutual_information"]
+    volumes = ["segmentation", "uncertainty", "entropy", "mutual_information", "review"]
     for name in volumes:
         assert _grid(out / f"{name}.nii.gz") == reference
     gradcam = sorted(p.name for p in (out / "gradcam").iterdir())
@@ -43,7 +43,7 @@ def test_every_output_is_on_the_case_grid_and_named_as_documented(explained, sma
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentation.nii.gz")))
     assert set(np.unique(labels)) <= {0, 1, 2, 4}
     for png in ("figures/segmentation.png", "figures/uncertainty.png", "figures/gradcam.png", "figures/topdown.png",
-                "figures/concepts.png", "featviz/detectors.png"):
+                "figures/concepts.png", "figures/review.png", "featviz/detectors.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
 
@@ -63,13 +63,26 @@ def test_summary_and_report_carry_the_numbers(explained):
     gradcam_controls = summary["gradcam"]["controls"]["targets"]
     assert set(gradcam_controls) == {"NCR/NET", "ED", "ET"}
     assert all(list(entry["layers"]) == ["enc2", "dec1"] for entry in gradcam_controls.values())
-    assert {"load", "segmentation", "uncertainty", "gradcam", "concepts", "featviz", "report"} <= set(summary["seconds"])
+    review = summary["review"]
+    assert review["lesions"] and {row["match"] for row in review["lesions"]} <= {"TP", "FP", "small", "FN"}
+    assert all(set(row["gradcam"]) == {"NCR/NET", "ED", "ET"} for row in review["lesions"])
+    assert all({"entropy", "deterministic entropy"} <= set(row["uncertainty"]) for row in review["lesions"])
+    assert [region["rank"] for region in review["regions"]] == list(range(1, len(review["regions"]) + 1))
+    masses = [region["uncertainty_mass"] for region in review["regions"]]
+    assert masses == sorted(masses, reverse=True)
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "review.nii.gz")))
+    assert int(written.max()) == len(review["regions"])
+    assert set(review["coverage"]["top"]) <= {"1", "3", "5", "10"} and "deterministic entropy" in \
+        review["lesion_auroc"]["auroc"]
+    assert {"load", "segmentation", "uncertainty", "gradcam", "concepts", "review", "featviz", "report"} \
+        <= set(summary["seconds"])
     assert summary["versions"]["torch"]
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 6
     assert not re.search(r"""(src|href)=["']?(https?:|file:|/)""", report)  # self-contained: loads nothing
     assert "AUROC" in report and "Best detector per concept" in report
     assert "Concepts against controls" in report and "Grad-CAM against controls" in report
+    assert "Where to look" in report and report.count("<tr>") > len(review["lesions"]) + len(review["regions"])
 
 
 def test_runs_are_never_mixed_and_failures_leave_nothing(explained, small_phantom, capsys):
@@ -116,8 +129,12 @@ def test_scene_bundle_reopens_with_every_output_on_the_input_geometry(explained,
     assert len(concepts) == len(list((out / "concepts").glob("*.nii.gz")))
     for name in expected | set(concepts):
         np.testing.assert_allclose(ijk_to_ras(volumes[name]), ijk_to_ras(flair), atol=1e-9)
-    segmentations = nodes_of_class(scene, "vtkMRMLSegmentationNode")
-    assert len(segmentations) == 1 and segmentations[0].GetSegmentation().GetNumberOfSegments() >= 1
+    segmentations = {node.GetName(): node for node in nodes_of_class(scene, "vtkMRMLSegmentationNode")}
+    regions = json.loads((out / "summary.json").read_text())["review"]["regions"]
+    assert set(segmentations) == {"Tumour segmentation"} | ({"Review regions"} if regions else set())
+    assert segmentations["Tumour segmentation"].GetSegmentation().GetNumberOfSegments() >= 1
+    points = nodes_of_class(scene, "vtkMRMLMarkupsFiducialNode")
+    assert [node.GetNumberOfControlPoints() for node in points] == ([len(regions)] if regions else [])
     renders = [out / "figures" / name for name in ("slice_uncertainty.png", "slice_gradcam.png")]
     assert all(path.is_file() for path in renders) and renders[0].read_bytes() != renders[1].read_bytes()
     report = (out / "report.html").read_text()

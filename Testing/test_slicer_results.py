@@ -230,3 +230,58 @@ def test_a_coregistration_becomes_a_transform_node_that_lays_the_sequence_over_t
             run.add_registration(read_linear_transform(path), "registration t2 → flair")
             raise RuntimeError("cancelled")
     assert _node_count(scene) == count
+
+
+def test_review_regions_and_points_land_where_the_library_placed_them(scene, awkward_case):
+    """The review list in the scene: one named segment per region on the reference geometry, and a locked point per
+    region at the RAS the library computed from the file (SimpleITK) — also when the reference sits under a
+    transform — that centres the slice views on it."""
+    import vtk
+
+    from BrainTumorExplainLib.analyses.review import place_of
+    from BrainTumorExplainLogic.results import jump_to_review_point
+
+    nodes = load_case_nodes(scene, awkward_case)
+    case = load_case(awkward_case)
+    reference = nodes.volumes["flair"]
+    review = np.zeros(case.brain_mask.shape, dtype=np.uint8)
+    review[2:5, 3:7, 2:6] = 1
+    review[6:9, 8:12, 7:11] = 2
+    places = [place_of(np.argwhere(review == rank), case.grid) for rank in (1, 2)]
+    regions = [{"rank": rank, "why": f"reason {rank}", "place": {"ijk": list(place.ijk)}}
+               for rank, place in enumerate(places, start=1)]
+    shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 5.0)
+    matrix.SetElement(2, 3, -3.0)
+    shift.SetMatrixTransformToParent(matrix)
+    reference.SetAndObserveTransformNodeID(shift.GetID())
+    for slice_name in ("Red", "Green", "Yellow"):
+        slice_node = scene.AddNewNodeByClass("vtkMRMLSliceNode", slice_name)
+        slice_node.SetLayoutName(slice_name)
+    with RunOutputs(scene, reference, "run") as run:
+        segmentation, points = run.add_review(review, regions)
+    assert run.review_points is points and points.GetLocked()
+    segments = segmentation.GetSegmentation()
+    assert {segments.GetNthSegment(i).GetName(): segments.GetNthSegment(i).GetLabelValue()
+            for i in range(segments.GetNumberOfSegments())} == {"Review 1": 1, "Review 2": 2}
+    labels = scene.GetFirstNodeByName("Review regions labels")
+    np.testing.assert_array_equal(ijk_to_ras(labels), ijk_to_ras(reference))
+    np.testing.assert_array_equal(node_reorientation(reference).to_canonical(slicer.util.arrayFromVolume(labels)),
+                                  review)
+    assert points.GetTransformNodeID() == shift.GetID()
+    for index, place in enumerate(places):
+        assert points.GetNthControlPointLabel(index) == f"Review {index + 1}"
+        assert points.GetNthControlPointDescription(index) == f"reason {index + 1}"
+        world = [0.0, 0.0, 0.0]
+        points.GetNthControlPointPositionWorld(index, world)
+        np.testing.assert_allclose(world, np.array(place.ras) + [5.0, 0.0, -3.0], atol=0.01)  # Place: 2 decimals
+        assert jump_to_review_point(scene, points, index) == pytest.approx(tuple(world))
+        for slice_name in ("Red", "Green", "Yellow"):
+            slice_to_ras = scene.GetFirstNodeByName(slice_name).GetSliceToRAS()
+            np.testing.assert_allclose([slice_to_ras.GetElement(r, 3) for r in range(3)], world, atol=1e-6)
+    with pytest.raises(ValueError, match="no point 3"):
+        jump_to_review_point(scene, points, 2)
+    with RunOutputs(scene, reference, "calm run") as calm:
+        assert calm.add_review(np.zeros_like(review), []) == (None, None)  # nothing to review: no empty nodes
+    assert not calm.nodes

@@ -68,6 +68,9 @@ _PNW = "Base/Python/slicer/parameterNodeWrapper/"
 _SLICERQT = ["Base/Python/slicer/slicerqt.py"]
 _TRANSFORMABLE = [_MRML + "vtkMRMLTransformableNode.h"]
 _TRANSFORM = [_MRML + "vtkMRMLTransformNode.h"]
+# the markups node moved from the Markups module into MRML Core in 5.10: either header declares it
+_MARKUPS = ["Modules/Loadable/Markups/MRML/vtkMRMLMarkupsNode.h", _MRML + "vtkMRMLMarkupsNode.h"]
+_SLICE = [_MRML + "vtkMRMLSliceNode.h"]
 _TERMINOLOGIES = "Modules/Loadable/Terminologies/Logic/"
 _TERM_LOGIC = [_TERMINOLOGIES + "vtkSlicerTerminologiesModuleLogic.h"]
 _TERM_ENTRY = [_TERMINOLOGIES + "vtkSlicerTerminologyEntry.h"]
@@ -77,14 +80,15 @@ DECLARED_IN: dict[str, list[str]] = {
     # classes (a header */<Name>.h in Slicer's tree), and VTK/CTK classes
     **{name: [CLASS] for name in (
         "vtkMRMLColorTableNode", "vtkMRMLDisplayableNode", "vtkMRMLLabelMapVolumeNode", "vtkMRMLScalarVolumeNode",
-        "vtkMRMLLinearTransformNode",
+        "vtkMRMLLinearTransformNode", "vtkMRMLMarkupsFiducialNode", "vtkMRMLMarkupsJsonStorageNode",
+        "vtkMRMLSliceNode",
         "vtkMRMLScene", "vtkMRMLSegmentationNode", "vtkMRMLSliceCompositeNode", "vtkMRMLStorableNode",
         "vtkMRMLSubjectHierarchyNode", "vtkMRMLVolumeArchetypeStorageNode", "vtkMRMLVolumeNode",
         "vtkSlicerApplicationLogic", "vtkSlicerSegmentationsModuleLogic", "vtkSegment", "vtkSlicerTerminologyEntry",
         "vtkSlicerTerminologyType")},
     **{name: [VTK] for name in (
         "vtkCommand", "vtkCommand.ModifiedEvent", "vtkImageData", "vtkMatrix4x4", "vtkPNGWriter", "vtkStringArray",
-        "vtk.reference",
+        "vtkVector3d", "vtk.reference",
         "vtk.util.numpy_support", "vtk.util.numpy_support.numpy_to_vtk", "vtk.VTK_UNSIGNED_CHAR")},
     "ctkPathLineEdit": [CTK],
     "ctkPathLineEdit.Files": [CTK],
@@ -127,7 +131,7 @@ DECLARED_IN: dict[str, list[str]] = {
     # MRML / Slicer C++ methods called on instances
     "AddNode": _SCENE, "CreateNodeByClass": _SCENE, "IsNodePresent": _SCENE, "GetFirstNodeByName": _SCENE, "GetNodesByClass": _SCENE,
     "GetNumberOfNodes": _SCENE, "GetVersion": _SCENE, "SetVersion": _SCENE, "SetURL": _SCENE, "Import": _SCENE,
-    "RemoveNode": _SCENE,
+    "RemoveNode": _SCENE, "IsNodeClassRegistered": _SCENE, "RegisterNodeClass": _SCENE,
     "CreateFolderItem": _SH, "CreateItem": _SH, "GetItemByDataNode": _SH, "GetItemParent": _SH,
     "GetSceneItemID": _SH, "RemoveItem": _SH, "SetItemParent": _SH,
     "GetApplyThreshold": _SCALAR_DISPLAY, "GetAutoWindowLevel": _SCALAR_DISPLAY,
@@ -164,13 +168,17 @@ DECLARED_IN: dict[str, list[str]] = {
     "GetSegmentation": _SEG_NODE, "SetReferenceImageGeometryParameterFromVolumeNode": _SEG_NODE,
     "SaveSceneToSlicerDataBundleDirectory": _APP_LOGIC, "UnpackSlicerDataBundle": _APP_LOGIC, "Zip": _APP_LOGIC,
     "SetMRMLScene": _ABSTRACT_LOGIC,
+    "IsNodeClassRegistered": _SCENE, "RegisterNodeClass": _SCENE,
+    "AddControlPoint": _MARKUPS, "GetNthControlPointPositionWorld": _MARKUPS, "GetNumberOfControlPoints": _MARKUPS,
+    "SetLocked": _MARKUPS, "SetNthControlPointDescription": _MARKUPS, "SetNthControlPointLocked": _MARKUPS,
+    "vtkMRMLSliceNode.JumpAllSlices": _SLICE, "vtkMRMLSliceNode.CenteredJumpSlice": _SLICE,
     # VTK's own methods (vtkObjectBase, vtkObject, vtkImageData, vtkDataSetAttributes, vtkMatrix4x4, vtkCollection,
     # vtkLookupTable, vtkImageWriter/vtkAlgorithm)
     **{name: [VTK] for name in (
         "IsA", "GetMTime", "GetDimensions", "SetDimensions", "GetNumberOfScalarComponents", "GetPointData",
         "SetScalars", "GetElement", "GetItemAsObject", "GetNumberOfItems", "GetTableValue",
         "GetNumberOfTableValues", "SetInputData", "Write", "UnRegister", "SetElement", "GetValue", "GetClassName",
-        "GetNumberOfValues")},
+        "GetNumberOfValues", "MultiplyPoint")},
 }
 
 
@@ -404,7 +412,8 @@ def header_declares(source: str, name: str, need_static: bool) -> tuple[bool, bo
     Set/Get/Boolean macro or a Qt property."""
     code = _strip_comments(source)
     n = re.escape(name)
-    patterns = [rf"\b{n}\s*\(", rf"^\s*{n}\s*(=|,|$)", rf"Q_PROPERTY\([^)]*\b{n}\b"]
+    patterns = [rf"\b{n}\s*\(", rf"^\s*{n}\s*(=|,|$)", rf"\benum\b[^;]*[{{,]\s*{n}\s*(=|,|}})",  # one per line, or inline
+                rf"Q_PROPERTY\([^)]*\b{n}\b"]
     for prefix, macro in (("Set", r"vtkSet\w*Macro"), ("Get", r"vtkGet\w*Macro")):
         if name.startswith(prefix) and len(name) > 3:
             patterns.append(rf"{macro}\s*\(\s*{re.escape(name[3:])}\s*[,)]")

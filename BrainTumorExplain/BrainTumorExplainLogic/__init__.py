@@ -26,6 +26,7 @@ from .library import (
 from .results import (
                          ReferenceGeometry,
                          RunOutputs,
+                         jump_to_review_point,
                          open_scene_bundle,
                          register_terminology,
                          save_scene_bundle,
@@ -49,7 +50,8 @@ __all__ = [
     "CaseNodes", "ExplainProcess", "InstallPlan", "ReferenceGeometry", "RunOutputs", "RunStatus", "TorchProbe",
     "add_gradcam_map", "add_run_outputs", "add_volume_from_canonical", "assign_modalities", "canonical_array",
     "canonical_shape", "check_input_nodes", "ensure_library_importable", "has_pytorch_extension", "ijk_to_ras",
-    "install_plan", "library_folder", "load_case_nodes", "missing_dependencies", "network_channels", "node_reorientation",
+    "install_plan", "jump_to_review_point", "library_folder", "load_case_nodes", "missing_dependencies",
+    "network_channels", "node_reorientation",
     "nodes_of_class", "open_scene_bundle", "panel_config", "register_terminology", "remove_nodes",
     "sample_data_source", "save_scene_bundle", "show_overlay", "world_ijk_to_ras",
 ]

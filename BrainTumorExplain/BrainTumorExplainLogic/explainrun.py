@@ -44,10 +44,12 @@ from BrainTumorExplainLib.app.contract import (  # noqa: E402
     CONCEPTS,
     GRADCAM,
     REGISTRATION,
+    REVIEW,
     SEGMENTATION,
     STAGES,
     gradcam_file,
     gradcam_key,
+    last_explained_layer,
     parse_event,
     read_summary,
     uncertainty_file,
@@ -356,7 +358,8 @@ def add_run_outputs(scene, run_folder: str | Path, reference_node, folder_name: 
     the segmentation (segments + label map), uncertainty, entropy and mutual information (named with their kind:
     test-time dropout, flips or an ensemble), the Grad-CAM map of the last layer before the head for each class,
     the concept masks, the brain mask when the preprocessing made one, and each transform it found
-    (co-registrations, the atlas pose) as a transform node. ``expected``: the reference's geometry when the run
+    (co-registrations, the atlas pose) as a transform node, and the review regions as a segmentation and a point
+    list (:meth:`RunOutputs.add_review`; ``run.review_points``). ``expected``: the reference's geometry when the run
     started — refused if the node changed since. ``summary``: the run's (default: its summary.json). Returns the
     run and its heatmap nodes."""
     run_folder = Path(run_folder)
@@ -371,7 +374,7 @@ def add_run_outputs(scene, run_folder: str | Path, reference_node, folder_name: 
                     for name, colour in HEATMAPS}
         gradcam = summary.get("gradcam", {})
         if gradcam.get("layers"):
-            layer = [name for name in gradcam["layers"] if name != "head"][-1]
+            layer = last_explained_layer(gradcam["layers"])
             for class_name in gradcam["classes"]:
                 overlays[f"Grad-CAM {layer} {class_name}"] = add_gradcam_map(run, run_folder, layer, class_name)
         for path in sorted((run_folder / CONCEPTS).glob("*.nii.gz")):
@@ -379,6 +382,8 @@ def add_run_outputs(scene, run_folder: str | Path, reference_node, folder_name: 
         if (run_folder / BRAIN_MASK).is_file():  # the brain the network saw, when it is not the scan's own
             source = summary.get("preprocessing", {}).get("brain_mask", {}).get("source", "")
             run.add_labelmap(read_canonical(run_folder / BRAIN_MASK, "brain mask")[0] > 0, f"brain mask ({source})")
+        if "review" in summary and (run_folder / REVIEW).is_file():
+            run.add_review(read_canonical(run_folder / REVIEW, "review regions")[0], summary["review"]["regions"])
         for path in sorted((run_folder / REGISTRATION).glob("*.tfm")):  # co-registrations, to inspect and apply
             run.add_registration(read_linear_transform(path), f"registration {path.stem.replace('_to_', ' → ')}")
     return run, overlays

@@ -33,6 +33,8 @@ TUMOUR_SEGMENTS: dict[int, tuple[str, tuple[float, float, float], str]] = {
     2: ("Edema", (0.2, 0.75, 0.25), "SCT^79654002^Edema"),
     3: ("Enhancing tumor", (1.0, 0.85, 0.1), "NCIt^C113842^Enhancing Lesion"),
 }
+# Review regions: a ramp of cool colours (cycled), none of them a tumour class's
+REVIEW_COLOURS = ((0.0, 0.9, 0.9), (0.3, 0.55, 1.0), (0.75, 0.4, 1.0), (0.0, 0.7, 0.5), (0.6, 0.85, 1.0))
 TERMINOLOGY_FILE = Path(__file__).resolve().with_name("BrainTumorExplain.term.json")
 TERMINOLOGY_CONTEXT = "BrainTumorExplain - BraTS glioma sub-regions"
 TERMINOLOGY_CATEGORY = "SCT^49755003^Morphologically Altered Structure"
@@ -154,6 +156,7 @@ class RunOutputs:
         self.folder = self.hierarchy.CreateFolderItem(parent, folder_name)
         self.nodes: list = []
         self._made_tables: list = []
+        self.review_points = None  # the review point list, once added (the panel steps through it)
 
     # -- transaction ---------------------------------------------------------------------------------------------
     def __enter__(self) -> "RunOutputs":
@@ -168,6 +171,7 @@ class RunOutputs:
         remove_nodes(self.scene, self._made_tables + self.nodes)
         self.nodes.clear()
         self._made_tables.clear()
+        self.review_points = None
         if self.folder:
             self.hierarchy.RemoveItem(self.folder, False, True)  # the folder and its items (nodes are gone)
             self.folder = 0
@@ -207,15 +211,56 @@ class RunOutputs:
                          convention: LabelConvention = BRATS2021):
         """Class indices (0..3, canonical) → a segmentation node (three named, coloured segments with
         terminology, reference geometry = the input) and a label map with the convention's values (1/2/4)."""
-        classes = np.asarray(classes)
-        labelmap = self.add_labelmap(convention.from_classes(classes), f"{name} labels")
+        labelmap, segmentation = self._segments(
+            convention.from_classes(np.asarray(classes)), name,
+            {convention.codes[c]: (segment_name, rgb) for c, (segment_name, rgb, _) in TUMOUR_SEGMENTS.items()})
+        value_to_class = {convention.codes[c]: c for c in TUMOUR_SEGMENTS}
+        segments = segmentation.GetSegmentation()
+        for index in range(segments.GetNumberOfSegments()):
+            segment = segments.GetNthSegment(index)
+            # the tag itself: vtkSegment.SetTerminology, which sets it, exists only from Slicer 5.10
+            segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(),
+                           terminology_entry(value_to_class[segment.GetLabelValue()]))
+        return segmentation, labelmap
+
+    def add_review(self, review: np.ndarray, regions: list[dict], name: str = "Review"):
+        """The review regions of a run (``review``: canonical label map, region n = rank n; ``regions``: the
+        summary's, ranked) as a segmentation ``<name> regions`` with one segment per region, named ``Review n``,
+        and a locked point list ``<name> points`` the user steps through: point n at region n's place — its voxel
+        (i, j, k) through the reference's own IJK→RAS, under the reference's transform, so it moves with it —
+        labelled ``Review n`` and described by why the region is listed."""
+        if not regions:
+            return None, None  # nothing to review: no empty nodes
+        segments = {region["rank"]: (f"Review {region['rank']}", REVIEW_COLOURS[(region["rank"] - 1)
+                                                                                % len(REVIEW_COLOURS)])
+                    for region in regions}
+        segmentation = self._segments(np.asarray(review), f"{name} regions", segments)[1]
+        points = self._keep(new_node(self.scene, "vtkMRMLMarkupsFiducialNode", f"{name} points", self.nodes))
+        points.SetAndObserveTransformNodeID(self.reference.GetTransformNodeID())
+        points.CreateDefaultDisplayNodes()
+        ijk_to_ras = vtk.vtkMatrix4x4()
+        self.reference.GetIJKToRASMatrix(ijk_to_ras)
+        for region in regions:
+            ras = ijk_to_ras.MultiplyPoint([float(v) for v in region["place"]["ijk"]] + [1.0])[:3]
+            index = points.AddControlPoint(vtk.vtkVector3d(*ras), f"Review {region['rank']}")
+            points.SetNthControlPointDescription(index, region["why"])
+            points.SetNthControlPointLocked(index, True)
+        points.SetLocked(True)
+        self.review_points = points
+        return segmentation, points
+
+    def _segments(self, values: np.ndarray, name: str, segments: dict[int, tuple[str, tuple[float, float, float]]]):
+        """A canonical label map ``<name> labels`` whose colour table names and colours each value of
+        ``segments`` (value → name, rgb), and the segmentation ``name`` Slicer imports from it (segment names and
+        colours from that table; reference geometry and transform the reference's)."""
+        labelmap = self.add_labelmap(values, f"{name} labels")
         colours = new_node(self.scene, "vtkMRMLColorTableNode", f"{name} colours", self._made_tables)
         colours.SetTypeToUser()
-        colours.SetNumberOfColors(max(convention.codes) + 1)
-        for value in range(max(convention.codes) + 1):
+        colours.SetNumberOfColors(max(segments) + 1)
+        for value in range(max(segments) + 1):
             colours.SetColor(value, "", 0.0, 0.0, 0.0, 0.0)
-        for class_index, (segment_name, rgb, _) in TUMOUR_SEGMENTS.items():
-            colours.SetColor(convention.codes[class_index], segment_name, *rgb, 1.0)
+        for value, (segment_name, rgb) in segments.items():
+            colours.SetColor(value, segment_name, *rgb, 1.0)
         labelmap.GetDisplayNode().SetAndObserveColorNodeID(colours.GetID())
         segmentation = self._keep(new_node(self.scene, "vtkMRMLSegmentationNode", name, self.nodes))
         segmentation.SetAndObserveTransformNodeID(self.reference.GetTransformNodeID())
@@ -225,14 +270,7 @@ class RunOutputs:
         # rules again on every run)
         if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation):
             raise ValueError(f"Slicer could not turn {labelmap.GetName()!r} into segments")
-        value_to_class = {convention.codes[c]: c for c in TUMOUR_SEGMENTS}
-        segments = segmentation.GetSegmentation()
-        for index in range(segments.GetNumberOfSegments()):
-            segment = segments.GetNthSegment(index)
-            # the tag itself: vtkSegment.SetTerminology, which sets it, exists only from Slicer 5.10
-            segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(),
-                           terminology_entry(value_to_class[segment.GetLabelValue()]))
-        return segmentation, labelmap
+        return labelmap, segmentation
 
     def add_heatmap(self, canonical: np.ndarray, name: str, colour: str = "heat", transparent_below: float = 0.1):
         """A float map (canonical) as a scalar volume with a BrainTumorExplain colour table, windowed to its own
@@ -250,6 +288,17 @@ class RunOutputs:
         display.SetLowerThreshold(transparent_below * peak if peak > 0 else 1.0)
         display.SetUpperThreshold(max(peak, 1.0) * 10)
         return node
+
+
+def jump_to_review_point(scene, points, index: int) -> tuple[float, float, float]:
+    """Centre every slice view on point ``index`` of a review point list (its world position: the point list's
+    transform applied); returns that position (RAS, mm)."""
+    if not 0 <= index < points.GetNumberOfControlPoints():
+        raise ValueError(f"{points.GetName()!r} has no point {index + 1} (it has {points.GetNumberOfControlPoints()})")
+    position = [0.0, 0.0, 0.0]
+    points.GetNthControlPointPositionWorld(index, position)
+    slicer.vtkMRMLSliceNode.JumpAllSlices(scene, *position, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+    return tuple(position)
 
 
 def show_overlay(scene, background, foreground=None, opacity: float = 0.5, label=None) -> None:
@@ -272,6 +321,13 @@ def application_logic(scene):
     return logic
 
 
+def _register_markups_storage(scene) -> None:
+    """Point lists are stored as markups JSON files: desktop Slicer's Markups module registers that storage class
+    with the scene; a bare MRML scene (slicer-core) has to be told, else it saves and reads no points."""
+    if not scene.IsNodeClassRegistered("vtkMRMLMarkupsJsonStorageNode"):
+        scene.RegisterNodeClass(slicer.vtkMRMLMarkupsJsonStorageNode())
+
+
 def save_scene_bundle(scene, path: str | Path, slicer_version: str = "Slicer 5.8.1 33241") -> Path:
     """The whole scene as a Slicer data bundle (``.mrb``: the scene file plus every node's data).
 
@@ -289,6 +345,7 @@ def save_scene_bundle(scene, path: str | Path, slicer_version: str = "Slicer 5.8
         bundle.mkdir()
         if not scene.GetVersion():
             scene.SetVersion(slicer_version)
+        _register_markups_storage(scene)
         if not logic.SaveSceneToSlicerDataBundleDirectory(str(bundle), None):
             raise ValueError(f"{path}: Slicer could not write the scene bundle")
         partial = path.with_name(path.name + ".partial")
@@ -311,6 +368,7 @@ def open_scene_bundle(path: str | Path):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such scene bundle")
     scene = slicer.vtkMRMLScene()
+    _register_markups_storage(scene)
     logic = slicer.vtkSlicerApplicationLogic()
     logic.SetMRMLScene(scene)
     work = Path(tempfile.mkdtemp(prefix="bte_mrb_open_"))

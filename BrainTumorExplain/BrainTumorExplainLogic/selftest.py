@@ -49,11 +49,14 @@ def _assert_on_reference(run: RunOutputs, reference) -> None:
     for node in run.nodes:
         if node.IsA("vtkMRMLVolumeNode"):
             assert np.array_equal(ijk_to_ras(node), expected), f"{node.GetName()} is off the FLAIR's geometry"
-    segmentations = [n for n in run.nodes if n.IsA("vtkMRMLSegmentationNode")]
-    assert len(segmentations) == 1, segmentations
-    segments = segmentations[0].GetSegmentation()
+    segmentations = {n.GetName(): n for n in run.nodes if n.IsA("vtkMRMLSegmentationNode")}
+    assert set(segmentations) <= {"Tumour segmentation", "Review regions"}, list(segmentations)
+    segments = segmentations["Tumour segmentation"].GetSegmentation()
     names = {segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())}
     assert names and names <= {entry[0] for entry in TUMOUR_SEGMENTS.values()}, names
+    if "Review regions" in segmentations:  # one segment and one point per region to review
+        review = segmentations["Review regions"].GetSegmentation()
+        assert run.review_points.GetNumberOfControlPoints() == review.GetNumberOfSegments() > 0
 
 
 def check_results_push(scene, case_folder: str | Path, terminologies_logic=None) -> None:
@@ -112,5 +115,6 @@ def check_explain_round_trip(scene, case_folder: str | Path, settings=QUICK_CHEC
     assert {"uncertainty", "entropy", "mutual_information"} <= set(overlays)
     assert scene.GetNumberOfNodes() > count_before
     _assert_untouched(nodes, before)
-    assert len(nodes_of_class(scene, "vtkMRMLSegmentationNode")) == 1
+    made = [node for node in nodes_of_class(scene, "vtkMRMLSegmentationNode") if node not in run.nodes]
+    assert not made, f"segmentations outside the run's folder: {[node.GetName() for node in made]}"
     return summary

@@ -300,6 +300,30 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def output_kind(model) -> str:
+    """``softmax`` (classes) or ``sigmoid`` (regions): what a network's outputs are (the paper's: softmax)."""
+    from ..models.volume import DescribedNetwork
+
+    return model.description.outputs if isinstance(model, DescribedNetwork) else "softmax"
+
+
+def deterministic_entropy(model, probabilities: np.ndarray) -> np.ndarray:
+    """The predictive entropy (nats) of a network's deterministic output ``(C, Z, Y, X)`` — softmax classes or
+    sigmoid regions, as the network makes them: the control every uncertainty map is held against."""
+    return predictive_entropy(torch.from_numpy(probabilities)[None], output_kind(model))[0].numpy()
+
+
+def decision_entropy(probabilities: np.ndarray, outputs: str) -> np.ndarray:
+    """Per voxel of ``(C, Z, Y, X)`` probabilities, the entropy (nats) of its most uncertain decision: the
+    categorical entropy over softmax classes (one decision), the highest binary entropy over sigmoid regions (one
+    decision per region). One scale whatever the head — an 80/20 call is 0.50 nats either way — where the predictive
+    entropy of region outputs sums the regions' (a voxel unsure of WT, TC and ET counts three times)."""
+    p = torch.from_numpy(np.asarray(probabilities, dtype=np.float32))
+    if outputs == "softmax":
+        return (-torch.special.xlogy(p, p).sum(0)).numpy()
+    return (-(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p))).amax(0).numpy()
+
+
 def deterministic_control(model, case: Case, device: str | torch.device | None = None,
                           probabilities: np.ndarray | None = None) -> dict:
     """The control of every uncertainty map: the predictive entropy of the network's own deterministic prediction
@@ -308,14 +332,12 @@ def deterministic_control(model, case: Case, device: str | torch.device | None =
     is uncertain at its boundaries without any sampling. ``probabilities``: that prediction, when already made (the
     segmentation's, in ``explain``)."""
     from ..models.inference import case_probabilities, labels_from_probabilities
-    from ..models.volume import DescribedNetwork
 
     if case.labels is None:
         raise UsageError(f"{case.case_id}: the deterministic control needs ground truth (a _seg file)")
-    outputs = model.description.outputs if isinstance(model, DescribedNetwork) else "softmax"
     if probabilities is None:
         probabilities = case_probabilities(model, case, device=device)
-    entropy = predictive_entropy(torch.from_numpy(probabilities)[None], outputs)[0].numpy()
+    entropy = deterministic_entropy(model, probabilities)
     brain = case.brain_mask
     wrong = (labels_from_probabilities(model, probabilities) != case.labels)[brain]
     return {"map": "entropy of one deterministic pass (no sampling)", "error_rate": float(wrong.mean()),

@@ -221,11 +221,30 @@ def _explain_and_print(source, out: Path, config, progress: str = "text") -> int
         print(f"concepts the network detects beyond its controls (random weights, raw input): "
               f"{', '.join(learned) or 'none'}; not beyond them: "
               f"{', '.join(row['concept'] for row in controls if not row['learned']) or 'none'}", file=stream)
+    review = summary.get("review")
+    if review:
+        print(_review_text(review), file=stream)
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()), file=stream)
     if summary.get("scene") == SCENE:
         print(f"Slicer scene: {out / SCENE}", file=stream)
     print(f"report: {out / REPORT}", file=stream)
     return 0
+
+
+def _review_text(review: dict) -> str:
+    """Where to look, in one line: the regions to review and, with ground truth, what the first of them hold."""
+    regions = review["regions"]
+    text = (f"where to look: {len(regions)} regions to review" + (
+        f", the first {regions[0]['volume_mm3']:.0f} mm³ at RAS "
+        f"({', '.join(f'{v:.0f}' for v in regions[0]['place']['ras'])})" if regions else ""))
+    top = review.get("coverage", {}).get("top", {})
+    if top and list(top.values())[-1]["errors_inside"] is not None:
+        k, found = list(top.items())[-1]
+        band = found.get("boundary")
+        text += (f"; the top {k} hold {found['errors_inside']:.0%} of the misclassified voxels (as much volume at "
+                 f"random: {found['random']['errors_inside']['mean']:.0%}"
+                 + (f", along the tumour's surface: {band['errors_inside']:.0%}" if band else "") + ")")
+    return text
 
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:

@@ -23,8 +23,8 @@ from typing import Iterator, TextIO
 
 from ..errors import InputError
 
-STAGES: tuple[str, ...] = ("load", "segmentation", "uncertainty", "gradcam", "concepts", "featviz", "scene",
-                           "report")
+STAGES: tuple[str, ...] = ("load", "segmentation", "uncertainty", "gradcam", "concepts", "review", "featviz",
+                           "scene", "report")
 PROGRESS_FORMATS: tuple[str, ...] = ("text", "json")
 SUMMARY_SCHEMA = 1
 
@@ -37,6 +37,7 @@ FIGURES = "figures"
 GRADCAM = "gradcam"
 CONCEPTS = "concepts"
 FEATVIZ = "featviz"
+REVIEW = "review.nii.gz"  # the review regions, region n = rank n (summary.json's review.regions say why)
 REGISTRATION = "registration"
 PREPROCESSING = "preprocessing.json"  # what the preprocess verb did (summary.json's parts on it)
 BRAIN_MASK = "brain_mask.nii.gz"  # written when the brain was masked by the atlas or the user's mask
@@ -65,6 +66,12 @@ def gradcam_key(target: str) -> str:
     from ..data.labels import CLASS_KEYS, CLASS_NAMES
 
     return CLASS_KEYS[CLASS_NAMES.index(target)] if target in CLASS_NAMES else target.lower()
+
+
+def last_explained_layer(layers: list[str]) -> str:
+    """The layer whose Grad-CAM the scene, its slice figure and the lesion table show: the last before the network's
+    head (the last, when there is none)."""
+    return next((layer for layer in reversed(layers) if layer != "head"), layers[-1])
 
 
 def concept_file(layer: str, filter_index: int, concept: str) -> str:

@@ -332,3 +332,32 @@ def featviz_sweep(sweep: dict[str, list], path: str | Path, title: str = "", dpi
     figure.suptitle(title or "regulariser sweep (first channel)", color="white", fontsize=9)
     figure.tight_layout(rect=(0, 0, 1, 0.93))
     return _save(figure, path, dpi)
+
+
+def review_figure(case: Case, labels: np.ndarray, entropy: np.ndarray, review: np.ndarray, regions: list,
+                  path: str | Path, uncertain: float, title: str = "", half_width: int = 40, dpi: int = 100) -> Path:
+    """The review regions ranked first, one panel each (:class:`analyses.review.ReviewRegion`): the axial slice
+    through the region's place, ``half_width`` voxels around it — FLAIR, the entropy from ``uncertain`` nats up in
+    red, the predicted tumour's outline (yellow) and the region's (cyan). All arrays on ``case``'s grid."""
+    count = max(len(regions), 1)
+    figure, axes = _subplots(1, count, figsize=(2.6 * count, 3.0), squeeze=False, facecolor="black")
+    window = _window(case.images[0], case.brain_mask)
+    top = max(float(entropy.max()), uncertain * 1.01)
+    for ax, region in zip(axes[0], regions):
+        z, y, x = region.place.canonical
+        rows = slice(max(y - half_width, 0), y + half_width)
+        columns = slice(max(x - half_width, 0), x + half_width)
+        ax.imshow(_masked(case, 0, z)[rows, columns], cmap="gray", vmin=window[0], vmax=window[1])
+        ax.imshow(np.ma.masked_less(entropy[z][rows, columns], uncertain), cmap=UNCERTAINTY_REDS, vmin=0, vmax=top)
+        for mask, colour, width in (((labels[z] > 0)[rows, columns], "yellow", 0.8),
+                                    ((review[z] == region.rank)[rows, columns], "cyan", 1.6)):  # the region on top
+            if mask.any() and not mask.all():
+                ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=width)
+        ax.set_title(f"#{region.rank}: {region.volume_mm3:.0f} mm³, z={z}", color="white", fontsize=8)
+        ax.set_axis_off()
+    if not regions:
+        axes[0, 0].text(0.5, 0.5, "nothing to review", color="white", ha="center", transform=axes[0, 0].transAxes)
+        axes[0, 0].set_axis_off()
+    figure.suptitle(title, color="white", fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 0.92))
+    return _save(figure, path, dpi)

@@ -122,6 +122,76 @@ def preprocessing_lines(summary: dict) -> list[str]:
     return lines + [f"warning: {warning}" for warning in summary.get("domain", {}).get("warnings", [])]
 
 
+REVIEW_HEADER = ["#", "volume (mm³)", "mean entropy (nats)", "centre (RAS, mm)", "slice (k)", "why"]
+LESION_HEADER = ["region", "#", "match", "volume (mm³)", "Dice", "mean entropy (nats)", "Grad-CAM share (last layer)",
+                 "Grad-CAM concentrates at", "detectors inside"]
+
+
+def review_rows(review: dict) -> list[list[str]]:
+    """The review list of a run's ``summary["review"]`` as table rows (:data:`REVIEW_HEADER`), ranked: the report's
+    and the Slicer panel's."""
+    return [[str(r["rank"]), f"{r['volume_mm3']:.0f}", f"{r['mean_entropy']:.2f}",
+             ", ".join(f"{v:.1f}" for v in r["place"]["ras"]), str(r["place"]["ijk"][2]), r["why"]]
+            for r in review.get("regions", [])]
+
+
+def lesion_rows(review: dict) -> list[list[str]]:
+    """Every lesion of a run's ``summary["review"]`` as table rows (:data:`LESION_HEADER`): Grad-CAM per target
+    (``target: share``), the detectors that fire inside (``layer #filter: concept share``)."""
+    rows = []
+    for row in review.get("lesions", []):
+        entropy = row["uncertainty"].get("entropy", {}).get("mean")
+        rows.append([row["region"], str(row["number"]), row["match"] or "–", f"{row['volume_mm3']:.0f}",
+                     _fmt(row["dice"]) if row["dice"] is not None else "–",
+                     f"{entropy:.3f}" if entropy is not None else "–",
+                     "; ".join(f"{t}: {v['last_layer']:.2f}" for t, v in row["gradcam"].items()) or "–",
+                     "; ".join(f"{t}: {v['first_concentrated'] or 'none'}" for t, v in row["gradcam"].items()) or "–",
+                     "; ".join(f"{name} {share:.2f}" for name, share in row["detectors"].items()) or "–"])
+    return rows
+
+
+def _review_section(review: dict | None) -> str:
+    """The lesion table and the review list; with ground truth, how well they point at the errors."""
+    if not review:
+        return ""
+    parts = ["<h2>Where to look</h2>",
+             f"<p>Regions to review, ranked by their uncertainty mass (Σ entropy × volume; "
+             f"{html.escape(review['ranked_by'])}): connected uncertain voxels (≥ {review['uncertain_nats']} nats) "
+             f"and predicted lesions the network is unsure of (mean ≥ {review['low_confidence_nats']} nats). No "
+             f"ground truth is used. In Slicer: the <i>Review regions</i> segmentation and the <i>Review points</i> "
+             f"list.</p>",
+             _table(review_rows(review), REVIEW_HEADER) if review.get("regions") else "<p>Nothing to review.</p>"]
+    coverage = review.get("coverage")
+    if coverage and coverage["top"]:
+        rows = [[k] + [cell for name in ("errors_inside", "error_lesions_hit") for cell in (
+                    _fmt(v[name]), _spread_text(v["random"][name]),
+                    _fmt(v["boundary"][name]) if v.get("boundary") else "–")]
+                for k, v in coverage["top"].items()]
+        parts.append(f"<p>Against the ground truth: the share of the {coverage['errors']} misclassified voxels inside "
+                     f"the top-k regions and of the {coverage['error_lesions']} false-positive or missed lesions they "
+                     f"touch, beside two controls of the same volume: the same shapes placed at random in the brain "
+                     f"({coverage['draws']} draws, seed {coverage['seed']}; mean [2.5–97.5 %]) and the band along "
+                     f"the predicted tumour's surface.</p>"
+                     + _table(rows, ["top k", "errors inside", "random", "surface band", "FP/FN lesions touched",
+                                     "random", "surface band"]))
+    parts.append(f"<p>Every lesion per region: predicted components and, with ground truth, the missed lesions "
+                 f"(BraTS 2023 matching). Grad-CAM: the share of each target's mass in the brain inside the lesion "
+                 f"at the last layer before the head, and the first layer where it reaches {review['concentrated']}× "
+                 f"a flat map's; detectors: those whose concept mask covers ≥ {review['fires']} of it.</p>"
+                 + _table(lesion_rows(review), LESION_HEADER))
+    auroc = review.get("lesion_auroc")
+    if auroc:
+        rows = [[name, _fmt(value) if value is not None else "–"] for name, value in auroc["auroc"].items()]
+        parts.append(f"<p>Does a lesion's mean uncertainty tell false positives ({auroc['fp']}) from true positives "
+                     f"({auroc['tp']})? AUROC per map, the deterministic entropy its control (one case: not a "
+                     f"measurement, see docs/analyses.md for the held-out set).</p>" + _table(rows, ["map", "AUROC"]))
+    return "".join(parts)
+
+
+def _spread_text(spread: dict | None) -> str:
+    return "–" if spread is None else f"{spread['mean']:.3f} [{spread['low']:.3f}–{spread['high']:.3f}]"
+
+
 def write_report(summary: dict, run_folder: Path, path: Path, figures: list[tuple[str, str, str]]) -> Path:
     """Write ``report.html`` for a run folder: the summary's numbers, then each of ``figures`` (file under the run
     folder, heading, what to look at) that the run made."""
@@ -153,6 +223,7 @@ def write_report(summary: dict, run_folder: Path, path: Path, figures: list[tupl
                      + _table(rows, ["concept", "layer", "filter", "dataset IoU", "control IoU", "IoU here"]))
     parts.append(_controls_section(concepts))
     parts.append(_gradcam_controls_section(summary.get("gradcam", {}).get("controls")))
+    parts.append(_review_section(summary.get("review")))
     for relative, heading, caption in figures:
         figure = run_folder / relative
         if figure.is_file():

@@ -125,6 +125,22 @@ class ReferenceGrid:
         direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
         return np.asarray(self.origin) + (kji[:, ::-1] * np.asarray(self.spacing)) @ direction.T
 
+    def ijk_of(self, canonical_indices: np.ndarray) -> np.ndarray:
+        """Canonical voxel indices ``(n, 3)`` as ``(z, y, x)`` → the image file's ``(i, j, k)`` (ITK's index and
+        Slicer's IJK)."""
+        canonical_indices = np.atleast_2d(np.asarray(canonical_indices, dtype=np.int64))
+        shape = np.asarray(self.canonical_shape)
+        flips = np.asarray(self.reorientation.flips)
+        unflipped = np.where(flips, shape - 1 - canonical_indices, canonical_indices)
+        kji = np.empty_like(unflipped)
+        kji[:, list(self.reorientation.axes)] = unflipped
+        return kji[:, ::-1]
+
+    def world_of(self, canonical_indices: np.ndarray) -> np.ndarray:
+        """Canonical voxel indices ``(n, 3)`` → their world (LPS, mm) positions."""
+        direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        return np.asarray(self.origin) + (self.ijk_of(canonical_indices) * np.asarray(self.spacing)) @ direction.T
+
     def to_image(self, canonical_array: np.ndarray) -> sitk.Image:
         """Canonical ``(z, y, x)`` array → image on this grid, geometry copied exactly."""
         import SimpleITK as sitk

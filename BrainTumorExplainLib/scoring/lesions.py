@@ -32,7 +32,7 @@ lesions by dilation, and its glioma configuration reads label 3 as ET and label 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -80,6 +80,12 @@ class LesionScores:
     specificity: float
     lesions: tuple[Lesion, ...]
     false_positive_volumes_mm3: tuple[float, ...]
+    # The labellings the scores came from, inside ``box`` (the crop of the volume that holds every lesion): predicted
+    # 26-connected components (``Lesion.matches`` are their labels) and merged ground-truth lesions (label i + 1 is
+    # ``lesions[i]``); None when both masks are empty.
+    box: tuple[slice, ...] | None = field(default=None, repr=False, compare=False)
+    predicted_labels: np.ndarray | None = field(default=None, repr=False, compare=False)
+    lesion_labels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, float | int]:
         return {"lesion_dice": self.dice, "lesion_hd95_mm": self.hd95_mm, "lesion_tp": self.tp,
@@ -155,7 +161,7 @@ def lesion_wise(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float,
     hd95 = (sum(lesion.hd95_mm for lesion in scored) + MISS_HD95_MM * len(false_positives)) / count if count else 0.0
     return LesionScores(dice, hd95, sum(1 for lesion in scored if lesion.matches),
                         len(false_positives), sum(1 for lesion in scored if not lesion.matches),
-                        sensitivity, specificity, tuple(lesions), false_positives)
+                        sensitivity, specificity, tuple(lesions), false_positives, box, predicted, lesions_of)
 
 
 def _merged_lesions(truth: np.ndarray, dilation: int) -> np.ndarray:

@@ -14,9 +14,10 @@ from typing import Any
 
 from ..contract import figure_file
 from ..settings import ExplainConfig
-from . import concepts, featviz, gradcam, scene, segmentation, uncertainty
+from . import concepts, featviz, gradcam, review, scene, segmentation, uncertainty
 
-ANALYSES = (segmentation, uncertainty, gradcam, concepts, featviz)  # in run order, before the scene and the report
+# in run order, before the scene and the report
+ANALYSES = (segmentation, uncertainty, gradcam, concepts, review, featviz)
 WITH_FIGURES = (*ANALYSES, scene)
 
 

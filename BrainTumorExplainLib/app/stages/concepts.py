@@ -70,6 +70,8 @@ def run(run) -> None:
                                "iou_cutoff": dissection.iou_cutoff, "detectors": detectors,
                                **controls_summary(dissection)}
     run.handed_on["detectors"] = picks
+    run.handed_on["concept_masks"] = {f"{layer} #{index}: {concept}": masks[(layer, index)]  # for the review
+                                      for concept, (layer, index) in zip(best, picks)}
     if detectors:
         z = run.z
         panels = [(f"{d['layer']} #{d['filter']}: {d['concept']}", masks[(d["layer"], d["filter"])][z],

@@ -46,6 +46,7 @@ def run(run) -> None:
         run.summary["gradcam"] = {"not_computed": str(unavailable)}
         return
     cams = compute(run)
+    run.handed_on["gradcam"] = cams  # for the review
     write_maps(cams, run.case, run.work / GRADCAM)
     table = localisation(cams, run.case)
     controls = control_localisation(run.model, run.case, cams, lambda network, slices: compute(run, network, slices))

@@ -35,8 +35,11 @@ def run(run) -> None:
     outputs = network_outputs(run.model, case)
     labels, on_input = segment(run.model, case, run.work / SEGMENTATION, outputs=outputs)
     run.handed_on["probabilities"] = outputs[0]  # the deterministic prediction: the uncertainty's control
+    run.handed_on["labels_on_input"] = on_input
     case_montage(case, run.figure("segmentation"), predicted=labels)
     if as_read.labels is not None:
-        run.summary["scores"] = scores_as_dict(score_segmentation(on_input, as_read.labels, as_read.spacing))
+        scores = score_segmentation(on_input, as_read.labels, as_read.spacing)
+        run.handed_on["lesion_scores"] = {region: score.lesions for region, score in scores.items()}
+        run.summary["scores"] = scores_as_dict(scores)
         run.summary["baseline_scores"] = scores_as_dict(  # what a non-learned threshold gets, for scale
             score_segmentation(threshold_segmentation(as_read), as_read.labels, as_read.spacing))

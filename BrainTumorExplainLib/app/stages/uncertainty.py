@@ -74,7 +74,8 @@ def run(run) -> None:
     volume = compute(run)
     write_maps(volume, run.case, run.work)
     summary = summarise(volume, run.case, mode_of(volume, run.quick, config.passes), config.seed, run.model,
-                        run.handed_on.pop("probabilities", None))
+                        run.handed_on.get("probabilities"))
+    run.handed_on["uncertainty"] = volume  # for the review
     if run.ensemble:
         summary["members"] = list(run.ensemble)  # weights files, or an nnU-Net folder's folds
     draw(volume, run.case, summary, run.figure("uncertainty"), run.figure("error_by_uncertainty"),
