@@ -282,24 +282,22 @@ def _finite(value: float) -> float | None:
 
 
 def error_lesions(scores: dict[str, LesionScores | None], shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
-    """Every false-positive component and missed lesion of every region as one id (0: none) over the volume, and
-    their count; where the regions' lesions overlap, the later region's id stands (each still counts once)."""
+    """Every false-positive component and missed lesion of every region (as :func:`_labelling` matches them) as
+    one id (0: none) over the volume, and their count; where the regions' lesions overlap, the later region's id
+    stands (each still counts once)."""
     ids = np.zeros(shape, dtype=np.int32)
     count = 0
     for region in REGIONS:
         found = scores.get(region)
-        if found is None or found.box is None:
+        if found is None:
             continue
-        crop = ids[found.box]
-        touched = {match for lesion in found.lesions for match in lesion.matches}
-        for component in range(1, int(found.predicted_labels.max()) + 1):
-            if component not in touched:
-                count += 1
-                crop[found.predicted_labels == component] = count
-        for index, lesion in enumerate(found.lesions, start=1):
-            if lesion.scored and not lesion.matches:
-                count += 1
-                crop[found.lesion_labels == index] = count
+        labels, lesions, entries = _labelling(np.zeros(shape, dtype=bool), found)
+        errors = [number for number, entry in enumerate(entries, start=1) if entry["match"] in ("FP", "FN")]
+        renumber = np.zeros(lesions + 1, dtype=np.int32)
+        renumber[errors] = np.arange(count + 1, count + 1 + len(errors))
+        renumbered = renumber[labels]
+        ids = np.where(renumbered > 0, renumbered, ids)
+        count += len(errors)
     return ids, count
 
 
