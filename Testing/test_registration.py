@@ -15,7 +15,7 @@ from conftest import explain_cheaply
 
 from BrainTumorExplainLib.data import registration
 from BrainTumorExplainLib.data.acquisition import Acquisition, reacquire
-from BrainTumorExplainLib.data.case import load_case
+from BrainTumorExplainLib.data.case import check_case_files, load_case
 from BrainTumorExplainLib.data.registration import wants_coregistration
 from BrainTumorExplainLib.errors import UsageError
 
@@ -44,8 +44,7 @@ def test_a_known_head_motion_is_found_again(small_phantom, moved):
     """Each moved sequence's registration maps every tumour point where the motion took it (error ≤ 1 mm, against a
     motion of several mm), and the registered sequence matches the unmoved one far better than the world-coordinate
     resampling does."""
-    paths = moved.modality_paths()
-    wanted, why = wants_coregistration("auto", paths)
+    wanted, why = wants_coregistration("auto", check_case_files(moved))
     assert wanted and "different grids" in why
     original = load_case(small_phantom)
     motions = MOTION.motions(original.grid)
@@ -74,11 +73,12 @@ def test_an_unmoved_case_stays_where_it_is(small_phantom):
     """Sequences on one grid are taken as co-registered (auto skips them); registered anyway, none moves by more
     than a fraction of a voxel (3 mm here) — or, where that fraction would not improve the mutual information, the
     check keeps the sequence exactly as acquired."""
-    wanted, why = wants_coregistration("auto", small_phantom.modality_paths())
+    grids = check_case_files(small_phantom)
+    wanted, why = wants_coregistration("auto", grids)
     assert not wanted and "one grid" in why
-    assert wants_coregistration("always", small_phantom.modality_paths())[0]
+    assert wants_coregistration("always", grids)[0]
     with pytest.raises(UsageError, match="--coregister yes"):
-        wants_coregistration("yes", small_phantom.modality_paths())
+        wants_coregistration("yes", grids)
     case = load_case(small_phantom, coregister=True)
     again = load_case(small_phantom, coregister=True).registrations  # seeded: the same transform again (threads
     for sequence, found in case.registrations.items():  # may reorder the metric's sums: equal to rounding)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import synthetic_case, write_image
 
 from BrainTumorExplainLib.app.cli import main
 from BrainTumorExplainLib.data.case import CaseError, load_case, read_label_file
@@ -343,6 +344,56 @@ def test_an_interrupted_explain_cleans_up_and_says_so(case, tmp_path, stop, stat
     assert process.returncode == status, error[-2000:]
     assert error.strip().splitlines()[-1].startswith("error: interrupted")
     assert not out.exists() and not list(tmp_path.glob(".run*"))
+
+
+def _damage(path: Path, how: str) -> Path:
+    """``path`` (a .nii.gz) made unreadable: text, 0 bytes, or a MetaImage under a NIfTI name; the damaged file."""
+    if how == "not an image":
+        path.write_text("not an image at all")
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:
+        image = sitk.ReadImage(str(path))
+        path.unlink()
+        path = path.with_name(path.name.replace(".nii.gz", ".nii"))
+        sitk.WriteImage(image, str(path.with_suffix(".mha")))
+        path.with_suffix(".mha").rename(path)
+    return path
+
+
+@pytest.mark.parametrize("how", ["not an image", "empty", "MetaImage named .nii"])
+def test_an_unreadable_sequence_is_named_before_any_step_reads_it(tmp_path, capsys, how):
+    """Co-registration's decision (--coregister auto) reads the headers: every file is checked first."""
+    t1 = _damage(synthetic_case(tmp_path / "case" / "X", "X")["t1"], how)
+    case = str(t1.parent)
+    for verb in (["segment", case, *SEGMENT, "--out", str(tmp_path / "s.nii.gz")],
+                 ["preprocess", case, "--out", str(tmp_path / "p")],
+                 ["explain", case, *FAST, "--no-scene", "--out", str(tmp_path / "e")]):
+        assert main(verb) == 2, verb[0]
+        assert f"{t1}: cannot read t1 image" in capsys.readouterr().err, verb[0]
+    assert not [p for p in tmp_path.iterdir() if p.name != "case"]
+
+
+@pytest.mark.parametrize("atlas", ["auto", "never"])
+def test_a_case_too_small_to_analyse_is_refused_by_name(tmp_path, capsys, atlas):
+    folder, rng = tmp_path / "Tiny", np.random.default_rng(0)
+    for modality in ("flair", "t1", "t1ce", "t2"):
+        write_image(folder / f"Tiny_{modality}.nii.gz", rng.uniform(100, 200, (2, 2, 2)).astype(np.float32))
+    assert main(["segment", str(folder), "--model", "resunet", "--device", "cpu", "--atlas", atlas,
+                 "--out", str(tmp_path / "s.nii.gz")]) == 2
+    assert f"{folder / 'Tiny_flair.nii.gz'}: flair image has size (2, 2, 2): too small to analyse" in \
+        capsys.readouterr().err
+    with pytest.raises(CaseError, match="too small to analyse"):
+        load_case(folder)
+
+
+def test_sequences_too_small_to_register_are_kept_as_acquired(tmp_path):
+    paths = synthetic_case(tmp_path / "X", "X")  # 12 x 14 x 16: analysable, too small for the registration
+    t1 = sitk.ReadImage(str(paths["t1"]))
+    t1.SetOrigin((0.5, 0.0, 0.0))  # another grid: co-registered
+    sitk.WriteImage(t1, str(paths["t1"]))
+    case = load_case(paths["flair"].parent, coregister=True)
+    assert not case.registrations["t1"].applied and "too small to register" in case.registrations["t1"].reason
 
 
 # -- the Slicer logic (slicer-core) --------------------------------------------------------------------------------------

@@ -250,28 +250,61 @@ def find_cases(data_dir: str | Path) -> list[Path]:
     return cases
 
 
-def read_image(path: Path, what: str) -> sitk.Image:
-    """Read a 3D single-component image, or raise :class:`CaseError` naming the file; the file's bytes and header
-    are checked first (:func:`imagefiles.check_image_file`: truncation, NaN in NIfTI, missing orientation)."""
+MIN_CASE_SIZE = 8  # voxels along each axis of a sequence: fewer and the brain touches every face of the box (so it
+# never looks skull-stripped) and ITK's smoothing and registrations refuse the image (a BraTS scan has 155 or more)
+
+
+def check_image(path: Path, what: str, min_size: int = 2) -> ReferenceGrid:
+    """What :func:`read_image` checks before it reads any voxel — the file exists, its bytes and header can be
+    trusted (:func:`imagefiles.check_image_file`: truncation, NaN in NIfTI, damaged geometry), ITK reads its header
+    as a 3D single-component volume of at least ``min_size`` voxels along each axis — and the grid that header
+    gives; :class:`CaseError` naming the file otherwise."""
     import SimpleITK as sitk
 
     path = Path(path)
     if not path.is_file():
         raise CaseError(f"{path}: {what} file does not exist")
     check_image_file(path, what)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
     except RuntimeError as error:
         raise CaseError(f"{path}: cannot read {what} image ({itk_reason(error)})") from None
-    if image.GetDimension() != 3:
-        raise CaseError(f"{path}: {what} image is {image.GetDimension()}D, expected a 3D volume")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise CaseError(
-            f"{path}: {what} image has {image.GetNumberOfComponentsPerPixel()} components per voxel, expected 1"
-        )
-    if min(image.GetSize()) < 2:
-        raise CaseError(f"{path}: {what} image has size {image.GetSize()}, expected a 3D volume")
-    return image
+    if reader.GetDimension() != 3:
+        raise CaseError(f"{path}: {what} image is {reader.GetDimension()}D, expected a 3D volume")
+    if reader.GetNumberOfComponents() != 1:
+        raise CaseError(f"{path}: {what} image has {reader.GetNumberOfComponents()} components per voxel, expected 1")
+    size = tuple(int(n) for n in reader.GetSize())
+    if min(size) < 2:
+        raise CaseError(f"{path}: {what} image has size {size}, expected a 3D volume")
+    if min(size) < min_size:
+        raise CaseError(f"{path}: {what} image has size {size}: too small to analyse (a case's sequences need at "
+                        f"least {min_size} voxels along each axis)")
+    return ReferenceGrid.from_image(reader)
+
+
+def check_case_files(files: CaseFiles) -> dict[str, ReferenceGrid]:
+    """Every file of the case checked as :func:`read_image` checks it (:func:`check_image`; the sequences at least
+    :data:`MIN_CASE_SIZE` voxels along each axis), before anything reads one, and the grid of each by role."""
+    paths = {**files.modality_paths(), "seg": files.seg, "tissue": files.tissue}
+    return {role: check_image(Path(path), "segmentation" if role == "seg" else role,
+                              MIN_CASE_SIZE if role in MODALITIES else 2)
+            for role, path in paths.items() if path is not None}
+
+
+def read_image(path: Path, what: str, checked: bool = False) -> sitk.Image:
+    """Read a 3D single-component image, or raise :class:`CaseError` naming the file; the file is checked first
+    (:func:`check_image`) unless ``checked`` says it just was."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not checked:
+        check_image(path, what)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise CaseError(f"{path}: cannot read {what} image ({itk_reason(error)})") from None
 
 
 def _on_reference(image: sitk.Image, path: Path, what: str, grid: ReferenceGrid, reference: sitk.Image,
@@ -313,6 +346,7 @@ def load_case(
     reference: str = "flair",
     on_grid_mismatch: str = "resample",
     coregister: bool = False,
+    checked: bool = False,
 ) -> Case:
     """Read, validate and normalise one case.
 
@@ -325,6 +359,7 @@ def load_case(
         on_grid_mismatch: ``resample`` (linear for images, nearest for labels, with a warning) or ``error``.
         coregister: register every other sequence rigidly onto the reference first (:mod:`data.registration`);
             the registrations, applied or refused by their check, are in :attr:`Case.registrations`.
+        checked: the files were just checked by :func:`check_case_files` (which otherwise runs first here).
 
     Raises:
         CaseError: naming the file and the problem (missing/duplicate modality, not 3D, unreadable, grid mismatch,
@@ -350,14 +385,16 @@ def load_case(
         if resolved in seen:
             raise CaseError(f"{path}: the same file is given as {seen[resolved]} and {modality}")
         seen[resolved] = modality
+    if not checked:
+        check_case_files(files)  # every file, before any is read
     reference_path = Path(paths[reference])
-    reference_image = read_image(reference_path, reference)
+    reference_image = read_image(reference_path, reference, checked=True)
     grid = ReferenceGrid.from_image(reference_image)
     onto = (grid, reference_image, reference_path, on_grid_mismatch)
     registrations: dict = {}
     volumes = []
     for m in MODALITIES:
-        image = reference_image if m == reference else read_image(Path(paths[m]), m)
+        image = reference_image if m == reference else read_image(Path(paths[m]), m, checked=True)
         if coregister and m != reference:
             from .registration import onto_reference, rigid_registration
 
@@ -421,9 +458,10 @@ def _label_values(array: np.ndarray, path: Path, what: str) -> np.ndarray:
 
 def _read_labels(path: Path, what: str, grid: ReferenceGrid, reference: sitk.Image, reference_path: Path,
                  on_grid_mismatch: str) -> np.ndarray:
+    """A label file of the case (checked with the others by :func:`check_case_files`) on the reference grid."""
     import SimpleITK as sitk
 
-    image = read_image(Path(path), what)
+    image = read_image(Path(path), what, checked=True)
     image = _on_reference(image, Path(path), what, grid, reference, reference_path, on_grid_mismatch,
                           sitk.sitkNearestNeighbor)
     return grid.to_canonical(_label_values(sitk.GetArrayFromImage(image), path, what))

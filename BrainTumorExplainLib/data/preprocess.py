@@ -32,6 +32,7 @@ from .case import (
     MODALITIES,
     Case,
     CaseFiles,
+    check_case_files,
     find_case_files,
     load_case,
     read_canonical,
@@ -82,8 +83,9 @@ def preprocess(files: CaseFiles | str | Path, training_spacing: tuple[float, flo
     from .resample import raw_sequences
 
     files = files if isinstance(files, CaseFiles) else find_case_files(files)
-    wanted, coregistration_why = wants_coregistration(coregister, files.modality_paths())
     check_brain_mask(brain_mask)
+    grids = check_case_files(files)  # every file checked once, before any step reads its header
+    wanted, coregistration_why = wants_coregistration(coregister, grids)
     clock = time.perf_counter()
     seconds = {}
 
@@ -91,7 +93,7 @@ def preprocess(files: CaseFiles | str | Path, training_spacing: tuple[float, flo
         nonlocal clock
         seconds[step], clock = time.perf_counter() - clock, time.perf_counter()
 
-    case = load_case(files, coregister=wanted)
+    case = load_case(files, coregister=wanted, checked=True)
     lap("read and co-register" if wanted else "read")
     stripped = looks_skull_stripped(case.brain_mask)
     not_preprocessed = (["its sequences lay on different grids"] if wanted else []) + (

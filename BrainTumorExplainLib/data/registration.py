@@ -28,8 +28,11 @@ from ..errors import UsageError
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
+    from .grid import ReferenceGrid
+
 MAX_MOTION_MM = 30.0  # a registration that moves a corner of the reference's box further than this is not believed
 _SHRINK, _SMOOTH_MM = (4, 2, 1), (2.0, 1.0, 0.0)
+MIN_SIZE = 4 * _SHRINK[0]  # voxels along each axis: below, the coarsest level has too few to sample (ITK fails)
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,11 @@ def rigid_registration(fixed: "sitk.Image", moving: "sitk.Image", sequence: str,
     centre = fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()])
     initial = sitk.Euler3DTransform()
     initial.SetCenter(centre)
+    if min(fixed.GetSize() + moving.GetSize()) < MIN_SIZE:
+        before = mutual_information(fixed, moving, initial)
+        return Registration(sequence, reference, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), tuple(float(c) for c in centre),
+                            before, before, 0.0, applied=False,
+                            reason=f"too small to register (fewer than {MIN_SIZE} voxels along an axis)")
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
@@ -171,30 +179,24 @@ def onto_reference(moving: "sitk.Image", fixed: "sitk.Image", registration: Regi
 COREGISTER_MODES = ("auto", "always", "never")
 
 
-def sequences_share_one_grid(paths: dict[str, str | Path]) -> bool:
-    """Whether the files lie on one grid, read from their headers alone (BraTS-preprocessed sequences do; separate
-    acquisitions almost never do)."""
-    import SimpleITK as sitk
+def sequences_share_one_grid(grids: dict[str, "ReferenceGrid"]) -> bool:
+    """Whether the four sequences lie on one grid, from the grids of a case's files by role
+    (:func:`data.case.check_case_files`, which checks each file before reading its header; BraTS-preprocessed
+    sequences do, separate acquisitions almost never do)."""
+    from .case import MODALITIES
 
-    from .grid import ReferenceGrid
-
-    grids = []
-    for path in paths.values():
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
-        grids.append(ReferenceGrid(tuple(int(n) for n in reader.GetSize()), tuple(reader.GetSpacing()),
-                                   tuple(reader.GetOrigin()), tuple(reader.GetDirection())))
-    return all(grids[0].matches(grid) for grid in grids[1:])
+    first, *others = (grids[m] for m in MODALITIES)
+    return all(first.matches(grid) for grid in others)
 
 
-def wants_coregistration(mode: str, paths: dict[str, str | Path]) -> tuple[bool, str]:
-    """Whether to co-register (``mode``: auto, always, never) and why, for the summary."""
+def wants_coregistration(mode: str, grids: dict[str, "ReferenceGrid"]) -> tuple[bool, str]:
+    """Whether to co-register (``mode``: auto, always, never) a case whose files have ``grids``
+    (:func:`data.case.check_case_files`) and why, for the summary."""
     if mode not in COREGISTER_MODES:
         raise UsageError(f"--coregister {mode}: expected one of {', '.join(COREGISTER_MODES)}")
     if mode != "auto":
         return mode == "always", f"--coregister {mode}"
-    if sequences_share_one_grid(paths):
+    if sequences_share_one_grid(grids):
         return False, "the four sequences share one grid, as co-registered (BraTS-preprocessed) data do"
     return True, "the sequences lie on different grids, as separate acquisitions do"
 
