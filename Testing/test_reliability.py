@@ -308,6 +308,37 @@ def test_phantom_spacing_zero_is_one_line(tmp_path):
     _one_error_line(_cli("phantom", "--out", str(tmp_path), "--spacing", "0"), "--spacing 0")
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-5"])
+def test_the_lesion_volume_threshold_is_a_finite_volume(tmp_path, capsys, value):
+    """NaN dropped every true lesion (Dice 1.000 with TP/FP/FN 0/0/0); -5 acted as 0."""
+    seg = str(write_image(tmp_path / "seg.nii.gz", np.zeros((8, 8, 8), np.uint8)))
+    assert main(["score", "--pred", seg, "--gt", seg, "--min-lesion-mm3", value]) == 2
+    assert capsys.readouterr().err == f"error: --min-lesion-mm3 {value}: expected a finite number ≥ 0\n"
+
+
+def test_every_numeric_option_is_finite_and_in_range():
+    """Every verb's every numeric option refuses NaN, infinity and a huge negative number when it is read, naming
+    itself (a range check alone lets NaN through)."""
+    import argparse
+    import re
+
+    from BrainTumorExplainLib.app.cli import build_parser
+    from BrainTumorExplainLib.errors import UsageError
+
+    parser = build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    checked = []
+    for verb, sub in verbs.items():
+        for action in sub._actions:
+            if action.option_strings and (action.type in (int, float) or hasattr(action, "bounds")):
+                flag = action.option_strings[-1]
+                for value in ("nan", "inf", "-1000000000"):
+                    with pytest.raises(UsageError, match=re.escape(f"{flag} {value}: expected")):
+                        parser.parse_args([verb, flag, value])
+                checked.append(f"{verb} {flag}")
+    assert len(checked) > 50 and "score --min-lesion-mm3" in checked and "explain --seed" in checked
+
+
 def test_options_are_checked_before_any_work(case, tmp_path):
     for option, words in ((["--layers", "enc9"], "valid layers"), (["--classes", "xx"], "--classes xx")):
         result = _cli("explain", str(case), *FAST, *option, "--out", str(tmp_path / "e"))

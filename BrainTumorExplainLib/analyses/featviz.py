@@ -51,6 +51,7 @@ from ..progress import progress_bar
 
 Network = SegmentationNet | DescribedNetwork
 VOLUME_SIZE = 32  # a 3D pre-image's voxels per side by default (4×32³ takes ~0.15 s a filter a step on 2 CPU cores)
+MIN_SIZE = 8  # the smallest pre-image (and template) side
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,8 @@ class FeatvizConfig:
     def __post_init__(self) -> None:
         if self.start not in ("template", "noise"):
             raise UsageError(f"start must be 'template' or 'noise', got {self.start!r}")
-        if self.steps < 1 or self.size < 8:
-            raise UsageError(f"need steps ≥ 1 and size ≥ 8, got {self.steps}, {self.size}")
+        if self.steps < 1 or self.size < MIN_SIZE:
+            raise UsageError(f"need steps ≥ 1 and size ≥ {MIN_SIZE}, got {self.steps}, {self.size}")
     seed: int = 0
 
 

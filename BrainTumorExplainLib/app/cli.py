@@ -32,8 +32,10 @@ from .settings import (
     MODEL_NAMES,
     ExplainConfig,
     add_config_options,
+    check_number,
     config_from_arguments,
     help_of,
+    number_option,
     resolve_device,
     split_files,
 )
@@ -46,13 +48,16 @@ def _add_overwrite(p: argparse.ArgumentParser, what: str = "OUT") -> None:
 
 
 def _add_phantom(sub: argparse._SubParsersAction) -> None:
+    from ..data.phantom import SPACING_RANGE_MM
+
     p = sub.add_parser("phantom", help="generate BraTS-like phantom cases on the MNI ICBM152 anatomy",
                        description="Writes OUT/Phantom_<seed>/ case folders (BraTS 2018-2021 naming, labels 0/1/2/4, "
                                    "plus _tissue: 0 bg, 1 CSF, 2 GM, 3 WM). Case i uses seed SEED+i; same seed, same files.")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--cases", type=int, default=1, help="number of cases (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first case (default 0)")
-    p.add_argument("--spacing", type=float, default=1.0, help="voxel size in mm (default 1.0: BraTS's 240x240x155)")
+    p.add_argument("--cases", default=1, help="number of cases (default 1)", **number_option(int, minimum=1))
+    p.add_argument("--seed", default=0, help="seed of the first case (default 0)", **number_option(int, minimum=0))
+    p.add_argument("--spacing", default=1.0, help="voxel size in mm (default 1.0: BraTS's 240x240x155)",
+                   **number_option(float, minimum=SPACING_RANGE_MM[0], maximum=SPACING_RANGE_MM[1]))
     p.add_argument("--montage", action="store_true", help="also write <case>/<id>_montage.png")
     _add_overwrite(p, "an existing case folder of the same seed")
     p.set_defaults(run=_run_phantom)
@@ -63,8 +68,6 @@ def _run_phantom(args: argparse.Namespace) -> int:
     from ..data.phantom import PhantomConfig, make_phantom, phantom_case_id, write_phantom_files
     from .figures import case_montage
 
-    if args.cases < 1:
-        raise UsageError(f"--cases {args.cases}: must be at least 1")
     config = PhantomConfig(spacing_mm=args.spacing)
     seeds = range(args.seed, args.seed + args.cases)
     folders = [OutputFolder(args.out / phantom_case_id(seed), (), args.overwrite, "phantom") for seed in seeds]
@@ -136,8 +139,9 @@ def _add_lesion_rule(p: argparse.ArgumentParser) -> None:
     p.add_argument("--challenge", default=DEFAULT_CHALLENGE, choices=list(CHALLENGES),
                    help=f"the BraTS 2023 challenge whose lesion-wise rule to apply (default {DEFAULT_CHALLENGE}: "
                         "ground-truth lesions merged by a 3-voxel dilation, lesions of 50 mm³ or less not scored)")
-    p.add_argument("--dilation", type=int, help="override the rule's dilation (voxels)")
-    p.add_argument("--min-lesion-mm3", type=float, help="override the rule's volume threshold (mm³)")
+    p.add_argument("--dilation", help="override the rule's dilation (voxels)", **number_option(int, minimum=0))
+    p.add_argument("--min-lesion-mm3", help="override the rule's volume threshold (mm³)",
+                   **number_option(float, minimum=0))
 
 
 def _lesion_rule(args: argparse.Namespace):
@@ -147,8 +151,6 @@ def _lesion_rule(args: argparse.Namespace):
 
     rule = CHALLENGES[args.challenge]
     if args.dilation is not None:
-        if args.dilation < 0:
-            raise UsageError(f"--dilation must be 0 or more, got {args.dilation}")
         rule = replace(rule, dilation=args.dilation)
     if args.min_lesion_mm3 is not None:
         rule = replace(rule, min_volume_mm3=args.min_lesion_mm3)
@@ -179,7 +181,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     defaults = ExplainConfig()
     p.add_argument("--model", default=defaults.model, choices=MODEL_NAMES,
                    help=f"shipped network (default {defaults.model}, the best on held-out phantoms)")
-    p.add_argument("--seed", type=int, help="generate a phantom with this seed instead of using the shipped sample")
+    p.add_argument("--seed", help="generate a phantom with this seed instead of using the shipped sample",
+                   **number_option(int, minimum=0))
     p.add_argument("--device", default=defaults.device, type=device_option, help="auto, cpu, cuda or cuda:N")
     p.set_defaults(run=_run_demo)
 
@@ -345,12 +348,13 @@ def _load_model(args: argparse.Namespace, name: str | None = None):
 
 def _add_training_options(p: argparse.ArgumentParser, defaults) -> None:
     """The options ``train`` and ``train-bundle`` share (defaults from their configs)."""
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--steps", type=int, default=defaults.steps_per_epoch, help="steps per epoch")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.learning_rate)
-    p.add_argument("--validation", type=int, default=defaults.validation_cases, help="cases held out for validation")
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--epochs", default=defaults.epochs, **number_option(int, minimum=1))
+    p.add_argument("--steps", default=defaults.steps_per_epoch, help="steps per epoch", **number_option(int, minimum=1))
+    p.add_argument("--batch-size", default=defaults.batch_size, **number_option(int, minimum=1))
+    p.add_argument("--lr", default=defaults.learning_rate, **number_option(float, above=0))
+    p.add_argument("--validation", default=defaults.validation_cases, help="cases held out for validation",
+                   **number_option(int, minimum=1))
+    p.add_argument("--seed", default=defaults.seed, **number_option(int, minimum=0))
     p.add_argument("--device", default="auto", type=device_option, help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
 
@@ -373,7 +377,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=Path, help="folder of case folders (BraTS or phantoms)")
     p.add_argument("--model", required=True, help="denseunet, resunet or simunet")
     p.add_argument("--out", required=True, type=Path, help="weights file to write (.pt)")
-    p.add_argument("--width", type=float, default=defaults.width, help=f"channel multiplier (default {defaults.width}; 1.0 = paper width)")
+    p.add_argument("--width", default=defaults.width, help=f"channel multiplier (default {defaults.width}; 1.0 = paper "
+                   "width)", **number_option(float, above=0))
     _add_training_options(p, defaults)
     _add_overwrite(p, "an existing weights file")
     p.set_defaults(run=_run_train)
@@ -407,13 +412,15 @@ def _add_train_bundle(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=Path, help="folder of case folders (BraTS or phantoms)")
     p.add_argument("--out", required=True, type=Path, help="bundle folder to write")
     p.add_argument("--name", default=defaults.name, help=f"the bundle's name (default {defaults.name})")
-    p.add_argument("--init-filters", type=int, default=defaults.init_filters,
-                   help=f"SegResNet's first width (default {defaults.init_filters})")
-    p.add_argument("--spacing", type=float, default=defaults.spacing_mm,
-                   help=f"isotropic training voxel size in mm (default {defaults.spacing_mm})")
-    p.add_argument("--crop", type=int, default=defaults.crop, help=f"training cube in voxels (default {defaults.crop})")
-    p.add_argument("--window", type=int, default=defaults.window,
-                   help=f"inference window in voxels (default {defaults.window})")
+    p.add_argument("--init-filters", default=defaults.init_filters,
+                   help=f"SegResNet's first width (default {defaults.init_filters})", **number_option(int, minimum=1))
+    p.add_argument("--spacing", default=defaults.spacing_mm,
+                   help=f"isotropic training voxel size in mm (default {defaults.spacing_mm})",
+                   **number_option(float, above=0))
+    p.add_argument("--crop", default=defaults.crop, help=f"training cube in voxels (default {defaults.crop})",
+                   **number_option(int, minimum=1))
+    p.add_argument("--window", default=defaults.window, help=f"inference window in voxels (default {defaults.window})",
+                   **number_option(int, minimum=1))
     _add_training_options(p, defaults)
     _add_overwrite(p, "an existing bundle folder written by this command")
     p.set_defaults(run=_run_train_bundle)
@@ -547,7 +554,7 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
                    help="output map pooled for y(c) (default softmax, as in the paper)")
     p.add_argument("--pool", default="image", choices=GRADCAM_POOLS, help=help_of("gradcam_pool"))
     p.add_argument("--no-volume", action="store_true", help="only the montage slices: no NIfTI, no localisation")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", default=8, **number_option(int, minimum=1))
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _add_overwrite(p)
     p.set_defaults(run=_run_gradcam)
@@ -643,21 +650,24 @@ def _add_dissect(sub: argparse._SubParsersAction) -> None:
     _add_resample(p)
     p.add_argument("--layers", default="all", help="'all' (default) or comma-separated layer names")
     p.add_argument("--concepts", help="comma-separated (default: every concept all cases have ground truth for)")
-    p.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE,
-                   help=f"threshold quantile (default {DEFAULT_QUANTILE}: the top 1%% of activations)")
-    p.add_argument("--iou", type=float, default=DEFAULT_IOU_CUTOFF,
-                   help=f"IoU a detector must reach (default {DEFAULT_IOU_CUTOFF})")
-    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+    p.add_argument("--quantile", default=DEFAULT_QUANTILE,
+                   help=f"threshold quantile (default {DEFAULT_QUANTILE}: the top 1%% of activations)",
+                   **number_option(float, above=0, below=1))
+    p.add_argument("--iou", default=DEFAULT_IOU_CUTOFF, help=f"IoU a detector must reach (default "
+                   f"{DEFAULT_IOU_CUTOFF})", **number_option(float, minimum=0, maximum=1))
+    p.add_argument("--margin", default=DEFAULT_MARGIN,
                    help=f"IoU by which a detector must beat the best control of its concept "
-                        f"(default {DEFAULT_MARGIN})")
-    p.add_argument("--control-seed", type=int, default=DEFAULT_SEED,
-                   help=f"seed of the random-weights control (default {DEFAULT_SEED})")
+                        f"(default {DEFAULT_MARGIN})", **number_option(float, minimum=0, maximum=1))
+    p.add_argument("--control-seed", default=DEFAULT_SEED,
+                   help=f"seed of the random-weights control (default {DEFAULT_SEED})", **number_option(int, minimum=0))
     p.add_argument("--no-controls", dest="controls", action="store_false",
                    help="skip the controls (they take up to as long again as the network itself): every filter "
                         "over the cutoff is then reported, and the results say that no control was measured")
-    p.add_argument("--slice-step", type=int, default=1, help="use every N-th brain slice (default 1: all)")
-    p.add_argument("--mask-cases", type=int, help="write concept-mask volumes for the first N cases only (default all)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--slice-step", default=1, help="use every N-th brain slice (default 1: all)",
+                   **number_option(int, minimum=1))
+    p.add_argument("--mask-cases", help="write concept-mask volumes for the first N cases only (default all)",
+                   **number_option(int, minimum=0))
+    p.add_argument("--batch-size", default=16, **number_option(int, minimum=1))
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _add_overwrite(p)
     p.set_defaults(run=_run_dissect)
@@ -744,11 +754,12 @@ def _add_uncertainty(sub: argparse._SubParsersAction) -> None:
     p.add_argument("case", type=Path, help="BraTS case folder")
     _add_model_arguments(p)
     _add_case_preparation(p)
-    p.add_argument("-T", "--passes", type=int, default=100, help="stochastic passes (default 100, as the paper)")
+    p.add_argument("-T", "--passes", default=100, help="stochastic passes (default 100, as the paper)",
+                   **number_option(int, minimum=2))
     p.add_argument("--quick", action="store_true", help="adaptive: 8 to 16 passes, stop when the map settles")
     p.add_argument("--agreement", action="store_true",
                    help="with --quick: also run the full T passes and print the Pearson r of the maps in the brain")
-    p.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
+    p.add_argument("--seed", default=0, help="seed of the dropout masks (default 0)", **number_option(int, minimum=0))
     p.add_argument("--ensemble", metavar="FILE,FILE,…", help=help_of("ensemble"))
     _add_batching_arguments(p)
     p.add_argument("--out", required=True, type=Path, help="output folder")
@@ -757,17 +768,16 @@ def _add_uncertainty(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_batching_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--slices-per-batch", type=int, default=None, help="slices per forward (default: by device)")
-    p.add_argument("--passes-per-forward", type=int, default=None, help="dropout passes per forward (default: by "
-                   "device; one forward carries slices × passes images)")
+    p.add_argument("--slices-per-batch", default=None, help="slices per forward (default: by device)",
+                   **number_option(int, minimum=1))
+    p.add_argument("--passes-per-forward", default=None, help="dropout passes per forward (default: by "
+                   "device; one forward carries slices × passes images)", **number_option(int, minimum=1))
 
 
 def _run_uncertainty(args: argparse.Namespace) -> int:
     from ..models.registry import load_ensemble
     from ..models.volume import fold_members
 
-    if args.passes < 2:
-        raise UsageError(f"--passes {args.passes}: test-time dropout needs at least 2 passes")
     files = split_files(args.ensemble)
     folder = OutputFolder(args.out, [args.case, args.weights, _model_folder(args.model), _mask_file(args), *files],
                           args.overwrite, "uncertainty")
@@ -834,7 +844,7 @@ def _control_text(analysis: dict) -> str:
 
 
 def _add_template(sub: argparse._SubParsersAction) -> None:
-    from ..analyses.featviz import VOLUME_SIZE
+    from ..analyses.featviz import MIN_SIZE, VOLUME_SIZE
 
     p = sub.add_parser("template", help="the dataset's mean image: the style template of feature visualisation",
                        description="Averages the z-scored sequences over every brain slice of the cases and writes "
@@ -844,7 +854,8 @@ def _add_template(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help=".npz file to write")
     p.add_argument("--model", help="a 3D network (shipped name or bundle folder) whose template to make")
     p.add_argument("--trust-bundle", action="store_true", help=help_of("trust_bundle"))
-    p.add_argument("--size", type=int, default=VOLUME_SIZE, help=f"a 3D template's voxels per side (default "
+    p.add_argument("--size", default=VOLUME_SIZE, **number_option(int, minimum=MIN_SIZE),
+                   help=f"a 3D template's voxels per side (default "
                    f"{VOLUME_SIZE})")
     _add_overwrite(p)
     p.set_defaults(run=_run_template)
@@ -883,7 +894,7 @@ def _run_template(args: argparse.Namespace) -> int:
 
 
 def _add_featviz(sub: argparse._SubParsersAction) -> None:
-    from ..analyses.featviz import VOLUME_SIZE, FeatvizConfig, Regularisers
+    from ..analyses.featviz import MIN_SIZE, VOLUME_SIZE, FeatvizConfig, Regularisers
 
     defaults, config = Regularisers(), FeatvizConfig()
     p = sub.add_parser("featviz", help="activation maximisation: the pre-image that excites a filter (paper 4)",
@@ -895,17 +906,21 @@ def _add_featviz(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", help="layer of the filters given by index alone")
     p.add_argument("--filters", required=True, help="comma-separated filter indices of --layer, or layer:index pairs "
                    "(e.g. enc2:5,dec1:3: filters of several layers optimised in one batch, as explain does)")
-    p.add_argument("--steps", type=int, default=config.steps)
-    p.add_argument("--size", type=int, help=f"pre-image size in pixels (default {config.size}; a 3D network's "
+    p.add_argument("--steps", default=config.steps, **number_option(int, minimum=1))
+    p.add_argument("--size", **number_option(int, minimum=MIN_SIZE),
+                   help=f"pre-image size in pixels (default {config.size}; a 3D network's "
                    f"voxels per side, default {VOLUME_SIZE})")
-    p.add_argument("--lr", type=float, default=config.learning_rate)
-    p.add_argument("--seed", type=int, default=config.seed)
-    p.add_argument("--jitter", type=int, default=defaults.jitter, help="pixels")
-    p.add_argument("--rotation", type=float, default=defaults.rotation, help="degrees")
-    p.add_argument("--tv", type=float, default=defaults.tv, help="total variation coefficient")
-    p.add_argument("--l2", type=float, default=defaults.l2, help="L2 coefficient")
-    p.add_argument("--style", type=float, default=defaults.style, help="style (MMD to the template) coefficient")
-    p.add_argument("--sigma", type=float, default=defaults.sigma, help="style kernel width (z-score units)")
+    p.add_argument("--lr", default=config.learning_rate, **number_option(float, above=0))
+    p.add_argument("--seed", default=config.seed, **number_option(int, minimum=0))
+    p.add_argument("--jitter", default=defaults.jitter, help="pixels", **number_option(int, minimum=0))
+    p.add_argument("--rotation", default=defaults.rotation, help="degrees",
+                   **number_option(float, minimum=0, maximum=180))
+    p.add_argument("--tv", default=defaults.tv, help="total variation coefficient", **number_option(float, minimum=0))
+    p.add_argument("--l2", default=defaults.l2, help="L2 coefficient", **number_option(float, minimum=0))
+    p.add_argument("--style", default=defaults.style, help="style (MMD to the template) coefficient",
+                   **number_option(float, minimum=0))
+    p.add_argument("--sigma", default=defaults.sigma, help="style kernel width (z-score units)",
+                   **number_option(float, above=0))
     p.add_argument("--template", type=Path, help="template .npz (default: the shipped phantom template; a 3D "
                    "network's from `template --model`)")
     p.add_argument("--sweep", action="store_true", help="also the regulariser sweep for the first filter")
@@ -988,24 +1003,25 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                                    "explain run into a scene). Results in BENCHMARKS.md come from this command.")
     p.add_argument("--case", type=Path, default=None, help="case folder or saved case (.npz); default the sample")
     p.add_argument("--model", default="resunet", help="shipped model (default resunet)")
-    p.add_argument("--width", type=float, default=None,
-                   help="time an untrained network of this width instead of the shipped weights (1.0: paper width)")
+    p.add_argument("--width", default=None, help="time an untrained network of this width instead of the shipped "
+                   "weights (1.0: paper width)", **number_option(float, above=0))
     p.add_argument("--device", default="cpu", type=device_option, help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--only", default="all", help="all (default), or some of ttd,gradcam,dissection,segmentation,"
                    "featviz,slicer")
-    p.add_argument("-T", "--passes", type=int, default=100, help="TTD passes (default 100)")
-    p.add_argument("--slices", type=int, default=None,
-                   help="evenly spaced brain slices for ttd and segmentation (default: every brain slice)")
+    p.add_argument("-T", "--passes", default=100, help="TTD passes (default 100)", **number_option(int, minimum=2))
+    p.add_argument("--slices", default=None, help="evenly spaced brain slices for ttd and segmentation (default: "
+                   "every brain slice)", **number_option(int, minimum=1))
     _add_batching_arguments(p)
     p.add_argument("--precision", choices=("float32", "bfloat16", "both"), default="float32",
                    help="TTD convolutions (bfloat16: autocast, a GPU option; both: also compares the two)")
-    p.add_argument("--gradcam-slices", type=int, default=8)
+    p.add_argument("--gradcam-slices", default=8, **number_option(int, minimum=1))
     p.add_argument("--dissection-volumes", default="4,16,48")
-    p.add_argument("--dissection-step", type=int, default=8, help="every Nth brain slice (default 8)")
+    p.add_argument("--dissection-step", default=8, help="every Nth brain slice (default 8)",
+                   **number_option(int, minimum=1))
     p.add_argument("--dissection-data", type=Path, default=None,
                    help="case folders to cycle through for the dissection (default: the bench case, repeated)")
-    p.add_argument("--featviz-filters", type=int, default=4)
-    p.add_argument("--featviz-steps", type=int, default=50)
+    p.add_argument("--featviz-filters", default=4, **number_option(int, minimum=1))
+    p.add_argument("--featviz-steps", default=50, **number_option(int, minimum=1))
     p.add_argument("--explain-run", type=Path, default=None, help="an explain output folder (slicer benchmark)")
     p.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
     p.add_argument("--markdown", type=Path, default=None, help="write a BENCHMARKS.md section to this file")
@@ -1025,7 +1041,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         case=args.case or SAMPLE_CASE, model=args.model, width=args.width, device=args.device, passes=args.passes,
         slices=args.slices, slices_per_batch=args.slices_per_batch, passes_per_forward=args.passes_per_forward,
         precision=args.precision, gradcam_slices=args.gradcam_slices,
-        dissection_volumes=tuple(int(v) for v in args.dissection_volumes.split(",")),
+        dissection_volumes=tuple(check_number(v.strip(), "--dissection-volumes", int, minimum=1)
+                                 for v in args.dissection_volumes.split(",")),
         dissection_step=args.dissection_step,
         dissection_cases=tuple(find_cases(args.dissection_data)) if args.dissection_data else (),
         featviz_filters=args.featviz_filters, featviz_steps=args.featviz_steps, explain_run=args.explain_run)

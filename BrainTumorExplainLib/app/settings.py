@@ -8,6 +8,7 @@ tuples below — so adding an option is one field here. torch is not imported he
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -50,6 +51,41 @@ def resolve_device(name: str):
     return device
 
 
+def check_number(value, flag: str, kind: type = float, minimum: float | None = None, above: float | None = None,
+                 maximum: float | None = None, below: float | None = None):
+    """``value`` (the text given, or a number) as a finite ``kind`` within the bounds, else one :class:`UsageError`
+    naming ``flag`` and the value — a range check alone lets NaN through (it compares false with everything)."""
+    bounds = [f"{sign} {bound:g}" for sign, bound in (("≥", minimum), (">", above), ("≤", maximum), ("<", below))
+              if bound is not None]
+    wanted = f"{'an integer' if kind is int else 'a finite number'}{' ' if bounds else ''}{' and '.join(bounds)}"
+    try:
+        number = kind(value) if isinstance(value, str) else value
+    except ValueError:
+        raise UsageError(f"{flag} {value}: expected {wanted}") from None
+    if not (math.isfinite(number) and (minimum is None or number >= minimum) and (above is None or number > above)
+            and (maximum is None or number <= maximum) and (below is None or number < below)):
+        raise UsageError(f"{flag} {value}: expected {wanted}")
+    return number
+
+
+class _Number(argparse.Action):
+    """A numeric option checked when given (:func:`check_number`); the error names the option as typed."""
+
+    def __init__(self, option_strings, dest, kind: type = float, minimum=None, above=None, maximum=None, below=None,
+                 **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.bounds = {"kind": kind, "minimum": minimum, "above": above, "maximum": maximum, "below": below}
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        setattr(namespace, self.dest, check_number(value, option_string, **self.bounds))
+
+
+def number_option(kind: type = float, **bounds) -> dict:
+    """``add_argument``'s keywords for a numeric option: a finite ``kind`` within ``bounds`` (minimum, above,
+    maximum, below: :func:`check_number`), refused as one ``error:`` line otherwise."""
+    return {"action": _Number, "kind": kind, **bounds}
+
+
 def split_files(text: str | None) -> list[str]:
     """File names given comma-separated (``--ensemble A.pt,B.pt``), in order, blanks dropped."""
     return [name.strip() for name in (text or "").split(",") if name.strip()]
@@ -81,7 +117,8 @@ class ExplainConfig:
                           type="device")
     quick: bool | None = _option(None, "adaptive test-time dropout; default: quick on a CPU, -T passes on a GPU",
                                  flags=("--quick", "--full"))
-    passes: int = _option(100, "test-time dropout passes when not quick (the paper's 100)", flags=("-T", "--passes"))
+    passes: int = _option(100, "test-time dropout passes when not quick (the paper's 100)", flags=("-T", "--passes"),
+                          minimum=2)
     layers: str = _option("all", "Grad-CAM layers: 'all' or comma-separated names")
     classes: str = _option("tumour", "Grad-CAM classes: 'tumour', 'all' or e.g. ed,et")
     gradcam_target: str = _option("softmax", "Grad-CAM's y(c): the softmax output, as the paper, or the logits",
@@ -89,10 +126,10 @@ class ExplainConfig:
     gradcam_pool: str = _option("image", "where Grad-CAM's y(c) averages the output: the whole image, or the voxels "
                                 "the network labels c (predicted: the paper's class average over the predicted region)",
                                 choices=GRADCAM_POOLS)
-    featviz_steps: int = _option(100, "activation maximisation steps")
-    featviz_size: int = _option(96, "pre-image size in pixels")
-    featviz_size_3d: int = _option(32, "a 3D network's pre-image size in voxels per side")
-    seed: int = _option(0, "seed of the dropout masks and the feature visualisation")
+    featviz_steps: int = _option(100, "activation maximisation steps", minimum=1)
+    featviz_size: int = _option(96, "pre-image size in pixels", minimum=16)
+    featviz_size_3d: int = _option(32, "a 3D network's pre-image size in voxels per side", minimum=16)
+    seed: int = _option(0, "seed of the dropout masks and the feature visualisation", minimum=0)
     coregister: str = _option("auto", "co-register T1, T1ce and T2 rigidly onto the FLAIR (mutual information): auto "
                               "— when the four files are not on one grid, as separate acquisitions are —, always or "
                               "never", choices=("auto", "always", "never"))
@@ -121,11 +158,9 @@ class ExplainConfig:
         if self.ensemble is not None and len(self.ensemble_files()) < 2:
             raise UsageError(f"--ensemble {self.ensemble}: an ensemble needs at least two weights files, "
                              "comma-separated")
-        if self.passes < 2:
-            raise UsageError(f"--passes {self.passes}: test-time dropout needs at least 2 passes")
-        if self.featviz_steps < 1 or min(self.featviz_size, self.featviz_size_3d) < 16:
-            raise UsageError(f"--featviz-steps {self.featviz_steps} / --featviz-size {self.featviz_size} / "
-                             f"--featviz-size-3d {self.featviz_size_3d}: need at least 1 step and 16 pixels")
+        for setting in fields(self):  # the numbers, as the command line checks them
+            if "minimum" in setting.metadata:
+                check_number(getattr(self, setting.name), _flags(setting)[-1], int, setting.metadata["minimum"])
         try:
             resolve_classes(self.classes)
         except ValueError as error:
@@ -188,10 +223,11 @@ def add_config_options(parser: argparse.ArgumentParser, config_type=ExplainConfi
             parser.add_argument(*flags, dest=setting.name, action="store_false" if default else "store_true",
                                 help=f"do not {meta['help']}" if default else meta["help"])
         else:
-            kind = _device_option if meta.get("type") == "device" else int if setting.type == "int" else str
-            parser.add_argument(*flags, dest=setting.name, type=kind, default=default, choices=meta.get("choices"),
+            kind = (number_option(int, minimum=meta["minimum"]) if setting.type == "int" else
+                    {"type": _device_option if meta.get("type") == "device" else str})
+            parser.add_argument(*flags, dest=setting.name, default=default, choices=meta.get("choices"),
                                 metavar=meta.get("metavar"),
-                                help=meta["help"] + (f" (default {default})" if default is not None else ""))
+                                help=meta["help"] + (f" (default {default})" if default is not None else ""), **kind)
 
 
 def _device_option(text: str) -> str:

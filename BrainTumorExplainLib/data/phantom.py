@@ -54,6 +54,9 @@ _CSF, _GM, _WM, _NCR, _ED, _ET, _NET, _WMH, _VESSEL = range(9)
 _BASE_LEVEL = {"flair": 400.0, "t1": 500.0, "t1ce": 550.0, "t2": 450.0}
 
 
+SPACING_RANGE_MM = (0.25, 12.0)  # a phantom's voxel size: below, gigabytes per case; above, a handful of voxels
+
+
 @dataclass(frozen=True)
 class PhantomConfig:
     """Grid and noise settings; the defaults give BraTS's 240×240×155 grid at 1 mm."""
@@ -64,8 +67,9 @@ class PhantomConfig:
     deformation_mm: float = 2.0  # std of the smooth random displacement
 
     def __post_init__(self) -> None:
-        if not 0.25 <= self.spacing_mm <= 12:  # below: gigabytes per case; above: a handful of voxels
-            raise UsageError(f"--spacing {self.spacing_mm}: the phantom's voxel size must lie in 0.25..12 mm")
+        low, high = SPACING_RANGE_MM
+        if not low <= self.spacing_mm <= high:
+            raise UsageError(f"--spacing {self.spacing_mm}: the phantom's voxel size must lie in {low:g}..{high:g} mm")
 
     @property
     def shape(self) -> tuple[int, int, int]:
