@@ -198,6 +198,35 @@ def test_bundle_code_is_never_run_unless_trusted(tmp_path, small_phantom):
         load_bundle(make_bundle(tmp_path / "other", other))
 
 
+@pytest.mark.parametrize("where, value", [("network_def", "SegResNet"), ("inferer", [64, 64, 48]),
+                                          ("preprocessing", "Compose")])
+def test_a_config_entry_that_is_not_a_mapping_is_named(tmp_path, capsys, where, value):
+    folder = make_bundle(tmp_path / "odd", {**INFERENCE, where: value})
+    with pytest.raises(InputError, match=rf"inference.json: {where} is a {type(value).__name__} .*not a mapping"):
+        load_bundle(folder)
+    assert main(["segment", str(tmp_path / "case"), "--model", str(folder), "--device", "cpu", "--out",
+                 str(tmp_path / "s.nii.gz")]) == 2
+    assert f"{where} is a {type(value).__name__}" in capsys.readouterr().err
+
+
+def test_a_config_file_that_is_not_a_mapping_is_named(tmp_path):
+    folder = make_bundle(tmp_path / "list")
+    (folder / "configs" / "metadata.json").write_text("[]")
+    with pytest.raises(InputError, match=r"metadata.json: holds a list, not a mapping of settings"):
+        load_bundle(folder)
+
+
+def test_a_yaml_config_with_a_python_tag_is_refused_in_one_line(tmp_path):
+    folder = make_bundle(tmp_path / "yaml")
+    (folder / "configs" / "inference.json").unlink()
+    config = folder / "configs" / "inference.yaml"
+    config.write_text("network_def:\n  _target_: SegResNet\nnetwork: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(InputError) as refused:
+        load_bundle(folder)
+    assert str(refused.value) == (f"{config}: line 3: the YAML tag !!python/object/apply:os.system would build a "
+                                  "Python object (run code), and nothing loaded from a config does")
+
+
 def test_transforms_it_does_not_reproduce_are_refused_by_name(tmp_path):
     crop = {"_target_": "CropForegroundd", "keys": "image", "source_key": "image"}
     inference = {**INFERENCE, "preprocessing": {"_target_": "Compose", "transforms": [

@@ -34,8 +34,29 @@ def _key(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", str(text).lower())
 
 
+def mapping(value, where: str, path: Path) -> dict:
+    """``value``, an entry of the config ``path`` named ``where``, when it is a mapping (missing: an empty one),
+    else :class:`InputError` saying so by name."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: {where} is a {type(value).__name__} ({str(value)[:60]!r}), not a mapping")
+    return value
+
+
+def section(config: dict, where: str, path: Path) -> dict:
+    """The mapping at the dotted ``where`` (``network_data_format.inputs.image.channel_def``) of a config read from
+    ``path``, empty where it is missing; each level must be a mapping (:func:`mapping`)."""
+    keys = where.split(".")
+    for depth, key in enumerate(keys):
+        config = mapping(config.get(key), ".".join(keys[:depth + 1]), path)
+    return config
+
+
 def channel_names(names: dict[str, str], aliases: dict[str, tuple[str, ...]], what: str, path: Path) -> tuple[str, ...]:
     """Channel index → our name, by the bundle's own channel names."""
+    if not all(str(index).isdigit() for index in names):
+        raise InputError(f"{path}: the {what} channels are numbered {', '.join(map(str, names))}; expected 0, 1, ...")
     out = []
     for index in sorted(names, key=int):
         found = [ours for ours, spelled in aliases.items() if _key(names[index]) in spelled]
@@ -47,17 +68,37 @@ def channel_names(names: dict[str, str], aliases: dict[str, tuple[str, ...]], wh
 
 
 def read_config(path: Path) -> dict:
-    """A JSON or YAML file of a model folder (a bundle's configs, an nnU-Net folder's plans and dataset)."""
+    """A JSON or YAML file of a model folder (a bundle's configs, an nnU-Net folder's plans and dataset): a mapping,
+    read without constructing anything but plain values (YAML's ``!!python/...`` tags are refused)."""
     if not path.is_file():
         raise InputError(f"{path}: missing from the model folder")
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
 
-            return yaml.safe_load(path.read_text())
-        return json.loads(path.read_text())
-    except Exception as error:  # json, yaml: each error means the file cannot be used
+            try:
+                config = yaml.safe_load(path.read_text())
+            except yaml.MarkedYAMLError as error:  # its text shows the line with a caret: one line here
+                raise InputError(f"{path}: {_yaml_problem(error)}") from None
+        else:
+            config = json.loads(path.read_text())
+    except InputError:
+        raise
+    except Exception as error:  # json, yaml, decoding: each error means the file cannot be used
         raise InputError(f"{path}: not a readable config ({type(error).__name__}: {error})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: holds a {type(config).__name__}, not a mapping of settings")
+    return config
+
+
+def _yaml_problem(error) -> str:
+    """A YAML error in one line: the line of the file, and the problem (a tag that builds a Python object named)."""
+    line = f"line {error.problem_mark.line + 1}: " if error.problem_mark is not None else ""
+    tag = re.search(r"tag 'tag:yaml\.org,2002:(python/[^']*)'", str(error.problem))
+    if tag:
+        return (f"{line}the YAML tag !!{tag.group(1)} would build a Python object (run code), and nothing loaded "
+                "from a config does")
+    return f"not a readable config ({line}{error.context + ', ' if error.context else ''}{error.problem})"
 
 
 def bundle_configs(folder: str | Path) -> tuple[dict, dict, Path]:
@@ -71,13 +112,12 @@ def bundle_configs(folder: str | Path) -> tuple[dict, dict, Path]:
 
 def input_channels(folder: str | Path) -> tuple[str, ...]:
     """The library's sequence name (flair, t1, t1ce, t2) of each input channel of the bundle, in its order."""
-    folder = Path(folder)
-    metadata = read_config(folder / "configs" / "metadata.json")
-    names = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("channel_def", {})
+    path = Path(folder) / "configs" / "metadata.json"
+    names = section(read_config(path), "network_data_format.inputs.image.channel_def", path)
     if not names:
-        raise InputError(f"{folder / 'configs' / 'metadata.json'}: network_data_format.inputs.image.channel_def is "
-                         "missing: which sequence each input channel is is unknown")
-    return channel_names(names, SEQUENCE_ALIASES, "input", folder / "configs" / "metadata.json")
+        raise InputError(f"{path}: network_data_format.inputs.image.channel_def is missing: which sequence each input "
+                         "channel is is unknown")
+    return channel_names(names, SEQUENCE_ALIASES, "input", path)
 
 
 def nnunet_input_channels(folder: str | Path) -> tuple[str, ...]:
@@ -89,7 +129,7 @@ def nnunet_input_channels(folder: str | Path) -> tuple[str, ...]:
 
 def dataset_channels(dataset: dict, path: Path) -> tuple[str, ...]:
     """:func:`nnunet_input_channels` of a ``dataset.json`` already read from ``path``."""
-    names = dataset.get("channel_names") or dataset.get("modality") or {}
+    names = mapping(dataset.get("channel_names") or dataset.get("modality"), "channel_names", path)
     if not names:
         raise InputError(f"{path}: channel_names is missing: which sequence each input channel is is unknown")
     return channel_names(names, SEQUENCE_ALIASES, "input", path)

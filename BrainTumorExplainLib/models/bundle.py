@@ -29,6 +29,8 @@ from ..data.bundle_metadata import (
     bundle_configs,
     channel_names,
     input_channels,
+    mapping,
+    section,
 )
 from ..errors import InputError, WeightsError
 from .description import CLASS_OUTPUTS, NetworkDescription
@@ -58,7 +60,7 @@ def build_network(definition: dict, path: Path, trust_code: bool = False) -> nn.
         return parser.get_parsed_content("network_def")
     import monai.networks.nets as nets
 
-    definition = _plain(dict(definition), "network_def", path)
+    definition = dict(mapping(_plain(definition, "network_def", path), "network_def", path))
     target = str(definition.pop("_target_", ""))
     name = target.removeprefix("monai.networks.nets.")
     network = getattr(nets, name, None) if "." not in name else None
@@ -95,9 +97,8 @@ def load_bundle_weights(model: nn.Module, folder: Path, path: Path | None = None
 
 def _preprocessing(config: dict, path: Path) -> dict:
     """Normalisation, axes and spacing from the preprocessing transforms; unknown transforms refused."""
-    transforms = (config.get("preprocessing") or {}).get("transforms", [])
     found = {"normalisation": None, "axes": "LPS", "spacing_mm": None}  # LoadImage keeps a BraTS file's LPS order
-    for transform in transforms:
+    for transform in _transforms(config, "preprocessing", path):
         name = str(transform.get("_target_", "")).split(".")[-1]
         if name in IGNORED_TRANSFORMS:
             continue
@@ -119,16 +120,24 @@ def _preprocessing(config: dict, path: Path) -> dict:
     return found
 
 
-def _outputs(config: dict, metadata: dict, path: Path) -> tuple[str, tuple[str, ...]]:
-    post = (config.get("postprocessing") or {}).get("transforms", [])
+def _transforms(config: dict, where: str, path: Path) -> list[dict]:
+    """The transforms of the config's ``where`` (preprocessing, postprocessing), each a mapping."""
+    transforms = section(config, where, path).get("transforms") or []
+    if not isinstance(transforms, list):
+        raise InputError(f"{path}: {where}.transforms is a {type(transforms).__name__}, not a list")
+    return [mapping(transform, f"{where}.transforms[{i}]", path) for i, transform in enumerate(transforms)]
+
+
+def _outputs(config: dict, metadata: dict, path: Path, metadata_path: Path) -> tuple[str, tuple[str, ...]]:
+    post = _transforms(config, "postprocessing", path)
     activations = [t for t in post if str(t.get("_target_", "")).split(".")[-1] in ("Activationsd", "Activations")]
     kind = "sigmoid" if activations and activations[0].get("sigmoid") else "softmax"
-    names = metadata.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {})
+    names = section(metadata, "network_data_format.outputs.pred.channel_def", metadata_path)
     if not names:
-        raise InputError(f"{path}: network_data_format.outputs.pred.channel_def is missing: what the outputs mean "
-                         "is unknown")
+        raise InputError(f"{metadata_path}: network_data_format.outputs.pred.channel_def is missing: what the "
+                         "outputs mean is unknown")
     aliases = REGION_ALIASES if kind == "sigmoid" else {name: CLASS_ALIASES[name] for name in CLASS_OUTPUTS}
-    return kind, channel_names(names, aliases, "output", path)
+    return kind, channel_names(names, aliases, "output", metadata_path)
 
 
 def _describe(folder: Path, metadata: dict, config: dict, config_path: Path, model: nn.Module | None
@@ -136,9 +145,9 @@ def _describe(folder: Path, metadata: dict, config: dict, config_path: Path, mod
     """The description of a bundle from its configs; ``model``: its network as built (None: TorchScript, whose
     layers cannot be analysed and whose dropout cannot be switched on alone)."""
     channels = input_channels(folder)
-    inferer = _plain(config.get("inferer") or {}, "inferer", config_path)
+    inferer = _plain(section(config, "inferer", config_path), "inferer", config_path)
     window = tuple(int(v) for v in inferer["roi_size"]) if "roi_size" in inferer else None
-    kind, output_names = _outputs(config, metadata, config_path)
+    kind, output_names = _outputs(config, metadata, config_path, folder / "configs" / "metadata.json")
     prepared = _preprocessing(config, config_path)
     return NetworkDescription(
         name=str(metadata.get("name") or folder.name), spatial_dims=3,
