@@ -7,7 +7,8 @@ Every command that writes goes through :class:`OutputFile` (one file) or :class:
   is not an existing file or folder unless ``overwrite``, and a folder to replace is one of our results (it carries
   :data:`RESULT_MARKER`), so ``--overwrite`` can never delete what a run did not create;
 * the run writes into a private temporary name beside the destination (a hidden ``.<name>.partial-<token>``);
-  a folder is also locked (``.<name>.lock``) so that a second run to the same destination fails at once;
+  a folder is also locked (``.<name>.lock``) so that a second run to the same destination fails at once — a lock
+  whose process is verifiably gone (killed) is taken over, and the private folder that process left is removed;
 * when the work is done every written file is verified (images read back, zips CRC-checked, JSON parsed, PNGs
   complete) and only then renamed onto the destination; on any failure or interrupt the private copy is removed.
 """
@@ -235,7 +236,7 @@ class OutputFolder:
             self._acquire_lock()
             self.work.mkdir()
             (self.work / RESULT_MARKER).write_text(json.dumps(
-                {"producer": self.producer, "version": __version__, "pid": os.getpid(),
+                {"producer": self.producer, "version": __version__, "pid": os.getpid(), "host": socket.gethostname(),
                  "started": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
         except BaseException as error:
             self._discard()
@@ -294,7 +295,8 @@ class OutputFolder:
                 handle = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = _lock_holder(self.lock)
-                if holder is None:  # its run ended without releasing it (killed): take it over
+                if not _alive(holder):  # its run ended without releasing it (killed): take it over
+                    self._remove_partials_of(holder)
                     self.lock.unlink(missing_ok=True)
                     continue
                 raise OutputError(f"{self.shown}: another run (pid {holder.get('pid')}, started "
@@ -308,27 +310,43 @@ class OutputFolder:
             return
         raise OutputError(f"{self.shown}: could not lock the output ({self.lock})")
 
+    def _remove_partials_of(self, dead: dict) -> None:
+        """The private folders the dead lock holder left beside the destination (their marker names its process and
+        machine): nothing else removes them, and nobody owns them any more."""
+        for partial in self.path.parent.glob(f".{self.path.name}.partial-*"):
+            try:
+                owner = json.loads((partial / RESULT_MARKER).read_text())
+            except (OSError, ValueError):
+                continue  # not ours to judge
+            if isinstance(owner, dict) and (owner.get("pid"), owner.get("host")) == (dead["pid"], dead["host"]):
+                shutil.rmtree(partial, ignore_errors=True)
+
     def _release_lock(self) -> None:
         if self._locked:
             self.lock.unlink(missing_ok=True)
             self._locked = False
 
 
-def _lock_holder(lock: Path) -> dict | None:
-    """The lock's owner while it runs; None when the lock is stale (its process is gone from this machine)."""
+def _lock_holder(lock: Path) -> dict:
+    """What the lock says of its owner (pid, host, started)."""
     try:
         holder = json.loads(lock.read_text())
     except (OSError, ValueError):
-        return {"pid": "?", "started": "?"}  # being written right now: assume alive
+        holder = None
+    return holder if isinstance(holder, dict) else {"pid": "?", "started": "?"}  # being written right now
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the lock's owner may still run: False only when its process is verifiably gone from this machine."""
     if holder.get("host") != socket.gethostname() or os.name == "nt":  # os.kill would end the process on Windows
-        return holder
+        return True
     try:
         os.kill(int(holder["pid"]), 0)
     except ProcessLookupError:
-        return None
-    except (PermissionError, KeyError, ValueError, OSError):
-        return holder
-    return holder
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError, OSError):
+        return True
+    return True
 
 
 def is_result_folder(folder: Path) -> bool:

@@ -121,6 +121,27 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(case, tmp_path):
     assert (out / "summary.json").is_file() and not out.with_name(".run.lock").exists()
 
 
+def test_the_private_folder_of_a_killed_run_is_removed_when_its_lock_is_taken_over(tmp_path):
+    import socket
+
+    out = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", "import os, signal, sys\n"
+                             "from BrainTumorExplainLib.outputs import OutputFolder\n"
+                             f"work = OutputFolder({str(out)!r}, producer='explain').__enter__()\n"
+                             "(work / 'segmentation.nii.gz').write_bytes(b'half a volume')\n"
+                             "os.kill(os.getpid(), signal.SIGKILL)"], cwd=Path(__file__).parents[1])
+    assert killed.returncode == -signal.SIGKILL
+    left = list(tmp_path.glob(".run.partial-*"))
+    assert len(left) == 1 and out.with_name(".run.lock").exists()
+    running = tmp_path / ".run.partial-0000live"  # one whose process still runs (ours) is not touched
+    running.mkdir()
+    (running / ".braintumorexplain").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    with OutputFolder(out, producer="explain") as work:
+        (work / "summary.json").write_text("{}")
+    assert json.loads((out / "summary.json").read_text()) == {} and not (out / "segmentation.nii.gz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.partial-0000live", "run"]
+
+
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
 def test_truncated_image_files_are_refused_by_name(case, suffix, capsys):
     flair = next(case.glob("*_flair.nii.gz"))
