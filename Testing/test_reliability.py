@@ -235,6 +235,26 @@ def test_a_flipped_byte_in_own_weights_is_detected(tmp_path, member):
         load_weights(path)
 
 
+def test_a_copy_of_shipped_weights_is_verified_by_the_manifest_beside_it(tmp_path):
+    """The shipped files carry no checksum of their own: their manifest does."""
+    import warnings
+
+    from BrainTumorExplainLib.models import registry
+
+    for name in ("resunet.pt", "resunet.json"):
+        shutil.copy(registry.WEIGHTS_DIR / name, tmp_path / name)
+    copy = tmp_path / "resunet.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_weights(copy)  # whole and verified: no warning
+    _flip_a_byte(copy, "/data/0")
+    with pytest.raises(WeightsError, match="checksum mismatch"):
+        load_weights(copy)
+    (tmp_path / "resunet.json").unlink()  # alone, nothing can check it: it says so plainly
+    with pytest.warns(UserWarning, match=r"resunet.pt: UNVERIFIED weights: .* no manifest beside it \(resunet.json\)"):
+        load_weights(copy)
+
+
 def test_volumes_are_written_only_in_3d_formats(case, tmp_path, capsys):
     assert main(["segment", str(case), *SEGMENT, "--out", str(tmp_path / "seg.png")]) == 2
     assert "a volume is written as .nii.gz" in capsys.readouterr().err

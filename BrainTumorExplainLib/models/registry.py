@@ -6,7 +6,8 @@ runs code from the file. ``checksum`` is the sha256 of everything else in the di
 does not check its zip, so a flipped byte would otherwise load as a different network. Files without one (written
 before it existed) load with a warning; parameters that are NaN or infinite are refused. Shipped
 weights sit in ``BrainTumorExplainLib/weights/<name>.pt`` beside ``<name>.json``, a manifest whose ``sha256`` is
-checked before the file is even unpickled.
+checked before the file is even unpickled — wherever a weights file lies, when such a manifest lies beside it (the
+shipped files predate the stored checksum: a copy of one is verified only with its manifest).
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def load_weights(path: str | Path, *, expected_sha256: str | None = None, archit
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file does not exist")
+    expected_sha256 = expected_sha256 or _manifest_sha256(path)
     if expected_sha256 is not None:
         actual = sha256_of(path)
         if actual != expected_sha256:
@@ -143,9 +145,25 @@ def _check_integrity(payload: dict[str, Any], path: Path, verified: bool) -> Non
             raise WeightsError(f"{path}: the weights do not match the checksum stored in the file: it was changed or "
                                "damaged after it was written — refusing to load it")
     elif not verified:
-        warnings.warn(f"{path}: this weights file has no checksum (written before they were stored), so damage to "
-                      "it cannot be detected; save it again with this version to add one", stacklevel=3)
+        warnings.warn(f"{path}: UNVERIFIED weights: this file has no checksum (written before they were stored) and "
+                      f"no manifest beside it ({path.with_suffix('.json').name}) gives one, so damage to it cannot be "
+                      "detected and would load as another network; put its manifest beside it (a shipped file's "
+                      "<name>.json) or save it again with this version to add a checksum", stacklevel=3)
     check_finite(payload["state_dict"], path)
+
+
+def _manifest_sha256(path: Path) -> str | None:
+    """The sha256 that a manifest beside ``path`` gives it: ``<stem>.json`` naming the file as its ``weights``, as
+    each shipped file has; None where there is none."""
+    try:
+        manifest = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("weights") != path.name:
+        return None  # another JSON file, not this file's manifest
+    if not isinstance(manifest.get("sha256"), str):
+        raise WeightsError(f"{path.with_suffix('.json')}: the manifest of {path.name} has no sha256 to check it with")
+    return manifest["sha256"]
 
 
 def pretrained_manifest(name: str) -> dict[str, Any]:
