@@ -255,6 +255,23 @@ def test_a_copy_of_shipped_weights_is_verified_by_the_manifest_beside_it(tmp_pat
         load_weights(copy)
 
 
+def test_feature_visualisation_leaves_nothing_in_the_temp_folder(tmp_path):
+    """An optimiser's first step imports torch._dynamo, which made <temp>/torchinductor_<user> and left it there."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    code = ("import os\n"
+            "from BrainTumorExplainLib.analyses.featviz import FeatvizConfig, Regularisers, visualise_filters\n"
+            "from BrainTumorExplainLib.models import build_model\n"
+            "visualise_filters(build_model('simunet', width=0.0625), [('enc1', 0)], Regularisers.none(),\n"
+            "                  FeatvizConfig(steps=1, size=16, start='noise'), None, 'cpu')\n"
+            "print(os.environ.get('TORCHINDUCTOR_CACHE_DIR'))")
+    environment = {key: value for key, value in os.environ.items() if key != "TORCHINDUCTOR_CACHE_DIR"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1],
+                            env={**environment, "TMPDIR": str(temp)}, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list(temp.iterdir()) == [] and result.stdout.strip() == "None"  # torch's setting as it was: unset
+
+
 def test_volumes_are_written_only_in_3d_formats(case, tmp_path, capsys):
     assert main(["segment", str(case), *SEGMENT, "--out", str(tmp_path / "seg.png")]) == 2
     assert "a volume is written as .nii.gz" in capsys.readouterr().err

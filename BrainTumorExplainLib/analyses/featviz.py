@@ -44,7 +44,7 @@ from torch.nn import functional as F
 from ..data.case import MODALITIES, Case
 from ..errors import InputError, UsageError
 from ..models.activations import forward_through, forward_until, resolve_layers
-from ..models.base import SegmentationNet, evaluating, model_device
+from ..models.base import SegmentationNet, evaluating, import_dynamo_privately, model_device
 from ..models.description import network_inputs, to_network_space
 from ..models.volume import DescribedNetwork
 from ..progress import progress_bar
@@ -270,6 +270,7 @@ def _optimise(model: Network, x: torch.Tensor, targets: Sequence[Target], regula
               progress: bool) -> torch.Tensor:
     """Gradient ascent on the filters' mean activation minus the regularisers, from ``x``; the final crops."""
     size, pad, dims = config.size, regularisers.jitter, x.ndim - 2
+    import_dynamo_privately()
     optimiser = torch.optim.Adam([x], lr=config.learning_rate)
     for _ in progress_bar(range(config.steps), "featviz" if progress else None, unit="step"):
         shifts = [int(v) for v in torch.randint(0, 2 * pad + 1, (dims,), generator=generator)] if pad else [0] * dims

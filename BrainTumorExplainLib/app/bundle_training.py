@@ -28,6 +28,7 @@ import torch
 
 from ..data.case import CaseError, find_cases, load_case
 from ..data.labels import region_mask
+from ..models.base import import_dynamo_privately
 from ..outputs import OutputFolder
 from ..progress import progress_bar
 
@@ -214,6 +215,7 @@ def _train_bundle(data_dir: Path, out: Path, config: BundleTrainConfig, resume: 
         network = DescribedNetwork(module.to(device), description)
         split = len(paths) - config.validation_cases
         training, validation = _volumes(paths[:split], network, progress), _volumes(paths[split:], network, progress)
+        import_dynamo_privately()
         optimiser = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs * config.steps_per_epoch)
         loss_of = DiceCELoss(sigmoid=True, squared_pred=True)

@@ -26,7 +26,7 @@ from ..data.case import Case, CaseError, find_cases, load_case
 from ..data.labels import REGIONS, region_mask
 from ..errors import InputError
 from ..models import build_model, save_weights
-from ..models.base import NUM_CLASSES
+from ..models.base import NUM_CLASSES, import_dynamo_privately
 from ..outputs import OutputFile
 from ..progress import progress_bar
 from ..scoring.metrics import dice
@@ -219,6 +219,7 @@ def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: b
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = build_model(config.model, width=config.width).to(device)
+    import_dynamo_privately()
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs * config.steps_per_epoch)
     weights = training.class_weights().to(device)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Iterator
@@ -12,6 +15,22 @@ from torch.nn import functional as F
 
 IN_CHANNELS = 4  # [FLAIR, T1, T1ce, T2]
 NUM_CLASSES = 4  # background, NCR/NET, ED, ET
+_COMPILER_CACHE = "TORCHINDUCTOR_CACHE_DIR"  # torch's setting
+
+
+def import_dynamo_privately() -> None:
+    """Import ``torch._dynamo`` (an optimiser's first step does) with torch's compiler cache in a private folder
+    removed at once: the import makes that cache folder — by default ``<temp>/torchinductor_<user>`` — and leaves
+    it behind empty, though nothing here compiles. Call before an optimiser's first step. The setting is as before
+    afterwards (a folder the user chose is used as it is)."""
+    if "torch._dynamo" in sys.modules or _COMPILER_CACHE in os.environ:
+        return
+    with tempfile.TemporaryDirectory(prefix="bte-torch-cache-") as private:
+        os.environ[_COMPILER_CACHE] = private
+        try:
+            import torch._dynamo  # noqa: F401
+        finally:
+            os.environ.pop(_COMPILER_CACHE, None)  # torch sets it to the folder it made: not to a removed one
 
 
 class SegmentationNet(nn.Module):
