@@ -200,6 +200,18 @@ def test_nothing_in_the_folder_is_run(folders, tmp_path):
         load_model(str(folder), folds="1")
 
 
+@pytest.mark.parametrize("configurations, problem", [(["3d_fullres"], "configurations is a list"),
+                                                     ({"3d_fullres": "oops"}, "configurations.3d_fullres is a str")])
+def test_plans_entries_that_are_not_mappings_are_named(tmp_path, configurations, problem):
+    folder = tmp_path / "Dataset900_X" / "Trainer__nnUNetPlans__3d_fullres"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "fold_0" / "checkpoint_final.pth").touch()
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "FLAIR"}, "labels": {"background": 0}}))
+    (folder / "plans.json").write_text(json.dumps({"configurations": configurations}))
+    with pytest.raises(InputError, match=rf"plans.json: {problem} .*not a mapping"):
+        read_nnunet_folder(folder)
+
+
 def test_explain_an_nnunet_folder_on_the_case_grid(folders, small_phantom, tmp_path):
     """explain --model <nnU-Net folder> --folds all: every volume on the case's own grid, Grad-CAM per encoder and
     decoder stage, the uncertainty the folds' disagreement (and the mirrorings' with one fold, from `uncertainty`)."""

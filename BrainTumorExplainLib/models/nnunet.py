@@ -30,7 +30,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.bundle_metadata import CLASS_ALIASES, REGION_ALIASES, channel_names, dataset_channels, read_config
+from ..data.bundle_metadata import (
+    CLASS_ALIASES,
+    REGION_ALIASES,
+    channel_names,
+    dataset_channels,
+    mapping,
+    read_config,
+    section,
+)
 from ..data.nnunet_resampling import Resize
 from ..errors import InputError, WeightsError
 from .description import NetworkDescription
@@ -211,7 +219,7 @@ def read_nnunet_folder(folder: str | Path, folds: str | Sequence[str] | None = N
     plans, dataset = read_config(folder / "plans.json"), read_config(folder / "dataset.json")
     chosen = choose_folds(folder, folds)
     configuration_name = folder.name.rsplit("__", 1)[-1]
-    configurations = plans.get("configurations") or {}
+    configurations = section(plans, "configurations", folder / "plans.json")
     if configuration_name not in configurations:
         raise InputError(f"{folder / 'plans.json'}: no configuration {configuration_name!r} (the folder's name "
                          f"ends in it); configurations: {', '.join(configurations) or 'none'}")
@@ -247,7 +255,7 @@ def _resolved(configurations: dict, name: str, path: Path, seen: tuple[str, ...]
     if name in seen or name not in configurations:
         raise InputError(f"{path}: configuration {name!r} " + ("inherits from itself" if name in seen else
                                                                 "is inherited from but missing"))
-    configuration = dict(configurations[name])
+    configuration = dict(mapping(configurations[name], f"configurations.{name}", path))
     parent = configuration.pop("inherits_from", None)
     return {**_resolved(configurations, parent, path, seen + (name,)), **configuration} if parent else configuration
 
