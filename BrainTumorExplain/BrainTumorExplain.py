@@ -164,7 +164,7 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = BrainTumorExplainPanelLogic()
+        self.logic = BrainTumorExplainLogic()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.loadSampleButton.clicked.connect(lambda: self.loadCase(SAMPLE_CASE))
@@ -551,8 +551,10 @@ def fillTable(table, headers: list[str], rows: list[list[str]]) -> None:
             table.setItem(row, column, item)
 
 
-class BrainTumorExplainPanelLogic(ScriptedLoadableModuleLogic):
-    """Thin adapter from the panel's parameter node to the Qt-free logic package."""
+class BrainTumorExplainLogic(ScriptedLoadableModuleLogic):
+    """Thin adapter from the panel's parameter node to the Qt-free logic package (the Qt-free package of the same
+    name is never bound here: only names from it are imported). Slicer names the module, and so the parameter node,
+    after this class, less 'Logic' (ScriptedLoadableModuleLogic, v5.6.0 to v5.10.0)."""
 
     @staticmethod
     def pythonExecutable() -> str:
@@ -592,6 +594,6 @@ class BrainTumorExplainTest(ScriptedLoadableModuleTest):
             return
         self.delayDisplay("Explaining the sample case in a background process (a few minutes on a CPU)")
         summary = check_explain_round_trip(slicer.mrmlScene, SAMPLE_CASE,
-                                           python=BrainTumorExplainPanelLogic.pythonExecutable(),
+                                           python=BrainTumorExplainLogic.pythonExecutable(),
                                            idle=slicer.app.processEvents)
         self.delayDisplay(f"Sample case explained: {summary['case']}, results on the FLAIR's geometry")

@@ -1,0 +1,529 @@
+"""The panel itself (BrainTumorExplain.py's widget and logic class) on real MRML (slicer-core), with stand-ins only for
+what cannot run here: Qt and CTK widgets (built from the module's own .ui file, with Qt's signal rules: a disabled
+button does not click, a slider clamps its value to a new range, a combo box announces its current text), Slicer's
+GUI helpers (dialogs, wait cursor, the application object) and the PyTorch extension. Slicer's own
+ScriptedLoadableModuleLogic is read from a Slicer source mirror at each supported tag when one is here."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.machinery
+import importlib.util
+import subprocess
+import sys
+import time
+import types
+import unittest
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")  # slicer-core
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "BrainTumorExplain"
+MODULE_FILE = MODULE / "BrainTumorExplain.py"
+UI_FILE = MODULE / "Resources" / "UI" / "BrainTumorExplain.ui"
+SLICER_TAGS = ("v5.6.0", "v5.8.1", "v5.10.0")
+sys.path.insert(0, str(MODULE))
+
+
+def _mirror() -> Path:
+    spec = importlib.util.spec_from_file_location("check_slicer_api_mirror", ROOT / "scripts" / "check_slicer_api.py")
+    checker = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = checker
+    spec.loader.exec_module(checker)
+    return checker.DEFAULT_MIRROR
+
+
+MIRROR = _mirror()
+
+
+# -- Qt, as far as the panel uses it ---------------------------------------------------------------------------------
+class Signal:
+    """A Qt signal: slots run in connection order; an exception in a slot is printed by PythonQt (here: kept in
+    ``console``) and the emitter goes on."""
+
+    def __init__(self, console: list) -> None:
+        self.slots, self.console = [], console
+
+    def connect(self, slot) -> None:
+        self.slots.append(slot)
+
+    def emit(self, *args) -> None:
+        for slot in list(self.slots):
+            try:
+                slot(*args)
+            except Exception as error:  # what PythonQt does with a slot's exception: print it, go on
+                self.console.append(error)
+
+
+class Widget:
+    SIGNALS: tuple[str, ...] = ()
+
+    def __init__(self, name: str, properties: dict, console: list) -> None:
+        self.objectName, self._properties = name, properties
+        self.enabled = properties.get("enabled", True)
+        self.visible = True
+        self.text = properties.get("text", "")
+        self.toolTip = properties.get("toolTip", "")
+        for signal in self.SIGNALS:
+            setattr(self, signal, Signal(console))
+
+    def property(self, name: str):
+        return self._properties.get(name)
+
+    def setMRMLScene(self, scene) -> None:
+        self.scene = scene
+
+
+class PushButton(Widget):
+    SIGNALS = ("clicked",)
+
+    def click(self) -> None:
+        if self.enabled:  # QAbstractButton.click: nothing on a disabled button
+            self.clicked.emit()
+
+
+class CheckBox(Widget):
+    SIGNALS = ("toggled",)
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self._checked = bool(self._properties.get("checked", False))
+
+    @property
+    def checked(self) -> bool:
+        return self._checked
+
+    @checked.setter
+    def checked(self, value: bool) -> None:
+        if bool(value) != self._checked:
+            self._checked = bool(value)
+            self.toggled.emit(self._checked)
+
+    def click(self) -> None:
+        if self.enabled:
+            self.checked = not self.checked
+
+
+class Label(Widget):
+    pixmap = None
+
+    def setPixmap(self, pixmap) -> None:
+        self.pixmap = pixmap
+
+
+class ComboBox(Widget):
+    SIGNALS = ("currentTextChanged",)
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.items, self._index = [], -1
+
+    def _select(self, index: int) -> None:
+        if index != self._index:
+            self._index = index
+            self.currentTextChanged.emit(self.currentText)
+
+    @property
+    def currentText(self) -> str:
+        return self.items[self._index] if self._index >= 0 else ""
+
+    @currentText.setter
+    def currentText(self, text: str) -> None:  # a non-editable combo box selects the item with this text
+        if text in self.items:
+            self._select(self.items.index(text))
+
+    def count(self) -> int:
+        return len(self.items)
+
+    def clear(self) -> None:
+        self.items = []
+        if self._index != -1:
+            self._index = -1
+            self.currentTextChanged.emit("")
+
+    def addItems(self, texts) -> None:
+        for text in texts:
+            self.addItem(text)
+
+    def addItem(self, text: str) -> None:
+        self.items.append(text)
+        if self._index == -1:  # the first item becomes the current one
+            self._select(0)
+
+
+class Slider(Widget):
+    """QSlider: a new range clamps the value (announced when it changes)."""
+
+    SIGNALS = ("valueChanged",)
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self._minimum, self._maximum, self._value = 0, 99, 0
+
+    def _set(self, value: int) -> None:
+        value = min(max(int(value), self._minimum), self._maximum)
+        if value != self._value:
+            self._value = value
+            self.valueChanged.emit(value)
+
+    value = property(lambda self: self._value, _set)
+
+    @property
+    def maximum(self) -> int:
+        return self._maximum
+
+    @maximum.setter
+    def maximum(self, value: int) -> None:
+        self._maximum = int(value)
+        self._minimum = min(self._minimum, self._maximum)
+        self._set(self._value)
+
+
+class SliderWidget(Widget):
+    SIGNALS = ("valueChanged",)
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.value = float(self._properties.get("value", 0.0))
+
+
+class LineEdit(Widget):
+    SIGNALS = ("editingFinished",)
+
+
+class PathLineEdit(Widget):
+    SIGNALS = ("currentPathChanged",)
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self._path, self.filters = "", None
+
+    @property
+    def currentPath(self) -> str:
+        return self._path
+
+    @currentPath.setter
+    def currentPath(self, path: str) -> None:
+        if path != self._path:
+            self._path = path
+            self.currentPathChanged.emit(path)
+
+
+class TableWidget(Widget):
+    SIGNALS = ("cellClicked",)
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.cells, self.headers, self.rows, self.columns = {}, [], 0, 0
+
+    def clear(self) -> None:  # QTableWidget.clear: items and headers go, the row and column counts stay
+        self.cells, self.headers = {}, []
+
+    def setColumnCount(self, count: int) -> None:
+        self.columns = count
+
+    def setRowCount(self, count: int) -> None:
+        self.rows = count
+        self.cells = {cell: item for cell, item in self.cells.items() if cell[0] < count}
+
+    def setHorizontalHeaderLabels(self, labels) -> None:
+        self.headers = list(labels)
+
+    def setItem(self, row: int, column: int, item) -> None:
+        self.cells[row, column] = item
+
+    def rowCount(self) -> int:
+        return self.rows
+
+    def selectRow(self, row: int) -> None:
+        self.selected = row
+
+
+class Value(Widget):
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.value = self._properties.get("value", 0)
+
+
+WIDGETS = {"QPushButton": PushButton, "QCheckBox": CheckBox, "QLabel": Label, "QComboBox": ComboBox,
+           "QSlider": Slider, "ctkSliderWidget": SliderWidget, "QLineEdit": LineEdit, "ctkPathLineEdit": PathLineEdit,
+           "QTableWidget": TableWidget, "QSpinBox": Value, "QProgressBar": Value}
+
+
+def _ui_widgets(path: Path, console: list) -> SimpleNamespace:
+    """Every named widget of a .ui file as a stand-in of its class, with the properties the file sets."""
+    widgets = {}
+    for element in ElementTree.parse(path).iter("widget"):
+        properties = {}
+        for prop in element.findall("property"):
+            value = next(iter(prop), None)
+            if value is None:
+                continue
+            text = value.text or ""
+            kinds = {"bool": lambda: text == "true", "number": lambda: int(text), "double": lambda: float(text)}
+            properties[prop.get("name")] = kinds.get(value.tag, lambda: text)()
+        widgets[element.get("name")] = WIDGETS.get(element.get("class"), Widget)(element.get("name"), properties,
+                                                                                console)
+    return SimpleNamespace(**widgets)
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.active, self.interval = False, 0
+        self.timeout = Signal([])
+
+    def setInterval(self, ms: int) -> None:
+        self.interval = ms
+
+    def start(self) -> None:
+        self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+
+
+class Pixmap:
+    def __init__(self, path: str = "") -> None:
+        self.path = path
+
+    def isNull(self) -> bool:
+        return not self.path
+
+    def scaledToWidth(self, width: int) -> Pixmap:
+        return self
+
+
+class TableItem:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def setFlags(self, flags) -> None:
+        self.flags = flags
+
+
+def _qt() -> types.ModuleType:
+    qt = types.ModuleType("qt")
+    qt.QTimer, qt.QPixmap, qt.QTableWidgetItem = Timer, Pixmap, TableItem
+    qt.Qt = SimpleNamespace(ItemIsSelectable=1, ItemIsEnabled=32)
+    qt.QDesktopServices = SimpleNamespace(openUrl=lambda url: None)
+    qt.QUrl = SimpleNamespace(fromLocalFile=lambda path: path)
+    qt.QFileDialog = SimpleNamespace(getExistingDirectory=lambda *args: "")
+    return qt
+
+
+# -- Slicer's Python helpers that need the application ---------------------------------------------------------------
+def _parameter_node_wrapper() -> types.ModuleType:
+    """slicer.parameterNodeWrapper, as far as the panel uses it: typed fields with defaults over a real
+    vtkMRMLScriptedModuleNode (setting one modifies the node), and its observer methods (wrapper.py)."""
+    module = types.ModuleType("slicer.parameterNodeWrapper")
+    values: dict[int, dict] = {}  # the fields of each parameter node, for every wrapper made on it
+
+    def parameterNodeWrapper(cls):
+        defaults = {name: getattr(cls, name, None) for name in cls.__annotations__}
+
+        class Wrapper:
+            def __init__(self, parameterNode) -> None:
+                object.__setattr__(self, "parameterNode", parameterNode)
+                values.setdefault(id(parameterNode), dict(defaults))
+
+            def __getattr__(self, name):
+                if name in defaults:
+                    return values[id(self.parameterNode)][name]
+                raise AttributeError(name)
+
+            def __setattr__(self, name, value) -> None:
+                if name not in defaults:
+                    raise AttributeError(f"{name} is not a parameter")
+                values[id(self.parameterNode)][name] = value
+                self.parameterNode.Modified()
+
+            def AddObserver(self, event, callback, priority=0.0):
+                return self.parameterNode.AddObserver(event, callback, priority)
+
+            def RemoveObserver(self, tag) -> None:
+                self.parameterNode.RemoveObserver(tag)
+
+            def connectParametersToGui(self, mapping):
+                return object()
+
+            def disconnectGui(self, tag) -> None:
+                pass
+
+        Wrapper.__name__ = cls.__name__
+        return Wrapper
+
+    module.parameterNodeWrapper = parameterNodeWrapper
+    module.Choice = lambda choices: ("Choice", tuple(choices))
+    module.WithinRange = lambda low, high: ("WithinRange", low, high)
+    return module
+
+
+def slicer_logic_class(tag: str | None):
+    """Slicer's own ScriptedLoadableModuleLogic at ``tag`` (read from the mirror), or, without one, a stand-in with
+    the same rule for the module name (the class name less 'Logic', as in v5.6.0 to v5.10.0)."""
+    if tag is not None:
+        source = subprocess.run(["git", f"--git-dir={MIRROR}", "show", f"{tag}:Base/Python/slicer/ScriptedLoadableModule.py"],
+                                capture_output=True, text=True, check=True).stdout
+        namespace = {"__name__": f"ScriptedLoadableModule_{tag}"}
+        exec(compile(source, f"{tag}:ScriptedLoadableModule.py", "exec"), namespace)
+        return namespace["ScriptedLoadableModuleLogic"]
+
+    class ScriptedLoadableModuleLogic:
+        def __init__(self, parent=None) -> None:
+            self.moduleName = self.__class__.__name__.removesuffix("Logic")
+
+        def getParameterNode(self):
+            node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+            if node is None:
+                node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+                node.UnRegister(None)
+                node.SetSingletonTag(self.moduleName)
+                node.SetAttribute("ModuleName", self.moduleName)
+                node = slicer.mrmlScene.AddNode(node)
+            return node
+
+    return ScriptedLoadableModuleLogic
+
+
+def _mirror_tags() -> list[str]:
+    if not MIRROR.is_dir():
+        return []
+    return [tag for tag in SLICER_TAGS if subprocess.run(["git", f"--git-dir={MIRROR}", "rev-parse", "--verify", "-q",
+                                                          tag], capture_output=True).returncode == 0]
+
+
+class Harness:
+    """Installs the stand-ins, loads the module file, and records what the panel showed."""
+
+    def __init__(self, monkeypatch, logic_tag: str | None = None) -> None:
+        self.console: list[Exception] = []  # exceptions of slots, as PythonQt prints them
+        self.errors: list[str] = []  # slicer.util.errorDisplay
+        self.questions: list[str] = []  # slicer.util.confirmOkCancelDisplay
+        self.answer = True
+        self.pending: list = []  # user actions that slicer.app.processEvents delivers
+        self.pip: list = []
+        qt = _qt()
+        for name, module in (("qt", qt), ("ctk", types.ModuleType("ctk")),
+                             ("slicer.parameterNodeWrapper", _parameter_node_wrapper()),
+                             ("slicer.i18n", types.ModuleType("slicer.i18n"))):
+            monkeypatch.setitem(sys.modules, name, module)
+        sys.modules["ctk"].ctkPathLineEdit = SimpleNamespace(Files=1, Dirs=2)
+        sys.modules["slicer.i18n"].tr = lambda text: text
+        sys.modules["slicer.i18n"].translate = lambda context, text: text
+        monkeypatch.setattr(slicer, "i18n", sys.modules["slicer.i18n"], raising=False)
+        monkeypatch.setattr(slicer, "parameterNodeWrapper", sys.modules["slicer.parameterNodeWrapper"], raising=False)
+        self.app = SimpleNamespace(processEvents=self.processEvents, connect=lambda *args: None,
+                                   testingEnabled=lambda: False)
+        monkeypatch.setattr(slicer, "app", self.app, raising=False)
+        loadable = types.ModuleType("slicer.ScriptedLoadableModule")
+        loadable.ScriptedLoadableModuleLogic = slicer_logic_class(logic_tag)
+        loadable.ScriptedLoadableModule = type("ScriptedLoadableModule", (), {
+            "__init__": lambda self, parent: setattr(self, "parent", parent)})
+        loadable.ScriptedLoadableModuleWidget = ScriptedLoadableModuleWidget
+        loadable.ScriptedLoadableModuleTest = unittest.TestCase
+        monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", loadable)
+        monkeypatch.setattr(slicer, "ScriptedLoadableModule", loadable, raising=False)
+        util = slicer.util
+        monkeypatch.setattr(util, "loadUI", lambda path: Widget(str(path), {}, self.console))
+        monkeypatch.setattr(util, "childWidgetVariables", lambda root: _ui_widgets(Path(root.objectName), self.console))
+        monkeypatch.setattr(util, "errorDisplay", lambda text, **kwargs: self.errors.append(text))
+        monkeypatch.setattr(util, "confirmOkCancelDisplay", self._confirm)
+        monkeypatch.setattr(util, "WaitCursor", contextlib.nullcontext)
+        monkeypatch.setattr(util, "tryWithErrorDisplay", self._try_with_error_display)
+        monkeypatch.setattr(util, "setSliceViewerLayers", lambda **kwargs: None)
+        monkeypatch.setattr(util, "mainWindow", lambda: None)
+        monkeypatch.setattr(util, "pip_install", self._pip_install)
+        spec = importlib.util.spec_from_file_location("BrainTumorExplain", MODULE_FILE)
+        self.module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, "BrainTumorExplain", self.module)
+        spec.loader.exec_module(self.module)
+
+    def _confirm(self, text, **kwargs) -> bool:
+        self.questions.append(text)
+        return self.answer
+
+    def _pip_install(self, requirements) -> None:
+        """slicer.util.pip_install: logProcessOutput calls processEvents on every line pip prints (util.py)."""
+        self.pip.append(requirements)
+        for _line in range(3):
+            self.app.processEvents()
+
+    @contextlib.contextmanager
+    def _try_with_error_display(self, message=None, show=True, waitCursor=False):
+        """slicer.util.tryWithErrorDisplay (v5.6.0 to v5.10.0): show the error, then raise it again."""
+        try:
+            yield
+        except Exception as error:
+            if show:
+                self.errors.append(f"{message}\n\n{error}" if message else str(error))
+            raise
+
+    def processEvents(self) -> None:
+        pending, self.pending = self.pending, []
+        for action in pending:
+            action()
+
+
+class ScriptedLoadableModuleWidget:
+    """The parts of Slicer's widget base class the panel uses."""
+
+    def __init__(self, parent=None) -> None:
+        self.parent = parent or SimpleNamespace(isEntered=True)
+        self.layout = SimpleNamespace(addWidget=lambda widget: None)
+
+    def setup(self) -> None:
+        pass
+
+    def resourcePath(self, filename: str) -> str:
+        return str(MODULE / "Resources" / filename)
+
+
+@pytest.fixture
+def harness(scene, monkeypatch):
+    return Harness(monkeypatch)
+
+
+@pytest.fixture
+def panel(harness):
+    """The module's widget after setup(), on the scene fixture's scene."""
+    widget = harness.module.BrainTumorExplainWidget()
+    widget.setup()
+    yield widget
+    widget.cleanup()
+
+
+def _volume(scene, name: str, shape=(8, 10, 12)):
+    array = np.random.default_rng(len(name)).random(shape).astype(np.float32)
+    return slicer.util.addVolumeFromArray(array, name=name)
+
+
+def _inputs(scene, widget) -> None:
+    for modality in ("flair", "t1", "t1ce", "t2"):
+        setattr(widget._parameterNode, modality, _volume(scene, f"case_{modality}"))
+
+
+# -- the parameter node ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tag", _mirror_tags() or [None])
+def test_the_parameter_node_is_found_under_the_modules_name(scene, monkeypatch, tag):
+    """ScriptedLoadableModuleLogic names the module after its class, less 'Logic' (v5.6.0, v5.8.1, v5.10.0):
+    the logic class must be <module>Logic for the parameter node to carry the module's name."""
+    harness = Harness(monkeypatch, logic_tag=tag)
+    module = harness.module
+    base = sys.modules["slicer.ScriptedLoadableModule"].ScriptedLoadableModuleLogic
+    logic_classes = [value for value in vars(module).values()
+                     if isinstance(value, type) and issubclass(value, base) and value is not base]
+    assert len(logic_classes) == 1
+    logic = logic_classes[0]()
+    assert logic.moduleName == module.BrainTumorExplain.__name__ == "BrainTumorExplain"
+    node = logic.getParameterNode()
+    assert node.GetAttribute("ModuleName") == "BrainTumorExplain"
+    assert scene.GetSingletonNode("BrainTumorExplain", "vtkMRMLScriptedModuleNode") is node
+    widget = module.BrainTumorExplainWidget()
+    widget.setup()
+    assert widget._parameterNode.parameterNode is node  # the panel binds that node
+    widget.cleanup()
