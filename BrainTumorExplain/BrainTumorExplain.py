@@ -145,6 +145,7 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._parameterNodeGuiTag = None
         self._process = None  # the analysis running now
         self._probe = None  # the PyTorch question being asked now
+        self._installing = False  # Apply is installing what the analysis needs
         self._lastRun = None  # the last finished run's RunOutputs; its files (self._lastProcess) back the Results
         self._lastProcess = None
         self._overlays = {}
@@ -276,7 +277,7 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         inputs = self._inputs() if self._parameterNode else {}
         missing = [m.upper() for m in MODALITIES if inputs.get(m) is None]
         running = self._process is not None
-        self.ui.applyButton.enabled = not missing and not running
+        self.ui.applyButton.enabled = not missing and not running and not self._installing
         self.ui.cancelButton.enabled = running
         self.ui.applyButton.toolTip = (_("Choose {missing}").format(missing=", ".join(missing)) if missing
                                        else _("Segment and explain (runs in the background)"))
@@ -362,32 +363,35 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.deviceStatusLabel.text = message
 
     def ensureDependencies(self) -> bool:
-        """Install what the analysis process lacks, after asking; False (said in the panel) when it does not
-        happen or does not work."""
+        """Install what the analysis process lacks, or has older than the project's minimums, after asking; False
+        (said in the panel) when it does not happen or does not work."""
         network = self._parameterNode.network if self._parameterNode else ""
-        plan = install_plan(missing_dependencies(network=network), has_pytorch_extension())
+        missing = missing_dependencies(network=network)
+        plan = install_plan(missing, has_pytorch_extension())
         if plan is None:
             return True
         if not slicer.util.confirmOkCancelDisplay(plan.question, windowTitle=_("Install dependencies")):
             self.ui.statusLabel.text = _("Not started: the analysis needs {names}, which were not installed.").format(
-                names=", ".join(missing_dependencies(network=network)))
+                names=", ".join(missing))
             return False
         try:
             with slicer.util.WaitCursor():
                 self.ui.statusLabel.text = _("Installing {names}… (this can take minutes)").format(
-                    names=", ".join(missing_dependencies(network=network)))
+                    names=", ".join(missing))
                 slicer.app.processEvents()
                 if plan.torch == "extension":
                     import PyTorchUtils
 
                     # installs light-the-torch, then the build for this GPU; it imports torch into Slicer itself
                     # once (the analyses still run in the background process)
-                    PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+                    PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                                  torchVersionRequirement=plan.torch_version)
                 elif plan.torch == "pip":
-                    slicer.util.pip_install("torch")
+                    slicer.util.pip_install([plan.torch_requirement])
+                # lists: pip_install passes them on as arguments, no shell quoting of ">=" (Slicer 5.6-5.10)
                 if plan.packages:
-                    slicer.util.pip_install(" ".join(plan.packages))
-                if plan.without_dependencies:  # a list: pip_install passes it on as arguments (Slicer 5.6-5.10)
+                    slicer.util.pip_install(list(plan.packages))
+                if plan.without_dependencies:
                     slicer.util.pip_install(["--no-deps", *plan.without_dependencies])
         except Exception as error:  # pip and the PyTorch extension raise many kinds; each means: not installed
             self.ui.statusLabel.text = _("Installing failed: {error}").format(error=error)
@@ -396,16 +400,27 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         importlib.invalidate_caches()  # what pip just installed must be found
         still = missing_dependencies(network=network)
         if still:
-            self.ui.statusLabel.text = _("Still missing after installing: {names}. Restart Slicer and try again.").format(
-                names=", ".join(still))
+            self.ui.statusLabel.text = _("Still missing or too old after installing: {names}. Restart Slicer and try "
+                                         "again (PyTorch: its PyTorch Utils module installs a chosen version).").format(
+                names=", ".join(f"{name} ({found})" if found else name for name, found in still.items()))
             return False
         return True
 
     # -- running -------------------------------------------------------------------------------------------------
     def onApply(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Could not install what the analysis needs.")):
-            if not self.ensureDependencies():  # asks first: no wait cursor over the question
-                return
+        # pip's output calls processEvents (slicer.util.logProcessOutput): a click on Apply can arrive mid-install
+        if self._installing or self._process is not None:
+            return
+        self._installing = True
+        self._checkCanApply()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Could not install what the analysis needs.")):
+                ready = self.ensureDependencies()  # asks first: no wait cursor over the question
+        finally:
+            self._installing = False
+            self._checkCanApply()
+        if not ready:
+            return
         with slicer.util.tryWithErrorDisplay(_("Could not start the analysis."), waitCursor=True):
             settings = self.logic.settings(self._parameterNode)
             self._process = ExplainProcess(self._inputs(), settings, self.logic.pythonExecutable())

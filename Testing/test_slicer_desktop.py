@@ -266,15 +266,97 @@ def test_process_options_give_a_whole_process_tree_and_no_console_window():
 def test_install_plans_say_what_they_install():
     from BrainTumorExplainLogic import install_plan
 
-    assert install_plan([], True) is None
-    extension = install_plan(["torch", "nibabel"], True)
+    assert install_plan([], True) is None and install_plan({}, True) is None
+    extension = install_plan(["torch>=2.6", "nibabel"], True)
     assert extension.torch == "extension" and extension.packages == ("nibabel",) and "GPU" in extension.question
-    windows = install_plan(["torch"], False, system="Windows")
+    assert extension.torch_requirement == "torch>=2.6" and extension.torch_version == ">=2.6"
+    windows = install_plan(["torch>=2.6"], False, system="Windows")
     assert windows.torch == "pip" and "CPU-only" in windows.question and "Extensions Manager" in windows.question
     assert install_plan(["scipy"], False).torch == "" and "scipy" in install_plan(["scipy"], False).question
-    nnunet = install_plan(["scipy", "dynamic-network-architectures"], True)  # an nnU-Net folder's networks' package
-    assert nnunet.packages == ("scipy",) and nnunet.without_dependencies == ("dynamic-network-architectures",)
+    nnunet = install_plan(["scipy", "dynamic-network-architectures>=0.4", "scikit-image>=0.19.3"], True)
+    assert nnunet.packages == ("scipy", "scikit-image>=0.19.3")  # scikit-image comes with its own dependencies
+    assert nnunet.without_dependencies == ("dynamic-network-architectures>=0.4",)
     assert "dynamic-network-architectures" in nnunet.question
+
+
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def test_what_the_panel_installs_is_pyprojects_requirements():
+    """pyproject.toml does not ship with the extension: the panel's tables carry its requirements, minimums
+    included, and must say the same."""
+    from BrainTumorExplainLogic.library import LIBRARY_REQUIREMENTS, NNUNET_REQUIREMENTS, requirement_parts
+
+    project = _pyproject()
+    assert sorted(LIBRARY_REQUIREMENTS.values()) == sorted(project["dependencies"])
+    assert sorted(NNUNET_REQUIREMENTS.values()) == sorted(project["optional-dependencies"]["nnunet"])
+    for requirement in [*LIBRARY_REQUIREMENTS.values(), *NNUNET_REQUIREMENTS.values()]:
+        requirement_parts(requirement)  # each one a form the version check reads
+    assert requirement_parts(LIBRARY_REQUIREMENTS["torch"]) == ("torch", "2.6")  # weights_only is safe from 2.6
+
+
+def test_versions_older_than_the_minimums_count_as_missing(tmp_path):
+    """An older torch or MONAI (another extension's) is not enough; a package Slicer builds itself (importable,
+    no pip metadata) is taken as it is; local version labels and pre-release tails do not confuse the check."""
+    from BrainTumorExplainLogic import install_plan, missing_dependencies
+
+    versions = {"torch": "2.4.1+cu121", "monai": "1.3.2", "SimpleITK": "", "numpy": "1.24.0", "scipy": None}
+    installed = lambda module, project: versions.get(project, "99.0")  # noqa: E731
+    assert missing_dependencies(installed=installed) == {"torch>=2.6": "2.4.1+cu121", "monai>=1.4": "1.3.2",
+                                                         "scipy>=1.10": None}
+    versions.update(torch="2.6.0+cpu", monai="1.4.0rc1", scipy="1.10")
+    assert missing_dependencies(installed=installed) == {}
+    versions["numpy"] = "1.23.5"
+    assert missing_dependencies(["numpy", "torch"], installed=installed) == {"numpy>=1.24": "1.23.5"}
+    nnunet = tmp_path / "Dataset137" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    nnunet.mkdir(parents=True)
+    (nnunet / "plans.json").write_text("{}")
+    (nnunet / "dataset.json").write_text("{}")
+    versions.update(numpy="2.0", **{"scikit-image": "0.19.2", "dynamic-network-architectures": None})
+    assert missing_dependencies(network=str(nnunet), installed=installed) == {
+        "dynamic-network-architectures>=0.4": None, "scikit-image>=0.19.3": "0.19.2"}
+    versions.update(torch="2.5.1", scipy="1.9.3")
+    plan = install_plan(missing_dependencies(installed=installed), True)
+    assert plan.torch == "extension" and plan.torch_version == ">=2.6" and plan.packages == ("scipy>=1.10",)
+    assert "this Slicer has 2.5.1" in plan.question and "this Slicer has 1.9.3" in plan.question
+    assert missing_dependencies() == {}  # this environment has everything the library needs
+
+
+# Third-party imports of the library that the panel does not install, and the only files that may make them: the
+# benchmark's peers and the nnU-Net example of the tests (pyproject.toml's bench and test extras; nnunetv2 itself is
+# installed with --no-deps by scripts/setup-venv.sh).
+TEST_AND_BENCH_ONLY = {"captum": {"app/bench.py"}, "nnunetv2": {"app/bench.py", "app/nnunet_example.py"}}
+
+
+def test_every_third_party_import_of_the_library_is_installed_by_the_panel_or_test_only():
+    """What the analysis process may import must be something the panel installs (a missing module would fail
+    deep inside a run): scikit-image for nnU-Net's resizing and PyYAML for a bundle's YAML config among them."""
+    from BrainTumorExplainLogic.library import LIBRARY_REQUIREMENTS, NNUNET_REQUIREMENTS
+
+    installed = set(LIBRARY_REQUIREMENTS) | set(NNUNET_REQUIREMENTS)
+    library = ROOT / "BrainTumorExplainLib"
+    seen = set()
+    for path in library.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for top in {name.split(".")[0] for name in names} - set(sys.stdlib_module_names) - {
+                    "BrainTumorExplainLib"}:
+                seen.add(top)
+                where = path.relative_to(library).as_posix()
+                assert top in installed or where in TEST_AND_BENCH_ONLY.get(top, ()), (
+                    f"{where} imports {top}: add it to BrainTumorExplainLogic/library.py and pyproject.toml, or "
+                    "declare it test/bench-only here")
+    assert {"skimage", "yaml", "torch", "monai"} <= seen
+    extras = _pyproject()["optional-dependencies"]
+    assert any(r.startswith("captum") for r in extras["bench"]) and any(r.startswith("captum") for r in extras["test"])
 
 
 def test_logic_test_is_opt_in():

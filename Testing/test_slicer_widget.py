@@ -407,6 +407,7 @@ class Harness:
         self.answer = True
         self.pending: list = []  # user actions that slicer.app.processEvents delivers
         self.pip: list = []
+        self.pip_effect = None  # what the stand-in pip_install changes (installed versions)
         qt = _qt()
         for name, module in (("qt", qt), ("ctk", types.ModuleType("ctk")),
                              ("slicer.parameterNodeWrapper", _parameter_node_wrapper()),
@@ -450,6 +451,8 @@ class Harness:
     def _pip_install(self, requirements) -> None:
         """slicer.util.pip_install: logProcessOutput calls processEvents on every line pip prints (util.py)."""
         self.pip.append(requirements)
+        if self.pip_effect:
+            self.pip_effect(requirements)
         for _line in range(3):
             self.app.processEvents()
 
@@ -527,3 +530,73 @@ def test_the_parameter_node_is_found_under_the_modules_name(scene, monkeypatch, 
     widget.setup()
     assert widget._parameterNode.parameterNode is node  # the panel binds that node
     widget.cleanup()
+
+
+# -- Apply and the dependency install --------------------------------------------------------------------------------
+def _versions(monkeypatch, **fake) -> dict:
+    """Installed versions as the dependency check sees them: ``fake`` (project → version, None: not installed) over
+    this environment's."""
+    from BrainTumorExplainLogic import library
+
+    real = library.installed_version
+    versions = {project.replace("_", "-"): version for project, version in fake.items()}
+    monkeypatch.setattr(library, "installed_version",
+                        lambda module, project: versions[project] if project in versions else real(module, project))
+    return versions
+
+
+def _stand_in_python(tmp_path: Path, body: str) -> str:
+    """An interpreter for the background run that only does ``body``."""
+    path = tmp_path / "python-stand-in"
+    path.write_text(f"#!{sys.executable}\nimport sys, time, signal\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_a_click_on_apply_during_the_install_starts_no_second_install_or_run(scene, panel, harness, monkeypatch):
+    """pip's output calls processEvents on every line, so a click on Apply is delivered mid-install: Apply is
+    disabled first, and a click that still arrives starts nothing."""
+    _versions(monkeypatch, PyYAML=None)  # missing, and still missing after the stand-in pip
+    _inputs(scene, panel)
+    assert panel.ui.applyButton.enabled
+    seen = []
+
+    def click_again() -> None:  # the user, impatient, while pip prints
+        seen.append(panel.ui.applyButton.enabled)
+        panel.ui.applyButton.click()
+        panel.onApply()  # and a click queued before Apply was disabled
+
+    harness.pending = [click_again, click_again]
+    panel.ui.applyButton.click()
+    assert seen == [False, False]
+    assert len(harness.questions) == 1 and harness.pip == [["PyYAML>=5.4"]]
+    assert panel._process is None and not harness.console
+    assert "PyYAML>=5.4" in panel.ui.statusLabel.text and "Still missing" in panel.ui.statusLabel.text
+    assert panel.ui.applyButton.enabled  # back once the install is over
+
+
+def test_an_older_pytorch_is_upgraded_through_the_pytorch_extension_to_the_projects_minimum(scene, panel, harness,
+                                                                                             monkeypatch, tmp_path):
+    """torch 2.4 (another extension's) does not pass: PyTorchUtils' installTorch gets the project's minimum, in the
+    call shape the module has always used (SlicerPyTorch's own module cannot run here: a stand-in records it)."""
+    versions = _versions(monkeypatch, torch="2.4.1+cu121", monai="1.3.0")
+    calls = []
+
+    class PyTorchUtilsLogic:
+        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
+            calls.append((askConfirmation, torchVersionRequirement))
+            versions["torch"] = "2.7.1+cu126"
+
+    extension = types.ModuleType("PyTorchUtils")
+    extension.__spec__ = importlib.machinery.ModuleSpec("PyTorchUtils", None)
+    extension.PyTorchUtilsLogic = PyTorchUtilsLogic
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", extension)
+    harness.pip_effect = lambda requirements: versions.update(monai="1.4.0")
+    monkeypatch.setattr(harness.module.BrainTumorExplainLogic, "pythonExecutable",
+                        staticmethod(lambda: _stand_in_python(tmp_path, "sys.exit(3)")))
+    _inputs(scene, panel)
+    panel.ui.applyButton.click()
+    assert "2.4.1+cu121" in harness.questions[0] and "2.6 or newer" in harness.questions[0]
+    assert calls == [(False, ">=2.6")] and harness.pip == [["monai>=1.4"]]
+    assert panel._process is not None  # installed: the run started
+    panel.onCancel()
