@@ -48,7 +48,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 ensure_library_importable()
-from BrainTumorExplainLib.app.contract import read_summary  # noqa: E402  (no torch)
+from BrainTumorExplainLib.app.contract import last_explained_layer, read_summary  # noqa: E402  (no torch)
 from BrainTumorExplainLib.app.report import (  # noqa: E402  (no torch)
     LESION_HEADER,
     REVIEW_HEADER,
@@ -480,10 +480,21 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 self.ui.statusLabel.text = _("Finished, but the results could not be added to the scene.")
 
     def _forgetRun(self) -> None:
-        """The last run's files go; its nodes stay in the scene (they are the user's now)."""
+        """The last run's files go, and its results leave the panel; its nodes stay in the scene (they are the
+        user's now)."""
         if self._lastProcess is not None:
             self._lastProcess.cleanup()
         self._lastRun = self._lastProcess = None
+        self._overlays, self._layers, self._reviewIndex = {}, [], -1
+        self.ui.overlayComboBox.clear()
+        self.ui.gradcamClassComboBox.clear()
+        self.ui.gradcamLayerSlider.maximum = 0
+        self.ui.gradcamLayerLabel.text = ""
+        for table in (self.ui.detectorsTable, self.ui.reviewTable, self.ui.lesionTable):
+            fillTable(table, [], [])
+        self.ui.featvizLabel.setPixmap(qt.QPixmap())
+        self.ui.openReportButton.enabled = self.ui.nextReviewButton.enabled = False
+        self.ui.preprocessingLabel.text = ""
 
     # -- results -------------------------------------------------------------------------------------------------
     def showResults(self, summary: dict, overlays: dict) -> None:
@@ -492,10 +503,13 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.overlayComboBox.addItems(list(overlays))
         gradcam = summary.get("gradcam", {})
         self._layers = gradcam.get("layers", [])
-        self.ui.gradcamClassComboBox.clear()  # classes first: the slider below asks for the current class's map
-        self.ui.gradcamClassComboBox.addItems(gradcam.get("classes", []))
+        # no class while the slider takes this run's range (its handler waits for one), then the first class: one
+        # call, for the layer whose maps the run added
+        self.ui.gradcamClassComboBox.clear()
         self.ui.gradcamLayerSlider.maximum = max(len(self._layers) - 1, 0)
-        self.ui.gradcamLayerSlider.value = max(len(self._layers) - 2, 0)
+        if self._layers:
+            self.ui.gradcamLayerSlider.value = self._layers.index(last_explained_layer(self._layers))
+        self.ui.gradcamClassComboBox.addItems(gradcam.get("classes", []))
         detectors = summary.get("concepts", {}).get("detectors", [])
         keys = ("concept", "layer", "filter", "dataset_iou", "control_iou", "case_iou")
         fillTable(self.ui.detectorsTable, [_("concept"), _("layer"), _("filter"), _("IoU (dissection set)"),

@@ -600,3 +600,67 @@ def test_an_older_pytorch_is_upgraded_through_the_pytorch_extension_to_the_proje
     assert calls == [(False, ">=2.6")] and harness.pip == [["monai>=1.4"]]
     assert panel._process is not None  # installed: the run started
     panel.onCancel()
+
+
+# -- the results -----------------------------------------------------------------------------------------------------
+CLASSES = ("NCR", "ED", "ET")
+
+
+def _show_run(scene, widget, folder: Path, layers: list[str], review_points=None) -> dict:
+    """A finished run as the panel shows it: the overlays add_run_outputs gives (real volumes: the maps and the
+    Grad-CAM of the run's last explained layer per class), a summary with every table filled, its files."""
+    from BrainTumorExplainLib.app.contract import last_explained_layer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.html").write_text("<html></html>")
+    (folder / "featviz").mkdir(exist_ok=True)
+    (folder / "featviz" / "detectors.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    last = last_explained_layer(layers)
+    overlays = {name: _volume(scene, name) for name in ("uncertainty", *(f"Grad-CAM {last} {c}" for c in CLASSES))}
+    region = {"rank": 1, "volume_mm3": 120.0, "mean_entropy": 0.4, "place": {"ras": [1.0, 2.0, 3.0], "ijk": [4, 5, 6]},
+              "why": "uncertain"}
+    lesion = {"region": "WT", "number": 1, "match": 1, "volume_mm3": 900.0, "dice": 0.8,
+              "uncertainty": {"entropy": {"mean": 0.1}}, "gradcam": {}, "detectors": {}}
+    summary = {"gradcam": {"layers": list(layers), "classes": list(CLASSES)},
+               "concepts": {"detectors": [{"concept": "WT", "layer": last, "filter": 3}]},
+               "review": {"regions": [region], "lesions": [lesion]},
+               "preprocessing": {"steps": ["brain mask: the scan's own"]}}
+    widget._lastRun = SimpleNamespace(review_points=review_points)
+    widget._lastProcess = SimpleNamespace(out=folder, reference=_volume(scene, "flair"), cleanup=lambda: None)
+    widget.showResults(summary, overlays)
+    return overlays
+
+
+def test_a_run_with_fewer_layers_shows_its_own_last_layer(scene, panel, harness, tmp_path):
+    """showResults after a run of 14 layers: a run of 3 must not look up the old slider position among its layers
+    (IndexError in the console), nor add a Grad-CAM map nobody asked for (a network without a 'head' layer)."""
+    _show_run(scene, panel, tmp_path / "a", [f"block{i}" for i in range(13)] + ["head"])
+    assert panel.ui.gradcamLayerSlider.value == 12 and panel.ui.gradcamLayerLabel.text == "Grad-CAM block12 NCR"
+    for layers, shown in ((["enc1", "dec1", "head"], "dec1"), (["enc1", "enc2", "dec1"], "dec1")):
+        volumes = scene.GetNumberOfNodesByClass("vtkMRMLVolumeNode")
+        overlays = _show_run(scene, panel, tmp_path / shown, layers)
+        assert not harness.console and not harness.errors, (harness.console, harness.errors)
+        assert panel.ui.gradcamLayerSlider.maximum == 2 and panel.ui.gradcamLayerLabel.text == f"Grad-CAM {shown} NCR"
+        # the run's own maps and its FLAIR: no map added by the panel
+        assert scene.GetNumberOfNodesByClass("vtkMRMLVolumeNode") == volumes + len(overlays) + 1
+        assert panel.ui.overlayComboBox.currentText == f"Grad-CAM {shown} NCR"
+
+
+def test_closing_the_scene_leaves_no_results_of_the_last_run_in_the_panel(scene, panel, harness, tmp_path):
+    points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Review points")
+    _show_run(scene, panel, tmp_path / "run", ["enc1", "dec1", "head"], review_points=points)
+    ui = panel.ui
+    assert ui.overlayComboBox.count() and ui.gradcamClassComboBox.count() and ui.openReportButton.enabled
+    assert ui.detectorsTable.rowCount() == ui.reviewTable.rowCount() == ui.lesionTable.rowCount() == 1
+    assert ui.nextReviewButton.enabled and not ui.featvizLabel.pixmap.isNull() and ui.preprocessingLabel.text
+    scene.Clear(0)  # File > Close Scene
+    assert not harness.console
+    assert ui.overlayComboBox.count() == ui.gradcamClassComboBox.count() == 0 and not panel._overlays
+    assert ui.gradcamLayerSlider.maximum == 0 and not ui.gradcamLayerLabel.text and not panel._layers
+    for table in (ui.detectorsTable, ui.reviewTable, ui.lesionTable):
+        assert table.rowCount() == 0 and not table.cells
+    assert ui.featvizLabel.pixmap.isNull() and not ui.preprocessingLabel.text
+    assert not ui.openReportButton.enabled and not ui.nextReviewButton.enabled
+    ui.nextReviewButton.click()
+    ui.openReportButton.click()
+    assert not harness.console
