@@ -144,6 +144,7 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._process = None  # the analysis running now
+        self._ending = []  # cancelled analyses whose processes are still ending (onPoll deletes their files after)
         self._probe = None  # the PyTorch question being asked now
         self._installing = False  # Apply is installing what the analysis needs
         self._lastRun = None  # the last finished run's RunOutputs; its files (self._lastProcess) back the Results
@@ -189,10 +190,11 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        """Module cleanup and application exit: no analysis, probe or file outlives the panel."""
+        """Module cleanup and application exit: no analysis, probe or file outlives the panel (a run still ending
+        is finished by its atexit handler)."""
+        self.onCancel()
         self._timer.stop()
         self._probeTimer.stop()
-        self.onCancel()
         if self._probe is not None:
             self._probe.cancel()
             self._probe = None
@@ -431,19 +433,26 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._timer.start()
 
     def onCancel(self) -> None:
-        """End the analysis and every process it started, and delete its files."""
+        """Start ending the analysis and every process it started, and return: waiting here would freeze Slicer
+        for the run's grace period and more; onPoll deletes its files once it has ended."""
         if self._process is None:
             return
-        self._timer.stop()
         process, self._process = self._process, None
-        with slicer.util.WaitCursor():
-            process.cancel()
+        process.request_cancel()
+        self._ending.append(process)
         self.ui.progressBar.value = 0
-        self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
+        self.ui.statusLabel.text = _("Cancelling…")
         self._checkCanApply()
+        self._timer.start()
 
     def onPoll(self) -> None:
+        if self._ending:
+            self._ending = [process for process in self._ending if not process.cancelled()]
+            if not self._ending and self._process is None:
+                self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
         if self._process is None:
+            if not self._ending:
+                self._timer.stop()
             return
         status = self._process.poll()
         self.ui.progressBar.value = int(100 * status.fraction)
@@ -452,7 +461,8 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.statusLabel.text = _("{stage}… ({seconds:.0f} s)").format(stage=status.stage or _("starting"),
                                                                             seconds=elapsed)
             return
-        self._timer.stop()
+        if not self._ending:
+            self._timer.stop()
         process, self._process = self._process, None
         self._checkCanApply()
         if status.error:

@@ -318,29 +318,37 @@ def _qt() -> types.ModuleType:
 
 # -- Slicer's Python helpers that need the application ---------------------------------------------------------------
 def _parameter_node_wrapper() -> types.ModuleType:
-    """slicer.parameterNodeWrapper, as far as the panel uses it: typed fields with defaults over a real
-    vtkMRMLScriptedModuleNode (setting one modifies the node), and its observer methods (wrapper.py)."""
+    """slicer.parameterNodeWrapper, as far as the panel uses it: typed fields with defaults, kept in a real
+    vtkMRMLScriptedModuleNode (nodes as node references, other values as parameters), and its observer methods
+    (wrapper.py)."""
+    import ast
+
     module = types.ModuleType("slicer.parameterNodeWrapper")
-    values: dict[int, dict] = {}  # the fields of each parameter node, for every wrapper made on it
 
     def parameterNodeWrapper(cls):
         defaults = {name: getattr(cls, name, None) for name in cls.__annotations__}
+        nodes = {name for name, kind in cls.__annotations__.items()
+                 if isinstance(kind, type) and issubclass(kind, slicer.vtkMRMLNode)}
 
         class Wrapper:
             def __init__(self, parameterNode) -> None:
                 object.__setattr__(self, "parameterNode", parameterNode)
-                values.setdefault(id(parameterNode), dict(defaults))
 
             def __getattr__(self, name):
+                if name in nodes:
+                    return self.parameterNode.GetNodeReference(name)
                 if name in defaults:
-                    return values[id(self.parameterNode)][name]
+                    text = self.parameterNode.GetParameter(name)
+                    return ast.literal_eval(text) if text else defaults[name]
                 raise AttributeError(name)
 
             def __setattr__(self, name, value) -> None:
-                if name not in defaults:
+                if name in nodes:
+                    self.parameterNode.SetNodeReferenceID(name, value.GetID() if value is not None else None)
+                elif name in defaults:
+                    self.parameterNode.SetParameter(name, repr(value))
+                else:
                     raise AttributeError(f"{name} is not a parameter")
-                values[id(self.parameterNode)][name] = value
-                self.parameterNode.Modified()
 
             def AddObserver(self, event, callback, priority=0.0):
                 return self.parameterNode.AddObserver(event, callback, priority)
@@ -664,3 +672,57 @@ def test_closing_the_scene_leaves_no_results_of_the_last_run_in_the_panel(scene,
     ui.nextReviewButton.click()
     ui.openReportButton.click()
     assert not harness.console
+
+
+# -- Cancel ----------------------------------------------------------------------------------------------------------
+STUBBORN = ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"  # a run that does not end on SIGTERM
+            "open(sys.argv[sys.argv.index('--out') + 1] + '.ready', 'w').close()\n"
+            "time.sleep(120)")
+
+
+def _start_stubborn_run(scene, panel, harness, monkeypatch, tmp_path):
+    from BrainTumorExplainLogic import explainrun
+
+    monkeypatch.setattr(explainrun, "END_GRACE_S", 1.0)  # SIGKILL after a second, not ten
+    python = _stand_in_python(tmp_path, STUBBORN)
+    monkeypatch.setattr(harness.module.BrainTumorExplainLogic, "pythonExecutable", staticmethod(lambda: python))
+    _inputs(scene, panel)
+    panel.ui.applyButton.click()
+    process = panel._process
+    assert process is not None and panel.ui.cancelButton.enabled, harness.errors
+    ready = Path(str(process.out) + ".ready")
+    deadline = time.monotonic() + 30
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready.exists(), "the stand-in run never started"
+    return process
+
+
+def _poll_until_cancelled(panel, process, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while process.folder.exists() and time.monotonic() < deadline:
+        started = time.monotonic()
+        panel._timer.timeout.emit()  # the panel's timer
+        assert time.monotonic() - started < 0.5, "a poll froze the panel"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("how", ["Cancel", "scene close"])
+def test_cancel_and_scene_close_return_at_once_and_the_timer_finishes_the_run(scene, panel, harness, monkeypatch,
+                                                                               tmp_path, how):
+    """A run that ignores SIGTERM: Cancel (or closing the scene) returns at once, the timer kills it after the grace
+    period and then deletes its files; Apply is available meanwhile."""
+    process = _start_stubborn_run(scene, panel, harness, monkeypatch, tmp_path)
+    started = time.monotonic()
+    if how == "Cancel":
+        panel.ui.cancelButton.click()
+    else:
+        scene.Clear(0)
+    assert time.monotonic() - started < 0.5, f"{how} waited for the run to end"
+    assert panel._process is None and not panel.ui.cancelButton.enabled and panel._timer.active
+    assert process.process.poll() is None and "Cancelling" in panel.ui.statusLabel.text
+    assert panel.ui.applyButton.enabled == (how == "Cancel")  # a closed scene takes the inputs with it
+    _poll_until_cancelled(panel, process)
+    assert process.process.poll() is not None and not process.folder.exists()
+    assert "Cancelled" in panel.ui.statusLabel.text and not panel._timer.active
+    assert not harness.console and not harness.errors

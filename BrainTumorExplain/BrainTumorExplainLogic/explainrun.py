@@ -177,25 +177,44 @@ def process_options(platform: str = os.name) -> dict:
     return {"start_new_session": True}  # its own session and process group: the launcher and python-real
 
 
-def end_process_tree(process: subprocess.Popen, grace_s: float = END_GRACE_S) -> None:
-    """End ``process`` and every process it started, and return when they are gone (or, for processes that are
-    only zombies no one reaps, after a bounded wait: they hold no CPU, memory or files)."""
-    if os.name == "nt":
-        subprocess.run(["taskkill", "/PID", str(process.pid), "/T", "/F"], capture_output=True,
-                       creationflags=CREATE_NO_WINDOW, timeout=30)
-        process.wait(timeout=30)
-        return
-    _signal_group(process.pid, signal.SIGTERM)  # the run removes its private folder and lock on SIGTERM
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None and not _group_alive(process.pid):
-            return
+class TreeEnd:
+    """Ending ``process`` and every process it started without waiting for them: SIGTERM now (the run removes its
+    private folder and lock on it), SIGKILL once ``grace_s`` (default :data:`END_GRACE_S`) has passed; poll
+    :meth:`done` — from a GUI timer — until they are gone. Windows: ``taskkill /T /F`` ends the tree at once."""
+
+    ZOMBIE_WAIT_S = 5.0  # after SIGKILL: processes that are only zombies no one reaps hold no CPU, memory or files
+
+    def __init__(self, process: subprocess.Popen, grace_s: float | None = None) -> None:
+        self.process = process
+        self.deadline = time.monotonic() + (END_GRACE_S if grace_s is None else grace_s)
+        self.killed_at: float | None = None
+        if os.name == "nt":
+            subprocess.run(["taskkill", "/PID", str(process.pid), "/T", "/F"], capture_output=True,
+                           creationflags=CREATE_NO_WINDOW, timeout=30)
+        else:
+            _signal_group(process.pid, signal.SIGTERM)
+
+    def done(self) -> bool:
+        """Whether the process has ended and its group is gone; sends SIGKILL once the grace has passed."""
+        now = time.monotonic()
+        ended = self.process.poll() is not None
+        if ended and (os.name == "nt" or not _group_alive(self.process.pid)):
+            return True
+        if self.killed_at is None and now >= self.deadline and os.name != "nt":
+            _signal_group(self.process.pid, signal.SIGKILL)  # cannot be refused
+            self.killed_at = now
+        return ended and self.killed_at is not None and now - self.killed_at > self.ZOMBIE_WAIT_S
+
+
+def end_process_tree(process: subprocess.Popen, grace_s: float | None = None) -> None:
+    """End ``process`` and every process it started, and return when they are gone (:class:`TreeEnd`, waited for;
+    ``subprocess.TimeoutExpired`` when the process outlives even SIGKILL by 30 s)."""
+    ending = TreeEnd(process, grace_s)
+    limit = ending.deadline + 30.0 + TreeEnd.ZOMBIE_WAIT_S
+    while not ending.done():
+        if time.monotonic() > limit:
+            raise subprocess.TimeoutExpired(process.args, 30.0)
         time.sleep(0.05)
-    _signal_group(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    deadline = time.monotonic() + 5.0
-    while _group_alive(process.pid) and time.monotonic() < deadline:  # SIGKILL cannot be refused
-        time.sleep(0.02)
 
 
 def _signal_group(group: int, number: int) -> None:
@@ -230,6 +249,7 @@ class ExplainProcess:
         self._events: list[dict] = []  # the run's progress events (its stdout, one JSON object a line)
         self._log: list[str] = []  # everything else it says (its stderr: progress bars, warnings, the error line)
         self.process: subprocess.Popen | None = None
+        self._ending: TreeEnd | None = None  # a cancel under way (request_cancel)
         try:
             case = self.folder / "case"
             case.mkdir()
@@ -288,10 +308,23 @@ class ExplainProcess:
         return self.poll()
 
     def cancel(self) -> None:
-        """End the run's whole process tree (whatever it is doing), then delete everything it wrote."""
+        """End the run's whole process tree (whatever it is doing), then delete everything it wrote; returns when
+        that is done (at exit; the panel uses :meth:`request_cancel`)."""
         if self.process is not None and self.process.poll() is None:
             end_process_tree(self.process)
         self.cleanup()
+
+    def request_cancel(self) -> None:
+        """Start ending the run's whole process tree and return at once; :meth:`cancelled`, polled, finishes."""
+        if self._ending is None and self.process is not None and self.process.poll() is None:
+            self._ending = TreeEnd(self.process)
+
+    def cancelled(self) -> bool:
+        """After :meth:`request_cancel`: whether the tree has ended; then its files are deleted too."""
+        if self._ending is not None and not self._ending.done():
+            return False
+        self.cleanup()
+        return True
 
     def cleanup(self) -> None:
         """Delete the run's files; a run still going is ended first (it would go on writing into them)."""
