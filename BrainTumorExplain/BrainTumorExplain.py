@@ -31,7 +31,9 @@ from BrainTumorExplainLogic import (
     missing_dependencies,
     network_channels,
     panel_config,
+    panel_wording,
     register_terminology,
+    runs_own_code,
     sample_data_source,
     show_overlay,
 )
@@ -132,6 +134,10 @@ class BrainTumorExplainParameterNode:
 
 
 CHOICE_PARAMETERS = {"model": MODEL_NAMES, "device": DEVICE_CHOICES, "classes": GRADCAM_CLASS_CHOICES}
+# setting → the .ui widget whose text names it: the run's messages name command-line options, the panel its controls
+CONTROLS = {"model": "formLabel5", "weights": "formLabel6", "trust_bundle": "trustBundleCheckBox",
+            "device": "formLabel7", "quick": "formLabel8", "passes": "formLabel9", "layers": "formLabel10",
+            "classes": "formLabel11"}
 
 
 class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -291,6 +297,7 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def onNetworkChanged(self, path: str) -> None:
         if self._parameterNode:
             self._parameterNode.network = path
+        self.ui.trustBundleCheckBox.checked = False  # trust is given to one folder, and never saved with a scene
         self._showNetworkChannels()
 
     def _showNetworkChannels(self) -> None:
@@ -316,6 +323,8 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.networkStatusLabel.text = status
         self.ui.modelComboBox.enabled = not channels
         self.ui.weightsPathLineEdit.enabled = not channels
+        self.ui.trustBundleCheckBox.enabled = self.ui.trustBundleWarningLabel.visible = (
+            bool(channels) and runs_own_code(folder))
 
     def onLayersChanged(self) -> None:
         if self._parameterNode:
@@ -424,7 +433,10 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if not ready:
             return
         with slicer.util.tryWithErrorDisplay(_("Could not start the analysis."), waitCursor=True):
-            settings = self.logic.settings(self._parameterNode)
+            try:
+                settings = self.logic.settings(self._parameterNode, trust=self.ui.trustBundleCheckBox.checked)
+            except ValueError as error:  # the library's refusal, in command-line words
+                raise ValueError(self._inPanelWords(str(error))) from None
             self._process = ExplainProcess(self._inputs(), settings, self.logic.pythonExecutable())
             self._started = time.time()
             self.ui.progressBar.value = 0
@@ -467,11 +479,16 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._checkCanApply()
         if status.error:
             process.cleanup()
-            self.ui.statusLabel.text = _("Failed: {error}").format(error=status.error)
-            slicer.util.errorDisplay(_("The analysis failed: {error}").format(error=status.error),
+            error = self._inPanelWords(status.error)
+            self.ui.statusLabel.text = _("Failed: {error}").format(error=error)
+            slicer.util.errorDisplay(_("The analysis failed: {error}").format(error=error),
                                      detailedText=status.log[-5000:])
             return
         self._pushResults(process, elapsed)
+
+    def _inPanelWords(self, message: str) -> str:
+        return panel_wording(message, {name: getattr(self.ui, widget).text.rstrip(":")
+                                       for name, widget in CONTROLS.items()})
 
     def _pushResults(self, process, elapsed: float) -> None:
         self._forgetRun()
@@ -600,14 +617,15 @@ class BrainTumorExplainLogic(ScriptedLoadableModuleLogic):
         """The interpreter for the analysis process: PythonSlicer (Slicer's Python with its packages)."""
         return shutil.which("PythonSlicer") or shutil.which("PythonSlicer.exe") or "PythonSlicer"
 
-    def settings(self, parameters) -> ExplainConfig:
+    def settings(self, parameters, trust: bool = False) -> ExplainConfig:
         """The run the panel asks for; ``auto`` stays ``auto``: the analysis process picks the device itself, so
-        Apply never waits for a PyTorch probe."""
+        Apply never waits for a PyTorch probe. ``trust``: run the user's network's own code (not a parameter: a
+        scene from someone else must not turn it on)."""
         own = bool(parameters.network)
         return panel_config(model=parameters.network if own else parameters.model,
                             weights=None if own else parameters.weights or None, device=parameters.device,
                             quick=parameters.quick, passes=parameters.passes, layers=parameters.layers,
-                            classes=parameters.classes)
+                            classes=parameters.classes, trust_bundle=own and trust)
 
 
 class BrainTumorExplainTest(ScriptedLoadableModuleTest):

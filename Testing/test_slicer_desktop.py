@@ -359,6 +359,35 @@ def test_every_third_party_import_of_the_library_is_installed_by_the_panel_or_te
     assert any(r.startswith("captum") for r in extras["bench"]) and any(r.startswith("captum") for r in extras["test"])
 
 
+def test_the_panel_names_its_own_controls_where_the_library_names_options(tmp_path):
+    """Every setting the panel offers has a control whose text names it (CONTROLS in the module, the .ui's text),
+    and the library's refusals of an untrusted bundle read, in the panel, as the control to tick."""
+    from BrainTumorExplainLib.app.settings import ExplainConfig
+    from BrainTumorExplainLib.errors import InputError
+    from BrainTumorExplainLib.models.bundle import _load_torchscript, build_network
+    from BrainTumorExplainLogic import panel_wording
+
+    tree = ast.parse(MODULE_FILE.read_text())
+    controls = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                    and getattr(node.targets[0], "id", "") == "CONTROLS")
+    texts = {widget.get("name"): prop.find("string").text for widget in ElementTree.parse(UI_FILE).iter("widget")
+             for prop in widget.findall("property") if prop.get("name") == "text"}
+    assert set(controls) <= set(ExplainConfig.__dataclass_fields__) and "trust_bundle" in controls
+    labels = {name: texts[widget].rstrip(":") for name, widget in controls.items()}
+    refusals = []
+    for refuse in (lambda: build_network({"_target_": "$import os"}, tmp_path / "inference.json"),
+                   lambda: build_network({"_target_": "my.Net"}, tmp_path / "inference.json"),
+                   lambda: _load_torchscript(tmp_path, tmp_path / "model.ts", "cpu", False)):
+        with pytest.raises(InputError) as refused:
+            refuse()
+        refusals.append(str(refused.value))
+    for message in refusals:
+        assert "--trust-bundle" in message
+        worded = panel_wording(message, labels)
+        assert f"tick '{labels['trust_bundle']}'" in worded and "--" not in worded, worded
+    assert panel_wording("--folds goes with an nnU-Net folder", labels) == "--folds goes with an nnU-Net folder"
+
+
 def test_logic_test_is_opt_in():
     from BrainTumorExplainLogic.selftest import logic_test_enabled
 

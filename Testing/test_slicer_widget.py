@@ -726,3 +726,64 @@ def test_cancel_and_scene_close_return_at_once_and_the_timer_finishes_the_run(sc
     assert process.process.poll() is not None and not process.folder.exists()
     assert "Cancelled" in panel.ui.statusLabel.text and not panel._timer.active
     assert not harness.console and not harness.errors
+
+
+# -- your own network's code -----------------------------------------------------------------------------------------
+def _bundle(folder: Path) -> Path:
+    (folder / "configs").mkdir(parents=True)
+    metadata = {"network_data_format": {"inputs": {"image": {"channel_def": {
+        "0": "FLAIR", "1": "T1", "2": "T1c", "3": "T2"}}}}}
+    (folder / "configs" / "metadata.json").write_text(__import__("json").dumps(metadata))
+    return folder
+
+
+def _trust_refusal() -> str:
+    """The library's own refusal of a bundle whose config holds an expression."""
+    from BrainTumorExplainLib.errors import InputError
+    from BrainTumorExplainLib.models.bundle import build_network
+
+    with pytest.raises(InputError) as refused:
+        build_network({"_target_": "$import os"}, Path("configs/inference.json"))
+    assert "--trust-bundle" in str(refused.value)
+    return str(refused.value)
+
+
+def test_trusting_a_bundle_is_offered_in_the_panel_with_a_plain_warning(scene, panel, harness, tmp_path):
+    ui = panel.ui
+    assert not ui.trustBundleCheckBox.enabled and not ui.trustBundleWarningLabel.visible
+    ui.networkPathLineEdit.currentPath = str(_bundle(tmp_path / "bundle"))
+    assert ui.trustBundleCheckBox.enabled and ui.trustBundleWarningLabel.visible
+    assert "read, change or send any file" in ui.trustBundleWarningLabel.text
+    assert "--trust-bundle" not in panel.logic.settings(panel._parameterNode, trust=ui.trustBundleCheckBox.checked
+                                                        ).arguments()
+    ui.trustBundleCheckBox.click()
+    assert "--trust-bundle" in panel.logic.settings(panel._parameterNode, trust=ui.trustBundleCheckBox.checked
+                                                    ).arguments()
+    assert not hasattr(panel._parameterNode, "trust_bundle")  # never saved with the scene
+    nnunet = tmp_path / "Dataset1" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    nnunet.mkdir(parents=True)
+    (nnunet / "plans.json").write_text("{}")
+    (nnunet / "dataset.json").write_text('{"channel_names": {"0": "FLAIR", "1": "T1", "2": "T1ce", "3": "T2"}}')
+    ui.networkPathLineEdit.currentPath = str(nnunet)  # another folder: trust is not carried over; nnU-Net runs none
+    assert not ui.trustBundleCheckBox.checked and not ui.trustBundleCheckBox.enabled
+    ui.networkPathLineEdit.currentPath = ""
+    assert "--trust-bundle" not in panel.logic.settings(panel._parameterNode, trust=True).arguments()
+
+
+def test_the_panels_errors_name_its_controls_not_command_line_options(scene, panel, harness, monkeypatch, tmp_path):
+    refusal = _trust_refusal()
+    python = _stand_in_python(tmp_path, f"print({'error: ' + refusal!r}, file=sys.stderr)\nsys.exit(2)")
+    monkeypatch.setattr(harness.module.BrainTumorExplainLogic, "pythonExecutable", staticmethod(lambda: python))
+    _inputs(scene, panel)
+    panel.ui.networkPathLineEdit.currentPath = str(_bundle(tmp_path / "bundle"))
+    panel.ui.applyButton.click()
+    process = panel._process
+    process.wait(timeout=60)
+    panel._timer.timeout.emit()
+    assert "tick 'Trust this network's code'" in panel.ui.statusLabel.text
+    assert "tick 'Trust this network's code'" in harness.errors[-1]
+    assert "--" not in panel.ui.statusLabel.text and "--" not in harness.errors[-1]
+    panel._parameterNode.layers = " "  # what a scene may hold: refused before any run, in the panel's words
+    panel.ui.applyButton.click()
+    assert "'Grad-CAM layers': give 'all' or layer names" in harness.errors[-1] and "--" not in harness.errors[-1]
+    assert panel._process is None

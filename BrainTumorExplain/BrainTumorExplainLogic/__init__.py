@@ -14,6 +14,8 @@ from .explainrun import (
                          check_input_nodes,
                          network_channels,
                          panel_config,
+                         panel_wording,
+                         runs_own_code,
 )
 from .library import (
                          InstallPlan,
@@ -51,7 +53,7 @@ __all__ = [
     "add_gradcam_map", "add_run_outputs", "add_volume_from_canonical", "assign_modalities", "canonical_array",
     "canonical_shape", "check_input_nodes", "ensure_library_importable", "has_pytorch_extension", "ijk_to_ras",
     "install_plan", "jump_to_review_point", "library_folder", "load_case_nodes", "missing_dependencies",
-    "network_channels", "node_reorientation",
+    "network_channels", "node_reorientation", "panel_wording", "runs_own_code",
     "nodes_of_class", "open_scene_bundle", "panel_config", "register_terminology", "remove_nodes",
     "sample_data_source", "save_scene_bundle", "show_overlay", "world_ijk_to_ras",
 ]

@@ -76,6 +76,38 @@ def panel_config(**settings) -> ExplainConfig:
     return ExplainConfig(**{**settings, "scene": False})
 
 
+_OPTION = re.compile(r"(?:\b(pass |use ))?(?<![\w-])(--[a-z][a-z0-9-]*)")  # an option, and the verb before it
+
+
+def panel_wording(message: str, controls: dict[str, str]) -> str:
+    """``message`` — the library's, which names command-line options — with the options the panel offers named as
+    its controls. ``controls``: setting (an :class:`ExplainConfig` field) → the control's label. "pass
+    --trust-bundle" reads "tick 'Trust this network's code'", "use --device cpu" "choose 'Device' cpu"; an option
+    the panel does not offer stays as it is."""
+    from BrainTumorExplainLib.app.settings import option_flags
+
+    named = {flag: (label, ExplainConfig.__dataclass_fields__[name].type == "bool")
+             for name, label in controls.items() for flag in option_flags(name)}
+
+    def reword(match: re.Match) -> str:
+        verb, flag = match.groups()
+        if flag not in named:
+            return match.group(0)
+        label, switch = named[flag]
+        verb = {"pass ": "tick " if switch else "set ", "use ": "choose "}.get(verb or "", "")
+        return f"{verb}'{label}'"
+
+    return _OPTION.sub(reword, message)
+
+
+def runs_own_code(folder: str) -> bool:
+    """Whether the user's network folder can hold code that runs only when trusted (a MONAI bundle: its config
+    expressions, a TorchScript network); an nnU-Net folder is read without running any."""
+    from BrainTumorExplainLib.data.bundle_metadata import is_bundle
+
+    return bool(folder) and is_bundle(folder)
+
+
 def network_channels(folder: str) -> dict[str, int]:
     """Modality → the input channel of the user's network (a MONAI bundle folder or an nnU-Net trained-model folder)
     that takes it (a modality the network does not read is absent), from the folder's metadata, without PyTorch;

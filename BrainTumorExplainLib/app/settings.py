@@ -197,6 +197,12 @@ def help_of(name: str, config_type=ExplainConfig) -> str:
     return next(setting.metadata["help"] for setting in fields(config_type) if setting.name == name)
 
 
+def option_flags(name: str, config_type=ExplainConfig) -> tuple[str, ...]:
+    """The command-line flags of a setting (``trust_bundle`` → ``("--trust-bundle",)``; ``quick`` → ``--quick`` and
+    ``--full``): what the Slicer panel replaces with its own controls' names in the run's messages."""
+    return _flags(next(setting for setting in fields(config_type) if setting.name == name))
+
+
 def _flags(setting) -> tuple[str, ...]:
     if "flags" in setting.metadata:
         return setting.metadata["flags"]
