@@ -129,3 +129,66 @@ def test_the_library_layers_import_only_downwards():
                 target = node.module.split(".")[0]
                 if target in order:
                     assert order[target] <= order[parts[0]], f"{path.relative_to(ROOT)} imports {node.module}"
+
+
+def _clone_size():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("clone_size", ROOT / "scripts" / "clone_size.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _git_checkout(path: Path) -> bool:
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "-C", str(path), "rev-parse", "--is-inside-work-tree", "--is-shallow-repository"],
+                              capture_output=True, text=True)
+    except FileNotFoundError:  # no git
+        return False
+    return done.returncode == 0 and done.stdout.split() == ["true", "false"]
+
+
+def test_a_full_clone_stays_under_the_extensions_index_limit():
+    """Slicer's ExtensionsIndex clones the whole history and refuses more than 100 MiB (README: In 3D Slicer)."""
+    import pytest
+
+    if not _git_checkout(ROOT):
+        pytest.skip("not a full git checkout (an sdist, or a shallow CI clone): the history cannot be measured")
+    sizes = _clone_size()
+    history, checkout = sizes.clone_size_mib(ROOT)
+    assert history + checkout < sizes.LIMIT_MIB - sizes.MARGIN_MIB, (
+        f"a full clone is about {history + checkout:.1f} MiB (history {history:.1f}, checkout {checkout:.1f}): "
+        "see the README before publishing")
+
+
+def test_the_clone_size_counts_deleted_files_in_the_history(tmp_path):
+    """A file committed and then deleted still travels with every clone."""
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("git") is None:
+        pytest.skip("git is needed")
+    sizes = _clone_size()
+    identity = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@t"}
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True,
+                       env={**os.environ, **identity})
+
+    git("init", "-q")
+    (tmp_path / "weights.bin").write_bytes(os.urandom(2**20))  # random bytes: zlib cannot shrink them
+    (tmp_path / "kept.bin").write_bytes(os.urandom(2**19))
+    git("add", ".")
+    git("commit", "-q", "-m", "both")
+    git("rm", "-q", "weights.bin")
+    git("commit", "-q", "-m", "one deleted")
+    history, checkout = sizes.clone_size_mib(tmp_path)
+    assert checkout == pytest.approx(0.5, abs=0.01) and history == pytest.approx(1.5, abs=0.1)
+    assert sizes.main([str(tmp_path)]) == 0
