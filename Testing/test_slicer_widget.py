@@ -375,7 +375,8 @@ def slicer_logic_class(tag: str | None):
     """Slicer's own ScriptedLoadableModuleLogic at ``tag`` (read from the mirror), or, without one, a stand-in with
     the same rule for the module name (the class name less 'Logic', as in v5.6.0 to v5.10.0)."""
     if tag is not None:
-        source = subprocess.run(["git", f"--git-dir={MIRROR}", "show", f"{tag}:Base/Python/slicer/ScriptedLoadableModule.py"],
+        source = subprocess.run(["git", f"--git-dir={MIRROR}", "show",
+                                 f"{tag}:Base/Python/slicer/ScriptedLoadableModule.py"],
                                 capture_output=True, text=True, check=True).stdout
         namespace = {"__name__": f"ScriptedLoadableModule_{tag}"}
         exec(compile(source, f"{tag}:ScriptedLoadableModule.py", "exec"), namespace)
