@@ -387,10 +387,9 @@ def load_case(
         seen[resolved] = modality
     if not checked:
         check_case_files(files)  # every file, before any is read
-    reference_path = Path(paths[reference])
-    reference_image = read_image(reference_path, reference, checked=True)
+    reference_image = read_image(Path(paths[reference]), reference, checked=True)
     grid = ReferenceGrid.from_image(reference_image)
-    onto = (grid, reference_image, reference_path, on_grid_mismatch)
+    onto = (grid, reference_image, Path(paths[reference]), on_grid_mismatch)
     registrations: dict = {}
     volumes = []
     for m in MODALITIES:
