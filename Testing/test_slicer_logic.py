@@ -74,6 +74,24 @@ def test_a_file_written_by_the_library_opens_in_slicer_on_the_input_geometry(sce
     assert np.array_equal(ijk_to_ras(written), ijk_to_ras(reference))
 
 
+def test_a_quantised_map_opens_in_slicer_as_the_floats_it_stands_for(scene, tmp_path):
+    """Slicer's own NIfTI reader (ITK's NiftiImageIO through the archetype storage node) applies the map's scale."""
+    synthetic_case(tmp_path / "in", "Q", spacing=(1.1, 0.7, 3.0), direction=oblique_direction(15.0, (-1, 1, 1)))
+    case = load_case(tmp_path / "in")
+    heat = np.random.default_rng(1).random(case.brain_mask.shape).astype(np.float32) * 0.3
+    path = case.grid.write(heat, tmp_path / "heat.nii.gz", quantised=True)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    written = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "heat")
+    assert storage.ReadData(written)
+    reference = load_case_nodes(scene, tmp_path / "in").volumes["flair"]
+    assert np.array_equal(ijk_to_ras(written), ijk_to_ras(reference))
+    in_slicer = slicer.util.arrayFromVolume(written)
+    assert in_slicer.dtype == np.float32
+    np.testing.assert_allclose(in_slicer, sitk.GetArrayFromImage(sitk.ReadImage(str(path))), rtol=1e-6)
+    assert np.abs(case.grid.to_canonical(in_slicer) - heat).max() <= 0.3 / 255 / 2 * (1 + 1e-5)
+
+
 def test_failed_load_leaves_no_nodes(scene, tmp_path):
     paths = synthetic_case(tmp_path, "F")
     paths["t2"].write_bytes(b"corrupt")

@@ -554,6 +554,7 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
                    help="output map pooled for y(c) (default softmax, as in the paper)")
     p.add_argument("--pool", default="image", choices=GRADCAM_POOLS, help=help_of("gradcam_pool"))
     p.add_argument("--no-volume", action="store_true", help="only the montage slices: no NIfTI, no localisation")
+    p.add_argument("--full-resolution", action="store_true", help=help_of("full_resolution"))
     p.add_argument("--batch-size", default=8, **number_option(int, minimum=1))
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _add_overwrite(p)
@@ -619,7 +620,7 @@ def _gradcam_models(args: argparse.Namespace, case, models: dict, classes: list[
             print(f"wrote {args.out / png.relative_to(work)}")
         if args.no_volume:
             continue
-        stages.gradcam.write_maps(volume, case, out, progress=True)
+        stages.gradcam.write_maps(volume, case, out, progress=True, full_resolution=args.full_resolution)
         tables[name] = localisation(volume, case)
         controls[name] = stages.gradcam.control_localisation(model, case, volume, compute)
         (out / "localisation.json").write_text(json.dumps(
@@ -762,6 +763,7 @@ def _add_uncertainty(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", default=0, help="seed of the dropout masks (default 0)", **number_option(int, minimum=0))
     p.add_argument("--ensemble", metavar="FILE,FILE,…", help=help_of("ensemble"))
     _add_batching_arguments(p)
+    p.add_argument("--full-resolution", action="store_true", help=help_of("full_resolution"))
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _add_overwrite(p)
     p.set_defaults(run=_run_uncertainty)
@@ -816,7 +818,7 @@ def _uncertainty_into(args: argparse.Namespace, case, model, work: Path, members
     if members:
         summary["members"] = list(members)
     case.write_labels(volume.labels, work / SEGMENTATION)
-    stages.uncertainty.write_maps(volume, case, work)
+    stages.uncertainty.write_maps(volume, case, work, args.full_resolution)
     print(f"{mode}: {summary['passes']['mean']} passes per slice on average, {seconds:.1f} s")
     if args.quick and args.agreement and not members:
         full, full_seconds = run(False)

@@ -143,6 +143,9 @@ class ExplainConfig:
     resample: bool = _option(True, "resample a case that is off the network's training grid (voxel size, oblique "
                              "axes) into it; the results go back onto the case's own grid")
     overwrite: bool = _option(False, "replace OUT (an earlier result) once the new run is complete")
+    full_resolution: bool = _option(False, "write the Grad-CAM and uncertainty maps as float32, as computed "
+                                    "(default: 8-bit levels with each map's own scale in the NIfTI header: a tenth of "
+                                    "the size or less, within half a level of the float map)")
     scene: bool | None = _option(None, "write scene.mrb for 3D Slicer (refused before any work if slicer-core is "
                                        "missing); default: when slicer-core is installed", flags=("--scene", "--no-scene"))
 

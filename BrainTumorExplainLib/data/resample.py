@@ -154,9 +154,10 @@ class ResampledGrid:
     def to_image(self, canonical_array: np.ndarray) -> "sitk.Image":
         return self.reference.to_image(self.to_reference(canonical_array))
 
-    def write(self, canonical_array: np.ndarray, path: str | Path) -> Path:
-        """Write a result computed in the network's space as an image on the reference input's grid."""
-        return self.reference.write(self.to_reference(canonical_array), path)
+    def write(self, canonical_array: np.ndarray, path: str | Path, quantised: bool = False) -> Path:
+        """Write a result computed in the network's space as an image on the reference input's grid
+        (:meth:`ReferenceGrid.write`)."""
+        return self.reference.write(self.to_reference(canonical_array), path, quantised)
 
     def describe(self) -> str:
         return f"{self.grid.describe()}, resampled from {self.reference.describe()} ({self.reason})"

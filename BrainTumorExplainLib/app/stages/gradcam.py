@@ -16,12 +16,13 @@ FIGURES = (
 )
 
 
-def write_maps(cams, case, folder: Path, progress: bool = False) -> list[Path]:
+def write_maps(cams, case, folder: Path, progress: bool = False, full_resolution: bool = False) -> list[Path]:
     """Every ``(layer, class)`` map as ``<layer>_<class>.nii.gz`` in ``folder`` (the ``gradcam`` verb writes them
-    too)."""
+    too): 8-bit levels with the map's own scale, float32 with ``full_resolution`` (:meth:`ReferenceGrid.write`)."""
     from ...progress import progress_bar
 
-    return [case.grid.write(cam, Path(folder) / gradcam_file(layer, gradcam_key(cams.name(class_index))))
+    return [case.grid.write(cam, Path(folder) / gradcam_file(layer, gradcam_key(cams.name(class_index))),
+                            quantised=not full_resolution)
             for (layer, class_index), cam in progress_bar(cams.maps.items(), "write NIfTI" if progress else None,
                                                           unit="map")]
 
@@ -47,7 +48,7 @@ def run(run) -> None:
         return
     cams = compute(run)
     run.handed_on["gradcam"] = cams  # for the review
-    write_maps(cams, run.case, run.work / GRADCAM)
+    write_maps(cams, run.case, run.work / GRADCAM, full_resolution=run.config.full_resolution)
     table = localisation(cams, run.case)
     controls = control_localisation(run.model, run.case, cams, lambda network, slices: compute(run, network, slices))
     run.summary["gradcam"] = {**summarise(cams, table), "controls": controls}

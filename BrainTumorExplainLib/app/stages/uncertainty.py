@@ -21,10 +21,11 @@ FIGURES = (
 )
 
 
-def write_maps(volume, case, folder: Path) -> list[Path]:
+def write_maps(volume, case, folder: Path, full_resolution: bool = False) -> list[Path]:
     """``uncertainty``, ``entropy`` and ``mutual_information`` volumes into ``folder`` (the ``uncertainty`` verb
-    writes them too)."""
-    return [case.grid.write(array, Path(folder) / uncertainty_file(name)) for name, array in volume.maps().items()]
+    writes them too): 8-bit levels with each map's own scale, float32 with ``full_resolution``."""
+    return [case.grid.write(array, Path(folder) / uncertainty_file(name), quantised=not full_resolution)
+            for name, array in volume.maps().items()]
 
 
 def summarise(volume, case, mode: str, seed: int, model=None, probabilities=None) -> dict:
@@ -72,7 +73,7 @@ def compute(run):
 def run(run) -> None:
     config = run.config
     volume = compute(run)
-    write_maps(volume, run.case, run.work)
+    write_maps(volume, run.case, run.work, run.config.full_resolution)
     summary = summarise(volume, run.case, mode_of(volume, run.quick, config.passes), config.seed, run.model,
                         run.handed_on.get("probabilities"))
     run.handed_on["uncertainty"] = volume  # for the review
