@@ -27,6 +27,7 @@ from BrainTumorExplainLogic import (
     has_pytorch_extension,
     install_plan,
     jump_to_review_point,
+    jump_to_voxel,
     load_case_nodes,
     missing_dependencies,
     network_channels,
@@ -157,6 +158,7 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._lastProcess = None
         self._overlays = {}
         self._layers = []
+        self._lesions: list[dict] = []  # the last run's lesion table (summary["review"]["lesions"]), row by row
         self._reviewIndex = -1  # the review point the slice views were last centred on
         self._started = 0.0
         self._timer = qt.QTimer()
@@ -192,6 +194,7 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.gradcamClassComboBox.currentTextChanged.connect(self.onGradcamChanged)
         self.ui.openReportButton.clicked.connect(self.onOpenReport)
         self.ui.reviewTable.cellClicked.connect(self.onReviewClicked)
+        self.ui.lesionTable.cellClicked.connect(self.onLesionClicked)
         self.ui.nextReviewButton.clicked.connect(self.onNextReview)
         self.initializeParameterNode()
 
@@ -512,7 +515,7 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if self._lastProcess is not None:
             self._lastProcess.cleanup()
         self._lastRun = self._lastProcess = None
-        self._overlays, self._layers, self._reviewIndex = {}, [], -1
+        self._overlays, self._layers, self._lesions, self._reviewIndex = {}, [], [], -1
         self.ui.overlayComboBox.clear()
         self.ui.gradcamClassComboBox.clear()
         self.ui.gradcamLayerSlider.maximum = 0
@@ -545,6 +548,7 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         review = summary.get("review", {})
         fillTable(self.ui.reviewTable, REVIEW_HEADER, review_rows(review))
         fillTable(self.ui.lesionTable, LESION_HEADER, lesion_rows(review))
+        self._lesions = review.get("lesions", [])
         self._reviewIndex = -1
         self.ui.nextReviewButton.enabled = self._lastRun.review_points is not None
         picture = self._lastProcess.out / "featviz" / "detectors.png"
@@ -583,6 +587,13 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         jump_to_review_point(slicer.mrmlScene, points, row)
         self._reviewIndex = row
         self.ui.reviewTable.selectRow(row)
+
+    def onLesionClicked(self, row: int, column: int = 0) -> None:
+        """Centre the slice views on the lesion of the clicked row (its place: a voxel of the reference volume)."""
+        if self._lastProcess is None or not 0 <= row < len(self._lesions):
+            return
+        jump_to_voxel(slicer.mrmlScene, self._lastProcess.reference, self._lesions[row]["place"]["ijk"])
+        self.ui.lesionTable.selectRow(row)
 
     def onNextReview(self) -> None:
         points = self._lastRun.review_points if self._lastRun is not None else None

@@ -239,7 +239,7 @@ def test_review_regions_and_points_land_where_the_library_placed_them(scene, awk
     import vtk
 
     from BrainTumorExplainLib.analyses.review import place_of
-    from BrainTumorExplainLogic.results import jump_to_review_point
+    from BrainTumorExplainLogic.results import jump_to_review_point, jump_to_voxel
 
     nodes = load_case_nodes(scene, awkward_case)
     case = load_case(awkward_case)
@@ -277,6 +277,8 @@ def test_review_regions_and_points_land_where_the_library_placed_them(scene, awk
         points.GetNthControlPointPositionWorld(index, world)
         np.testing.assert_allclose(world, np.array(place.ras) + [5.0, 0.0, -3.0], atol=0.01)  # Place: 2 decimals
         assert jump_to_review_point(scene, points, index) == pytest.approx(tuple(world))
+        # a lesion row's place (the same voxel) through the reference node: the same spot
+        assert jump_to_voxel(scene, reference, place.ijk) == pytest.approx(tuple(world), abs=0.01)
         for slice_name in ("Red", "Green", "Yellow"):
             slice_to_ras = scene.GetFirstNodeByName(slice_name).GetSliceToRAS()
             np.testing.assert_allclose([slice_to_ras.GetElement(r, 3) for r in range(3)], world, atol=1e-6)

@@ -628,7 +628,7 @@ def _show_run(scene, widget, folder: Path, layers: list[str], review_points=None
     overlays = {name: _volume(scene, name) for name in ("uncertainty", *(f"Grad-CAM {last} {c}" for c in CLASSES))}
     region = {"rank": 1, "volume_mm3": 120.0, "mean_entropy": 0.4, "place": {"ras": [1.0, 2.0, 3.0], "ijk": [4, 5, 6]},
               "why": "uncertain"}
-    lesion = {"region": "WT", "number": 1, "match": 1, "volume_mm3": 900.0, "dice": 0.8,
+    lesion = {"region": "WT", "number": 1, "match": 1, "volume_mm3": 900.0, "dice": 0.8, "place": {"ijk": [3, 7, 2]},
               "uncertainty": {"entropy": {"mean": 0.1}}, "gradcam": {}, "detectors": {}}
     summary = {"gradcam": {"layers": list(layers), "classes": list(CLASSES)},
                "concepts": {"detectors": [{"concept": "WT", "layer": last, "filter": 3}]},
@@ -672,6 +672,22 @@ def test_closing_the_scene_leaves_no_results_of_the_last_run_in_the_panel(scene,
     assert not ui.openReportButton.enabled and not ui.nextReviewButton.enabled
     ui.nextReviewButton.click()
     ui.openReportButton.click()
+    assert not harness.console
+
+
+def test_a_click_on_a_lesion_row_centres_the_slice_views_on_that_lesion(scene, panel, harness, tmp_path):
+    from BrainTumorExplainLogic.volumes import world_ijk_to_ras
+
+    for name in ("Red", "Green", "Yellow"):
+        scene.AddNewNodeByClass("vtkMRMLSliceNode", name).SetLayoutName(name)
+    _show_run(scene, panel, tmp_path / "run", ["enc1", "dec1", "head"])
+    panel.ui.lesionTable.cellClicked.emit(0, 2)
+    expected = (world_ijk_to_ras(panel._lastProcess.reference) @ [3.0, 7.0, 2.0, 1.0])[:3]
+    for name in ("Red", "Green", "Yellow"):
+        slice_to_ras = scene.GetFirstNodeByName(name).GetSliceToRAS()
+        np.testing.assert_allclose([slice_to_ras.GetElement(r, 3) for r in range(3)], expected, atol=1e-6)
+    assert panel.ui.lesionTable.selected == 0 and not harness.console
+    panel.ui.lesionTable.cellClicked.emit(5, 0)  # no such row: nothing happens
     assert not harness.console
 
 

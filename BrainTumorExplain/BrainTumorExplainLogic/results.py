@@ -297,8 +297,19 @@ def jump_to_review_point(scene, points, index: int) -> tuple[float, float, float
         raise ValueError(f"{points.GetName()!r} has no point {index + 1} (it has {points.GetNumberOfControlPoints()})")
     position = [0.0, 0.0, 0.0]
     points.GetNthControlPointPositionWorld(index, position)
+    return _centre_slice_views(scene, position)
+
+
+def jump_to_voxel(scene, volume, ijk) -> tuple[float, float, float]:
+    """Centre every slice view on voxel ``ijk`` (the file's and the node's IJK: a lesion's place in the summary) of
+    ``volume`` — through its IJK→RAS and its parent transforms, where the user sees it; returns that position."""
+    return _centre_slice_views(scene, (world_ijk_to_ras(volume) @ [*map(float, ijk), 1.0])[:3])
+
+
+def _centre_slice_views(scene, position) -> tuple[float, float, float]:
+    position = tuple(float(v) for v in position)
     slicer.vtkMRMLSliceNode.JumpAllSlices(scene, *position, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
-    return tuple(position)
+    return position
 
 
 def show_overlay(scene, background, foreground=None, opacity: float = 0.5, label=None) -> None:
