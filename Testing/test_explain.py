@@ -47,6 +47,26 @@ def test_every_output_is_on_the_case_grid_and_named_as_documented(explained, sma
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
 
+def test_maps_are_stored_as_levels_of_the_full_resolution_maps(explained, small_phantom, tmp_path):
+    """The default run's Grad-CAM and uncertainty files: 8-bit levels on the same grid, each within half a level
+    of the same run's float32 map (--full-resolution), and together smaller."""
+    import nibabel
+
+    full = tmp_path / "full"
+    assert main(["explain", str(small_phantom.flair.parent), *FAST, "--full-resolution", "--no-scene",
+                 "--out", str(full)]) == 0
+    maps = [p.relative_to(full) for p in sorted((full / "gradcam").glob("*.nii.gz"))]
+    maps += [f"{name}.nii.gz" for name in ("uncertainty", "entropy", "mutual_information")]
+    for relative in maps:
+        exact, stored = full / relative, explained / relative
+        assert nibabel.load(str(exact)).get_data_dtype() == np.float32
+        assert nibabel.load(str(stored)).get_data_dtype() == np.uint8, relative
+        assert _grid(stored) == _grid(exact)
+        exact, stored = (sitk.GetArrayFromImage(sitk.ReadImage(str(path))) for path in (exact, stored))
+        assert np.abs(stored - exact).max() <= exact.max() / 255 / 2 * (1 + 1e-5) + 1e-12, relative
+    assert sum((explained / m).stat().st_size for m in maps) < sum((full / m).stat().st_size for m in maps)
+
+
 def test_summary_and_report_carry_the_numbers(explained):
     out = explained
     summary = json.loads((out / "summary.json").read_text())
