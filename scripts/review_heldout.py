@@ -62,9 +62,15 @@ def pooled_auroc(summaries: list[dict], seed: int = 0) -> dict:
     return {**found, "interval": interval, "bootstrap": BOOTSTRAP, "seed": seed}
 
 
+def mean_interval(values: np.ndarray, seed: int = 0) -> list[float]:
+    """A 95 % interval of the mean over cases: the cases resampled (bootstrap, seeded)."""
+    draws = np.random.default_rng(seed).choice(values, size=(BOOTSTRAP, len(values))).mean(axis=1)
+    return [round(float(q), 3) for q in np.percentile(draws, (2.5, 97.5))]
+
+
 def coverage_table(summaries: list[dict]) -> dict:
-    """Per k: the mean and SD over cases of the top-k's shares, the random placements' mean, and in how many
-    cases the top k beat the random placements' 97.5th percentile."""
+    """Per k: the mean, SD and a bootstrap 95 % interval over cases of the top-k's shares, the random placements'
+    mean, and in how many cases the top k beat the random placements' 97.5th percentile (and the surface band)."""
     table = {}
     for k in sorted({k for s in summaries for k in s["coverage"]["top"]}, key=int):
         entries = [s["coverage"]["top"][k] for s in summaries if k in s["coverage"]["top"]]
@@ -74,7 +80,8 @@ def coverage_table(summaries: list[dict]) -> dict:
             found = np.array([e[name] for e in usable])
             band = np.array([e["boundary"][name] if e.get("boundary") else 0.0 for e in usable])
             row[name] = {"mean": round(float(found.mean()), 3), "sd": round(float(found.std(ddof=1)), 3)
-                         if len(found) > 1 else None, "random_mean": round(float(np.mean(
+                         if len(found) > 1 else None, "interval": mean_interval(found),
+                         "random_mean": round(float(np.mean(
                              [e["random"][name]["mean"] for e in usable])), 3),
                          "beats_random": sum(e[name] > e["random"][name]["high"] for e in usable),
                          "boundary_mean": round(float(band.mean()), 3),
@@ -90,15 +97,17 @@ def markdown(model: str, cases: int, auroc: dict, coverage: dict) -> str:
              "resampled) |", "|---|---:|---|"]
     for name, value in auroc["auroc"].items():
         low, high = auroc["interval"][name]
-        lines.append(f"| {name} | {value:.3f} | {low:.3f}–{high:.3f} |" if value is not None else f"| {name} | – | |")
-    for name, what in (("errors_inside", "misclassified voxels inside"), ("error_lesions_hit", "FP/FN lesions touched")):
-        lines += ["", f"| top k | {what} (mean ± SD) | random, same shapes | cases beating random | surface band, "
-                  "same volume | cases beating the band |", "|---:|---:|---:|---:|---:|---:|"]
+        lines.append(f"| {name} | {value:.3f} | {low:.3f}–{high:.3f} |" if value is not None
+                     else f"| {name} | – | |")
+    for name, what in (("errors_inside", "misclassified voxels inside"),
+                       ("error_lesions_hit", "FP/FN lesions touched")):
+        lines += ["", f"| top k | {what} (mean ± SD [95 % interval]) | random, same shapes | cases beating random "
+                  "| surface band, same volume | cases beating the band |", "|---:|---:|---:|---:|---:|---:|"]
         for k, row in coverage.items():
             e = row[name]
-            lines.append(f"| {k} | {e['mean']:.3f} ± {e['sd']:.3f} | {e['random_mean']:.3f} | {e['beats_random']}/"
-                         f"{e['of']} | {e['boundary_mean']:.3f} ± {e['boundary_sd']:.3f} | {e['beats_boundary']}/"
-                         f"{e['of']} |")
+            lines.append(f"| {k} | {e['mean']:.3f} ± {e['sd']:.3f} [{e['interval'][0]:.3f}–{e['interval'][1]:.3f}] "
+                         f"| {e['random_mean']:.3f} | {e['beats_random']}/{e['of']} | {e['boundary_mean']:.3f} ± "
+                         f"{e['boundary_sd']:.3f} | {e['beats_boundary']}/{e['of']} |")
     return "\n".join(lines)
 
 
