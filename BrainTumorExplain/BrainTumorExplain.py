@@ -132,13 +132,14 @@ class BrainTumorExplainParameterNode:
     passes: Annotated[int, WithinRange(2, 1000)] = DEFAULTS.passes
     layers: str = DEFAULTS.layers  # bound by hand on editingFinished: Slicer 5.6/5.8 rewrite a bound line edit per key
     classes: Annotated[str, Choice(list(GRADCAM_CLASS_CHOICES))] = DEFAULTS.classes
+    full_resolution: bool = DEFAULTS.full_resolution
 
 
 CHOICE_PARAMETERS = {"model": MODEL_NAMES, "device": DEVICE_CHOICES, "classes": GRADCAM_CLASS_CHOICES}
 # setting → the .ui widget whose text names it: the run's messages name command-line options, the panel its controls
 CONTROLS = {"model": "formLabel5", "weights": "formLabel6", "trust_bundle": "trustBundleCheckBox",
             "device": "formLabel7", "quick": "formLabel8", "passes": "formLabel9", "layers": "formLabel10",
-            "classes": "formLabel11"}
+            "classes": "formLabel11", "full_resolution": "formLabel12"}
 
 
 class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -636,7 +637,8 @@ class BrainTumorExplainLogic(ScriptedLoadableModuleLogic):
         return panel_config(model=parameters.network if own else parameters.model,
                             weights=None if own else parameters.weights or None, device=parameters.device,
                             quick=parameters.quick, passes=parameters.passes, layers=parameters.layers,
-                            classes=parameters.classes, trust_bundle=own and trust)
+                            classes=parameters.classes, full_resolution=parameters.full_resolution,
+                            trust_bundle=own and trust)
 
 
 class BrainTumorExplainTest(ScriptedLoadableModuleTest):

@@ -787,6 +787,13 @@ def test_trusting_a_bundle_is_offered_in_the_panel_with_a_plain_warning(scene, p
     assert "--trust-bundle" not in panel.logic.settings(panel._parameterNode, trust=True).arguments()
 
 
+def test_float32_maps_are_a_panel_setting_passed_on_as_full_resolution(scene, panel, harness):
+    assert "--full-resolution" not in panel.logic.settings(panel._parameterNode).arguments()
+    assert panel.ui.fullResolutionCheckBox.property("SlicerParameterName") == "full_resolution"  # the binding
+    panel._parameterNode.full_resolution = True  # as Slicer's connector sets it when the box is ticked
+    assert "--full-resolution" in panel.logic.settings(panel._parameterNode).arguments()
+
+
 def test_the_panels_errors_name_its_controls_not_command_line_options(scene, panel, harness, monkeypatch, tmp_path):
     refusal = _trust_refusal()
     python = _stand_in_python(tmp_path, f"print({'error: ' + refusal!r}, file=sys.stderr)\nsys.exit(2)")
