@@ -5,8 +5,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 python="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    "$python" -m venv .venv
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -m pip --version > /dev/null 2>&1; then
+    "$python" -m venv --clear .venv  # new, or left half made by an interrupted set-up (no pip): made again
 fi
 stamp=".venv/.installed-$(cat pyproject.toml scripts/setup-venv.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
