@@ -25,18 +25,19 @@ from pathlib import Path
 import numpy as np
 
 from BrainTumorExplainLib.analyses.review import LesionRow, Place, lesion_auroc
-from BrainTumorExplainLib.app.explain import _load
+from BrainTumorExplainLib.app.explain import Network, _load, load_network
 from BrainTumorExplainLib.app.settings import ExplainConfig
 from BrainTumorExplainLib.app.stages import review, segmentation, uncertainty
 from BrainTumorExplainLib.data.case import find_cases
+from BrainTumorExplainLib.scoring.statistics import mean_interval
 
 BOOTSTRAP = 1000
 
 
-def review_of(case_folder: Path, config: ExplainConfig) -> dict:
+def review_of(case_folder: Path, config: ExplainConfig, network: Network) -> dict:
     """The review summary of one case, from explain's own stages (run in a folder that is deleted afterwards)."""
     with tempfile.TemporaryDirectory(prefix="bte_review_") as scratch:
-        run, folder = _load(case_folder, Path(scratch) / "run", config, False)
+        run, folder = _load(case_folder, Path(scratch) / "run", config, False, network)
         with folder as work:
             run.work = work
             for stage in (segmentation, uncertainty, review):
@@ -62,10 +63,10 @@ def pooled_auroc(summaries: list[dict], seed: int = 0) -> dict:
     return {**found, "interval": interval, "bootstrap": BOOTSTRAP, "seed": seed}
 
 
-def mean_interval(values: np.ndarray, seed: int = 0) -> list[float]:
-    """A 95 % interval of the mean over cases: the cases resampled (bootstrap, seeded)."""
-    draws = np.random.default_rng(seed).choice(values, size=(BOOTSTRAP, len(values))).mean(axis=1)
-    return [round(float(q), 3) for q in np.percentile(draws, (2.5, 97.5))]
+def _interval(values: np.ndarray) -> list[float]:
+    """A 95 % interval of the mean over cases (:func:`scoring.statistics.mean_interval`: cases resampled, seeded)."""
+    found = mean_interval(values, BOOTSTRAP)
+    return [round(found["low"], 3), round(found["high"], 3)]
 
 
 def coverage_table(summaries: list[dict]) -> dict:
@@ -80,7 +81,7 @@ def coverage_table(summaries: list[dict]) -> dict:
             found = np.array([e[name] for e in usable])
             band = np.array([e["boundary"][name] if e.get("boundary") else 0.0 for e in usable])
             row[name] = {"mean": round(float(found.mean()), 3), "sd": round(float(found.std(ddof=1)), 3)
-                         if len(found) > 1 else None, "interval": mean_interval(found),
+                         if len(found) > 1 else None, "interval": _interval(found),
                          "random_mean": round(float(np.mean(
                              [e["random"][name]["mean"] for e in usable])), 3),
                          "beats_random": sum(e[name] > e["random"][name]["high"] for e in usable),
@@ -121,11 +122,12 @@ def main() -> None:
     config = ExplainConfig(model=args.model, scene=False)
     args.out.mkdir(parents=True, exist_ok=True)
     folders = find_cases(args.data)
+    network = load_network(config)  # once for every case
     for folder in folders:
         done = args.out / f"{folder.name}.json"
         if done.is_file():
             continue
-        summary = review_of(folder, config)
+        summary = review_of(folder, config, network)
         partial = done.with_suffix(".partial")
         partial.write_text(json.dumps(summary) + "\n")
         partial.replace(done)  # a case's file is whole or absent

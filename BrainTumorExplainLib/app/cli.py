@@ -258,7 +258,9 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
                                    "mutual_information.nii.gz, gradcam/<layer>_<class>.nii.gz, "
                                    "concepts/<layer>_<filter>_<concept>.nii.gz, featviz/*.png, figures/*.png, "
                                    "summary.json and report.html, all on the case's own grid.")
-    p.add_argument("case", nargs="?", type=Path, help="BraTS case folder (or give the four files)")
+    p.add_argument("case", nargs="?", type=Path, help="BraTS case folder (or give the four files), or a dataset: "
+                   "a folder of case folders or a .txt/.csv list of them, written to OUT/<case-id>/ with "
+                   "OUT/cohort.csv, cohort.json and cohort.html; a rerun resumes (see README, Whole datasets)")
     for modality in MODALITIES:
         p.add_argument(f"--{modality}", type=Path, help=f"{modality} file, instead of a case folder")
     p.add_argument("--seg", type=Path, help="ground-truth label file (optional, with the four files)")
@@ -281,8 +283,34 @@ def _run_explain(args: argparse.Namespace) -> int:
             raise UsageError(f"missing modality: give --{' --'.join(missing)} (or a case folder)")
         source = CaseFiles(*files, seg=args.seg, case_id=files[0].name.split(".")[0])
     else:
+        from .cohort import dataset_cases
+
+        cases = dataset_cases(args.case)
+        if cases is not None:
+            return _explain_dataset(cases, args.out, config_from_arguments(args), args.progress)
         source = args.case
     return _explain_and_print(source, args.out, config_from_arguments(args), args.progress)
+
+
+def _explain_dataset(cases: list[Path], out: Path, config, progress: str) -> int:
+    """explain over a dataset (:mod:`app.cohort`): a bar over the cases, then the cohort's means with their
+    intervals; every failed case as an ``error:`` line, and exit status 2 when any failed."""
+    from .cohort import PAGE, TABLE, explain_cohort
+
+    if progress == "json":
+        raise UsageError("--progress json: a dataset's run reports its progress as text (a bar over the cases)")
+    failed = []
+    statistics = explain_cohort(cases, out, config, report=lambda case, status, message: failed.append(
+        message) if status == "failed" else None)
+    means = statistics["means"]
+    print(f"cohort {out}: {statistics['done']} of {statistics['cases']} cases done; " + ", ".join(
+        f"{region} Dice {found['mean']:.3f} [{found['low']:.3f}–{found['high']:.3f}]" if found["low"] is not None
+        else f"{region} Dice {found['mean']:.3f}" for region in ("WT", "TC", "ET")
+        if (found := means.get(f"{region}_dice")) and found["mean"] is not None))
+    print(f"table: {out / TABLE}; page: {out / PAGE}")
+    for message in failed:
+        print(f"error: {message}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _add_model_arguments(p: argparse.ArgumentParser, device_default: str = ExplainConfig.device) -> None:

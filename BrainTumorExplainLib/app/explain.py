@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +46,16 @@ __all__ = ["STAGES", "ExplainConfig", "explain"]
 
 
 def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConfig = ExplainConfig(),
-            progress: str | None = "text") -> dict:
+            progress: str | None = "text", network: "Network | None" = None) -> dict:
     """Run every analysis on one case and write OUT (see the module notes); returns the summary.
-    ``progress``: ``text`` (people), ``json`` (one event per line, for programs) or None (silent)."""
+    ``progress``: ``text`` (people), ``json`` (one event per line, for programs) or None (silent). ``network``: the
+    config's network, already loaded (:func:`load_network`; a cohort loads it once)."""
     from .report import write_report
 
     progress = progress or None
     clock = Progress(progress)
     with clock.stage("load"):  # everything that can be refused, before any work or output
-        run, folder = _load(source, out, config, progress is not None)
+        run, folder = _load(source, out, config, progress is not None, network)
     with folder as work:
         run.work = work
         write_preprocessing(run.case.as_read, run.handed_on["preprocessing"], work)
@@ -72,11 +73,35 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
     return run.summary
 
 
-def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run", OutputFolder]:
-    """The run's inputs, read and checked, and its output folder, checked (nothing is written yet)."""
+@dataclass(frozen=True)
+class Network:
+    """What explain runs on, loaded and checked once: the network, its ensemble members (files or folds), the
+    dissection whose thresholds make the concept masks, and the device."""
+
+    model: object
+    members: dict
+    dissection: object
+    device: object
+
+
+def load_network(config: ExplainConfig) -> Network:
+    """The config's network on its device, with its members, its layers checked and its dissection."""
     from ..models.registry import load_ensemble, load_model
-    from ..models.space import prepare_case
     from ..models.volume import fold_members
+
+    device = resolve_device(config.device)
+    model = load_model(config.model, config.weights, device, config.trust_bundle, config.folds)
+    members = dict(zip(config.ensemble_files(), load_ensemble(config.model, config.ensemble_files(), device,
+                                                              config.trust_bundle))) if config.ensemble \
+        else fold_members(model)
+    check_layers(model, config.layers)
+    return Network(model, members, _dissection(model, config), device)
+
+
+def _load(source, out, config: ExplainConfig, bars: bool, network: Network | None = None
+          ) -> tuple["stages.Run", OutputFolder]:
+    """The run's inputs, read and checked, and its output folder, checked (nothing is written yet)."""
+    from ..models.space import prepare_case
     from .figures import montage_slices
 
     files = source if isinstance(source, CaseFiles) else None
@@ -89,17 +114,13 @@ def _load(source, out, config: ExplainConfig, bars: bool) -> tuple["stages.Run",
     folder = OutputFolder(out, [*inputs, config.weights, config.dissection, model_folder, mask_file,
                                 *config.ensemble_files()], config.overwrite, "explain")
     scene = stages.scene.wanted(config.scene)
-    device = resolve_device(config.device)
-    model = load_model(config.model, config.weights, device, config.trust_bundle, config.folds)
-    members = dict(zip(config.ensemble_files(), load_ensemble(config.model, config.ensemble_files(), device,
-                                                              config.trust_bundle))) if config.ensemble \
-        else fold_members(model)
+    network = network or load_network(config)
+    model, device = network.model, network.device
     case, steps = prepare_case(source, model, config.coregister, config.resample, config.atlas, config.brain_mask)
-    check_layers(model, config.layers)
-    dissection = _dissection(model, config)
-    run = stages.Run(case, model, config, dissection, Path(), _summary_start(case, model, config, device, steps),
+    run = stages.Run(case, model, config, network.dissection, Path(),
+                     _summary_start(case, model, config, device, steps),
                      quick=config.quick if config.quick is not None else device.type == "cpu",
-                     z=montage_slices(case, 1)[0], progress=bars, ensemble=members)
+                     z=montage_slices(case, 1)[0], progress=bars, ensemble=network.members)
     run.handed_on["scene"] = scene
     run.handed_on["preprocessing"] = steps
     return run, folder

@@ -1,0 +1,195 @@
+"""Whole datasets: ``explain`` over every case of a dataset, resumable, with a cohort summary.
+
+A dataset is a folder of case folders (BraTS 2018–2021 or 2023 naming; every sub-folder holding an image file counts
+as a case, so a broken one is reported, not skipped) or a text/CSV file listing case folders, one per line (the first
+field of a line; relative to the list's folder; ``#`` starts a comment). Each case is written to ``OUT/<case-id>/``
+exactly as a single-case run writes it — into a private folder published only when complete — so a case is finished
+exactly when its folder exists. A rerun with the same settings skips the finished cases (status ``skipped``) and does
+the others again, an interrupted one included; a run with other settings into the same ``OUT`` is refused by name
+(the settings are recorded in ``OUT/cohort_settings.json``). A case that cannot be read or run is listed with its
+one-line error and the others go on.
+
+After the cases, ``OUT/cohort.csv`` (a row per case: status, error, scores, the uncertainty–error AUROC and its
+deterministic control, seconds per stage, megabytes) and ``OUT/cohort.json`` (every numeric column's mean with its
+bootstrap 95 % interval, the worst cases per region, the failed cases) are written from every case folder in ``OUT``
+— the ones of earlier runs too — and ``OUT/cohort.html`` links every case's report. The network is loaded once; one
+case is in memory at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from pathlib import Path
+
+from .. import __version__
+from ..data.case import CaseError, find_case_files
+from ..errors import InputError, OutputError, UsageError
+from ..outputs import is_result_folder
+from .contract import REPORT, SUMMARY
+from .settings import ExplainConfig
+
+SETTINGS = "cohort_settings.json"
+TABLE = "cohort.csv"
+STATISTICS = "cohort.json"
+PAGE = "cohort.html"
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+WORST = 3  # cases listed per region as the worst
+REGIONS = ("WT", "TC", "ET")
+SCORES = ("dice", "hd95_mm", "lesion_dice", "lesion_hd95_mm", "lesion_tp", "lesion_fp", "lesion_fn")
+
+
+def dataset_cases(source: str | Path) -> list[Path] | None:
+    """The case folders of a dataset (see the module notes), or None when ``source`` is not a dataset (one case,
+    or something the single-case reader will refuse by name)."""
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() in (".txt", ".csv"):
+        listed = []
+        for line in source.read_text().splitlines():
+            entry = line.split("#", 1)[0].split(",", 1)[0].strip()
+            if entry and not (not listed and entry.lower() in ("case", "folder", "path")):  # a CSV header
+                listed.append(Path(entry) if Path(entry).is_absolute() else source.parent / entry)
+        if not listed:
+            raise CaseError(f"{source}: lists no case folders")
+        return listed
+    if not source.is_dir():
+        return None
+    try:
+        find_case_files(source)
+        return None  # the folder is a case
+    except CaseError:
+        pass
+    folders = [folder for folder in sorted(source.iterdir()) if folder.is_dir() and not folder.name.startswith(".")
+               and any(path.name.lower().endswith(IMAGE_SUFFIXES) for path in folder.iterdir())]
+    return folders or None
+
+
+def explain_cohort(cases: list[Path], out: str | Path, config: ExplainConfig, progress: bool = True,
+                   report=lambda case, status, message: None) -> dict:
+    """Explain every case into ``out`` (see the module notes); returns ``cohort.json``'s content. ``report(case,
+    status, message)`` is called after each case (``done``, ``skipped`` or ``failed`` with its error)."""
+    from ..progress import progress_bar
+    from .explain import explain, load_network
+
+    if config.overwrite:
+        raise UsageError("--overwrite: a dataset's run resumes where it stopped and never redoes a finished case; "
+                         "rerun without --overwrite, or choose another --out")
+    out = Path(out)
+    _record_settings(out, config)
+    network, failures = None, {}
+    for case in progress_bar(cases, "cases" if progress else None, unit="case"):
+        destination = out / case.name
+        if _finished(destination):
+            report(case, "skipped", "finished by an earlier run")
+            continue
+        try:
+            network = network or load_network(config)  # once, and only when a case needs it
+            explain(case, destination, config, progress=None, network=network)
+        except InputError as error:  # the case's own problem (unreadable, missing, refused): the others go on
+            failures[case.name] = str(error)
+            report(case, "failed", str(error))
+            continue
+        report(case, "done", "")
+    return write_cohort(out, cases, failures)
+
+
+def _record_settings(out: Path, config: ExplainConfig) -> None:
+    """The settings of the cohort in ``out``: recorded by the first run; a run with others is refused."""
+    settings = {"producer": "explain", "version": __version__, "arguments": config.arguments()}
+    record = out / SETTINGS
+    if record.is_file():
+        earlier = json.loads(record.read_text())
+        if earlier.get("arguments") != settings["arguments"]:
+            raise UsageError(f"{out}: a cohort made with other settings ({' '.join(earlier.get('arguments', []))}"
+                             f"); rerun with those to finish it, or choose another --out")
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputError(f"{out}: exists and is not a cohort of explain (no {SETTINGS}); choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomically(record, json.dumps(settings, indent=1) + "\n")
+
+
+def _finished(folder: Path) -> bool:
+    return folder.is_dir() and is_result_folder(folder) and (folder / SUMMARY).is_file()
+
+
+def case_row(case: Path, out: Path, error: str | None = None) -> dict:
+    """One row of ``cohort.csv`` for ``case``: from its published ``summary.json``, or its status alone (``error``:
+    why it failed in this run)."""
+    folder = out / case.name
+    if not _finished(folder):
+        return {"case": case.name, "status": "failed" if error else "not run", "error": error or ""}
+    summary = json.loads((folder / SUMMARY).read_text())
+    row = {"case": case.name, "status": "done", "error": ""}
+    for region in REGIONS:
+        scores = summary.get("scores", {}).get(region, {})
+        row.update({f"{region}_{name}": scores.get(name) for name in SCORES})
+    analysis = summary.get("uncertainty", {}).get("error_analysis") or {}
+    row.update({f"auroc_{name}": entry.get("auroc") for name, entry in analysis.get("maps", {}).items()})
+    row["auroc_control"] = analysis.get("control", {}).get("auroc")
+    row.update({f"seconds_{stage}": seconds for stage, seconds in summary.get("seconds", {}).items()})
+    row["megabytes"] = round(sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) / 1e6, 2)
+    return row
+
+
+def write_cohort(out: Path, cases: list[Path], failures: dict[str, str]) -> dict:
+    """``cohort.csv``, ``cohort.json`` and ``cohort.html`` of the cases in ``out`` (``failures``: case → error of
+    those that failed in this run); returns ``cohort.json``'s content."""
+    from ..scoring.statistics import mean_interval
+
+    rows = [case_row(case, out, failures.get(case.name)) for case in cases]
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomically(out / TABLE, table.getvalue())
+    done = [row for row in rows if row["status"] == "done"]
+    numeric = [c for c in columns if any(isinstance(row.get(c), (int, float)) for row in done)]
+    statistics = {
+        "cases": len(rows), "done": len(done),
+        "failed": [{"case": row["case"], "error": row["error"]} for row in rows if row["status"] == "failed"],
+        "not_run": [row["case"] for row in rows if row["status"] == "not run"],
+        "means": {c: mean_interval([row.get(c) for row in done if row.get(c) is not None]) for c in numeric},
+        "worst": {region: [{"case": row["case"], "dice": row[f"{region}_dice"]} for row in sorted(
+            (row for row in done if row.get(f"{region}_dice") is not None), key=lambda row: row[f"{region}_dice"])
+            [:WORST]] for region in REGIONS},
+    }
+    _write_atomically(out / STATISTICS, json.dumps(statistics, indent=1) + "\n")
+    _write_atomically(out / PAGE, _page(rows, statistics))
+    return statistics
+
+
+def _page(rows: list[dict], statistics: dict) -> str:
+    """One page: the means with their intervals, then a row per case linking its report."""
+    means = "".join(f"<tr><td>{html.escape(name)}</td><td>{_number(found['mean'])}</td><td>"
+                    f"{_number(found['low'])}–{_number(found['high'])}</td><td>{found['n']}</td></tr>"
+                    for name, found in statistics["means"].items() if not name.startswith("seconds_"))
+    shown = ["case", "status", "WT_dice", "TC_dice", "ET_dice", "auroc_entropy", "auroc_control", "megabytes"]
+    body = "".join("<tr>" + "".join(
+        f"<td><a href='{html.escape(row['case'])}/{REPORT}'>{html.escape(row['case'])}</a></td>"
+        if key == "case" and row["status"] == "done" else
+        f"<td>{html.escape(row['error'] or row['status'])}</td>" if key == "status" else
+        f"<td>{_number(row.get(key)) if key != 'case' else html.escape(row['case'])}</td>" for key in shown)
+        + "</tr>" for row in rows)
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>cohort</title><style>td,th{padding:2px 8px;"
+            "text-align:right}td:first-child{text-align:left}</style></head><body>"
+            f"<h1>Cohort: {statistics['done']} of {statistics['cases']} cases done</h1>"
+            "<p>Means over the cases done, with 95 % intervals from resampling the cases (bootstrap, "
+            f"{next(iter(statistics['means'].values()), {}).get('resamples', 0)} resamples, seeded).</p>"
+            f"<table><tr><th>column</th><th>mean</th><th>95 % interval</th><th>cases</th></tr>{means}</table>"
+            f"<h2>Cases</h2><table><tr>{''.join(f'<th>{key}</th>' for key in shown)}</tr>{body}</table>"
+            "</body></html>\n")
+
+
+def _number(value) -> str:
+    return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A cohort file replaced whole: written beside it, then renamed over it."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    partial.replace(path)

@@ -1,0 +1,143 @@
+"""explain over a dataset (app/cohort.py): a case per folder, resumable after a kill, bad cases listed with their
+error, settings recorded, the cohort table equal to each case's summary, and the bootstrap interval of the means."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from BrainTumorExplainLib.app.cli import main
+from BrainTumorExplainLib.app.cohort import PAGE, SETTINGS, STATISTICS, TABLE, dataset_cases
+from BrainTumorExplainLib.scoring.statistics import mean_interval
+
+# the cheapest explain: one Grad-CAM layer, quick dropout, two pre-image steps, no scene
+CHEAP = ["--model", "simunet", "--layers", "dec1", "--quick", "--featviz-steps", "2", "--featviz-size", "32",
+         "--no-resample", "--no-scene", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def dataset(training_phantoms, tmp_path_factory):
+    """Two 3 mm phantom cases, as a folder of case folders."""
+    folder = tmp_path_factory.mktemp("cohort") / "data"
+    for case in sorted(p for p in training_phantoms.iterdir() if p.is_dir())[:2]:
+        shutil.copytree(case, folder / case.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cohort_run") / "out"
+    assert main(["explain", str(dataset), *CHEAP, "--out", str(out)]) == 0
+    return out
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()}
+
+
+def test_a_dataset_is_a_folder_of_cases_or_a_list(dataset, tmp_path):
+    cases = sorted(p for p in dataset.iterdir() if p.is_dir())
+    assert dataset_cases(dataset) == cases
+    assert dataset_cases(cases[0]) is None  # one case
+    listing = tmp_path / "cases.csv"
+    listing.write_text("case,site\n" + "".join(f"{case},A\n" for case in cases[:2]) + "# a comment\n")
+    assert dataset_cases(listing) == cases[:2]
+
+
+def test_every_case_written_as_a_single_run_writes_it_with_the_cohort_table(uninterrupted, dataset):
+    cases = sorted(p.name for p in dataset.iterdir() if p.is_dir())
+    assert {p.name for p in uninterrupted.iterdir() if p.is_dir()} == set(cases)
+    assert {SETTINGS, TABLE, STATISTICS, PAGE} <= {p.name for p in uninterrupted.iterdir() if p.is_file()}
+    with open(uninterrupted / TABLE) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["case"] for row in rows] == cases and {row["status"] for row in rows} == {"done"}
+    for row in rows:  # the table is each case's own summary
+        summary = json.loads((uninterrupted / row["case"] / "summary.json").read_text())
+        for region in ("WT", "TC", "ET"):
+            assert float(row[f"{region}_dice"]) == pytest.approx(summary["scores"][region]["dice"], abs=1e-12)
+            assert int(row[f"{region}_lesion_fp"]) == summary["scores"][region]["lesion_fp"]
+        analysis = summary["uncertainty"]["error_analysis"]
+        assert float(row["auroc_entropy"]) == pytest.approx(analysis["maps"]["entropy"]["auroc"], abs=1e-12)
+        assert float(row["auroc_control"]) == pytest.approx(analysis["control"]["auroc"], abs=1e-12)
+        assert float(row["seconds_gradcam"]) == pytest.approx(summary["seconds"]["gradcam"])
+    statistics = json.loads((uninterrupted / STATISTICS).read_text())
+    dice = [float(row["WT_dice"]) for row in rows]
+    assert statistics["means"]["WT_dice"]["mean"] == pytest.approx(np.mean(dice))
+    assert statistics["means"]["WT_dice"]["low"] <= np.mean(dice) <= statistics["means"]["WT_dice"]["high"]
+    assert [entry["case"] for entry in statistics["worst"]["WT"]] == [rows[i]["case"] for i in np.argsort(dice)]
+    page = (uninterrupted / PAGE).read_text()
+    assert all(f"{case}/report.html" in page for case in cases)
+
+
+def test_a_killed_cohort_resumes_to_the_files_of_an_uninterrupted_run(dataset, uninterrupted, tmp_path):
+    out = tmp_path / "out"
+    first = out / sorted(p.name for p in dataset.iterdir() if p.is_dir())[0]
+    command = [sys.executable, "-m", "BrainTumorExplainLib", "explain", str(dataset), *CHEAP, "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not (first / "summary.json").is_file():  # the first case is published
+            assert process.poll() is None and time.monotonic() < deadline, "the cohort ended before its first case"
+            time.sleep(0.2)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    finished = {path: path.stat().st_mtime_ns for path in first.rglob("*") if path.is_file()}
+    assert main(["explain", str(dataset), *CHEAP, "--out", str(out)]) == 0
+    assert {path: path.stat().st_mtime_ns for path in first.rglob("*") if path.is_file()} == finished  # not redone
+    assert _files(out) == _files(uninterrupted)  # no partial folder or lock left, nothing missing
+    for path in sorted(out.rglob("segmentation.nii.gz")):
+        expected = uninterrupted / path.relative_to(out)
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))),
+                              sitk.GetArrayFromImage(sitk.ReadImage(str(expected))))
+    with open(out / TABLE) as handle:
+        assert [row["status"] for row in csv.DictReader(handle)] == ["done"] * 2
+
+
+def test_a_broken_case_is_listed_with_its_error_and_the_others_go_on(dataset, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    broken = sorted(p for p in data.iterdir() if p.is_dir())[1]
+    next(broken.glob("*_t2.nii.gz")).write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert main(["explain", str(data), *CHEAP, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert f"error: {broken}" in error and "cannot read t2 image" in error
+    with open(out / TABLE) as handle:
+        rows = {row["case"]: row for row in csv.DictReader(handle)}
+    assert rows[broken.name]["status"] == "failed" and "cannot read t2 image" in rows[broken.name]["error"]
+    assert sorted(row["status"] for row in rows.values()) == ["done", "failed"]
+    assert not (out / broken.name).exists()
+    failed = json.loads((out / STATISTICS).read_text())["failed"]
+    assert [entry["case"] for entry in failed] == [broken.name]
+
+
+def test_other_settings_into_the_same_cohort_are_refused(uninterrupted, dataset, capsys):
+    before = _files(uninterrupted)
+    assert main(["explain", str(dataset), *CHEAP, "--layers", "enc1", "--out", str(uninterrupted)]) == 2
+    assert "a cohort made with other settings" in capsys.readouterr().err
+    assert main(["explain", str(dataset), *CHEAP, "--overwrite", "--out", str(uninterrupted)]) == 2
+    assert _files(uninterrupted) == before
+
+
+def test_the_bootstrap_interval_of_a_mean_matches_the_normal_one():
+    """For a large sample the percentile bootstrap interval of the mean is mean ± 1.96 s/√n."""
+    values = np.random.default_rng(3).normal(0.8, 0.1, 400)
+    found = mean_interval(values, resamples=4000, seed=1)
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+    assert found["mean"] == pytest.approx(values.mean())
+    assert found["low"] == pytest.approx(values.mean() - half, abs=0.15 * half)
+    assert found["high"] == pytest.approx(values.mean() + half, abs=0.15 * half)
+    assert mean_interval(values, resamples=4000, seed=1) == found  # seeded
+    assert mean_interval([0.5])["low"] is None and mean_interval([])["mean"] is None
