@@ -18,7 +18,7 @@ import pytest
 import SimpleITK as sitk
 
 from BrainTumorExplainLib.app.cli import main
-from BrainTumorExplainLib.app.cohort import PAGE, SETTINGS, STATISTICS, TABLE, dataset_cases
+from BrainTumorExplainLib.app.cohort import FIGURE, PAGE, SETTINGS, STATISTICS, TABLE, dataset_cases
 from BrainTumorExplainLib.scoring.statistics import mean_interval
 
 # the cheapest explain: one Grad-CAM layer, quick dropout, two pre-image steps, no scene
@@ -58,7 +58,8 @@ def test_a_dataset_is_a_folder_of_cases_or_a_list(dataset, tmp_path):
 def test_every_case_written_as_a_single_run_writes_it_with_the_cohort_table(uninterrupted, dataset):
     cases = sorted(p.name for p in dataset.iterdir() if p.is_dir())
     assert {p.name for p in uninterrupted.iterdir() if p.is_dir()} == set(cases)
-    assert {SETTINGS, TABLE, STATISTICS, PAGE} <= {p.name for p in uninterrupted.iterdir() if p.is_file()}
+    assert {SETTINGS, TABLE, STATISTICS, PAGE, FIGURE} <= {p.name for p in uninterrupted.iterdir() if p.is_file()}
+    assert (uninterrupted / FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(uninterrupted / TABLE) as handle:
         rows = list(csv.DictReader(handle))
     assert [row["case"] for row in rows] == cases and {row["status"] for row in rows} == {"done"}

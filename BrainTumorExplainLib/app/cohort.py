@@ -12,8 +12,8 @@ one-line error and the others go on.
 After the cases, ``OUT/cohort.csv`` (a row per case: status, error, scores, the uncertainty–error AUROC and its
 deterministic control, seconds per stage, megabytes) and ``OUT/cohort.json`` (every numeric column's mean with its
 bootstrap 95 % interval, the worst cases per region, the failed cases) are written from every case folder in ``OUT``
-— the ones of earlier runs too — and ``OUT/cohort.html`` links every case's report. The network is loaded once; one
-case is in memory at a time.
+— the ones of earlier runs too —, and ``OUT/cohort.html`` shows the per-case scores (``cohort.png``) and links every
+case's report. The network is loaded once; one case is in memory at a time.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ SETTINGS = "cohort_settings.json"
 TABLE = "cohort.csv"
 STATISTICS = "cohort.json"
 PAGE = "cohort.html"
+FIGURE = "cohort.png"
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 WORST = 3  # cases listed per region as the worst
 REGIONS = ("WT", "TC", "ET")
@@ -158,8 +159,21 @@ def write_cohort(out: Path, cases: list[Path], failures: dict[str, str]) -> dict
             [:WORST]] for region in REGIONS},
     }
     _write_atomically(out / STATISTICS, json.dumps(statistics, indent=1) + "\n")
+    _draw(done, out / FIGURE)
     _write_atomically(out / PAGE, _page(rows, statistics))
     return statistics
+
+
+def _draw(done: list[dict], path: Path) -> None:
+    """The per-case Dice of every region (and the uncertainty AUROC), a dot per case, as ``cohort.png``."""
+    from .figures import cohort_scores
+
+    columns = [f"{region}_dice" for region in REGIONS] + ["auroc_entropy", "auroc_control"]
+    scores = {name: [(row["case"], row[name]) for row in done if row.get(name) is not None] for name in columns}
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    cohort_scores({name: pairs for name, pairs in scores.items() if pairs}, partial,
+                  f"{len(done)} cases: a dot per case, the bar the mean")
+    partial.replace(path)
 
 
 def _page(rows: list[dict], statistics: dict) -> str:
@@ -179,6 +193,7 @@ def _page(rows: list[dict], statistics: dict) -> str:
             f"<h1>Cohort: {statistics['done']} of {statistics['cases']} cases done</h1>"
             "<p>Means over the cases done, with 95 % intervals from resampling the cases (bootstrap, "
             f"{next(iter(statistics['means'].values()), {}).get('resamples', 0)} resamples, seeded).</p>"
+            f"<p><img src='{FIGURE}' alt='per-case scores'></p>"
             f"<table><tr><th>column</th><th>mean</th><th>95 % interval</th><th>cases</th></tr>{means}</table>"
             f"<h2>Cases</h2><table><tr>{''.join(f'<th>{key}</th>' for key in shown)}</tr>{body}</table>"
             "</body></html>\n")

@@ -361,3 +361,25 @@ def review_figure(case: Case, labels: np.ndarray, entropy: np.ndarray, review: n
     figure.suptitle(title, color="white", fontsize=9)
     figure.tight_layout(rect=(0, 0, 1, 0.92))
     return _save(figure, path, dpi)
+
+
+def cohort_scores(scores: dict[str, list[tuple[str, float]]], path: str | Path, title: str = "",
+                  dpi: int = 100) -> Path:
+    """Per-case scores of a cohort, one column per score (``scores``: name → (case, value) pairs): every case a dot
+    (jittered sideways, seeded), the mean a bar; the lowest case of each column named."""
+    figure, ax = _subplots(figsize=(1.6 + 1.3 * max(len(scores), 1), 3.2))
+    rng = np.random.default_rng(0)
+    for column, (name, pairs) in enumerate(scores.items()):
+        values = np.array([value for _, value in pairs], dtype=float)
+        if not values.size:
+            continue
+        ax.scatter(column + rng.uniform(-0.15, 0.15, values.size), values, s=12, alpha=0.7)
+        ax.hlines(values.mean(), column - 0.3, column + 0.3, color="black")
+        lowest = int(np.argmin(values))
+        ax.annotate(pairs[lowest][0], (column, values[lowest]), fontsize=6, xytext=(4, -8),
+                    textcoords="offset points")
+    ax.set_xticks(range(len(scores)), list(scores))
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return _save(figure, path, dpi)
