@@ -130,6 +130,13 @@ def test_other_settings_into_the_same_cohort_are_refused(uninterrupted, dataset,
     assert "a cohort made with other settings" in capsys.readouterr().err
     assert main(["explain", str(dataset), *CHEAP, "--overwrite", "--out", str(uninterrupted)]) == 2
     assert _files(uninterrupted) == before
+    inside = dataset / "results"  # the dataset is an input: nothing is written in it
+    assert main(["explain", str(dataset), *CHEAP, "--out", str(inside)]) == 2
+    assert "inside the input folder" in capsys.readouterr().err and not inside.exists()
+    listing = dataset.parent / "twice.txt"
+    listing.write_text(f"{dataset / 'Phantom_00060'}\n{dataset / 'Phantom_00060'}\n")
+    assert main(["explain", str(listing), *CHEAP, "--out", str(dataset.parent / "twice")]) == 2
+    assert "named alike (Phantom_00060)" in capsys.readouterr().err
 
 
 def test_the_bootstrap_interval_of_a_mean_matches_the_normal_one():

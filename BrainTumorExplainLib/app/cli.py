@@ -287,12 +287,12 @@ def _run_explain(args: argparse.Namespace) -> int:
 
         cases = dataset_cases(args.case)
         if cases is not None:
-            return _explain_dataset(cases, args.out, config_from_arguments(args), args.progress)
+            return _explain_dataset(args.case, cases, args.out, config_from_arguments(args), args.progress)
         source = args.case
     return _explain_and_print(source, args.out, config_from_arguments(args), args.progress)
 
 
-def _explain_dataset(cases: list[Path], out: Path, config, progress: str) -> int:
+def _explain_dataset(dataset: Path, cases: list[Path], out: Path, config, progress: str) -> int:
     """explain over a dataset (:mod:`app.cohort`): a bar over the cases, then the cohort's means with their
     intervals; every failed case as an ``error:`` line, and exit status 2 when any failed."""
     from .cohort import PAGE, TABLE, explain_cohort
@@ -301,7 +301,7 @@ def _explain_dataset(cases: list[Path], out: Path, config, progress: str) -> int
         raise UsageError("--progress json: a dataset's run reports its progress as text (a bar over the cases)")
     failed = []
     statistics = explain_cohort(cases, out, config, report=lambda case, status, message: failed.append(
-        message) if status == "failed" else None)
+        message) if status == "failed" else None, dataset=dataset)
     means = statistics["means"]
     print(f"cohort {out}: {statistics['done']} of {statistics['cases']} cases done; " + ", ".join(
         f"{region} Dice {found['mean']:.3f} [{found['low']:.3f}–{found['high']:.3f}]" if found["low"] is not None

@@ -68,16 +68,24 @@ def dataset_cases(source: str | Path) -> list[Path] | None:
 
 
 def explain_cohort(cases: list[Path], out: str | Path, config: ExplainConfig, progress: bool = True,
-                   report=lambda case, status, message: None) -> dict:
+                   report=lambda case, status, message: None, dataset: str | Path | None = None) -> dict:
     """Explain every case into ``out`` (see the module notes); returns ``cohort.json``'s content. ``report(case,
-    status, message)`` is called after each case (``done``, ``skipped`` or ``failed`` with its error)."""
+    status, message)`` is called after each case (``done``, ``skipped`` or ``failed`` with its error);
+    ``dataset``: the folder or list the cases came from (never written in)."""
+    from ..outputs import check_not_an_input
     from ..progress import progress_bar
     from .explain import explain, load_network
 
     if config.overwrite:
         raise UsageError("--overwrite: a dataset's run resumes where it stopped and never redoes a finished case; "
                          "rerun without --overwrite, or choose another --out")
+    names = [case.name for case in cases]
+    if len(set(names)) < len(names):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise UsageError(f"{dataset or 'the dataset'}: case folders named alike ({', '.join(twice)}) would write to "
+                         "the same OUT/<case-id>/: list each case once")
     out = Path(out)
+    check_not_an_input(out, [dataset, *cases])
     _record_settings(out, config)
     network, failures = None, {}
     for case in progress_bar(cases, "cases" if progress else None, unit="case"):
