@@ -626,7 +626,8 @@ def _show_run(scene, widget, folder: Path, layers: list[str], review_points=None
     (folder / "featviz" / "detectors.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     last = last_explained_layer(layers)
     overlays = {name: _volume(scene, name) for name in ("uncertainty", *(f"Grad-CAM {last} {c}" for c in CLASSES))}
-    region = {"rank": 1, "volume_mm3": 120.0, "mean_entropy": 0.4, "place": {"ras": [1.0, 2.0, 3.0], "ijk": [4, 5, 6]},
+    region = {"rank": 1, "uncertainty_mass": 48.0, "volume_mm3": 120.0, "mean_entropy": 0.4,
+              "place": {"ras": [1.0, 2.0, 3.0], "ijk": [4, 5, 6]},
               "why": "uncertain"}
     lesion = {"region": "WT", "number": 1, "match": 1, "volume_mm3": 900.0, "dice": 0.8, "place": {"ijk": [3, 7, 2]},
               "uncertainty": {"entropy": {"mean": 0.1}}, "gradcam": {}, "detectors": {}}

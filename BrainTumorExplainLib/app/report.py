@@ -122,7 +122,8 @@ def preprocessing_lines(summary: dict) -> list[str]:
     return lines + [f"warning: {warning}" for warning in summary.get("domain", {}).get("warnings", [])]
 
 
-REVIEW_HEADER = ["#", "volume (mm³)", "mean entropy (nats)", "centre (RAS, mm)", "slice (k)", "why"]
+REVIEW_HEADER = ["#", "score (Σ entropy × mm³)", "volume (mm³)", "mean entropy (nats)", "centre (RAS, mm)",
+                 "slice (k)", "why"]
 LESION_HEADER = ["region", "#", "match", "volume (mm³)", "Dice", "mean entropy (nats)", "Grad-CAM share (last layer)",
                  "Grad-CAM concentrates at", "detectors inside"]
 
@@ -130,7 +131,7 @@ LESION_HEADER = ["region", "#", "match", "volume (mm³)", "Dice", "mean entropy 
 def review_rows(review: dict) -> list[list[str]]:
     """The review list of a run's ``summary["review"]`` as table rows (:data:`REVIEW_HEADER`), ranked: the report's
     and the Slicer panel's."""
-    return [[str(r["rank"]), f"{r['volume_mm3']:.0f}", f"{r['mean_entropy']:.2f}",
+    return [[str(r["rank"]), f"{r['uncertainty_mass']:.0f}", f"{r['volume_mm3']:.0f}", f"{r['mean_entropy']:.2f}",
              ", ".join(f"{v:.1f}" for v in r["place"]["ras"]), str(r["place"]["ijk"][2]), r["why"]]
             for r in review.get("regions", [])]
 
