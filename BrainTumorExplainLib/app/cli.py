@@ -299,11 +299,12 @@ def _explain_dataset(dataset: Path, cases: list[Path], out: Path, config, progre
 
     if progress == "json":
         raise UsageError("--progress json: a dataset's run reports its progress as text (a bar over the cases)")
-    failed = []
-    statistics = explain_cohort(cases, out, config, report=lambda case, status, message: failed.append(
-        message) if status == "failed" else None, dataset=dataset)
-    means = statistics["means"]
-    print(f"cohort {out}: {statistics['done']} of {statistics['cases']} cases done; " + ", ".join(
+    seen: dict[str, list[str]] = {"failed": [], "skipped": [], "done": []}
+    statistics = explain_cohort(cases, out, config, report=lambda case, status, message: seen[status].append(
+        message), dataset=dataset)
+    failed, means = seen["failed"], statistics["means"]
+    print(f"cohort {out}: {statistics['done']} of {statistics['cases']} cases done ({len(seen['skipped'])} by an "
+          f"earlier run); " + ", ".join(
         f"{region} Dice {found['mean']:.3f} [{found['low']:.3f}–{found['high']:.3f}]" if found["low"] is not None
         else f"{region} Dice {found['mean']:.3f}" for region in ("WT", "TC", "ET")
         if (found := means.get(f"{region}_dice")) and found["mean"] is not None))
