@@ -1,6 +1,7 @@
 """Training, resuming, evaluating and segmenting with the CLI verbs on tiny phantoms and tiny networks."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -104,6 +105,17 @@ def test_bad_training_and_evaluation_input(tiny_data, tmp_path, capsys):
     assert main(["evaluate", "--data", str(unlabelled.parent), "--model", "resunet", "--weights",
                  str(tmp_path / "w.pt")]) == 2
     assert "no label file (_seg), so this case cannot be evaluated" in capsys.readouterr().err
+    broken = tmp_path / "broken"  # a bad case among good ones: named, and the others scored
+    shutil.copytree(tiny_data, broken)
+    next((broken / "Phantom_00061").glob("*_t2.nii.gz")).write_bytes(b"not an image")
+    assert main(["evaluate", "--data", str(broken), "--model", "resunet", "--weights", str(tmp_path / "w.pt"),
+                 "--json", str(tmp_path / "b.json")]) == 2
+    assert "cannot read t2 image" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "b.json").read_text())
+    assert sorted(summary["cases"]) == ["Phantom_00060", "Phantom_00062"]
+    assert [entry["case"] for entry in summary["failed"]] == ["Phantom_00061"]
+    interval = summary["mean_interval"]["WT"]["dice"]
+    assert interval["n"] == 2 and interval["mean"] == pytest.approx(summary["mean"]["WT"]["dice"])
     assert main(["segment", str(unlabelled), "--model", "denseunet", "--weights", str(tmp_path / "w.pt"),
                  "--out", str(tmp_path / "s.nii.gz")]) == 2
     assert "holds resunet weights, not denseunet" in capsys.readouterr().err

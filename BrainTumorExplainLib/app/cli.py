@@ -468,29 +468,39 @@ def _run_train_bundle(args: argparse.Namespace) -> int:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="per-case and mean Dice/HD95 of a network on labelled cases (Table 1), legacy "
                                         "and lesion-wise (BraTS 2023)")
-    p.add_argument("--data", required=True, type=Path, help="a case folder or a folder of case folders")
+    p.add_argument("--data", required=True, type=Path, help="a case folder, a folder of case folders or a .txt/.csv "
+                   "list of them; a case that cannot be evaluated is an error line and the others go on (exit 2)")
     _add_model_arguments(p)
     _add_resample(p)
     _add_lesion_rule(p)
-    p.add_argument("--json", type=Path, help="also write per-case and mean scores as JSON")
+    p.add_argument("--json", type=Path, help="also write per-case and mean scores (with bootstrap 95 %% intervals) "
+                   "and the failed cases as JSON")
     _add_overwrite(p, "the JSON file")
     p.set_defaults(run=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from ..data.case import find_cases
+    from ..data.case import CaseError, find_cases
     from ..scoring.evaluation import evaluate_model, evaluation_as_dict, format_table
     from ..scoring.metrics import scores_as_dict
 
+    from .cohort import dataset_cases
+
     target = _json_output(args.json, [args.data, args.weights], args.overwrite)
-    cases = find_cases(args.data)
+    cases = dataset_cases(args.data) or find_cases(args.data)  # a broken case folder is listed, not passed over
     model = _load_model(args)
-    results = evaluate_model(model, cases, progress=True, resample=args.resample, lesion_rule=_lesion_rule(args))
-    summary = evaluation_as_dict(args.model, results)
+    failures: dict[str, str] = {}
+    results = evaluate_model(model, cases, progress=True, resample=args.resample, lesion_rule=_lesion_rule(args),
+                             failures=failures)
+    for error in failures.values():
+        print(f"error: {error}", file=sys.stderr)
+    if not results:
+        raise CaseError(f"{args.data}: none of its {len(cases)} cases could be evaluated")
+    summary = evaluation_as_dict(args.model, results, failures)
     rows = {r.case_id: scores_as_dict(r.scores) for r in results}
     print(format_table({**rows, f"mean ({len(results)})": summary["mean"]}))
     _write_json(target, summary)
-    return 0
+    return 2 if failures else 0
 
 
 def _add_segment(sub: argparse._SubParsersAction) -> None:

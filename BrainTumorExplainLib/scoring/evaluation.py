@@ -10,6 +10,7 @@ import torch
 
 from ..data.case import CaseError, load_case
 from ..data.labels import REGIONS
+from ..errors import InputError
 from ..models.base import SegmentationNet
 from ..models.inference import segment_input
 from ..models.space import into_network_space
@@ -26,15 +27,24 @@ class CaseEvaluation:
 
 def evaluate_model(model: SegmentationNet, case_paths: list[Path], device: str | torch.device | None = None,
                    progress: bool = False, resample: bool = True,
-                   lesion_rule: LesionRule | None = CHALLENGES[DEFAULT_CHALLENGE]) -> list[CaseEvaluation]:
+                   lesion_rule: LesionRule | None = CHALLENGES[DEFAULT_CHALLENGE],
+                   failures: dict[str, str] | None = None) -> list[CaseEvaluation]:
     """Segment every case — in the network's space unless ``resample`` is False
     (:func:`models.space.into_network_space`) — and score it on its own grid against its labels (on ``device``,
-    default: the model's), lesion-wise too under ``lesion_rule``. A case without labels is an error, named."""
+    default: the model's), lesion-wise too under ``lesion_rule``. A case that cannot be read, or has no labels, is
+    an error naming it; with ``failures`` (a dict) it is recorded there instead — folder name → the error — and the
+    other cases go on."""
     results = []
     for path in progress_bar(case_paths, "evaluate" if progress else None, unit="case"):
-        case = load_case(path)
-        if case.labels is None:
-            raise CaseError(f"{path}: no label file (_seg), so this case cannot be evaluated")
+        try:
+            case = load_case(path)
+            if case.labels is None:
+                raise CaseError(f"{path}: no label file (_seg), so this case cannot be evaluated")
+        except InputError as error:
+            if failures is None:
+                raise
+            failures[Path(path).name] = str(error)
+            continue
         prediction = segment_input(model, into_network_space(case, model, resample), device=device)[1]
         results.append(CaseEvaluation(case.case_id, score_segmentation(prediction, case.labels, case.spacing,
                                                                         lesion_rule)))
@@ -61,12 +71,23 @@ def mean_scores(results: list[CaseEvaluation]) -> dict[str, dict[str, float]]:
     return means
 
 
-def evaluation_as_dict(model_name: str, results: list[CaseEvaluation]) -> dict:
+def evaluation_as_dict(model_name: str, results: list[CaseEvaluation], failures: dict[str, str] | None = None
+                       ) -> dict:
+    """The evaluation as ``evaluate --json`` writes it: per case, the means, each mean's bootstrap 95 % interval
+    over the cases (:func:`statistics.mean_interval`; lesion counts, which are summed, have none) and the cases that
+    failed with their errors."""
+    from .statistics import mean_interval
+
+    cases = {r.case_id: scores_as_dict(r.scores) for r in results}
+    means = mean_scores(results)
     return {
         "model": model_name,
-        "cases": {r.case_id: scores_as_dict(r.scores) for r in results},
-        "mean": mean_scores(results),
+        "cases": cases,
+        "mean": means,
+        "mean_interval": {region: {key: mean_interval([scores[region][key] for scores in cases.values()])
+                                   for key in means[region] if key not in LESION_COUNTS} for region in means},
         "mean_convention": MEAN_CONVENTION,
+        "failed": [{"case": case, "error": error} for case, error in (failures or {}).items()],
     }
 
 
