@@ -149,3 +149,30 @@ def test_the_bootstrap_interval_of_a_mean_matches_the_normal_one():
     assert found["high"] == pytest.approx(values.mean() + half, abs=0.15 * half)
     assert mean_interval(values, resamples=4000, seed=1) == found  # seeded
     assert mean_interval([0.5])["low"] is None and mean_interval([])["mean"] is None
+
+
+def test_segment_over_a_dataset_writes_each_case_and_resumes(dataset, tmp_path, capsys):
+    """segment DATASET: OUT/<case-id>/segmentation.nii.gz equal to the single-case verb's, the scores in the cohort
+    table; a rerun redoes nothing; a bad case is an error line; other settings are refused."""
+    out = tmp_path / "seg"
+    arguments = ["segment", str(dataset), "--model", "simunet", "--no-resample", "--device", "cpu"]
+    assert main([*arguments, "--out", str(out)]) == 0
+    cases = sorted(p.name for p in dataset.iterdir() if p.is_dir())
+    single = tmp_path / "single.nii.gz"
+    assert main(["segment", str(dataset / cases[0]), *arguments[2:], "--out", str(single)]) == 0
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / cases[0] / "segmentation.nii.gz"))),
+                          sitk.GetArrayFromImage(sitk.ReadImage(str(single))))
+    with open(out / TABLE) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["case"] for row in rows] == cases and {row["status"] for row in rows} == {"done"}
+    summary = json.loads((out / cases[1] / "summary.json").read_text())
+    assert float(rows[1]["WT_dice"]) == pytest.approx(summary["scores"]["WT"]["dice"], abs=1e-12)
+    times = {path: path.stat().st_mtime_ns for path in out.rglob("segmentation.nii.gz")}
+    capsys.readouterr()
+    assert main([*arguments, "--out", str(out)]) == 0
+    assert "(2 by an earlier run)" in capsys.readouterr().out
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("segmentation.nii.gz")} == times
+    assert main([*arguments[:3], "resunet", *arguments[4:], "--out", str(out)]) == 2  # another network
+    assert "a cohort made with other settings" in capsys.readouterr().err
+    assert main(["explain", str(dataset), *CHEAP, "--out", str(out)]) == 2  # another verb
+    assert "a cohort of segment, not of explain" in capsys.readouterr().err

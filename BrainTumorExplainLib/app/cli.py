@@ -505,16 +505,23 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 def _add_segment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment a case with a network; labels written on the case's own grid")
-    p.add_argument("case", type=Path, help="BraTS case folder")
+    p.add_argument("case", type=Path, help="BraTS case folder, or a dataset (a folder of case folders or a .txt/.csv "
+                   "list): then OUT is a folder of OUT/<case-id>/segmentation.nii.gz with cohort.csv, resumable")
     _add_model_arguments(p)
     _add_case_preparation(p)
     p.add_argument("--out", required=True, type=Path,
-                   help="label file to write (.nii.gz, .nii, .nrrd or .mha), in the case's convention")
+                   help="label file to write (.nii.gz, .nii, .nrrd or .mha), in the case's convention (a folder for a "
+                   "dataset)")
     _add_overwrite(p)
     p.set_defaults(run=_run_segment)
 
 
 def _run_segment(args: argparse.Namespace) -> int:
+    from .cohort import dataset_cases
+
+    cases = dataset_cases(args.case)
+    if cases is not None:
+        return _segment_dataset(args, cases)
     target = OutputFile(args.out, [args.case, args.weights, _model_folder(args.model), _mask_file(args)],
                         args.overwrite, volume=True)
     model = _load_model(args)
@@ -523,6 +530,42 @@ def _run_segment(args: argparse.Namespace) -> int:
         stages.segmentation.segment(model, case, written, progress=True)
     print(f"wrote {args.out}")
     return 0
+
+
+def _segment_dataset(args: argparse.Namespace, cases: list[Path]) -> int:
+    """segment over a dataset (:func:`app.cohort.segment_cohort`): each case's labels as
+    ``OUT/<case-id>/segmentation.nii.gz`` with a ``summary.json`` (its scores with ground truth), resumable; every
+    failed case an ``error:`` line, exit status 2 when any failed."""
+    from ..models.space import prepare_case
+    from ..scoring.metrics import score_segmentation, scores_as_dict
+    from .cohort import TABLE, segment_cohort
+
+    if args.overwrite:
+        raise UsageError("--overwrite: a dataset's run resumes where it stopped and never redoes a finished case; "
+                         "rerun without --overwrite, or choose another --out")
+    model = _load_model(args)
+
+    def segment_case(case_folder: Path, work: Path) -> None:
+        start = time.perf_counter()
+        case = prepare_case(case_folder, model, args.coregister, args.resample, args.atlas, args.brain_mask)[0]
+        on_input = stages.segmentation.segment(model, case, work / SEGMENTATION)[1]
+        as_read = case.as_read
+        summary = {"version": __version__, "case": as_read.case_id, "model": args.model}
+        if as_read.labels is not None:
+            summary["scores"] = scores_as_dict(score_segmentation(on_input, as_read.labels, as_read.spacing))
+        summary["seconds"] = {"segmentation": round(time.perf_counter() - start, 2)}
+        (work / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+
+    settings = [f"--{name.replace('_', '-')}={value}" for name, value in sorted(vars(args).items())
+                if name not in ("case", "out", "overwrite", "run", "verb") and not callable(value)]
+    seen: dict[str, list[str]] = {"failed": [], "skipped": [], "done": []}
+    statistics = segment_cohort(cases, args.out, settings, segment_case, report=lambda case, status, message:
+                                seen[status].append(message), dataset=args.case)
+    print(f"cohort {args.out}: {statistics['done']} of {statistics['cases']} cases segmented "
+          f"({len(seen['skipped'])} by an earlier run); table: {args.out / TABLE}")
+    for message in seen["failed"]:
+        print(f"error: {message}", file=sys.stderr)
+    return 2 if seen["failed"] else 0
 
 
 def _add_preprocess(sub: argparse._SubParsersAction) -> None:

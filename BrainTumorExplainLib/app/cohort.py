@@ -72,13 +72,43 @@ def explain_cohort(cases: list[Path], out: str | Path, config: ExplainConfig, pr
     """Explain every case into ``out`` (see the module notes); returns ``cohort.json``'s content. ``report(case,
     status, message)`` is called after each case (``done``, ``skipped`` or ``failed`` with its error);
     ``dataset``: the folder or list the cases came from (never written in)."""
-    from ..outputs import check_not_an_input
-    from ..progress import progress_bar
     from .explain import explain, load_network
 
     if config.overwrite:
         raise UsageError("--overwrite: a dataset's run resumes where it stopped and never redoes a finished case; "
                          "rerun without --overwrite, or choose another --out")
+    network = []  # loaded once, and only when a case needs it
+
+    def explain_case(case: Path, destination: Path) -> None:
+        network[:] = network or [load_network(config)]
+        explain(case, destination, config, progress=None, network=network[0])
+
+    failures = run_cohort(cases, out, "explain", config.arguments(), explain_case, progress, report, dataset)
+    return write_cohort(Path(out), cases, failures)
+
+
+def segment_cohort(cases: list[Path], out: str | Path, arguments: list[str], segment_case, progress: bool = True,
+                   report=lambda case, status, message: None, dataset: str | Path | None = None) -> dict:
+    """``segment`` over a dataset: ``segment_case(case, work)`` writes a case's labels and ``summary.json`` (its
+    scores, with ground truth) into its private folder, published as ``OUT/<case-id>/``; ``arguments``: the
+    settings, recorded as explain's are. Returns ``cohort.json``'s content."""
+    from ..outputs import OutputFolder
+
+    def segment_into(case: Path, destination: Path) -> None:
+        with OutputFolder(destination, [case], False, "segment") as work:
+            segment_case(case, work)
+
+    failures = run_cohort(cases, out, "segment", arguments, segment_into, progress, report, dataset)
+    return write_cohort(Path(out), cases, failures)
+
+
+def run_cohort(cases: list[Path], out: str | Path, producer: str, arguments: list[str], run_case, progress: bool,
+               report, dataset: str | Path | None) -> dict[str, str]:
+    """Every case not finished yet through ``run_case(case, OUT/<case-id>)``, which publishes that folder whole
+    or not at all (see the module notes); returns case → error of those that failed."""
+    from ..outputs import check_not_an_input
+    from ..progress import progress_bar
+
     names = [case.name for case in cases]
     if len(set(names)) < len(names):
         twice = sorted({name for name in names if names.count(name) > 1})
@@ -86,36 +116,38 @@ def explain_cohort(cases: list[Path], out: str | Path, config: ExplainConfig, pr
                          "the same OUT/<case-id>/: list each case once")
     out = Path(out)
     check_not_an_input(out, [dataset, *cases])
-    _record_settings(out, config)
-    network, failures = None, {}
+    _record_settings(out, producer, arguments)
+    failures = {}
     for case in progress_bar(cases, "cases" if progress else None, unit="case"):
         destination = out / case.name
         if _finished(destination):
             report(case, "skipped", "finished by an earlier run")
             continue
         try:
-            network = network or load_network(config)  # once, and only when a case needs it
-            explain(case, destination, config, progress=None, network=network)
+            run_case(case, destination)
         except InputError as error:  # the case's own problem (unreadable, missing, refused): the others go on
             failures[case.name] = str(error)
             report(case, "failed", str(error))
             continue
         report(case, "done", "")
-    return write_cohort(out, cases, failures)
+    return failures
 
 
-def _record_settings(out: Path, config: ExplainConfig) -> None:
-    """The settings of the cohort in ``out``: recorded by the first run; a run with others is refused."""
-    settings = {"producer": "explain", "version": __version__, "arguments": config.arguments()}
+def _record_settings(out: Path, producer: str, arguments: list[str]) -> None:
+    """The settings of the cohort in ``out``: recorded by the first run; a run with others, or of another verb, is
+    refused."""
+    settings = {"producer": producer, "version": __version__, "arguments": arguments}
     record = out / SETTINGS
     if record.is_file():
         earlier = json.loads(record.read_text())
+        if earlier.get("producer", "explain") != producer:
+            raise UsageError(f"{out}: a cohort of {earlier.get('producer')}, not of {producer}; choose another --out")
         if earlier.get("arguments") != settings["arguments"]:
             raise UsageError(f"{out}: a cohort made with other settings ({' '.join(earlier.get('arguments', []))}"
                              f"); rerun with those to finish it, or choose another --out")
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputError(f"{out}: exists and is not a cohort of explain (no {SETTINGS}); choose another --out")
+        raise OutputError(f"{out}: exists and is not a cohort of {producer} (no {SETTINGS}); choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     _write_atomically(record, json.dumps(settings, indent=1) + "\n")
 
@@ -168,7 +200,7 @@ def write_cohort(out: Path, cases: list[Path], failures: dict[str, str]) -> dict
     }
     _write_atomically(out / STATISTICS, json.dumps(statistics, indent=1) + "\n")
     _draw(done, out / FIGURE)
-    _write_atomically(out / PAGE, _page(rows, statistics))
+    _write_atomically(out / PAGE, _page(rows, statistics, out))
     return statistics
 
 
@@ -184,15 +216,15 @@ def _draw(done: list[dict], path: Path) -> None:
     partial.replace(path)
 
 
-def _page(rows: list[dict], statistics: dict) -> str:
-    """One page: the means with their intervals, then a row per case linking its report."""
+def _page(rows: list[dict], statistics: dict, out: Path) -> str:
+    """One page: the means with their intervals, then a row per case linking its report (explain's cases)."""
     means = "".join(f"<tr><td>{html.escape(name)}</td><td>{_number(found['mean'])}</td><td>"
                     f"{_number(found['low'])}–{_number(found['high'])}</td><td>{found['n']}</td></tr>"
                     for name, found in statistics["means"].items() if not name.startswith("seconds_"))
     shown = ["case", "status", "WT_dice", "TC_dice", "ET_dice", "auroc_entropy", "auroc_control", "megabytes"]
     body = "".join("<tr>" + "".join(
         f"<td><a href='{html.escape(row['case'])}/{REPORT}'>{html.escape(row['case'])}</a></td>"
-        if key == "case" and row["status"] == "done" else
+        if key == "case" and (out / row["case"] / REPORT).is_file() else
         f"<td>{html.escape(row['error'] or row['status'])}</td>" if key == "status" else
         f"<td>{_number(row.get(key)) if key != 'case' else html.escape(row['case'])}</td>" for key in shown)
         + "</tr>" for row in rows)
