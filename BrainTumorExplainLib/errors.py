@@ -6,12 +6,17 @@ traceback.
 
 from __future__ import annotations
 
+import re
+
 
 def itk_reason(error: BaseException) -> str:
     """The informative part of an ITK exception (its text starts with ITK's source file and line)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    useful = [line.split("ERROR: ")[-1] for line in lines
-              if not line.startswith("/") and not line.startswith("Reason: No such file")]
+    # ITK's own message ("ITK ERROR: Filter(0x…): what went wrong") when there is one, without the object's address
+    errors = [re.sub(r"^\w+\(0x[0-9a-fA-F]+\): ", "", line.split("ERROR: ", 1)[1]) for line in lines
+              if "ERROR: " in line]
+    useful = errors or [line for line in lines
+                        if not line.startswith("/") and not line.startswith("Reason: No such file")]
     return " ".join(useful or lines)[:200]
 
 

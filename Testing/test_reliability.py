@@ -476,6 +476,19 @@ def test_a_case_too_small_to_analyse_is_refused_by_name(tmp_path, capsys, atlas)
         load_case(folder)
 
 
+def test_a_case_far_smaller_than_a_head_is_not_aligned_to_the_atlas_and_says_why(tmp_path, capsys):
+    """16³ voxels of 0.1 mm pass the size check, but ITK finds no overlap with the template: the alignment is
+    refused with ITK's reason, as any failed alignment is, not a traceback."""
+    folder, rng = tmp_path / "Small", np.random.default_rng(0)
+    for modality in ("flair", "t1", "t1ce", "t2"):
+        write_image(folder / f"Small_{modality}.nii.gz", rng.uniform(100, 200, (16, 16, 16)).astype(np.float32),
+                    spacing=(0.1, 0.1, 0.1))
+    assert main(["segment", str(folder), "--model", "resunet", "--device", "cpu", "--atlas", "always",
+                 "--out", str(tmp_path / "s.nii.gz")]) == 0
+    assert ("atlas alignment: skipped (the atlas registration was refused: ITK could not register the T1 to the "
+            "template (All samples map outside moving image buffer") in capsys.readouterr().out
+
+
 def test_sequences_too_small_to_register_are_kept_as_acquired(tmp_path):
     paths = synthetic_case(tmp_path / "X", "X")  # 12 x 14 x 16: analysable, too small for the registration
     t1 = sitk.ReadImage(str(paths["t1"]))

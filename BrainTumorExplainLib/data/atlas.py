@@ -163,13 +163,31 @@ def align_to_atlas(t1: "sitk.Image", seed: int = 1, sampling: float = 0.1) -> At
     :data:`MAX_SCALE_CHANGE` (a misregistration, not a head)."""
     import SimpleITK as sitk
 
-    from .registration import check_seed, mutual_information
+    from ..errors import itk_reason
+    from .registration import check_seed
 
     check_seed(seed)
     template, brain = template_images()
     moving = sitk.Cast(t1, sitk.sitkFloat32)
     centred = sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
         template, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS))
+    try:
+        return _registered(template, brain, moving, centred, seed, sampling)
+    except RuntimeError as error:  # ITK gives up (e.g. a volume far smaller than a head overlaps no template sample)
+        centre = tuple(float(v) for v in centred.GetCenter())
+        identity = tuple(float(v) for v in np.eye(3).ravel())
+        return AtlasAlignment(identity, (0.0, 0.0, 0.0), identity, (0.0, 0.0, 0.0), centre, 0.0, 0.0, applied=False,
+                              reason=f"ITK could not register the T1 to the template ({itk_reason(error)})")
+
+
+def _registered(template: "sitk.Image", brain: "sitk.Image", moving: "sitk.Image", centred: "sitk.Transform",
+                seed: int, sampling: float) -> AtlasAlignment:
+    """:func:`align_to_atlas`'s registration from the centred start: a rotation search, then similarity and
+    affine refinements, checked."""
+    import SimpleITK as sitk
+
+    from .registration import mutual_information
+
     search = _method(sitk.Shrink(brain, [2] * 3), centred, seed, sampling)
     steps = round(SEARCH_DEGREES / SEARCH_STEP_DEGREES)
     search.SetOptimizerAsExhaustive([steps] * 3 + [0] * 3, stepLength=float(np.deg2rad(SEARCH_STEP_DEGREES)))
