@@ -293,25 +293,33 @@ def _run_explain(args: argparse.Namespace) -> int:
 
 
 def _explain_dataset(dataset: Path, cases: list[Path], out: Path, config, progress: str) -> int:
-    """explain over a dataset (:mod:`app.cohort`): a bar over the cases, then the cohort's means with their
-    intervals; every failed case as an ``error:`` line, and exit status 2 when any failed."""
-    from .cohort import PAGE, TABLE, explain_cohort
+    """explain over a dataset (:func:`app.cohort.explain_cohort`), said as :func:`_run_cohort` says it."""
+    from .cohort import explain_cohort
 
     if progress == "json":
         raise UsageError("--progress json: a dataset's run reports its progress as text (a bar over the cases)")
+    return _run_cohort(lambda report: explain_cohort(cases, out, config, report=report, dataset=dataset), out,
+                       "done")
+
+
+def _run_cohort(run, out: Path, finished: str) -> int:
+    """A cohort run — ``run(report)`` returns its ``cohort.json`` content — then how it went: the cases ``finished``
+    (and how many by an earlier run), the mean Dice per region with its interval, where the table and page are;
+    every failed case as an ``error:`` line, and exit status 2 when any failed."""
+    from .cohort import PAGE, TABLE
+
     seen: dict[str, list[str]] = {"failed": [], "skipped": [], "done": []}
-    statistics = explain_cohort(cases, out, config, report=lambda case, status, message: seen[status].append(
-        message), dataset=dataset)
-    failed, means = seen["failed"], statistics["means"]
-    print(f"cohort {out}: {statistics['done']} of {statistics['cases']} cases done ({len(seen['skipped'])} by an "
-          f"earlier run); " + ", ".join(
+    statistics = run(lambda case, status, message: seen[status].append(message))
+    means = statistics["means"]
+    print(f"cohort {out}: {statistics['done']} of {statistics['cases']} cases {finished} ({len(seen['skipped'])} by "
+          f"an earlier run); " + ", ".join(
         f"{region} Dice {found['mean']:.3f} [{found['low']:.3f}–{found['high']:.3f}]" if found["low"] is not None
         else f"{region} Dice {found['mean']:.3f}" for region in ("WT", "TC", "ET")
         if (found := means.get(f"{region}_dice")) and found["mean"] is not None))
     print(f"table: {out / TABLE}; page: {out / PAGE}")
-    for message in failed:
+    for message in seen["failed"]:
         print(f"error: {message}", file=sys.stderr)
-    return 2 if failed else 0
+    return 2 if seen["failed"] else 0
 
 
 def _add_model_arguments(p: argparse.ArgumentParser, device_default: str = ExplainConfig.device) -> None:
@@ -534,15 +542,13 @@ def _run_segment(args: argparse.Namespace) -> int:
 
 def _segment_dataset(args: argparse.Namespace, cases: list[Path]) -> int:
     """segment over a dataset (:func:`app.cohort.segment_cohort`): each case's labels as
-    ``OUT/<case-id>/segmentation.nii.gz`` with a ``summary.json`` (its scores with ground truth), resumable; every
-    failed case an ``error:`` line, exit status 2 when any failed."""
+    ``OUT/<case-id>/segmentation.nii.gz`` with a ``summary.json`` (its scores with ground truth), resumable; said as
+    :func:`_run_cohort` says it."""
     from ..models.space import prepare_case
     from ..scoring.metrics import score_segmentation, scores_as_dict
-    from .cohort import TABLE, segment_cohort
+    from .cohort import refuse_overwrite, segment_cohort
 
-    if args.overwrite:
-        raise UsageError("--overwrite: a dataset's run resumes where it stopped and never redoes a finished case; "
-                         "rerun without --overwrite, or choose another --out")
+    refuse_overwrite(args.overwrite)  # before the network is loaded
     model = _load_model(args)
 
     def segment_case(case_folder: Path, work: Path) -> None:
@@ -558,14 +564,8 @@ def _segment_dataset(args: argparse.Namespace, cases: list[Path]) -> int:
 
     settings = [f"--{name.replace('_', '-')}={value}" for name, value in sorted(vars(args).items())
                 if name not in ("case", "out", "overwrite", "run", "verb") and not callable(value)]
-    seen: dict[str, list[str]] = {"failed": [], "skipped": [], "done": []}
-    statistics = segment_cohort(cases, args.out, settings, segment_case, report=lambda case, status, message:
-                                seen[status].append(message), dataset=args.case)
-    print(f"cohort {args.out}: {statistics['done']} of {statistics['cases']} cases segmented "
-          f"({len(seen['skipped'])} by an earlier run); table: {args.out / TABLE}")
-    for message in seen["failed"]:
-        print(f"error: {message}", file=sys.stderr)
-    return 2 if seen["failed"] else 0
+    return _run_cohort(lambda report: segment_cohort(cases, args.out, settings, segment_case, report=report,
+                                                     dataset=args.case), args.out, "segmented")
 
 
 def _add_preprocess(sub: argparse._SubParsersAction) -> None:

@@ -19,6 +19,7 @@ case's report. The network is loaded once; one case is in memory at a time.
 from __future__ import annotations
 
 import csv
+import functools
 import html
 import io
 import json
@@ -74,17 +75,21 @@ def explain_cohort(cases: list[Path], out: str | Path, config: ExplainConfig, pr
     ``dataset``: the folder or list the cases came from (never written in)."""
     from .explain import explain, load_network
 
-    if config.overwrite:
-        raise UsageError("--overwrite: a dataset's run resumes where it stopped and never redoes a finished case; "
-                         "rerun without --overwrite, or choose another --out")
-    network = []  # loaded once, and only when a case needs it
+    refuse_overwrite(config.overwrite)
+    network = functools.cache(lambda: load_network(config))  # once, and only when a case needs it
 
     def explain_case(case: Path, destination: Path) -> None:
-        network[:] = network or [load_network(config)]
-        explain(case, destination, config, progress=None, network=network[0])
+        explain(case, destination, config, progress=None, network=network())
 
     failures = run_cohort(cases, out, "explain", config.arguments(), explain_case, progress, report, dataset)
     return write_cohort(Path(out), cases, failures)
+
+
+def refuse_overwrite(overwrite: bool) -> None:
+    """A dataset's run resumes and never redoes a finished case: ``--overwrite`` is refused, before any work."""
+    if overwrite:
+        raise UsageError("--overwrite: a dataset's run resumes where it stopped and never redoes a finished case; "
+                         "rerun without --overwrite, or choose another --out")
 
 
 def segment_cohort(cases: list[Path], out: str | Path, arguments: list[str], segment_case, progress: bool = True,
