@@ -6,7 +6,8 @@ sign (docs/analyses.md, "Your own scans"). The steps, in order, each skipped whe
 
 1. **co-registration** of T1, T1ce and T2 onto the FLAIR (:mod:`data.registration`) — when the four files are not
    on one grid, as separate acquisitions are;
-2. **brain mask** — a skull-stripped scan keeps its own (the voxels non-zero in any sequence); one that is not
+2. **brain mask** — a skull-stripped scan keeps its own (the voxels non-zero in any sequence), less the
+   partial-volume rim an interpolation after stripping leaves at its edge (:mod:`data.brain_edge`); one that is not
    (:func:`data.domain.looks_skull_stripped`) gets the user's mask, or else the atlas's (:mod:`data.atlas`);
 3. **atlas alignment** — the head turned into the atlas's pose (:mod:`data.atlas`) when the case is a raw
    acquisition (its sequences on different grids, or not skull-stripped); a case on one grid and skull-stripped has
@@ -39,6 +40,7 @@ from .case import (
     sequence_nonzero,
     zscored_sequences,
 )
+from .brain_edge import BrainEdge, check_brain_edge
 from .domain import looks_skull_stripped
 from .registration import wants_coregistration
 
@@ -58,11 +60,13 @@ class Preprocessing:
     alignment: AtlasAlignment | None = None
     brain_mask_file: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # reading (with co-registration), atlas, mask
+    brain_edge: BrainEdge | None = None  # checked when the scan's own mask is used
 
     def to_dict(self) -> dict:
         return {"brain_mask": {"source": self.brain_mask, "why": self.brain_mask_why, "file": self.brain_mask_file},
                 "atlas": {"aligned": self.atlas_aligned, "why": self.atlas_why,
                           "registration": None if self.alignment is None else self.alignment.to_dict()},
+                "brain_edge": None if self.brain_edge is None else self.brain_edge.to_dict(),
                 "seconds": {step: round(value, 2) for step, value in self.seconds.items()}}
 
     def lines(self) -> list[str]:
@@ -72,7 +76,8 @@ class Preprocessing:
         atlas = "atlas alignment: " + (
             f"head turned {self.alignment.rotation_degrees:.1f}° onto {ATLAS_NAME}" if self.atlas_aligned
             else "skipped") + f" ({self.atlas_why})"
-        return [f"{mask[self.brain_mask]} ({self.brain_mask_why})", atlas]
+        edge = [] if self.brain_edge is None else [self.brain_edge.line()]
+        return [f"{mask[self.brain_mask]} ({self.brain_mask_why})", *edge, atlas]
 
 
 def preprocess(files: CaseFiles | str | Path, training_spacing: tuple[float, float, float] | None, coregister: str = "auto",
@@ -112,6 +117,12 @@ def preprocess(files: CaseFiles | str | Path, training_spacing: tuple[float, flo
             if mask_source == "atlas":
                 mask_source, mask_why = "as read", f"the atlas registration was refused: {alignment.reason}"
             align, atlas_why = False, f"the atlas registration was refused: {alignment.reason}"
+    edge = None
+    if mask_source == "as read" and stripped:
+        edge, kept = check_brain_edge(raw_sequences(case), case.brain_mask, case.spacing)
+        if edge.cut:
+            case = with_brain_mask(case, kept, "the brain mask less its partial-volume rim")
+        lap("brain edge")
     if mask_source == "atlas":
         case = with_brain_mask(case, atlas_brain_mask(alignment, case.grid))
     elif mask_source == "file":
@@ -119,7 +130,7 @@ def preprocess(files: CaseFiles | str | Path, training_spacing: tuple[float, flo
     if mask_source != "as read":
         lap("brain mask")
     steps = Preprocessing(coregistration_why, mask_source, mask_why, align, atlas_why, alignment,
-                          brain_mask if mask_source == "file" else None, seconds)
+                          brain_mask if mask_source == "file" else None, seconds, edge)
     return replace(case, alignment=alignment if align else None), steps
 
 
