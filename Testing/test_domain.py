@@ -24,3 +24,28 @@ def test_an_unstripped_head_and_a_partial_brain_are_said(small_phantom):
     part[: part.shape[0] // 4] = case.brain_mask[: part.shape[0] // 4]  # the lowest quarter of the slices only
     found = domain_check(part, case.spacing)
     assert len(found["warnings"]) == 1 and "mL" in found["warnings"][0] and found["brain_volume_ml"] < 700
+
+
+def test_coarse_voxels_an_interpolated_edge_and_a_misalignment_left_are_said(small_phantom):
+    """The issue-35 warnings, each from what the preprocessing found (here given directly): slices far thicker than
+    the network's (with the factor), a rim cut from an interpolated scan, and a sequence measured off the FLAIR and
+    not registered — while a registration that left it within the tolerance is not a warning."""
+    from BrainTumorExplainLib.data.brain_edge import BrainEdge
+    from BrainTumorExplainLib.data.registration import ALIGNMENT_TOLERANCE_MM, Registration
+
+    case = load_case(small_phantom)
+    (coarse,) = domain_check(case.brain_mask, case.spacing, training_spacing=(1.0, 3.0, 1.0))["warnings"]
+    assert coarse.startswith("voxels of 3 × 3 × 3 mm (z, y, x) against the 1 × 3 × 1 mm the network was trained at: "
+                             "up to 3.0× coarser")
+    assert "along the inferior–superior and right–left axes" in coarse
+    assert domain_check(case.brain_mask, case.spacing, training_spacing=(2.0, 2.0, 2.0))["warnings"] == []
+
+    def registration(applied: bool, before: float, after: float | None) -> Registration:
+        return Registration("t2", "flair", (0.0,) * 3, (0.0,) * 3, (0.0,) * 3, -0.5, -0.6, 1.0, applied,
+                            "" if applied else "mutual information not improved", before, after)
+
+    found = domain_check(case.brain_mask, case.spacing, brain_edge=BrainEdge(0.45, True, 1000, 27.0),
+                         registrations={"t1": registration(True, 6.0, ALIGNMENT_TOLERANCE_MM / 2),
+                                        "t2": registration(False, 4.2, None)})["warnings"]
+    assert len(found) == 2 and "interpolated after skull-stripping (45%" in found[0]
+    assert found[1].startswith("t2 is measured off the flair by 4.2 mm and not registered (mutual information")

@@ -121,7 +121,7 @@ def test_explain_records_the_steps_and_writes_the_mask_and_the_pose(turned, tmp_
     assert ReferenceGrid.from_image(mask) == load_case(turned).grid
     assert "brain mask: the atlas" in (out / "report.html").read_text()
     panel = preprocessing_lines(summary)  # what the Slicer panel shows after the run
-    assert panel[0].startswith("co-registration: skipped") and panel[1].startswith("brain mask: the atlas's")
+    assert panel[0].startswith("co-registration: measured, none registered") and panel[1].startswith("brain mask: the atlas's")
     assert panel[2] == "atlas alignment: skipped (--no-resample)"
     if scene:
         sys.path.insert(0, str(Path(__file__).parents[1] / "BrainTumorExplain"))

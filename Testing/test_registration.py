@@ -70,12 +70,17 @@ def test_a_known_head_motion_is_found_again(small_phantom, moved):
 
 
 def test_an_unmoved_case_stays_where_it_is(small_phantom):
-    """Sequences on one grid are taken as co-registered (auto skips them); registered anyway, none moves by more
-    than a fraction of a voxel (3 mm here) — or, where that fraction would not improve the mutual information, the
-    check keeps the sequence exactly as acquired."""
+    """Sequences on one grid are measured (auto), found aligned and kept as they are; registered anyway, none moves
+    by more than a fraction of a voxel (3 mm here) — or, where that fraction would not improve the mutual
+    information, the check keeps the sequence exactly as acquired."""
     grids = check_case_files(small_phantom)
     wanted, why = wants_coregistration("auto", grids)
-    assert not wanted and "one grid" in why
+    assert wanted == registration.MEASURE_FIRST and "one grid, which does not make them aligned" in why
+    measured = load_case(small_phantom, coregister=wanted)
+    for found in measured.registrations.values():
+        assert not found.applied and found.misaligned_mm <= registration.ALIGNMENT_TOLERANCE_MM
+        assert "aligned already" in found.reason
+    np.testing.assert_array_equal(measured.images, load_case(small_phantom).images)
     assert wants_coregistration("always", grids)[0]
     with pytest.raises(UsageError, match="--coregister yes"):
         wants_coregistration("yes", grids)
@@ -87,6 +92,31 @@ def test_an_unmoved_case_stays_where_it_is(small_phantom):
                                    found.angles + found.translation_mm, atol=1e-6)
     for found in case.registrations.values():
         assert found.largest_motion_mm < 1.0 and (found.applied or "not improved" in found.reason)
+
+
+def test_a_motion_hidden_on_one_grid_is_measured_and_registered(small_phantom, tmp_path):
+    """The issue-35 case: T1, T1ce and T2 moved 4 mm and 4°, then resampled onto the FLAIR's grid (a PACS
+    reformat): one grid, not aligned. Auto measures each sequence off by more than the tolerance, registers it (each
+    tumour point mapped where the motion took it, to half a 3 mm voxel) and measures it again within the tolerance."""
+    acquisition = Acquisition(spacing_mm=(3.0, 3.0, 3.0), motion_mm=4.0, motion_degrees=4.0, seed=1,
+                              motion_on_one_grid=True)
+    hidden = reacquire(small_phantom, tmp_path / "case", acquisition)
+    grids = check_case_files(hidden)
+    wanted, _ = wants_coregistration("auto", grids)
+    assert registration.sequences_share_one_grid(grids) and wanted == registration.MEASURE_FIRST
+    case, plain, original = load_case(hidden, coregister=wanted), load_case(hidden), load_case(small_phantom)
+    motions, points = acquisition.motions(original.grid), _tumour_points(original)
+    brain = original.brain_mask & case.brain_mask
+    for channel, sequence in enumerate(("t1", "t1ce", "t2"), start=1):
+        found = case.registrations[sequence]
+        assert found.applied and found.misaligned_mm > 3.0, found
+        assert found.residual_mm <= registration.ALIGNMENT_TOLERANCE_MM, found
+        error = max(np.linalg.norm(np.subtract(found.transform().TransformPoint(p), motions[sequence].TransformPoint(p)))
+                    for p in points)
+        assert error < 1.5, (sequence, error)
+        after = _inside_brain_correlation(case.images[channel], original.images[channel], brain)
+        before = _inside_brain_correlation(plain.images[channel], original.images[channel], brain)
+        assert after > before + 0.2, (sequence, before, after)
 
 
 def test_a_registration_the_check_does_not_believe_is_not_used(moved, monkeypatch):
@@ -104,16 +134,17 @@ def test_explain_says_what_it_registered_and_writes_the_transforms(moved, tmp_pa
     out = tmp_path / "run"
     scene = explain_cheaply(moved.flair.parent, out)
     everything = json.loads((out / "summary.json").read_text())
-    assert everything["domain"]["warnings"] == []  # co-registered, the case looks like the training data again
+    # co-registered, the case looks like the training data again, but for its 3 mm voxels (the network's are 1 mm)
+    assert [w for w in everything["domain"]["warnings"] if not w.startswith("voxels of 3 × 3 × 3 mm")] == []
     summary = everything["coregistration"]
-    assert summary["ran"] and set(summary["sequences"]) == {"t1", "t1ce", "t2"}
+    assert summary["ran"] and summary["state"] == "ran" and set(summary["sequences"]) == {"t1", "t1ce", "t2"}
     for sequence, found in summary["sequences"].items():
         written = sitk.ReadTransform(str(out / "registration" / f"{sequence}_to_flair.tfm"))
         expected = registration.Registration(**{k: tuple(v) if isinstance(v, list) else v for k, v in found.items()
                                                 if k != "rotation_degrees"}).transform()
         point = (10.0, -20.0, 30.0)
         np.testing.assert_allclose(written.TransformPoint(point), expected.TransformPoint(point), atol=1e-6)
-    assert "Co-registered" in (out / "report.html").read_text()
+    assert "Co-registration (the sequences lie on different grids" in (out / "report.html").read_text()
     if scene:  # the scene holds each co-registration as a transform node, to inspect and apply
         sys.path.insert(0, str(Path(__file__).parents[1] / "BrainTumorExplain"))
         from BrainTumorExplainLogic import nodes_of_class, open_scene_bundle

@@ -358,19 +358,19 @@ def _case_for(args: argparse.Namespace, model):
     """``args.case`` read and preprocessed as ``--coregister``, ``--atlas`` and ``--brain-mask`` ask
     (data.preprocess) and brought into ``model``'s space (unless ``--no-resample``; see models.space); each step
     printed."""
-    from ..data.domain import domain_check
-    from ..models.space import prepare_case
+    from ..data.domain import case_domain_check
+    from ..data.registration import coregistration_state, registration_words
+    from ..models.space import prepare_case, training_spacing
 
     prepared, steps = prepare_case(args.case, model, args.coregister, args.resample, args.atlas, args.brain_mask)
     case = prepared.original or prepared  # as read and preprocessed, before any resampling
     if steps is not None:
-        print(f"co-registration: {'ran' if case.registrations is not None else 'skipped'} ({steps.coregistration})")
+        print(f"co-registration: {coregistration_state(case.registrations)} ({steps.coregistration})")
         for sequence, found in (case.registrations or {}).items():
-            print(f"  {sequence} → {found.reference}: " + (
-                f"moved by up to {found.largest_motion_mm:.1f} mm" if found.applied else f"kept ({found.reason})"))
+            print(f"  {sequence} → {found.reference}: {registration_words(found.to_dict())}")
         for line in steps.lines():
             print(line)
-    for warning in domain_check(case.brain_mask, case.spacing)["warnings"]:
+    for warning in case_domain_check(case, steps, training_spacing(model))["warnings"]:
         print(f"warning: {case.case_id}: {warning}", file=sys.stderr)
     return prepared
 

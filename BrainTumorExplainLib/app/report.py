@@ -93,17 +93,14 @@ def _network_space(space: dict) -> str:
 
 
 def _coregistration(entry: dict) -> str:
-    """One line per co-registered sequence: how far it moved onto the FLAIR, or why it was kept as acquired."""
+    """One line per sequence: how far it moved onto the FLAIR and how far off it was measured before and after, or
+    why it was kept as acquired."""
     if not entry.get("ran"):
         return ""
-    lines = []
-    for sequence, found in entry["sequences"].items():
-        if found["applied"]:
-            lines.append(f"{html.escape(sequence)}: moved onto the {html.escape(found['reference'])} by up to "
-                         f"{found['largest_motion_mm']:.1f} mm (rotation {max(map(abs, found['rotation_degrees'])):.1f}°)")
-        else:
-            lines.append(f"{html.escape(sequence)}: kept as acquired ({html.escape(found['reason'])})")
-    return f"<p>Co-registered ({html.escape(entry['why'])}): " + "; ".join(lines) + ".</p>"
+    from ..data.registration import registration_words
+
+    lines = [html.escape(f"{sequence}: {registration_words(found)}") for sequence, found in entry["sequences"].items()]
+    return f"<p>Co-registration ({html.escape(entry['why'])}): " + "; ".join(lines) + ".</p>"
 
 
 def _preprocessing(entry: dict) -> str:
@@ -116,7 +113,8 @@ def preprocessing_lines(summary: dict) -> list[str]:
     """What the preprocessing did, in words, a step a line, then every warning that the case is unlike the
     training data: what the Slicer panel shows after a run (the report says the same in its own paragraphs)."""
     coregistration = summary.get("coregistration", {})
-    lines = [f"co-registration: {'ran' if coregistration.get('ran') else 'skipped'} ({coregistration.get('why', '')})"
+    state = coregistration.get("state", "ran" if coregistration.get("ran") else "skipped")
+    lines = [f"co-registration: {state} ({coregistration.get('why', '')})"
              ] if coregistration else []
     lines += summary.get("preprocessing", {}).get("steps", [])
     return lines + [f"warning: {warning}" for warning in summary.get("domain", {}).get("warnings", [])]

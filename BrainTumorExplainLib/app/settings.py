@@ -17,6 +17,7 @@ from ..analyses import GRADCAM_POOLS, GRADCAM_TARGETS
 from ..data.atlas import ATLAS_MODES
 from ..data.bundle_metadata import is_nnunet_folder
 from ..data.preprocess import check_brain_mask
+from ..data.registration import ALIGNMENT_TOLERANCE_MM
 from ..errors import UsageError
 
 MODEL_NAMES: tuple[str, ...] = ("denseunet", "resunet", "simunet", "segresnet3d")  # models.SHIPPED_NETWORKS
@@ -131,15 +132,18 @@ class ExplainConfig:
     featviz_size_3d: int = _option(32, "a 3D network's pre-image size in voxels per side", minimum=16)
     seed: int = _option(0, "seed of the dropout masks and the feature visualisation", minimum=0)
     coregister: str = _option("auto", "co-register T1, T1ce and T2 rigidly onto the FLAIR (mutual information): auto "
-                              "— when the four files are not on one grid, as separate acquisitions are —, always or "
-                              "never", choices=("auto", "always", "never"))
+                              "— when the four files are not on one grid, as separate acquisitions are, or when a "
+                              f"quick measurement finds a sequence off by more than {ALIGNMENT_TOLERANCE_MM:g} mm —, "
+                              "always or never",
+                              choices=("auto", "always", "never"))
     atlas: str = _option("auto", "turn the head rigidly into the pose of the atlas (MNI ICBM152) on the way into the "
                          "network's space: auto — for a raw acquisition (sequences on different grids, or not "
                          "skull-stripped) —, always or never",
                          choices=ATLAS_MODES)
-    brain_mask: str = _option("auto", "the brain the analyses see: auto — a skull-stripped scan's own, else the "
-                              "atlas's (coarser than a learned skull-stripper) —, atlas, as-read, or your mask file "
-                              "(non-zero = brain, on any grid)", metavar="auto|atlas|as-read|FILE")
+    brain_mask: str = _option("auto", "the brain the analyses see: auto — a skull-stripped scan's own, less the "
+                              "partial-volume rim of a scan interpolated after stripping, else the atlas's (coarser "
+                              "than a learned skull-stripper) —, atlas, as-read (the voxels non-zero in any file), or "
+                              "your mask file (non-zero = brain, on any grid)", metavar="auto|atlas|as-read|FILE")
     resample: bool = _option(True, "resample a case that is off the network's training grid (voxel size, oblique "
                              "axes) into it; the results go back onto the case's own grid")
     overwrite: bool = _option(False, "replace OUT (an earlier result) once the new run is complete")

@@ -33,7 +33,9 @@ class Acquisition:
     are each their own series, written on their own grid, after a seeded rigid motion of the head (a translation of
     that length and a rotation of that angle, about the case's centre, in directions drawn from ``seed``), so
     that their world coordinates are off the FLAIR's by that motion, as separate acquisitions are; the FLAIR, the
-    labels and the tissue map stay as they were (:meth:`motions` gives each motion). ``head_tilt_degrees``: the
+    labels and the tissue map stay as they were (:meth:`motions` gives each motion); with ``motion_on_one_grid`` the moved
+series are then resampled onto the FLAIR's grid (linearly; a stripped one re-stripped there), as a PACS or a
+scanner's reformat does — one grid, but not aligned. ``head_tilt_degrees``: the
     patient's head itself turned in the scanner (about each LPS axis, as ``tilt_degrees``, about the case's centre),
     every file with it — the ground truth too (:meth:`pose`). ``skull``: the head around the brain left on, as a scan
     that was not skull-stripped — no head image ships with the template, so a synthetic one (:func:`add_head`): a
@@ -50,6 +52,7 @@ class Acquisition:
     seed: int = 0
     head_tilt_degrees: tuple[float, float, float] = (0.0, 0.0, 0.0)
     skull: bool = False
+    motion_on_one_grid: bool = False
 
     def __post_init__(self) -> None:
         if sorted(self.axes) != [0, 1, 2]:
@@ -155,14 +158,34 @@ def reacquire(source: str | Path | CaseFiles, out: str | Path, acquisition: Acqu
         raw = add_head(raw, grid.canonical_spacing, acquisition.seed)
     out = Path(out)
     motions = acquisition.motions(case.grid)
-    written = {role: (moved_grid(grid, motions[role]) if role in motions else grid).write(
-        raw[channel], out / Path(getattr(files, role)).name) for channel, role in enumerate(MODALITIES)}
+    written = {}
+    for channel, role in enumerate(MODALITIES):
+        sequence, sequence_grid = raw[channel], grid
+        if role in motions:
+            sequence_grid = moved_grid(grid, motions[role])
+            if acquisition.motion_on_one_grid:
+                sequence = _onto(sequence, sequence_grid, grid, acquisition.stripped)
+                sequence_grid = grid
+        written[role] = sequence_grid.write(sequence, out / Path(getattr(files, role)).name)
     if case.labels is not None:
         labels = case.label_convention.from_classes(resample_array(case.labels, posed.grid, grid))
         written["seg"] = grid.write(labels, out / Path(files.seg).name)
     if case.tissue is not None:
         written["tissue"] = grid.write(resample_array(case.tissue, posed.grid, grid), out / Path(files.tissue).name)
     return CaseFiles(**written, case_id=files.case_id, naming=files.naming)
+
+
+def _onto(sequence: np.ndarray, source: ReferenceGrid, target: ReferenceGrid, stripped: bool) -> np.ndarray:
+    """A sequence resampled linearly from ``source`` onto ``target``; ``stripped``: its support carried along and
+    cut at one half, the values divided by it (a sharp edge, as :func:`data.resample.resample_sequences`)."""
+    from .resample import resample_array
+
+    values = resample_array(sequence, source, target)
+    if not stripped:
+        return values
+    support = resample_array((sequence != 0).astype(np.float32), source, target)
+    inside = support >= 0.5
+    return np.where(inside, values / np.where(inside, support, 1.0), 0.0).astype(np.float32)
 
 
 # Around the brain, outwards (mm from its edge): cerebrospinal fluid, skull (dark in every sequence), scalp (fat:

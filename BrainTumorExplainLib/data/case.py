@@ -345,7 +345,7 @@ def load_case(
     convention: str | LabelConvention | None = None,
     reference: str = "flair",
     on_grid_mismatch: str = "resample",
-    coregister: bool = False,
+    coregister: bool | str = False,
     checked: bool = False,
 ) -> Case:
     """Read, validate and normalise one case.
@@ -358,7 +358,8 @@ def load_case(
         reference: modality whose grid every output is written on.
         on_grid_mismatch: ``resample`` (linear for images, nearest for labels, with a warning) or ``error``.
         coregister: register every other sequence rigidly onto the reference first (:mod:`data.registration`);
-            the registrations, applied or refused by their check, are in :attr:`Case.registrations`.
+            ``"measure first"`` (:data:`data.registration.MEASURE_FIRST`): only those measured off it; the
+            registrations, applied or not (and why), are in :attr:`Case.registrations`.
         checked: the files were just checked by :func:`check_case_files` (which otherwise runs first here).
 
     Raises:
@@ -395,9 +396,9 @@ def load_case(
     for m in MODALITIES:
         image = reference_image if m == reference else read_image(Path(paths[m]), m, checked=True)
         if coregister and m != reference:
-            from .registration import onto_reference, rigid_registration
+            from .registration import MEASURE_FIRST, coregistration, onto_reference
 
-            registrations[m] = rigid_registration(reference_image, image, m, reference)
+            registrations[m] = coregistration(reference_image, image, m, reference, coregister == MEASURE_FIRST)
             image = onto_reference(image, reference_image, registrations[m]) if registrations[m].applied else image
         volumes.append(_read_sequence(Path(paths[m]), m, image, *onto))
     nonzero = np.stack(volumes) != 0

@@ -12,7 +12,16 @@ then sees intensities it never saw. Two measurements catch that and other unlike
 * ``brain_volume_ml``: outside :data:`BRAIN_VOLUME_ML` the mask is not one whole adult brain (a crop, a child, a
   scan of something else).
 
-The network's own space (voxel size, obliquity) is checked where it is handled (:func:`models.space.space_summary`).
+Given what the preprocessing found, three more (issue 35: each of these once gave a wrong answer without a word):
+
+* voxels far coarser than the network's (:data:`COARSE_FACTOR`): resampling puts the case on the network's grid, but
+  the detail thick slices never recorded is not won back;
+* a brain edge interpolated after skull-stripping (:mod:`data.brain_edge`): the rim is cut, but the whole image was
+  interpolated, its intensities smoothed as the network never saw them;
+* a sequence measured off the FLAIR and left so (:mod:`data.registration`: a registration refused, or one that
+  leaves it measured off by more than the tolerance).
+
+The network's own space (voxel size, obliquity) is handled where it is (:func:`models.space.space_summary`).
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ import numpy as np
 MAX_BRAIN_FRACTION = 0.5
 MAX_FACES_TOUCHED = 2  # a brain may reach the box's top and bottom slices (BraTS crops at 155 slices), not more
 BRAIN_VOLUME_ML = (700.0, 2200.0)  # adult brains (with the tumour) lie well inside this range
+COARSE_FACTOR = 2.5  # a voxel at least this many times the network's along an axis loses what the network looks for
+_AXES = ("inferior–superior", "posterior–anterior", "right–left")  # canonical z, y, x
 
 
 def _fraction_and_faces(brain: np.ndarray) -> tuple[float, int]:
@@ -35,9 +46,13 @@ def looks_skull_stripped(brain_mask: np.ndarray) -> bool:
     return fraction <= MAX_BRAIN_FRACTION and faces <= MAX_FACES_TOUCHED
 
 
-def domain_check(brain_mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> dict:
+def domain_check(brain_mask: np.ndarray, spacing_mm: tuple[float, float, float], *,
+                 training_spacing: tuple[float, float, float] | None = None, brain_edge=None,
+                 registrations: dict | None = None) -> dict:
     """The measurements above for a canonical brain mask and its voxel size (mm, canonical order), with a
-    ``warnings`` list (empty when the case looks like the training data)."""
+    ``warnings`` list (empty when the case looks like the training data); with the network's ``training_spacing``
+    (canonical), the preprocessing's ``brain_edge`` (:class:`data.brain_edge.BrainEdge`) and the case's
+    ``registrations`` (:attr:`data.case.Case.registrations`), the checks that need them."""
     brain = np.asarray(brain_mask, dtype=bool)
     volume_ml = float(brain.sum() * np.prod(spacing_mm) / 1000.0)
     fraction, faces = _fraction_and_faces(brain)
@@ -51,5 +66,48 @@ def domain_check(brain_mask: np.ndarray, spacing_mm: tuple[float, float, float])
     if not low <= volume_ml <= high:
         warnings.append(f"the brain mask holds {volume_ml:.0f} mL, outside the {low:.0f}–{high:.0f} mL of a whole "
                         "adult brain: the results may not mean what they would on one")
+    warnings += _coarse_voxels(spacing_mm, training_spacing)
+    if brain_edge is not None and brain_edge.cut:
+        warnings.append(f"the scan was interpolated after skull-stripping ({brain_edge.rim_fraction:.0%} of the "
+                        "brain's outermost voxels were partial, a rim now cut from the mask): its intensities are "
+                        "smoothed as well, which the networks never saw in training")
+    warnings += _misalignment_left(registrations or {})
     return {"brain_volume_ml": round(volume_ml, 1), "brain_fraction": round(fraction, 4), "faces_touched": faces,
             "warnings": warnings}
+
+
+def _coarse_voxels(spacing_mm, training_spacing) -> list[str]:
+    if training_spacing is None:
+        return []
+    factors = np.asarray(spacing_mm, dtype=float) / np.asarray(training_spacing, dtype=float)
+    coarse = [axis for axis in range(3) if factors[axis] >= COARSE_FACTOR]
+    if not coarse:
+        return []
+    along = " and ".join(_AXES[axis] for axis in coarse)
+    return [f"voxels of {_mm(spacing_mm)} mm (z, y, x) against the {_mm(training_spacing)} mm the network was "
+            f"trained at: up to {factors.max():.1f}× coarser, along the {along} ax{'es' if len(coarse) > 1 else 'is'}; "
+            "resampled to its grid, but detail the scan never recorded is not won back"]
+
+
+def _mm(spacing) -> str:
+    return " × ".join(f"{float(s):g}" for s in spacing)
+
+
+def _misalignment_left(registrations: dict) -> list[str]:
+    from .registration import ALIGNMENT_TOLERANCE_MM
+
+    warnings = []
+    for sequence, found in registrations.items():
+        left = found.residual_mm if found.applied else found.misaligned_mm
+        if left is not None and left > ALIGNMENT_TOLERANCE_MM:
+            how = "after co-registration" if found.applied else f"and not registered ({found.reason})"
+            warnings.append(f"{sequence} is measured off the {found.reference} by {left:.1f} mm {how}: the network "
+                            "sees its sequences misaligned")
+    return warnings
+
+
+def case_domain_check(case, steps=None, training_spacing: tuple[float, float, float] | None = None) -> dict:
+    """:func:`domain_check` of a case as read and preprocessed (:func:`data.preprocess.preprocess`'s ``steps``, None
+    for a saved case), for a network trained at ``training_spacing``."""
+    return domain_check(case.brain_mask, case.spacing, training_spacing=training_spacing,
+                        brain_edge=None if steps is None else steps.brain_edge, registrations=case.registrations)

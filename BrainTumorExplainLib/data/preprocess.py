@@ -5,7 +5,7 @@ atlas, at 1 mm, z-scored in the brain. A clinical scan is none of that, and a ne
 sign (docs/analyses.md, "Your own scans"). The steps, in order, each skipped when the input shows it is not needed:
 
 1. **co-registration** of T1, T1ce and T2 onto the FLAIR (:mod:`data.registration`) — when the four files are not
-   on one grid, as separate acquisitions are;
+   on one grid, as separate acquisitions are, or, on one grid, when a quick measurement finds a sequence off;
 2. **brain mask** — a skull-stripped scan keeps its own (the voxels non-zero in any sequence), less the
    partial-volume rim an interpolation after stripping leaves at its edge (:mod:`data.brain_edge`); one that is not
    (:func:`data.domain.looks_skull_stripped`) gets the user's mask, or else the atlas's (:mod:`data.atlas`);
@@ -60,7 +60,7 @@ class Preprocessing:
     alignment: AtlasAlignment | None = None
     brain_mask_file: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # reading (with co-registration), atlas, mask
-    brain_edge: BrainEdge | None = None  # checked when the scan's own mask is used
+    brain_edge: BrainEdge | None = None  # checked when the scan's own mask is used under --brain-mask auto
 
     def to_dict(self) -> dict:
         return {"brain_mask": {"source": self.brain_mask, "why": self.brain_mask_why, "file": self.brain_mask_file},
@@ -99,9 +99,9 @@ def preprocess(files: CaseFiles | str | Path, training_spacing: tuple[float, flo
         seconds[step], clock = time.perf_counter() - clock, time.perf_counter()
 
     case = load_case(files, coregister=wanted, checked=True)
-    lap("read and co-register" if wanted else "read")
+    lap("read and co-register" if wanted is True else "read and measure the alignment" if wanted else "read")
     stripped = looks_skull_stripped(case.brain_mask)
-    not_preprocessed = (["its sequences lay on different grids"] if wanted else []) + (
+    not_preprocessed = (["its sequences lay on different grids"] if wanted is True else []) + (
         [] if stripped else ["it is not skull-stripped"])
     if not resample or training_spacing is None:
         align, atlas_why = False, ("--no-resample" if not resample else "the network resamples nothing")
@@ -118,7 +118,7 @@ def preprocess(files: CaseFiles | str | Path, training_spacing: tuple[float, flo
                 mask_source, mask_why = "as read", f"the atlas registration was refused: {alignment.reason}"
             align, atlas_why = False, f"the atlas registration was refused: {alignment.reason}"
     edge = None
-    if mask_source == "as read" and stripped:
+    if brain_mask == "auto" and mask_source == "as read":  # as-read: exactly the voxels non-zero in the files
         edge, kept = check_brain_edge(raw_sequences(case), case.brain_mask, case.spacing)
         if edge.cut:
             case = with_brain_mask(case, kept, "the brain mask less its partial-volume rim")

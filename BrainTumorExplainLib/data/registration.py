@@ -8,6 +8,12 @@ information — the right metric between sequences whose intensities differ — 
 coordinates (identity), over three resolutions (shrink 4, 2, 1; smoothing 2, 1, 0 mm), sampled at seeded random
 points so that the same inputs give the same transform.
 
+Sharing one grid is no evidence of alignment: a PACS or a scanner's reformat puts separately acquired series onto one
+grid without registering them. So sequences on one grid are measured first (:func:`misalignment_mm`: one coarse level
+of the same registration, about half a second a sequence) and registered only when the measurement finds them off
+by more than :data:`ALIGNMENT_TOLERANCE_MM` anywhere in the brain; every registration is measured again after, with
+the same instrument, so the summary gives the misalignment before and after (:func:`coregistration`).
+
 The result is checked before it is used (:data:`MAX_MOTION_MM`): mutual information on every voxel must be better
 than as acquired, and no point of the reference's box may move further than a head moves between series; otherwise
 the sequence is kept as acquired and the registration says why. ``transform`` maps a point of the reference to the
@@ -23,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, itk_reason
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -33,6 +39,9 @@ if TYPE_CHECKING:
 MAX_MOTION_MM = 30.0  # a registration that moves a corner of the reference's box further than this is not believed
 _SHRINK, _SMOOTH_MM = (4, 2, 1), (2.0, 1.0, 0.0)
 MIN_SIZE = 4 * _SHRINK[0]  # voxels along each axis: below, the coarsest level has too few to sample (ITK fails)
+ALIGNMENT_TOLERANCE_MM = 1.5  # the quick measurement reads 0.3-0.6 mm on aligned phantoms, 2.5 mm for a 1 mm/1° motion
+_CHECK_ITERATIONS = 50
+_CHECK_VOXEL_MM = 4.0  # the quick measurement's resolution: coarser reads more than a millimetre on aligned images
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,8 @@ class Registration:
     largest_motion_mm: float
     applied: bool
     reason: str = ""
+    misaligned_mm: float | None = None  # measured (misalignment_mm) as acquired
+    residual_mm: float | None = None  # measured the same way after the registration was applied
 
     def transform(self) -> "sitk.Euler3DTransform":
         """The registration as an ITK transform (identity when it was not applied)."""
@@ -71,6 +82,26 @@ class Registration:
         return {**asdict(self), "rotation_degrees": [round(value, 3) for value in self.rotation_degrees]}
 
 
+def coregistration_state(registrations: dict | None) -> str:
+    """The co-registration step in a word or three for a case's :attr:`~data.case.Case.registrations`: skipped,
+    measured (every sequence found aligned or kept) or ran (some sequence registered)."""
+    if registrations is None:
+        return "skipped"
+    return "ran" if any(found.applied for found in registrations.values()) else "measured, none registered"
+
+
+def registration_words(found: dict) -> str:
+    """One registration (:meth:`Registration.to_dict`, as ``summary.json`` keeps it) in words: how far it moved the
+    sequence and the misalignment measured before and after, or why the sequence was kept as acquired."""
+    if not found["applied"]:
+        return f"kept as acquired ({found['reason']})"
+    words = (f"moved onto the {found['reference']} by up to {found['largest_motion_mm']:.1f} mm "
+             f"(rotation {max(map(abs, found['rotation_degrees'])):.1f}°)")
+    if found.get("misaligned_mm") is not None and found.get("residual_mm") is not None:
+        words += f"; measured off by {found['misaligned_mm']:.1f} mm before, {found['residual_mm']:.1f} mm after"
+    return words
+
+
 def _float(image: "sitk.Image") -> "sitk.Image":
     import SimpleITK as sitk
 
@@ -83,10 +114,23 @@ def _box_corners(image: "sitk.Image") -> np.ndarray:
                      for bits in np.ndindex(2, 2, 2)])
 
 
-def largest_motion_mm(transform: "sitk.Transform", image: "sitk.Image") -> float:
-    """How far the transform moves the furthest corner of ``image``'s box (mm): a rigid motion's largest
-    displacement of any point inside it."""
-    corners = _box_corners(image)
+def _brain_corners(image: "sitk.Image") -> np.ndarray:
+    """The corners of the bounding box of ``image``'s non-zero voxels (its whole box when it has no zeros)."""
+    import SimpleITK as sitk
+
+    voxels = np.argwhere(sitk.GetArrayViewFromImage(image) != 0)
+    if not len(voxels):
+        return _box_corners(image)
+    low, high = voxels.min(axis=0)[::-1], voxels.max(axis=0)[::-1]  # x, y, z indices
+    return np.array([image.TransformContinuousIndexToPhysicalPoint(tuple(float(h if bit else l) for bit, l, h in
+                                                                         zip(bits, low, high)))
+                     for bits in np.ndindex(2, 2, 2)])
+
+
+def largest_motion_mm(transform: "sitk.Transform", image: "sitk.Image", brain: bool = False) -> float:
+    """How far the transform moves the furthest corner of ``image``'s box (mm) — with ``brain``, of the box of its
+    non-zero voxels: a rigid motion's largest displacement of any point inside it."""
+    corners = _brain_corners(image) if brain else _box_corners(image)
     moved = np.array([transform.TransformPoint(tuple(corner)) for corner in corners])
     return float(np.linalg.norm(moved - corners, axis=1).max())
 
@@ -117,34 +161,95 @@ def check_seed(seed: int) -> int:
     return seed
 
 
-def rigid_registration(fixed: "sitk.Image", moving: "sitk.Image", sequence: str, reference: str,
-                       seed: int = 1, sampling: float = 0.05) -> Registration:
-    """Register ``moving`` (``sequence``) rigidly onto ``fixed`` (``reference``); see the module notes."""
+def _centred_identity(fixed: "sitk.Image") -> "sitk.Euler3DTransform":
     import SimpleITK as sitk
 
-    fixed, moving = _float(fixed), _float(moving)
-    centre = fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()])
     initial = sitk.Euler3DTransform()
-    initial.SetCenter(centre)
-    if min(fixed.GetSize() + moving.GetSize()) < MIN_SIZE:
-        before = mutual_information(fixed, moving, initial)
-        return Registration(sequence, reference, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), tuple(float(c) for c in centre),
-                            before, before, 0.0, applied=False,
-                            reason=f"too small to register (fewer than {MIN_SIZE} voxels along an axis)")
+    initial.SetCenter(fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()]))
+    return initial
+
+
+def _rigid(fixed: "sitk.Image", moving: "sitk.Image", shrink: tuple[int, ...], smooth_mm: tuple[float, ...],
+           iterations: int, seed: int, sampling: float) -> "sitk.Euler3DTransform":
+    """The rigid Mattes-MI registration of the module notes at the resolutions ``shrink`` / ``smooth_mm``."""
+    import SimpleITK as sitk
+
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
     check_seed(seed)
     method.SetMetricSamplingPercentage(sampling, seed)
     method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=200,
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=iterations,
                                                     relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel(list(_SHRINK))
-    method.SetSmoothingSigmasPerLevel(list(_SMOOTH_MM))
+    method.SetShrinkFactorsPerLevel(list(shrink))
+    method.SetSmoothingSigmasPerLevel(list(smooth_mm))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    method.SetInitialTransform(initial, inPlace=False)
-    found = sitk.Euler3DTransform(sitk.CompositeTransform(method.Execute(fixed, moving)).GetNthTransform(0))
+    method.SetInitialTransform(_centred_identity(fixed), inPlace=False)
+    return sitk.Euler3DTransform(sitk.CompositeTransform(method.Execute(fixed, moving)).GetNthTransform(0))
+
+
+def _too_small(*images: "sitk.Image") -> bool:
+    return min(size for image in images for size in image.GetSize()) < MIN_SIZE
+
+
+def misalignment_mm(fixed: "sitk.Image", moving: "sitk.Image", seed: int = 1) -> float | None:
+    """How far ``moving`` lies off ``fixed`` (mm): the largest displacement over the box of ``fixed``'s non-zero
+    voxels (the brain, when stripped) that one coarse level of the registration finds (shrunk to voxels of about
+    :data:`_CHECK_VOXEL_MM`, 2 mm smoothing, :data:`_CHECK_ITERATIONS` steps; seeded). A quick measurement, not a
+    registration: its reading on aligned sequences is a few tenths of a millimetre (what
+    :data:`ALIGNMENT_TOLERANCE_MM` allows for). None when the images are too small to register or ITK finds too
+    little overlap to measure with."""
+    fixed, moving = _float(fixed), _float(moving)
+    if _too_small(fixed, moving):
+        return None
+    shrink = max(1, min(round(_CHECK_VOXEL_MM / max(fixed.GetSpacing())), min(fixed.GetSize()) // _SHRINK[0]))
+    try:
+        found = _rigid(fixed, moving, (shrink,), (_SMOOTH_MM[0],), _CHECK_ITERATIONS, seed, 0.1)
+    except RuntimeError:  # ITK finds too few samples where the images overlap: nothing to measure with
+        return None
+    return largest_motion_mm(found, fixed, brain=True)
+
+
+def coregistration(fixed: "sitk.Image", moving: "sitk.Image", sequence: str, reference: str,
+                   measure_first: bool = False) -> Registration:
+    """``moving`` co-registered onto ``fixed`` (:func:`rigid_registration`), its misalignment measured before and
+    after (:func:`misalignment_mm`); with ``measure_first``, registered only when the measurement finds it off by
+    more than :data:`ALIGNMENT_TOLERANCE_MM` (otherwise a registration not applied, saying so)."""
+    import dataclasses
+
+    before = misalignment_mm(fixed, moving)
+    if measure_first and (before is None or before <= ALIGNMENT_TOLERANCE_MM):
+        initial = _centred_identity(fixed)
+        metric = mutual_information(fixed, moving, initial)
+        reason = ("its alignment could not be measured (too small, or too little overlap for ITK)" if before is None
+                  else f"aligned already: measured off by {before:.1f} mm at most in the brain (tolerance "
+                       f"{ALIGNMENT_TOLERANCE_MM:g} mm)")
+        return Registration(sequence, reference, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0),
+                            tuple(float(c) for c in initial.GetCenter()), metric, metric, 0.0, applied=False,
+                            reason=reason, misaligned_mm=before)
+    found = rigid_registration(fixed, moving, sequence, reference)
+    after = misalignment_mm(fixed, onto_reference(moving, fixed, found)) if found.applied else before
+    return dataclasses.replace(found, misaligned_mm=before, residual_mm=after)
+
+
+def rigid_registration(fixed: "sitk.Image", moving: "sitk.Image", sequence: str, reference: str,
+                       seed: int = 1, sampling: float = 0.05) -> Registration:
+    """Register ``moving`` (``sequence``) rigidly onto ``fixed`` (``reference``); see the module notes."""
+    fixed, moving = _float(fixed), _float(moving)
+    initial = _centred_identity(fixed)
+    centre = initial.GetCenter()
+    refused = f"too small to register (fewer than {MIN_SIZE} voxels along an axis)" if _too_small(fixed, moving) else ""
+    if not refused:
+        try:
+            found = _rigid(fixed, moving, _SHRINK, _SMOOTH_MM, 200, seed, sampling)
+        except RuntimeError as error:  # e.g. too little overlap left for the metric's samples: kept, with ITK's reason
+            refused = f"ITK could not register it ({itk_reason(error)})"
+    if refused:
+        before = mutual_information(fixed, moving, initial)
+        return Registration(sequence, reference, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), tuple(float(c) for c in centre),
+                            before, before, 0.0, applied=False, reason=refused)
     before = mutual_information(fixed, moving, initial)
     after = mutual_information(fixed, moving, found)
     motion = largest_motion_mm(found, fixed)
@@ -189,15 +294,20 @@ def sequences_share_one_grid(grids: dict[str, "ReferenceGrid"]) -> bool:
     return all(first.matches(grid) for grid in others)
 
 
-def wants_coregistration(mode: str, grids: dict[str, "ReferenceGrid"]) -> tuple[bool, str]:
+MEASURE_FIRST = "measure first"  # wants_coregistration's third answer: measure the alignment, register if off
+
+
+def wants_coregistration(mode: str, grids: dict[str, "ReferenceGrid"]) -> tuple[bool | str, str]:
     """Whether to co-register (``mode``: auto, always, never) a case whose files have ``grids``
-    (:func:`data.case.check_case_files`) and why, for the summary."""
+    (:func:`data.case.check_case_files`) — True, False or :data:`MEASURE_FIRST` (sequences on one grid under
+    ``auto``) — and why, for the summary."""
     if mode not in COREGISTER_MODES:
         raise UsageError(f"--coregister {mode}: expected one of {', '.join(COREGISTER_MODES)}")
     if mode != "auto":
         return mode == "always", f"--coregister {mode}"
     if sequences_share_one_grid(grids):
-        return False, "the four sequences share one grid, as co-registered (BraTS-preprocessed) data do"
+        return MEASURE_FIRST, ("the four sequences share one grid, which does not make them aligned: their alignment "
+                               f"was measured, and a sequence off by more than {ALIGNMENT_TOLERANCE_MM:g} mm registered")
     return True, "the sequences lie on different grids, as separate acquisitions do"
 
 
