@@ -309,6 +309,23 @@ def test_disagreeing_qform_and_sform_are_refused(case):
         load_case(case)
 
 
+def test_a_flipped_tilted_grid_written_by_simpleitk_is_read(tmp_path):
+    """A flipped and slightly tilted grid (a turn near 180°) written by SimpleITK itself has its quaternion's derived
+    component rounded in float32: qform and sform differ by a few micrometres per millimetre of voxel axis. That is
+    rounding, not two grids, and the file is read (it once refused re-acquired scans, issue 35)."""
+    from BrainTumorExplainLib.data.acquisition import Acquisition
+    from BrainTumorExplainLib.data.grid import ReferenceGrid
+    from BrainTumorExplainLib.data.imagefiles import check_image_file, read_nifti_header
+
+    base = ReferenceGrid((40, 40, 20), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    grid = Acquisition(spacing_mm=(0.9, 0.9, 6.0), tilt_degrees=(0.5, 0.0, 0.0), flips=(False, True, True)).grid_for(base)
+    path = grid.write(np.ones(grid.canonical_shape, np.float32), tmp_path / "tilted.nii.gz")
+    header = read_nifti_header(path)
+    assert float(np.abs(header.qform() - header.sform()).max()) > 1e-3  # beyond the millimetre tolerance
+    check_image_file(path, "flair")
+    assert ReferenceGrid.from_image(sitk.ReadImage(str(path))).matches(grid)
+
+
 # -- one error line instead of a traceback -----------------------------------------------------------------------------
 def test_score_json_to_a_folder_is_refused_before_any_output(case, tmp_path):
     seg = str(next(case.glob("*_seg.nii.gz")))

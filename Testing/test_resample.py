@@ -172,3 +172,20 @@ def test_no_resample_is_the_control_and_is_said(small_phantom, tmp_path):
         assert main(["segment", str(small_phantom.flair.parent), "--model", "denseunet", "--device", "cpu",
                      "--out", str(tmp_path / "raw.nii.gz"), "--no-resample"]) == 0
     assert load_case(small_phantom).grid.matches(sitk.ReadImage(str(tmp_path / "raw.nii.gz")))
+
+
+def test_scanner_intensities_keep_the_zeros_and_stay_within_their_strength():
+    """The training augmentation's bias field varies each sequence by at most its strength (exp(±0.3)), the noise is
+    Rician in the brain only, and the same seed gives the same scan."""
+    from BrainTumorExplainLib.data.acquisition import scanner_intensities
+
+    raw = np.zeros((4, 20, 24, 28), dtype=np.float32)
+    raw[:, 4:16, 4:20, 4:24] = 100.0
+    biased = scanner_intensities(raw, 0.3, 0.0, seed=1)
+    inside = raw[0] > 0
+    assert np.all(biased[:, ~inside] == 0)
+    ratio = biased[:, inside] / 100.0
+    assert ratio.min() >= np.exp(-0.3) - 1e-5 and ratio.max() <= np.exp(0.3) + 1e-5 and ratio.std() > 0.02
+    noisy = scanner_intensities(raw, 0.0, 0.05, seed=1)
+    assert np.all(noisy[:, ~inside] == 0) and 3.0 < noisy[:, inside].std() < 7.0
+    np.testing.assert_array_equal(noisy, scanner_intensities(raw, 0.0, 0.05, seed=1))

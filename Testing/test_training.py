@@ -146,3 +146,25 @@ def test_training_leaves_the_global_torch_rng_alone(tiny_data, tmp_path):
     train(tiny_data, tmp_path / "w.pt", TrainConfig(**{**CONFIG.__dict__, "epochs": 1, "steps_per_epoch": 2}),
           progress=False, log=lambda _: None)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_clinical_acquisitions_of_the_training_cases_are_seeded_and_in_the_training_space(tiny_data, tmp_path):
+    """Issue 35: each training case seen through a random clinical acquisition and brought back as inference brings
+    a scan — on the training grid, with its labels, the same for the same seed — and trained on beside the
+    originals (their ids in the weights file); the validation case gets none."""
+    from BrainTumorExplainLib.app.training import acquired_cases
+
+    config = TrainConfig(**{**CONFIG.__dict__, "epochs": 1, "steps_per_epoch": 2, "acquisitions": 1})
+    paths = find_cases(tiny_data)[:2]
+    first, again = (list(acquired_cases(paths, config, (3.0, 3.0, 3.0), False)) for _ in range(2))
+    assert [case.case_id for case in first] == ["Phantom_00060~acq0", "Phantom_00061~acq0"]
+    original = load_case(paths[0])
+    for case, same in zip(first, again):
+        assert case.grid.canonical_spacing == (3.0, 3.0, 3.0) and case.labels is not None
+        np.testing.assert_allclose(case.images, same.images, atol=1e-2)  # registration threads: equal to rounding
+        assert case.labels.any() and 0.5 < case.brain_mask.sum() / original.brain_mask.sum() < 1.5
+    assert first[0].images.shape != original.images.shape or not np.allclose(first[0].images, original.images)
+    train(tiny_data, tmp_path / "w.pt", config, progress=False, log=lambda _: None)
+    metadata = torch.load(tmp_path / "w.pt", weights_only=True)["metadata"]
+    assert metadata["training"]["acquisitions"] == 1
+    assert metadata["training_cases"] == ["Phantom_00060", "Phantom_00061", "Phantom_00060~acq0", "Phantom_00061~acq0"]

@@ -416,6 +416,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="weights file to write (.pt)")
     p.add_argument("--width", default=defaults.width, help=f"channel multiplier (default {defaults.width}; 1.0 = paper "
                    "width)", **number_option(float, above=0))
+    p.add_argument("--acquisitions", default=defaults.acquisitions, help="per training case, this many seeded random "
+                   "clinical acquisitions of it (voxel size, tilt, flips, interpolation, motion, bias field, noise), "
+                   "brought back into the training space as inference does, added to the training data (default "
+                   f"{defaults.acquisitions})", **number_option(int, minimum=0))
     _add_training_options(p, defaults)
     _add_overwrite(p, "an existing weights file")
     p.set_defaults(run=_run_train)
@@ -429,7 +433,8 @@ def _run_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out}: weights are written as a .pt file")
     OutputFile(args.out, [args.data], args.overwrite)  # checked now; train() writes it when the run is complete
     build_model(args.model, width=args.width)  # unknown names fail here, before any data is read
-    config = TrainConfig(model=args.model, width=args.width, **_training_settings(args))
+    config = TrainConfig(model=args.model, width=args.width, acquisitions=args.acquisitions,
+                         **_training_settings(args))
     history = train(args.data, args.out, config, resume=not args.no_resume)
     print(f"wrote {args.out} after {len(history)} epochs")
     return 0

@@ -3,7 +3,11 @@
 Loss = soft Dice over the three tumour classes + class-weighted cross-entropy (weights ∝ frequency^-1/2 over the
 training crops). Adam with a cosine learning-rate decay. Slices are cropped to a fixed window around the brain
 (fully convolutional networks then run on whole 240×240 slices); a share of every batch is drawn from slices that
-contain tumour. Augmentation: left–right flips, per-sequence intensity scale and shift, crop jitter.
+contain tumour. Augmentation: left–right flips, per-sequence intensity scale and shift, crop jitter; and, with
+``acquisitions``, clinical acquisitions of every training case (:func:`data.acquisition.random_acquisition`: voxel
+size, tilt, flips, interpolation after stripping, motion between series, bias field, noise), each brought back into
+the training space exactly as inference brings a scan (:func:`data.preprocess.preprocess`, then
+:func:`data.resample.resample_case`), so the network learns what those steps leave of a clinical scan.
 
 Everything random flows from ``TrainConfig.seed``. A checkpoint (model, optimiser, schedule, history, RNG states)
 is written after every epoch beside the output, so an interrupted run resumes where it stopped and ends with the
@@ -45,6 +49,7 @@ class TrainConfig:
     validation_cases: int = 2
     seed: int = 0
     device: str = "cpu"
+    acquisitions: int = 0  # clinical acquisitions per training case (see the module notes)
 
 
 def _crop_window(size: int, centre: float, jitter: int, rng: np.random.Generator | None) -> slice:
@@ -83,6 +88,12 @@ class SliceData:
             rows, cols = np.nonzero(case.brain_mask.any(axis=0))
             centres.append(((rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2))
         return cls(images, labels, centres, [c.case_id for c in cases])
+
+    def extend(self, other: "SliceData") -> None:
+        self.images += other.images
+        self.labels += other.labels
+        self.centres += other.centres
+        self.case_ids += other.case_ids
 
     def class_weights(self) -> torch.Tensor:
         counts = sum(np.bincount(l.ravel(), minlength=NUM_CLASSES) for l in self.labels).astype(np.float64)
@@ -202,6 +213,28 @@ def _save_checkpoint(checkpoint: Path, config: TrainConfig, model, optimiser, sc
     checkpoint.with_name(checkpoint.name + ".tmp").replace(checkpoint)
 
 
+def acquired_cases(paths: list[Path], config: TrainConfig, spacing: tuple[float, float, float], progress: bool):
+    """``config.acquisitions`` clinical acquisitions of each case folder in ``paths``, each drawn from the seed
+    ``(config.seed, case index, k)``, written to a scratch folder, then read as inference reads a scan and brought
+    into the training space (``spacing``), its labels with it; yielded one at a time, case id ``<case>~acq<k>``."""
+    import tempfile
+    import warnings
+    from dataclasses import replace
+
+    from ..data.acquisition import random_acquisition, reacquire
+    from ..data.preprocess import preprocess
+    from ..data.resample import resample_case
+
+    jobs = [(index, path, k) for index, path in enumerate(paths) for k in range(config.acquisitions)]
+    for index, path, k in progress_bar(jobs, "clinical acquisitions" if progress and jobs else None, unit="case"):
+        acquisition = random_acquisition(np.random.default_rng((config.seed, index, k)), min(spacing))
+        with tempfile.TemporaryDirectory(prefix="bte_acquired_") as scratch, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # grids that differ, off the training space: the point
+            case, _ = preprocess(reacquire(path, Path(scratch) / "case", acquisition), spacing)
+            case = resample_case(case, spacing)
+        yield replace(case, case_id=f"{case.case_id}~acq{k}")
+
+
 def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: bool, progress: bool,
            log: Callable[[str], None]) -> list[dict]:
     out = Path(out)
@@ -215,6 +248,8 @@ def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: b
     spacing = np.median([case.spacing for case in cases[:split]], axis=0)  # median voxel size, as nnU-Net's target
     training, validation = SliceData.from_cases(cases[:split]), SliceData.from_cases(cases[split:])
     del cases
+    for case in acquired_cases(case_paths[:split], config, tuple(float(v) for v in spacing), progress):
+        training.extend(SliceData.from_cases([case]))
 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)

@@ -40,7 +40,9 @@ scanner's reformat does — one grid, but not aligned. ``head_tilt_degrees``: th
     every file with it — the ground truth too (:meth:`pose`). ``skull``: the head around the brain left on, as a scan
     that was not skull-stripped — no head image ships with the template, so a synthetic one (:func:`add_head`): a
     cerebrospinal-fluid rim, a dark skull and a bright scalp following the brain's outline, and noise in the air
-    (drawn from ``seed``)."""
+    (drawn from ``seed``). ``bias_field``: a smooth multiplicative intensity field across the head, each sequence its
+own, of up to that relative strength; ``noise``: Rician noise in the brain, its standard deviation that share of the
+sequence's median there (both drawn from ``seed``; the zeros outside a stripped brain stay zero)."""
 
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     tilt_degrees: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -53,6 +55,8 @@ scanner's reformat does — one grid, but not aligned. ``head_tilt_degrees``: th
     head_tilt_degrees: tuple[float, float, float] = (0.0, 0.0, 0.0)
     skull: bool = False
     motion_on_one_grid: bool = False
+    bias_field: float = 0.0
+    noise: float = 0.0
 
     def __post_init__(self) -> None:
         if sorted(self.axes) != [0, 1, 2]:
@@ -154,6 +158,8 @@ def reacquire(source: str | Path | CaseFiles, out: str | Path, acquisition: Acqu
         raw, _ = resample_sequences(posed, grid)
     else:
         raw = np.stack([resample_array(sequence, posed.grid, grid) for sequence in raw_sequences(posed)])
+    if acquisition.bias_field or acquisition.noise:
+        raw = scanner_intensities(raw, acquisition.bias_field, acquisition.noise, acquisition.seed)
     if acquisition.skull:
         raw = add_head(raw, grid.canonical_spacing, acquisition.seed)
     out = Path(out)
@@ -186,6 +192,46 @@ def _onto(sequence: np.ndarray, source: ReferenceGrid, target: ReferenceGrid, st
     support = resample_array((sequence != 0).astype(np.float32), source, target)
     inside = support >= 0.5
     return np.where(inside, values / np.where(inside, support, 1.0), 0.0).astype(np.float32)
+
+
+def scanner_intensities(raw: np.ndarray, bias_field: float, noise: float, seed: int) -> np.ndarray:
+    """Sequences ``(4, ...)`` (0 outside the brain) under a smooth bias field (per sequence, a random quadratic in
+    the image's normalised coordinates, scaled so that it varies by up to ``bias_field`` relative) and Rician noise
+    of ``noise`` × the sequence's median in the brain; the zeros stay zero."""
+    rng = np.random.default_rng((seed, 1 << 17))
+    brain = (raw != 0).any(axis=0)
+    axes = np.meshgrid(*[np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in brain.shape], indexing="ij")
+    terms = [*axes, *(a * b for i, a in enumerate(axes) for b in axes[i:])]  # linear and quadratic
+    out = raw.astype(np.float32, copy=True)
+    for channel in range(len(raw)):
+        if bias_field:
+            field = sum(float(c) * term for c, term in zip(rng.normal(size=len(terms)), terms))
+            field = field / max(float(np.abs(field).max()), 1e-6) * bias_field
+            out[channel] *= np.exp(field)
+        if noise:
+            sigma = noise * float(np.median(raw[channel][brain])) if brain.any() else 0.0
+            real = out[channel] + rng.normal(0.0, sigma, brain.shape).astype(np.float32)
+            imaginary = rng.normal(0.0, sigma, brain.shape).astype(np.float32)
+            out[channel] = np.where(brain, np.hypot(real, imaginary), 0.0)
+    return out
+
+
+def random_acquisition(rng: np.random.Generator, voxel_mm: float = 1.0) -> Acquisition:
+    """A clinical acquisition drawn at random (training augmentation, issue 35) of a case whose voxels are
+    ``voxel_mm``: in-plane voxels of 0.8–2 and slices of 1–6 times that (BraTS's 1 mm: 0.8–2 mm and 1–6 mm), mostly
+    axial, else sagittal or coronal; the grid tilted by up to 20° and maybe flipped; half interpolated after
+    skull-stripping (the rim), half stripped at the new grid; the head moved by up to 3 mm and 3° between series, half
+    of them then put on one grid; a bias field of up to 30 % and noise of up to 5 %."""
+    in_plane, thickness = voxel_mm * rng.uniform(0.8, 2.0), voxel_mm * rng.uniform(1.0, 6.0)
+    spacing = [in_plane * rng.uniform(0.9, 1.1) for _ in range(3)]
+    spacing[int(rng.choice(3, p=[0.2, 0.2, 0.6]))] = thickness  # the slice axis: L-R, P-A or I-S (axial)
+    tilt = np.zeros(3)
+    tilt[int(rng.integers(3))] = rng.uniform(-20.0, 20.0)
+    return Acquisition(spacing_mm=tuple(float(s) for s in spacing), tilt_degrees=tuple(float(t) for t in tilt),
+                       flips=tuple(bool(f) for f in rng.random(3) < 0.3), stripped=bool(rng.random() < 0.5),
+                       motion_mm=float(rng.uniform(0.0, 3.0)), motion_degrees=float(rng.uniform(0.0, 3.0)),
+                       motion_on_one_grid=bool(rng.random() < 0.5), seed=int(rng.integers(1 << 31)),
+                       bias_field=float(rng.uniform(0.0, 0.3)), noise=float(rng.uniform(0.0, 0.05)))
 
 
 # Around the brain, outwards (mm from its edge): cerebrospinal fluid, skull (dark in every sequence), scalp (fat:

@@ -24,7 +24,8 @@ import numpy as np
 from ..errors import CaseError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-QFORM_SFORM_TOLERANCE_MM = 1e-3  # beyond this, the two affines describe different grids
+QFORM_SFORM_TOLERANCE_MM = 1e-3  # origins further apart than this describe different grids
+QFORM_SFORM_AXIS_TOLERANCE = 2e-3  # per mm of voxel axis (about 0.1°): beyond the quaternion's float32 rounding
 _CHUNK = 1 << 22
 # NIfTI datatype codes (nifti1.h) → numpy type, for the types a volume can have
 _DATATYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8",
@@ -136,8 +137,14 @@ def _check_geometry(path: Path, what: str, header: NiftiHeader) -> None:
                       "it is read with ITK's default orientation, so left/right and its position in the patient are "
                       "not known — check the result's orientation before trusting it", stacklevel=3)
     if header.qform_code > 0 and header.sform_code > 0:
-        difference = float(np.abs(header.qform() - header.sform()).max())
-        if difference > QFORM_SFORM_TOLERANCE_MM:
+        qform, sform = header.qform(), header.sform()
+        # The quaternion's first component is derived (a = sqrt(1 - b² - c² - d²)): for turns near 180° (flipped
+        # and tilted grids, as SimpleITK itself writes them) its float32 rounding reaches ~1e-3 per voxel axis, so
+        # the axes are compared per unit length and only the origin in millimetres.
+        axes = float(np.abs((qform[:3, :3] - sform[:3, :3]) / np.asarray(spacing, dtype=float)).max())
+        difference = float(np.abs(qform - sform).max())
+        if axes > QFORM_SFORM_AXIS_TOLERANCE or float(np.abs(qform[:3, 3] - sform[:3, 3]).max()) > \
+                QFORM_SFORM_TOLERANCE_MM:
             raise CaseError(f"{path}: the {what}'s NIfTI qform and sform disagree (by up to {difference:.3g} mm), "
                             "so its grid is ambiguous; rewrite the header with one orientation (e.g. copy the sform "
                             "into the qform)")
