@@ -81,3 +81,23 @@ def test_the_shipped_network_segments_the_regridded_scan_as_the_upright_one(regr
     prepared, steps = preprocess(regridded[1], (1.0, 1.0, 1.0))
     assert steps.brain_edge.cut and "partial-volume rim" in " ".join(steps.lines())
     assert whole_tumour_dice(regridded[1]) > whole_tumour_dice(SAMPLE_CASE) - 0.05
+
+
+def test_a_rim_deeper_than_the_band_is_cut_in_passes(tmp_path, monkeypatch):
+    """T1, T1ce and T2 moved, put on the FLAIR's grid and registered back are interpolated three times: their rim is
+    deeper than one pass's band. Cut in passes, the mask matches the same scan stripped at every step better than
+    one pass does."""
+    from BrainTumorExplainLib.data import brain_edge
+    from BrainTumorExplainLib.data.registration import MEASURE_FIRST
+
+    moved = Acquisition(spacing_mm=(1.3, 1.3, 1.5), flips=(True, False, False), motion_mm=3.0, motion_degrees=3.0,
+                        seed=7, motion_on_one_grid=True)  # the acquisition sweep's (scripts/acquisition_sweep.py)
+    sharp = load_case(reacquire(SAMPLE_CASE, tmp_path / "sharp", moved), coregister=MEASURE_FIRST)
+    blurred = load_case(reacquire(SAMPLE_CASE, tmp_path / "blurred", replace(moved, stripped=False)),
+                        coregister=MEASURE_FIRST)
+    raw = raw_sequences(blurred)
+    found, passes = check_brain_edge(raw, blurred.brain_mask, blurred.spacing)
+    monkeypatch.setattr(brain_edge, "MAX_PASSES", 1)
+    _, once = check_brain_edge(raw, blurred.brain_mask, blurred.spacing)
+    assert found.cut and passes.sum() < once.sum() < blurred.brain_mask.sum()
+    assert _dice(passes, sharp.brain_mask) > _dice(once, sharp.brain_mask) > _dice(blurred.brain_mask, sharp.brain_mask)

@@ -29,6 +29,7 @@ BAND_LAYERS = 2  # voxel layers at the mask's edge where a partial-volume voxel 
 REFERENCE_SIGMA_MM = 3.0
 RIM_FRACTION = 0.1  # share of the outermost layer below half the brain's signal beyond which the edge is a rim
 HALF = 0.5
+MAX_PASSES = 3
 
 
 @dataclass(frozen=True)
@@ -90,17 +91,24 @@ def brain_share(raw: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float, floa
 def check_brain_edge(raw: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float, float, float]
                      ) -> tuple[BrainEdge, np.ndarray]:
     """The brain edge found (:class:`BrainEdge`) and the mask to use: ``mask`` itself unless a rim was found, then
-    ``mask`` without the band's voxels holding less than half brain."""
+    ``mask`` without the band's voxels holding less than half brain — again on the new edge, up to
+    :data:`MAX_PASSES` times, while its outermost layer is still a rim (a scan interpolated more than once, as a
+    series moved, reformatted and registered is, has a rim deeper than the band)."""
     from scipy import ndimage
 
     mask = np.asarray(mask, dtype=bool)
-    share, why = brain_share(raw, mask, spacing_mm)
-    if share is None:
-        return BrainEdge(None, False, why=why), mask
-    outermost = mask & ~ndimage.binary_erosion(mask)
-    fraction = float((share[outermost] < HALF).mean()) if outermost.any() else 0.0
-    if fraction <= RIM_FRACTION:
-        return BrainEdge(fraction, False), mask
-    kept = mask & (share >= HALF)
+    kept, first = mask, None
+    for _ in range(MAX_PASSES):
+        share, why = brain_share(raw, kept, spacing_mm)
+        if share is None:
+            return (BrainEdge(None, False, why=why), mask) if first is None else (first, kept)
+        outermost = kept & ~ndimage.binary_erosion(kept)
+        fraction = float((share[outermost] < HALF).mean()) if outermost.any() else 0.0
+        first = first or BrainEdge(fraction, False)
+        if fraction <= RIM_FRACTION:
+            break
+        kept = kept & (share >= HALF)
+    if kept is mask:
+        return first, mask
     removed = int(mask.sum() - kept.sum())
-    return BrainEdge(fraction, True, removed, removed * float(np.prod(spacing_mm)) / 1000.0), kept
+    return BrainEdge(first.rim_fraction, True, removed, removed * float(np.prod(spacing_mm)) / 1000.0), kept
