@@ -46,7 +46,7 @@ def test_the_rim_is_cut_back_to_the_mask_that_stripping_at_the_new_grid_gives(re
 def test_a_sharply_stripped_scan_is_left_as_read(regridded, source):
     case = load_case(SAMPLE_CASE if source == "upright" else regridded[0])
     found, kept = check_brain_edge(raw_sequences(case), case.brain_mask, case.spacing)
-    assert not found.cut and found.rim_fraction < 0.02 and kept is not None and np.array_equal(kept, case.brain_mask)
+    assert not found.cut and found.rim_fraction < 0.02 and np.array_equal(kept, case.brain_mask)
     prepared, steps = preprocess(SAMPLE_CASE if source == "upright" else regridded[0], (1.0, 1.0, 1.0))
     assert np.array_equal(prepared.images, case.images) and "brain edge: sharp" in " ".join(steps.lines())
 
@@ -85,8 +85,9 @@ def test_the_shipped_network_segments_the_regridded_scan_as_the_upright_one(regr
 
 def test_a_rim_deeper_than_the_band_is_cut_in_passes(tmp_path, monkeypatch):
     """T1, T1ce and T2 moved, put on the FLAIR's grid and registered back are interpolated three times: their rim is
-    deeper than one pass's band. Cut in passes, the mask matches the same scan stripped at every step better than
-    one pass does."""
+    deeper than one pass's band. One pass leaves an edge that is still a rim (which the shipped DenseUnet reads as
+    edema: WT 0.69 against 0.91 on held-out Phantom_01000, docs/analyses.md); the passes leave a sharp edge, and a
+    mask within 1 % of the same scan stripped at every step."""
     from BrainTumorExplainLib.data import brain_edge
     from BrainTumorExplainLib.data.registration import MEASURE_FIRST
 
@@ -97,7 +98,9 @@ def test_a_rim_deeper_than_the_band_is_cut_in_passes(tmp_path, monkeypatch):
                         coregister=MEASURE_FIRST)
     raw = raw_sequences(blurred)
     found, passes = check_brain_edge(raw, blurred.brain_mask, blurred.spacing)
+    assert found.cut and not check_brain_edge(raw, passes, blurred.spacing)[0].cut
+    assert _dice(passes, sharp.brain_mask) > 0.99
     monkeypatch.setattr(brain_edge, "MAX_PASSES", 1)
     _, once = check_brain_edge(raw, blurred.brain_mask, blurred.spacing)
-    assert found.cut and passes.sum() < once.sum() < blurred.brain_mask.sum()
-    assert _dice(passes, sharp.brain_mask) > _dice(once, sharp.brain_mask) > _dice(blurred.brain_mask, sharp.brain_mask)
+    assert passes.sum() < once.sum() < blurred.brain_mask.sum()
+    assert check_brain_edge(raw, once, blurred.spacing)[0].rim_fraction > brain_edge.RIM_FRACTION

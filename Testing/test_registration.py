@@ -77,6 +77,7 @@ def test_an_unmoved_case_stays_where_it_is(small_phantom):
     wanted, why = wants_coregistration("auto", grids)
     assert wanted == registration.MEASURE_FIRST and "one grid, which does not make them aligned" in why
     measured = load_case(small_phantom, coregister=wanted)
+    assert registration.coregistration_state(measured.registrations) == "measured, none registered"
     for found in measured.registrations.values():
         assert not found.applied and found.misaligned_mm <= registration.ALIGNMENT_TOLERANCE_MM
         assert "aligned already" in found.reason
@@ -127,6 +128,7 @@ def test_a_registration_the_check_does_not_believe_is_not_used(moved, monkeypatc
     plain = load_case(moved)
     for found in case.registrations.values():
         assert not found.applied and "more than 1 mm" in found.reason
+    assert registration.coregistration_state(case.registrations) == "ran, none applied"
     np.testing.assert_array_equal(case.images, plain.images)
 
 

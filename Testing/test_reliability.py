@@ -502,8 +502,10 @@ def test_a_case_far_smaller_than_a_head_is_not_aligned_to_the_atlas_and_says_why
                     spacing=(0.1, 0.1, 0.1))
     assert main(["segment", str(folder), "--model", "resunet", "--device", "cpu", "--atlas", "always",
                  "--out", str(tmp_path / "s.nii.gz")]) == 0
+    printed = capsys.readouterr().out
     assert ("atlas alignment: skipped (the atlas registration was refused: ITK could not register the T1 to the "
-            "template (All samples map outside moving image buffer") in capsys.readouterr().out
+            "template (All samples map outside moving image buffer") in printed
+    assert "brain edge" not in printed  # not skull-stripped: its mask as read is no stripped brain's, left alone
 
 
 def test_sequences_too_small_to_register_are_kept_as_acquired(tmp_path):

@@ -609,7 +609,7 @@ def _run_preprocess(args: argparse.Namespace) -> int:
         if case.tissue is not None:
             case.grid.write(case.tissue, work / Path(files.tissue).name)
         write_preprocessing(case, steps, work)
-        record = {"case": case.case_id, **preprocessing_summary(case, steps)}
+        record = {"case": case.case_id, **preprocessing_summary(case, steps, ATLAS_SPACING_MM)}
         (work / PREPROCESSING).write_text(json.dumps(record, indent=2) + "\n")
     for line in preprocessing_lines(record):
         print(line)

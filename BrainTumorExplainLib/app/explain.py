@@ -197,7 +197,7 @@ def write_preprocessing(case, steps, work: Path) -> list[Path]:
     """What the preprocessing found, beside the results: each applied co-registration's transform as
     ``registration/<sequence>_to_<reference>.tfm`` and the head's pose against the atlas as
     ``registration/flair_to_atlas.tfm`` (ITK's text format, which 3D Slicer and every ITK tool read), and the brain
-    mask when it is not the scan's own (``brain_mask.nii.gz``, on the case's grid)."""
+    mask when it is not the scan's own or its rim was cut (``brain_mask.nii.gz``, on the case's grid)."""
     import SimpleITK as sitk
 
     folder = work / REGISTRATION
@@ -210,7 +210,7 @@ def write_preprocessing(case, steps, work: Path) -> list[Path]:
         folder.mkdir(parents=True, exist_ok=True)
         written.append(folder / name)
         sitk.WriteTransform(transform, str(written[-1]))
-    if steps.brain_mask != "as read":
+    if steps.brain_mask != "as read" or (steps.brain_edge is not None and steps.brain_edge.cut):
         written.append(case.grid.write(case.brain_mask.astype(np.uint8), work / BRAIN_MASK))
     return written
 

@@ -187,7 +187,8 @@ def _resume(checkpoint: Path, config: TrainConfig, model, optimiser, schedule, r
     if not checkpoint.is_file():
         return []
     state = torch.load(checkpoint, map_location=device, weights_only=True)
-    if json.loads(state["config"]) != json.loads(json.dumps(asdict(config))):
+    defaults = json.loads(json.dumps(asdict(TrainConfig())))  # for settings added since the checkpoint was written
+    if {**defaults, **json.loads(state["config"])} != json.loads(json.dumps(asdict(config))):
         raise InputError(f"{checkpoint}: checkpoint of a different training configuration; delete it or use "
                          "the same options")
     model.load_state_dict(state["model"])
@@ -213,7 +214,8 @@ def _save_checkpoint(checkpoint: Path, config: TrainConfig, model, optimiser, sc
     checkpoint.with_name(checkpoint.name + ".tmp").replace(checkpoint)
 
 
-def acquired_cases(paths: list[Path], config: TrainConfig, spacing: tuple[float, float, float], progress: bool):
+def acquired_cases(paths: list[Path], config: TrainConfig, spacing: tuple[float, float, float], progress: bool,
+                   log: Callable[[str], None] = print):
     """``config.acquisitions`` clinical acquisitions of each case folder in ``paths``, each drawn from the seed
     ``(config.seed, case index, k)``, written to a scratch folder, then read as inference reads a scan and brought
     into the training space (``spacing``), its labels with it; yielded one at a time, case id ``<case>~acq<k>``."""
@@ -229,8 +231,12 @@ def acquired_cases(paths: list[Path], config: TrainConfig, spacing: tuple[float,
     for index, path, k in progress_bar(jobs, "clinical acquisitions" if progress and jobs else None, unit="case"):
         acquisition = random_acquisition(np.random.default_rng((config.seed, index, k)), min(spacing))
         with tempfile.TemporaryDirectory(prefix="bte_acquired_") as scratch, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # grids that differ, off the training space: the point
-            case, _ = preprocess(reacquire(path, Path(scratch) / "case", acquisition), spacing)
+            warnings.simplefilter("ignore", UserWarning)  # grids that differ, off the training space: the point
+            try:
+                case, _ = preprocess(reacquire(path, Path(scratch) / "case", acquisition), spacing)
+            except CaseError as error:  # e.g. a tilt that leaves a sequence empty: this draw is left out, said
+                log(f"{path.name}: clinical acquisition {k} left out ({error})")
+                continue
             case = resample_case(case, spacing)
         yield replace(case, case_id=f"{case.case_id}~acq{k}")
 
@@ -248,7 +254,7 @@ def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: b
     spacing = np.median([case.spacing for case in cases[:split]], axis=0)  # median voxel size, as nnU-Net's target
     training, validation = SliceData.from_cases(cases[:split]), SliceData.from_cases(cases[split:])
     del cases
-    for case in acquired_cases(case_paths[:split], config, tuple(float(v) for v in spacing), progress):
+    for case in acquired_cases(case_paths[:split], config, tuple(float(v) for v in spacing), progress, log):
         training.extend(SliceData.from_cases([case]))
 
     torch.manual_seed(config.seed)

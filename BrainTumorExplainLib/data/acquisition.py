@@ -184,14 +184,12 @@ def reacquire(source: str | Path | CaseFiles, out: str | Path, acquisition: Acqu
 def _onto(sequence: np.ndarray, source: ReferenceGrid, target: ReferenceGrid, stripped: bool) -> np.ndarray:
     """A sequence resampled linearly from ``source`` onto ``target``; ``stripped``: its support carried along and
     cut at one half, the values divided by it (a sharp edge, as :func:`data.resample.resample_sequences`)."""
-    from .resample import resample_array
+    from .resample import divided_by_support, resample_array
 
     values = resample_array(sequence, source, target)
     if not stripped:
         return values
-    support = resample_array((sequence != 0).astype(np.float32), source, target)
-    inside = support >= 0.5
-    return np.where(inside, values / np.where(inside, support, 1.0), 0.0).astype(np.float32)
+    return divided_by_support(values, resample_array((sequence != 0).astype(np.float32), source, target))
 
 
 def scanner_intensities(raw: np.ndarray, bias_field: float, noise: float, seed: int) -> np.ndarray:

@@ -4,7 +4,8 @@ A skull-stripped volume resampled onto another grid (by a PACS, a reformat, any 
 brain, so the voxels straddling the old edge are mixtures of brain and zero: a rim of low intensities in every
 sequence, inside the new "brain" (the voxels non-zero in any sequence). Z-scored over it, the rim reads to a network
 trained on sharp edges as tumour border: the shipped DenseUnet painted edema along the whole brain's edge (WT Dice
-0.62 instead of 0.94 on a held-out phantom merely rotated by 15°; issue 35, docs/analyses.md "The brain's edge").
+0.62 instead of 0.94 on a held-out phantom merely rotated by 15°; issue 35, docs/analyses.md "Clinical
+acquisitions").
 
 Each voxel of the edge band (the outer :data:`BAND_LAYERS` layers of the mask) gets an estimate of the share of
 brain it holds: the mean over sequences of its intensity relative to that sequence's median in the brain, divided by
@@ -70,7 +71,7 @@ def brain_share(raw: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float, floa
     for sequence in raw:
         inside = sequence[mask]
         median = float(np.median(inside)) if inside.size else 0.0
-        if median > 0 and float(np.quantile(inside, 0.01)) >= 0:
+        if median > 0 and float(np.quantile(inside, 0.01)) >= -1e-3 * median:  # zeros rebuilt from z-scores
             usable.append(sequence / median)
     if not usable:
         return None, "no sequence is positive over the brain (a z-scored or signed input)"
@@ -101,7 +102,9 @@ def check_brain_edge(raw: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float,
     for _ in range(MAX_PASSES):
         share, why = brain_share(raw, kept, spacing_mm)
         if share is None:
-            return (BrainEdge(None, False, why=why), mask) if first is None else (first, kept)
+            if first is None:
+                return BrainEdge(None, False, why=why), mask
+            break  # what is left has no interior to measure against: the cut so far stands
         outermost = kept & ~ndimage.binary_erosion(kept)
         fraction = float((share[outermost] < HALF).mean()) if outermost.any() else 0.0
         first = first or BrainEdge(fraction, False)

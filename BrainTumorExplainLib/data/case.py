@@ -372,6 +372,10 @@ def load_case(
     files = source if isinstance(source, CaseFiles) else find_case_files(source)
     if reference not in MODALITIES:
         raise CaseError(f"reference modality {reference!r} is not one of {MODALITIES}")
+    from .registration import MEASURE_FIRST
+
+    if coregister not in (True, False, MEASURE_FIRST):
+        raise ValueError(f"coregister={coregister!r}: True, False or {MEASURE_FIRST!r}")
     if on_grid_mismatch not in ("resample", "error"):
         raise CaseError(f"on_grid_mismatch must be 'resample' or 'error', got {on_grid_mismatch!r}")
     if convention is not None:
@@ -396,7 +400,7 @@ def load_case(
     for m in MODALITIES:
         image = reference_image if m == reference else read_image(Path(paths[m]), m, checked=True)
         if coregister and m != reference:
-            from .registration import MEASURE_FIRST, coregistration, onto_reference
+            from .registration import coregistration, onto_reference
 
             registrations[m] = coregistration(reference_image, image, m, reference, coregister == MEASURE_FIRST)
             image = onto_reference(image, reference_image, registrations[m]) if registrations[m].applied else image

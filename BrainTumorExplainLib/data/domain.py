@@ -86,7 +86,7 @@ def _coarse_voxels(spacing_mm, training_spacing) -> list[str]:
     along = " and ".join(_AXES[axis] for axis in coarse)
     return [f"voxels of {_mm(spacing_mm)} mm (z, y, x) against the {_mm(training_spacing)} mm the network was "
             f"trained at: up to {factors.max():.1f}× coarser, along the {along} ax{'es' if len(coarse) > 1 else 'is'}; "
-            "resampled to its grid, but detail the scan never recorded is not won back"]
+            "resampled or not, detail the scan never recorded is not won back"]
 
 
 def _mm(spacing) -> str:

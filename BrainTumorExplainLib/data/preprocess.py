@@ -118,7 +118,7 @@ def preprocess(files: CaseFiles | str | Path, training_spacing: tuple[float, flo
                 mask_source, mask_why = "as read", f"the atlas registration was refused: {alignment.reason}"
             align, atlas_why = False, f"the atlas registration was refused: {alignment.reason}"
     edge = None
-    if brain_mask == "auto" and mask_source == "as read":  # as-read: exactly the voxels non-zero in the files
+    if brain_mask == "auto" and mask_source == "as read" and stripped:  # as-read: the files' non-zero voxels
         edge, kept = check_brain_edge(raw_sequences(case), case.brain_mask, case.spacing)
         if edge.cut:
             case = with_brain_mask(case, kept, "the brain mask less its partial-volume rim")

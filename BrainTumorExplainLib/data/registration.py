@@ -62,6 +62,7 @@ class Registration:
     reason: str = ""
     misaligned_mm: float | None = None  # measured (misalignment_mm) as acquired
     residual_mm: float | None = None  # measured the same way after the registration was applied
+    measured_only: bool = False  # only measured (MEASURE_FIRST) and found aligned, or not measurable: not registered
 
     def transform(self) -> "sitk.Euler3DTransform":
         """The registration as an ITK transform (identity when it was not applied)."""
@@ -83,11 +84,15 @@ class Registration:
 
 
 def coregistration_state(registrations: dict | None) -> str:
-    """The co-registration step in a word or three for a case's :attr:`~data.case.Case.registrations`: skipped,
-    measured (every sequence found aligned or kept) or ran (some sequence registered)."""
+    """The co-registration step in a few words for a case's :attr:`~data.case.Case.registrations`: skipped; measured,
+    none registered (every sequence only measured); ran (some sequence registered); ran, none applied (every
+    registration refused by its check)."""
     if registrations is None:
         return "skipped"
-    return "ran" if any(found.applied for found in registrations.values()) else "measured, none registered"
+    if any(found.applied for found in registrations.values()):
+        return "ran"
+    return ("measured, none registered" if all(found.measured_only for found in registrations.values())
+            else "ran, none applied")
 
 
 def registration_words(found: dict) -> str:
@@ -221,17 +226,24 @@ def coregistration(fixed: "sitk.Image", moving: "sitk.Image", sequence: str, ref
 
     before = misalignment_mm(fixed, moving)
     if measure_first and (before is None or before <= ALIGNMENT_TOLERANCE_MM):
-        initial = _centred_identity(fixed)
-        metric = mutual_information(fixed, moving, initial)
         reason = ("its alignment could not be measured (too small, or too little overlap for ITK)" if before is None
                   else f"aligned already: measured off by {before:.1f} mm at most in the brain (tolerance "
                        f"{ALIGNMENT_TOLERANCE_MM:g} mm)")
-        return Registration(sequence, reference, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0),
-                            tuple(float(c) for c in initial.GetCenter()), metric, metric, 0.0, applied=False,
-                            reason=reason, misaligned_mm=before)
+        return _kept(_float(fixed), _float(moving), sequence, reference, reason, misaligned_mm=before,
+                     measured_only=True)
     found = rigid_registration(fixed, moving, sequence, reference)
     after = misalignment_mm(fixed, onto_reference(moving, fixed, found)) if found.applied else before
     return dataclasses.replace(found, misaligned_mm=before, residual_mm=after)
+
+
+def _kept(fixed: "sitk.Image", moving: "sitk.Image", sequence: str, reference: str, reason: str,
+          **measured) -> Registration:
+    """A sequence kept as acquired, and why: the identity, its mutual information as acquired."""
+    initial = _centred_identity(fixed)
+    metric = mutual_information(fixed, moving, initial)
+    return Registration(sequence, reference, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0),
+                        tuple(float(c) for c in initial.GetCenter()), metric, metric, 0.0, applied=False,
+                        reason=reason, **measured)
 
 
 def rigid_registration(fixed: "sitk.Image", moving: "sitk.Image", sequence: str, reference: str,
@@ -247,9 +259,7 @@ def rigid_registration(fixed: "sitk.Image", moving: "sitk.Image", sequence: str,
         except RuntimeError as error:  # e.g. too little overlap left for the metric's samples: kept, with ITK's reason
             refused = f"ITK could not register it ({itk_reason(error)})"
     if refused:
-        before = mutual_information(fixed, moving, initial)
-        return Registration(sequence, reference, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), tuple(float(c) for c in centre),
-                            before, before, 0.0, applied=False, reason=refused)
+        return _kept(fixed, moving, sequence, reference, refused)
     before = mutual_information(fixed, moving, initial)
     after = mutual_information(fixed, moving, found)
     motion = largest_motion_mm(found, fixed)
@@ -271,12 +281,11 @@ def onto_reference(moving: "sitk.Image", fixed: "sitk.Image", registration: Regi
     import SimpleITK as sitk
 
     transform = registration.transform()
+    from .resample import divided_by_support
+
     values = sitk.GetArrayFromImage(sitk.Resample(_float(moving), fixed, transform, sitk.sitkLinear, 0.0))
     support = sitk.GetArrayFromImage(sitk.Resample(_float(moving != 0), fixed, transform, sitk.sitkLinear, 0.0))
-    inside = support >= 0.5
-    stripped = np.zeros(values.shape, dtype=np.float32)
-    stripped[inside] = values[inside] / support[inside]
-    image = sitk.GetImageFromArray(stripped)
+    image = sitk.GetImageFromArray(divided_by_support(values, support))
     image.CopyInformation(fixed)
     return image
 

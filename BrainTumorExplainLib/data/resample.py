@@ -215,11 +215,19 @@ def resample_sequences(case: Case, target: ReferenceGrid) -> tuple[np.ndarray, n
     (so the brain's edge keeps its intensities instead of fading into the zeros outside), zero outside it — a
     skull-stripped scan of the same head at the new grid."""
     weight = resample_array(case.brain_mask.astype(np.float32), case.grid, target)
-    brain = weight >= 0.5
-    raw = np.zeros((len(case.images),) + brain.shape, dtype=np.float32)
-    for channel, sequence in enumerate(raw_sequences(case)):
-        raw[channel][brain] = resample_array(sequence, case.grid, target)[brain] / weight[brain]
-    return raw, brain
+    raw = np.stack([divided_by_support(resample_array(sequence, case.grid, target), weight)
+                    for sequence in raw_sequences(case)])
+    return raw, weight >= 0.5
+
+
+def divided_by_support(values: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """Linearly resampled values over their support (the brain mask as 0/1, resampled the same way): divided by it
+    where it covers at least half a voxel, zero elsewhere — a sharp edge that keeps its intensities, as stripping at
+    the new grid gives, instead of a rim fading into the zeros outside."""
+    inside = support >= 0.5
+    out = np.zeros(values.shape, dtype=np.float32)
+    out[inside] = values[inside] / support[inside]
+    return out
 
 
 def raw_sequences(case: Case) -> np.ndarray:
