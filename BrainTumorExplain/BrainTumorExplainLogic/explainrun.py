@@ -445,7 +445,10 @@ def add_run_outputs(scene, run_folder: str | Path, reference_node, folder_name: 
         for path in sorted((run_folder / CONCEPTS).glob("*.nii.gz")):
             run.add_labelmap(read_canonical(path, "concept mask")[0] > 0, f"concept {path.name[:-len('.nii.gz')]}")
         if (run_folder / BRAIN_MASK).is_file():  # the brain the network saw, when it is not the scan's own
-            source = summary.get("preprocessing", {}).get("brain_mask", {}).get("source", "")
+            preprocessing = summary.get("preprocessing", {})
+            source = preprocessing.get("brain_mask", {}).get("source", "")
+            if (preprocessing.get("brain_edge") or {}).get("cut"):
+                source += ", its partial-volume rim cut"
             run.add_labelmap(read_canonical(run_folder / BRAIN_MASK, "brain mask")[0] > 0, f"brain mask ({source})")
         if "review" in summary and (run_folder / REVIEW).is_file():
             run.add_review(read_canonical(run_folder / REVIEW, "review regions")[0], summary["review"]["regions"])

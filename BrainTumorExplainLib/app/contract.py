@@ -40,7 +40,7 @@ FEATVIZ = "featviz"
 REVIEW = "review.nii.gz"  # the review regions, region n = rank n (summary.json's review.regions say why)
 REGISTRATION = "registration"
 PREPROCESSING = "preprocessing.json"  # what the preprocess verb did (summary.json's parts on it)
-BRAIN_MASK = "brain_mask.nii.gz"  # written when the brain was masked by the atlas or the user's mask
+BRAIN_MASK = "brain_mask.nii.gz"  # written when the brain was masked by the atlas or the user's mask, or its rim cut
 ATLAS = "atlas"  # the atlas's name in registration_file: flair_to_atlas.tfm is the head's pose against it
 
 
