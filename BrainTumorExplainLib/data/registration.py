@@ -203,8 +203,8 @@ def misalignment_mm(fixed: "sitk.Image", moving: "sitk.Image", seed: int = 1) ->
     """How far ``moving`` lies off ``fixed`` (mm): the largest displacement over the box of ``fixed``'s non-zero
     voxels (the brain, when stripped) that one coarse level of the registration finds (shrunk to voxels of about
     :data:`_CHECK_VOXEL_MM`, 2 mm smoothing, :data:`_CHECK_ITERATIONS` steps; seeded). A quick measurement, not a
-    registration: its reading on aligned sequences stays under :data:`ALIGNMENT_TOLERANCE_MM`. None when the images are too small to register or ITK finds too
-    little overlap to measure with."""
+    registration: its reading on aligned sequences stays under :data:`ALIGNMENT_TOLERANCE_MM`. None when the images
+    are too small to register or ITK finds too little overlap to measure with."""
     fixed, moving = _float(fixed), _float(moving)
     if _too_small(fixed, moving):
         return None
