@@ -187,7 +187,7 @@ def _resume(checkpoint: Path, config: TrainConfig, model, optimiser, schedule, r
     if not checkpoint.is_file():
         return []
     state = torch.load(checkpoint, map_location=device, weights_only=True)
-    defaults = json.loads(json.dumps(asdict(TrainConfig())))  # for settings added since the checkpoint was written
+    defaults = json.loads(json.dumps(asdict(type(config)())))  # for settings added since the checkpoint was written
     if {**defaults, **json.loads(state["config"])} != json.loads(json.dumps(asdict(config))):
         raise InputError(f"{checkpoint}: checkpoint of a different training configuration; delete it or use "
                          "the same options")

@@ -370,14 +370,7 @@ def load_case(
         return load_saved_case(source)
 
     files = source if isinstance(source, CaseFiles) else find_case_files(source)
-    if reference not in MODALITIES:
-        raise CaseError(f"reference modality {reference!r} is not one of {MODALITIES}")
-    from .registration import MEASURE_FIRST
-
-    if coregister not in (True, False, MEASURE_FIRST):
-        raise ValueError(f"coregister={coregister!r}: True, False or {MEASURE_FIRST!r}")
-    if on_grid_mismatch not in ("resample", "error"):
-        raise CaseError(f"on_grid_mismatch must be 'resample' or 'error', got {on_grid_mismatch!r}")
+    _check_load_options(reference, on_grid_mismatch, coregister)
     if convention is not None:
         convention = label_convention(convention)
     else:
@@ -400,7 +393,7 @@ def load_case(
     for m in MODALITIES:
         image = reference_image if m == reference else read_image(Path(paths[m]), m, checked=True)
         if coregister and m != reference:
-            from .registration import coregistration, onto_reference
+            from .registration import MEASURE_FIRST, coregistration, onto_reference
 
             registrations[m] = coregistration(reference_image, image, m, reference, coregister == MEASURE_FIRST)
             image = onto_reference(image, reference_image, registrations[m]) if registrations[m].applied else image
@@ -430,6 +423,17 @@ def load_case(
         tissue = tissue.astype(np.uint8)
     return Case(files.case_id, images, brain_mask, grid, labels, tissue, convention, files, stats,
                 sequence_nonzero(nonzero, brain_mask), registrations=registrations if coregister else None)
+
+
+def _check_load_options(reference: str, on_grid_mismatch: str, coregister: bool | str) -> None:
+    from .registration import MEASURE_FIRST
+
+    if reference not in MODALITIES:
+        raise CaseError(f"reference modality {reference!r} is not one of {MODALITIES}")
+    if coregister not in (True, False, MEASURE_FIRST):
+        raise ValueError(f"coregister={coregister!r}: True, False or {MEASURE_FIRST!r}")
+    if on_grid_mismatch not in ("resample", "error"):
+        raise CaseError(f"on_grid_mismatch must be 'resample' or 'error', got {on_grid_mismatch!r}")
 
 
 def sequence_nonzero(nonzero: np.ndarray, brain_mask: np.ndarray) -> np.ndarray | None:
