@@ -49,3 +49,28 @@ def test_coarse_voxels_an_interpolated_edge_and_a_misalignment_left_are_said(sma
                                         "t2": registration(False, 4.2, None)})["warnings"]
     assert len(found) == 2 and "interpolated after skull-stripping (45%" in found[0]
     assert found[1].startswith("t2 is measured off the flair by 4.2 mm and not registered (mutual information")
+
+
+def test_intensities_unlike_the_training_cases_are_said(small_phantom, tmp_path_factory):
+    """The reference of eight training phantoms: another phantom passes; the same phantom with its T1 and T2 given
+    in each other's place (the network would see a T2 where it learned a T1) is said, per sequence, with its
+    quantile and the spreads it lies off. (scripts/intensity_check.py measures the limit on 1 mm phantoms: clinical
+    acquisitions stay within 2.5 spreads, swapped sequences lie 20 and more off.)"""
+    from dataclasses import replace
+
+    from BrainTumorExplainLib.data.domain import case_domain_check, intensity_profile, intensity_reference_from
+    from BrainTumorExplainLib.data.phantom import make_phantom, write_phantom
+    from conftest import SMALL
+
+    folder = tmp_path_factory.mktemp("reference")
+    reference = intensity_reference_from(load_case(write_phantom(make_phantom(seed, SMALL), folder))
+                                         for seed in range(80, 88))
+    assert reference["cases"] == 8 and set(reference["sequences"]) == {"flair", "t1", "t1ce", "t2"}
+    case = load_case(small_phantom)
+    assert case_domain_check(case, intensity_reference=reference)["warnings"] == []
+    assert case_domain_check(case)["warnings"] == []  # no reference (a bundle's network): no such check
+    swapped = replace(case, images=case.images[[0, 3, 2, 1]])
+    found = case_domain_check(swapped, intensity_reference=reference)["warnings"]
+    assert [warning.split("'")[0] for warning in found] == ["t1", "t2"], found
+    assert "quantile (z-scored over the brain) is" in found[0] and "over the network's 8 training cases" in found[0]
+    assert intensity_profile(swapped)["t1"] == intensity_profile(case)["t2"]

@@ -10,7 +10,7 @@ import torch
 
 from BrainTumorExplainLib.app.cli import main
 from BrainTumorExplainLib.app.training import TrainConfig, train
-from BrainTumorExplainLib.data.case import CaseError, find_cases, load_case
+from BrainTumorExplainLib.data.case import MODALITIES, CaseError, find_cases, load_case
 from BrainTumorExplainLib.models import load_weights
 
 CONFIG = TrainConfig(model="resunet", width=0.0625, epochs=3, steps_per_epoch=8, batch_size=4, crop=(64, 64),
@@ -37,6 +37,22 @@ def test_training_lowers_the_loss_and_writes_loadable_weights(tiny_data, tmp_pat
     assert training_spacing(model) == (3.0, 3.0, 3.0)
     case = load_case(tiny_data / "Phantom_00062")
     assert into_network_space(case, model) is case
+    # It keeps its training cases' intensities for the domain check (data.domain), the validation case not among them.
+    assert model.intensity_reference["cases"] == 2 and set(model.intensity_reference["sequences"]) == set(MODALITIES)
+    # Stored in half precision, as the shipped files are: half the bytes, float32 parameters again when loaded, and
+    # the labels of the trained network kept.
+    from BrainTumorExplainLib.models import save_weights
+    from BrainTumorExplainLib.models.inference import segment_case
+
+    save_weights(model, tmp_path / "half.pt", half=True, training_spacing_mm=[3.0, 3.0, 3.0])
+    stored = torch.load(tmp_path / "half.pt", weights_only=True)["state_dict"]
+    assert {t.dtype for t in stored.values() if t.is_floating_point()} == {torch.float16}
+    assert (tmp_path / "half.pt").stat().st_size < 0.6 * (tmp_path / "w.pt").stat().st_size
+    half = load_weights(tmp_path / "half.pt", architecture="resunet")
+    assert next(half.parameters()).dtype == torch.float32
+    assert half.intensity_reference is None  # save_weights keeps only the metadata it is given
+    labels = segment_case(model, case)
+    assert np.mean(segment_case(half, case) != labels) < 1e-3 and len(np.unique(labels)) > 1
 
 
 def test_interrupted_training_resumes_to_the_same_weights(tiny_data, tmp_path):

@@ -32,12 +32,12 @@ from BrainTumorExplainLib.data.acquisition import Acquisition, reacquire
 from BrainTumorExplainLib.data.case import check_case_files, find_case_files, find_cases, load_case
 from BrainTumorExplainLib.data.registration import sequences_share_one_grid
 from BrainTumorExplainLib.models.inference import segment_input
-from BrainTumorExplainLib.models.registry import load_pretrained
+from BrainTumorExplainLib.models.registry import load_model
 from BrainTumorExplainLib.models.space import prepare_case
 from BrainTumorExplainLib.scoring.metrics import score_segmentation
 from BrainTumorExplainLib.scoring.statistics import mean_interval
 
-NETWORKS = ("denseunet", "resunet", "simunet")
+NETWORKS = ("denseunet", "resunet", "simunet", "segresnet3d")
 REGIONS = ("WT", "TC", "ET")
 INTERPOLATED = {"stripped": False}
 ACQUISITIONS = {  # name -> Acquisition; "upright" is the case as shipped (1 mm, axis-aligned, sharply stripped)
@@ -64,8 +64,10 @@ def dice(labels: np.ndarray, truth) -> dict:
     return {region: round(scored[region].values["dice"], 4) for region in REGIONS}
 
 
-def measure(case_folder: Path, name: str, acquisition: Acquisition | None, networks: dict, scratch: Path) -> dict:
-    """One case through one acquisition: each network's Dice before and after, and what the preprocessing did."""
+def measure(case_folder: Path, name: str, acquisition: Acquisition | None, networks: dict, scratch: Path,
+            when_settings: tuple[str, ...] = ("before", "after")) -> dict:
+    """One case through one acquisition: each network's Dice before and after (or only ``when_settings``), and what
+    the preprocessing did."""
     files = find_case_files(case_folder) if acquisition is None else reacquire(case_folder, scratch / "case",
                                                                                 acquisition)
     truth = load_case(files)
@@ -74,7 +76,8 @@ def measure(case_folder: Path, name: str, acquisition: Acquisition | None, netwo
                 "after": {"coregister": "auto", "brain_mask": "auto"}}
     result = {"case": truth.case_id, "acquisition": name,
               "settings": None if acquisition is None else asdict(acquisition), "dice": {}, "preprocessing": {}}
-    for when, options in settings.items():
+    for when in when_settings:
+        options = settings[when]
         for network_name, network in networks.items():
             started = time.perf_counter()
             with warnings.catch_warnings():
@@ -107,7 +110,7 @@ def summarise(out: Path) -> dict:
             if network not in rows[0]["dice"]["after"]:
                 continue
             found = {}
-            for when in ("before", "after"):
+            for when in [when for when in ("before", "after") if when in rows[0]["dice"]]:
                 found[when] = {region: round(float(np.mean([r["dice"][when][network][region] for r in rows])), 3)
                                for region in REGIONS}
             change = np.array([r["dice"]["after"][network]["WT"] - upright[r["case"]][network]["WT"] for r in rows])
@@ -132,7 +135,8 @@ def markdown(table: dict) -> str:
             change = found["wt_change_from_upright"]
             interval = "—" if change["interval"][0] is None else f"[{change['interval'][0]:+.3f}, {change['interval'][1]:+.3f}]"
             lines.append(f"| {name} | {entry['cases']} | {network} | "
-                         + " | ".join(" / ".join(f"{found[when][r]:.3f}" for r in REGIONS) for when in ("before", "after"))
+                         + " | ".join(" / ".join(f"{found[when][r]:.3f}" for r in REGIONS) if when in found else "—"
+                                      for when in ("before", "after"))
                          + f" | {change['mean']:+.3f} {interval} | {change['within_0.05']} of {entry['cases']} |")
     return "\n".join(lines) + "\n"
 
@@ -142,25 +146,28 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="folder of held-out case folders")
     parser.add_argument("--out", type=Path, required=True, help="folder of per-(case, acquisition) results")
     parser.add_argument("--cases", type=int, default=5)
-    parser.add_argument("--networks", default=",".join(NETWORKS))
+    parser.add_argument("--networks", default=",".join(NETWORKS[:3]), help=f"any of {', '.join(NETWORKS)}")
+    parser.add_argument("--after-only", action="store_true", help="only today's default preprocessing (to compare "
+                        "weights, e.g. retrained ones, rather than preprocessings)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     torch.manual_seed(0)
-    networks = {name: load_pretrained(name) for name in args.networks.split(",")}
+    networks = {name: load_model(name) for name in args.networks.split(",")}
     for case_folder in find_cases(args.data)[: args.cases]:
         for name, acquisition in ACQUISITIONS.items():
             target = args.out / case_folder.name / _file_name(name)
             if target.exists():
                 continue
             with tempfile.TemporaryDirectory(prefix="bte_sweep_") as scratch:
-                result = measure(case_folder, name, acquisition, networks, Path(scratch))
+                result = measure(case_folder, name, acquisition, networks, Path(scratch),
+                                 ("after",) if args.after_only else ("before", "after"))
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_suffix(".partial")
             partial.write_text(json.dumps(result, indent=1))
             partial.replace(target)
             print(f"{case_folder.name} {name}: " + ", ".join(
-                f"{n} WT {result['dice']['before'][n]['WT']:.3f} → {result['dice']['after'][n]['WT']:.3f}"
+                f"{n} WT " + " → ".join(f"{result['dice'][when][n]['WT']:.3f}" for when in result["dice"])
                 for n in networks), flush=True)
     table = summarise(args.out)
     if args.json:

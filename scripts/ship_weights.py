@@ -1,18 +1,28 @@
 """Evaluate trained weights on held-out phantoms and ship them: BrainTumorExplainLib/weights/<model>.{pt,json}.
 
 Called by scripts/train_shipped_models.sh; the manifest records everything needed to reproduce and trust the file.
+The file is stored in half precision (save_weights(half=True)); the labels of the float32 and the shipped network
+are compared on every held-out voxel, the count is recorded in the manifest (``storage``), and the weights are not
+shipped when more than MAX_CHANGED_FRACTION of the voxels change.
 """
 
 import argparse
 import json
-import shutil
+import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from shipped_manifest import heldout_record, manifest
 
-from BrainTumorExplainLib.models import load_weights
+from BrainTumorExplainLib.data.case import find_cases, load_case
+from BrainTumorExplainLib.data.domain import intensity_reference_from
+from BrainTumorExplainLib.models import load_weights, save_weights
+from BrainTumorExplainLib.models.inference import segment_case
 from BrainTumorExplainLib.models.registry import WEIGHTS_DIR, sha256_of
+
+MAX_CHANGED_FRACTION = 1e-4
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--model", required=True)
@@ -21,17 +31,46 @@ parser.add_argument("--heldout", required=True, type=Path)
 parser.add_argument("--train-seconds", type=int, required=True)
 parser.add_argument("--device", default="cpu")
 parser.add_argument("--command", required=True)
+parser.add_argument("--train-data", type=Path, help="the training cases (default: train/ beside --weights); read only "
+                    "when the weights file predates the intensity reference train now keeps")
 args = parser.parse_args()
 
-model = load_weights(args.weights, architecture=args.model, device=args.device)
+
+def labels_changed(full, half, heldout: Path, device: str) -> dict:
+    """Voxels whose label differs between the float32 network and its half-precision copy, over the held-out cases."""
+    changed = total = 0
+    for path in find_cases(heldout):
+        case = load_case(path)
+        changed += int(np.count_nonzero(segment_case(full, case, device=device) != segment_case(half, case,
+                                                                                              device=device)))
+        total += case.labels.size
+    return {"precision": "float16", "heldout_voxels": total, "labels_changed": changed}
+
+
+full = load_weights(args.weights, architecture=args.model, device=args.device)
 payload = torch.load(args.weights, map_location="cpu", weights_only=True)
-heldout = heldout_record(args.model, model, args.heldout, args.device)
-WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+if "intensity_reference" not in payload["metadata"]:
+    train_data = args.train_data or args.weights.parent / "train"
+    payload["metadata"]["intensity_reference"] = intensity_reference_from(
+        load_case(train_data / case_id) for case_id in payload["metadata"]["training_cases"] if "~" not in case_id)
 target = WEIGHTS_DIR / f"{args.model}.pt"
-shutil.copyfile(args.weights, target)
-record = manifest(args.model, sum(p.numel() for p in model.parameters()), payload["metadata"], heldout, args,
+with tempfile.TemporaryDirectory() as scratch:
+    candidate = Path(scratch) / target.name
+    save_weights(full, candidate, half=True, **payload["metadata"])
+    shipped = load_weights(candidate, architecture=args.model, device=args.device)
+    storage = labels_changed(full, shipped, args.heldout, args.device)
+    if storage["labels_changed"] > MAX_CHANGED_FRACTION * storage["heldout_voxels"]:
+        print(f"error: {args.weights}: half precision changes {storage['labels_changed']} of "
+              f"{storage['heldout_voxels']} held-out labels (more than {MAX_CHANGED_FRACTION:g}); not shipped",
+              file=sys.stderr)
+        sys.exit(2)
+    heldout = heldout_record(args.model, shipped, args.heldout, args.device)
+    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    candidate.replace(target)
+record = manifest(args.model, sum(p.numel() for p in shipped.parameters()), payload["metadata"], heldout, args,
                   weights=target.name, sha256=sha256_of(target), architecture=payload["architecture"],
-                  config=payload["config"])
+                  config=payload["config"], storage=storage)
 (WEIGHTS_DIR / f"{args.model}.json").write_text(json.dumps(record, indent=2) + "\n")
-print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB); held-out mean Dice " +
+print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB, float16: {storage['labels_changed']} of "
+      f"{storage['heldout_voxels']} held-out labels changed); held-out mean Dice " +
       ", ".join(f"{k} {v['dice']:.3f}" for k, v in heldout["mean"].items()))

@@ -260,7 +260,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
                                    "summary.json and report.html, all on the case's own grid.")
     p.add_argument("case", nargs="?", type=Path, help="BraTS case folder (or give the four files), or a dataset: "
                    "a folder of case folders or a .txt/.csv list of them, written to OUT/<case-id>/ with "
-                   "OUT/cohort.csv, cohort.json and cohort.html; a rerun resumes (see README, Whole datasets)")
+                   "OUT/cohort.csv, cohort.json and cohort.html; a rerun resumes (see docs/datasets.md)")
     for modality in MODALITIES:
         p.add_argument(f"--{modality}", type=Path, help=f"{modality} file, instead of a case folder")
     p.add_argument("--seg", type=Path, help="ground-truth label file (optional, with the four files)")
@@ -360,7 +360,7 @@ def _case_for(args: argparse.Namespace, model):
     printed."""
     from ..data.domain import case_domain_check
     from ..data.registration import coregistration_state, registration_words
-    from ..models.space import prepare_case, training_spacing
+    from ..models.space import prepare_case, training_intensities, training_spacing
 
     prepared, steps = prepare_case(args.case, model, args.coregister, args.resample, args.atlas, args.brain_mask)
     case = prepared.original or prepared  # as read and preprocessed, before any resampling
@@ -370,7 +370,7 @@ def _case_for(args: argparse.Namespace, model):
             print(f"  {sequence} → {found.reference}: {registration_words(found.to_dict())}")
         for line in steps.lines():
             print(line)
-    for warning in case_domain_check(case, steps, training_spacing(model))["warnings"]:
+    for warning in case_domain_check(case, steps, training_spacing(model), training_intensities(model))["warnings"]:
         print(f"warning: {case.case_id}: {warning}", file=sys.stderr)
     return prepared
 

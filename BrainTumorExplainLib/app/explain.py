@@ -162,7 +162,7 @@ def _dissection(model, config: ExplainConfig):
 
 
 def _summary_start(case, model, config: ExplainConfig, device, steps) -> dict:
-    from ..models.space import space_summary, training_spacing
+    from ..models.space import space_summary, training_intensities, training_spacing
 
     roles = ("flair", "t1", "t1ce", "t2", "seg", "tissue")
     return {
@@ -170,7 +170,7 @@ def _summary_start(case, model, config: ExplainConfig, device, steps) -> dict:
         "model": Path(config.model).name if Path(config.model).is_dir() else config.model,
         "config": asdict(config), "device": device_name(device), "versions": library_versions(),
         "ground_truth": case.labels is not None,
-        **preprocessing_summary(case.as_read, steps, training_spacing(model)),
+        **preprocessing_summary(case.as_read, steps, training_spacing(model), training_intensities(model)),
         "network_space": space_summary(case, model),
         "inputs": {"files": {role: str(getattr(case.files, role)) if getattr(case.files, role) else None
                              for role in roles},
@@ -178,10 +178,12 @@ def _summary_start(case, model, config: ExplainConfig, device, steps) -> dict:
     }
 
 
-def preprocessing_summary(as_read, steps, spacing: tuple[float, float, float] | None = None) -> dict:
+def preprocessing_summary(as_read, steps, spacing: tuple[float, float, float] | None = None,
+                          intensities: dict | None = None) -> dict:
     """What ``summary.json`` (and ``preprocess``'s ``preprocessing.json``) say of the preprocessing of a case as read:
     ``coregistration``, ``preprocessing`` (each step, why, seconds) and ``domain`` (the checks after it, with the
-    voxel size the network was trained at, ``spacing``, when there is one)."""
+    voxel size the network was trained at, ``spacing``, and its training cases' ``intensities``
+    (:func:`models.space.training_intensities`), when there are)."""
     registrations = as_read.registrations
     from ..data.registration import coregistration_state
 
@@ -190,7 +192,7 @@ def preprocessing_summary(as_read, steps, spacing: tuple[float, float, float] | 
                                "sequences": {sequence: registration.to_dict()
                                              for sequence, registration in (registrations or {}).items()}},
             "preprocessing": {**steps.to_dict(), "steps": steps.lines()},
-            "domain": case_domain_check(as_read, steps, spacing)}
+            "domain": case_domain_check(as_read, steps, spacing, intensities)}
 
 
 def write_preprocessing(case, steps, work: Path) -> list[Path]:

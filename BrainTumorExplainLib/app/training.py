@@ -27,6 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from ..data.case import Case, CaseError, find_cases, load_case
+from ..data.domain import intensity_reference_from
 from ..data.labels import REGIONS, region_mask
 from ..errors import InputError
 from ..models import build_model, save_weights
@@ -253,6 +254,7 @@ def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: b
     cases = [load_case(path) for path in progress_bar(case_paths, "load cases" if progress else None, unit="case")]
     spacing = np.median([case.spacing for case in cases[:split]], axis=0)  # median voxel size, as nnU-Net's target
     training, validation = SliceData.from_cases(cases[:split]), SliceData.from_cases(cases[split:])
+    intensities = intensity_reference_from(cases[:split])  # for the domain check of the cases it will be given
     del cases
     for case in acquired_cases(case_paths[:split], config, tuple(float(v) for v in spacing), progress, log):
         training.extend(SliceData.from_cases([case]))
@@ -291,5 +293,5 @@ def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: b
     with OutputFile(out, overwrite=True).writing() as written:  # the checkpoint stays until the weights are whole
         save_weights(model.cpu(), written, training=asdict(config), history=history,
                      training_cases=training.case_ids, validation_cases=validation.case_ids,
-                     training_spacing_mm=[round(float(s), 4) for s in spacing])
+                     training_spacing_mm=[round(float(s), 4) for s in spacing], intensity_reference=intensities)
     return history

@@ -19,7 +19,13 @@ Given what the preprocessing found, three more (issue 35: each of these once gav
 * a brain edge interpolated after skull-stripping (:mod:`data.brain_edge`): the rim is cut, but the whole image was
   interpolated, its intensities smoothed as the network never saw them;
 * a sequence measured off the FLAIR and left so (:mod:`data.registration`: a registration refused, or one that
-  leaves it measured off by more than the tolerance).
+  leaves it measured off by more than the tolerance);
+* intensities unlike the training cases': each sequence is z-scored over the brain, so what is left to compare is
+  the shape of its distribution — its quantiles (:data:`INTENSITY_QUANTILES`) against their mean and spread over the
+  network's training cases (:func:`intensity_reference_from`, stored with weights ``train`` writes), beyond
+  :data:`INTENSITY_LIMIT` spreads. It catches a sequence given in the place of another, a scan of another contrast
+  or scanner, and an uncorrected bias field; a network with no stored reference (a bundle, an nnU-Net folder)
+  gets no such check.
 
 The network's own space (voxel size, obliquity) is handled where it is (:func:`models.space.space_summary`).
 """
@@ -32,6 +38,9 @@ MAX_BRAIN_FRACTION = 0.5
 MAX_FACES_TOUCHED = 2  # a brain may reach the box's top and bottom slices (BraTS crops at 155 slices), not more
 BRAIN_VOLUME_ML = (700.0, 2200.0)  # adult brains (with the tumour) lie well inside this range
 COARSE_FACTOR = 2.5  # a voxel at least this many times the network's along an axis loses what the network looks for
+INTENSITY_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+INTENSITY_LIMIT = 4.0  # training spreads (standard deviations over the training cases) a quantile may lie off
+MIN_INTENSITY_SPREAD = 0.05  # z-score units: the floor under a spread the training cases happen to share closely
 _AXES = ("inferior–superior", "posterior–anterior", "right–left")  # canonical z, y, x
 
 
@@ -48,11 +57,13 @@ def looks_skull_stripped(brain_mask: np.ndarray) -> bool:
 
 def domain_check(brain_mask: np.ndarray, spacing_mm: tuple[float, float, float], *,
                  training_spacing: tuple[float, float, float] | None = None, brain_edge=None,
-                 registrations: dict | None = None) -> dict:
+                 registrations: dict | None = None, intensities: dict | None = None,
+                 intensity_reference: dict | None = None) -> dict:
     """The measurements above for a canonical brain mask and its voxel size (mm, canonical order), with a
     ``warnings`` list (empty when the case looks like the training data); with the network's ``training_spacing``
-    (canonical), the preprocessing's ``brain_edge`` (:class:`data.brain_edge.BrainEdge`) and the case's
-    ``registrations`` (:attr:`data.case.Case.registrations`), the checks that need them."""
+    (canonical), the preprocessing's ``brain_edge`` (:class:`data.brain_edge.BrainEdge`), the case's
+    ``registrations`` (:attr:`data.case.Case.registrations`), and its ``intensities`` (:func:`intensity_profile`)
+    with the network's ``intensity_reference``, the checks that need them."""
     brain = np.asarray(brain_mask, dtype=bool)
     volume_ml = float(brain.sum() * np.prod(spacing_mm) / 1000.0)
     fraction, faces = _fraction_and_faces(brain)
@@ -72,6 +83,8 @@ def domain_check(brain_mask: np.ndarray, spacing_mm: tuple[float, float, float],
                         "brain's outermost voxels were partial, a rim now cut from the mask): its intensities are "
                         "smoothed as well, which the networks never saw in training")
     warnings += _misalignment_left(registrations or {})
+    if intensities is not None and intensity_reference is not None:
+        warnings += _intensities_far(intensities, intensity_reference)
     return {"brain_volume_ml": round(volume_ml, 1), "brain_fraction": round(fraction, 4), "faces_touched": faces,
             "warnings": warnings}
 
@@ -106,8 +119,50 @@ def _misalignment_left(registrations: dict) -> list[str]:
     return warnings
 
 
-def case_domain_check(case, steps=None, training_spacing: tuple[float, float, float] | None = None) -> dict:
+def intensity_profile(case) -> dict[str, list[float]]:
+    """Each sequence's :data:`INTENSITY_QUANTILES` over the brain, as the network sees it (z-scored)."""
+    from .case import MODALITIES
+
+    return {name: [round(float(q), 4) for q in np.quantile(case.images[c][case.brain_mask], INTENSITY_QUANTILES)]
+            for c, name in enumerate(MODALITIES)}
+
+
+def intensity_reference_from(cases) -> dict:
+    """The training cases' :func:`intensity_profile` summarised: per sequence, each quantile's mean and standard
+    deviation over the cases, as read (what weights ``train`` writes keep as ``intensity_reference``)."""
+    profiles = [intensity_profile(case) for case in cases]
+    if len(profiles) < 2:
+        raise ValueError("an intensity reference needs at least two training cases")
+    return {"quantiles": list(INTENSITY_QUANTILES), "cases": len(profiles),
+            "sequences": {name: {"mean": [round(float(v), 4) for v in np.mean(values, axis=0)],
+                                 "std": [round(float(v), 4) for v in np.std(values, axis=0, ddof=1)]}
+                          for name in profiles[0] for values in [[profile[name] for profile in profiles]]}}
+
+
+def _intensities_far(intensities: dict, reference: dict) -> list[str]:
+    warnings = []
+    for name, stored in reference["sequences"].items():
+        if name not in intensities:
+            continue
+        mean, spread = np.asarray(stored["mean"]), np.maximum(np.asarray(stored["std"]), MIN_INTENSITY_SPREAD)
+        offs = (np.asarray(intensities[name]) - mean) / spread
+        worst = int(np.argmax(np.abs(offs)))
+        if abs(offs[worst]) > INTENSITY_LIMIT:
+            warnings.append(
+                f"{name}'s intensities are unlike the training cases': its {reference['quantiles'][worst]:.0%} "
+                f"quantile (z-scored over the brain) is {intensities[name][worst]:.2f} against {mean[worst]:.2f} ± "
+                f"{spread[worst]:.2f} over the network's {reference['cases']} training cases ({offs[worst]:+.0f} "
+                "spreads): another contrast or scanner, a sequence given in another's place, or an uncorrected bias "
+                "field — the network was not trained on what it sees")
+    return warnings
+
+
+def case_domain_check(case, steps=None, training_spacing: tuple[float, float, float] | None = None,
+                      intensity_reference: dict | None = None) -> dict:
     """:func:`domain_check` of a case as read and preprocessed (:func:`data.preprocess.preprocess`'s ``steps``, None
-    for a saved case), for a network trained at ``training_spacing``."""
+    for a saved case), for a network trained at ``training_spacing`` on cases whose intensities
+    ``intensity_reference`` summarises (:func:`intensity_reference_from`)."""
     return domain_check(case.brain_mask, case.spacing, training_spacing=training_spacing,
-                        brain_edge=None if steps is None else steps.brain_edge, registrations=case.registrations)
+                        brain_edge=None if steps is None else steps.brain_edge, registrations=case.registrations,
+                        intensities=None if intensity_reference is None else intensity_profile(case),
+                        intensity_reference=intensity_reference)

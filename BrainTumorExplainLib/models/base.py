@@ -45,6 +45,8 @@ class SegmentationNet(nn.Module):
     # The voxel size (mm, canonical z, y, x) of the cases it was trained on: the shipped weights, 1 mm phantoms as
     # BraTS; a weights file from `train` says its own (models.registry.load_weights).
     training_spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # Its training cases' intensities (data.domain.intensity_reference_from), when the weights file keeps them.
+    intensity_reference: dict | None = None
     config: dict  # constructor arguments, saved with the weights so the file rebuilds the same network
 
     def __init__(self) -> None:

@@ -6,8 +6,8 @@ runs code from the file. ``checksum`` is the sha256 of everything else in the di
 does not check its zip, so a flipped byte would otherwise load as a different network. Files without one (written
 before it existed) load with a warning; parameters that are NaN or infinite are refused. Shipped
 weights sit in ``BrainTumorExplainLib/weights/<name>.pt`` beside ``<name>.json``, a manifest whose ``sha256`` is
-checked before the file is even unpickled — wherever a weights file lies, when such a manifest lies beside it (the
-shipped files predate the stored checksum: a copy of one is verified only with its manifest).
+checked before the file is even unpickled — wherever a weights file lies, when such a manifest lies beside it. The
+shipped files are stored in half precision (:func:`save_weights`).
 """
 
 from __future__ import annotations
@@ -54,17 +54,25 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_weights(model: SegmentationNet, path: str | Path, **metadata: Any) -> str:
-    """Write ``model``'s weights (CPU tensors) with what rebuilds it; returns the file's sha256."""
+def save_weights(model: SegmentationNet, path: str | Path, *, half: bool = False, **metadata: Any) -> str:
+    """Write ``model``'s weights (CPU tensors) with what rebuilds it; returns the file's sha256.
+
+    ``half`` stores the floating-point tensors in float16, half the bytes (how the shipped weights are kept: every
+    re-shipped file stays in the repository's history); loading casts them back into the network's float32
+    parameters. Whether that rounding changes a network's labels is measured when it is shipped
+    (scripts/ship_weights.py), not assumed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    stored = torch.float16 if half else None
     payload = {
         "format": WEIGHTS_FORMAT,
         "library_version": __version__,
         "architecture": model.architecture,
         "config": dict(model.config),
         "metadata": metadata,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().to(stored) if stored and v.is_floating_point() else v.detach().cpu()
+                       for k, v in model.state_dict().items()},
     }
     check_finite(payload["state_dict"], path)
     payload["checksum"] = payload_checksum(payload)
@@ -129,9 +137,10 @@ def load_weights(path: str | Path, *, expected_sha256: str | None = None, archit
         first = str(error).splitlines()[1:2] or [str(error)]
         raise WeightsError(f"{path}: weights do not fit {stored} with config {payload.get('config')}: "
                            f"{first[0].strip()[:160]}") from None
-    spacing = (payload.get("metadata") or {}).get("training_spacing_mm")
-    if spacing is not None:  # written by `train`; the shipped files predate it and were trained at the default
-        model.training_spacing_mm = tuple(float(s) for s in spacing)
+    metadata = payload.get("metadata") or {}
+    if metadata.get("training_spacing_mm") is not None:  # written by `train`; older files were trained at the default
+        model.training_spacing_mm = tuple(float(s) for s in metadata["training_spacing_mm"])
+    model.intensity_reference = metadata.get("intensity_reference")  # written by `train` since issue 35
     return model.to(device).eval()
 
 

@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from ..data.preprocess import Preprocessing
 
 
+def training_intensities(network) -> dict | None:
+    """The intensities of ``network``'s training cases (:func:`data.domain.intensity_reference_from`); None when its
+    weights file keeps none (a bundle, an nnU-Net folder, weights written before they were kept)."""
+    return getattr(network, "intensity_reference", None)
+
+
 def training_spacing(network) -> tuple[float, float, float] | None:
     """The voxel size (mm, canonical ``z, y, x``) ``network`` was trained at; None when its description has none."""
     from .volume import DescribedNetwork
