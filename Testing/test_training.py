@@ -164,7 +164,8 @@ def test_training_leaves_the_global_torch_rng_alone(tiny_data, tmp_path):
     assert torch.equal(torch.get_rng_state(), before)
 
 
-def test_clinical_acquisitions_of_the_training_cases_are_seeded_and_in_the_training_space(tiny_data, tmp_path):
+def test_clinical_acquisitions_of_the_training_cases_are_seeded_and_in_the_training_space(tiny_data, tmp_path,
+                                                                                       monkeypatch):
     """Issue 35: each training case seen through a random clinical acquisition and brought back as inference brings
     a scan — on the training grid, with its labels, the same for the same seed — and trained on beside the
     originals (their ids in the weights file); the validation case gets none."""
@@ -184,3 +185,35 @@ def test_clinical_acquisitions_of_the_training_cases_are_seeded_and_in_the_train
     metadata = torch.load(tmp_path / "w.pt", weights_only=True)["metadata"]
     assert metadata["training"]["acquisitions"] == 1
     assert metadata["training_cases"] == ["Phantom_00060", "Phantom_00061", "Phantom_00060~acq0", "Phantom_00061~acq0"]
+    # Kept in a cache, the acquisitions are read back as made: the next run makes none.
+    cache = tmp_path / "acquisitions"
+    made = list(acquired_cases(paths, config, (3.0, 3.0, 3.0), False, cache=cache))
+    assert len(list(cache.glob("*.npz"))) == 2 and not list(cache.glob("*.partial*"))
+    from BrainTumorExplainLib.data import acquisition
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("an acquisition was made again although it was kept")
+
+    monkeypatch.setattr(acquisition, "reacquire", refuse)
+    read = list(acquired_cases(paths, config, (3.0, 3.0, 3.0), False, cache=cache))
+    for case, back in zip(made, read):
+        assert back.case_id == case.case_id and back.grid.canonical_spacing == case.grid.canonical_spacing
+        np.testing.assert_array_equal(back.images, case.images)
+        np.testing.assert_array_equal(back.labels, case.labels)
+
+
+def test_upright_share_draws_that_share_of_each_batch_from_the_cases_as_read():
+    """``upright_share`` 1 draws only from the cases as read, 0 only from the acquisitions; None draws every case
+    alike (the RNG's use unchanged for the recipes that predate it)."""
+    from BrainTumorExplainLib.app.training import SliceData
+
+    def slices(value: int) -> np.ndarray:
+        return np.full((4, 3, 8, 8), value, dtype=np.float16)
+
+    data = SliceData([slices(1), slices(2), slices(-1)], [np.ones((3, 8, 8), np.uint8)] * 3, [(4, 4)] * 3,
+                     ["A", "B", "A~acq0"])
+    for share, expected in ((1.0, {1.0, 2.0}), (0.0, {-1.0})):
+        x, _ = data.sample(np.random.default_rng(0), 64, (8, 8), 0.7, augment=False, upright_share=share)
+        assert set(x[:, 0, 4, 4].tolist()) == expected
+    x, _ = data.sample(np.random.default_rng(0), 64, (8, 8), 0.7, augment=False)
+    assert set(x[:, 0, 4, 4].tolist()) == {1.0, 2.0, -1.0}

@@ -3,7 +3,8 @@
 # BrainTumorExplainLib/weights/<model>.{pt,json}. Usage: bash scripts/train_shipped_models.sh [WORKDIR] [DEVICE] [MODELS...]
 # EPOCHS (default 10, 100 steps each) sets the training length; all three 2D models used the default. ACQUISITIONS
 # (default 0, as the shipped weights were trained) adds that many clinical acquisitions of each training case
-# (train --acquisitions, issue 35). segresnet3d is
+# (train --acquisitions, issue 35; kept in WORKDIR/acquisitions for the next network), UPRIGHT_SHARE (default: none)
+# the share of each batch drawn from the cases as read (train --upright-share). segresnet3d is
 # the shipped 3D network, a MONAI bundle (train-bundle with its own defaults; EPOCHS does not apply to it).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/shipped_args.sh" "$@"
@@ -16,7 +17,8 @@ for model in "${models[@]}"; do
         ship=(scripts/ship_bundle.py --name "$model" --bundle "$work/$model")
     else
         command=(-m BrainTumorExplainLib train --data "$work/train" --model "$model" --out "$work/$model.pt"
-                 --width 0.25 --epochs "${EPOCHS:-10}" --acquisitions "${ACQUISITIONS:-0}" --steps 100 --batch-size 8 --lr 0.002 --validation 2 --seed 0 --device "$device" --overwrite)
+                 --width 0.25 --epochs "${EPOCHS:-10}" --acquisitions "${ACQUISITIONS:-0}" ${UPRIGHT_SHARE:+--upright-share "$UPRIGHT_SHARE"}
+                 --acquisition-cache "$work/acquisitions" --steps 100 --batch-size 8 --lr 0.002 --validation 2 --seed 0 --device "$device" --overwrite)
         ship=(scripts/ship_weights.py --model "$model" --weights "$work/$model.pt")
     fi
     start=$(date +%s)

@@ -420,6 +420,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "clinical acquisitions of it (voxel size, tilt, flips, interpolation, motion, bias field, noise), "
                    "brought back into the training space as inference does, added to the training data (default "
                    f"{defaults.acquisitions})", **number_option(int, minimum=0))
+    p.add_argument("--upright-share", default=defaults.upright_share, help="with --acquisitions, the share of each "
+                   "batch drawn from the cases as read (default: every case, read or acquired, alike)",
+                   **number_option(float, minimum=0, maximum=1))
+    p.add_argument("--acquisition-cache", type=Path, help="folder keeping the clinical acquisitions, so that a "
+                   "rerun, a resumed run or another network on the same cases and seed reads them instead of "
+                   "making them again (keyed by case, acquisition, training space and library version)")
     _add_training_options(p, defaults)
     _add_overwrite(p, "an existing weights file")
     p.set_defaults(run=_run_train)
@@ -434,8 +440,8 @@ def _run_train(args: argparse.Namespace) -> int:
     OutputFile(args.out, [args.data], args.overwrite)  # checked now; train() writes it when the run is complete
     build_model(args.model, width=args.width)  # unknown names fail here, before any data is read
     config = TrainConfig(model=args.model, width=args.width, acquisitions=args.acquisitions,
-                         **_training_settings(args))
-    history = train(args.data, args.out, config, resume=not args.no_resume)
+                         upright_share=args.upright_share, **_training_settings(args))
+    history = train(args.data, args.out, config, resume=not args.no_resume, acquisition_cache=args.acquisition_cache)
     print(f"wrote {args.out} after {len(history)} epochs")
     return 0
 

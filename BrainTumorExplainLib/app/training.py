@@ -16,6 +16,7 @@ same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -51,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     acquisitions: int = 0  # clinical acquisitions per training case (see the module notes)
+    upright_share: float | None = None  # share of each batch drawn from the cases as read (None: every case alike)
 
 
 def _crop_window(size: int, centre: float, jitter: int, rng: np.random.Generator | None) -> slice:
@@ -102,10 +104,19 @@ class SliceData:
         return torch.tensor(weights / weights.mean(), dtype=torch.float32)
 
     def sample(self, rng: np.random.Generator, batch_size: int, crop: tuple[int, int], tumour_fraction: float,
-               augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+               augment: bool = True, upright_share: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of cropped slices. ``upright_share``: the chance a slice comes from a case as read rather than from
+        a clinical acquisition of one (case id ``…~acq<k>``); None draws every case alike."""
         xs, ys = [], []
+        acquired = np.array(["~acq" in case_id for case_id in self.case_ids])
+        pools = None if upright_share is None or acquired.all() or not acquired.any() else \
+            (np.flatnonzero(~acquired), np.flatnonzero(acquired))
         for _ in range(batch_size):
-            index = int(rng.integers(len(self.images)))
+            if pools is None:
+                index = int(rng.integers(len(self.images)))
+            else:
+                pool = pools[0] if rng.random() < upright_share else pools[1]
+                index = int(pool[rng.integers(len(pool))])
             labels = self.labels[index]
             tumour = np.flatnonzero(labels.reshape(len(labels), -1).any(axis=1))
             pool = tumour if len(tumour) and rng.random() < tumour_fraction else np.arange(len(labels))
@@ -172,14 +183,17 @@ def _checkpoint_path(out: Path) -> Path:
 
 
 def train(data_dir: str | Path, out: str | Path, config: TrainConfig = TrainConfig(), resume: bool = True,
-          progress: bool = True, log: Callable[[str], None] = print) -> list[dict]:
+          progress: bool = True, log: Callable[[str], None] = print,
+          acquisition_cache: str | Path | None = None) -> list[dict]:
     """Train ``config.model`` on the cases in ``data_dir`` and write the weights to ``out``; returns the history.
 
     The caller's global torch RNG state is left as it was (the run seeds and uses a forked one).
+    ``acquisition_cache``: a folder keeping the clinical acquisitions for later runs (:func:`acquired_cases`).
     """
     cuda = torch.device(config.device).type == "cuda"
+    cache = None if acquisition_cache is None else Path(acquisition_cache)
     with torch.random.fork_rng(devices=[torch.device(config.device).index or 0] if cuda else []):
-        return _train(data_dir, out, config, resume, progress, log)
+        return _train(data_dir, out, config, resume, progress, log, cache)
 
 
 def _resume(checkpoint: Path, config: TrainConfig, model, optimiser, schedule, rng: np.random.Generator,
@@ -216,10 +230,14 @@ def _save_checkpoint(checkpoint: Path, config: TrainConfig, model, optimiser, sc
 
 
 def acquired_cases(paths: list[Path], config: TrainConfig, spacing: tuple[float, float, float], progress: bool,
-                   log: Callable[[str], None] = print):
+                   log: Callable[[str], None] = print, cache: Path | None = None):
     """``config.acquisitions`` clinical acquisitions of each case folder in ``paths``, each drawn from the seed
     ``(config.seed, case index, k)``, written to a scratch folder, then read as inference reads a scan and brought
-    into the training space (``spacing``), its labels with it; yielded one at a time, case id ``<case>~acq<k>``."""
+    into the training space (``spacing``), its labels with it; yielded one at a time, case id ``<case>~acq<k>``.
+
+    ``cache``: a folder where each is kept as a saved case (:meth:`data.case.Case.save`), named by the case, the
+    acquisition, the training space and the library version, and read back by a later run instead of made again
+    (about 15 s each at 1 mm; another network trained on the same cases with the same seed reuses them)."""
     import tempfile
     import warnings
     from dataclasses import replace
@@ -231,6 +249,10 @@ def acquired_cases(paths: list[Path], config: TrainConfig, spacing: tuple[float,
     jobs = [(index, path, k) for index, path in enumerate(paths) for k in range(config.acquisitions)]
     for index, path, k in progress_bar(jobs, "clinical acquisitions" if progress and jobs else None, unit="case"):
         acquisition = random_acquisition(np.random.default_rng((config.seed, index, k)), min(spacing))
+        kept = None if cache is None else cache / _cached_name(path, k, acquisition, spacing)
+        if kept is not None and kept.is_file():
+            yield load_case(kept)
+            continue
         with tempfile.TemporaryDirectory(prefix="bte_acquired_") as scratch, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # grids that differ, off the training space: the point
             try:
@@ -238,12 +260,25 @@ def acquired_cases(paths: list[Path], config: TrainConfig, spacing: tuple[float,
             except CaseError as error:  # e.g. a tilt that leaves a sequence empty: this draw is left out, said
                 log(f"{path.name}: clinical acquisition {k} left out ({error})")
                 continue
-            case = resample_case(case, spacing)
-        yield replace(case, case_id=f"{case.case_id}~acq{k}")
+            case = replace(resample_case(case, spacing), case_id=f"{case.case_id}~acq{k}")
+        if kept is not None:
+            in_space = replace(case, original=None, grid=getattr(case.grid, "grid", case.grid))  # as trained on
+            partial = in_space.save(kept.with_name(kept.stem + ".partial.npz"))
+            partial.replace(kept)
+        yield case
+
+
+def _cached_name(path: Path, k: int, acquisition, spacing: tuple[float, float, float]) -> str:
+    """What an acquired case depends on, in its cache file's name: the case folder, k, the acquisition drawn, the
+    training space and the library version (the code that made it)."""
+    from .. import __version__
+
+    key = json.dumps([str(Path(path).resolve()), asdict(acquisition), [float(v) for v in spacing], __version__])
+    return f"{Path(path).name}~acq{k}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
 def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: bool, progress: bool,
-           log: Callable[[str], None]) -> list[dict]:
+           log: Callable[[str], None], cache: Path | None = None) -> list[dict]:
     out = Path(out)
     device = torch.device(config.device)
     case_paths = find_cases(data_dir)
@@ -256,7 +291,7 @@ def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: b
     training, validation = SliceData.from_cases(cases[:split]), SliceData.from_cases(cases[split:])
     intensities = intensity_reference_from(cases[:split])  # for the domain check of the cases it will be given
     del cases
-    for case in acquired_cases(case_paths[:split], config, tuple(float(v) for v in spacing), progress, log):
+    for case in acquired_cases(case_paths[:split], config, tuple(float(v) for v in spacing), progress, log, cache):
         training.extend(SliceData.from_cases([case]))
 
     torch.manual_seed(config.seed)
@@ -276,7 +311,8 @@ def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: b
         label = f"epoch {epoch + 1}/{config.epochs}" if progress else None
         losses = []
         for _ in progress_bar(range(config.steps_per_epoch), label, unit="step"):
-            x, y = training.sample(rng, config.batch_size, config.crop, config.tumour_slice_fraction)
+            x, y = training.sample(rng, config.batch_size, config.crop, config.tumour_slice_fraction,
+                                   upright_share=config.upright_share)
             loss = segmentation_loss(model(x.to(device)), y.to(device), weights)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
