@@ -63,12 +63,15 @@ from BrainTumorExplainLib.app.settings import (  # noqa: E402  (no torch)
     DEVICE_CHOICES,
     GRADCAM_CLASS_CHOICES,
     MODEL_NAMES,
+    UNCERTAINTY_MODES,
     ExplainConfig,
+    uncertainty_mode,
 )
 from BrainTumorExplainLib.data.case import MODALITIES, SAMPLE_CASE  # noqa: E402  (numpy only at import)
 
 POLL_MS = 500
 DEFAULTS = ExplainConfig()
+DEFAULT_UNCERTAINTY = uncertainty_mode(DEFAULTS.quick)  # auto: quick on a CPU, the full passes on a GPU
 
 
 class BrainTumorExplain(ScriptedLoadableModule):
@@ -128,14 +131,17 @@ class BrainTumorExplainParameterNode:
     weights: str = ""  # bound by hand: a path line edit
     network: str = ""  # bound by hand: a path line edit (a MONAI bundle folder), used instead of ``model``
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = DEFAULTS.device
-    quick: bool = True
+    uncertainty: Annotated[str, Choice(list(UNCERTAINTY_MODES))] = DEFAULT_UNCERTAINTY
     passes: Annotated[int, WithinRange(2, 1000)] = DEFAULTS.passes
     layers: str = DEFAULTS.layers  # bound by hand on editingFinished: Slicer 5.6/5.8 rewrite a bound line edit per key
     classes: Annotated[str, Choice(list(GRADCAM_CLASS_CHOICES))] = DEFAULTS.classes
     full_resolution: bool = DEFAULTS.full_resolution
 
 
-CHOICE_PARAMETERS = {"model": MODEL_NAMES, "device": DEVICE_CHOICES, "classes": GRADCAM_CLASS_CHOICES}
+# combo-box parameter → its choices and its default (the library's)
+CHOICE_PARAMETERS = {"model": (MODEL_NAMES, DEFAULTS.model), "device": (DEVICE_CHOICES, DEFAULTS.device),
+                     "classes": (GRADCAM_CLASS_CHOICES, DEFAULTS.classes),
+                     "uncertainty": (tuple(UNCERTAINTY_MODES), DEFAULT_UNCERTAINTY)}
 # setting → the .ui widget whose text names it: the run's messages name command-line options, the panel its controls
 CONTROLS = {"model": "formLabel5", "weights": "formLabel6", "trust_bundle": "trustBundleCheckBox",
             "device": "formLabel7", "quick": "formLabel8", "passes": "formLabel9", "layers": "formLabel10",
@@ -261,9 +267,9 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _resetUnknownChoices(self) -> None:
         """A scene saved by another version may hold a value the combo box does not offer: use the default."""
-        for name, choices in CHOICE_PARAMETERS.items():
+        for name, (choices, default) in CHOICE_PARAMETERS.items():
             if getattr(self._parameterNode, name) not in choices:
-                setattr(self._parameterNode, name, getattr(DEFAULTS, name))
+                setattr(self._parameterNode, name, default)
 
     def autoAssignInputs(self) -> None:
         """Fill empty modality slots from node names; say which names were ambiguous."""
@@ -636,7 +642,8 @@ class BrainTumorExplainLogic(ScriptedLoadableModuleLogic):
         own = bool(parameters.network)
         return panel_config(model=parameters.network if own else parameters.model,
                             weights=None if own else parameters.weights or None, device=parameters.device,
-                            quick=parameters.quick, passes=parameters.passes, layers=parameters.layers,
+                            quick=UNCERTAINTY_MODES[parameters.uncertainty], passes=parameters.passes,
+                            layers=parameters.layers,
                             classes=parameters.classes, full_resolution=parameters.full_resolution,
                             trust_bundle=own and trust)
 

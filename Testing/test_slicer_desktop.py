@@ -153,7 +153,7 @@ def test_the_panel_binds_with_a_call_that_returns_its_tag_in_every_version():
 
 
 def test_the_panels_choices_are_the_librarys():
-    from BrainTumorExplainLib.app.settings import MODEL_NAMES, ExplainConfig
+    from BrainTumorExplainLib.app.settings import MODEL_NAMES, UNCERTAINTY_MODES, ExplainConfig
     from BrainTumorExplainLib.models import SHIPPED_NETWORKS
 
     namespace, fields = _module_namespace(), _parameter_node_fields()
@@ -162,9 +162,14 @@ def test_the_panels_choices_are_the_librarys():
     defaults = ExplainConfig()
     for name in ("model", "device", "passes", "layers", "classes"):
         assert eval(compile(ast.Expression(fields[name][3]), "d", "eval"), namespace) == getattr(defaults, name), name
+    # Uncertainty sampling: the library's default (auto: quick on a CPU, the full passes on a GPU), not quick always.
+    assert eval(compile(ast.Expression(fields["uncertainty"][2]), "c", "eval"), namespace) == list(UNCERTAINTY_MODES)
+    default = eval(compile(ast.Expression(fields["uncertainty"][3]), "d", "eval"), namespace)
+    assert UNCERTAINTY_MODES[default] is defaults.quick is None
     combo_items = [item for widget in ElementTree.parse(UI_FILE).iter("widget")
                    if widget.get("class") == "QComboBox" and widget.get("name") in
-                   ("modelComboBox", "deviceComboBox", "classesComboBox") for item in widget.iter("item")]
+                   ("modelComboBox", "deviceComboBox", "classesComboBox", "uncertaintyComboBox")
+                   for item in widget.iter("item")]
     assert not combo_items, "the bound combo boxes are filled by Slicer's connector from the Choice, not the .ui"
 
 

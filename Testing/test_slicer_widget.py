@@ -795,6 +795,17 @@ def test_float32_maps_are_a_panel_setting_passed_on_as_full_resolution(scene, pa
     assert "--full-resolution" in panel.logic.settings(panel._parameterNode).arguments()
 
 
+def test_uncertainty_sampling_defaults_to_the_librarys_auto_so_a_gpu_gets_the_full_passes(scene, panel, harness):
+    """The panel once ticked "quick" by default, so a GPU user silently got quick mode; its default is now the
+    library's (quick on a CPU only, decided in the analysis process), and quick and full are each a choice."""
+    arguments = panel.logic.settings(panel._parameterNode).arguments()
+    assert panel._parameterNode.uncertainty == "auto" and "--quick" not in arguments and "--full" not in arguments
+    assert panel.ui.uncertaintyComboBox.property("SlicerParameterName") == "uncertainty"  # the binding
+    for mode, flag in (("quick", "--quick"), ("full", "--full")):
+        panel._parameterNode.uncertainty = mode  # as Slicer's connector sets it when the combo box changes
+        assert flag in panel.logic.settings(panel._parameterNode).arguments()
+
+
 def test_the_panels_errors_name_its_controls_not_command_line_options(scene, panel, harness, monkeypatch, tmp_path):
     refusal = _trust_refusal()
     python = _stand_in_python(tmp_path, f"print({'error: ' + refusal!r}, file=sys.stderr)\nsys.exit(2)")

@@ -40,7 +40,7 @@ from .contract import (
     Progress,
     registration_file,
 )
-from .settings import ExplainConfig, resolve_device
+from .settings import ExplainConfig, resolve_device, resolve_quick
 
 __all__ = ["STAGES", "ExplainConfig", "explain"]
 
@@ -119,7 +119,7 @@ def _load(source, out, config: ExplainConfig, bars: bool, network: Network | Non
     case, steps = prepare_case(source, model, config.coregister, config.resample, config.atlas, config.brain_mask)
     run = stages.Run(case, model, config, network.dissection, Path(),
                      _summary_start(case, model, config, device, steps),
-                     quick=config.quick if config.quick is not None else device.type == "cpu",
+                     quick=resolve_quick(config.quick, device.type),
                      z=montage_slices(case, 1)[0], progress=bars, ensemble=network.members)
     run.handed_on["scene"] = scene
     run.handed_on["preprocessing"] = steps

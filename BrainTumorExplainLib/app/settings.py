@@ -23,7 +23,20 @@ from ..errors import UsageError
 MODEL_NAMES: tuple[str, ...] = ("denseunet", "resunet", "simunet", "segresnet3d")  # models.SHIPPED_NETWORKS
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")  # the command line also takes cuda:N
 GRADCAM_CLASS_CHOICES: tuple[str, ...] = ("tumour", "all", "ncr", "ed", "et")  # also comma-separated lists
+# How test-time dropout samples, by name (the panel's choices) → ExplainConfig.quick (see resolve_quick).
+UNCERTAINTY_MODES: dict[str, bool | None] = {"auto": None, "quick": True, "full": False}
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def resolve_quick(quick: bool | None, device_type: str) -> bool:
+    """Whether test-time dropout runs quick (adaptive) on a device of ``device_type``: as asked, else quick on a CPU
+    and the full passes on a GPU (``ExplainConfig.quick`` None, the default)."""
+    return quick if quick is not None else device_type == "cpu"
+
+
+def uncertainty_mode(quick: bool | None) -> str:
+    """The name (:data:`UNCERTAINTY_MODES`) of an ``ExplainConfig.quick`` value."""
+    return next(name for name, value in UNCERTAINTY_MODES.items() if value is quick)
 
 
 def check_device_name(name: str) -> str:
