@@ -3,8 +3,7 @@
 Never imports Slicer, Qt or VTK; torch is imported only by the modules that need it.
 """
 
-__version__ = "0.1.0"
-
+from .version import __version__  # noqa: E402,F401
 from .data.case import MODALITIES, Case, CaseError, CaseFiles, find_case_files, load_case  # noqa: E402
 from .data.grid import ReferenceGrid  # noqa: E402
 from .data.labels import BRATS2021, BRATS2023, CLASS_NAMES, REGIONS, TISSUE_NAMES, LabelConvention  # noqa: E402

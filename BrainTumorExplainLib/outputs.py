@@ -26,10 +26,10 @@ import zipfile
 from pathlib import Path
 from typing import Iterable
 
-from . import __version__
+from .data.imagefiles import VOLUME_SUFFIXES, check_image_file, check_volume_path
 from .errors import CaseError, OutputError
+from .version import __version__
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 RESULT_MARKER = ".braintumorexplain"
 # errors of the disk or the permissions, not of the program: reported as one line naming the output
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
@@ -59,13 +59,6 @@ def check_not_an_input(out: str | Path, inputs: Iterable[str | Path]) -> None:
                               "never written over or deleted")
         if source.is_dir() and _same_or_within(target, source):
             raise OutputError(f"{out}: this is inside the input folder {given}; write results elsewhere")
-
-
-def check_volume_path(path: str | Path) -> None:
-    """Volumes are written only in 3D formats (a ``.png`` would silently keep one slice)."""
-    if not str(path).lower().endswith(VOLUME_SUFFIXES):
-        raise OutputError(f"{path}: a volume is written as {', '.join(VOLUME_SUFFIXES)}; choose one of these "
-                          "suffixes")
 
 
 def _check_parent_writable(path: Path) -> None:
@@ -109,8 +102,6 @@ def verify_written(path: Path, shown_as: Path | None = None) -> None:
 
 def _verify_volume(path: Path) -> None:
     import SimpleITK as sitk
-
-    from .data.imagefiles import check_image_file
 
     check_image_file(path, "written", values=False)
     reader = sitk.ImageFileReader()

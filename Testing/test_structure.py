@@ -131,6 +131,49 @@ def test_the_library_layers_import_only_downwards():
                     assert order[target] <= order[parts[0]], f"{path.relative_to(ROOT)} imports {node.module}"
 
 
+def _import_graph() -> dict[str, set[str]]:
+    """Library module → the library modules it imports: every import statement, those inside functions too."""
+    def name_of(path: Path) -> str:
+        parts = path.with_suffix("").relative_to(ROOT).parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name_of(path): path for path in LIBRARY.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+                stem = ".".join(base + ([node.module] if node.module else []))
+                imported |= {stem} | {f"{stem}.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+        graph[name] = {target for target in imported if target in modules and target != name}
+    return graph
+
+
+def test_the_library_has_no_import_circles():
+    """Issue 38: a circle (deferred imports included) hides which module stands on which; each was broken by moving
+    the shared piece below both (data.grid, data.labels, data.imagefiles, models.base, analyses.concepts)."""
+    graph = _import_graph()
+    assert "BrainTumorExplainLib.data.grid" in graph and graph["BrainTumorExplainLib.analyses.dissection"]
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        for target in sorted(graph[module]):
+            assert target not in path, "import circle: " + " → ".join(path[path.index(target):] + [target])
+            if target not in done:
+                visit(target, path + [target])
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert not any("outputs" in target for module, targets in graph.items() if ".data." in module
+                   for target in targets), "the data layer imports outputs, a module above it"
+
+
 def _clone_size():
     import importlib.util
 

@@ -44,60 +44,24 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .. import __version__
 from ..data.case import Case, CaseError, as_case, find_case_files
-from ..data.labels import region_mask
 from ..errors import InputError, UsageError
 from ..models.activations import LayerRecorder, resolve_layers, upsample_to_input
 from ..models.base import SegmentationNet, evaluating, model_device
 from ..models.inference import slice_batches
+from ..models.volume import DescribedNetwork
 from ..progress import progress_bar
+from ..version import __version__
+from . import volume_dissection
+from .concepts import CONCEPTS, LayerDissection, concept_masks
 from .controls import DEFAULT_SEED, RAW_INPUT, control_networks
 from .quantiles import StreamingQuantiles
 
-# name → (what it is, the ground truth it needs)
-CONCEPTS: dict[str, tuple[str, str]] = {
-    "WT": ("whole tumour (NCR ∪ ED ∪ ET)", "labels"),
-    "TC": ("tumour core (NCR ∪ ET)", "labels"),
-    "ET": ("enhancing tumour", "labels"),
-    "ED": ("edema", "labels"),
-    "NCR": ("necrotic / non-enhancing core", "labels"),
-    "brain": ("brain (skull-stripped mask)", "brain mask"),
-    "WM": ("white matter", "tissue"),
-    "GM": ("grey matter", "tissue"),
-    "CSF": ("cerebrospinal fluid", "tissue"),
-}
-_TISSUE_VALUE = {"CSF": 1, "GM": 2, "WM": 3}
-_CLASS_VALUE = {"NCR": 1, "ED": 2}
 DEFAULT_QUANTILE = 0.99
 DEFAULT_IOU_CUTOFF = 0.04
 DEFAULT_MARGIN = 0.05  # IoU by which a learned detector must beat the best control of its concept
 FORMAT = "BrainTumorExplain dissection 2"
 _FORMATS = ("BrainTumorExplain dissection 1", FORMAT)  # 1: no controls
-
-
-def concept_masks(case: Case, concepts: Sequence[str]) -> np.ndarray:
-    """``(len(concepts), Z, Y, X)`` bool ground truth of each concept, limited to the brain."""
-    masks = []
-    for name in concepts:
-        if name not in CONCEPTS:
-            raise UsageError(f"unknown concept {name!r}; expected some of {', '.join(CONCEPTS)}")
-        needs = CONCEPTS[name][1]
-        if needs == "labels" and case.labels is None:
-            raise CaseError(f"{case.case_id}: concept {name} needs a label file (_seg), and this case has none")
-        if needs == "tissue" and case.tissue is None:
-            raise CaseError(f"{case.case_id}: concept {name} needs a tissue map (_tissue: phantoms carry one), "
-                            f"and this case has none")
-        if name == "brain":
-            mask = case.brain_mask
-        elif name in _TISSUE_VALUE:
-            mask = case.tissue == _TISSUE_VALUE[name]
-        elif name in _CLASS_VALUE:
-            mask = case.labels == _CLASS_VALUE[name]
-        else:
-            mask = region_mask(case.labels, name)
-        masks.append(mask & case.brain_mask)
-    return np.stack(masks)
 
 
 def ground_truth_of(source: Case | str | Path) -> tuple[str, set[str]]:
@@ -219,28 +183,6 @@ def threshold_masks(activation: torch.Tensor, thresholds: torch.Tensor, brain: t
     result[..., box[0], box[1]] = largest_component_per_slice(
         cropped.reshape((-1,) + cropped.shape[-2:])).reshape(cropped.shape)
     return result
-
-
-@dataclass
-class LayerDissection:
-    """Per filter of one layer: threshold, and IoU sums against each concept."""
-
-    thresholds: np.ndarray  # (K,) T_k,l
-    threshold_error: np.ndarray  # (K,) bound on |T − exact quantile|
-    intersection: np.ndarray  # (K, C) Σ|M ∩ G| over slices
-    union: np.ndarray  # (K, C) Σ|M ∪ G|
-    image_iou_sum: np.ndarray  # (K, C) Σ per-slice IoU over slices where G is present
-    image_count: np.ndarray  # (C,) number of slices where G is present
-
-    @property
-    def iou(self) -> np.ndarray:
-        """Dataset-wide IoU ``(K, C)``."""
-        return np.divide(self.intersection, self.union, out=np.zeros(self.union.shape), where=self.union > 0)
-
-    @property
-    def image_iou(self) -> np.ndarray:
-        """Mean per-slice IoU ``(K, C)`` over slices containing the concept."""
-        return self.image_iou_sum / np.maximum(self.image_count, 1)[None, :]
 
 
 @dataclass
@@ -448,8 +390,6 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
     network (a bundle) is dissected over whole volumes (:mod:`analyses.volume_dissection`; ``slice_step`` and
     ``batch_size`` do not apply).
     """
-    from ..models.volume import DescribedNetwork
-    from . import volume_dissection
 
     concepts = check_concepts(cases, concepts)
     if slice_step < 1:
@@ -569,8 +509,6 @@ def filter_concept_masks(model: SegmentationNet, case: Case, dissection: Dissect
     """Concept masks of chosen ``(layer, filter)`` pairs on one case, from saved thresholds: ``(Z, Y, X)`` bool on
     the case's canonical grid (empty on slices without brain). Write them with ``case.grid.write``. A described 3D
     network's masks come from whole volumes (:func:`analyses.volume_dissection.volume_filter_masks`)."""
-    from ..models.volume import DescribedNetwork
-
     dissection.check_model(model)
     for layer, k in filters:
         if layer not in dissection.layers:
@@ -579,10 +517,8 @@ def filter_concept_masks(model: SegmentationNet, case: Case, dissection: Dissect
             raise UsageError(f"filter {k} out of range for layer {layer} "
                              f"(0..{len(dissection.layers[layer].thresholds) - 1})")
     if isinstance(model, DescribedNetwork):
-        from .volume_dissection import volume_filter_masks
-
-        return volume_filter_masks(model, case, {name: r.thresholds for name, r in dissection.layers.items()},
-                                   filters, device)
+        thresholds = {name: result.thresholds for name, result in dissection.layers.items()}
+        return volume_dissection.volume_filter_masks(model, case, thresholds, filters, device)
     device = model_device(model, device)
     layers = resolve_layers(model, sorted({layer for layer, _ in filters}))
     masks = {pick: np.zeros(case.brain_mask.shape, dtype=bool) for pick in filters}

@@ -29,7 +29,7 @@ from ..errors import UsageError
 from ..models.base import evaluating, model_device
 from ..models.description import from_network_space, network_inputs, require_hooks, to_network_space
 from ..models.volume import DescribedNetwork, window_inferer
-from .dissection import LayerDissection, concept_masks
+from .concepts import LayerDissection, concept_masks
 from .quantiles import StreamingQuantiles
 from .volume import ModuleRecorder, as_window
 

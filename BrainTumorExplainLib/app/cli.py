@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .. import __version__
+from ..version import __version__
 from ..analyses import GRADCAM_POOLS, GRADCAM_TARGETS
 from ..data.case import CaseError
 from ..errors import InputError, Interrupted, UsageError

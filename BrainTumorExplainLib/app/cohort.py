@@ -25,7 +25,7 @@ import io
 import json
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 from ..data.case import CaseError, find_case_files
 from ..errors import InputError, OutputError, UsageError
 from ..outputs import is_result_folder

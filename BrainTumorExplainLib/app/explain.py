@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..data.case import CaseError, CaseFiles
 from ..data.domain import case_domain_check
 from ..errors import UsageError

@@ -271,7 +271,7 @@ def acquired_cases(paths: list[Path], config: TrainConfig, spacing: tuple[float,
 def _cached_name(path: Path, k: int, acquisition, spacing: tuple[float, float, float]) -> str:
     """What an acquired case depends on, in its cache file's name: the case folder, k, the acquisition drawn, the
     training space and the library version (the code that made it)."""
-    from .. import __version__
+    from ..version import __version__
 
     key = json.dumps([str(Path(path).resolve()), asdict(acquisition), [float(v) for v in spacing], __version__])
     return f"{Path(path).name}~acq{k}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import UsageError
 from .case import MODALITIES, CaseFiles, find_case_files, load_case
-from .grid import ReferenceGrid
+from .grid import ReferenceGrid, divided_by_support, moved_grid
+from .resample import raw_sequences, resample_array, resample_sequences
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -147,8 +148,6 @@ def reacquire(source: str | Path | CaseFiles, out: str | Path, acquisition: Acqu
     """Write ``source``'s files, seen through ``acquisition``, into the folder ``out`` (same names): the sequences
     linearly (skull-stripped at the new grid unless ``acquisition.stripped`` is False; the head added around the
     brain when ``acquisition.skull``), labels and tissue by nearest neighbour. The source files are only read."""
-    from .resample import raw_sequences, resample_array, resample_sequences
-
     files = source if isinstance(source, CaseFiles) else find_case_files(source)
     case = load_case(files)
     grid = acquisition.grid_for(case.grid)
@@ -184,7 +183,6 @@ def reacquire(source: str | Path | CaseFiles, out: str | Path, acquisition: Acqu
 def _onto(sequence: np.ndarray, source: ReferenceGrid, target: ReferenceGrid, stripped: bool) -> np.ndarray:
     """A sequence resampled linearly from ``source`` onto ``target``; ``stripped``: its support carried along and
     cut at one half, the values divided by it (a sharp edge, as :func:`data.resample.resample_sequences`)."""
-    from .resample import divided_by_support, resample_array
 
     values = resample_array(sequence, source, target)
     if not stripped:
@@ -260,10 +258,3 @@ def add_head(raw: np.ndarray, spacing_mm: tuple[float, float, float], seed: int)
     return head.astype(np.float32)
 
 
-def moved_grid(grid: ReferenceGrid, motion: "sitk.Transform") -> ReferenceGrid:
-    """``grid`` carried along by a rigid ``motion``: the same voxels over the moved head, at moved world positions."""
-    matrix = np.asarray(motion.GetMatrix(), dtype=float).reshape(3, 3)
-    direction = matrix @ np.asarray(grid.direction, dtype=float).reshape(3, 3)
-    origin = motion.TransformPoint(tuple(float(o) for o in grid.origin))
-    return ReferenceGrid(grid.size, grid.spacing, tuple(float(o) for o in origin),
-                         tuple(float(d) for d in direction.ravel()))

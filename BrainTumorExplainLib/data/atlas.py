@@ -81,7 +81,7 @@ class AtlasAlignment:
 
     def rigid_to_atlas(self) -> "sitk.AffineTransform":
         """The pose's inverse, case → template (``q = R^T (p - c - t) + c``): moving a case's grid by it
-        (:func:`data.acquisition.moved_grid`) puts the case in the template's frame at its own size."""
+        (:func:`data.grid.moved_grid`) puts the case in the template's frame at its own size."""
         rotation = np.asarray(self.rotation, dtype=float).reshape(3, 3)
         return _affine(tuple(rotation.T.ravel()), tuple(-rotation.T @ np.asarray(self.translation_mm)), self.centre)
 

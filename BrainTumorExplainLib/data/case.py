@@ -25,16 +25,15 @@ import numpy as np
 
 from ..errors import CaseError, itk_reason
 from .grid import ReferenceGrid
-from .imagefiles import check_image_file
-from .labels import BRATS2021, BRATS2023, TISSUE_NAMES, LabelConvention, label_convention
+from .imagefiles import VOLUME_SUFFIXES, check_image_file
+from .labels import BRATS2021, BRATS2023, MODALITIES, TISSUE_NAMES, LabelConvention, label_convention
 
 if TYPE_CHECKING:  # imported where files are read, so a saved case (.npz) loads where SimpleITK is absent
     import SimpleITK as sitk
 
     from .atlas import AtlasAlignment
 
-MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
-IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
+IMAGE_EXTENSIONS: tuple[str, ...] = VOLUME_SUFFIXES  # the formats a case's files may have
 NAMINGS: dict[str, dict[str, str]] = {
     "brats2021": {"flair": "_flair", "t1": "_t1", "t1ce": "_t1ce", "t2": "_t2", "seg": "_seg", "tissue": "_tissue"},
     "brats2023": {"flair": "-t2f", "t1": "-t1n", "t1ce": "-t1c", "t2": "-t2w", "seg": "-seg", "tissue": "-tissue"},

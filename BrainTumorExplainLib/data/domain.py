@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .labels import MODALITIES
+
 MAX_BRAIN_FRACTION = 0.5
 MAX_FACES_TOUCHED = 2  # a brain may reach the box's top and bottom slices (BraTS crops at 155 slices), not more
 BRAIN_VOLUME_ML = (700.0, 2200.0)  # adult brains (with the tumour) lie well inside this range
@@ -121,8 +123,6 @@ def _misalignment_left(registrations: dict) -> list[str]:
 
 def intensity_profile(case) -> dict[str, list[float]]:
     """Each sequence's :data:`INTENSITY_QUANTILES` over the brain, as the network sees it (z-scored)."""
-    from .case import MODALITIES
-
     return {name: [round(float(q), 4) for q in np.quantile(case.images[c][case.brain_mask], INTENSITY_QUANTILES)]
             for c, name in enumerate(MODALITIES)}
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .imagefiles import check_volume_path
+
 if TYPE_CHECKING:  # imported where images are made, so arrays and grids work without SimpleITK
     import SimpleITK as sitk
 
@@ -167,7 +169,6 @@ class ReferenceGrid:
         import SimpleITK as sitk
 
         from ..errors import OutputError, itk_reason
-        from ..outputs import check_volume_path
 
         path = Path(path)
         check_volume_path(path)
@@ -236,3 +237,22 @@ def write_quantised(image: "sitk.Image", path: Path) -> Path:
     finally:
         plain.unlink(missing_ok=True)
     return path
+
+
+def divided_by_support(values: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """Linearly resampled values over their support (the brain mask as 0/1, resampled the same way): divided by it
+    where it covers at least half a voxel, zero elsewhere — a sharp edge that keeps its intensities, as stripping at
+    the new grid gives, instead of a rim fading into the zeros outside."""
+    inside = support >= 0.5
+    out = np.zeros(values.shape, dtype=np.float32)
+    out[inside] = values[inside] / support[inside]
+    return out
+
+
+def moved_grid(grid: ReferenceGrid, motion: "sitk.Transform") -> ReferenceGrid:
+    """``grid`` carried along by a rigid ``motion``: the same voxels over the moved head, at moved world positions."""
+    matrix = np.asarray(motion.GetMatrix(), dtype=float).reshape(3, 3)
+    direction = matrix @ np.asarray(grid.direction, dtype=float).reshape(3, 3)
+    origin = motion.TransformPoint(tuple(float(o) for o in grid.origin))
+    return ReferenceGrid(grid.size, grid.spacing, tuple(float(o) for o in origin),
+                         tuple(float(d) for d in direction.ravel()))

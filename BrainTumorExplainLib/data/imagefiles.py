@@ -21,7 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CaseError
+from ..errors import CaseError, OutputError
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")  # the 3D formats read and written
+
+
+def check_volume_path(path: str | Path) -> None:
+    """Volumes are written only in 3D formats (a ``.png`` would silently keep one slice)."""
+    if not str(path).lower().endswith(VOLUME_SUFFIXES):
+        raise OutputError(f"{path}: a volume is written as {', '.join(VOLUME_SUFFIXES)}; choose one of these "
+                          "suffixes")
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 QFORM_SFORM_TOLERANCE_MM = 1e-3  # origins further apart than this describe different grids

@@ -1,4 +1,4 @@
-"""Label conventions, tumour classes and the BraTS evaluation regions.
+"""Label conventions, tumour classes and the BraTS evaluation regions; and the sequences' order (``MODALITIES``).
 
 Inside the library a segmentation is always an array of *class indices* in model order::
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import UsageError
 
+MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")  # the sequences, in the order every case holds them
 CLASS_NAMES: tuple[str, ...] = ("background", "NCR/NET", "ED", "ET")
 CLASS_KEYS: tuple[str, ...] = ("bg", "ncr", "ed", "et")  # for file names and command lines
 TUMOUR_CLASSES: tuple[int, ...] = (1, 2, 3)

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import UsageError, itk_reason
+from .grid import divided_by_support
+from .labels import MODALITIES
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -280,8 +282,6 @@ def onto_reference(moving: "sitk.Image", fixed: "sitk.Image", registration: Regi
     import SimpleITK as sitk
 
     transform = registration.transform()
-    from .resample import divided_by_support
-
     values = sitk.GetArrayFromImage(sitk.Resample(_float(moving), fixed, transform, sitk.sitkLinear, 0.0))
     support = sitk.GetArrayFromImage(sitk.Resample(_float(moving != 0), fixed, transform, sitk.sitkLinear, 0.0))
     image = sitk.GetImageFromArray(divided_by_support(values, support))
@@ -296,8 +296,6 @@ def sequences_share_one_grid(grids: dict[str, "ReferenceGrid"]) -> bool:
     """Whether the four sequences lie on one grid, from the grids of a case's files by role
     (:func:`data.case.check_case_files`, which checks each file before reading its header; BraTS-preprocessed
     sequences do, separate acquisitions almost never do)."""
-    from .case import MODALITIES
-
     first, *others = (grids[m] for m in MODALITIES)
     return all(first.matches(grid) for grid in others)
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .case import Case, sequence_nonzero, zscored_sequences
-from .grid import ReferenceGrid
+from .grid import ReferenceGrid, divided_by_support, moved_grid
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -179,8 +179,6 @@ def resample_case(case: Case, spacing: tuple[float, float, float], sequences: st
     :data:`SEQUENCE_RESAMPLING`; ``axes``: the network's array axes, see :func:`network_grid`) whose ``original`` is
     ``case``. A case with an :attr:`~data.case.Case.alignment` is turned into the atlas's pose on the way (its grid
     moved by the pose's inverse: the same voxels, in the atlas's frame). The input case is not changed."""
-    from .acquisition import moved_grid
-
     if isinstance(case.grid, ResampledGrid):
         case = case.original
     aligned = None if case.alignment is None else moved_grid(case.grid, case.alignment.rigid_to_atlas())
@@ -218,16 +216,6 @@ def resample_sequences(case: Case, target: ReferenceGrid) -> tuple[np.ndarray, n
     raw = np.stack([divided_by_support(resample_array(sequence, case.grid, target), weight)
                     for sequence in raw_sequences(case)])
     return raw, weight >= 0.5
-
-
-def divided_by_support(values: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """Linearly resampled values over their support (the brain mask as 0/1, resampled the same way): divided by it
-    where it covers at least half a voxel, zero elsewhere — a sharp edge that keeps its intensities, as stripping at
-    the new grid gives, instead of a rim fading into the zeros outside."""
-    inside = support >= 0.5
-    out = np.zeros(values.shape, dtype=np.float32)
-    out[inside] = values[inside] / support[inside]
-    return out
 
 
 def raw_sequences(case: Case) -> np.ndarray:

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import WeightsError
+
 IN_CHANNELS = 4  # [FLAIR, T1, T1ce, T2]
 NUM_CLASSES = 4  # background, NCR/NET, ED, ET
 _COMPILER_CACHE = "TORCHINDUCTOR_CACHE_DIR"  # torch's setting
@@ -126,3 +128,11 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
 def model_device(model: nn.Module, device: str | torch.device | None = None) -> torch.device:
     """``device`` when given, else the device the model's parameters are on."""
     return torch.device(device) if device is not None else next(model.parameters()).device
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], path) -> None:
+    """Refuse weights with NaN or infinite values (a weights file, an nnU-Net checkpoint): they segment nothing."""
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise WeightsError(f"{path}: parameter {name} holds NaN or infinite values; these weights cannot "
+                               "segment anything")

@@ -42,7 +42,7 @@ from ..data.bundle_metadata import (
 from ..data.nnunet_resampling import Resize
 from ..errors import InputError, WeightsError
 from .description import NetworkDescription
-from .registry import check_finite
+from .base import check_finite
 
 CHECKPOINT = "checkpoint_final.pth"
 NETWORK_CLASSES = ("PlainConvUNet", "ResidualEncoderUNet", "ResidualUNet")  # dynamic_network_architectures...unet
@@ -414,39 +414,3 @@ def background_logits(description: NetworkDescription) -> torch.Tensor:
     if description.outputs == "sigmoid":
         return torch.full((len(description.output_names),), -100.0)
     return torch.tensor([100.0 if name == "background" else -100.0 for name in description.output_names])
-
-
-def load_nnunet(folder: str | Path, folds: str | Sequence[str] | None = None, device: str | torch.device = "cpu"):
-    """The folder's network as a :class:`models.volume.DescribedNetwork`: the first chosen fold's network for the
-    layer analyses (``module``), and one member per fold, each mirrored as nnU-Net predicts (``segmenter``), whose
-    logits are averaged to segment and whose disagreement is the ensemble's uncertainty (``members``)."""
-    from .volume import DescribedNetwork
-
-    read = read_nnunet_folder(folder, folds)
-    description = read.description
-    heads = len(description.output_names)
-    networks, mirror_axes = [], None
-    for fold in read.folds:
-        path = read.folder / fold / CHECKPOINT
-        checkpoint = read_checkpoint(path)
-        network = build_network(read.configuration, len(description.channels), heads, read.folder / "plans.json")
-        try:
-            network.load_state_dict(checkpoint["network_weights"], strict=True)
-        except RuntimeError as error:
-            first = str(error).splitlines()[1:2] or [str(error)]
-            raise WeightsError(f"{path}: the weights do not fit the plans' network: {first[0].strip()[:160]}") from None
-        if mirror_axes is None:  # nnU-Net takes them from the first fold's checkpoint
-            mirror_axes = tuple(checkpoint.get("inference_allowed_mirroring_axes") or ())
-            if not all(isinstance(a, int) and 0 <= a < description.spatial_dims for a in mirror_axes):
-                raise WeightsError(f"{path}: inference_allowed_mirroring_axes {mirror_axes} are not axes of a "
-                                   f"{description.spatial_dims}D network")
-        networks.append((SliceNetwork(network) if description.spatial_dims == 2 else network).to(device).eval())
-    # the checkpoint's axes count the network's spatial axes; a 2D network's windows carry the slice axis first
-    offset = 3 if description.spatial_dims == 2 else 2
-    window_axes = tuple(a + offset for a in mirror_axes)
-    from dataclasses import replace
-
-    description = replace(description, layers=stage_layers(networks[0]),
-                          mirror_axes=tuple(a + offset - 2 for a in mirror_axes))
-    members = [DescribedNetwork(net, description, Mirrored(net, window_axes).eval()) for net in networks]
-    return DescribedNetwork(networks[0], description, members[0].segmenter, members=members, folds=read.folds)

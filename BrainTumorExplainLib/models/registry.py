@@ -20,9 +20,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .. import __version__
 from ..errors import UsageError, WeightsError
-from .base import SegmentationNet
+from ..version import __version__
+from .base import SegmentationNet, check_finite
 from .denseunet import DenseUnet
 from .unet import ResUnet, SimUnet
 
@@ -91,13 +91,6 @@ def payload_checksum(payload: dict[str, Any]) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def check_finite(state_dict: dict[str, torch.Tensor], path: Path) -> None:
-    for name, tensor in state_dict.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise WeightsError(f"{path}: parameter {name} holds NaN or infinite values; these weights cannot "
-                               "segment anything")
 
 
 def load_weights(path: str | Path, *, expected_sha256: str | None = None, architecture: str | None = None,
@@ -269,8 +262,6 @@ def load_model(name: str, weights: str | Path | None = None, device: str | torch
         if weights:
             raise UsageError("--weights goes with a shipped network; an nnU-Net folder brings its own "
                              "(fold_k/checkpoint_final.pth; --folds chooses them)")
-        from .nnunet import load_nnunet
-
         return load_nnunet(name, folds, device)
     if folds is not None:
         raise UsageError(f"--folds goes with an nnU-Net trained-model folder; {name} is not one (no plans.json and "
@@ -288,3 +279,41 @@ def load_model(name: str, weights: str | Path | None = None, device: str | torch
     if weights:
         return load_weights(weights, architecture=name, device=device)
     return load_pretrained(name, device=device)
+
+
+def load_nnunet(folder: str | Path, folds: str | Sequence[str] | None = None, device: str | torch.device = "cpu"):
+    """The folder's network as a :class:`models.volume.DescribedNetwork`: the first chosen fold's network for the
+    layer analyses (``module``), and one member per fold, each mirrored as nnU-Net predicts (``segmenter``), whose
+    logits are averaged to segment and whose disagreement is the ensemble's uncertainty (``members``)."""
+    from dataclasses import replace
+
+    from .nnunet import CHECKPOINT, Mirrored, SliceNetwork, build_network, read_checkpoint, read_nnunet_folder, \
+        stage_layers
+    from .volume import DescribedNetwork
+
+    read = read_nnunet_folder(folder, folds)
+    description = read.description
+    heads = len(description.output_names)
+    networks, mirror_axes = [], None
+    for fold in read.folds:
+        path = read.folder / fold / CHECKPOINT
+        checkpoint = read_checkpoint(path)
+        network = build_network(read.configuration, len(description.channels), heads, read.folder / "plans.json")
+        try:
+            network.load_state_dict(checkpoint["network_weights"], strict=True)
+        except RuntimeError as error:
+            first = str(error).splitlines()[1:2] or [str(error)]
+            raise WeightsError(f"{path}: the weights do not fit the plans' network: {first[0].strip()[:160]}") from None
+        if mirror_axes is None:  # nnU-Net takes them from the first fold's checkpoint
+            mirror_axes = tuple(checkpoint.get("inference_allowed_mirroring_axes") or ())
+            if not all(isinstance(a, int) and 0 <= a < description.spatial_dims for a in mirror_axes):
+                raise WeightsError(f"{path}: inference_allowed_mirroring_axes {mirror_axes} are not axes of a "
+                                   f"{description.spatial_dims}D network")
+        networks.append((SliceNetwork(network) if description.spatial_dims == 2 else network).to(device).eval())
+    # the checkpoint's axes count the network's spatial axes; a 2D network's windows carry the slice axis first
+    offset = 3 if description.spatial_dims == 2 else 2
+    window_axes = tuple(a + offset for a in mirror_axes)
+    description = replace(description, layers=stage_layers(networks[0]),
+                          mirror_axes=tuple(a + offset - 2 for a in mirror_axes))
+    members = [DescribedNetwork(net, description, Mirrored(net, window_axes).eval()) for net in networks]
+    return DescribedNetwork(networks[0], description, members[0].segmenter, members=members, folds=read.folds)

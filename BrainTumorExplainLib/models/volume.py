@@ -12,6 +12,7 @@ from torch import nn
 from ..data.case import Case
 from .base import evaluating, model_device
 from .description import NetworkDescription, from_network_space, network_inputs
+from .nnunet import NnUNetSlidingWindow, background_logits
 
 
 @dataclass
@@ -47,8 +48,6 @@ def window_inferer(description: NetworkDescription, sw_batch_size: int = 1, prog
     from monai.inferers import SlidingWindowInferer
 
     if description.blend.startswith("nnunet"):
-        from .nnunet import NnUNetSlidingWindow
-
         return NnUNetSlidingWindow(description.window, sums=torch.float16 if description.blend == "nnunet-float16"
                                    else torch.float32)
 
@@ -62,8 +61,6 @@ def run_windows(description: NetworkDescription, x: torch.Tensor, module, progre
     if not description.window:
         return module(x)
     if description.blend.startswith("nnunet"):
-        from .nnunet import background_logits
-
         return window_inferer(description)(x, module, background_logits(description))
     return window_inferer(description, progress=progress)(x, module)
 
