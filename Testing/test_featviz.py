@@ -76,9 +76,11 @@ def test_each_regulariser_does_what_it_says(model, template):
     small = visualise_filters(model, targets, Regularisers(0, 0.0, tv=0.0, l2=1.0, style=0.0), FAST)
     assert (np.square(small.images).sum(axis=(1, 2, 3)) < np.square(plain.images).sum(axis=(1, 2, 3))).all()
 
-    # jitter, on a trained network (a random one has few spatial patterns to be robust about)
-    trained = load_pretrained("resunet")
-    trained_targets = [("enc2", 1), ("enc2", 3)]
+    # jitter, on a trained network (a random one has few spatial patterns to be robust about): over sixteen filters
+    # of DenseUnet's first dense block the high-frequency share falls from 0.68 to 0.28 (ResUnet's enc2, retrained
+    # for issue 35, shows only 0.57 → 0.55: how much jitter smooths depends on the network — issue 44)
+    trained = load_pretrained("denseunet")
+    trained_targets = [("dense1", k) for k in range(16)]
     plain_trained = visualise_filters(trained, trained_targets, NONE, FAST)
     jittered = visualise_filters(trained, trained_targets, Regularisers(6, 0.0, tv=0.0, l2=0.0, style=0.0), FAST)
 

@@ -236,7 +236,8 @@ def test_a_flipped_byte_in_own_weights_is_detected(tmp_path, member):
 
 
 def test_a_copy_of_shipped_weights_is_verified_by_the_manifest_beside_it(tmp_path):
-    """The shipped files carry no checksum of their own: their manifest does."""
+    """A shipped file is checked against its manifest first (the whole file), then against its own checksum (the
+    weights); a file written before the checksum existed, alone, says plainly that nothing can check it."""
     import warnings
 
     from BrainTumorExplainLib.models import registry
@@ -247,12 +248,17 @@ def test_a_copy_of_shipped_weights_is_verified_by_the_manifest_beside_it(tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_weights(copy)  # whole and verified: no warning
+    payload = torch.load(copy, weights_only=True)
     _flip_a_byte(copy, "/data/0")
     with pytest.raises(WeightsError, match="checksum mismatch"):
         load_weights(copy)
-    (tmp_path / "resunet.json").unlink()  # alone, nothing can check it: it says so plainly
-    with pytest.warns(UserWarning, match=r"resunet.pt: UNVERIFIED weights: .* no manifest beside it \(resunet.json\)"):
+    (tmp_path / "resunet.json").unlink()  # without the manifest, the file's own checksum still catches it
+    with pytest.raises(WeightsError, match="do not match the checksum stored in the file"):
         load_weights(copy)
+    del payload["checksum"]  # as files were written before it existed
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.warns(UserWarning, match=r"old.pt: UNVERIFIED weights: .* no manifest beside it \(old.json\)"):
+        load_weights(tmp_path / "old.pt")
 
 
 def test_feature_visualisation_leaves_nothing_in_the_temp_folder(tmp_path):
