@@ -8,6 +8,7 @@ shipped when more than MAX_CHANGED_FRACTION of the voxels change.
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -66,7 +67,7 @@ with tempfile.TemporaryDirectory() as scratch:
         sys.exit(2)
     heldout = heldout_record(args.model, shipped, args.heldout, args.device)
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    candidate.replace(target)
+    shutil.move(candidate, target)  # /tmp may be another file system
 record = manifest(args.model, sum(p.numel() for p in shipped.parameters()), payload["metadata"], heldout, args,
                   weights=target.name, sha256=sha256_of(target), architecture=payload["architecture"],
                   config=payload["config"], storage=storage)

@@ -36,6 +36,7 @@ from ..models.base import NUM_CLASSES, import_dynamo_privately
 from ..outputs import OutputFile
 from ..progress import progress_bar
 from ..scoring.metrics import dice
+from ..version import __version__
 
 
 @dataclass
@@ -270,9 +271,8 @@ def acquired_cases(paths: list[Path], config: TrainConfig, spacing: tuple[float,
 
 def _cached_name(path: Path, k: int, acquisition, spacing: tuple[float, float, float]) -> str:
     """What an acquired case depends on, in its cache file's name: the case folder, k, the acquisition drawn, the
-    training space and the library version (the code that made it)."""
-    from ..version import __version__
-
+    training space and the library version (a change to the acquisition code within one version is not seen: delete
+    the folder then)."""
     key = json.dumps([str(Path(path).resolve()), asdict(acquisition), [float(v) for v in spacing], __version__])
     return f"{Path(path).name}~acq{k}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
