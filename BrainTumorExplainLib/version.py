@@ -1,4 +1,4 @@
-"""The library's version, in a module of its own so that any module can say it without importing the package
-(whose __init__ imports the data layer)."""
+"""The library's version, in a module of its own: a module that says it imports this one, not the package's
+``__init__`` (which imports the data layer, and so once closed an import circle)."""
 
 __version__ = "0.1.0"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -252,8 +253,13 @@ def acquired_cases(paths: list[Path], config: TrainConfig, spacing: tuple[float,
         acquisition = random_acquisition(np.random.default_rng((config.seed, index, k)), min(spacing))
         kept = None if cache is None else cache / _cached_name(path, k, acquisition, spacing)
         if kept is not None and kept.is_file():
-            yield load_case(kept)
-            continue
+            try:
+                cached = load_case(kept)
+            except CaseError as error:  # a damaged file: made again below
+                log(f"{kept}: unreadable ({error}); making the acquisition again")
+            else:
+                yield cached
+                continue
         with tempfile.TemporaryDirectory(prefix="bte_acquired_") as scratch, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # grids that differ, off the training space: the point
             try:
@@ -264,16 +270,18 @@ def acquired_cases(paths: list[Path], config: TrainConfig, spacing: tuple[float,
             case = replace(resample_case(case, spacing), case_id=f"{case.case_id}~acq{k}")
         if kept is not None:
             in_space = replace(case, original=None, grid=getattr(case.grid, "grid", case.grid))  # as trained on
-            partial = in_space.save(kept.with_name(kept.stem + ".partial.npz"))
+            partial = in_space.save(kept.with_name(f"{kept.stem}.{os.getpid()}.partial.npz"))
             partial.replace(kept)
         yield case
 
 
 def _cached_name(path: Path, k: int, acquisition, spacing: tuple[float, float, float]) -> str:
-    """What an acquired case depends on, in its cache file's name: the case folder, k, the acquisition drawn, the
-    training space and the library version (a change to the acquisition code within one version is not seen: delete
-    the folder then)."""
-    key = json.dumps([str(Path(path).resolve()), asdict(acquisition), [float(v) for v in spacing], __version__])
+    """What an acquired case depends on, in its cache file's name: the case folder and its files (names, sizes,
+    modification times), k, the acquisition drawn, the training space and the library version (a change to the
+    acquisition code within one version is not seen: delete the folder then)."""
+    files = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(Path(path).iterdir()) if f.is_file()]
+    key = json.dumps([str(Path(path).resolve()), files, asdict(acquisition), [float(v) for v in spacing],
+                      __version__])
     return f"{Path(path).name}~acq{k}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
@@ -289,7 +297,8 @@ def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: b
     cases = [load_case(path) for path in progress_bar(case_paths, "load cases" if progress else None, unit="case")]
     spacing = np.median([case.spacing for case in cases[:split]], axis=0)  # median voxel size, as nnU-Net's target
     training, validation = SliceData.from_cases(cases[:split]), SliceData.from_cases(cases[split:])
-    intensities = intensity_reference_from(cases[:split])  # for the domain check of the cases it will be given
+    # for the domain check of the cases it will be given (a spread needs two cases at least)
+    intensities = intensity_reference_from(cases[:split]) if split >= 2 else None
     del cases
     for case in acquired_cases(case_paths[:split], config, tuple(float(v) for v in spacing), progress, log, cache):
         training.extend(SliceData.from_cases([case]))

@@ -23,9 +23,9 @@ Given what the preprocessing found, three more (issue 35: each of these once gav
 * intensities unlike the training cases': each sequence is z-scored over the brain, so what is left to compare is
   the shape of its distribution — its quantiles (:data:`INTENSITY_QUANTILES`) against their mean and spread over the
   network's training cases (:func:`intensity_reference_from`, stored with weights ``train`` writes), beyond
-  :data:`INTENSITY_LIMIT` spreads. It catches a sequence given in the place of another, a scan of another contrast
-  or scanner, and an uncorrected bias field; a network with no stored reference (a bundle, an nnU-Net folder)
-  gets no such check.
+  :data:`INTENSITY_LIMIT` spreads. It catches a sequence given in the place of another and a scan of another contrast
+  or scanner (a 30 % bias field or 5 % noise stays within it: scripts/intensity_check.py); a network with no stored
+  reference (a bundle, an nnU-Net folder, weights written before it was kept) gets no such check.
 
 The network's own space (voxel size, obliquity) is handled where it is (:func:`models.space.space_summary`).
 """
@@ -151,9 +151,9 @@ def _intensities_far(intensities: dict, reference: dict) -> list[str]:
             warnings.append(
                 f"{name}'s intensities are unlike the training cases': its {reference['quantiles'][worst]:.0%} "
                 f"quantile (z-scored over the brain) is {intensities[name][worst]:.2f} against {mean[worst]:.2f} ± "
-                f"{spread[worst]:.2f} over the network's {reference['cases']} training cases ({offs[worst]:+.0f} "
-                "spreads): another contrast or scanner, a sequence given in another's place, or an uncorrected bias "
-                "field — the network was not trained on what it sees")
+                f"{spread[worst]:.2f} over the network's {reference['cases']} training cases ({offs[worst]:+.1f} "
+                "spreads): another contrast or scanner, or a sequence given in another's place — the network was not "
+                "trained on what it sees")
     return warnings
 
 

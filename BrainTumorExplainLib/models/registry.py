@@ -6,8 +6,9 @@ runs code from the file. ``checksum`` is the sha256 of everything else in the di
 does not check its zip, so a flipped byte would otherwise load as a different network. Files without one (written
 before it existed) load with a warning; parameters that are NaN or infinite are refused. Shipped
 weights sit in ``BrainTumorExplainLib/weights/<name>.pt`` beside ``<name>.json``, a manifest whose ``sha256`` is
-checked before the file is even unpickled — wherever a weights file lies, when such a manifest lies beside it. The
-shipped files are stored in half precision (:func:`save_weights`).
+checked before the file is even unpickled — wherever a weights file lies, when such a manifest lies beside it. A
+shipped file re-shipped since issue 35 (ResUnet) is stored in half precision (:func:`save_weights`) with its own
+checksum; DenseUnet's and SimUnet's predate both, and are verified only with their manifests.
 """
 
 from __future__ import annotations
