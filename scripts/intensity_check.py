@@ -16,12 +16,10 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from BrainTumorExplainLib.data.acquisition import Acquisition, reacquire
 from BrainTumorExplainLib.data.case import find_cases, load_case
 from BrainTumorExplainLib.data.domain import (INTENSITY_LIMIT, MIN_INTENSITY_SPREAD, case_domain_check,
-                                              intensity_profile, intensity_reference_from)
+                                              farthest_quantiles, intensity_profile, intensity_reference_from)
 from BrainTumorExplainLib.data.preprocess import preprocess
 
 INTERPOLATED = {"stripped": False}
@@ -38,15 +36,10 @@ SWAPS = {"T1 and T2 swapped": (0, 3, 2, 1), "T1 and T1ce swapped": (0, 2, 1, 3),
 
 
 def largest_offset(case, reference) -> tuple[float, float, str]:
+    """The quantile of any sequence farthest from the training mean: its offset in z, in spreads, and where."""
     profile = intensity_profile(case)
-    worst = (0.0, 0.0, "")
-    for name, stored in reference["sequences"].items():
-        offsets = np.asarray(profile[name]) - np.asarray(stored["mean"])
-        spreads = offsets / np.maximum(np.asarray(stored["std"]), MIN_INTENSITY_SPREAD)
-        q = int(np.argmax(np.abs(spreads)))
-        if abs(spreads[q]) > abs(worst[1]):
-            worst = (float(offsets[q]), float(spreads[q]), f"{name} q{reference['quantiles'][q]:g}")
-    return worst
+    name, (q, mean, _, spreads) = max(farthest_quantiles(profile, reference).items(), key=lambda item: abs(item[1][3]))
+    return profile[name][q] - mean, spreads, f"{name} q{reference['quantiles'][q]:g}"
 
 
 def main() -> None:

@@ -139,19 +139,27 @@ def intensity_reference_from(cases) -> dict:
                           for name in profiles[0] for values in [[profile[name] for profile in profiles]]}}
 
 
+def farthest_quantiles(intensities: dict, reference: dict) -> dict[str, tuple[int, float, float, float]]:
+    """Per sequence in both, its quantile farthest from the training mean: (its index, the training mean there, the
+    spread floored at :data:`MIN_INTENSITY_SPREAD`, the distance in those spreads, signed)."""
+    farthest = {}
+    for name, stored in reference["sequences"].items():
+        if name in intensities:
+            mean, spread = np.asarray(stored["mean"]), np.maximum(np.asarray(stored["std"]), MIN_INTENSITY_SPREAD)
+            offs = (np.asarray(intensities[name]) - mean) / spread
+            worst = int(np.argmax(np.abs(offs)))
+            farthest[name] = (worst, float(mean[worst]), float(spread[worst]), float(offs[worst]))
+    return farthest
+
+
 def _intensities_far(intensities: dict, reference: dict) -> list[str]:
     warnings = []
-    for name, stored in reference["sequences"].items():
-        if name not in intensities:
-            continue
-        mean, spread = np.asarray(stored["mean"]), np.maximum(np.asarray(stored["std"]), MIN_INTENSITY_SPREAD)
-        offs = (np.asarray(intensities[name]) - mean) / spread
-        worst = int(np.argmax(np.abs(offs)))
-        if abs(offs[worst]) > INTENSITY_LIMIT:
+    for name, (worst, mean, spread, off) in farthest_quantiles(intensities, reference).items():
+        if abs(off) > INTENSITY_LIMIT:
             warnings.append(
                 f"{name}'s intensities are unlike the training cases': its {reference['quantiles'][worst]:.0%} "
-                f"quantile (z-scored over the brain) is {intensities[name][worst]:.2f} against {mean[worst]:.2f} ± "
-                f"{spread[worst]:.2f} over the network's {reference['cases']} training cases ({offs[worst]:+.1f} "
+                f"quantile (z-scored over the brain) is {intensities[name][worst]:.2f} against {mean:.2f} ± "
+                f"{spread:.2f} over the network's {reference['cases']} training cases ({off:+.1f} "
                 "spreads): another contrast or scanner, or a sequence given in another's place — the network was not "
                 "trained on what it sees")
     return warnings
