@@ -235,3 +235,8 @@ def test_the_clone_size_counts_deleted_files_in_the_history(tmp_path):
     history, checkout = sizes.clone_size_mib(tmp_path)
     assert checkout == pytest.approx(0.5, abs=0.01) and history == pytest.approx(1.5, abs=0.1)
     assert sizes.main([str(tmp_path)]) == 0
+    # an object no ref reaches (added, then reset) lies in this copy only: a clone never receives it
+    (tmp_path / "discarded.bin").write_bytes(os.urandom(2**20))
+    git("add", "discarded.bin")
+    git("reset", "-q")
+    assert sizes.clone_size_mib(tmp_path)[0] == pytest.approx(history, abs=0.01)
