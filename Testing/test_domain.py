@@ -58,7 +58,12 @@ def test_intensities_unlike_the_training_cases_are_said(small_phantom, tmp_path_
     acquisitions stay within 2.9 spreads, swapped sequences mostly lie 17.7 and more off.)"""
     from dataclasses import replace
 
-    from BrainTumorExplainLib.data.domain import case_domain_check, intensity_profile, intensity_reference_from
+    from BrainTumorExplainLib.data.domain import (
+        case_domain_check,
+        farthest_quantiles,
+        intensity_profile,
+        intensity_reference_from,
+    )
     from BrainTumorExplainLib.data.phantom import make_phantom, write_phantom
     from conftest import SMALL
 
@@ -74,3 +79,11 @@ def test_intensities_unlike_the_training_cases_are_said(small_phantom, tmp_path_
     assert [warning.split("'")[0] for warning in found] == ["t1", "t2"], found
     assert "quantile (z-scored over the brain) is" in found[0] and "over the network's 8 training cases" in found[0]
     assert intensity_profile(swapped)["t1"] == intensity_profile(case)["t2"]
+    # a reference kept at other quantiles (weights written by another version) is read at its own quantiles
+    worst = farthest_quantiles(intensity_profile(swapped), reference)["t1"][0]
+    one = {"quantiles": [reference["quantiles"][worst]], "cases": 8, "sequences": {
+        name: {"mean": [stored["mean"][worst]], "std": [stored["std"][worst]]}
+        for name, stored in reference["sequences"].items()}}
+    assert case_domain_check(case, intensity_reference=one)["warnings"] == []
+    assert f"its {reference['quantiles'][worst]:.0%} quantile" in case_domain_check(
+        swapped, intensity_reference=one)["warnings"][0]

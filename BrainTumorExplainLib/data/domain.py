@@ -121,9 +121,9 @@ def _misalignment_left(registrations: dict) -> list[str]:
     return warnings
 
 
-def intensity_profile(case) -> dict[str, list[float]]:
-    """Each sequence's :data:`INTENSITY_QUANTILES` over the brain, as the network sees it (z-scored)."""
-    return {name: [round(float(q), 4) for q in np.quantile(case.images[c][case.brain_mask], INTENSITY_QUANTILES)]
+def intensity_profile(case, quantiles=INTENSITY_QUANTILES) -> dict[str, list[float]]:
+    """Each sequence's ``quantiles`` over the brain, as the network sees it (z-scored)."""
+    return {name: [round(float(q), 4) for q in np.quantile(case.images[c][case.brain_mask], list(quantiles))]
             for c, name in enumerate(MODALITIES)}
 
 
@@ -172,5 +172,6 @@ def case_domain_check(case, steps=None, training_spacing: tuple[float, float, fl
     ``intensity_reference`` summarises (:func:`intensity_reference_from`)."""
     return domain_check(case.brain_mask, case.spacing, training_spacing=training_spacing,
                         brain_edge=None if steps is None else steps.brain_edge, registrations=case.registrations,
-                        intensities=None if intensity_reference is None else intensity_profile(case),
+                        intensities=None if intensity_reference is None else  # at the quantiles it stored
+                        intensity_profile(case, intensity_reference["quantiles"]),
                         intensity_reference=intensity_reference)
