@@ -9,7 +9,7 @@ import torch
 
 from BrainTumorExplainLib.analyses.dissection import dissect
 from BrainTumorExplainLib.analyses.gradcam import layer_gradcam
-from BrainTumorExplainLib.app.bench import BenchConfig, captum_gradcam, exact_thresholds, markdown, run_benchmarks
+from BrainTumorExplainLib.testbed.bench import BenchConfig, captum_gradcam, exact_thresholds, markdown, run_benchmarks
 from BrainTumorExplainLib.data.case import load_case
 from BrainTumorExplainLib.models import build_model, load_pretrained
 

@@ -120,8 +120,9 @@ def test_dissect_writes_thresholds_tables_masks_and_figure(small_phantom, tmp_pa
 
 
 def test_uncertainty_writes_maps_figures_and_auroc(small_phantom, tmp_path, capsys):
+    """Quick on a CPU without being told, as explain decides it (settings.resolve_quick)."""
     out = tmp_path / "ttd"
-    assert main(["uncertainty", str(small_phantom.flair.parent), *RESUNET, "-T", "4", "--quick",
+    assert main(["uncertainty", str(small_phantom.flair.parent), *RESUNET, "--device", "cpu", "-T", "4",
                  "--agreement", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "agreement with T=4" in printed and "AUROC for misclassified brain voxels" in printed

@@ -42,7 +42,7 @@ def runs(small_phantom, tmp_path_factory):
                  "--featviz-size", "32", "--dissection", str(root / "dissect" / "dissection.json"), "--no-scene",
                  "--progress", "json", "--out", str(root / "explain")]) == 0
     assert main(["segment", case, *FAST[:5], "--out", str(root / "segment.nii.gz")]) == 0
-    assert main(["uncertainty", case, *FAST, "-T", "2", "--out", str(root / "uncertainty")]) == 0
+    assert main(["uncertainty", case, *FAST, "--full", "-T", "2", "--out", str(root / "uncertainty")]) == 0
     assert main(["gradcam", case, *FAST[:5], "--layers", LAYERS, "--out", str(root / "gradcam")]) == 0
     return root, small_phantom.case_id
 

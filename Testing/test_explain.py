@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from BrainTumorExplainLib.app.cli import main
 
@@ -115,6 +116,16 @@ def test_runs_are_never_mixed_and_failures_leave_nothing(explained, small_phanto
                  "--out", str(failing)]) == 2
     assert "valid layers" in capsys.readouterr().err
     assert not failing.exists() and not failing.with_name("failing.partial").exists()
+
+
+def test_the_slicer_benchmark_pushes_an_explain_run_into_a_scene(explained):
+    """bench --only slicer on a real run folder: the push is timed and every output becomes a node."""
+    pytest.importorskip("slicer")
+    from BrainTumorExplainLib.testbed.bench import BenchConfig, bench_slicer
+
+    (measurement,) = bench_slicer(None, None, BenchConfig(explain_run=explained), torch.device("cpu"))
+    assert "skipped" not in measurement.details, measurement.details
+    assert measurement.ours_s > 0 and measurement.details["nodes"] >= 8
 
 
 def test_bad_input_is_one_clear_line(small_phantom, tmp_path, capsys):

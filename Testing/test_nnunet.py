@@ -1,5 +1,5 @@
 """nnU-Net v2 trained-model folders: our inference against nnU-Net's own ``nnUNetPredictor`` on folders its own
-trainer wrote (app/nnunet_example.py), what the folder may not make us run, and explain on one."""
+trainer wrote (testbed/nnunet_example.py), what the folder may not make us run, and explain on one."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 
 from BrainTumorExplainLib.app.cli import main
-from BrainTumorExplainLib.app.nnunet_example import NNUNET_TO_CLASS, write_model_folder
+from BrainTumorExplainLib.testbed.nnunet_example import NNUNET_TO_CLASS, write_model_folder
 from BrainTumorExplainLib.data.case import find_case_files
 from BrainTumorExplainLib.errors import InputError, UsageError, WeightsError
 from BrainTumorExplainLib.models.inference import case_probabilities, labels_from_probabilities

@@ -333,7 +333,7 @@ def test_versions_older_than_the_minimums_count_as_missing(tmp_path):
 # Third-party imports of the library that the panel does not install, and the only files that may make them: the
 # benchmark's peers and the nnU-Net example of the tests (pyproject.toml's bench and test extras; nnunetv2 itself is
 # installed with --no-deps by scripts/setup-venv.sh).
-TEST_AND_BENCH_ONLY = {"captum": {"app/bench.py"}, "nnunetv2": {"app/bench.py", "app/nnunet_example.py"}}
+TEST_AND_BENCH_ONLY = {"captum": {"testbed/bench.py"}, "nnunetv2": {"testbed/bench.py", "testbed/nnunet_example.py"}}
 
 
 def test_every_third_party_import_of_the_library_is_installed_by_the_panel_or_test_only():

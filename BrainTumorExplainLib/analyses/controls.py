@@ -24,12 +24,12 @@ import torch
 from torch import nn
 
 from ..models.base import SegmentationNet
+from . import CONTROL_SEED
 
 RANDOM_WEIGHTS = "random weights"
 RAW_INPUT = "raw input"
 CONTROLS = (RANDOM_WEIGHTS, RAW_INPUT)
 INPUT_LAYER = "input"  # the raw-input control's one layer
-DEFAULT_SEED = 0
 
 
 def _reinitialised(module: nn.Module, seed: int) -> nn.Module:
@@ -47,7 +47,7 @@ def _reinitialised(module: nn.Module, seed: int) -> nn.Module:
     return copied
 
 
-def random_weights(model, seed: int = DEFAULT_SEED):
+def random_weights(model, seed: int = CONTROL_SEED):
     """The same architecture as ``model`` with random weights (see the module notes); ``model`` is not touched."""
     from ..models.volume import DescribedNetwork
 
@@ -99,6 +99,6 @@ def raw_input(model):
     return RawInput(model.architecture)
 
 
-def control_networks(model, seed: int = DEFAULT_SEED) -> dict:
+def control_networks(model, seed: int = CONTROL_SEED) -> dict:
     """Control name → the control network of ``model``, in :data:`CONTROLS` order."""
     return {RANDOM_WEIGHTS: random_weights(model, seed), RAW_INPUT: raw_input(model)}

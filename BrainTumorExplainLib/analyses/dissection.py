@@ -52,14 +52,11 @@ from ..models.inference import slice_batches
 from ..models.volume import DescribedNetwork
 from ..progress import progress_bar
 from ..version import __version__
-from . import volume_dissection
+from . import CONTROL_SEED, DEFAULT_IOU_CUTOFF, DEFAULT_MARGIN, DEFAULT_QUANTILE, volume_dissection
 from .concepts import CONCEPTS, LayerDissection, concept_masks
-from .controls import DEFAULT_SEED, RAW_INPUT, control_networks
+from .controls import RAW_INPUT, control_networks
 from .quantiles import StreamingQuantiles
 
-DEFAULT_QUANTILE = 0.99
-DEFAULT_IOU_CUTOFF = 0.04
-DEFAULT_MARGIN = 0.05  # IoU by which a learned detector must beat the best control of its concept
 FORMAT = "BrainTumorExplain dissection 2"
 _FORMATS = ("BrainTumorExplain dissection 1", FORMAT)  # 1: no controls
 
@@ -378,7 +375,7 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
             iou_cutoff: float = DEFAULT_IOU_CUTOFF, slice_step: int = 1, bins: int = 2048, batch_size: int = 16,
             device: str | torch.device | None = None, progress: bool = False,
             prepare: Callable[[Case], Case] | None = None, controls: bool = True,
-            control_seed: int = DEFAULT_SEED, margin: float = DEFAULT_MARGIN) -> Dissection:
+            control_seed: int = CONTROL_SEED, margin: float = DEFAULT_MARGIN) -> Dissection:
     """Thresholds and concept IoUs of every filter of ``layers`` over a dataset of cases, and — with ``controls`` —
     the same for the architecture with random weights (from ``control_seed``) and for the raw input channels, so
     that only filters beating both by ``margin`` count as detectors (module notes).

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from ..data.case import Case
 from ..errors import UsageError
+from ..models.activations import layer_names
 from ..models.base import evaluating, model_device, test_time_dropout
 from ..models.description import from_network_space, labels_from_outputs, network_inputs, require_hooks
 from ..models.volume import DescribedNetwork, activate, run_windows, window_inferer
@@ -163,8 +164,8 @@ def volume_gradcam(network: DescribedNetwork, case: Case, layers: Sequence[str] 
     if target not in VOLUME_TARGETS:
         raise UsageError(f"unknown Grad-CAM target {target!r}; expected one of {', '.join(VOLUME_TARGETS)}")
     check_pool(pool)
-    layers = list(description.layers) if layers == "all" else [s.strip() for s in layers.split(",")] \
-        if isinstance(layers, str) else list(layers)
+    names = layer_names(layers)
+    layers = list(description.layers) if names is None else names
     targets = list(range(len(description.output_names))) if targets is None else list(targets)
     device = model_device(module, device)
     x = torch.from_numpy(network_inputs(case, description))[None].to(device)

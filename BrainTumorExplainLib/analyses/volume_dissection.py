@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from ..data.case import Case
 from ..errors import UsageError
+from ..models.activations import layer_names
 from ..models.base import evaluating, model_device
 from ..models.description import from_network_space, network_inputs, require_hooks, to_network_space
 from ..models.volume import DescribedNetwork, window_inferer
@@ -42,9 +43,9 @@ def resolve_volume_layers(network: DescribedNetwork, layers: str | Sequence[str]
     """``all`` → the description's layers; otherwise module paths of the network, checked, in network order."""
     require_hooks(network.description, analysis)
     known = list(dict(network.module.named_modules()))
-    if layers in (None, "all"):
+    names = layer_names(layers)
+    if names is None:
         return list(network.description.layers.values())
-    names = [n.strip() for n in layers.split(",")] if isinstance(layers, str) else list(layers)
     unknown = [n for n in names if n not in known or not n]
     if unknown or not names:
         raise UsageError(f"unknown layer(s) {unknown or names} for {network.architecture}; its analysable layers: "

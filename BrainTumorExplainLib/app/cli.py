@@ -30,6 +30,7 @@ from .report import preprocessing_lines
 from .settings import (
     CASE_PREPARATION,
     MODEL_NAMES,
+    DissectConfig,
     ExplainConfig,
     add_config_options,
     check_number,
@@ -37,6 +38,7 @@ from .settings import (
     help_of,
     number_option,
     resolve_device,
+    resolve_quick,
     split_files,
 )
 from .settings import _device_option as device_option
@@ -217,7 +219,7 @@ def _explain_and_print(source, out: Path, config, progress: str = "text") -> int
     if analysis:
         print("uncertainty AUROC for misclassified voxels: " + ", ".join(
             f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items())
-            + f"; {_control_text(analysis)}", file=stream)
+            + f"; {stages.uncertainty.control_text(analysis)}", file=stream)
     controls = summary.get("concepts", {}).get("controls")
     if isinstance(controls, list) and controls:
         learned = [row["concept"] for row in controls if row["learned"]]
@@ -680,55 +682,13 @@ def _run_gradcam(args: argparse.Namespace) -> int:
         raise UsageError(f"--slices must lie in 0..{case.images.shape[1] - 1} for {case.case_id}"
                          f"{' in the network space' if case.original is not None else ''}, got {args.slices}")
     with folder as work:
-        _gradcam_models(args, case, loaded, classes, slices, work)
+        stages.gradcam.job(loaded, case, classes, slices, work, args.out, layers=args.layers, target=args.target,
+                           pool=args.pool, batch_size=args.batch_size, volume=not args.no_volume,
+                           full_resolution=args.full_resolution)
     return 0
 
 
-def _gradcam_models(args: argparse.Namespace, case, models: dict, classes: list[int], slices: list[int],
-                    work: Path) -> None:
-    from ..analyses.gradcam import gradcam_volume, localisation
-    from ..analyses.volume import volume_gradcam
-    from ..models.volume import DescribedNetwork
-    from .figures import gradcam_montage, localisation_curves
-
-    # Volume mode computes every brain slice (and any montage slice outside the brain) in one pass; the montages are
-    # cut from it. --no-volume computes the montage slices only.
-    computed = None if args.no_volume else sorted(set(case.brain_slices().tolist()) | set(slices))
-    tables, controls = {}, {}
-    for name, model in models.items():
-        out = work / name
-
-        def compute(network, chosen):
-            if isinstance(network, DescribedNetwork):  # every output channel, over the whole volume in its windows
-                return volume_gradcam(network, case, args.layers, pool=args.pool,
-                                      target="logits" if args.target == "logits" else "probabilities")
-            return gradcam_volume(network, case, args.layers, classes, args.target, slices=chosen,
-                                  batch_size=args.batch_size, progress=True, pool=args.pool)
-
-        volume = compute(model, slices if args.no_volume else computed)
-        for z in slices:
-            png = gradcam_montage(case, z, volume.slice_maps(z), volume.classes, out / f"gradcam_z{z}.png",
-                                  title=f"{case.case_id} · {name} · Grad-CAM ({args.target}) per layer, rows: class",
-                                  names=[volume.name(c) for c in volume.classes])
-            print(f"wrote {args.out / png.relative_to(work)}")
-        if args.no_volume:
-            continue
-        stages.gradcam.write_maps(volume, case, out, progress=True, full_resolution=args.full_resolution)
-        tables[name] = localisation(volume, case)
-        controls[name] = stages.gradcam.control_localisation(model, case, volume, compute)
-        (out / "localisation.json").write_text(json.dumps(
-            {"case": case.case_id, "model": name, **stages.gradcam.summarise(volume, tables[name]),
-             "controls": controls[name]}, indent=2) + "\n")
-        print(f"wrote {len(volume.maps)} maps and localisation.json to {args.out / name}")
-    if tables:
-        localisation_curves(tables, work / "topdown.png", controls=controls)
-        print(f"wrote {args.out / 'topdown.png'}")
-
-
 def _add_dissect(sub: argparse._SubParsersAction) -> None:
-    from ..analyses.controls import DEFAULT_SEED
-    from ..analyses.dissection import DEFAULT_IOU_CUTOFF, DEFAULT_MARGIN, DEFAULT_QUANTILE
-
     p = sub.add_parser("dissect", help="network dissection: which filters detect which concepts (paper 3.1)",
                        description="Thresholds every filter at its dataset-wide top-1%% level (streamed, bounded "
                                    "memory), post-processes the concept masks as the paper does and measures IoU "
@@ -742,26 +702,7 @@ def _add_dissect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=Path, help="a case folder or a folder of case folders")
     _add_model_arguments(p)
     _add_resample(p)
-    p.add_argument("--layers", default="all", help="'all' (default) or comma-separated layer names")
-    p.add_argument("--concepts", help="comma-separated (default: every concept all cases have ground truth for)")
-    p.add_argument("--quantile", default=DEFAULT_QUANTILE,
-                   help=f"threshold quantile (default {DEFAULT_QUANTILE}: the top 1%% of activations)",
-                   **number_option(float, above=0, below=1))
-    p.add_argument("--iou", default=DEFAULT_IOU_CUTOFF, help=f"IoU a detector must reach (default "
-                   f"{DEFAULT_IOU_CUTOFF})", **number_option(float, minimum=0, maximum=1))
-    p.add_argument("--margin", default=DEFAULT_MARGIN,
-                   help=f"IoU by which a detector must beat the best control of its concept "
-                        f"(default {DEFAULT_MARGIN})", **number_option(float, minimum=0, maximum=1))
-    p.add_argument("--control-seed", default=DEFAULT_SEED,
-                   help=f"seed of the random-weights control (default {DEFAULT_SEED})", **number_option(int, minimum=0))
-    p.add_argument("--no-controls", dest="controls", action="store_false",
-                   help="skip the controls (they take up to as long again as the network itself): every filter "
-                        "over the cutoff is then reported, and the results say that no control was measured")
-    p.add_argument("--slice-step", default=1, help="use every N-th brain slice (default 1: all)",
-                   **number_option(int, minimum=1))
-    p.add_argument("--mask-cases", help="write concept-mask volumes for the first N cases only (default all)",
-                   **number_option(int, minimum=0))
-    p.add_argument("--batch-size", default=16, **number_option(int, minimum=1))
+    add_config_options(p, DissectConfig)
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _add_overwrite(p)
     p.set_defaults(run=_run_dissect)
@@ -773,68 +714,16 @@ def _run_dissect(args: argparse.Namespace) -> int:
     from ..models.activations import resolve_layers
     from ..models.volume import DescribedNetwork
 
+    config = config_from_arguments(args, DissectConfig)
     folder = OutputFolder(args.out, [args.data, args.weights, _model_folder(args.model)], args.overwrite,
                           "dissect")
     cases = find_cases(args.data)
     model = _load_model(args)
-    (resolve_volume_layers if isinstance(model, DescribedNetwork) else resolve_layers)(model, args.layers)
+    (resolve_volume_layers if isinstance(model, DescribedNetwork) else resolve_layers)(model, config.layers)
     with folder as work:
-        _dissect_into(args, cases, model, work)
+        stages.concepts.dissect_job(model, cases, work, args.out, config, model_name=args.model,
+                                    resample=args.resample)
     return 0
-
-
-def _dissect_into(args: argparse.Namespace, cases: list[Path], model, work: Path) -> None:
-    from ..analyses.dissection import concept_masks, dissect, filter_concept_masks
-    from ..data.case import load_case
-    from ..models.space import into_network_space
-    from .figures import concept_montage, montage_slices
-
-    concepts = [c.strip() for c in args.concepts.split(",")] if args.concepts else None
-    def prepare(case):
-        return into_network_space(case, model, args.resample)
-
-    result = dissect(model, cases, args.layers, concepts, args.quantile, args.iou, args.slice_step,
-                     batch_size=args.batch_size, progress=True, prepare=prepare, controls=args.controls,
-                     control_seed=args.control_seed, margin=args.margin)
-    result.save(work / "dissection.json")
-    result.write_tables(work / "tables")
-    (work / "detectors.json").write_text(json.dumps({"summary": result.summary(), "controls": result.control_table(),
-                                                     "detectors": result.detectors()}, indent=2) + "\n")
-    best = result.best_detectors()
-    picks = [(row["layer"], row["filter"]) for row in best.values()]
-    for index, folder in enumerate(progress_bar(cases[:args.mask_cases], "concept masks", unit="case")):
-        case = prepare(load_case(folder))
-        masks = filter_concept_masks(model, case, result, picks)
-        stages.concepts.write_masks(masks, best, case, work / "concepts" / case.case_id)
-        if index == 0 and best:
-            z = montage_slices(case, 1)[0]
-            truth = dict(zip(best, concept_masks(case, list(best))[:, z]))
-            panels = [(f"{row['layer']} #{row['filter']}: {concept} IoU {row['iou']:.2f}",
-                       masks[(row["layer"], row["filter"])][z], truth[concept]) for concept, row in best.items()]
-            title = (f"{case.case_id} z={z} · {args.model}: best detector per concept (dataset-wide IoU), "
-                     f"mask cyan, ground truth yellow")
-            concept_montage(case, z, panels, work / "dissection.png", title=title)
-            print(f"wrote {args.out / 'dissection.png'}")
-    _print_dissection(result, len(cases))
-    print(f"wrote {args.out / 'dissection.json'}")
-
-
-def _print_dissection(result, cases: int) -> None:
-    """Detector counts per concept per layer, and each concept's best filter beside its controls."""
-    summary = result.summary()
-    rule = (f"IoU ≥ {result.iou_cutoff} and ≥ the best control + {result.margin}" if result.controls
-            else f"IoU ≥ {result.iou_cutoff}; no controls measured")
-    print(f"detectors ({rule}) per concept per layer, {cases} case(s):")
-    print(f"{'layer':<11}" + "".join(f"{c:>6}" for c in result.concepts) + "  filters")
-    for layer, counts in summary.items():
-        print(f"{layer:<11}" + "".join(f"{counts[c]:>6}" for c in result.concepts)
-              + f"  {len(result.layers[layer].thresholds):>7}")
-    if result.controls:
-        names = list(result.controls)
-        print(f"best IoU per concept: {'trained':>8}" + "".join(f"{name:>16}" for name in names) + "  learned")
-        for row in result.control_table():
-            print(f"{row['concept']:<21} {row['trained']['iou']:>8.3f}"
-                  + "".join(f"{row[name]['iou']:>16.3f}" for name in names) + f"  {'yes' if row['learned'] else 'no'}")
 
 
 def _add_uncertainty(sub: argparse._SubParsersAction) -> None:
@@ -848,15 +737,10 @@ def _add_uncertainty(sub: argparse._SubParsersAction) -> None:
     p.add_argument("case", type=Path, help="BraTS case folder")
     _add_model_arguments(p)
     _add_case_preparation(p)
-    p.add_argument("-T", "--passes", default=100, help="stochastic passes (default 100, as the paper)",
-                   **number_option(int, minimum=2))
-    p.add_argument("--quick", action="store_true", help="adaptive: 8 to 16 passes, stop when the map settles")
+    add_config_options(p, only=("quick", "passes", "seed", "ensemble", "full_resolution"))
     p.add_argument("--agreement", action="store_true",
-                   help="with --quick: also run the full T passes and print the Pearson r of the maps in the brain")
-    p.add_argument("--seed", default=0, help="seed of the dropout masks (default 0)", **number_option(int, minimum=0))
-    p.add_argument("--ensemble", metavar="FILE,FILE,…", help=help_of("ensemble"))
+                   help="when quick: also run the full T passes and print the Pearson r of the maps in the brain")
     _add_batching_arguments(p)
-    p.add_argument("--full-resolution", action="store_true", help=help_of("full_resolution"))
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _add_overwrite(p)
     p.set_defaults(run=_run_uncertainty)
@@ -881,61 +765,11 @@ def _run_uncertainty(args: argparse.Namespace) -> int:
         if files else fold_members(model)
     case = _case_for(args, model)
     with folder as work:
-        _uncertainty_into(args, case, model, work, members)
+        stages.uncertainty.job(model, case, work, args.out, model_name=args.model, passes=args.passes,
+                               quick=resolve_quick(args.quick, resolve_device(args.device).type), seed=args.seed,
+                               members=members, agreement=args.agreement, full_resolution=args.full_resolution,
+                               slices_per_batch=args.slices_per_batch, passes_per_forward=args.passes_per_forward)
     return 0
-
-
-def _uncertainty_into(args: argparse.Namespace, case, model, work: Path, members: dict) -> None:
-    """``members``: weights file → network, the ensemble when one is given."""
-    from ..analyses.uncertainty import brain_pearson, ensemble_uncertainty, uncertainty_volume
-    from ..analyses.volume import volume_uncertainty
-    from ..models.volume import DescribedNetwork
-
-    def run(quick: bool):
-        start = time.perf_counter()
-        if members:
-            result = ensemble_uncertainty(list(members.values()), case, progress=True)
-        elif isinstance(model, DescribedNetwork):  # dropout when it has some (8 passes when quick), else the flips
-            result = volume_uncertainty(model, case, passes=8 if quick else args.passes, seed=args.seed,
-                                        progress=True)
-        else:
-            result = uncertainty_volume(model, case, passes=args.passes, quick=quick, seed=args.seed,
-                                        slices_per_batch=args.slices_per_batch,
-                                        passes_per_forward=args.passes_per_forward, progress=True)
-        return result, time.perf_counter() - start
-
-    volume, seconds = run(args.quick)
-    mode = stages.uncertainty.mode_of(volume, args.quick, args.passes)
-    summary = {"version": __version__, "case": case.case_id, "model": args.model,
-               **stages.uncertainty.summarise(volume, case, mode, args.seed, model), "seconds": round(seconds, 2)}
-    if members:
-        summary["members"] = list(members)
-    case.write_labels(volume.labels, work / SEGMENTATION)
-    stages.uncertainty.write_maps(volume, case, work, args.full_resolution)
-    print(f"{mode}: {summary['passes']['mean']} passes per slice on average, {seconds:.1f} s")
-    if args.quick and args.agreement and not members:
-        full, full_seconds = run(False)
-        summary["agreement_with_full"] = {"passes": args.passes, "seconds": round(full_seconds, 2), "pearson_r": {
-            name: round(brain_pearson(array, full.maps()[name], case.brain_mask), 4)
-            for name, array in volume.maps().items()}}
-        print(f"agreement with T={args.passes} ({full_seconds:.1f} s), Pearson r in the brain: "
-              + ", ".join(f"{k} {v:.4f}" for k, v in summary["agreement_with_full"]["pearson_r"].items()))
-    stages.uncertainty.draw(volume, case, summary, work / "uncertainty.png", work / "error_by_uncertainty.png",
-                            f"{case.case_id} · {args.model} · {summary['source']} ({mode}): ground truth | "
-                            "prediction | uncertainty")
-    if "error_analysis" in summary:
-        analysis = summary["error_analysis"]
-        print("AUROC for misclassified brain voxels: " + ", ".join(
-            f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items())
-            + f" (error rate {analysis['error_rate']:.4f}); {_control_text(analysis)}")
-    (work / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {args.out}")
-
-
-def _control_text(analysis: dict) -> str:
-    """The deterministic control beside the uncertainty AUROCs (analyses.uncertainty.deterministic_control)."""
-    control = analysis.get("control")
-    return f"control ({control['map']}) {control['auroc']:.3f}" if control else "no control"
 
 
 def _add_template(sub: argparse._SubParsersAction) -> None:
@@ -1126,7 +960,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 def _run_bench(args: argparse.Namespace) -> int:
     from ..data.case import SAMPLE_CASE, find_cases
-    from .bench import BENCHMARKS, BenchConfig, describe, markdown, run_benchmarks
+    from ..testbed.bench import BENCHMARKS, BenchConfig, describe, markdown, run_benchmarks
 
     inputs = [args.case, args.dissection_data, args.explain_run]
     json_target = _json_output(args.json, inputs, args.overwrite)

@@ -128,12 +128,12 @@ def _load(source, out, config: ExplainConfig, bars: bool, network: Network | Non
 
 def check_layers(model, layers: str) -> None:
     """``--layers`` names layers of this network (module paths for a described network), before any work."""
-    from ..models.activations import resolve_layers
+    from ..models.activations import layer_names, resolve_layers
     from ..models.volume import DescribedNetwork
 
     if isinstance(model, DescribedNetwork):
         known = dict(model.module.named_modules())
-        unknown = [name for name in layers.split(",") if layers != "all" and name.strip() not in known]
+        unknown = [name for name in layer_names(layers) or [] if name not in known]
         if unknown:
             raise UsageError(f"--layers {layers}: {unknown} are not modules of {model.architecture}; its analysable "
                              f"layers: {', '.join(model.description.layers)}")

@@ -13,7 +13,7 @@ import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from ..analyses import GRADCAM_POOLS, GRADCAM_TARGETS
+from ..analyses import CONTROL_SEED, DEFAULT_IOU_CUTOFF, DEFAULT_MARGIN, DEFAULT_QUANTILE, GRADCAM_POOLS, GRADCAM_TARGETS
 from ..data.atlas import ATLAS_MODES
 from ..data.bundle_metadata import is_nnunet_folder
 from ..data.preprocess import check_brain_mask
@@ -178,9 +178,7 @@ class ExplainConfig:
         if self.ensemble is not None and len(self.ensemble_files()) < 2:
             raise UsageError(f"--ensemble {self.ensemble}: an ensemble needs at least two weights files, "
                              "comma-separated")
-        for setting in fields(self):  # the numbers, as the command line checks them
-            if "minimum" in setting.metadata:
-                check_number(getattr(self, setting.name), _flags(setting)[-1], int, setting.metadata["minimum"])
+        _check_numbers(self)
         try:
             resolve_classes(self.classes)
         except ValueError as error:
@@ -207,6 +205,50 @@ class ExplainConfig:
             else:
                 arguments += [flags[-1], str(value)]
         return arguments
+
+
+@dataclass(frozen=True)
+class DissectConfig:
+    """What ``dissect`` can be asked beyond its data, network and output folder (paper §3.1, with our controls)."""
+
+    layers: str = _option("all", "'all' or comma-separated layer names")
+    concepts: str | None = _option(None, "comma-separated concepts (default: every concept all cases have ground "
+                                   "truth for)")
+    quantile: float = _option(DEFAULT_QUANTILE, "each filter's threshold quantile over the dataset (the paper's: its "
+                              "top hundredth of activations)", above=0, below=1)
+    iou: float = _option(DEFAULT_IOU_CUTOFF, "IoU a detector must reach", minimum=0, maximum=1)
+    margin: float = _option(DEFAULT_MARGIN, "IoU by which a detector must beat the best control of its concept",
+                            minimum=0, maximum=1)
+    control_seed: int = _option(CONTROL_SEED, "seed of the random-weights control", minimum=0)
+    controls: bool = _option(True, "measure the controls, the same architecture with random weights and the raw "
+                             "input (up to as long again as the network itself; without them every filter over the "
+                             "cutoff is reported, and the results say that no control was measured)")
+    slice_step: int = _option(1, "use every N-th brain slice (1: all)", minimum=1)
+    mask_cases: int | None = _option(None, "write concept-mask volumes for the first N cases only (default: all)",
+                                     minimum=0)
+    batch_size: int = _option(16, "slices per forward pass", minimum=1)
+
+    def __post_init__(self) -> None:
+        _check_numbers(self)
+        if not self.layers.strip():
+            raise UsageError("--layers: give 'all' or layer names")
+
+    def concept_names(self) -> list[str] | None:
+        """The concepts asked for, or None for every one the cases have ground truth for."""
+        return split_files(self.concepts) or None
+
+
+_BOUNDS = ("minimum", "above", "maximum", "below")
+_NUMBERS = {"int": int, "int | None": int, "float": float}  # a setting's annotation → the number it holds
+
+
+def _check_numbers(config) -> None:
+    """A config's numbers checked as the command line checks them (one error naming the flag)."""
+    for setting in fields(config):
+        value = getattr(config, setting.name)
+        if setting.type in _NUMBERS and value is not None:
+            check_number(value, _flags(setting)[-1], _NUMBERS[setting.type],
+                         **{bound: setting.metadata[bound] for bound in _BOUNDS if bound in setting.metadata})
 
 
 CASE_PREPARATION = ("coregister", "atlas", "brain_mask")  # the settings every single-case verb takes from explain
@@ -249,8 +291,8 @@ def add_config_options(parser: argparse.ArgumentParser, config_type=ExplainConfi
             parser.add_argument(*flags, dest=setting.name, action="store_false" if default else "store_true",
                                 help=f"do not {meta['help']}" if default else meta["help"])
         else:
-            kind = (number_option(int, minimum=meta["minimum"]) if setting.type == "int" else
-                    {"type": _device_option if meta.get("type") == "device" else str})
+            kind = (number_option(_NUMBERS[setting.type], **{b: meta[b] for b in _BOUNDS if b in meta})
+                    if setting.type in _NUMBERS else {"type": _device_option if meta.get("type") == "device" else str})
             parser.add_argument(*flags, dest=setting.name, default=default, choices=meta.get("choices"),
                                 metavar=meta.get("metavar"),
                                 help=meta["help"] + (f" (default {default})" if default is not None else ""), **kind)

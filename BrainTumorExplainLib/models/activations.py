@@ -15,15 +15,23 @@ from ..errors import UsageError
 from .base import SegmentationNet
 
 
+def layer_names(layers: str | Iterable[str] | None) -> list[str] | None:
+    """What ``--layers`` asks for, for every kind of network: None for ``"all"`` (or None), else the names — a
+    comma-separated string split, blanks dropped (an empty list: no name given)."""
+    if layers is None or layers == "all":
+        return None
+    return [n.strip() for n in layers.split(",") if n.strip()] if isinstance(layers, str) else list(layers)
+
+
 def resolve_layers(model: SegmentationNet, layers: str | Iterable[str] | None = "all") -> list[str]:
     """``"all"`` (or None) → every analysable layer in network order; otherwise the given names, checked.
 
     A comma-separated string is accepted too, as the CLI passes it.
     """
     valid = list(model.analysable_layers())
-    if layers is None or layers == "all":
+    names = layer_names(layers)
+    if names is None:
         return valid
-    names = [n.strip() for n in layers.split(",")] if isinstance(layers, str) else list(layers)
     unknown = [n for n in names if n not in valid]
     if unknown or not names:
         raise UsageError(f"unknown layer(s) {unknown or names} for {model.architecture}; valid layers: "

@@ -132,7 +132,7 @@ def restricted_to_slices(case: Case, slices: np.ndarray) -> Case:
 
 
 def environment(device: torch.device) -> dict:
-    from .explain import device_name, library_versions
+    from ..app.explain import device_name, library_versions
 
     return {"device": device_name(str(device)), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "versions": library_versions(),
@@ -448,15 +448,17 @@ def bench_slicer(model: SegmentationNet, case: Case, config: BenchConfig, device
     name, ours = "Slicer push", "push every output of one explain run into a scene (slicer-core)"
     if config.explain_run is None:
         return [Measurement(name, ours, "", None, None, "", {"skipped": "pass --explain-run OUT (an explain folder)"})]
-    from .explain import run_scene_bundle, scene_bundle_unavailable
+    from ..app.contract import read_summary
+    from ..app.stages.scene import run_bundle, unavailable
 
-    reason = scene_bundle_unavailable()
+    reason = unavailable()
     if reason:
-        return [Measurement(name, ours, "", None, None, "", {"skipped": reason.replace("not written: ", "")})]
+        return [Measurement(name, ours, "", None, None, "", {"skipped": reason})]
+    summary = read_summary(config.explain_run)
     with tempfile.TemporaryDirectory() as scratch:
         timings = Path(scratch) / "timings.json"
-        done, total = _timed(lambda: run_scene_bundle(config.explain_run, "--out", str(Path(scratch) / "scene.mrb"),
-                                                        "--timings", str(timings)), device)
+        done, total = _timed(lambda: run_bundle(config.explain_run, summary, "--out", str(Path(scratch) / "scene.mrb"),
+                                                "--timings", str(timings)), device)
         if done.returncode:
             reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
             return [Measurement(name, ours, "", None, None, "", {"skipped": f"bundle failed: {reason}"})]

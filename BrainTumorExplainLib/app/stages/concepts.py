@@ -78,3 +78,64 @@ def run(run) -> None:
                    truth[d["concept"]][z] if d["concept"] in truth else None) for d in detectors]
         concept_montage(case, z, panels, run.figure("concepts"),
                         title=f"{case.case_id} z={z} · {run.config.model}: best detector per concept")
+
+
+def dissect_job(model, cases: list[Path], work: Path, shown_as: Path, config, model_name: str,
+                resample: bool = True) -> None:
+    """The ``dissect`` verb (``config``: :class:`app.settings.DissectConfig`): the dissection of ``cases`` into
+    ``work`` (published as ``shown_as``) — ``dissection.json``, ``tables/``, ``detectors.json``, each concept's best
+    detector's mask per case and ``dissection.png`` on the first — and its table printed."""
+    import json
+
+    from ...analyses.dissection import concept_masks, dissect, filter_concept_masks
+    from ...data.case import load_case
+    from ...models.space import into_network_space
+    from ...progress import progress_bar
+    from ..figures import concept_montage, montage_slices
+
+    def prepare(case):
+        return into_network_space(case, model, resample)
+
+    result = dissect(model, cases, config.layers, config.concept_names(), config.quantile, config.iou,
+                     config.slice_step, batch_size=config.batch_size, progress=True, prepare=prepare,
+                     controls=config.controls, control_seed=config.control_seed, margin=config.margin)
+    result.save(work / "dissection.json")
+    result.write_tables(work / "tables")
+    (work / "detectors.json").write_text(json.dumps({"summary": result.summary(), "controls": result.control_table(),
+                                                     "detectors": result.detectors()}, indent=2) + "\n")
+    best = result.best_detectors()
+    picks = [(row["layer"], row["filter"]) for row in best.values()]
+    for index, folder in enumerate(progress_bar(cases[:config.mask_cases], "concept masks", unit="case")):
+        case = prepare(load_case(folder))
+        masks = filter_concept_masks(model, case, result, picks)
+        write_masks(masks, best, case, work / "concepts" / case.case_id)
+        if index == 0 and best:
+            z = montage_slices(case, 1)[0]
+            truth = dict(zip(best, concept_masks(case, list(best))[:, z]))
+            panels = [(f"{row['layer']} #{row['filter']}: {concept} IoU {row['iou']:.2f}",
+                       masks[(row["layer"], row["filter"])][z], truth[concept]) for concept, row in best.items()]
+            title = (f"{case.case_id} z={z} · {model_name}: best detector per concept (dataset-wide IoU), "
+                     f"mask cyan, ground truth yellow")
+            concept_montage(case, z, panels, work / "dissection.png", title=title)
+            print(f"wrote {shown_as / 'dissection.png'}")
+    print(dissection_table(result, len(cases)))
+    print(f"wrote {shown_as / 'dissection.json'}")
+
+
+def dissection_table(result, cases: int) -> str:
+    """Detector counts per concept per layer, and each concept's best filter beside its controls, as text."""
+    rule = (f"IoU ≥ {result.iou_cutoff} and ≥ the best control + {result.margin}" if result.controls
+            else f"IoU ≥ {result.iou_cutoff}; no controls measured")
+    lines = [f"detectors ({rule}) per concept per layer, {cases} case(s):",
+             f"{'layer':<11}" + "".join(f"{c:>6}" for c in result.concepts) + "  filters"]
+    for layer, counts in result.summary().items():
+        lines.append(f"{layer:<11}" + "".join(f"{counts[c]:>6}" for c in result.concepts)
+                     + f"  {len(result.layers[layer].thresholds):>7}")
+    if result.controls:
+        names = list(result.controls)
+        lines.append(f"best IoU per concept: {'trained':>8}" + "".join(f"{name:>16}" for name in names) + "  learned")
+        for row in result.control_table():
+            lines.append(f"{row['concept']:<21} {row['trained']['iou']:>8.3f}"
+                         + "".join(f"{row[name]['iou']:>16.3f}" for name in names)
+                         + f"  {'yes' if row['learned'] else 'no'}")
+    return "\n".join(lines)

@@ -46,34 +46,82 @@ def run(run) -> None:
     except UsageError as unavailable:
         run.summary["gradcam"] = {"not_computed": str(unavailable)}
         return
-    cams = compute(run)
+    config = run.config
+
+    def compute_for(network, slices=None):
+        return compute(network, run.case, config.layers, config.classes, config.gradcam_target, config.gradcam_pool,
+                       slices=slices, progress=run.progress)
+
+    cams = compute_for(run.model)
     run.handed_on["gradcam"] = cams  # for the review
-    write_maps(cams, run.case, run.work / GRADCAM, full_resolution=run.config.full_resolution)
+    write_maps(cams, run.case, run.work / GRADCAM, full_resolution=config.full_resolution)
     table = localisation(cams, run.case)
-    controls = control_localisation(run.model, run.case, cams, lambda network, slices: compute(run, network, slices))
+    controls = control_localisation(run.model, run.case, cams, compute_for)
     run.summary["gradcam"] = {**summarise(cams, table), "controls": controls}
     names = [cams.name(c) for c in cams.classes]
     gradcam_montage(run.case, run.z, cams.slice_maps(run.z), cams.classes, run.figure("gradcam"),
                     title=run.title("Grad-CAM per layer (rows: class)"), names=names)
-    localisation_curves({run.config.model: table}, run.figure("topdown"),
+    localisation_curves({config.model: table}, run.figure("topdown"),
                         regions={name: cams.region(c) for name, c in zip(names, cams.classes)},
-                        controls={run.config.model: controls})
+                        controls={config.model: controls})
 
 
-def compute(run, model=None, slices=None):
-    """Grad-CAM of the run's layers and classes for the run's model (or ``model``): slice by slice for the paper's
-    2D networks (every brain slice, or ``slices``), window by window for a described 3D network (every output
-    channel, with its own target)."""
+def compute(model, case, layers: str, classes, target: str, pool: str, slices=None, progress: bool = False,
+            batch_size: int = 8):
+    """Grad-CAM of ``layers`` (names, or "all") for ``model`` — the ``explain`` stage and the ``gradcam`` verb both
+    call this: slice by slice for the paper's 2D networks (``classes``; every brain slice, or ``slices``), window by
+    window for a described 3D network (every output channel with its own target: ``target`` "logits" stays logits,
+    anything else is the probabilities)."""
     from ...analyses.gradcam import gradcam_volume
     from ...analyses.volume import volume_gradcam
     from ...models.volume import DescribedNetwork
 
-    model, config = run.model if model is None else model, run.config
     if isinstance(model, DescribedNetwork):
-        target = "logits" if config.gradcam_target == "logits" else "probabilities"
-        return volume_gradcam(model, run.case, config.layers, target=target, pool=config.gradcam_pool)
-    return gradcam_volume(model, run.case, config.layers, config.classes, config.gradcam_target, slices=slices,
-                          progress=run.progress, pool=config.gradcam_pool)
+        return volume_gradcam(model, case, layers, target="logits" if target == "logits" else "probabilities",
+                              pool=pool)
+    return gradcam_volume(model, case, layers, classes, target, slices=slices, batch_size=batch_size,
+                          progress=progress, pool=pool)
+
+
+def job(models: dict, case, classes, slices: list[int], work: Path, shown_as: Path, *, layers: str, target: str,
+        pool: str, batch_size: int = 8, volume: bool = True, full_resolution: bool = False) -> None:
+    """The ``gradcam`` verb: for each network of ``models`` (name → network), the montages of ``slices`` into
+    ``work/<name>/`` and — with ``volume`` — every map on the case's grid, ``localisation.json`` with its controls,
+    and the top-down curves of all of them (``work/topdown.png``); ``shown_as``: where ``work`` is published."""
+    import json
+
+    from ...analyses.gradcam import localisation
+    from ..figures import gradcam_montage, localisation_curves
+
+    # Volume mode computes every brain slice (and any montage slice outside the brain) in one pass; the montages are
+    # cut from it. Without it, the montage slices only.
+    computed = sorted(set(case.brain_slices().tolist()) | set(slices)) if volume else slices
+    tables, controls = {}, {}
+    for name, model in models.items():
+        out = work / name
+
+        def compute_for(network, chosen):
+            return compute(network, case, layers, classes, target, pool, slices=chosen, progress=True,
+                           batch_size=batch_size)
+
+        cams = compute_for(model, computed)
+        for z in slices:
+            png = gradcam_montage(case, z, cams.slice_maps(z), cams.classes, out / f"gradcam_z{z}.png",
+                                  title=f"{case.case_id} · {name} · Grad-CAM ({target}) per layer, rows: class",
+                                  names=[cams.name(c) for c in cams.classes])
+            print(f"wrote {shown_as / png.relative_to(work)}")
+        if not volume:
+            continue
+        write_maps(cams, case, out, progress=True, full_resolution=full_resolution)
+        tables[name] = localisation(cams, case)
+        controls[name] = control_localisation(model, case, cams, compute_for)
+        (out / "localisation.json").write_text(json.dumps(
+            {"case": case.case_id, "model": name, **summarise(cams, tables[name]), "controls": controls[name]},
+            indent=2) + "\n")
+        print(f"wrote {len(cams.maps)} maps and localisation.json to {shown_as / name}")
+    if tables:
+        localisation_curves(tables, work / "topdown.png", controls=controls)
+        print(f"wrote {shown_as / 'topdown.png'}")
 
 
 def control_localisation(model, case, cams, compute) -> dict:
@@ -83,7 +131,8 @@ def control_localisation(model, case, cams, compute) -> dict:
     ``CONTROL_SLICE_STEP``-th for a 2D network, to keep the cost at a quarter of the maps')."""
     from dataclasses import replace
 
-    from ...analyses.controls import DEFAULT_SEED, random_weights
+    from ...analyses import CONTROL_SEED
+    from ...analyses.controls import random_weights
     from ...analyses.gradcam import CONTROL_SLICE_STEP, localisation, localisation_controls, raw_input_volume
     from ...data.case import MODALITIES
     from ...models.description import from_network_space, network_inputs
@@ -97,8 +146,8 @@ def control_localisation(model, case, cams, compute) -> dict:
     else:
         slices = cams.slices[::CONTROL_SLICE_STEP]
         channels, names = case.images, MODALITIES
-    random_table = localisation(compute(random_weights(model, DEFAULT_SEED), slices), case)
+    random_table = localisation(compute(random_weights(model, CONTROL_SEED), slices), case)
     raw_table = localisation(raw_input_volume(channels, names, slices), case)
     trained_table = localisation(replace(cams, slices=slices), case)
     regions = {cams.name(c): cams.region(c) for c in cams.classes}
-    return localisation_controls(trained_table, random_table, raw_table, regions, DEFAULT_SEED, len(slices))
+    return localisation_controls(trained_table, random_table, raw_table, regions, CONTROL_SEED, len(slices))

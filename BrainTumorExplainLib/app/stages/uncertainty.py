@@ -7,6 +7,7 @@ from pathlib import Path
 from ..contract import figure_file, uncertainty_file
 
 NAME = "uncertainty"
+QUICK_VOLUME_PASSES = 8  # dropout passes of a 3D network in quick mode (a 3D pass costs a whole volume)
 METHODS = {"dropout": "test-time dropout (epistemic)",
            "flips": "test-time augmentation: the mirrorings (no dropout in the network)",
            "ensemble": "ensemble: the disagreement of several weight files of the network (an nnU-Net folder's "
@@ -53,26 +54,28 @@ def draw(volume, case, summary: dict, uncertainty_png: Path, errors_png: Path, t
         error_by_uncertainty(summary["error_analysis"], errors_png)
 
 
-def compute(run):
-    """The ensemble's disagreement when members are given; else the paper's test-time dropout for its 2D networks;
-    for a described 3D network, dropout when it has some (8 passes when quick), else the 8 mirrorings."""
+def compute(model, case, passes: int, quick: bool, seed: int, ensemble: dict | None = None, progress: bool = False,
+            slices_per_batch: int | None = None, passes_per_forward: int | None = None):
+    """The ``explain`` stage and the ``uncertainty`` verb both call this: the ensemble's disagreement when members
+    (weights file → network) are given; else the paper's test-time dropout for its 2D networks (``passes``, or
+    adaptive when ``quick``; the batching by device unless given); for a described 3D network, dropout when it has
+    some (8 passes when quick), else the 8 mirrorings."""
     from ...analyses.uncertainty import ensemble_uncertainty, uncertainty_volume
     from ...analyses.volume import volume_uncertainty
     from ...models.volume import DescribedNetwork
 
-    config = run.config
-    if run.ensemble:
-        return ensemble_uncertainty(list(run.ensemble.values()), run.case, progress=run.progress)
-    if isinstance(run.model, DescribedNetwork):
-        return volume_uncertainty(run.model, run.case, passes=8 if run.quick else config.passes, seed=config.seed,
-                                  progress=run.progress)
-    return uncertainty_volume(run.model, run.case, passes=config.passes, quick=run.quick, seed=config.seed,
-                              progress=run.progress)
+    if ensemble:
+        return ensemble_uncertainty(list(ensemble.values()), case, progress=progress)
+    if isinstance(model, DescribedNetwork):
+        return volume_uncertainty(model, case, passes=QUICK_VOLUME_PASSES if quick else passes, seed=seed,
+                                  progress=progress)
+    return uncertainty_volume(model, case, passes=passes, quick=quick, seed=seed, slices_per_batch=slices_per_batch,
+                              passes_per_forward=passes_per_forward, progress=progress)
 
 
 def run(run) -> None:
     config = run.config
-    volume = compute(run)
+    volume = compute(run.model, run.case, config.passes, run.quick, config.seed, run.ensemble, run.progress)
     write_maps(volume, run.case, run.work, run.config.full_resolution)
     summary = summarise(volume, run.case, mode_of(volume, run.quick, config.passes), config.seed, run.model,
                         run.handed_on.get("probabilities"))
@@ -82,6 +85,59 @@ def run(run) -> None:
     draw(volume, run.case, summary, run.figure("uncertainty"), run.figure("error_by_uncertainty"),
          run.title("ground truth | prediction | uncertainty"))
     run.summary["uncertainty"] = summary
+
+
+def job(model, case, work: Path, shown_as: Path, *, model_name: str, passes: int, quick: bool, seed: int,
+        members: dict | None = None, agreement: bool = False, full_resolution: bool = False,
+        slices_per_batch: int | None = None, passes_per_forward: int | None = None) -> dict:
+    """The ``uncertainty`` verb: :func:`compute`, then the labels of the mean prediction, the maps, the figures and
+    ``summary.json`` into ``work`` (published as ``shown_as``); with ``agreement`` (when quick), the full ``passes``
+    too and the Pearson r of the two runs' maps in the brain. ``members``: weights file → network, an ensemble."""
+    import json
+    import time
+
+    from ...analyses.uncertainty import brain_pearson
+    from ...version import __version__
+    from ..contract import SEGMENTATION, SUMMARY
+
+    def timed(quick: bool):
+        start = time.perf_counter()
+        result = compute(model, case, passes, quick, seed, members, progress=True, slices_per_batch=slices_per_batch,
+                         passes_per_forward=passes_per_forward)
+        return result, time.perf_counter() - start
+
+    volume, seconds = timed(quick)
+    mode = mode_of(volume, quick, passes)
+    summary = {"version": __version__, "case": case.case_id, "model": model_name,
+               **summarise(volume, case, mode, seed, model), "seconds": round(seconds, 2)}
+    if members:
+        summary["members"] = list(members)
+    case.write_labels(volume.labels, work / SEGMENTATION)
+    write_maps(volume, case, work, full_resolution)
+    print(f"{mode}: {summary['passes']['mean']} passes per slice on average, {seconds:.1f} s")
+    if quick and agreement and not members:
+        full, full_seconds = timed(False)
+        summary["agreement_with_full"] = {"passes": passes, "seconds": round(full_seconds, 2), "pearson_r": {
+            name: round(brain_pearson(array, full.maps()[name], case.brain_mask), 4)
+            for name, array in volume.maps().items()}}
+        print(f"agreement with T={passes} ({full_seconds:.1f} s), Pearson r in the brain: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in summary["agreement_with_full"]["pearson_r"].items()))
+    draw(volume, case, summary, work / "uncertainty.png", work / "error_by_uncertainty.png",
+         f"{case.case_id} · {model_name} · {summary['source']} ({mode}): ground truth | prediction | uncertainty")
+    if "error_analysis" in summary:
+        analysis = summary["error_analysis"]
+        print("AUROC for misclassified brain voxels: " + ", ".join(
+            f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items())
+            + f" (error rate {analysis['error_rate']:.4f}); {control_text(analysis)}")
+    (work / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {shown_as}")
+    return summary
+
+
+def control_text(analysis: dict) -> str:
+    """The deterministic control beside the uncertainty AUROCs (analyses.uncertainty.deterministic_control)."""
+    control = analysis.get("control")
+    return f"control ({control['map']}) {control['auroc']:.3f}" if control else "no control"
 
 
 def mode_of(volume, quick: bool, passes: int) -> str:
