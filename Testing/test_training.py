@@ -217,3 +217,22 @@ def test_upright_share_draws_that_share_of_each_batch_from_the_cases_as_read():
         assert set(x[:, 0, 4, 4].tolist()) == expected
     x, _ = data.sample(np.random.default_rng(0), 64, (8, 8), 0.7, augment=False)
     assert set(x[:, 0, 4, 4].tolist()) == {1.0, 2.0, -1.0}
+
+
+def test_the_trainers_options_are_their_configs_fields(tmp_path, capsys):
+    """train and train-bundle take their options from TrainConfig and BundleTrainConfig (one spelling, one
+    default, one check each)."""
+    from BrainTumorExplainLib.app.bundle_training import BundleTrainConfig
+    from BrainTumorExplainLib.app.cli import build_parser
+    from BrainTumorExplainLib.app.settings import config_from_arguments
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--data", "d", "--model", "simunet", "--out", "w.pt", "--steps", "5", "--lr",
+                              "0.01", "--validation", "3", "--acquisitions", "2", "--upright-share", "0.5"])
+    assert config_from_arguments(args, TrainConfig, device="cpu") == TrainConfig(
+        model="simunet", steps_per_epoch=5, learning_rate=0.01, validation_cases=3, acquisitions=2, upright_share=0.5)
+    args = parser.parse_args(["train-bundle", "--data", "d", "--out", "b", "--spacing", "3", "--epochs", "4"])
+    assert config_from_arguments(args, BundleTrainConfig, device="cpu") == BundleTrainConfig(spacing_mm=3.0, epochs=4)
+    assert main(["train", "--data", str(tmp_path), "--model", "resunet", "--out", str(tmp_path / "w.pt"),
+                 "--upright-share", "1.5"]) == 2
+    assert "--upright-share 1.5: expected a finite number ≥ 0 and ≤ 1" in capsys.readouterr().err

@@ -31,6 +31,8 @@ from ..data.labels import region_mask
 from ..models.base import import_dynamo_privately
 from ..outputs import OutputFolder
 from ..progress import progress_bar
+from .settings import option
+from .training import schedule_option
 
 # The bundle's channel names, in MONAI's brats_mri_segmentation order (the loader maps them to the library's).
 INPUT_CHANNELS = {"0": "T1c", "1": "T1", "2": "T2", "3": "FLAIR"}
@@ -39,23 +41,26 @@ OUTPUT_CHANNELS = {"0": "Tumor core", "1": "Whole tumor", "2": "Enhancing tumor"
 
 @dataclass
 class BundleTrainConfig:
-    name: str = "segresnet3d"
-    init_filters: int = 8
+    """What ``train-bundle`` can be asked (the fields with help are its command-line options)."""
+
+    name: str = option("segresnet3d", "the bundle's name")
+    init_filters: int = option(8, "SegResNet's first width", minimum=1)
     blocks_down: tuple[int, ...] = (1, 2, 2, 4)
     blocks_up: tuple[int, ...] = (1, 1, 1)
     dropout_prob: float = 0.2
-    spacing_mm: float = 2.0  # isotropic; 2 mm keeps a brain in about 80³ voxels, which two CPU cores can train
-    crop: int = 64  # training cube, voxels
-    window: int = 96  # inference window (SlidingWindowInferer roi_size), voxels
+    # 2 mm keeps a brain in about 80³ voxels, which two CPU cores can train
+    spacing_mm: float = option(2.0, "isotropic training voxel size in mm", flags=("--spacing",), above=0)
+    crop: int = option(64, "training cube in voxels", minimum=1)
+    window: int = option(96, "inference window in voxels (SlidingWindowInferer's roi_size)", minimum=1)
     overlap: float = 0.5
-    epochs: int = 20
-    steps_per_epoch: int = 40
-    batch_size: int = 2
-    learning_rate: float = 2e-3
+    epochs: int = schedule_option("epochs", 20)
+    steps_per_epoch: int = schedule_option("steps_per_epoch", 40)
+    batch_size: int = schedule_option("batch_size", 2)
+    learning_rate: float = schedule_option("learning_rate", 2e-3)
     weight_decay: float = 1e-5
     tumour_crop_fraction: float = 0.7
-    validation_cases: int = 2
-    seed: int = 0
+    validation_cases: int = schedule_option("validation_cases", 2)
+    seed: int = schedule_option("seed", 0)
     device: str = "cpu"
 
 

@@ -385,30 +385,16 @@ def _load_model(args: argparse.Namespace, name: str | None = None):
                       getattr(args, "trust_bundle", False), getattr(args, "folds", None))
 
 
-def _add_training_options(p: argparse.ArgumentParser, defaults) -> None:
-    """The options ``train`` and ``train-bundle`` share (defaults from their configs)."""
-    p.add_argument("--epochs", default=defaults.epochs, **number_option(int, minimum=1))
-    p.add_argument("--steps", default=defaults.steps_per_epoch, help="steps per epoch", **number_option(int, minimum=1))
-    p.add_argument("--batch-size", default=defaults.batch_size, **number_option(int, minimum=1))
-    p.add_argument("--lr", default=defaults.learning_rate, **number_option(float, above=0))
-    p.add_argument("--validation", default=defaults.validation_cases, help="cases held out for validation",
-                   **number_option(int, minimum=1))
-    p.add_argument("--seed", default=defaults.seed, **number_option(int, minimum=0))
+def _add_training_options(p: argparse.ArgumentParser, config_type) -> None:
+    """The options of a trainer's config (``train``, ``train-bundle``), its device and resuming."""
+    add_config_options(p, config_type)
     p.add_argument("--device", default="auto", type=device_option, help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
-
-
-def _training_settings(args: argparse.Namespace) -> dict:
-    """The shared options as config fields."""
-    return {"epochs": args.epochs, "steps_per_epoch": args.steps, "batch_size": args.batch_size,
-            "learning_rate": args.lr, "validation_cases": args.validation, "seed": args.seed,
-            "device": str(resolve_device(args.device))}
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from .training import TrainConfig
 
-    defaults = TrainConfig()
     p = sub.add_parser("train", help="train a network on random axial slices of BraTS-named case folders",
                        description="Loss: soft Dice + class-weighted cross-entropy; Adam with cosine decay; seeded. "
                                    "The last --validation cases (sorted by name) are held out for the per-epoch "
@@ -416,19 +402,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=Path, help="folder of case folders (BraTS or phantoms)")
     p.add_argument("--model", required=True, help="denseunet, resunet or simunet")
     p.add_argument("--out", required=True, type=Path, help="weights file to write (.pt)")
-    p.add_argument("--width", default=defaults.width, help=f"channel multiplier (default {defaults.width}; 1.0 = paper "
-                   "width)", **number_option(float, above=0))
-    p.add_argument("--acquisitions", default=defaults.acquisitions, help="per training case, this many seeded random "
-                   "clinical acquisitions of it (voxel size, tilt, flips, interpolation, motion, bias field, noise), "
-                   "brought back into the training space as inference does, added to the training data (default "
-                   f"{defaults.acquisitions})", **number_option(int, minimum=0))
-    p.add_argument("--upright-share", default=defaults.upright_share, help="with --acquisitions, the share of each "
-                   "batch drawn from the cases as read (default: every case, read or acquired, alike)",
-                   **number_option(float, minimum=0, maximum=1))
     p.add_argument("--acquisition-cache", type=Path, help="folder keeping the clinical acquisitions, so that a "
                    "rerun, a resumed run or another network on the same cases and seed reads them instead of "
                    "making them again (keyed by case, acquisition, training space and library version)")
-    _add_training_options(p, defaults)
+    _add_training_options(p, TrainConfig)
     _add_overwrite(p, "an existing weights file")
     p.set_defaults(run=_run_train)
 
@@ -441,8 +418,7 @@ def _run_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out}: weights are written as a .pt file")
     OutputFile(args.out, [args.data], args.overwrite)  # checked now; train() writes it when the run is complete
     build_model(args.model, width=args.width)  # unknown names fail here, before any data is read
-    config = TrainConfig(model=args.model, width=args.width, acquisitions=args.acquisitions,
-                         upright_share=args.upright_share, **_training_settings(args))
+    config = config_from_arguments(args, TrainConfig, device=str(resolve_device(args.device)))
     history = train(args.data, args.out, config, resume=not args.no_resume, acquisition_cache=args.acquisition_cache)
     print(f"wrote {args.out} after {len(history)} epochs")
     return 0
@@ -451,7 +427,6 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_train_bundle(sub: argparse._SubParsersAction) -> None:
     from .bundle_training import BundleTrainConfig
 
-    defaults = BundleTrainConfig()
     p = sub.add_parser("train-bundle", help="train MONAI's SegResNet in 3D on BraTS-named case folders and write it "
                                             "as a MONAI bundle folder",
                        description="The recipe of the shipped 3D network (app/bundle_training.py): sigmoid TC/WT/ET, "
@@ -461,17 +436,7 @@ def _add_train_bundle(sub: argparse._SubParsersAction) -> None:
                                    "resume.")
     p.add_argument("--data", required=True, type=Path, help="folder of case folders (BraTS or phantoms)")
     p.add_argument("--out", required=True, type=Path, help="bundle folder to write")
-    p.add_argument("--name", default=defaults.name, help=f"the bundle's name (default {defaults.name})")
-    p.add_argument("--init-filters", default=defaults.init_filters,
-                   help=f"SegResNet's first width (default {defaults.init_filters})", **number_option(int, minimum=1))
-    p.add_argument("--spacing", default=defaults.spacing_mm,
-                   help=f"isotropic training voxel size in mm (default {defaults.spacing_mm})",
-                   **number_option(float, above=0))
-    p.add_argument("--crop", default=defaults.crop, help=f"training cube in voxels (default {defaults.crop})",
-                   **number_option(int, minimum=1))
-    p.add_argument("--window", default=defaults.window, help=f"inference window in voxels (default {defaults.window})",
-                   **number_option(int, minimum=1))
-    _add_training_options(p, defaults)
+    _add_training_options(p, BundleTrainConfig)
     _add_overwrite(p, "an existing bundle folder written by this command")
     p.set_defaults(run=_run_train_bundle)
 
@@ -479,8 +444,7 @@ def _add_train_bundle(sub: argparse._SubParsersAction) -> None:
 def _run_train_bundle(args: argparse.Namespace) -> int:
     from .bundle_training import BundleTrainConfig, train_bundle
 
-    config = BundleTrainConfig(name=args.name, init_filters=args.init_filters, spacing_mm=args.spacing,
-                               crop=args.crop, window=args.window, **_training_settings(args))
+    config = config_from_arguments(args, BundleTrainConfig, device=str(resolve_device(args.device)))
     history = train_bundle(args.data, args.out, config, resume=not args.no_resume, overwrite=args.overwrite)
     print(f"wrote {args.out} after {len(history)} epochs")
     return 0

@@ -105,7 +105,7 @@ def split_files(text: str | None) -> list[str]:
     return [name.strip() for name in (text or "").split(",") if name.strip()]
 
 
-def _option(default, help: str, **cli):
+def option(default, help: str, **cli):
     """A setting: its default, its help text and how the command line spells it (``flags``, ``choices``, ...)."""
     return field(default=default, metadata={"help": help, **cli})
 
@@ -114,56 +114,56 @@ def _option(default, help: str, **cli):
 class ExplainConfig:
     """Everything ``explain`` can be asked; the defaults are the command line's and the panel's."""
 
-    model: str = _option("denseunet", f"network: {', '.join(MODEL_NAMES)} (shipped weights), a MONAI bundle "
+    model: str = option("denseunet", f"network: {', '.join(MODEL_NAMES)} (shipped weights), a MONAI bundle "
                          "folder or an nnU-Net trained-model folder", metavar="NAME|FOLDER")
-    folds: str | None = _option(None, "an nnU-Net folder's folds: all (default: every numbered fold, their ensemble "
+    folds: str | None = option(None, "an nnU-Net folder's folds: all (default: every numbered fold, their ensemble "
                                 "as nnU-Net predicts; the uncertainty is their disagreement), numbers like 0,1,2, or "
                                 "fold_all (nnU-Net's -f all)", metavar="all|K,K,…|fold_all")
-    weights: str | None = _option(None, "your own weights file instead of the shipped ones", metavar="FILE")
-    trust_bundle: bool = _option(False, "run a bundle's own code: the expressions of its configs (MONAI builds its "
+    weights: str | None = option(None, "your own weights file instead of the shipped ones", metavar="FILE")
+    trust_bundle: bool = option(False, "run a bundle's own code: the expressions of its configs (MONAI builds its "
                                  "network) or its TorchScript network (models/model.ts)")
-    ensemble: str | None = _option(None, "two or more weights files of the network, comma-separated: the "
+    ensemble: str | None = option(None, "two or more weights files of the network, comma-separated: the "
                                    "uncertainty is their disagreement (an ensemble) instead of test-time dropout",
                                    metavar="FILE,FILE,…")
-    dissection: str | None = _option(None, "dissection.json from `dissect` (default: the model's shipped one)",
+    dissection: str | None = option(None, "dissection.json from `dissect` (default: the model's shipped one)",
                                      metavar="FILE")
-    device: str = _option("auto", "auto (a CUDA GPU when PyTorch sees one), cpu, cuda or cuda:N",
+    device: str = option("auto", "auto (a CUDA GPU when PyTorch sees one), cpu, cuda or cuda:N",
                           type="device")
-    quick: bool | None = _option(None, "adaptive test-time dropout; default: quick on a CPU, -T passes on a GPU",
+    quick: bool | None = option(None, "adaptive test-time dropout; default: quick on a CPU, -T passes on a GPU",
                                  flags=("--quick", "--full"))
-    passes: int = _option(100, "test-time dropout passes when not quick (the paper's 100)", flags=("-T", "--passes"),
+    passes: int = option(100, "test-time dropout passes when not quick (the paper's 100)", flags=("-T", "--passes"),
                           minimum=2)
-    layers: str = _option("all", "Grad-CAM layers: 'all' or comma-separated names")
-    classes: str = _option("tumour", "Grad-CAM classes: 'tumour', 'all' or e.g. ed,et")
-    gradcam_target: str = _option("softmax", "Grad-CAM's y(c): the softmax output, as the paper, or the logits",
+    layers: str = option("all", "Grad-CAM layers: 'all' or comma-separated names")
+    classes: str = option("tumour", "Grad-CAM classes: 'tumour', 'all' or e.g. ed,et")
+    gradcam_target: str = option("softmax", "Grad-CAM's y(c): the softmax output, as the paper, or the logits",
                                   choices=GRADCAM_TARGETS)
-    gradcam_pool: str = _option("image", "where Grad-CAM's y(c) averages the output: the whole image, or the voxels "
+    gradcam_pool: str = option("image", "where Grad-CAM's y(c) averages the output: the whole image, or the voxels "
                                 "the network labels c (predicted: the paper's class average over the predicted region)",
                                 choices=GRADCAM_POOLS)
-    featviz_steps: int = _option(100, "activation maximisation steps", minimum=1)
-    featviz_size: int = _option(96, "pre-image size in pixels", minimum=16)
-    featviz_size_3d: int = _option(32, "a 3D network's pre-image size in voxels per side", minimum=16)
-    seed: int = _option(0, "seed of the dropout masks and the feature visualisation", minimum=0)
-    coregister: str = _option("auto", "co-register T1, T1ce and T2 rigidly onto the FLAIR (mutual information): auto "
+    featviz_steps: int = option(100, "activation maximisation steps", minimum=1)
+    featviz_size: int = option(96, "pre-image size in pixels", minimum=16)
+    featviz_size_3d: int = option(32, "a 3D network's pre-image size in voxels per side", minimum=16)
+    seed: int = option(0, "seed of the dropout masks and the feature visualisation", minimum=0)
+    coregister: str = option("auto", "co-register T1, T1ce and T2 rigidly onto the FLAIR (mutual information): auto "
                               "— when the four files are not on one grid, as separate acquisitions are, or when a "
                               f"quick measurement finds a sequence off by more than {ALIGNMENT_TOLERANCE_MM:g} mm —, "
                               "always or never",
                               choices=("auto", "always", "never"))
-    atlas: str = _option("auto", "turn the head rigidly into the pose of the atlas (MNI ICBM152) on the way into the "
+    atlas: str = option("auto", "turn the head rigidly into the pose of the atlas (MNI ICBM152) on the way into the "
                          "network's space: auto — for a raw acquisition (sequences on different grids, or not "
                          "skull-stripped) —, always or never",
                          choices=ATLAS_MODES)
-    brain_mask: str = _option("auto", "the brain the analyses see: auto — a skull-stripped scan's own, less the "
+    brain_mask: str = option("auto", "the brain the analyses see: auto — a skull-stripped scan's own, less the "
                               "partial-volume rim of a scan interpolated after stripping, else the atlas's (coarser "
                               "than a learned skull-stripper) —, atlas, as-read (the voxels non-zero in any file), or "
                               "your mask file (non-zero = brain, on any grid)", metavar="auto|atlas|as-read|FILE")
-    resample: bool = _option(True, "resample a case that is off the network's training grid (voxel size, oblique "
+    resample: bool = option(True, "resample a case that is off the network's training grid (voxel size, oblique "
                              "axes) into it; the results go back onto the case's own grid")
-    overwrite: bool = _option(False, "replace OUT (an earlier result) once the new run is complete")
-    full_resolution: bool = _option(False, "write the Grad-CAM and uncertainty maps as float32, as computed "
+    overwrite: bool = option(False, "replace OUT (an earlier result) once the new run is complete")
+    full_resolution: bool = option(False, "write the Grad-CAM and uncertainty maps as float32, as computed "
                                     "(default: 8-bit levels with each map's own scale in the NIfTI header: a tenth of "
                                     "the size or less, within half a level of the float map)")
-    scene: bool | None = _option(None, "write scene.mrb for 3D Slicer (refused before any work if slicer-core is "
+    scene: bool | None = option(None, "write scene.mrb for 3D Slicer (refused before any work if slicer-core is "
                                        "missing); default: when slicer-core is installed", flags=("--scene", "--no-scene"))
 
     def __post_init__(self) -> None:
@@ -211,22 +211,22 @@ class ExplainConfig:
 class DissectConfig:
     """What ``dissect`` can be asked beyond its data, network and output folder (paper §3.1, with our controls)."""
 
-    layers: str = _option("all", "'all' or comma-separated layer names")
-    concepts: str | None = _option(None, "comma-separated concepts (default: every concept all cases have ground "
+    layers: str = option("all", "'all' or comma-separated layer names")
+    concepts: str | None = option(None, "comma-separated concepts (default: every concept all cases have ground "
                                    "truth for)")
-    quantile: float = _option(DEFAULT_QUANTILE, "each filter's threshold quantile over the dataset (the paper's: its "
+    quantile: float = option(DEFAULT_QUANTILE, "each filter's threshold quantile over the dataset (the paper's: its "
                               "top hundredth of activations)", above=0, below=1)
-    iou: float = _option(DEFAULT_IOU_CUTOFF, "IoU a detector must reach", minimum=0, maximum=1)
-    margin: float = _option(DEFAULT_MARGIN, "IoU by which a detector must beat the best control of its concept",
+    iou: float = option(DEFAULT_IOU_CUTOFF, "IoU a detector must reach", minimum=0, maximum=1)
+    margin: float = option(DEFAULT_MARGIN, "IoU by which a detector must beat the best control of its concept",
                             minimum=0, maximum=1)
-    control_seed: int = _option(CONTROL_SEED, "seed of the random-weights control", minimum=0)
-    controls: bool = _option(True, "measure the controls, the same architecture with random weights and the raw "
+    control_seed: int = option(CONTROL_SEED, "seed of the random-weights control", minimum=0)
+    controls: bool = option(True, "measure the controls, the same architecture with random weights and the raw "
                              "input (up to as long again as the network itself; without them every filter over the "
                              "cutoff is reported, and the results say that no control was measured)")
-    slice_step: int = _option(1, "use every N-th brain slice (1: all)", minimum=1)
-    mask_cases: int | None = _option(None, "write concept-mask volumes for the first N cases only (default: all)",
+    slice_step: int = option(1, "use every N-th brain slice (1: all)", minimum=1)
+    mask_cases: int | None = option(None, "write concept-mask volumes for the first N cases only (default: all)",
                                      minimum=0)
-    batch_size: int = _option(16, "slices per forward pass", minimum=1)
+    batch_size: int = option(16, "slices per forward pass", minimum=1)
 
     def __post_init__(self) -> None:
         _check_numbers(self)
@@ -239,7 +239,7 @@ class DissectConfig:
 
 
 _BOUNDS = ("minimum", "above", "maximum", "below")
-_NUMBERS = {"int": int, "int | None": int, "float": float}  # a setting's annotation → the number it holds
+_NUMBERS = {"int": int, "int | None": int, "float": float, "float | None": float}  # a setting's annotation → the number it holds
 
 
 def _check_numbers(config) -> None:
@@ -279,8 +279,8 @@ def add_config_options(parser: argparse.ArgumentParser, config_type=ExplainConfi
     """One option per field of ``config_type`` (its help, default and choices), in field order; ``only`` these
     fields when given."""
     for setting in fields(config_type):
-        if setting.name in exclude or (only is not None and setting.name not in only):
-            continue
+        if setting.name in exclude or (only is not None and setting.name not in only) or "help" not in setting.metadata:
+            continue  # (a field without help is no option: the verb asks for it its own way, or not at all)
         meta, flags = setting.metadata, _flags(setting)
         default = None if setting.default is MISSING else setting.default
         if setting.type == "bool | None":

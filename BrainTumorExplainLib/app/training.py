@@ -38,23 +38,47 @@ from ..outputs import OutputFile
 from ..progress import progress_bar
 from ..scoring.metrics import dice
 from ..version import __version__
+from .settings import option
+
+
+# The training schedule both trainers share (train, train-bundle): each setting's help and command-line spelling once.
+_SCHEDULE = {"epochs": ("epochs", {"minimum": 1}),
+             "steps_per_epoch": ("steps per epoch", {"flags": ("--steps",), "minimum": 1}),
+             "batch_size": ("cases' slices or crops per step", {"minimum": 1}),
+             "learning_rate": ("the optimiser's learning rate, decayed on a cosine", {"flags": ("--lr",), "above": 0}),
+             "validation_cases": ("cases held out for the per-epoch validation Dice (the last by name)",
+                                  {"flags": ("--validation",), "minimum": 1}),
+             "seed": ("seed of the initialisation, the sampling and the augmentation", {"minimum": 0})}
+
+
+def schedule_option(name: str, default):
+    """A field of the shared training schedule (:data:`_SCHEDULE`) with this trainer's default."""
+    help, cli = _SCHEDULE[name]
+    return option(default, help, **cli)
 
 
 @dataclass
 class TrainConfig:
+    """What ``train`` can be asked (the fields with help are its command-line options)."""
+
     model: str = "resunet"
-    width: float = 0.25
-    epochs: int = 8
-    steps_per_epoch: int = 100
-    batch_size: int = 8
-    learning_rate: float = 2e-3
+    width: float = option(0.25, "channel multiplier (1.0: the paper's width)", above=0)
+    epochs: int = schedule_option("epochs", 8)
+    steps_per_epoch: int = schedule_option("steps_per_epoch", 100)
+    batch_size: int = schedule_option("batch_size", 8)
+    learning_rate: float = schedule_option("learning_rate", 2e-3)
     crop: tuple[int, int] = (192, 160)
     tumour_slice_fraction: float = 0.7
-    validation_cases: int = 2
-    seed: int = 0
+    validation_cases: int = schedule_option("validation_cases", 2)
+    seed: int = schedule_option("seed", 0)
     device: str = "cpu"
-    acquisitions: int = 0  # clinical acquisitions per training case (see the module notes)
-    upright_share: float | None = None  # share of each batch drawn from the cases as read (None: every case alike)
+    acquisitions: int = option(0, "per training case, this many seeded random clinical acquisitions of it (voxel "
+                               "size, tilt, flips, interpolation, motion, bias field, noise), brought back into the "
+                               "training space as inference does, added to the training data (see the module "
+                               "notes)", minimum=0)
+    upright_share: float | None = option(None, "with --acquisitions, the share of each batch drawn from the cases "
+                                         "as read (default: every case, read or acquired, alike)",
+                                         minimum=0, maximum=1)
 
 
 def _crop_window(size: int, centre: float, jitter: int, rng: np.random.Generator | None) -> slice:
