@@ -755,33 +755,16 @@ def _add_template(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_template(args: argparse.Namespace) -> int:
-    from ..analyses.featviz import input_sequences, mean_template, save_template, spatial_dims, volume_template
-    from ..data.case import find_cases, load_case
+    from ..data.case import find_cases
     from ..models import load_model
-    from ..models.space import into_network_space
 
     if args.out.suffix != ".npz":
         raise UsageError(f"--out {args.out}: a template is written as .npz")
     target = OutputFile(args.out, [args.data, args.model and _model_folder(args.model)], args.overwrite)
     folders = find_cases(args.data)
     model = load_model(args.model, trust_code=args.trust_bundle) if args.model else None
-    volume = model is not None and spatial_dims(model) == 3
-    case_ids: list[str] = []
-
-    def cases():  # one case in memory at a time
-        for folder in folders:
-            case = load_case(folder)
-            case_ids.append(case.case_id)
-            yield into_network_space(case, model, True) if volume else case
-
-    if volume:
-        template = volume_template(cases(), model, args.size)
-        with target.writing() as written:
-            save_template(template, written, case_ids, input_sequences(model), model.architecture)
-    else:
-        template = mean_template(cases())
-        with target.writing() as written:
-            save_template(template, written, case_ids)
+    with target.writing() as written:
+        stages.featviz.template_job(folders, written, model, args.size)
     print(f"wrote {args.out}")
     return 0
 
@@ -850,7 +833,8 @@ def _run_featviz(args: argparse.Namespace) -> int:
                 if args.template or not volume else None)
     check_targets(model, targets, size=size)
     with folder as work:
-        _featviz_into(args, model, targets, config, regularisers, template, work)
+        stages.featviz.job(model, targets, config, regularisers, template, work, args.out, model_name=args.model,
+                           layer=args.layer, sweep=args.sweep)
     return 0
 
 
@@ -863,27 +847,6 @@ def _featviz_targets(filters: str, layer: str | None) -> list[tuple[str, int]]:
             raise UsageError(f"--filters {filters}: give filter indices with --layer, or layer:index pairs")
         targets.append((name or layer, int(index)))
     return targets
-
-
-def _featviz_into(args: argparse.Namespace, model, targets, config, regularisers, template, work: Path) -> None:
-    from ..analyses.featviz import regulariser_sweep
-    from .figures import MODALITY_TITLES, featviz_sweep
-
-    runs = stages.featviz.visualise(model, targets, config, regularisers, template, progress=True)
-    layer = args.layer or "+".join(sorted({name for name, _ in targets}))
-    for label, run in runs.items():
-        print(f"{label}: mean activation " + ", ".join(
-            f"#{k} {a:.2f} → {b:.2f}" for (_, k), a, b in zip(run.targets, run.start_activation, run.final_activation)))
-    title = f"{args.model} {layer}: activation maximisation (left unregularised, right regularised)"
-    stages.featviz.write_visualisations(runs, work, f"featviz_{layer}", title, {"model": args.model})
-    print(f"wrote {args.out / f'featviz_{layer}.png'}")
-    if args.sweep:
-        first = targets[0][1]
-        sweep = regulariser_sweep(model, targets[0], template, config, regularisers)
-        title = (f"{args.model} {layer} #{first}: one regulariser varied, the others as given "
-                 f"({MODALITY_TITLES[runs['regularised'].sequences[0]]} channel)")
-        featviz_sweep(sweep, work / f"sweep_{layer}_{first}.png", title=title)
-        print(f"wrote {args.out / f'sweep_{layer}_{first}.png'}")
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:

@@ -62,3 +62,53 @@ def run(run) -> None:
     write_visualisations(runs, run.work / FEATVIZ, "detectors", f"{run.config.model}: pre-images of the best "
                          "detectors (left unregularised, right regularised)", {"model": run.config.model})
     run.summary["featviz"] = {"template": source, **{label: entry.to_dict() for label, entry in runs.items()}}
+
+
+def job(model, targets: list, config, regularisers, template, work: Path, shown_as: Path, *, model_name: str,
+        layer: str | None = None, sweep: bool = False) -> None:
+    """The ``featviz`` verb: the pre-images of ``targets`` ((layer, filter) pairs), unregularised and regularised,
+    into ``work`` as ``featviz_<layer>.png/.npz/.json`` (published as ``shown_as``); with ``sweep``, the regulariser
+    sweep of the first target (Figure 13) as ``sweep_<layer>_<filter>.png``."""
+    from ...analyses.featviz import regulariser_sweep
+    from ..figures import MODALITY_TITLES, featviz_sweep
+
+    runs = visualise(model, targets, config, regularisers, template, progress=True)
+    layer = layer or "+".join(sorted({name for name, _ in targets}))
+    for label, found in runs.items():
+        print(f"{label}: mean activation " + ", ".join(
+            f"#{k} {a:.2f} → {b:.2f}"
+            for (_, k), a, b in zip(found.targets, found.start_activation, found.final_activation)))
+    title = f"{model_name} {layer}: activation maximisation (left unregularised, right regularised)"
+    write_visualisations(runs, work, f"featviz_{layer}", title, {"model": model_name})
+    print(f"wrote {shown_as / f'featviz_{layer}.png'}")
+    if sweep:
+        first = targets[0][1]
+        swept = regulariser_sweep(model, targets[0], template, config, regularisers)
+        title = (f"{model_name} {layer} #{first}: one regulariser varied, the others as given "
+                 f"({MODALITY_TITLES[runs['regularised'].sequences[0]]} channel)")
+        featviz_sweep(swept, work / f"sweep_{layer}_{first}.png", title=title)
+        print(f"wrote {shown_as / f'sweep_{layer}_{first}.png'}")
+
+
+def template_job(folders: list[Path], written: Path, model=None, size: int | None = None) -> None:
+    """The ``template`` verb: the mean image of the cases in ``folders`` (read one at a time) into ``written`` —
+    the z-scored sequences over every brain slice, or, for a 3D ``model``, its inputs over each case's brain box,
+    resized to ``size`` per side."""
+    from ...analyses.featviz import input_sequences, mean_template, save_template, spatial_dims, volume_template
+    from ...data.case import load_case
+    from ...models.space import into_network_space
+
+    volume = model is not None and spatial_dims(model) == 3
+    case_ids: list[str] = []
+
+    def cases():  # one case in memory at a time
+        for folder in folders:
+            case = load_case(folder)
+            case_ids.append(case.case_id)
+            yield into_network_space(case, model, True) if volume else case
+
+    if volume:
+        save_template(volume_template(cases(), model, size), written, case_ids, input_sequences(model),
+                      model.architecture)
+    else:
+        save_template(mean_template(cases()), written, case_ids)
