@@ -118,6 +118,20 @@ def test_runs_are_never_mixed_and_failures_leave_nothing(explained, small_phanto
     assert not failing.exists() and not failing.with_name("failing.partial").exists()
 
 
+def test_the_headline_names_the_scores_the_controls_where_to_look_and_the_report(explained, small_phantom):
+    from BrainTumorExplainLib.app.report import headline_lines
+
+    summary = json.loads((explained / "summary.json").read_text())
+    lines = headline_lines(summary, explained)
+    assert lines[0] == f"case {small_phantom.case_id} against its ground truth (resunet):"
+    assert "WT Dice" in lines[1] and "WT L-Dice" in lines[1]  # the legacy and the lesion-wise tables
+    assert next(line for line in lines if line.startswith("uncertainty AUROC")).endswith(
+        f"{summary['uncertainty']['error_analysis']['control']['auroc']:.3f}")
+    assert any(line.startswith("concepts the network detects beyond its controls") for line in lines)
+    assert sum(line.startswith("where to look: ") for line in lines) == (1 if summary.get("review") else 0)
+    assert lines[-1] == f"report: {explained / 'report.html'}"
+
+
 def test_the_slicer_benchmark_pushes_an_explain_run_into_a_scene(explained):
     """bench --only slicer on a real run folder: the push is timed and every output becomes a node."""
     pytest.importorskip("slicer")

@@ -206,50 +206,13 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _explain_and_print(source, out: Path, config, progress: str = "text") -> int:
     """Run explain, then its headline numbers for people (on stderr when stdout carries JSON events)."""
-    from ..scoring.evaluation import format_table
-    from .contract import REPORT, SCENE
     from .explain import explain
+    from .report import headline_lines
 
     summary = explain(source, out, config, progress)
-    stream = sys.stderr if progress == "json" else sys.stdout
-    if "scores" in summary:
-        print(f"case {summary['case']} against its ground truth ({summary['model']}):", file=stream)
-        print(format_table({summary["model"]: summary["scores"]}), file=stream)
-    analysis = summary.get("uncertainty", {}).get("error_analysis")
-    if analysis:
-        print("uncertainty AUROC for misclassified voxels: " + ", ".join(
-            f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items())
-            + f"; {stages.uncertainty.control_text(analysis)}", file=stream)
-    controls = summary.get("concepts", {}).get("controls")
-    if isinstance(controls, list) and controls:
-        learned = [row["concept"] for row in controls if row["learned"]]
-        print(f"concepts the network detects beyond its controls (random weights, raw input): "
-              f"{', '.join(learned) or 'none'}; not beyond them: "
-              f"{', '.join(row['concept'] for row in controls if not row['learned']) or 'none'}", file=stream)
-    review = summary.get("review")
-    if review:
-        print(_review_text(review), file=stream)
-    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()), file=stream)
-    if summary.get("scene") == SCENE:
-        print(f"Slicer scene: {out / SCENE}", file=stream)
-    print(f"report: {out / REPORT}", file=stream)
+    for line in headline_lines(summary, out):
+        print(line, file=sys.stderr if progress == "json" else sys.stdout)
     return 0
-
-
-def _review_text(review: dict) -> str:
-    """Where to look, in one line: the regions to review and, with ground truth, what the first of them hold."""
-    regions = review["regions"]
-    text = (f"where to look: {len(regions)} regions to review" + (
-        f", the first {regions[0]['volume_mm3']:.0f} mm³ at RAS "
-        f"({', '.join(f'{v:.0f}' for v in regions[0]['place']['ras'])})" if regions else ""))
-    top = review.get("coverage", {}).get("top", {})
-    if top and list(top.values())[-1]["errors_inside"] is not None:
-        k, found = list(top.items())[-1]
-        band = found.get("boundary")
-        text += (f"; the top {k} hold {found['errors_inside']:.0%} of the misclassified voxels (as much volume at "
-                 f"random: {found['random']['errors_inside']['mean']:.0%}"
-                 + (f", along the tumour's surface: {band['errors_inside']:.0%}" if band else "") + ")")
-    return text
 
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:

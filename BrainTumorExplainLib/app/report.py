@@ -126,6 +126,51 @@ LESION_HEADER = ["region", "#", "match", "volume (mm³)", "Dice", "mean entropy 
                  "Grad-CAM concentrates at", "detectors inside"]
 
 
+def headline_lines(summary: dict, out: Path) -> list[str]:
+    """What a finished explain run says to a person: the scores against the ground truth, the uncertainty's AUROCs
+    beside their control, the concepts learned beyond the controls, where to look, the seconds per stage, and where
+    the scene and the report are (``out``: the run folder)."""
+    from ..scoring.evaluation import format_table
+    from .contract import REPORT, SCENE
+    from .stages.uncertainty import control_text
+
+    lines = []
+    if "scores" in summary:
+        lines += [f"case {summary['case']} against its ground truth ({summary['model']}):",
+                  format_table({summary["model"]: summary["scores"]})]
+    analysis = summary.get("uncertainty", {}).get("error_analysis")
+    if analysis:
+        lines.append("uncertainty AUROC for misclassified voxels: " + ", ".join(
+            f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items()) + f"; {control_text(analysis)}")
+    controls = summary.get("concepts", {}).get("controls")
+    if isinstance(controls, list) and controls:
+        lines.append(f"concepts the network detects beyond its controls (random weights, raw input): "
+                     f"{', '.join(row['concept'] for row in controls if row['learned']) or 'none'}; not beyond them: "
+                     f"{', '.join(row['concept'] for row in controls if not row['learned']) or 'none'}")
+    if summary.get("review"):
+        lines.append(review_line(summary["review"]))
+    lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()))
+    if summary.get("scene") == SCENE:
+        lines.append(f"Slicer scene: {out / SCENE}")
+    return lines + [f"report: {out / REPORT}"]
+
+
+def review_line(review: dict) -> str:
+    """Where to look, in one line: the regions to review and, with ground truth, what the first of them hold."""
+    regions = review["regions"]
+    text = (f"where to look: {len(regions)} regions to review" + (
+        f", the first {regions[0]['volume_mm3']:.0f} mm³ at RAS "
+        f"({', '.join(f'{v:.0f}' for v in regions[0]['place']['ras'])})" if regions else ""))
+    top = review.get("coverage", {}).get("top", {})
+    if top and list(top.values())[-1]["errors_inside"] is not None:
+        k, found = list(top.items())[-1]
+        band = found.get("boundary")
+        text += (f"; the top {k} hold {found['errors_inside']:.0%} of the misclassified voxels (as much volume at "
+                 f"random: {found['random']['errors_inside']['mean']:.0%}"
+                 + (f", along the tumour's surface: {band['errors_inside']:.0%}" if band else "") + ")")
+    return text
+
+
 def review_rows(review: dict) -> list[list[str]]:
     """The review list of a run's ``summary["review"]`` as table rows (:data:`REVIEW_HEADER`), ranked: the report's
     and the Slicer panel's."""
