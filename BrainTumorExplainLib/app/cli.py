@@ -271,17 +271,11 @@ def _run_cohort(run, out: Path, finished: str) -> int:
     """A cohort run — ``run(report)`` returns its ``cohort.json`` content — then how it went: the cases ``finished``
     (and how many by an earlier run), the mean Dice per region with its interval, where the table and page are;
     every failed case as an ``error:`` line, and exit status 2 when any failed."""
-    from .cohort import PAGE, TABLE
+    from .cohort import summary_lines
 
     seen: dict[str, list[str]] = {"failed": [], "skipped": [], "done": []}
     statistics = run(lambda case, status, message: seen[status].append(message))
-    means = statistics["means"]
-    print(f"cohort {out}: {statistics['done']} of {statistics['cases']} cases {finished} ({len(seen['skipped'])} by "
-          f"an earlier run); " + ", ".join(
-        f"{region} Dice {found['mean']:.3f} [{found['low']:.3f}–{found['high']:.3f}]" if found["low"] is not None
-        else f"{region} Dice {found['mean']:.3f}" for region in ("WT", "TC", "ET")
-        if (found := means.get(f"{region}_dice")) and found["mean"] is not None))
-    print(f"table: {out / TABLE}; page: {out / PAGE}")
+    print("\n".join(summary_lines(statistics, out, finished, len(seen["skipped"]))))
     for message in seen["failed"]:
         print(f"error: {message}", file=sys.stderr)
     return 2 if seen["failed"] else 0

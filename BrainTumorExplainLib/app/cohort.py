@@ -161,6 +161,17 @@ def _finished(folder: Path) -> bool:
     return folder.is_dir() and is_result_folder(folder) and (folder / SUMMARY).is_file()
 
 
+def summary_lines(statistics: dict, out: Path, finished: str, earlier: int) -> list[str]:
+    """A cohort run said in two lines: the cases ``finished`` (``earlier`` of them by an earlier run) and the mean
+    Dice per region with its interval, then where the table and the page are."""
+    means = statistics["means"]
+    dice = [f"{region} Dice {found['mean']:.3f} [{found['low']:.3f}–{found['high']:.3f}]" if found["low"] is not None
+            else f"{region} Dice {found['mean']:.3f}" for region in ("WT", "TC", "ET")
+            if (found := means.get(f"{region}_dice")) and found["mean"] is not None]
+    return [f"cohort {out}: {statistics['done']} of {statistics['cases']} cases {finished} ({earlier} by an earlier "
+            "run); " + ", ".join(dice), f"table: {out / TABLE}; page: {out / PAGE}"]
+
+
 def case_row(case: Path, out: Path, error: str | None = None) -> dict:
     """One row of ``cohort.csv`` for ``case``: from its published ``summary.json``, or its status alone (``error``:
     why it failed in this run)."""
