@@ -153,3 +153,14 @@ def test_featviz_and_template(small_phantom, tmp_path, capsys):
     assert main(["featviz", "--model", "resunet", "--layer", "enc1", "--filters", "99", "--steps", "2", "--size",
                  "32", "--out", str(tmp_path / "fv2")]) == 2
     assert "filter 99 out of range for layer enc1" in capsys.readouterr().err
+
+
+def test_a_single_case_verb_says_how_the_case_was_prepared_and_warns_on_stderr(small_phantom, tmp_path, capsys):
+    """segment (as every single-case verb, through report.preparation_lines): each preparation step on stdout; the
+    3 mm phantom's coarse voxels against the 1 mm network as one warning line naming the case, on stderr."""
+    assert main(["segment", str(small_phantom.flair.parent), "--model", "resunet", "--device", "cpu", "--out",
+                 str(tmp_path / "labels.nii.gz")]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("co-registration: ") and "brain mask: " in out
+    coarse = [line for line in err.splitlines() if "coarser" in line]
+    assert len(coarse) == 1 and coarse[0].startswith(f"warning: {small_phantom.case_id}: voxels of 3 × 3 × 3 mm")

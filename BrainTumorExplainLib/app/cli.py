@@ -317,20 +317,15 @@ def _case_for(args: argparse.Namespace, model):
     """``args.case`` read and preprocessed as ``--coregister``, ``--atlas`` and ``--brain-mask`` ask
     (data.preprocess) and brought into ``model``'s space (unless ``--no-resample``; see models.space); each step
     printed."""
-    from ..data.domain import case_domain_check
-    from ..data.registration import coregistration_state, registration_words
-    from ..models.space import prepare_case, training_intensities, training_spacing
+    from ..models.space import prepare_case
+    from .report import preparation_lines
 
     prepared, steps = prepare_case(args.case, model, args.coregister, args.resample, args.atlas, args.brain_mask)
-    case = prepared.original or prepared  # as read and preprocessed, before any resampling
-    if steps is not None:
-        print(f"co-registration: {coregistration_state(case.registrations)} ({steps.coregistration})")
-        for sequence, found in (case.registrations or {}).items():
-            print(f"  {sequence} → {found.reference}: {registration_words(found.to_dict())}")
-        for line in steps.lines():
-            print(line)
-    for warning in case_domain_check(case, steps, training_spacing(model), training_intensities(model))["warnings"]:
-        print(f"warning: {case.case_id}: {warning}", file=sys.stderr)
+    lines, warnings = preparation_lines(prepared, steps, model)
+    for line in lines:
+        print(line)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return prepared
 
 

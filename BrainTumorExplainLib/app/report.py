@@ -126,6 +126,25 @@ LESION_HEADER = ["region", "#", "match", "volume (mm³)", "Dice", "mean entropy 
                  "Grad-CAM concentrates at", "detectors inside"]
 
 
+def preparation_lines(prepared, steps, model) -> tuple[list[str], list[str]]:
+    """How a case was made ready for ``model`` (``prepared`` and ``steps`` from :func:`models.space.prepare_case`):
+    the co-registration of each sequence and each preprocessing step, as lines for a person, and the domain check's
+    warnings (each naming the case)."""
+    from ..data.domain import case_domain_check
+    from ..data.registration import coregistration_state, registration_words
+    from ..models.space import training_intensities, training_spacing
+
+    case = prepared.original or prepared  # as read and preprocessed, before any resampling
+    lines = []
+    if steps is not None:
+        lines.append(f"co-registration: {coregistration_state(case.registrations)} ({steps.coregistration})")
+        lines += [f"  {sequence} → {found.reference}: {registration_words(found.to_dict())}"
+                  for sequence, found in (case.registrations or {}).items()]
+        lines += steps.lines()
+    checked = case_domain_check(case, steps, training_spacing(model), training_intensities(model))
+    return lines, [f"{case.case_id}: {warning}" for warning in checked["warnings"]]
+
+
 def headline_lines(summary: dict, out: Path) -> list[str]:
     """What a finished explain run says to a person: the scores against the ground truth, the uncertainty's AUROCs
     beside their control, the concepts learned beyond the controls, where to look, the seconds per stage, and where
