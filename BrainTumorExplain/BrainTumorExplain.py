@@ -250,6 +250,7 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._parameterNodeGuiTag = None
         self._parameterNode = parameterNode
         if self._parameterNode:
+            self._carryOverTheQuickCheckBox()
             self._resetUnknownChoices()
             # connectParametersToGui returns its tag in every supported version (connectGui only from 5.10)
             self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(self._boundWidgets())
@@ -264,6 +265,14 @@ class BrainTumorExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         """Parameter name → the .ui widget that names it in its SlicerParameterName property."""
         return {widget.property("SlicerParameterName"): widget for widget in vars(self.ui).values()
                 if hasattr(widget, "property") and widget.property("SlicerParameterName")}
+
+    def _carryOverTheQuickCheckBox(self) -> None:
+        """A scene saved before the uncertainty combo box keeps its choice: its "quick" check box (saved "True" or
+        "False" by Slicer's bool serializer) becomes the quick or full mode, and the old parameter goes."""
+        node = self._parameterNode.parameterNode
+        if node.HasParameter("quick"):
+            self._parameterNode.uncertainty = uncertainty_mode(node.GetParameter("quick") == "True")
+            node.UnsetParameter("quick")
 
     def _resetUnknownChoices(self) -> None:
         """A scene saved by another version may hold a value the combo box does not offer: use the default."""

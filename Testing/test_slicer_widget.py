@@ -806,6 +806,22 @@ def test_uncertainty_sampling_defaults_to_the_librarys_auto_so_a_gpu_gets_the_fu
         assert flag in panel.logic.settings(panel._parameterNode).arguments()
 
 
+@pytest.mark.parametrize("saved,mode", [("True", "quick"), ("False", "full")])
+def test_a_scene_saved_with_the_quick_check_box_keeps_its_choice(scene, harness, saved, mode):
+    """Scenes saved before the combo box hold a "quick" bool parameter (Slicer's BoolSerializer: "True"/"False",
+    v5.6.0–v5.10.0): the panel reads it as the matching mode and drops it."""
+    node = harness.module.BrainTumorExplainLogic().getParameterNode()
+    node.SetParameter("quick", saved)
+    widget = harness.module.BrainTumorExplainWidget()
+    widget.setup()
+    try:
+        assert widget._parameterNode.uncertainty == mode and not node.HasParameter("quick")
+        assert (("--quick" if mode == "quick" else "--full")
+                in widget.logic.settings(widget._parameterNode).arguments())  # what the run is given
+    finally:
+        widget.cleanup()
+
+
 def test_the_panels_errors_name_its_controls_not_command_line_options(scene, panel, harness, monkeypatch, tmp_path):
     refusal = _trust_refusal()
     python = _stand_in_python(tmp_path, f"print({'error: ' + refusal!r}, file=sys.stderr)\nsys.exit(2)")

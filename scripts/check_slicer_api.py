@@ -51,6 +51,7 @@ _SCALAR_DISPLAY = [_MRML + "vtkMRMLScalarVolumeDisplayNode.h"]
 _DISPLAY = [_MRML + "vtkMRMLDisplayNode.h"]
 _DISPLAYABLE = [_MRML + "vtkMRMLDisplayableNode.h"]
 _NODE = [_MRML + "vtkMRMLNode.h"]
+_SCRIPTED = [_MRML + "vtkMRMLScriptedModuleNode.h"]  # the parameter node under the parameterNodeWrapper
 _VOLUME = [_MRML + "vtkMRMLVolumeNode.h"]
 _STORAGE = [_MRML + "vtkMRMLStorageNode.h"]
 _STORABLE = [_MRML + "vtkMRMLStorableNode.h"]
@@ -144,6 +145,7 @@ DECLARED_IN: dict[str, list[str]] = {
     "CreateDefaultDisplayNodes": _DISPLAYABLE + [_MRML + "vtkMRMLScalarVolumeNode.h",
                                                  _MRML + "vtkMRMLLabelMapVolumeNode.h", *_SEG_NODE],
     "GetID": _NODE, "GetScene": _NODE, "SetName": _NODE,
+    "HasParameter": _SCRIPTED, "GetParameter": _SCRIPTED, "UnsetParameter": _SCRIPTED,
     "GetName": _NODE + _SEGMENT,
     "CopyOrientation": _VOLUME, "GetIJKToRASMatrix": _VOLUME, "GetImageData": _VOLUME,
     "SetIJKToRASMatrix": _VOLUME, "SetAndObserveImageData": _VOLUME,
