@@ -56,3 +56,20 @@ def test_run_benchmarks_reports_both_ways_and_a_markdown_row(small_phantom):
 def test_unknown_benchmark_is_refused_by_name(small_phantom):
     with pytest.raises(ValueError, match="unknown benchmark.*nonsense"):
         run_benchmarks(BenchConfig(case=small_phantom.flair.parent), ["nonsense"])
+
+
+def test_the_bench_verb_runs_with_its_options_as_the_configs_fields(small_phantom, tmp_path, capsys):
+    """bench's options come from BenchConfig's fields: a run through the command line with several of them set
+    writes the config they describe into its JSON, and a bad value is one error line."""
+    import json
+
+    from BrainTumorExplainLib.app.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--case", str(small_phantom.flair.parent), "--only", "segmentation", "--slices", "3",
+                 "-T", "7", "--precision", "both", "--dissection-volumes", "2,3", "--json", str(out)]) == 0
+    config = json.loads(out.read_text())["config"]
+    assert (config["slices"], config["passes"], config["precision"], config["dissection_volumes"]) == (
+        3, 7, "both", [2, 3])
+    assert main(["bench", "--only", "segmentation", "--passes", "1"]) == 2
+    assert "--passes 1: expected an integer ≥ 2" in capsys.readouterr().err

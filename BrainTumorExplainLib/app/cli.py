@@ -802,6 +802,8 @@ def _featviz_targets(filters: str, layer: str | None) -> list[tuple[str, int]]:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from ..testbed.bench import DISSECTION_VOLUMES, BenchConfig
+
     p = sub.add_parser("bench", help="benchmarks: ours against the naive loop or a peer, ratio in one run",
                        description="Each benchmark times two ways of the same work on the same model, seed, input and "
                                    "device, and prints the ratio: ttd (batched vs naive per-slice, per-pass loop; "
@@ -810,26 +812,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                                    "threshold error vs exact quantiles), segmentation, featviz, slicer (push one "
                                    "explain run into a scene). Results in BENCHMARKS.md come from this command.")
     p.add_argument("--case", type=Path, default=None, help="case folder or saved case (.npz); default the sample")
-    p.add_argument("--model", default="resunet", help="shipped model (default resunet)")
-    p.add_argument("--width", default=None, help="time an untrained network of this width instead of the shipped "
-                   "weights (1.0: paper width)", **number_option(float, above=0))
-    p.add_argument("--device", default="cpu", type=device_option, help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--only", default="all", help="all (default), or some of ttd,gradcam,dissection,segmentation,"
                    "featviz,slicer")
-    p.add_argument("-T", "--passes", default=100, help="TTD passes (default 100)", **number_option(int, minimum=2))
-    p.add_argument("--slices", default=None, help="evenly spaced brain slices for ttd and segmentation (default: "
-                   "every brain slice)", **number_option(int, minimum=1))
-    _add_batching_arguments(p)
-    p.add_argument("--precision", choices=("float32", "bfloat16", "both"), default="float32",
-                   help="TTD convolutions (bfloat16: autocast, a GPU option; both: also compares the two)")
-    p.add_argument("--gradcam-slices", default=8, **number_option(int, minimum=1))
-    p.add_argument("--dissection-volumes", default="4,16,48")
-    p.add_argument("--dissection-step", default=8, help="every Nth brain slice (default 8)",
-                   **number_option(int, minimum=1))
+    add_config_options(p, BenchConfig)
+    p.add_argument("--dissection-volumes", default=",".join(map(str, DISSECTION_VOLUMES)))
     p.add_argument("--dissection-data", type=Path, default=None,
                    help="case folders to cycle through for the dissection (default: the bench case, repeated)")
-    p.add_argument("--featviz-filters", default=4, **number_option(int, minimum=1))
-    p.add_argument("--featviz-steps", default=50, **number_option(int, minimum=1))
     p.add_argument("--explain-run", type=Path, default=None, help="an explain output folder (slicer benchmark)")
     p.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
     p.add_argument("--markdown", type=Path, default=None, help="write a BENCHMARKS.md section to this file")
@@ -845,15 +833,11 @@ def _run_bench(args: argparse.Namespace) -> int:
     json_target = _json_output(args.json, inputs, args.overwrite)
     markdown_target = OutputFile(args.markdown, inputs, args.overwrite) if args.markdown else None
     resolve_device(args.device)
-    config = BenchConfig(
-        case=args.case or SAMPLE_CASE, model=args.model, width=args.width, device=args.device, passes=args.passes,
-        slices=args.slices, slices_per_batch=args.slices_per_batch, passes_per_forward=args.passes_per_forward,
-        precision=args.precision, gradcam_slices=args.gradcam_slices,
+    config = config_from_arguments(
+        args, BenchConfig, case=args.case or SAMPLE_CASE, explain_run=args.explain_run,
         dissection_volumes=tuple(check_number(v.strip(), "--dissection-volumes", int, minimum=1)
                                  for v in args.dissection_volumes.split(",")),
-        dissection_step=args.dissection_step,
-        dissection_cases=tuple(find_cases(args.dissection_data)) if args.dissection_data else (),
-        featviz_filters=args.featviz_filters, featviz_steps=args.featviz_steps, explain_run=args.explain_run)
+        dissection_cases=tuple(find_cases(args.dissection_data)) if args.dissection_data else ())
     only = BENCHMARKS if args.only == "all" else [name.strip() for name in args.only.split(",") if name.strip()]
     results = run_benchmarks(config, only, report=lambda m: print(describe(m), flush=True))
     if json_target is not None:

@@ -45,6 +45,7 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 import torch
 
+from ..app.settings import option
 from ..data.case import SAMPLE_CASE, Case, as_case, load_case
 from ..errors import UsageError
 from ..models import build_model, load_pretrained, test_time_dropout
@@ -59,22 +60,28 @@ Result = TypeVar("Result")
 
 @dataclass(frozen=True)
 class BenchConfig:
+    """What ``bench`` can be asked (the fields with help are its command-line options; the case, the dissection's
+    volumes and cases and the explain run are read by the verb itself)."""
+
     case: Path = SAMPLE_CASE  # a case folder or a saved case (.npz, see Case.save)
-    model: str = "resunet"
-    width: float | None = None  # None: the shipped weights; else an untrained network of this width (timings only)
-    device: str = "cpu"
+    model: str = option("resunet", "shipped model")
+    width: float | None = option(None, "time an untrained network of this width instead of the shipped weights "
+                                 "(1.0: paper width)", above=0)
+    device: str = option("cpu", "cpu, cuda or cuda:N", type="device")
     seed: int = 0
-    passes: int = 100
-    slices: int | None = None  # brain slices for ttd/segmentation (None: all), evenly spaced
-    slices_per_batch: int | None = None  # TTD batching; None: the library's default for the device
-    passes_per_forward: int | None = None
-    precision: str = "float32"  # TTD autocast; "both" times float32 and bfloat16
-    gradcam_slices: int = 8
+    passes: int = option(100, "TTD passes", flags=("-T", "--passes"), minimum=2)
+    slices: int | None = option(None, "evenly spaced brain slices for ttd and segmentation (default: every brain "
+                                "slice)", minimum=1)
+    slices_per_batch: int | None = option(None, "TTD slices per forward (default: by device)", minimum=1)
+    passes_per_forward: int | None = option(None, "TTD dropout passes per forward (default: by device)", minimum=1)
+    precision: str = option("float32", "TTD convolutions (bfloat16: autocast, a GPU option; both: also compares "
+                            "the two)", choices=("float32", "bfloat16", "both"))
+    gradcam_slices: int = option(8, "slices of the Grad-CAM comparison with Captum", minimum=1)
     dissection_volumes: tuple[int, ...] = DISSECTION_VOLUMES
-    dissection_step: int = 8
+    dissection_step: int = option(8, "every Nth brain slice of the dissection", minimum=1)
     dissection_cases: tuple[Path, ...] = ()  # cycled to make up each count; default the bench case
-    featviz_filters: int = 4
-    featviz_steps: int = 50
+    featviz_filters: int = option(4, "filters of the feature-visualisation comparison", minimum=1)
+    featviz_steps: int = option(50, "steps of the feature-visualisation comparison", minimum=1)
     explain_run: Path | None = None  # an explain output folder, for the slicer benchmark
 
 
