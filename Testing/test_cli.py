@@ -164,3 +164,14 @@ def test_a_single_case_verb_says_how_the_case_was_prepared_and_warns_on_stderr(s
     assert out.startswith("co-registration: ") and "brain mask: " in out
     coarse = [line for line in err.splitlines() if "coarser" in line]
     assert len(coarse) == 1 and coarse[0].startswith(f"warning: {small_phantom.case_id}: voxels of 3 × 3 × 3 mm")
+
+
+def test_no_layer_name_is_refused_for_a_3d_network_too():
+    """--layers ',' names no layer: refused before any work for a described (3D) network as for a 2D one."""
+    from BrainTumorExplainLib.app.explain import check_layers
+    from BrainTumorExplainLib.errors import UsageError
+    from BrainTumorExplainLib.models import load_model
+
+    for name in ("segresnet3d", "resunet"):
+        with pytest.raises(UsageError):
+            check_layers(load_model(name), ",")

@@ -240,3 +240,16 @@ def test_the_clone_size_counts_deleted_files_in_the_history(tmp_path):
     git("add", "discarded.bin")
     git("reset", "-q")
     assert sizes.clone_size_mib(tmp_path)[0] == pytest.approx(history, abs=0.01)
+
+
+def test_the_command_line_starts_without_unix_only_modules():
+    """Windows has no ``resource``: building the parser (which reads every verb's config, bench's too) must not
+    need it; only the benchmark that measures peak memory does."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['resource'] = None\n"  # what an import of it raises on Windows
+            "from BrainTumorExplainLib.app.cli import build_parser\n"
+            "build_parser().parse_args(['segment', 'c', '--model', 'resunet', '--out', 'x.nii.gz'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -715,8 +715,7 @@ def _run_template(args: argparse.Namespace) -> int:
     target = OutputFile(args.out, [args.data, args.model and _model_folder(args.model)], args.overwrite)
     folders = find_cases(args.data)
     model = load_model(args.model, trust_code=args.trust_bundle) if args.model else None
-    with target.writing() as written:
-        stages.featviz.template_job(folders, written, model, args.size)
+    stages.featviz.template_job(folders, target, model, args.size)
     print(f"wrote {args.out}")
     return 0
 

@@ -133,8 +133,9 @@ def check_layers(model, layers: str) -> None:
 
     if isinstance(model, DescribedNetwork):
         known = dict(model.module.named_modules())
-        unknown = [name for name in layer_names(layers) or [] if name not in known]
-        if unknown:
+        names = layer_names(layers)
+        unknown = [name for name in names or [] if name not in known]
+        if unknown or names == []:
             raise UsageError(f"--layers {layers}: {unknown} are not modules of {model.architecture}; its analysable "
                              f"layers: {', '.join(model.description.layers)}")
         return

@@ -34,7 +34,6 @@ import json
 import multiprocessing
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -310,6 +309,8 @@ def peak_rss_mb() -> float:
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
+    import resource  # Unix only: imported here, so that the CLI, which reads BenchConfig, starts on Windows too
+
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 

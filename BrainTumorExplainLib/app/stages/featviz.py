@@ -90,10 +90,10 @@ def job(model, targets: list, config, regularisers, template, work: Path, shown_
         print(f"wrote {shown_as / f'sweep_{layer}_{first}.png'}")
 
 
-def template_job(folders: list[Path], written: Path, model=None, size: int | None = None) -> None:
-    """The ``template`` verb: the mean image of the cases in ``folders`` (read one at a time) into ``written`` —
-    the z-scored sequences over every brain slice, or, for a 3D ``model``, its inputs over each case's brain box,
-    resized to ``size`` per side."""
+def template_job(folders: list[Path], target, model=None, size: int | None = None) -> None:
+    """The ``template`` verb: the mean image of the cases in ``folders`` (read one at a time) — the z-scored
+    sequences over every brain slice, or, for a 3D ``model``, its inputs over each case's brain box, resized to
+    ``size`` per side — then written to ``target`` (an :class:`outputs.OutputFile`)."""
     from ...analyses.featviz import input_sequences, mean_template, save_template, spatial_dims, volume_template
     from ...data.case import load_case
     from ...models.space import into_network_space
@@ -107,8 +107,9 @@ def template_job(folders: list[Path], written: Path, model=None, size: int | Non
             case_ids.append(case.case_id)
             yield into_network_space(case, model, True) if volume else case
 
-    if volume:
-        save_template(volume_template(cases(), model, size), written, case_ids, input_sequences(model),
-                      model.architecture)
-    else:
-        save_template(mean_template(cases()), written, case_ids)
+    template = volume_template(cases(), model, size) if volume else mean_template(cases())
+    with target.writing() as written:
+        if volume:
+            save_template(template, written, case_ids, input_sequences(model), model.architecture)
+        else:
+            save_template(template, written, case_ids)
