@@ -13,7 +13,14 @@ import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from ..analyses import CONTROL_SEED, DEFAULT_IOU_CUTOFF, DEFAULT_MARGIN, DEFAULT_QUANTILE, GRADCAM_POOLS, GRADCAM_TARGETS
+from ..analyses import (
+    CONTROL_SEED,
+    DEFAULT_IOU_CUTOFF,
+    DEFAULT_MARGIN,
+    DEFAULT_QUANTILE,
+    GRADCAM_POOLS,
+    GRADCAM_TARGETS,
+)
 from ..data.atlas import ATLAS_MODES
 from ..data.bundle_metadata import is_nnunet_folder
 from ..data.preprocess import check_brain_mask
@@ -115,56 +122,56 @@ class ExplainConfig:
     """Everything ``explain`` can be asked; the defaults are the command line's and the panel's."""
 
     model: str = option("denseunet", f"network: {', '.join(MODEL_NAMES)} (shipped weights), a MONAI bundle "
-                         "folder or an nnU-Net trained-model folder", metavar="NAME|FOLDER")
+                        "folder or an nnU-Net trained-model folder", metavar="NAME|FOLDER")
     folds: str | None = option(None, "an nnU-Net folder's folds: all (default: every numbered fold, their ensemble "
-                                "as nnU-Net predicts; the uncertainty is their disagreement), numbers like 0,1,2, or "
-                                "fold_all (nnU-Net's -f all)", metavar="all|K,K,…|fold_all")
+                               "as nnU-Net predicts; the uncertainty is their disagreement), numbers like 0,1,2, or "
+                               "fold_all (nnU-Net's -f all)", metavar="all|K,K,…|fold_all")
     weights: str | None = option(None, "your own weights file instead of the shipped ones", metavar="FILE")
     trust_bundle: bool = option(False, "run a bundle's own code: the expressions of its configs (MONAI builds its "
-                                 "network) or its TorchScript network (models/model.ts)")
+                                "network) or its TorchScript network (models/model.ts)")
     ensemble: str | None = option(None, "two or more weights files of the network, comma-separated: the "
-                                   "uncertainty is their disagreement (an ensemble) instead of test-time dropout",
-                                   metavar="FILE,FILE,…")
+                                  "uncertainty is their disagreement (an ensemble) instead of test-time dropout",
+                                  metavar="FILE,FILE,…")
     dissection: str | None = option(None, "dissection.json from `dissect` (default: the model's shipped one)",
-                                     metavar="FILE")
+                                    metavar="FILE")
     device: str = option("auto", "auto (a CUDA GPU when PyTorch sees one), cpu, cuda or cuda:N",
-                          type="device")
+                         type="device")
     quick: bool | None = option(None, "adaptive test-time dropout; default: quick on a CPU, -T passes on a GPU",
-                                 flags=("--quick", "--full"))
+                                flags=("--quick", "--full"))
     passes: int = option(100, "test-time dropout passes when not quick (the paper's 100)", flags=("-T", "--passes"),
-                          minimum=2)
+                         minimum=2)
     layers: str = option("all", "Grad-CAM layers: 'all' or comma-separated names")
     classes: str = option("tumour", "Grad-CAM classes: 'tumour', 'all' or e.g. ed,et")
     gradcam_target: str = option("softmax", "Grad-CAM's y(c): the softmax output, as the paper, or the logits",
-                                  choices=GRADCAM_TARGETS)
+                                 choices=GRADCAM_TARGETS)
     gradcam_pool: str = option("image", "where Grad-CAM's y(c) averages the output: the whole image, or the voxels "
-                                "the network labels c (predicted: the paper's class average over the predicted region)",
-                                choices=GRADCAM_POOLS)
+                               "the network labels c (predicted: the paper's class average over the predicted region)",
+                               choices=GRADCAM_POOLS)
     featviz_steps: int = option(100, "activation maximisation steps", minimum=1)
     featviz_size: int = option(96, "pre-image size in pixels", minimum=16)
     featviz_size_3d: int = option(32, "a 3D network's pre-image size in voxels per side", minimum=16)
     seed: int = option(0, "seed of the dropout masks and the feature visualisation", minimum=0)
     coregister: str = option("auto", "co-register T1, T1ce and T2 rigidly onto the FLAIR (mutual information): auto "
-                              "— when the four files are not on one grid, as separate acquisitions are, or when a "
-                              f"quick measurement finds a sequence off by more than {ALIGNMENT_TOLERANCE_MM:g} mm —, "
-                              "always or never",
-                              choices=("auto", "always", "never"))
+                             "— when the four files are not on one grid, as separate acquisitions are, or when a "
+                             f"quick measurement finds a sequence off by more than {ALIGNMENT_TOLERANCE_MM:g} mm —, "
+                             "always or never",
+                             choices=("auto", "always", "never"))
     atlas: str = option("auto", "turn the head rigidly into the pose of the atlas (MNI ICBM152) on the way into the "
-                         "network's space: auto — for a raw acquisition (sequences on different grids, or not "
-                         "skull-stripped) —, always or never",
-                         choices=ATLAS_MODES)
+                        "network's space: auto — for a raw acquisition (sequences on different grids, or not "
+                        "skull-stripped) —, always or never",
+                        choices=ATLAS_MODES)
     brain_mask: str = option("auto", "the brain the analyses see: auto — a skull-stripped scan's own, less the "
-                              "partial-volume rim of a scan interpolated after stripping, else the atlas's (coarser "
-                              "than a learned skull-stripper) —, atlas, as-read (the voxels non-zero in any file), or "
-                              "your mask file (non-zero = brain, on any grid)", metavar="auto|atlas|as-read|FILE")
+                             "partial-volume rim of a scan interpolated after stripping, else the atlas's (coarser "
+                             "than a learned skull-stripper) —, atlas, as-read (the voxels non-zero in any file), or "
+                             "your mask file (non-zero = brain, on any grid)", metavar="auto|atlas|as-read|FILE")
     resample: bool = option(True, "resample a case that is off the network's training grid (voxel size, oblique "
-                             "axes) into it; the results go back onto the case's own grid")
+                            "axes) into it; the results go back onto the case's own grid")
     overwrite: bool = option(False, "replace OUT (an earlier result) once the new run is complete")
     full_resolution: bool = option(False, "write the Grad-CAM and uncertainty maps as float32, as computed "
-                                    "(default: 8-bit levels with each map's own scale in the NIfTI header: a tenth of "
-                                    "the size or less, within half a level of the float map)")
+                                   "(default: 8-bit levels with each map's own scale in the NIfTI header: a tenth of "
+                                   "the size or less, within half a level of the float map)")
     scene: bool | None = option(None, "write scene.mrb for 3D Slicer (refused before any work if slicer-core is "
-                                       "missing); default: when slicer-core is installed", flags=("--scene", "--no-scene"))
+                                "missing); default: when slicer-core is installed", flags=("--scene", "--no-scene"))
 
     def __post_init__(self) -> None:
         """Refuse what cannot run, before any work (layer names are checked against the model when it is loaded)."""
@@ -213,19 +220,19 @@ class DissectConfig:
 
     layers: str = option("all", "'all' or comma-separated layer names")
     concepts: str | None = option(None, "comma-separated concepts (default: every concept all cases have ground "
-                                   "truth for)")
+                                  "truth for)")
     quantile: float = option(DEFAULT_QUANTILE, "each filter's threshold quantile over the dataset (the paper's: its "
-                              "top hundredth of activations)", above=0, below=1)
+                             "top hundredth of activations)", above=0, below=1)
     iou: float = option(DEFAULT_IOU_CUTOFF, "IoU a detector must reach", minimum=0, maximum=1)
     margin: float = option(DEFAULT_MARGIN, "IoU by which a detector must beat the best control of its concept",
-                            minimum=0, maximum=1)
+                           minimum=0, maximum=1)
     control_seed: int = option(CONTROL_SEED, "seed of the random-weights control", minimum=0)
     controls: bool = option(True, "measure the controls, the same architecture with random weights and the raw "
-                             "input (up to as long again as the network itself; without them every filter over the "
-                             "cutoff is reported, and the results say that no control was measured)")
+                            "input (up to as long again as the network itself; without them every filter over the "
+                            "cutoff is reported, and the results say that no control was measured)")
     slice_step: int = option(1, "use every N-th brain slice (1: all)", minimum=1)
     mask_cases: int | None = option(None, "write concept-mask volumes for the first N cases only (default: all)",
-                                     minimum=0)
+                                    minimum=0)
     batch_size: int = option(16, "slices per forward pass", minimum=1)
 
     def __post_init__(self) -> None:
@@ -239,7 +246,8 @@ class DissectConfig:
 
 
 _BOUNDS = ("minimum", "above", "maximum", "below")
-_NUMBERS = {"int": int, "int | None": int, "float": float, "float | None": float}  # a setting's annotation → the number it holds
+# a setting's annotation → the number it holds
+_NUMBERS = {"int": int, "int | None": int, "float": float, "float | None": float}
 
 
 def _check_numbers(config) -> None:
