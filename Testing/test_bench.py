@@ -67,9 +67,10 @@ def test_the_bench_verb_runs_with_its_options_as_the_configs_fields(small_phanto
 
     out = tmp_path / "bench.json"
     assert main(["bench", "--case", str(small_phantom.flair.parent), "--only", "segmentation", "--slices", "3",
-                 "-T", "7", "--precision", "both", "--dissection-volumes", "2,3", "--json", str(out)]) == 0
+                 "-T", "7", "--precision", "both", "--dissection-volumes", "2,3", "--slices-per-batch", "2",
+                 "--json", str(out)]) == 0
     config = json.loads(out.read_text())["config"]
-    assert (config["slices"], config["passes"], config["precision"], config["dissection_volumes"]) == (
-        3, 7, "both", [2, 3])
+    assert (config["slices"], config["passes"], config["precision"], config["dissection_volumes"],
+            config["slices_per_batch"]) == (3, 7, "both", [2, 3], 2)
     assert main(["bench", "--only", "segmentation", "--passes", "1"]) == 2
     assert "--passes 1: expected an integer ≥ 2" in capsys.readouterr().err

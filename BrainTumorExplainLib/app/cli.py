@@ -814,6 +814,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", default="all", help="all (default), or some of ttd,gradcam,dissection,segmentation,"
                    "featviz,slicer")
     add_config_options(p, BenchConfig)
+    _add_batching_arguments(p)
     p.add_argument("--dissection-volumes", default=",".join(map(str, DISSECTION_VOLUMES)))
     p.add_argument("--dissection-data", type=Path, default=None,
                    help="case folders to cycle through for the dissection (default: the bench case, repeated)")

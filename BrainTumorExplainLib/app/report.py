@@ -151,7 +151,7 @@ def headline_lines(summary: dict, out: Path) -> list[str]:
     the scene and the report are (``out``: the run folder)."""
     from ..scoring.evaluation import format_table
     from .contract import REPORT, SCENE
-    from .stages.uncertainty import control_text
+    from .stages.uncertainty import auroc_text, control_text
 
     lines = []
     if "scores" in summary:
@@ -159,8 +159,7 @@ def headline_lines(summary: dict, out: Path) -> list[str]:
                   format_table({summary["model"]: summary["scores"]})]
     analysis = summary.get("uncertainty", {}).get("error_analysis")
     if analysis:
-        lines.append("uncertainty AUROC for misclassified voxels: " + ", ".join(
-            f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items()) + f"; {control_text(analysis)}")
+        lines.append(f"uncertainty AUROC for misclassified voxels: {auroc_text(analysis)}; {control_text(analysis)}")
     controls = summary.get("concepts", {}).get("controls")
     if isinstance(controls, list) and controls:
         lines.append(f"concepts the network detects beyond its controls (random weights, raw input): "

@@ -190,8 +190,7 @@ class ExplainConfig:
             resolve_classes(self.classes)
         except ValueError as error:
             raise UsageError(f"--classes {self.classes}: {error}") from None
-        if not self.layers.strip():
-            raise UsageError("--layers: give 'all' or layer names")
+        _require_layers(self.layers)
         check_brain_mask(self.brain_mask)
 
     def ensemble_files(self) -> list[str]:
@@ -237,8 +236,7 @@ class DissectConfig:
 
     def __post_init__(self) -> None:
         _check_numbers(self)
-        if not self.layers.strip():
-            raise UsageError("--layers: give 'all' or layer names")
+        _require_layers(self.layers)
 
     def concept_names(self) -> list[str] | None:
         """The concepts asked for, or None for every one the cases have ground truth for."""
@@ -248,6 +246,11 @@ class DissectConfig:
 _BOUNDS = ("minimum", "above", "maximum", "below")
 # a setting's annotation → the number it holds
 _NUMBERS = {"int": int, "int | None": int, "float": float, "float | None": float}
+
+
+def _require_layers(layers: str) -> None:
+    if not layers.strip():
+        raise UsageError("--layers: give 'all' or layer names")
 
 
 def _check_numbers(config) -> None:

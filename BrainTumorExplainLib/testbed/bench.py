@@ -71,8 +71,8 @@ class BenchConfig:
     passes: int = option(100, "TTD passes", flags=("-T", "--passes"), minimum=2)
     slices: int | None = option(None, "evenly spaced brain slices for ttd and segmentation (default: every brain "
                                 "slice)", minimum=1)
-    slices_per_batch: int | None = option(None, "TTD slices per forward (default: by device)", minimum=1)
-    passes_per_forward: int | None = option(None, "TTD dropout passes per forward (default: by device)", minimum=1)
+    slices_per_batch: int | None = None  # TTD batching, None: by device (the CLI's batching options, as uncertainty's)
+    passes_per_forward: int | None = None
     precision: str = option("float32", "TTD convolutions (bfloat16: autocast, a GPU option; both: also compares "
                             "the two)", choices=("float32", "bfloat16", "both"))
     gradcam_slices: int = option(8, "slices of the Grad-CAM comparison with Captum", minimum=1)

@@ -126,12 +126,16 @@ def job(model, case, work: Path, shown_as: Path, *, model_name: str, passes: int
          f"{case.case_id} · {model_name} · {summary['source']} ({mode}): ground truth | prediction | uncertainty")
     if "error_analysis" in summary:
         analysis = summary["error_analysis"]
-        print("AUROC for misclassified brain voxels: " + ", ".join(
-            f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items())
-            + f" (error rate {analysis['error_rate']:.4f}); {control_text(analysis)}")
+        print(f"AUROC for misclassified brain voxels: {auroc_text(analysis)} (error rate "
+              f"{analysis['error_rate']:.4f}); {control_text(analysis)}")
     (work / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {shown_as}")
     return summary
+
+
+def auroc_text(analysis: dict) -> str:
+    """Each uncertainty map's AUROC for misclassified voxels, as text (``summary.uncertainty.error_analysis``)."""
+    return ", ".join(f"{name} {entry['auroc']:.3f}" for name, entry in analysis["maps"].items())
 
 
 def control_text(analysis: dict) -> str:
