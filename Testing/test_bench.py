@@ -8,21 +8,21 @@ import pytest
 import torch
 
 from BrainTumorExplainLib.analyses.dissection import dissect
-from BrainTumorExplainLib.analyses.gradcam import layer_gradcam
+from BrainTumorExplainLib.analyses.gradcam import gradcam_maps
 from BrainTumorExplainLib.testbed.bench import BenchConfig, captum_gradcam, exact_thresholds, markdown, run_benchmarks
 from BrainTumorExplainLib.data.case import load_case
 from BrainTumorExplainLib.models import build_model, load_pretrained
 
 
 @pytest.mark.parametrize("architecture", ["resunet", "denseunet"])
-def test_gradcam_matches_captum_layer_gradcam_on_every_layer_and_class(small_phantom, architecture):
+def test_gradcam_matches_captum_gradcam_maps_on_every_layer_and_class(small_phantom, architecture):
     pytest.importorskip("captum")
     torch.manual_seed(0)
     model = build_model(architecture, width=0.125)
     case = load_case(small_phantom.flair.parent)
     slices = case.brain_slices()[::8][:3]
     images = torch.from_numpy(np.ascontiguousarray(case.images[:, slices].transpose(1, 0, 2, 3)))
-    ours = layer_gradcam(model, images, "all", "all")
+    ours = gradcam_maps(model, images, "all", "all")
     theirs = captum_gradcam(model, images, list(ours), range(4))
     for name in ours:
         for c in range(4):

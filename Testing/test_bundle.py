@@ -297,19 +297,20 @@ def test_windowed_gradcam_equals_monai_gradcam_on_one_window(bundle):
     maps are ours times the window's voxel count."""
     from monai.visualize import GradCAM
 
-    from BrainTumorExplainLib.analyses.volume import window_gradcam
+    from BrainTumorExplainLib.analyses.gradcam import gradcam_maps
 
     network = load_model(str(bundle))
     torch.manual_seed(0)
     window = torch.randn(1, 4, 32, 32, 32)
     layers = ["convInit", "down_layers.1", "up_layers.0"]
-    ours = window_gradcam(network.module, window, layers, [0, 1, 2], "sigmoid", target="logits") * window[0, 0].numel()
-    for i, layer in enumerate(layers):
+    ours = gradcam_maps(network, window, layers, target="logits")
+    for layer in layers:
         cam = GradCAM(nn_module=network.module, target_layers=layer, postprocessing=lambda x: x)
         for j in range(3):
             theirs = cam(window, class_idx=j)[0, 0]
             assert theirs.max() > 0
-            relative = float((ours[0, i * 3 + j] - theirs).abs().max() / theirs.abs().max())
+            mine = ours[layer][0, j] * window[0, 0].numel()  # MONAI's y(c) is the sum, ours the mean (eq. 3)
+            relative = float((mine - theirs).abs().max() / theirs.abs().max())
             assert relative <= 1e-3, (layer, j, relative)
 
 
@@ -318,7 +319,7 @@ def test_windowed_gradcam_of_the_predicted_region_equals_captum(bundle):
     Captum's LayerGradCam of the masked sum (its maps are ours times the region's voxel count)."""
     from captum.attr import LayerGradCam
 
-    from BrainTumorExplainLib.analyses.volume import window_gradcam
+    from BrainTumorExplainLib.analyses.gradcam import gradcam_maps
 
     network = load_model(str(bundle))
     torch.manual_seed(0)
@@ -326,8 +327,7 @@ def test_windowed_gradcam_of_the_predicted_region_equals_captum(bundle):
     with torch.no_grad():
         mask = (network.module(window) > 0).float()
     assert 0 < int(mask.sum()) < mask.numel()
-    ours = window_gradcam(network.module, window, ["convInit"], [0, 1, 2], "sigmoid", target="logits",
-                          pool="predicted")
+    ours = gradcam_maps(network, window, ["convInit"], target="logits", pool="predicted")["convInit"]
     layer = network.module.get_submodule("convInit")
     captum = LayerGradCam(lambda x: (network.module(x) * mask).flatten(2).sum(-1), layer)
     for j in range(3):
@@ -341,12 +341,12 @@ def test_windowed_gradcam_of_the_predicted_region_equals_captum(bundle):
 
 
 def test_volume_gradcam_covers_the_case(bundle, small_phantom):
-    from BrainTumorExplainLib.analyses.volume import volume_gradcam
+    from BrainTumorExplainLib.analyses.gradcam import gradcam_volume
 
     network = load_model(str(bundle))
     case = load_case(small_phantom.flair.parent)
-    cams = volume_gradcam(network, case, "down_layers.1,conv_final", [1])
-    assert set(cams.maps) == {("down_layers.1", 1), ("conv_final", 1)}
+    cams = gradcam_volume(network, case, "down_layers.1,conv_final", "wt")  # by the output's name, or [1]
+    assert set(cams.maps) == {("down_layers.1", 1), ("conv_final", 1)} and cams.name(1) == "WT"
     assert cams.maps[("down_layers.1", 1)].shape == case.brain_mask.shape
     assert all((m >= 0).all() and m.any() for m in cams.maps.values())
 
@@ -404,7 +404,8 @@ def test_a_torchscript_bundle_segments_and_says_what_it_cannot_do(bundle, small_
     is the eager network's, its uncertainty comes from flips, and the layer analyses are refused by name."""
     import shutil
 
-    from BrainTumorExplainLib.analyses.volume import volume_gradcam, volume_uncertainty
+    from BrainTumorExplainLib.analyses.gradcam import gradcam_volume
+    from BrainTumorExplainLib.analyses.volume import volume_uncertainty
     from BrainTumorExplainLib.errors import UsageError
     from BrainTumorExplainLib.models.inference import case_probabilities
 
@@ -422,7 +423,7 @@ def test_a_torchscript_bundle_segments_and_says_what_it_cannot_do(bundle, small_
     np.testing.assert_allclose(case_probabilities(network, case), case_probabilities(eager, case), atol=1e-5)
     assert volume_uncertainty(network, case).method == "flips"
     with pytest.raises(UsageError, match="TorchScript network: forward hooks do not run"):
-        volume_gradcam(network, case)
+        gradcam_volume(network, case)
 
     folder, out = str(small_phantom.flair.parent), tmp_path / "seg.nii.gz"
     assert main(["segment", folder, "--model", str(scripted), "--out", str(out)]) == 2

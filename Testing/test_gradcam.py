@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from BrainTumorExplainLib.analyses.gradcam import (
+    gradcam_maps,
     gradcam_volume,
     gradcam_weights,
-    layer_gradcam,
     localisation,
     localisation_controls,
     normalise,
@@ -44,7 +44,7 @@ def test_closed_form_on_a_linear_toy_with_padding():
     torch.manual_seed(0)
     model = LinearToy()
     x = torch.randn(2, 4, 13, 11)  # not a multiple of 8: the map is padded to 16x16 and cropped back
-    cams = layer_gradcam(model, x, ["a"], "all", target="logits")["a"]
+    cams = gradcam_maps(model, x, ["a"], "all", target="logits")["a"]
     padded_pixels = 16 * 16
     activation = model.a(x)  # 1x1 conv: the padded map, cropped, is the unpadded map
     expected = torch.relu(torch.einsum("ck,nkhw->nchw", model.out.weight[:, :, 0, 0], activation)) / padded_pixels
@@ -58,9 +58,9 @@ def test_a_cam_variant_is_one_weights_function():
     torch.manual_seed(1)
     model = LinearToy()
     x = torch.randn(2, 4, 16, 16)
-    default = layer_gradcam(model, x, ["a"], "all", target="logits")["a"]
-    assert torch.equal(default, layer_gradcam(model, x, ["a"], "all", target="logits", weights=gradcam_weights)["a"])
-    flat = layer_gradcam(model, x, ["a"], "all", target="logits",
+    default = gradcam_maps(model, x, ["a"], "all", target="logits")["a"]
+    assert torch.equal(default, gradcam_maps(model, x, ["a"], "all", target="logits", weights=gradcam_weights)["a"])
+    flat = gradcam_maps(model, x, ["a"], "all", target="logits",
                          weights=lambda activation, gradient: torch.ones_like(gradient[:, :, :1, :1]))["a"]
     expected = torch.relu(model.a(x).sum(dim=1, keepdim=True)).expand(-1, 4, -1, -1)
     torch.testing.assert_close(flat, expected.detach(), rtol=1e-5, atol=1e-6)
@@ -106,7 +106,7 @@ def test_all_layers_at_once_equal_one_layer_at_a_time(architecture, target, pool
                 module.running_mean.uniform_(-0.2, 0.2)
                 module.running_var.uniform_(0.5, 1.5)
     x = torch.randn(3, 4, 64, 64)
-    maps = layer_gradcam(model, x, "all", "all", target=target, pool=pool)
+    maps = gradcam_maps(model, x, "all", "all", target=target, pool=pool)
     assert list(maps) == list(model.analysable_layers())
     if pool == "predicted":  # some class is missing from some slice: its map there must be zero
         labels = model(x).argmax(1)
@@ -120,7 +120,7 @@ def test_all_layers_at_once_equal_one_layer_at_a_time(architecture, target, pool
 
 def test_model_mode_and_hooks_are_restored():
     model = build_model("resunet", width=0.0625).train()
-    layer_gradcam(model, torch.randn(1, 4, 32, 32), "enc1", "et")
+    gradcam_maps(model, torch.randn(1, 4, 32, 32), "enc1", "et")
     assert model.training
     assert all(not module._forward_hooks for module in model.modules())
 
@@ -129,13 +129,13 @@ def test_bad_input_is_named():
     model = build_model("simunet", width=0.0625)
     x = torch.randn(1, 4, 32, 32)
     with pytest.raises(ValueError, match="unknown layer.*valid layers: enc1, enc2"):
-        layer_gradcam(model, x, "enc9")
+        gradcam_maps(model, x, "enc9")
     with pytest.raises(ValueError, match="class 7 out of range"):
-        layer_gradcam(model, x, "enc1", [7])
+        gradcam_maps(model, x, "enc1", [7])
     with pytest.raises(ValueError, match=r"expected images \(N, 4, H, W\)"):
-        layer_gradcam(model, torch.randn(1, 3, 32, 32), "enc1")
-    with pytest.raises(ValueError, match="unknown Grad-CAM target"):
-        layer_gradcam(model, x, "enc1", target="probabilities")
+        gradcam_maps(model, torch.randn(1, 3, 32, 32), "enc1")
+    with pytest.raises(ValueError, match="unknown Grad-CAM target 'sigmoid'; expected one of probabilities, logits"):
+        gradcam_maps(model, x, "enc1", target="sigmoid")
 
 
 def test_volume_on_a_phantom_and_localisation(small_phantom):

@@ -12,7 +12,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from BrainTumorExplainLib.analyses.gradcam import layer_gradcam
+from BrainTumorExplainLib.analyses.gradcam import gradcam_maps
 from BrainTumorExplainLib.models import build_model, load_pretrained, test_time_dropout
 
 
@@ -68,7 +68,7 @@ def main() -> None:
              device)
     slices = images[: args.gradcam_slices]
     show(f"Grad-CAM all layers × 4 classes, {len(slices)} slices",
-         lambda: layer_gradcam(model, slices, "all", "all"), device)
+         lambda: gradcam_maps(model, slices, "all", "all"), device)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """The paper's methods. This file imports nothing heavy: the settings read its constants without torch."""
 
-GRADCAM_TARGETS: tuple[str, ...] = ("softmax", "logits")  # what Grad-CAM's y(c) pools: the paper's, or the usual
+# What Grad-CAM's y(c) pools: the network's probabilities (the paper's softmax; a region network's sigmoids) or its
+# logits (the usual); "softmax", the paper's word and this option's name before 3D networks, is the probabilities.
+GRADCAM_TARGETS: tuple[str, ...] = ("probabilities", "logits")
+GRADCAM_TARGET_NAMES: dict[str, str] = {"softmax": "probabilities"}
 # where y(c) pools the output: over the whole image (Grad-CAM's usual), or over the pixels the network labels c (the
 # paper's class average over the predicted region; a slice or window without any scores zero)
 GRADCAM_POOLS: tuple[str, ...] = ("image", "predicted")

@@ -1,49 +1,51 @@
-"""Layer-wise Grad-CAM (paper §3.2, eqs. 3-5), every layer from one forward pass.
+"""Layer-wise Grad-CAM (paper §3.2, eqs. 3-5), every layer from one forward pass, for every kind of network.
 
-For class ``c`` the network's output map is pooled to one number, ``y(c) = mean_ij Φ^c(x)`` (eq. 3); each filter
-``k`` of layer ``l`` is weighted by the spatial mean of the gradient, ``β = mean_ij ∂y(c)/∂A_l,k`` (eq. 4), and
-the map is ``ReLU(Σ_k β A_l,k)`` (eq. 5), upsampled bilinearly onto the input slice.
+For output channel ``c`` the network's output map is pooled to one number, ``y(c) = mean Φ^c(x)`` over the slice
+(a 2D network) or the window (a 3D one) (eq. 3); each filter ``k`` of layer ``l`` is weighted by the spatial mean of
+the gradient, ``β = mean ∂y(c)/∂A_l,k`` (eq. 4), and the map is ``ReLU(Σ_k β A_l,k)`` (eq. 5), upsampled onto the
+input (bilinearly onto a slice; trilinearly onto a window, whose maps MONAI's or nnU-Net's sliding window then
+blends exactly as it blends the network's outputs). The networks are read through :mod:`models.interface`.
 
-``Φ`` is the **softmax** output by default: the paper's networks end in a softmax and its ``Φ^c`` is "the output
-segmentation map". ``target="logits"`` uses the pre-softmax scores instead (the usual Grad-CAM choice; it avoids
-the softmax's competition between classes, so a class map does not light up where *other* classes lose).
-``pool="predicted"`` averages ``Φ^c`` over the pixels the network labels ``c`` instead of the whole slice (the
-paper's class average over the predicted region, as pytorch-grad-cam's ``SemanticSegmentationTarget`` masks it): the
-map then explains what was segmented, not the class's score everywhere; a slice without any ``c`` gets a zero map.
+``Φ`` is the network's **probabilities** by default — its softmax (the paper's networks end in one; its ``Φ^c`` is
+"the output segmentation map"), or a region network's sigmoids. ``target="logits"`` uses the scores before the
+activation instead (the usual Grad-CAM choice; it avoids the softmax's competition between classes, so a class map
+does not light up where *other* classes lose). ``pool="predicted"`` averages ``Φ^c`` over the voxels the network
+labels ``c`` instead of the whole input (the paper's class average over the predicted region, as pytorch-grad-cam's
+``SemanticSegmentationTarget`` masks it): the map then explains what was segmented, not the class's score
+everywhere; an input without any ``c`` gets a zero map.
 
 Why our own code rather than pytorch-grad-cam or Captum: they run one forward and one backward per (layer,
 class). Here one forward records every requested layer, one backward per class returns the gradients of all of
 them at once (``torch.autograd.grad`` over the list of activations), and the pooling and weighting stay on the
-device. The batch is one ``y(c)`` sum: slices do not interact in eval mode, so each slice gets its own gradients.
+device. The batch is one ``y(c)`` sum: inputs do not interact in eval mode, so each gets its own gradients.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from ..data.case import Case
-from ..data.labels import CLASS_NAMES, region_mask, resolve_classes
+from ..data.labels import CLASS_NAMES, CLASS_REGION, region_mask
 from ..errors import UsageError
-from ..models.activations import LayerRecorder, resolve_layers, upsample_to_input
-from ..models.base import IN_CHANNELS, SegmentationNet, evaluating, model_device
-from ..models.inference import slice_batches
-from . import GRADCAM_POOLS, GRADCAM_TARGETS
+from ..models.base import evaluating, model_device
+from ..models.interface import AnalysedNetwork, analysed
+from . import GRADCAM_POOLS, GRADCAM_TARGET_NAMES, GRADCAM_TARGETS
 from .controls import INPUT_LAYER
 
-OutputTarget = Literal["softmax", "logits"]
 TARGETS = GRADCAM_TARGETS
-# The region each class's map should find, for the localisation curves (background: the brain it surrounds).
-CLASS_REGION: dict[int, str] = {0: "brain", 1: "TC", 2: "WT", 3: "ET"}
 
 
-def _check_target(target: str, pool: str = "image") -> None:
+def check_target(target: str, pool: str = "image") -> str:
+    """``target`` by its one name (``softmax``, the paper's word, is the probabilities), its pooling checked."""
+    target = GRADCAM_TARGET_NAMES.get(target, target)
     if target not in TARGETS:
         raise UsageError(f"unknown Grad-CAM target {target!r}; expected one of {', '.join(TARGETS)}")
     check_pool(pool)
+    return target
 
 
 def check_pool(pool: str) -> None:
@@ -64,53 +66,68 @@ CamWeights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def gradcam_weights(activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-    """Eq. 4, the paper's (and Grad-CAM's) filter weights: the spatial mean of the gradient, ``(N, K, 1, 1)``.
+    """Eq. 4, the paper's (and Grad-CAM's) filter weights: the spatial mean of the gradient, ``(N, K, 1, …)``.
 
     This is the extension point of a CAM variant, as ``get_cam_weights`` is in pytorch-grad-cam's ``BaseCAM``: any
-    function of the layer's activation and gradient ``(N, K, h, w)`` that returns ``(N, K, 1, 1)`` weights (or
-    ``(N, K, h, w)`` ones) can be passed as ``weights=`` to :func:`layer_gradcam` and :func:`gradcam_volume`."""
-    return gradient.mean(dim=(2, 3), keepdim=True)
+    function of the layer's activation and gradient ``(N, K, *spatial)`` (2D or 3D) that returns ``(N, K, 1, …)``
+    weights (or ``(N, K, *spatial)`` ones) can be passed as ``weights=`` to :func:`gradcam_maps` and
+    :func:`gradcam_volume`; the gradient is that of the mean ``y(c)``, whatever the pooling's arithmetic."""
+    return gradient.flatten(2).mean(-1)[(...,) + (None,) * (gradient.ndim - 2)]
 
 
-def layer_gradcam(model: SegmentationNet, images: torch.Tensor, layers: str | Iterable[str] = "all",
-                  classes: str | Iterable[int] = "tumour", target: OutputTarget = "softmax",
-                  weights: CamWeights = gradcam_weights, pool: str = "image") -> dict[str, torch.Tensor]:
-    """Raw Grad-CAM maps of a batch of slices: layer → ``(N, len(classes), H, W)`` at the input's size and device.
-
-    ``images`` is ``(N, 4, H, W)`` in [FLAIR, T1, T1ce, T2] order. The model runs in eval mode (dropout off,
-    BatchNorm on its running statistics); its previous mode is restored. ``weights``: see :func:`gradcam_weights`;
-    ``pool``: see the module notes.
-    """
-    _check_target(target, pool)
-    if images.ndim != 4 or images.shape[1] != IN_CHANNELS:
-        raise ValueError(f"expected images (N, {IN_CHANNELS}, H, W) in [FLAIR, T1, T1ce, T2] order, "
-                         f"got {tuple(images.shape)}")
-    layer_names = resolve_layers(model, layers)
-    class_indices = resolve_classes(classes)
-    height, width = images.shape[-2:]
-    with evaluating(model), LayerRecorder(model, layer_names) as recorder, torch.enable_grad():
+def batch_gradcam(network: AnalysedNetwork, inputs: torch.Tensor, layers: Sequence[str], targets: Sequence[int],
+                  target: str = "probabilities", weights: CamWeights = gradcam_weights, pool: str = "image"
+                  ) -> torch.Tensor:
+    """Grad-CAM of one batch of inputs ``(B, C, *spatial)``: ``(B, len(layers) * len(targets), *spatial)``,
+    layer-major, on the inputs' grid — one forward for all layers, one backward per target, in the module's current
+    mode (:func:`gradcam_maps` sets eval)."""
+    network.check_inputs(inputs)
+    with network.recorder(layers) as recorder, torch.enable_grad():
         # The input asks for gradients so the graph exists even when every parameter is frozen.
-        logits = model(images.detach().requires_grad_(True))
-        output = torch.softmax(logits, dim=1) if target == "softmax" else logits
+        logits = network.module(inputs.detach().requires_grad_(True))
+        scores = logits if target == "logits" else (torch.sigmoid(logits) if network.outputs == "sigmoid"
+                                                    else torch.softmax(logits, dim=1))
+        # eq. 3 pools by the mean: the sum, with its gradient divided by the count below, keeps the float32
+        # gradients through the network away from the 1/voxels scale, where they lose precision
         if pool == "image":
-            pooled = output.mean(dim=(2, 3))  # eq. 3: (N, classes)
-        else:  # the mean over each class's predicted pixels; zero where there are none
-            mask = predicted_masks(logits).to(output.dtype)
-            pooled = (output * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3)).clamp_min(1)
-        activations = [recorder.outputs[name] for name in layer_names]
-        per_layer: list[list[torch.Tensor]] = [[] for _ in layer_names]
-        for position, class_index in enumerate(class_indices):
-            gradients = torch.autograd.grad(pooled[:, class_index].sum(), activations,
-                                            retain_graph=position < len(class_indices) - 1,
-                                            allow_unused=True)
+            pooled = scores.flatten(2).sum(-1)  # (B, channels)
+            voxels = torch.full(pooled.shape, float(scores[0, 0].numel()), device=logits.device)
+        else:  # the mean over each channel's predicted voxels; zero where there are none
+            mask = predicted_masks(logits, network.outputs)
+            pooled = (scores * mask).flatten(2).sum(-1)
+            voxels = mask.flatten(2).sum(-1).clamp_min(1).to(scores.dtype)
+        activations = [recorder.outputs[layer] for layer in layers]
+        spatial = [network.as_spatial(activation, inputs).shape[2:] for activation in activations]
+        maps: list[list[torch.Tensor]] = [[] for _ in layers]
+        for position, channel in enumerate(targets):
+            gradients = torch.autograd.grad(pooled[:, channel].sum(), activations, allow_unused=True,
+                                            retain_graph=position < len(targets) - 1)
             for index, (activation, gradient) in enumerate(zip(activations, gradients)):
-                if gradient is None:  # the class does not depend on this layer at all
-                    per_layer[index].append(activation.new_zeros(activation.shape[0], *activation.shape[2:]))
+                if gradient is None:  # the target does not depend on this layer at all
+                    maps[index].append(activation.new_zeros((activation.shape[0],) + spatial[index]))
                     continue
+                gradient = gradient / voxels[:, channel].reshape((-1,) + (1,) * (gradient.ndim - 1))
                 beta = weights(activation, gradient)  # eq. 4
-                per_layer[index].append(torch.relu((beta * activation).sum(dim=1)).detach())  # eq. 5
-    return {name: upsample_to_input(torch.stack(maps, dim=1), model, height, width)
-            for name, maps in zip(layer_names, per_layer)}
+                cam = torch.relu((beta * activation).sum(dim=1)).detach()  # eq. 5
+                maps[index].append(cam.reshape((activation.shape[0],) + spatial[index]))
+    return torch.cat([network.upsample(torch.stack(layer_maps, dim=1), inputs) for layer_maps in maps], dim=1)
+
+
+def gradcam_maps(network, inputs: torch.Tensor, layers: str | Iterable[str] = "all",
+                 classes: str | Iterable[int] = "tumour", target: str = "probabilities",
+                 weights: CamWeights = gradcam_weights, pool: str = "image") -> dict[str, torch.Tensor]:
+    """Raw Grad-CAM maps of a batch: layer → ``(B, len(targets), *spatial)`` at the inputs' size and device.
+
+    ``inputs``: slices ``(N, 4, H, W)`` in [FLAIR, T1, T1ce, T2] order for the paper's 2D networks (``classes``
+    chooses their targets), windows ``(B, C, D, H, W)`` in its own space for a described 3D network (every output
+    channel a target). The network runs in eval mode (dropout off, BatchNorm on its running statistics); its
+    previous mode is restored. ``weights``: see :func:`gradcam_weights`; ``pool``: see the module notes."""
+    network = analysed(network, "Grad-CAM")
+    target = check_target(target, pool)
+    layer_names, targets = network.layers(layers), network.targets(classes)
+    with evaluating(network.module):
+        maps = batch_gradcam(network, inputs, layer_names, targets, target, weights, pool)
+    return {name: maps[:, i * len(targets):(i + 1) * len(targets)] for i, name in enumerate(layer_names)}
 
 
 def normalise(cam: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -146,29 +163,31 @@ class GradCamVolume:
         return {layer: np.stack([self.maps[(layer, c)][z] for c in self.classes]) for layer in self.layers}
 
 
-def gradcam_volume(model: SegmentationNet, case: Case, layers: str | Iterable[str] = "all",
-                   classes: str | Iterable[int] = "tumour", target: OutputTarget = "softmax",
+def gradcam_volume(network, case: Case, layers: str | Iterable[str] = "all",
+                   classes: str | Iterable[int] = "tumour", target: str = "probabilities",
                    slices: Iterable[int] | None = None, batch_size: int = 8,
                    device: str | torch.device | None = None, progress: bool = False,
                    weights: CamWeights = gradcam_weights, pool: str = "image") -> GradCamVolume:
-    """Grad-CAM for every requested layer and class over the case's axial slices (default: every slice with brain),
-    in batches. Memory: one float32 volume per (layer, class) — ask for the layers and classes you need."""
-    _check_target(target, pool)
-    layer_names = resolve_layers(model, layers)
-    class_indices = resolve_classes(classes)
-    chosen = case.brain_slices() if slices is None else np.asarray(sorted(set(int(z) for z in slices)), dtype=int)
-    depth = case.images.shape[1]
-    if chosen.size and (chosen.min() < 0 or chosen.max() >= depth):
-        raise UsageError(f"slices must lie in 0..{depth - 1} for {case.case_id}, got {chosen.min()}..{chosen.max()}")
-    device = model_device(model, device)
-    maps = {(name, c): np.zeros(case.brain_mask.shape, dtype=np.float32) for name in layer_names for c in class_indices}
-    label = f"Grad-CAM {case.case_id}" if progress else None
-    for batch_slices, images in slice_batches(case, chosen, batch_size, device, label):
-        for name, cams in layer_gradcam(model, images, layer_names, class_indices, target, weights, pool).items():
-            cams = cams.float().cpu().numpy()
-            for position, class_index in enumerate(class_indices):
-                maps[(name, class_index)][batch_slices] = cams[:, position]
-    return GradCamVolume(layer_names, class_indices, target, chosen, maps, pool=pool)
+    """Grad-CAM for every requested layer and target over the case, on its canonical grid: a 2D network over the
+    case's axial slices in batches (default: every slice with brain; ``classes``), a described 3D network over its
+    windows, blended (every output channel; the whole case). Memory: one float32 volume per (layer, target) — ask
+    for the layers and classes you need."""
+    network = analysed(network, "Grad-CAM")
+    target = check_target(target, pool)
+    layer_names, targets = network.layers(layers), network.targets(classes)
+    chosen = network.computed_slices(case, slices)
+    device = model_device(network.module, device)
+
+    def batch_maps(inputs: torch.Tensor) -> torch.Tensor:
+        return batch_gradcam(network, inputs, layer_names, targets, target, weights, pool)
+
+    with evaluating(network.module):
+        stacked = network.map_case(case, chosen, batch_maps, len(layer_names) * len(targets), batch_size, device,
+                                   f"Grad-CAM {case.case_id}" if progress else None)
+    maps = {(layer, channel): stacked[i * len(targets) + j]
+            for i, layer in enumerate(layer_names) for j, channel in enumerate(targets)}
+    return GradCamVolume(layer_names, targets, target, chosen, maps, {c: network.target_name(c) for c in targets},
+                         {c: network.target_region(c) for c in targets}, pool)
 
 
 @dataclass(frozen=True)
@@ -224,9 +243,6 @@ def localisation_as_dict(table: dict[str, dict[str, dict[str, RegionLocalisation
     return {layer: {cls: {region: {"mass_inside": round(v.mass_inside, 4), "chance": round(v.chance, 4),
                                    "top_iou": round(v.top_iou, 4)} for region, v in regions.items()}
                     for cls, regions in classes.items()} for layer, classes in table.items()}
-
-
-CONTROL_SLICE_STEP = 4  # the random-weights control of a 2D network's localisation: every 4th computed slice
 
 
 def raw_input_volume(channels: np.ndarray, names: Sequence[str], slices: np.ndarray) -> GradCamVolume:

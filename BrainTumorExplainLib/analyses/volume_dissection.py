@@ -29,10 +29,10 @@ from ..errors import UsageError
 from ..models.activations import layer_names
 from ..models.base import evaluating, model_device
 from ..models.description import from_network_space, network_inputs, require_hooks, to_network_space
+from ..models.interface import ModuleRecorder, as_window
 from ..models.volume import DescribedNetwork, window_inferer
 from .concepts import LayerDissection, concept_masks
 from .quantiles import StreamingQuantiles
-from .volume import ModuleRecorder, as_window
 
 _FILTER_CHUNK = 16  # filters upsampled at once: bounds the memory of the IoU pass to 16 input-sized volumes
 _CONNECTED_26 = np.ones((3, 3, 3), dtype=bool)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..version import __version__
-from ..analyses import GRADCAM_POOLS, GRADCAM_TARGETS
+from ..analyses import GRADCAM_POOLS, GRADCAM_TARGET_NAMES, GRADCAM_TARGETS
 from ..data.case import CaseError
 from ..errors import InputError, Interrupted, UsageError
 from ..outputs import DISK_ERRNOS, OutputFile, OutputFolder
@@ -558,11 +558,12 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
                    help=f"auto, cpu, cuda or cuda:N (default {ExplainConfig.device})")
     _add_case_preparation(p)
     p.add_argument("--layers", default="all", help="'all' (default) or comma-separated layer names")
-    p.add_argument("--classes", default="tumour", help="'tumour' (default: ncr,ed,et), 'all', or e.g. ed,et or 2,3")
+    p.add_argument("--classes", default="tumour", help="'tumour' (default: ncr,ed,et), 'all', or e.g. ed,et or 2,3 "
+                   "(a 3D network: its outputs by name or index; tumour and all: every output)")
     p.add_argument("--slices", default="auto", help="axial slices for the montages: 'auto' (largest tumour "
                                                      "cross-section) or comma-separated indices")
-    p.add_argument("--target", default="softmax", choices=GRADCAM_TARGETS,
-                   help="output map pooled for y(c) (default softmax, as in the paper)")
+    p.add_argument("--target", default="probabilities", choices=GRADCAM_TARGETS + tuple(GRADCAM_TARGET_NAMES),
+                   help=help_of("gradcam_target"))
     p.add_argument("--pool", default="image", choices=GRADCAM_POOLS, help=help_of("gradcam_pool"))
     p.add_argument("--no-volume", action="store_true", help="only the montage slices: no NIfTI, no localisation")
     p.add_argument("--full-resolution", action="store_true", help=help_of("full_resolution"))
@@ -573,21 +574,18 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_gradcam(args: argparse.Namespace) -> int:
-    from ..data.labels import resolve_classes
-    from ..models.description import require_hooks
+    from ..models.interface import analysed
     from .explain import check_layers
     from .figures import montage_slices
 
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     if args.weights is not None and len(models) != 1:
         raise UsageError("--weights goes with exactly one --model")
-    classes = resolve_classes(args.classes)
     folder = OutputFolder(args.out, [args.case, args.weights, _mask_file(args), *map(_model_folder, models)],
                           args.overwrite, "gradcam")
     loaded = {Path(name).name: _load_model(args, name) for name in models}
     for model in loaded.values():
-        if hasattr(model, "description"):
-            require_hooks(model.description, "Grad-CAM")
+        analysed(model, "Grad-CAM").targets(args.classes)  # hooks and --classes, before any work
         check_layers(model, args.layers)
     case = _case_for(args, next(iter(loaded.values())))  # the shipped networks share one training space
     try:
@@ -598,7 +596,7 @@ def _run_gradcam(args: argparse.Namespace) -> int:
         raise UsageError(f"--slices must lie in 0..{case.images.shape[1] - 1} for {case.case_id}"
                          f"{' in the network space' if case.original is not None else ''}, got {args.slices}")
     with folder as work:
-        stages.gradcam.job(loaded, case, classes, slices, work, args.out, layers=args.layers, target=args.target,
+        stages.gradcam.job(loaded, case, args.classes, slices, work, args.out, layers=args.layers, target=args.target,
                            pool=args.pool, batch_size=args.batch_size, volume=not args.no_volume,
                            full_resolution=args.full_resolution)
     return 0

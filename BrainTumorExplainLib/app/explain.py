@@ -128,19 +128,10 @@ def _load(source, out, config: ExplainConfig, bars: bool, network: Network | Non
 
 def check_layers(model, layers: str) -> None:
     """``--layers`` names layers of this network (module paths for a described network), before any work."""
-    from ..models.activations import layer_names, resolve_layers
-    from ..models.volume import DescribedNetwork
+    from ..models.interface import analysed
 
-    if isinstance(model, DescribedNetwork):
-        known = dict(model.module.named_modules())
-        names = layer_names(layers)
-        unknown = [name for name in names or [] if name not in known]
-        if unknown or names == []:
-            raise UsageError(f"--layers {layers}: {unknown} are not modules of {model.architecture}; its analysable "
-                             f"layers: {', '.join(model.description.layers)}")
-        return
     try:
-        resolve_layers(model, layers)
+        analysed(model).layers(layers)
     except ValueError as error:
         raise UsageError(f"--layers {layers}: {error}") from None
 

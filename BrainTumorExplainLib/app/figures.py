@@ -13,7 +13,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from ..data.case import MODALITIES, Case
-from ..data.labels import CLASS_NAMES, TISSUE_NAMES
+from ..data.labels import CLASS_NAMES, CLASS_REGION, TISSUE_NAMES
 
 # BraTS colours as Slicer shows them: NCR/NET red, edema green, enhancing yellow.
 LABEL_COLOURS = ((0, 0, 0, 0), (0.86, 0.16, 0.16, 1), (0.2, 0.75, 0.25, 1), (1.0, 0.85, 0.1, 1))
@@ -156,8 +156,6 @@ def localisation_curves(tables: dict[str, dict], path: str | Path, dpi: int = 10
     (a flat map). ``tables``: model → :func:`gradcam.localisation` output; ``regions``: target name → its region
     (default: the tumour classes'); ``controls``: model → :func:`gradcam.localisation_controls` output, drawn
     dotted (random weights) and dash-dot (the best raw input channel)."""
-    from ..analyses.gradcam import CLASS_REGION
-
     regions = regions or {CLASS_NAMES[c]: CLASS_REGION[c] for c in (1, 2, 3)}
     colours = {"TC": LABEL_COLOURS[1], "WT": LABEL_COLOURS[2], "ET": (0.85, 0.6, 0.0, 1)}
     figure, axes = _subplots(1, len(tables), figsize=(4.2 * len(tables), 3.4), squeeze=False)

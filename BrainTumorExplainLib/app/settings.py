@@ -19,6 +19,7 @@ from ..analyses import (
     DEFAULT_MARGIN,
     DEFAULT_QUANTILE,
     GRADCAM_POOLS,
+    GRADCAM_TARGET_NAMES,
     GRADCAM_TARGETS,
 )
 from ..data.atlas import ATLAS_MODES
@@ -142,8 +143,9 @@ class ExplainConfig:
                          minimum=2)
     layers: str = option("all", "Grad-CAM layers: 'all' or comma-separated names")
     classes: str = option("tumour", "Grad-CAM classes: 'tumour', 'all' or e.g. ed,et")
-    gradcam_target: str = option("softmax", "Grad-CAM's y(c): the softmax output, as the paper, or the logits",
-                                 choices=GRADCAM_TARGETS)
+    gradcam_target: str = option("probabilities", "Grad-CAM's y(c): the network's probabilities (the paper's "
+                                 "softmax; softmax is accepted as their name) or its logits",
+                                 choices=GRADCAM_TARGETS + tuple(GRADCAM_TARGET_NAMES))
     gradcam_pool: str = option("image", "where Grad-CAM's y(c) averages the output: the whole image, or the voxels "
                                "the network labels c (predicted: the paper's class average over the predicted region)",
                                choices=GRADCAM_POOLS)

@@ -22,6 +22,8 @@ MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")  # the sequences, in
 CLASS_NAMES: tuple[str, ...] = ("background", "NCR/NET", "ED", "ET")
 CLASS_KEYS: tuple[str, ...] = ("bg", "ncr", "ed", "et")  # for file names and command lines
 TUMOUR_CLASSES: tuple[int, ...] = (1, 2, 3)
+# The region each class's evidence should lie in, for the localisation (background: the brain it surrounds).
+CLASS_REGION: dict[int, str] = {0: "brain", 1: "TC", 2: "WT", 3: "ET"}
 REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 TISSUE_NAMES: tuple[str, ...] = ("background", "CSF", "GM", "WM")
 

@@ -261,7 +261,7 @@ def captum_gradcam(model: SegmentationNet, images: torch.Tensor, layers: Sequenc
 
 
 def bench_gradcam(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device) -> list[Measurement]:
-    from ..analyses.gradcam import layer_gradcam
+    from ..analyses.gradcam import gradcam_maps
     from ..models.activations import resolve_layers
 
     layers = resolve_layers(model, "all")
@@ -269,8 +269,8 @@ def bench_gradcam(model: SegmentationNet, case: Case, config: BenchConfig, devic
     slices = evenly_spaced_brain_slices(case, config.gradcam_slices)
     _, images = next(slice_batches(case, slices, len(slices), device))
     work = f"{len(layers)} layers × {len(classes)} classes on a batch of {len(slices)} slices"
-    layer_gradcam(model, images, layers, classes)  # warm-up, same shapes as timed
-    ours, ours_s = _timed(lambda: layer_gradcam(model, images, layers, classes), device)
+    gradcam_maps(model, images, layers, classes)  # warm-up, same shapes as timed
+    ours, ours_s = _timed(lambda: gradcam_maps(model, images, layers, classes), device)
     try:
         import captum
     except ImportError:
@@ -540,7 +540,7 @@ GRADCAM3D_SCALES = (1, 2)  # the case tiled along each axis this many times: onc
 def _gradcam3d_child(scale: int, queue) -> None:
     """In a fresh process: Grad-CAM of every layer and region of the shipped 3D network over the sample case in its
     space, tiled ``scale`` times along each axis; the peak RSS and the time."""
-    from ..analyses.volume import volume_gradcam
+    from ..analyses.gradcam import gradcam_volume
     from ..models.registry import load_model
     from ..models.space import into_network_space
 
@@ -552,7 +552,7 @@ def _gradcam3d_child(scale: int, queue) -> None:
     tiled = dataclasses.replace(case, images=tile(case.images), brain_mask=tile(case.brain_mask),
                                 nonzero=tile(case.nonzero), labels=None, tissue=None)
     baseline = peak_rss_mb()
-    cams, seconds = _timed(lambda: volume_gradcam(network, tiled, "all"), torch.device("cpu"))
+    cams, seconds = _timed(lambda: gradcam_volume(network, tiled, "all"), torch.device("cpu"))
     queue.put({"scale": scale, "voxels": int(tiled.brain_mask.size), "maps": len(cams.maps), "seconds": seconds,
                "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb(),
                "maps_mb": sum(m.nbytes for m in cams.maps.values()) / 2**20})
@@ -583,7 +583,7 @@ def bench_gradcam3d(model: SegmentationNet, case: Case, config: BenchConfig, dev
                     ) -> list[Measurement]:
     """On one window: all layers × regions from one forward and one backward per region, against MONAI's GradCAM
     called per (layer, region); then peak memory of the whole-volume maps against the volume's size."""
-    from ..analyses.volume import window_gradcam
+    from ..analyses.gradcam import gradcam_maps
     from ..models.registry import load_model
 
     network = load_model(GRADCAM3D_NETWORK, device=device)
@@ -593,9 +593,13 @@ def bench_gradcam3d(model: SegmentationNet, case: Case, config: BenchConfig, dev
     torch.manual_seed(config.seed)
     window = torch.randn((1, len(description.channels)) + tuple(description.window), device=device)
     work = f"{len(layers)} layers × {len(targets)} regions on one {'×'.join(map(str, description.window))} window"
-    window_gradcam(module, window, layers, targets, description.outputs, "logits")  # warm-up
-    ours, ours_s = _timed(lambda: window_gradcam(module, window, layers, targets, description.outputs, "logits"),
-                          device)
+
+    def our_maps(described, x: torch.Tensor) -> torch.Tensor:  # (layers × regions, *window), layer-major
+        maps = gradcam_maps(described, x, layers, target="logits")
+        return torch.cat([maps[layer][0] for layer in layers])
+
+    our_maps(network, window)  # warm-up
+    ours, ours_s = _timed(lambda: our_maps(network, window), device)
     try:
         import monai
         from monai.visualize import GradCAM
@@ -612,11 +616,10 @@ def bench_gradcam3d(model: SegmentationNet, case: Case, config: BenchConfig, dev
 
     theirs, theirs_s = _timed(monai_maps, device)
     voxels = window[0, 0].numel()  # MONAI pools the logits by their sum, eq. 3 by their mean
-    ours = ours[0] * voxels
+    ours = ours * voxels
     # Both are float32; the same maps in float64 say how far each is from exact. Maps whose exact peak is ~0 (the
     # ReLU of a sum that cancels) are noise in both and left out of the relative figures.
-    exact = window_gradcam(copy.deepcopy(module).double(), window.double(), layers, targets, description.outputs,
-                           "logits")[0] * voxels
+    exact = our_maps(dataclasses.replace(network, module=copy.deepcopy(module).double()), window.double()) * voxels
     largest = float(exact.abs().max())
     kept = [i for i in range(len(theirs)) if float(exact[i].abs().max()) > 1e-6 * largest]
 
@@ -804,7 +807,7 @@ def bench_nnunet(model: SegmentationNet, case: Case, config: BenchConfig, device
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: F401 (the peer: a test extra)
     except ImportError:
         return [Measurement("nnU-Net", "ours", "nnUNetPredictor", None, None, "", {"skipped": "nnunetv2 missing"})]
-    from ..analyses.volume import volume_gradcam
+    from ..analyses.gradcam import gradcam_volume
     from ..data.case import find_case_files
     from ..models.description import to_network_space
     from ..models.inference import case_probabilities, labels_from_probabilities
@@ -838,7 +841,7 @@ def bench_nnunet(model: SegmentationNet, case: Case, config: BenchConfig, device
         work = (f"{prepared.grid.canonical_shape} voxels, {windows} windows × 8 mirrorings × "
                 f"{len(NNUNET_NETWORK['folds'])} folds, PlainConvUNet {NNUNET_NETWORK['features']}")
         one_fold = dataclasses.replace(network, members=[])
-        _, gradcam_s = _timed(lambda: volume_gradcam(one_fold, prepared, device=device), device)
+        _, gradcam_s = _timed(lambda: gradcam_volume(one_fold, prepared, device=device), device)
         _, segment_s = _timed(lambda: case_probabilities(one_fold, prepared, device=device), device)
     stages = len(network.description.layers)
     return [Measurement("nnU-Net inference", "ours (float32 sums)", "nnUNetPredictor", ours_s, theirs_s, work,

@@ -37,12 +37,11 @@ def summarise(cams, table) -> dict:
 def run(run) -> None:
     from ...analyses.gradcam import localisation
     from ...errors import UsageError
-    from ...models.description import require_hooks
+    from ...models.interface import analysed
     from ..figures import gradcam_montage, localisation_curves
 
     try:
-        if hasattr(run.model, "description"):
-            require_hooks(run.model.description, "Grad-CAM")
+        analysed(run.model, "Grad-CAM")  # a TorchScript network has no hooks
     except UsageError as unavailable:
         run.summary["gradcam"] = {"not_computed": str(unavailable)}
         return
@@ -69,16 +68,10 @@ def run(run) -> None:
 def compute(model, case, layers: str, classes, target: str, pool: str, slices=None, progress: bool = False,
             batch_size: int = 8):
     """Grad-CAM of ``layers`` (names, or "all") for ``model`` — the ``explain`` stage and the ``gradcam`` verb both
-    call this: slice by slice for the paper's 2D networks (``classes``; every brain slice, or ``slices``), window by
-    window for a described 3D network (every output channel with its own target: ``target`` "logits" stays logits,
-    anything else is the probabilities)."""
+    call this (:func:`analyses.gradcam.gradcam_volume`: a 2D network over ``slices``, default every brain slice, for
+    ``classes``; a described 3D network over its windows, for every output channel)."""
     from ...analyses.gradcam import gradcam_volume
-    from ...analyses.volume import volume_gradcam
-    from ...models.volume import DescribedNetwork
 
-    if isinstance(model, DescribedNetwork):
-        return volume_gradcam(model, case, layers, target="logits" if target == "logits" else "probabilities",
-                              pool=pool)
     return gradcam_volume(model, case, layers, classes, target, slices=slices, batch_size=batch_size,
                           progress=progress, pool=pool)
 
@@ -127,25 +120,18 @@ def job(models: dict, case, classes, slices: list[int], work: Path, shown_as: Pa
 def control_localisation(model, case, cams, compute) -> dict:
     """The localisation of ``cams`` (``model``'s Grad-CAM of ``case``) beside its controls
     (:mod:`analyses.controls`): the same Grad-CAM of the architecture with random weights — ``compute(network,
-    slices)`` makes it — and the raw input channels, against the trained maps over the same slices (every
-    ``CONTROL_SLICE_STEP``-th for a 2D network, to keep the cost at a quarter of the maps')."""
+    slices)`` makes it — and the raw input channels, against the trained maps over the same slices (a 2D network's
+    every 4th, to keep the cost at a quarter of the maps': :meth:`models.interface.AnalysedNetwork.control_slices`)."""
     from dataclasses import replace
 
     from ...analyses import CONTROL_SEED
     from ...analyses.controls import random_weights
-    from ...analyses.gradcam import CONTROL_SLICE_STEP, localisation, localisation_controls, raw_input_volume
-    from ...data.case import MODALITIES
-    from ...models.description import from_network_space, network_inputs
-    from ...models.volume import DescribedNetwork
+    from ...analyses.gradcam import localisation, localisation_controls, raw_input_volume
+    from ...models.interface import analysed
 
-    if isinstance(model, DescribedNetwork):
-        description = model.description
-        slices = cams.slices
-        channels = from_network_space(network_inputs(case, description), description.axes)
-        names = description.channels
-    else:
-        slices = cams.slices[::CONTROL_SLICE_STEP]
-        channels, names = case.images, MODALITIES
+    network = analysed(model)
+    slices = network.control_slices(cams.slices)
+    channels, names = network.input_channels(case)
     random_table = localisation(compute(random_weights(model, CONTROL_SEED), slices), case)
     raw_table = localisation(raw_input_volume(channels, names, slices), case)
     trained_table = localisation(replace(cams, slices=slices), case)

@@ -1,0 +1,265 @@
+"""One interface to every kind of network the analyses read: the paper's 2D networks, run over a case's axial
+slices, and a described 3D network (a MONAI bundle, an nnU-Net folder), run over its own windows.
+
+An analysis sees a network as a function from input batches (``(B, C, *spatial)``: slices or windows) to outputs,
+with layers whose activations it records, output channels it can target, and a way to put a batch function's
+maps back onto the case's canonical grid (:meth:`AnalysedNetwork.map_case`). A 2D network is the case where the
+window is one axial slice. This module is the only place that tells the kinds apart (MONAI's ``GradCAM`` and
+pytorch-grad-cam's ``BaseCAM`` branch once on the tensor rank the same way).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..data.case import MODALITIES, Case
+from ..data.labels import CLASS_NAMES, CLASS_REGION, resolve_classes
+from ..errors import UsageError
+from .activations import LayerRecorder, layer_names, resolve_layers, upsample_to_input
+from .base import IN_CHANNELS, SegmentationNet
+from .description import from_network_space, network_inputs, require_hooks
+from .inference import slice_batches
+from .volume import DescribedNetwork, window_inferer
+
+BatchMaps = Callable[[torch.Tensor], torch.Tensor]  # (B, C, *spatial) inputs → (B, maps, *spatial) on the same grid
+
+
+class AnalysedNetwork:
+    """What every analysis needs of a network (see the module notes); :func:`analysed` makes one."""
+
+    module: nn.Module  # what runs the batches and carries the hooks
+    outputs: str  # "softmax" over classes, or "sigmoid" per region
+
+    def layers(self, layers: str | Iterable[str] | None = "all") -> list[str]:
+        """The layer names ``layers`` asks for (``"all"``: the network's analysable layers), in network order."""
+        raise NotImplementedError
+
+    def recorder(self, layers: Sequence[str]) -> AbstractContextManager:
+        """Forward hooks keeping ``layers``' latest outputs in ``.outputs`` (name → tensor), released on exit."""
+        raise NotImplementedError
+
+    def targets(self, classes: str | Iterable[int] | None = "tumour") -> list[int]:
+        """The output channels an analysis of ``classes`` looks at."""
+        raise NotImplementedError
+
+    def target_name(self, channel: int) -> str:
+        """Output channel ``channel`` as the library names it (a class of CLASS_NAMES, or a region)."""
+        raise NotImplementedError
+
+    def target_region(self, channel: int) -> str:
+        """The region output channel ``channel``'s evidence should lie in (for the localisation)."""
+        raise NotImplementedError
+
+    def check_inputs(self, inputs: torch.Tensor) -> None:
+        """Refuse a batch the network cannot take, saying what it takes."""
+
+    def as_spatial(self, activation: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """A layer's output with as many spatial axes as ``inputs``."""
+        return activation
+
+    def upsample(self, maps: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Layer maps ``(B, M, *layer grid)`` onto the inputs' grid ``(B, M, *inputs' spatial shape)``."""
+        raise NotImplementedError
+
+    def computed_slices(self, case: Case, slices: Iterable[int] | None) -> np.ndarray:
+        """The axial slices an analysis of ``case`` fills (default: every slice with brain)."""
+        return case.brain_slices()
+
+    def control_slices(self, slices: np.ndarray) -> np.ndarray:
+        """The slices a control (random weights, raw input) is measured on, of those computed."""
+        return slices
+
+    def input_channels(self, case: Case) -> tuple[np.ndarray, Sequence[str]]:
+        """The network's input channels ``(C, Z, Y, X)`` on the canonical grid, and their names."""
+        raise NotImplementedError
+
+    def map_case(self, case: Case, slices: np.ndarray, batch_maps: BatchMaps, count: int, batch_size: int,
+                 device: torch.device, progress: str | None = None) -> np.ndarray:
+        """``(count, Z, Y, X)`` float32 on the case's canonical grid: ``batch_maps`` over the case's batches (zero on
+        slices not computed)."""
+        raise NotImplementedError
+
+
+class SliceWise(AnalysedNetwork):
+    """One of the paper's 2D networks: batches of axial slices ``(N, 4, H, W)`` in [FLAIR, T1, T1ce, T2] order;
+    four softmax classes."""
+
+    outputs = "softmax"
+
+    def __init__(self, model: SegmentationNet) -> None:
+        self.module = model
+
+    def layers(self, layers="all") -> list[str]:
+        return resolve_layers(self.module, layers)
+
+    def recorder(self, layers):
+        return LayerRecorder(self.module, layers)
+
+    def targets(self, classes="tumour") -> list[int]:
+        return resolve_classes(classes)
+
+    def target_name(self, channel: int) -> str:
+        return CLASS_NAMES[channel]
+
+    def target_region(self, channel: int) -> str:
+        return CLASS_REGION[channel]
+
+    def check_inputs(self, inputs: torch.Tensor) -> None:
+        if inputs.ndim != 4 or inputs.shape[1] != IN_CHANNELS:
+            raise ValueError(f"expected images (N, {IN_CHANNELS}, H, W) in [FLAIR, T1, T1ce, T2] order, "
+                             f"got {tuple(inputs.shape)}")
+
+    def upsample(self, maps, inputs):
+        return upsample_to_input(maps, self.module, *inputs.shape[-2:])
+
+    def computed_slices(self, case, slices):
+        if slices is None:
+            return case.brain_slices()
+        chosen = np.asarray(sorted(set(int(z) for z in slices)), dtype=int)
+        depth = case.images.shape[1]
+        if chosen.size and (chosen.min() < 0 or chosen.max() >= depth):
+            raise UsageError(f"slices must lie in 0..{depth - 1} for {case.case_id}, got {chosen.min()}..{chosen.max()}")
+        return chosen
+
+    def control_slices(self, slices):
+        return slices[::CONTROL_SLICE_STEP]
+
+    def input_channels(self, case):
+        return case.images, MODALITIES
+
+    def map_case(self, case, slices, batch_maps, count, batch_size, device, progress=None):
+        maps = np.zeros((count,) + case.brain_mask.shape, dtype=np.float32)
+        for batch_slices, images in slice_batches(case, slices, batch_size, device, progress):
+            maps[:, batch_slices] = batch_maps(images).float().cpu().numpy().transpose(1, 0, 2, 3)
+        return maps
+
+
+CONTROL_SLICE_STEP = 4  # a 2D network's controls: every 4th computed slice (a quarter of the cost)
+
+
+class WindowWise(AnalysedNetwork):
+    """A described 3D network: the whole case in the network's own space and channel order, run over its windows
+    with its own blending (MONAI's sliding window, or nnU-Net's); output channels as its description names them."""
+
+    def __init__(self, network: DescribedNetwork) -> None:
+        self.network = network
+        self.module = network.module
+        self.description = network.description
+        self.outputs = network.description.outputs
+
+    def layers(self, layers="all") -> list[str]:
+        """Module paths: ``all``, the description's layers; else those given, each a module of the network."""
+        names = layer_names(layers)
+        if names is None:
+            return list(self.description.layers)
+        known = dict(self.module.named_modules())
+        unknown = [name for name in names if name not in known]
+        if unknown or not names:
+            raise UsageError(f"{unknown or names} are not modules of {self.description.name}; its analysable layers: "
+                             f"{', '.join(self.description.layers)}")
+        return names
+
+    def recorder(self, layers):
+        return ModuleRecorder(self.module, layers)
+
+    def targets(self, classes="tumour") -> list[int]:
+        """Every output channel for ``tumour`` or ``all`` (each is its own target), else those named — by index or
+        by name (``wt``, ``tumor core``), as a list or a comma-separated string."""
+        names = [name.lower() for name in self.description.output_names]
+        if classes is None or classes in ("tumour", "all"):
+            return list(range(len(names)))
+        shown = [name.lower() for name in target_names(self.description)[0]]
+        items = classes.split(",") if isinstance(classes, str) else list(classes) if isinstance(classes, (list, tuple)) \
+            else [classes]
+        chosen = []
+        for item in items:
+            text = str(item).strip().lower()
+            index = names.index(text) if text in names else shown.index(text) if text in shown else \
+                int(text) if text.isdigit() and int(text) < len(names) else None
+            if index is None:
+                raise UsageError(f"unknown output {item!r} of {self.description.name}; its outputs: "
+                                 f"{', '.join(f'{i} {n}' for i, n in enumerate(self.description.output_names))}")
+            chosen.append(index)
+        return sorted(set(chosen))
+
+    def target_name(self, channel: int) -> str:
+        return target_names(self.description)[0][channel]
+
+    def target_region(self, channel: int) -> str:
+        return target_names(self.description)[1][channel]
+
+    def as_spatial(self, activation, inputs):
+        return as_window(activation, inputs)
+
+    def upsample(self, maps, inputs):
+        return F.interpolate(maps, size=tuple(inputs.shape[2:]), mode="trilinear", align_corners=False)
+
+    def input_channels(self, case):
+        return from_network_space(network_inputs(case, self.description), self.description.axes), \
+            self.description.channels
+
+    def map_case(self, case, slices, batch_maps, count, batch_size, device, progress=None):
+        x = torch.from_numpy(network_inputs(case, self.description))[None].to(device)
+        stitched = window_inferer(self.description)(x, batch_maps) if self.description.window else batch_maps(x)
+        return np.ascontiguousarray(from_network_space(stitched[0].float().cpu().numpy(), self.description.axes),
+                                    dtype=np.float32)
+
+
+def analysed(network, analysis: str | None = None) -> AnalysedNetwork:
+    """The :class:`AnalysedNetwork` of a 2D :class:`SegmentationNet` or a :class:`DescribedNetwork`; ``analysis``
+    (one that reads layers through hooks, by name) is refused for a TorchScript network, saying what runs."""
+    if isinstance(network, AnalysedNetwork):
+        return network
+    if not isinstance(network, DescribedNetwork):
+        return SliceWise(network)
+    if analysis is not None:
+        require_hooks(network.description, analysis)
+    return WindowWise(network)
+
+
+class ModuleRecorder:
+    """Forward hooks on modules named by their path in the module tree; the latest outputs in ``outputs``."""
+
+    def __init__(self, module: nn.Module, paths: Sequence[str]) -> None:
+        modules = dict(module.named_modules())
+        unknown = [path for path in paths if path not in modules]
+        if unknown:
+            raise UsageError(f"unknown layer(s) {unknown}; layers of this network: {', '.join(p for p in modules if p)}")
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles = [modules[path].register_forward_hook(self._keeper(path)) for path in paths]
+
+    def _keeper(self, path: str):
+        def keep(_module, _inputs, output) -> None:
+            self.outputs[path] = output
+        return keep
+
+    def __enter__(self) -> "ModuleRecorder":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self.outputs.clear()
+
+
+def as_window(output: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """A layer's output as ``(B, C, d, h, w)``: a 2D network run slice by slice over depth-1 windows (an nnU-Net 2d
+    configuration, :class:`models.nnunet.SliceNetwork`) gives ``(B, C, h, w)``."""
+    return output.unsqueeze(2) if output.ndim == window.ndim - 1 else output
+
+
+def target_names(description) -> tuple[list[str], list[str]]:
+    """Each output channel of a described network as the library names it (a region, or a class of CLASS_NAMES),
+    and the region its evidence should lie in."""
+    from .description import CLASS_OUTPUTS
+
+    if description.outputs == "sigmoid":
+        return list(description.output_names), list(description.output_names)
+    classes = [CLASS_OUTPUTS.index(name) for name in description.output_names]
+    return [CLASS_NAMES[c] for c in classes], [CLASS_REGION[c] for c in classes]
