@@ -4,7 +4,7 @@
 # EPOCHS (default 10, 100 steps each) sets the training length. ACQUISITIONS (default 0) adds that many clinical
 # acquisitions of each training case (train --acquisitions, issue 35; kept in WORKDIR/acquisitions for the next
 # network), UPRIGHT_SHARE (default: none) the share of each batch drawn from the cases as read (train --upright-share).
-# The shipped 2D weights: simunet with the defaults, resunet with ACQUISITIONS=2, denseunet with ACQUISITIONS=2 EPOCHS=20
+# The shipped 2D weights: simunet with the defaults, resunet and denseunet with ACQUISITIONS=2 EPOCHS=20
 # (each manifest's training.command says so). segresnet3d is
 # the shipped 3D network, a MONAI bundle (train-bundle with its own defaults; EPOCHS does not apply to it).
 set -euo pipefail
