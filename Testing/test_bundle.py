@@ -258,7 +258,7 @@ def test_load_model_gives_the_described_network(bundle):
 
 
 def test_uncertainty_without_dropout_comes_from_flips_and_says_so(bundle, small_phantom):
-    from BrainTumorExplainLib.analyses.volume import volume_uncertainty
+    from BrainTumorExplainLib.analyses.uncertainty import uncertainty_volume
 
     network = load_model(str(bundle))
     case = load_case(small_phantom.flair.parent)
@@ -268,10 +268,10 @@ def test_uncertainty_without_dropout_comes_from_flips_and_says_so(bundle, small_
     from dataclasses import replace
 
     without = type(network)(network.module, replace(network.description, dropout=False, window=None))  # one window
-    flips = volume_uncertainty(without, case)
+    flips = uncertainty_volume(without, case)
     assert flips.method == "flips" and flips.passes.max() == 8
     assert flips.variance.shape == case.brain_mask.shape and flips.variance[case.brain_mask].max() > 0
-    again = volume_uncertainty(without, case)
+    again = uncertainty_volume(without, case)
     np.testing.assert_array_equal(again.variance, flips.variance)  # deterministic
     assert (flips.mutual_information >= 0).all() and (flips.entropy >= flips.mutual_information - 1e-6).all()
 
@@ -279,15 +279,15 @@ def test_uncertainty_without_dropout_comes_from_flips_and_says_so(bundle, small_
 def test_test_time_dropout_of_a_bundle_is_seeded(bundle, small_phantom):
     from dataclasses import replace
 
-    from BrainTumorExplainLib.analyses.volume import volume_uncertainty
+    from BrainTumorExplainLib.analyses.uncertainty import uncertainty_volume
 
     network = load_model(str(bundle))
     network = type(network)(network.module, replace(network.description, window=None))  # the case in one window
     case = load_case(small_phantom.flair.parent)
-    first = volume_uncertainty(network, case, passes=3, seed=1)
+    first = uncertainty_volume(network, case, passes=3, seed=1)
     assert first.method == "dropout"
-    np.testing.assert_array_equal(first.variance, volume_uncertainty(network, case, passes=3, seed=1).variance)
-    assert not np.array_equal(first.variance, volume_uncertainty(network, case, passes=3, seed=2).variance)
+    np.testing.assert_array_equal(first.variance, uncertainty_volume(network, case, passes=3, seed=1).variance)
+    assert not np.array_equal(first.variance, uncertainty_volume(network, case, passes=3, seed=2).variance)
     assert not network.module.training  # back in eval mode
 
 
@@ -405,7 +405,7 @@ def test_a_torchscript_bundle_segments_and_says_what_it_cannot_do(bundle, small_
     import shutil
 
     from BrainTumorExplainLib.analyses.gradcam import gradcam_volume
-    from BrainTumorExplainLib.analyses.volume import volume_uncertainty
+    from BrainTumorExplainLib.analyses.uncertainty import uncertainty_volume
     from BrainTumorExplainLib.errors import UsageError
     from BrainTumorExplainLib.models.inference import case_probabilities
 
@@ -421,7 +421,7 @@ def test_a_torchscript_bundle_segments_and_says_what_it_cannot_do(bundle, small_
     assert description.torchscript and not description.dropout and description.layers == {}
     case = load_case(small_phantom.flair.parent)
     np.testing.assert_allclose(case_probabilities(network, case), case_probabilities(eager, case), atol=1e-5)
-    assert volume_uncertainty(network, case).method == "flips"
+    assert uncertainty_volume(network, case).method == "flips"
     with pytest.raises(UsageError, match="TorchScript network: forward hooks do not run"):
         gradcam_volume(network, case)
 

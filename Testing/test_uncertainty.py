@@ -149,15 +149,27 @@ class NoDropout(SegmentationNet):
 def test_bad_input(case_and_model):
     case, _ = case_and_model
     with pytest.raises(ValueError, match="no active dropout layer"):
-        uncertainty_volume(NoDropout(), case, passes=4)
+        uncertainty_volume(NoDropout(), case, passes=4, method="dropout")
     with pytest.raises(ValueError, match="no active dropout layer"):
-        uncertainty_volume(build_model("simunet", width=0.0625, dropout=0.0), case, passes=4)
+        uncertainty_volume(build_model("simunet", width=0.0625, dropout=0.0), case, passes=4, method="dropout")
+    with pytest.raises(ValueError, match="unknown uncertainty method 'bayes'"):
+        uncertainty_volume(case_and_model[1], case, method="bayes")
     with pytest.raises(ValueError, match="at least 2 passes"):
         SamplingPlan.fixed(1)
     unlabelled = type(case)(case.case_id, case.images, case.brain_mask, case.grid)
     volume = uncertainty_volume(case_and_model[1], case, passes=2)
     with pytest.raises(ValueError, match="needs ground truth"):
         uncertainty_error_analysis(volume, unlabelled)
+
+
+def test_a_network_without_dropout_samples_its_mirrorings_and_says_so(case_and_model):
+    """The one uncertainty function, for a 2D network as for a 3D one: without dropout, test-time flips — here of a
+    per-pixel (1×1) network, which mirroring cannot change: every pass agrees."""
+    case, _ = case_and_model
+    volume = uncertainty_volume(NoDropout(), case)
+    assert volume.method == "flips" and set(volume.passes[case.brain_slices()]) == {4}  # none, H, W, both
+    assert float(volume.variance.max()) < 1e-6 and float(volume.mutual_information.max()) < 1e-6
+    assert volume.entropy[case.brain_mask].max() > 0
 
 
 def test_bfloat16_autocast_gives_the_same_prediction_and_bad_precision_is_refused(case_and_model):

@@ -178,7 +178,7 @@ def gradcam_volume(network, case: Case, layers: str | Iterable[str] = "all",
     chosen = network.computed_slices(case, slices)
     device = model_device(network.module, device)
 
-    def batch_maps(inputs: torch.Tensor) -> torch.Tensor:
+    def batch_maps(inputs: torch.Tensor, _slices) -> torch.Tensor:
         return batch_gradcam(network, inputs, layer_names, targets, target, weights, pool)
 
     with evaluating(network.module):

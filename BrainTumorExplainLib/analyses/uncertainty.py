@@ -31,6 +31,7 @@ T = 100 is in docs/analyses.md.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -39,8 +40,8 @@ import torch
 
 from ..data.case import Case
 from ..errors import UsageError
-from ..models.base import NUM_CLASSES, SegmentationNet, dropout_modules, model_device, test_time_dropout
-from ..models.inference import slice_batches
+from ..models.base import evaluating, model_device, test_time_dropout
+from ..models.interface import analysed
 from ..progress import progress_bar
 
 
@@ -70,13 +71,6 @@ class SamplingPlan:
 QUICK = SamplingPlan(min_passes=8, max_passes=16, round_passes=4, settle_r=0.9)
 
 
-def _check_dropout(model: SegmentationNet) -> None:
-    modules = dropout_modules(model)
-    if not modules or all(float(getattr(m, "p", 0.0)) == 0.0 for m in modules):
-        raise UsageError(f"{model.architecture or type(model).__name__} has no active dropout layer: test-time "
-                         f"dropout needs a network trained with dropout (p > 0)")
-
-
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
     denominator = float(a.norm() * b.norm())
@@ -84,29 +78,33 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 class _RunningMoments:
-    """Σp, Σp² and Σ H[p_t] per pixel of a batch of slices: all that eq. 9 and the mutual information need.
+    """Σp, Σp² and Σ H[p_t] per voxel of a batch ``(N, C, *spatial)``: all that eq. 9 and the mutual information
+    need, for softmax classes or sigmoid regions (``outputs``; :func:`predictive_entropy`).
 
     float32 is enough: p lies in [0, 1] and at most a few hundred passes are summed, so the cancellation in
     E[p²] − E[p]² costs ~1e-7, far below any variance worth showing (float64 doubled the time of a CPU pass).
     """
 
-    def __init__(self, shape: tuple[int, ...], device: torch.device) -> None:
+    def __init__(self, shape: tuple[int, ...], device: torch.device, outputs: str = "softmax") -> None:
         self.count = 0
+        self.outputs = outputs
         self.sum = torch.zeros(shape, dtype=torch.float32, device=device)
         self.sum_squares = torch.zeros_like(self.sum)
         self.sum_entropy = torch.zeros((shape[0],) + shape[2:], dtype=torch.float32, device=device)
 
-    def add(self, probabilities: torch.Tensor) -> None:  # (passes, N, C, H, W)
+    def add(self, probabilities: torch.Tensor) -> None:  # (passes, N, C, *spatial)
         p = probabilities.float()
         self.count += p.shape[0]
         self.sum += p.sum(0)
         self.sum_squares += p.square().sum(0)
-        self.sum_entropy -= torch.special.xlogy(p, p).sum(dim=(0, 2))
+        self.sum_entropy += predictive_entropy(p.flatten(0, 1), self.outputs).view(
+            p.shape[0], *self.sum_entropy.shape).sum(0)
 
     def merge(self, other: "_RunningMoments") -> "_RunningMoments":
         """The moments of both sets of passes together."""
         merged = _RunningMoments.__new__(_RunningMoments)
         merged.count = self.count + other.count
+        merged.outputs = self.outputs
         merged.sum = self.sum + other.sum
         merged.sum_squares = self.sum_squares + other.sum_squares
         merged.sum_entropy = self.sum_entropy + other.sum_entropy
@@ -121,33 +119,39 @@ class _RunningMoments:
         return (self.sum_squares / self.count - mean * mean).clamp_min(0).mean(1)
 
     def entropy(self) -> torch.Tensor:
-        mean = self.mean()
-        return -torch.special.xlogy(mean, mean).sum(1)
+        return predictive_entropy(self.mean(), self.outputs)
 
     def mutual_information(self) -> torch.Tensor:
         return (self.entropy() - self.sum_entropy / self.count).clamp_min(0)
 
+    def stacked(self, passes: int) -> torch.Tensor:
+        """``(N, C + 4, *spatial)``: the mean, then variance, entropy, mutual information and ``passes``."""
+        count = torch.full_like(self.sum_entropy, float(passes))
+        return torch.cat([self.mean(), torch.stack([self.variance(), self.entropy(), self.mutual_information(),
+                                                    count], dim=1)], dim=1)
 
-def ttd_batch(model: SegmentationNet, images: torch.Tensor, plan: SamplingPlan, passes_per_forward: int,
+
+def ttd_batch(network, inputs: torch.Tensor, plan: SamplingPlan, passes_per_forward: int,
               brain: torch.Tensor | None = None) -> tuple[_RunningMoments, int]:
-    """Stochastic passes over a batch of slices ``(N, 4, H, W)``; returns the moments and the passes used.
+    """Stochastic passes over a batch (``(N, 4, H, W)`` slices of a 2D network, the whole case of a 3D one); returns
+    the moments and the passes used.
 
-    Call inside ``test_time_dropout(model)`` with the RNG already seeded (as :func:`uncertainty_volume` does).
-    ``brain`` ``(N, H, W)`` bool limits the adaptive stopping rule to brain pixels.
+    Call inside ``test_time_dropout(module)`` with the RNG already seeded (as :func:`uncertainty_volume` does).
+    ``brain`` (the batch's spatial shape, bool) limits the adaptive stopping rule to brain voxels.
     """
-    n = images.shape[0]
-    shape = (n, NUM_CLASSES) + tuple(images.shape[-2:])
-    halves = [_RunningMoments(shape, images.device), _RunningMoments(shape, images.device)]
+    network = analysed(network)
+    halves: list[_RunningMoments] = []
     adaptive = plan.min_passes < plan.max_passes
     used, round_index = 0, 0
     with torch.no_grad():
         while used < plan.max_passes:
             round_end = min(used + plan.round_passes, plan.max_passes)
-            half = halves[round_index % 2]  # rounds alternate between two independent halves
             while used < round_end:
                 copies = min(passes_per_forward, round_end - used)
-                batch = images.repeat(copies, 1, 1, 1)  # copy-major: rows t*n .. t*n+n-1 are pass t
-                half.add(model.predict(batch).view(copies, n, NUM_CLASSES, *images.shape[-2:]))
+                p = network.sample(inputs, copies)
+                if not halves:
+                    halves = [_RunningMoments(p.shape[1:], p.device, network.outputs) for _ in range(2)]
+                halves[round_index % 2].add(p)  # rounds alternate between two independent halves
                 used += copies
             round_index += 1
             if used < plan.min_passes:
@@ -157,6 +161,21 @@ def ttd_batch(model: SegmentationNet, images: torch.Tensor, plan: SamplingPlan, 
             if round_index % 2 == 0 and _estimated_agreement(halves, brain) >= plan.settle_r:
                 break
     return halves[0].merge(halves[1]) if halves[1].count else halves[0], used
+
+
+def flips_batch(network, inputs: torch.Tensor) -> tuple[_RunningMoments, int]:
+    """Test-time mirroring of a batch: every combination of the network's mirror axes (none included), each undone
+    on its output, as nnU-Net mirrors at inference."""
+    network = analysed(network)
+    axes = network.flip_axes()
+    runs = [a for n in range(len(axes) + 1) for a in itertools.combinations(axes, n)]
+    moments = None
+    with torch.no_grad():
+        for run in runs:
+            p = (network.predict(inputs.flip(run)).flip(run) if run else network.predict(inputs))[None]
+            moments = moments or _RunningMoments(p.shape[1:], p.device, network.outputs)
+            moments.add(p)
+    return moments, len(runs)
 
 
 def _estimated_agreement(halves: list[_RunningMoments], brain: torch.Tensor | None) -> float:
@@ -203,44 +222,72 @@ class UncertaintyVolume:
         return {"uncertainty": self.variance, "entropy": self.entropy, "mutual_information": self.mutual_information}
 
 
-def uncertainty_volume(model: SegmentationNet, case: Case, passes: int = 100, quick: bool = False,
-                       plan: SamplingPlan | None = None, seed: int = 0, slices_per_batch: int | None = None,
-                       passes_per_forward: int | None = None, device: str | torch.device | None = None,
-                       precision: str = "float32", progress: bool = False) -> UncertaintyVolume:
-    """Test-time dropout over every brain slice of ``case``: ``passes`` fixed passes, or the adaptive ``QUICK``
-    plan with ``quick=True`` (or any ``plan``). One forward carries ``slices_per_batch × passes_per_forward``
-    images (default: :data:`BATCHING` for the device). ``precision="bfloat16"`` runs the convolutions under autocast
-    (GPUs, and CPUs with AVX512-BF16); softmax and the running moments stay float32."""
-    _check_dropout(model)
+QUICK_VOLUME_PASSES = 8  # quick test-time dropout of a 3D network: each pass is a whole case, so a fixed few
+
+
+def uncertainty_volume(network, case: Case, passes: int = 100, quick: bool = False,
+                       plan: SamplingPlan | None = None, seed: int = 0, method: str | None = None,
+                       slices_per_batch: int | None = None, passes_per_forward: int | None = None,
+                       device: str | torch.device | None = None, precision: str = "float32",
+                       progress: bool = False) -> UncertaintyVolume:
+    """Uncertainty maps of ``case`` on its canonical grid, for every kind of network (:mod:`models.interface`).
+
+    ``method``: ``dropout`` (the default for a network with dropout) — ``passes`` seeded test-time dropout passes, or
+    the adaptive ``QUICK`` plan with ``quick=True`` (a 3D network: :data:`QUICK_VOLUME_PASSES` fixed), or any
+    ``plan``; ``flips`` (the default without dropout) — the mirrorings of test-time augmentation. A 2D network runs
+    over the brain slices, ``slices_per_batch × passes_per_forward`` images per forward (default: :data:`BATCHING`
+    for the device); a 3D network over the whole case, one full window inference per pass.
+    ``precision="bfloat16"`` runs the convolutions under autocast (GPUs, and CPUs with AVX512-BF16); the
+    probabilities and the running moments stay float32."""
+    network = analysed(network)
+    name = network.name
+    method = method or ("dropout" if network.has_dropout() else "flips")
+    if method not in ("dropout", "flips"):
+        raise UsageError(f"unknown uncertainty method {method!r}; expected dropout or flips")
+    if method == "dropout" and not network.has_dropout():
+        raise UsageError(f"{name} has no active dropout layer: test-time dropout needs a network trained with dropout "
+                         "(p > 0); test-time augmentation (flips) needs none")
+    if method == "flips" and len(network.flip_axes()) == 0:
+        raise UsageError(f"{name} allows no test-time mirroring and has no dropout: nothing to sample its "
+                         "uncertainty from (an nnU-Net folder: give several folds, --folds all)")
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    plan = plan or (QUICK if quick else SamplingPlan.fixed(passes))
-    device = model_device(model, device)
+    if plan is None:
+        plan = SamplingPlan.fixed(QUICK_VOLUME_PASSES) if quick and network.whole_case else QUICK if quick \
+            else SamplingPlan.fixed(passes)
+    device = model_device(network.module, device)
     slices_per_batch, passes_per_forward = batching(device, slices_per_batch, passes_per_forward)
-    shape = case.brain_mask.shape
-    mean = np.zeros((NUM_CLASSES,) + shape, dtype=np.float32)
-    mean[0] = 1.0
-    maps = {name: np.zeros(shape, dtype=np.float32) for name in ("variance", "entropy", "mutual_information")}
-    used = np.zeros(shape[0], dtype=np.int32)
+    if network.whole_case:
+        passes_per_forward = 1  # a pass is a whole window inference; one at a time keeps the seeded order
+
+    def batch_maps(inputs: torch.Tensor, slices) -> torch.Tensor:
+        if method == "flips":
+            moments, count = flips_batch(network, inputs)
+        else:
+            brain = None if slices is None else torch.from_numpy(case.brain_mask[slices]).to(device)
+            moments, count = ttd_batch(network, inputs, plan, passes_per_forward, brain)
+        return moments.stacked(count)
+
     devices = [device] if device.type == "cuda" else []
-    label = f"TTD {case.case_id}" if progress else None
+    label = f"{'TTD' if method == 'dropout' else 'flips'} {case.case_id}" if progress else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
-    with torch.random.fork_rng(devices=devices), test_time_dropout(model), autocast:
+    sampling = test_time_dropout(network.module) if method == "dropout" else evaluating(network.module)
+    channels = network.output_channels
+    with torch.random.fork_rng(devices=devices), sampling, autocast:
         torch.manual_seed(seed)
-        for chosen, images in slice_batches(case, case.brain_slices(), slices_per_batch, device, label):
-            brain = torch.from_numpy(case.brain_mask[chosen]).to(device)
-            moments, count = ttd_batch(model, images, plan, passes_per_forward, brain)
-            mean[:, chosen] = moments.mean().float().cpu().numpy().transpose(1, 0, 2, 3)
-            maps["variance"][chosen] = moments.variance().float().cpu().numpy()
-            maps["entropy"][chosen] = moments.entropy().float().cpu().numpy()
-            maps["mutual_information"][chosen] = moments.mutual_information().float().cpu().numpy()
-            used[chosen] = count
-    outside = ~case.brain_mask
-    mean[:, outside] = 0.0
-    mean[0, outside] = 1.0
-    for array in maps.values():
-        array[outside] = 0.0
-    return UncertaintyVolume(mean, maps["variance"], maps["entropy"], maps["mutual_information"], used, seed)
+        stacked = network.map_case(case, case.brain_slices(), batch_maps, channels + 4, slices_per_batch, device,
+                                   label, per_window=False)
+    mean, (variance, entropy, information, passes_map) = stacked[:channels], stacked[channels:]
+    if network.masks_outside_brain:
+        outside = ~case.brain_mask
+        mean[:, outside] = 0.0
+        mean[0, outside] = 1.0
+        for array in (variance, entropy, information):
+            array[outside] = 0.0
+    used = np.where(case.brain_mask.any(axis=(1, 2)), passes_map.max(axis=(1, 2)), 0).astype(np.int32)
+    mean = np.ascontiguousarray(mean)
+    return UncertaintyVolume(mean, variance, entropy, information, used, seed, method=method,
+                             label_map=network.label_map(mean))
 
 
 def predictive_entropy(p: torch.Tensor, outputs: str) -> torch.Tensor:
@@ -258,28 +305,19 @@ def ensemble_uncertainty(members: Sequence, case: Case, device: str | torch.devi
     their outputs is the prediction, and variance, entropy and mutual information come from their spread exactly as
     from the dropout passes. ``passes`` counts the members on every brain slice."""
     from ..models.inference import case_probabilities, labels_from_probabilities
-    from ..models.volume import DescribedNetwork
 
     if len(members) < 2:
         raise UsageError(f"an ensemble needs at least two members, got {len(members)}")
-    outputs = members[0].description.outputs if isinstance(members[0], DescribedNetwork) else "softmax"
-    total = squares = entropy_sum = None
+    moments = None
     for member in progress_bar(members, f"ensemble {case.case_id}" if progress else None, unit="member"):
         p = torch.from_numpy(case_probabilities(member, case, device=device))[None]
-        total = p if total is None else total + p
-        squares = p * p if squares is None else squares + p * p
-        entropy = predictive_entropy(p, outputs)
-        entropy_sum = entropy if entropy_sum is None else entropy_sum + entropy
-    count = len(members)
-    mean = total / count
-    variance = (squares / count - mean * mean).clamp_min(0).mean(1)[0]
-    entropy = predictive_entropy(mean, outputs)[0]
-    information = (entropy - entropy_sum[0] / count).clamp_min(0)
-    mean_array = mean[0].float().numpy()
-    passes = np.where(case.brain_mask.any(axis=(1, 2)), count, 0).astype(np.int32)
-    labels = labels_from_probabilities(members[0], mean_array)
-    return UncertaintyVolume(mean_array, variance.float().numpy(), entropy.float().numpy(),
-                             information.float().numpy(), passes, method="ensemble", label_map=labels)
+        moments = moments or _RunningMoments(p.shape, p.device, output_kind(members[0]))
+        moments.add(p[None])
+    mean = moments.mean()[0].float().numpy()
+    passes = np.where(case.brain_mask.any(axis=(1, 2)), moments.count, 0).astype(np.int32)
+    return UncertaintyVolume(mean, moments.variance()[0].float().numpy(), moments.entropy()[0].float().numpy(),
+                             moments.mutual_information()[0].float().numpy(), passes, method="ensemble",
+                             label_map=labels_from_probabilities(members[0], mean))
 
 
 def brain_pearson(a: np.ndarray, b: np.ndarray, brain: np.ndarray) -> float:
@@ -302,9 +340,7 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
 
 def output_kind(model) -> str:
     """``softmax`` (classes) or ``sigmoid`` (regions): what a network's outputs are (the paper's: softmax)."""
-    from ..models.volume import DescribedNetwork
-
-    return model.description.outputs if isinstance(model, DescribedNetwork) else "softmax"
+    return analysed(model).outputs
 
 
 def deterministic_entropy(model, probabilities: np.ndarray) -> np.ndarray:

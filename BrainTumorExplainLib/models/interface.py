@@ -22,12 +22,13 @@ from ..data.case import MODALITIES, Case
 from ..data.labels import CLASS_NAMES, CLASS_REGION, resolve_classes
 from ..errors import UsageError
 from .activations import LayerRecorder, layer_names, resolve_layers, upsample_to_input
-from .base import IN_CHANNELS, SegmentationNet
-from .description import from_network_space, network_inputs, require_hooks
+from .base import IN_CHANNELS, NUM_CLASSES, SegmentationNet, dropout_modules
+from .description import from_network_space, labels_from_outputs, network_inputs, require_hooks
 from .inference import slice_batches
-from .volume import DescribedNetwork, window_inferer
+from .volume import DescribedNetwork, activate, run_windows, window_inferer
 
-BatchMaps = Callable[[torch.Tensor], torch.Tensor]  # (B, C, *spatial) inputs → (B, maps, *spatial) on the same grid
+# (B, C, *spatial) inputs and their axial slices (None: a window, or the whole case) → (B, maps, *spatial), same grid
+BatchMaps = Callable[[torch.Tensor, "np.ndarray | None"], torch.Tensor]
 
 
 class AnalysedNetwork:
@@ -35,6 +36,8 @@ class AnalysedNetwork:
 
     module: nn.Module  # what runs the batches and carries the hooks
     outputs: str  # "softmax" over classes, or "sigmoid" per region
+    name: str  # as messages call it
+    output_channels: int
 
     def layers(self, layers: str | Iterable[str] | None = "all") -> list[str]:
         """The layer names ``layers`` asks for (``"all"``: the network's analysable layers), in network order."""
@@ -80,10 +83,36 @@ class AnalysedNetwork:
         raise NotImplementedError
 
     def map_case(self, case: Case, slices: np.ndarray, batch_maps: BatchMaps, count: int, batch_size: int,
-                 device: torch.device, progress: str | None = None) -> np.ndarray:
-        """``(count, Z, Y, X)`` float32 on the case's canonical grid: ``batch_maps`` over the case's batches (zero on
-        slices not computed)."""
+                 device: torch.device, progress: str | None = None, per_window: bool = True) -> np.ndarray:
+        """``(count, Z, Y, X)`` float32 on the case's canonical grid: ``batch_maps(inputs, slices)`` over the case's
+        batches (zero on slices not computed; ``slices``: the batch's axial slices, None for the whole case). A 3D
+        network's maps are made window by window and blended as its outputs are, or — ``per_window=False``, for
+        statistics over whole passes — from the whole case at once (``batch_maps`` then runs the windows itself)."""
         raise NotImplementedError
+
+    # -- sampling (uncertainty) --
+    whole_case = False  # True: one batch is the whole case, each pass a full window inference
+    masks_outside_brain = False  # True: outside the brain is background for certain (never asked of the network)
+
+    def has_dropout(self) -> bool:
+        raise NotImplementedError
+
+    def predict(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Probabilities ``(B, C, *spatial)`` of a batch (softmax classes or sigmoid regions), in the current mode."""
+        raise NotImplementedError
+
+    def sample(self, inputs: torch.Tensor, copies: int) -> torch.Tensor:
+        """``copies`` passes over a batch: ``(copies, B, C, *spatial)`` probabilities (under test-time dropout, each
+        copy draws its own masks)."""
+        return torch.stack([self.predict(inputs) for _ in range(copies)])
+
+    def flip_axes(self) -> tuple[int, ...]:
+        """The input tensor's axes along which test-time mirroring runs."""
+        raise NotImplementedError
+
+    def label_map(self, probabilities: np.ndarray) -> np.ndarray | None:
+        """Labels of ``(C, Z, Y, X)`` probabilities when they are not the argmax of the paper's classes, else None."""
+        return None
 
 
 class SliceWise(AnalysedNetwork):
@@ -92,8 +121,11 @@ class SliceWise(AnalysedNetwork):
 
     outputs = "softmax"
 
+    output_channels = NUM_CLASSES
+
     def __init__(self, model: SegmentationNet) -> None:
         self.module = model
+        self.name = getattr(model, "architecture", None) or type(model).__name__
 
     def layers(self, layers="all") -> list[str]:
         return resolve_layers(self.module, layers)
@@ -133,11 +165,26 @@ class SliceWise(AnalysedNetwork):
     def input_channels(self, case):
         return case.images, MODALITIES
 
-    def map_case(self, case, slices, batch_maps, count, batch_size, device, progress=None):
+    def map_case(self, case, slices, batch_maps, count, batch_size, device, progress=None, per_window=True):
         maps = np.zeros((count,) + case.brain_mask.shape, dtype=np.float32)
         for batch_slices, images in slice_batches(case, slices, batch_size, device, progress):
-            maps[:, batch_slices] = batch_maps(images).float().cpu().numpy().transpose(1, 0, 2, 3)
+            maps[:, batch_slices] = batch_maps(images, batch_slices).float().cpu().numpy().transpose(1, 0, 2, 3)
         return maps
+
+    masks_outside_brain = True  # the inputs are skull-stripped: the network was never asked about the outside
+
+    def has_dropout(self) -> bool:
+        return any(float(getattr(m, "p", 0.0)) > 0 for m in dropout_modules(self.module))
+
+    def predict(self, inputs):
+        return self.module.predict(inputs)
+
+    def sample(self, inputs, copies):
+        # one forward of every copy: dropout draws an independent mask per copy; copy-major rows
+        return self.predict(inputs.repeat(copies, 1, 1, 1)).view(copies, *inputs.shape[:1], -1, *inputs.shape[2:])
+
+    def flip_axes(self):
+        return (2, 3)
 
 
 CONTROL_SLICE_STEP = 4  # a 2D network's controls: every 4th computed slice (a quarter of the cost)
@@ -152,6 +199,8 @@ class WindowWise(AnalysedNetwork):
         self.module = network.module
         self.description = network.description
         self.outputs = network.description.outputs
+        self.name = network.description.name
+        self.output_channels = len(network.description.output_names)
 
     def layers(self, layers="all") -> list[str]:
         """Module paths: ``all``, the description's layers; else those given, each a module of the network."""
@@ -204,11 +253,29 @@ class WindowWise(AnalysedNetwork):
         return from_network_space(network_inputs(case, self.description), self.description.axes), \
             self.description.channels
 
-    def map_case(self, case, slices, batch_maps, count, batch_size, device, progress=None):
+    def map_case(self, case, slices, batch_maps, count, batch_size, device, progress=None, per_window=True):
         x = torch.from_numpy(network_inputs(case, self.description))[None].to(device)
-        stitched = window_inferer(self.description)(x, batch_maps) if self.description.window else batch_maps(x)
+        if per_window and self.description.window:
+            stitched = window_inferer(self.description)(x, lambda window: batch_maps(window, None))
+        else:
+            stitched = batch_maps(x, None)
         return np.ascontiguousarray(from_network_space(stitched[0].float().cpu().numpy(), self.description.axes),
                                     dtype=np.float32)
+
+    whole_case = True
+
+    def has_dropout(self) -> bool:
+        return bool(self.description.dropout)
+
+    def predict(self, inputs):
+        return activate(run_windows(self.description, inputs, self.module).float(), self.description)
+
+    def flip_axes(self):
+        mirror = self.description.mirror_axes
+        return tuple(a + 2 for a in (mirror if mirror is not None else (0, 1, 2)))
+
+    def label_map(self, probabilities):
+        return labels_from_outputs(probabilities, self.description)
 
 
 def analysed(network, analysis: str | None = None) -> AnalysedNetwork:

@@ -7,7 +7,6 @@ from pathlib import Path
 from ..contract import figure_file, uncertainty_file
 
 NAME = "uncertainty"
-QUICK_VOLUME_PASSES = 8  # dropout passes of a 3D network in quick mode (a 3D pass costs a whole volume)
 METHODS = {"dropout": "test-time dropout (epistemic)",
            "flips": "test-time augmentation: the mirrorings (no dropout in the network)",
            "ensemble": "ensemble: the disagreement of several weight files of the network (an nnU-Net folder's "
@@ -57,18 +56,12 @@ def draw(volume, case, summary: dict, uncertainty_png: Path, errors_png: Path, t
 def compute(model, case, passes: int, quick: bool, seed: int, ensemble: dict | None = None, progress: bool = False,
             slices_per_batch: int | None = None, passes_per_forward: int | None = None):
     """The ``explain`` stage and the ``uncertainty`` verb both call this: the ensemble's disagreement when members
-    (weights file → network) are given; else the paper's test-time dropout for its 2D networks (``passes``, or
-    adaptive when ``quick``; the batching by device unless given); for a described 3D network, dropout when it has
-    some (8 passes when quick), else the 8 mirrorings."""
+    (weights file → network) are given; else test-time dropout when the network has some (``passes``, or quick —
+    :func:`analyses.uncertainty.uncertainty_volume` says how for each kind of network), else its mirrorings."""
     from ...analyses.uncertainty import ensemble_uncertainty, uncertainty_volume
-    from ...analyses.volume import volume_uncertainty
-    from ...models.volume import DescribedNetwork
 
     if ensemble:
         return ensemble_uncertainty(list(ensemble.values()), case, progress=progress)
-    if isinstance(model, DescribedNetwork):
-        return volume_uncertainty(model, case, passes=QUICK_VOLUME_PASSES if quick else passes, seed=seed,
-                                  progress=progress)
     return uncertainty_volume(model, case, passes=passes, quick=quick, seed=seed, slices_per_batch=slices_per_batch,
                               passes_per_forward=passes_per_forward, progress=progress)
 
