@@ -131,6 +131,18 @@ def test_the_library_layers_import_only_downwards():
                     assert order[target] <= order[parts[0]], f"{path.relative_to(ROOT)} imports {node.module}"
 
 
+def test_only_the_models_layer_tells_the_kinds_of_network_apart():
+    """Issue 38: an analysis is written once for every kind of network, through models/interface.py; above the
+    models layer nothing asks whether a network is 2D or described (3D)."""
+    for layer in ("analyses", "scoring", "app", "testbed"):
+        for path in (LIBRARY / layer).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance":
+                    kinds = ast.unparse(node.args[1]) if len(node.args) > 1 else ""
+                    assert "DescribedNetwork" not in kinds and "SegmentationNet" not in kinds, \
+                        f"{path.relative_to(ROOT)}:{node.lineno} tells network kinds apart: {ast.unparse(node)}"
+
+
 def _import_graph() -> dict[str, set[str]]:
     """Library module → the library modules it imports: every import statement, those inside functions too."""
     def name_of(path: Path) -> str:

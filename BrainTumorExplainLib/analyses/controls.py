@@ -18,12 +18,12 @@ measures the claim.
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import torch
 from torch import nn
 
 from ..models.base import SegmentationNet
+from ..models.interface import analysed
 from . import CONTROL_SEED
 
 RANDOM_WEIGHTS = "random weights"
@@ -49,31 +49,13 @@ def _reinitialised(module: nn.Module, seed: int) -> nn.Module:
 
 def random_weights(model, seed: int = CONTROL_SEED):
     """The same architecture as ``model`` with random weights (see the module notes); ``model`` is not touched."""
-    from ..models.volume import DescribedNetwork
-
-    if isinstance(model, DescribedNetwork):
-        module = _reinitialised(model.module, seed)
-        return DescribedNetwork(module, dataclasses.replace(model.description,
-                                                            name=f"{model.architecture} ({RANDOM_WEIGHTS})"))
-    control = _reinitialised(model, seed)
-    control.architecture = f"{model.architecture} ({RANDOM_WEIGHTS})"
-    return control
-
-
-class _Channels(nn.Module):
-    """The identity, as a module whose output (the input) a forward hook can record."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.input = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.input(x)
+    network = analysed(model)
+    return network.with_module(_reinitialised(network.module, seed), f"{network.name} ({RANDOM_WEIGHTS})")
 
 
 class RawInput(SegmentationNet):
-    """The raw-input control of a paper 2D network: layer :data:`INPUT_LAYER` is the four input channels of a slice
-    (no padding: ``divisor`` 1)."""
+    """The raw-input control: layer :data:`INPUT_LAYER` is the input channels — of a slice (no padding: ``divisor``
+    1) or of a window, whatever its rank."""
 
     divisor = 1
 
@@ -84,19 +66,14 @@ class RawInput(SegmentationNet):
         self.input = nn.Identity()
         self._register_layer(INPUT_LAYER, "input")
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.input(x)
 
 
 def raw_input(model):
     """The raw-input control of ``model`` (see the module notes)."""
-    from ..models.volume import DescribedNetwork
-
-    if isinstance(model, DescribedNetwork):
-        description = dataclasses.replace(model.description, name=f"{model.architecture} ({RAW_INPUT})",
-                                          layers={INPUT_LAYER: "input"}, torchscript=False)
-        return DescribedNetwork(_Channels(), description)
-    return RawInput(model.architecture)
+    network = analysed(model)
+    return network.with_module(RawInput(network.name), f"{network.name} ({RAW_INPUT})", {INPUT_LAYER: "input"})
 
 
 def control_networks(model, seed: int = CONTROL_SEED) -> dict:

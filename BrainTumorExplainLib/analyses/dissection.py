@@ -49,7 +49,7 @@ from ..errors import InputError, UsageError
 from ..models.activations import LayerRecorder, resolve_layers, upsample_to_input
 from ..models.base import SegmentationNet, evaluating, model_device
 from ..models.inference import slice_batches
-from ..models.volume import DescribedNetwork
+from ..models.interface import analysed
 from ..progress import progress_bar
 from ..version import __version__
 from . import CONTROL_SEED, DEFAULT_IOU_CUTOFF, DEFAULT_MARGIN, DEFAULT_QUANTILE, volume_dissection
@@ -395,21 +395,20 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
         raise UsageError(f"iou_cutoff must lie in [0, 1], got {iou_cutoff}")
     if not 0 <= margin <= 1:
         raise UsageError(f"the control margin must lie in [0, 1], got {margin}")
-    described = isinstance(model, DescribedNetwork)
-    resolve = volume_dissection.resolve_volume_layers if described else resolve_layers
-    networks = {"trained": (model, resolve(model, layers))}
+    trained = analysed(model, "network dissection")
+    described = trained.whole_case  # a 3D network: whole volumes (volume_dissection)
+    networks = {"trained": (model, trained.layers(layers))}
     if controls:
-        networks.update({name: (control, resolve(control, "all" if name == RAW_INPUT else layers))
+        networks.update({name: (control, analysed(control).layers("all" if name == RAW_INPUT else layers))
                          for name, control in control_networks(model, control_seed).items()})
     slice_step = 1 if described else slice_step
-    module = model.module if described else model
-    device = model_device(module, device)
+    device = model_device(trained.module, device)
     statistics: dict[str, dict[str, StreamingQuantiles]] = {name: {} for name in networks}
     sums: dict[str, dict[str, LayerDissection]] = {name: {} for name in networks}
     case_ids: list[str] = []
     with contextlib.ExitStack() as stack:
         for network, _ in networks.values():
-            stack.enter_context(evaluating(network.module if described else network))
+            stack.enter_context(evaluating(analysed(network).module))
         for stage in ("thresholds", "refine thresholds", "concept IoU"):
             label = f"dissect {model.architecture}{' and controls' if controls else ''}: {stage}" if progress else None
             for source in progress_bar(cases, label, unit="case"):  # one case in memory at a time
@@ -513,7 +512,7 @@ def filter_concept_masks(model: SegmentationNet, case: Case, dissection: Dissect
         if not 0 <= k < len(dissection.layers[layer].thresholds):
             raise UsageError(f"filter {k} out of range for layer {layer} "
                              f"(0..{len(dissection.layers[layer].thresholds) - 1})")
-    if isinstance(model, DescribedNetwork):
+    if analysed(model).whole_case:
         thresholds = {name: result.thresholds for name, result in dissection.layers.items()}
         return volume_dissection.volume_filter_masks(model, case, thresholds, filters, device)
     device = model_device(model, device)

@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from ..data.case import MODALITIES, Case
 from ..errors import InputError, UsageError
-from ..models.activations import forward_through, forward_until, resolve_layers
+from ..models.interface import analysed
 from ..models.base import SegmentationNet, evaluating, import_dynamo_privately, model_device
 from ..models.description import network_inputs, to_network_space
 from ..models.volume import DescribedNetwork
@@ -93,16 +93,12 @@ class FeatvizConfig:
 
 def spatial_dims(model: Network) -> int:
     """2 for the paper's slice networks, the description's for a described network."""
-    return model.description.spatial_dims if isinstance(model, DescribedNetwork) else 2
+    return analysed(model).spatial_dims
 
 
 def input_sequences(model: Network) -> tuple[str, ...]:
     """The sequence of each pre-image channel: the network's own input order."""
-    return model.description.channels if isinstance(model, DescribedNetwork) else MODALITIES
-
-
-def _module(model: Network) -> torch.nn.Module:
-    return model.module if isinstance(model, DescribedNetwork) else model
+    return tuple(analysed(model).channel_names)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -137,20 +133,9 @@ def style_distance(x: torch.Tensor, template: torch.Tensor, sigma: float, sample
 Target = tuple[str, int]  # (layer, filter)
 
 
-def _resolve_layer(model: Network, layer: str) -> str:
-    if isinstance(model, DescribedNetwork):
-        from .volume_dissection import resolve_volume_layers
-
-        return resolve_volume_layers(model, [layer], "activation maximisation")[0]
-    return resolve_layers(model, [layer])[0]
-
-
 def layer_outputs(model: Network, images: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
     """The chosen layers' outputs on ``images``, the forward pass stopped after the last of them."""
-    if isinstance(model, DescribedNetwork):
-        modules = dict(model.module.named_modules())
-        return forward_through(model.module, images, {layer: modules[layer] for layer in layers})
-    return forward_until(model, images, layers)
+    return analysed(model).forward_until(images, layers)
 
 
 def filter_activation(model: Network, images: torch.Tensor, targets: Sequence[Target]) -> torch.Tensor:
@@ -204,10 +189,11 @@ def check_targets(model: Network, targets: Sequence[Target], device: str | torch
                   size: int | None = None) -> list[Target]:
     """The ``(layer, filter)`` targets with checked names and filter indices (:class:`UsageError` otherwise); a 3D
     network is probed at the pre-image ``size`` (default :data:`VOLUME_SIZE`), which it must take."""
-    targets = [(_resolve_layer(model, layer), int(k)) for layer, k in targets]
+    network = analysed(model, "activation maximisation")
+    targets = [(network.layers([layer])[0], int(k)) for layer, k in targets]
     if not targets:
         raise UsageError("no filters to visualise")
-    device = model_device(_module(model), device)
+    device = model_device(network.module, device)
     channels = _layer_channels(model, sorted({layer for layer, _ in targets}), device, size)
     for layer, k in targets:
         if not 0 <= k < channels[layer]:
@@ -224,7 +210,8 @@ def visualise_filters(model: Network, targets: Sequence[Target],
                       template: np.ndarray | None = None, device: str | torch.device | None = None,
                       progress: bool = False) -> FeatureVisualisation:
     """Optimise one pre-image per ``(layer, filter)`` target, all in one batch (eq. 8a)."""
-    module, dims, sequences = _module(model), spatial_dims(model), input_sequences(model)
+    network = analysed(model, "activation maximisation")
+    module, dims, sequences = network.module, network.spatial_dims, tuple(network.channel_names)
     device = model_device(module, device)
     targets = check_targets(model, targets, device, config.size)
     if regularisers.style > 0 and template is None:
@@ -247,9 +234,8 @@ def visualise_filters(model: Network, targets: Sequence[Target],
                            progress)
         with torch.no_grad():
             final_activation = filter_activation(model, result, targets)
-    axes = model.description.axes if isinstance(model, DescribedNetwork) and dims == 3 else None
     return FeatureVisualisation(targets, result.cpu().numpy().astype(np.float32), start_activation.cpu().numpy(),
-                                final_activation.cpu().numpy(), regularisers, config, tuple(sequences), axes)
+                                final_activation.cpu().numpy(), regularisers, config, tuple(sequences), network.axes)
 
 
 def _start_images(count: int, channels: int, dims: int, pad: int, config: FeatvizConfig,
@@ -297,16 +283,17 @@ def _optimise(model: Network, x: torch.Tensor, targets: Sequence[Target], regula
 
 def _layer_channels(model: Network, layers: Sequence[str], device: torch.device,
                     size: int | None = None) -> dict[str, int]:
-    module, dims = _module(model), spatial_dims(model)
-    side = model.divisor if not isinstance(model, DescribedNetwork) else size or VOLUME_SIZE
-    probe = torch.zeros(1, len(input_sequences(model)), *(side,) * dims, device=device)
-    with evaluating(module), torch.no_grad():
+    network = analysed(model)
+    dims = network.spatial_dims
+    side = network.min_side or size or VOLUME_SIZE
+    probe = torch.zeros(1, len(network.channel_names), *(side,) * dims, device=device)
+    with evaluating(network.module), torch.no_grad():
         try:
-            outputs = layer_outputs(model, probe, layers)
+            outputs = network.forward_until(probe, layers)
         except RuntimeError as error:  # a pre-image the network's down- and up-sampling cannot take
-            if not isinstance(model, DescribedNetwork):
+            if network.min_side:  # a side the network asked for
                 raise
-            raise UsageError(f"{model.architecture} cannot take a {'×'.join([str(side)] * dims)} pre-image "
+            raise UsageError(f"{network.name} cannot take a {'×'.join([str(side)] * dims)} pre-image "
                              f"({str(error).splitlines()[0]}): give a size its down-sampling divides, e.g. "
                              f"{VOLUME_SIZE}") from None
     return {name: int(output.shape[1]) for name, output in outputs.items()}

@@ -25,8 +25,6 @@ from scipy import ndimage
 from torch.nn import functional as F
 
 from ..data.case import Case
-from ..errors import UsageError
-from ..models.activations import layer_names
 from ..models.base import evaluating, model_device
 from ..models.description import from_network_space, network_inputs, require_hooks, to_network_space
 from ..models.interface import ModuleRecorder, as_window
@@ -36,21 +34,6 @@ from .quantiles import StreamingQuantiles
 
 _FILTER_CHUNK = 16  # filters upsampled at once: bounds the memory of the IoU pass to 16 input-sized volumes
 _CONNECTED_26 = np.ones((3, 3, 3), dtype=bool)
-
-
-def resolve_volume_layers(network: DescribedNetwork, layers: str | Sequence[str] = "all",
-                          analysis: str = "network dissection") -> list[str]:
-    """``all`` → the description's layers; otherwise module paths of the network, checked, in network order."""
-    require_hooks(network.description, analysis)
-    known = list(dict(network.module.named_modules()))
-    names = layer_names(layers)
-    if names is None:
-        return list(network.description.layers.values())
-    unknown = [n for n in names if n not in known or not n]
-    if unknown or not names:
-        raise UsageError(f"unknown layer(s) {unknown or names} for {network.architecture}; its analysable layers: "
-                         f"{', '.join(network.description.layers)}")
-    return sorted(set(names), key=known.index)
 
 
 @torch.no_grad()

@@ -623,17 +623,15 @@ def _add_dissect(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_dissect(args: argparse.Namespace) -> int:
-    from ..analyses.volume_dissection import resolve_volume_layers
     from ..data.case import find_cases
-    from ..models.activations import resolve_layers
-    from ..models.volume import DescribedNetwork
+    from ..models.interface import analysed
 
     config = config_from_arguments(args, DissectConfig)
     folder = OutputFolder(args.out, [args.data, args.weights, _model_folder(args.model)], args.overwrite,
                           "dissect")
     cases = find_cases(args.data)
     model = _load_model(args)
-    (resolve_volume_layers if isinstance(model, DescribedNetwork) else resolve_layers)(model, config.layers)
+    analysed(model, "network dissection").layers(config.layers)  # before any work
     with folder as work:
         stages.concepts.dissect_job(model, cases, work, args.out, config, model_name=args.model,
                                     resample=args.resample)

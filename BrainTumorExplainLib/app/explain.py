@@ -140,14 +140,12 @@ def _dissection(model, config: ExplainConfig):
     """The dissection whose thresholds make the concept masks: the one given, or the model's shipped one; a bundle
     folder has none unless one is given (``dissect --model FOLDER`` makes it)."""
     from ..analyses.dissection import Dissection, load_shipped_dissection
-    from ..models.description import require_hooks
+    from ..models.interface import analysed
     from ..models.registry import SHIPPED_BUNDLES
-    from ..models.volume import DescribedNetwork
 
-    if isinstance(model, DescribedNetwork):
-        if not config.dissection and config.model not in SHIPPED_BUNDLES:
-            return None
-        require_hooks(model.description, "network dissection")
+    if analysed(model).whole_case and not config.dissection and config.model not in SHIPPED_BUNDLES:
+        return None
+    analysed(model, "network dissection")  # refused for a TorchScript network, saying why
     dissection = Dissection.load(config.dissection) if config.dissection else load_shipped_dissection(model)
     dissection.check_model(model)
     return dissection

@@ -10,6 +10,7 @@ pytorch-grad-cam's ``BaseCAM`` branch once on the tensor rank the same way).
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import AbstractContextManager
 from typing import Callable, Iterable, Sequence
 
@@ -21,7 +22,14 @@ from torch.nn import functional as F
 from ..data.case import MODALITIES, Case
 from ..data.labels import CLASS_NAMES, CLASS_REGION, resolve_classes
 from ..errors import UsageError
-from .activations import LayerRecorder, layer_names, resolve_layers, upsample_to_input
+from .activations import (
+    LayerRecorder,
+    forward_through,
+    forward_until,
+    layer_names,
+    resolve_layers,
+    upsample_to_input,
+)
 from .base import IN_CHANNELS, NUM_CLASSES, SegmentationNet, dropout_modules
 from .description import from_network_space, labels_from_outputs, network_inputs, require_hooks
 from .inference import slice_batches
@@ -90,6 +98,20 @@ class AnalysedNetwork:
         statistics over whole passes — from the whole case at once (``batch_maps`` then runs the windows itself)."""
         raise NotImplementedError
 
+    spatial_dims: int  # 2: slices; 3: volumes
+    channel_names: Sequence[str]  # the input channels' sequences, in the network's own order
+    axes: str | None = None  # a 3D network's axis order (models.description), None for slices
+    min_side: int | None = None  # the side a probe input needs (a 2D network's divisor), None: the caller's
+
+    def with_module(self, module: nn.Module, name: str, layers: dict[str, str] | None = None):
+        """The same kind of network around another module (a control), named ``name``: a 2D ``module`` is itself
+        the network; a 3D one gets this description, with ``layers`` (name → module path) when given."""
+        raise NotImplementedError
+
+    def forward_until(self, inputs: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The chosen layers' outputs on ``inputs``, the forward pass stopped after the last of them."""
+        raise NotImplementedError
+
     # -- sampling (uncertainty) --
     whole_case = False  # True: one batch is the whole case, each pass a full window inference
     masks_outside_brain = False  # True: outside the brain is background for certain (never asked of the network)
@@ -122,10 +144,20 @@ class SliceWise(AnalysedNetwork):
     outputs = "softmax"
 
     output_channels = NUM_CLASSES
+    spatial_dims = 2
+    channel_names = MODALITIES
 
     def __init__(self, model: SegmentationNet) -> None:
         self.module = model
         self.name = getattr(model, "architecture", None) or type(model).__name__
+        self.min_side = getattr(model, "divisor", None)
+
+    def with_module(self, module, name, layers=None):
+        module.architecture = name  # a SegmentationNet registers its own layers
+        return module
+
+    def forward_until(self, inputs, layers):
+        return forward_until(self.module, inputs, layers)
 
     def layers(self, layers="all") -> list[str]:
         return resolve_layers(self.module, layers)
@@ -201,18 +233,30 @@ class WindowWise(AnalysedNetwork):
         self.outputs = network.description.outputs
         self.name = network.description.name
         self.output_channels = len(network.description.output_names)
+        self.spatial_dims = network.description.spatial_dims
+        self.channel_names = network.description.channels
+        self.axes = network.description.axes if self.spatial_dims == 3 else None
+
+    def with_module(self, module, name, layers=None):
+        changes = {"name": name} | ({"layers": layers, "torchscript": False} if layers is not None else {})
+        return DescribedNetwork(module, dataclasses.replace(self.description, **changes))
+
+    def forward_until(self, inputs, layers):
+        modules = dict(self.module.named_modules())
+        return forward_through(self.module, inputs, {layer: modules[layer] for layer in layers})
 
     def layers(self, layers="all") -> list[str]:
-        """Module paths: ``all``, the description's layers; else those given, each a module of the network."""
+        """Module paths: ``all``, the description's layers; else those given, each a module of the network, once
+        each, in network order."""
         names = layer_names(layers)
         if names is None:
-            return list(self.description.layers)
-        known = dict(self.module.named_modules())
-        unknown = [name for name in names if name not in known]
+            return list(self.description.layers.values())
+        known = list(dict(self.module.named_modules()))
+        unknown = [name for name in names if name not in known or not name]
         if unknown or not names:
-            raise UsageError(f"{unknown or names} are not modules of {self.description.name}; its analysable layers: "
-                             f"{', '.join(self.description.layers)}")
-        return names
+            raise UsageError(f"unknown layer(s) {unknown or names} for {self.description.name}; its analysable "
+                             f"layers: {', '.join(self.description.layers)}")
+        return sorted(set(names), key=known.index)
 
     def recorder(self, layers):
         return ModuleRecorder(self.module, layers)
