@@ -351,6 +351,18 @@ def test_volume_gradcam_covers_the_case(bundle, small_phantom):
     assert all((m >= 0).all() and m.any() for m in cams.maps.values())
 
 
+def test_classes_a_bundle_does_not_output_are_refused_before_any_work(bundle, small_phantom, tmp_path, capsys):
+    """--classes names a described network's outputs (by its names, the library's or their index); one it lacks is
+    one error line listing them, before anything is computed or written — on gradcam and explain alike."""
+    folder = str(small_phantom.flair.parent)
+    for verb, extra in (("gradcam", []), ("explain", ["--quick", "--no-scene"])):
+        out = tmp_path / verb
+        assert main([verb, folder, "--model", str(bundle), "--classes", "ed", *extra, "--out", str(out)]) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith("error: --classes ed:") and "its outputs: 0 TC, 1 WT, 2 ET" in error, error
+        assert not out.exists()
+
+
 def test_explain_a_bundle_on_the_case_grid(spaced_bundle, small_phantom, tmp_path):
     """explain --model <bundle folder> (a bundle trained at 4 mm, a 3 mm case): segmentation, uncertainty saying its
     method, Grad-CAM per layer and region, summary, report and scene — every volume on the case's own grid, the

@@ -575,7 +575,7 @@ def _add_gradcam(sub: argparse._SubParsersAction) -> None:
 
 def _run_gradcam(args: argparse.Namespace) -> int:
     from ..models.interface import analysed
-    from .explain import check_layers
+    from .explain import check_classes, check_layers
     from .figures import montage_slices
 
     models = [m.strip() for m in args.model.split(",") if m.strip()]
@@ -585,7 +585,8 @@ def _run_gradcam(args: argparse.Namespace) -> int:
                           args.overwrite, "gradcam")
     loaded = {Path(name).name: _load_model(args, name) for name in models}
     for model in loaded.values():
-        analysed(model, "Grad-CAM").targets(args.classes)  # hooks and --classes, before any work
+        analysed(model, "Grad-CAM")  # a TorchScript network has no hooks
+        check_classes(model, args.classes)
         check_layers(model, args.layers)
     case = _case_for(args, next(iter(loaded.values())))  # the shipped networks share one training space
     try:

@@ -95,6 +95,7 @@ def load_network(config: ExplainConfig) -> Network:
                                                               config.trust_bundle))) if config.ensemble \
         else fold_members(model)
     check_layers(model, config.layers)
+    check_classes(model, config.classes)
     return Network(model, members, _dissection(model, config), device)
 
 
@@ -134,6 +135,16 @@ def check_layers(model, layers: str) -> None:
         analysed(model).layers(layers)
     except ValueError as error:
         raise UsageError(f"--layers {layers}: {error}") from None
+
+
+def check_classes(model, classes: str) -> None:
+    """``--classes`` names outputs of this network (a described network's by its own names), before any work."""
+    from ..models.interface import analysed
+
+    try:
+        analysed(model).targets(classes)
+    except ValueError as error:
+        raise UsageError(f"--classes {classes}: {error}") from None
 
 
 def _dissection(model, config: ExplainConfig):

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data.case import MODALITIES, Case
-from ..data.labels import CLASS_NAMES, CLASS_REGION, resolve_classes
+from ..data.labels import CLASS_KEYS, CLASS_NAMES, CLASS_REGION, resolve_classes
 from ..errors import UsageError
 from .activations import (
     LayerRecorder,
@@ -262,23 +262,24 @@ class WindowWise(AnalysedNetwork):
         return ModuleRecorder(self.module, layers)
 
     def targets(self, classes="tumour") -> list[int]:
-        """Every output channel for ``tumour`` or ``all`` (each is its own target), else those named — by index or
-        by name (``wt``, ``tumor core``), as a list or a comma-separated string."""
-        names = [name.lower() for name in self.description.output_names]
+        """Every output channel for ``tumour`` or ``all`` (each is its own target), else those named — by index, by
+        the network's name (``wt``, ``tumor core``) or the library's (a class's key too: ``ncr``, ``ed``, ``et``), as a
+        list or a comma-separated string."""
+        count = len(self.description.output_names)
         if classes is None or classes in ("tumour", "all"):
-            return list(range(len(names)))
-        shown = [name.lower() for name in target_names(self.description)[0]]
+            return list(range(count))
+        spellings: dict[str, int] = {}
+        for channel, (own, shown) in enumerate(zip(self.description.output_names, target_names(self.description)[0])):
+            keys = [own, shown] + ([CLASS_KEYS[CLASS_NAMES.index(shown)]] if shown in CLASS_NAMES else [])
+            spellings.update({key.lower(): channel for key in keys} | {str(channel): channel})
         items = classes.split(",") if isinstance(classes, str) else list(classes) if isinstance(classes, (list, tuple)) \
             else [classes]
         chosen = []
         for item in items:
-            text = str(item).strip().lower()
-            index = names.index(text) if text in names else shown.index(text) if text in shown else \
-                int(text) if text.isdigit() and int(text) < len(names) else None
-            if index is None:
+            if str(item).strip().lower() not in spellings:
                 raise UsageError(f"unknown output {item!r} of {self.description.name}; its outputs: "
                                  f"{', '.join(f'{i} {n}' for i, n in enumerate(self.description.output_names))}")
-            chosen.append(index)
+            chosen.append(spellings[str(item).strip().lower()])
         return sorted(set(chosen))
 
     def target_name(self, channel: int) -> str:
