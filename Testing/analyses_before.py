@@ -109,8 +109,13 @@ def scales(before: dict[str, np.ndarray]) -> dict[str, float]:
         if "/gradcam/" in key:
             group = key.rsplit("/", 2)[0]
             peaks[group] = max(peaks.get(group, 0.0), float(value[2]))
-    return {key: peaks[key.rsplit("/", 2)[0]] if "/gradcam/" in key else float(value[2]) if value.ndim == 1 and
-            not key.endswith("/labels") else 0.0 for key, value in before.items()}
+    scale = {}
+    for key, value in before.items():
+        if "/gradcam/" in key:
+            scale[key] = peaks[key.rsplit("/", 2)[0]]
+        elif not key.endswith("/labels"):
+            scale[key] = float(value[2])
+    return scale
 
 
 def load_before(path: Path = GOLDEN) -> dict[str, np.ndarray]:

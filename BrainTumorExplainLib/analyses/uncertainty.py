@@ -124,11 +124,10 @@ class _RunningMoments:
     def mutual_information(self) -> torch.Tensor:
         return (self.entropy() - self.sum_entropy / self.count).clamp_min(0)
 
-    def stacked(self, passes: int) -> torch.Tensor:
-        """``(N, C + 4, *spatial)``: the mean, then variance, entropy, mutual information and ``passes``."""
-        count = torch.full_like(self.sum_entropy, float(passes))
-        return torch.cat([self.mean(), torch.stack([self.variance(), self.entropy(), self.mutual_information(),
-                                                    count], dim=1)], dim=1)
+    def stacked(self) -> torch.Tensor:
+        """``(N, C + 3, *spatial)``: the mean, then the variance, entropy and mutual information."""
+        return torch.cat([self.mean(), torch.stack([self.variance(), self.entropy(), self.mutual_information()],
+                                                   dim=1)], dim=1)
 
 
 def ttd_batch(network, inputs: torch.Tensor, plan: SamplingPlan, passes_per_forward: int,
@@ -240,7 +239,7 @@ def uncertainty_volume(network, case: Case, passes: int = 100, quick: bool = Fal
     ``precision="bfloat16"`` runs the convolutions under autocast (GPUs, and CPUs with AVX512-BF16); the
     probabilities and the running moments stay float32."""
     network = analysed(network)
-    name = network.name
+    name = network.name  # as the errors call it
     method = method or ("dropout" if network.has_dropout() else "flips")
     if method not in ("dropout", "flips"):
         raise UsageError(f"unknown uncertainty method {method!r}; expected dropout or flips")
@@ -260,13 +259,16 @@ def uncertainty_volume(network, case: Case, passes: int = 100, quick: bool = Fal
     if network.whole_case:
         passes_per_forward = 1  # a pass is a whole window inference; one at a time keeps the seeded order
 
+    used = np.zeros(case.brain_mask.shape[0], dtype=np.int32)  # passes per axial slice
+
     def batch_maps(inputs: torch.Tensor, slices) -> torch.Tensor:
         if method == "flips":
             moments, count = flips_batch(network, inputs)
         else:
             brain = None if slices is None else torch.from_numpy(case.brain_mask[slices]).to(device)
             moments, count = ttd_batch(network, inputs, plan, passes_per_forward, brain)
-        return moments.stacked(count)
+        used[slice(None) if slices is None else slices] = count
+        return moments.stacked()
 
     devices = [device] if device.type == "cuda" else []
     label = f"{'TTD' if method == 'dropout' else 'flips'} {case.case_id}" if progress else None
@@ -275,16 +277,16 @@ def uncertainty_volume(network, case: Case, passes: int = 100, quick: bool = Fal
     channels = network.output_channels
     with torch.random.fork_rng(devices=devices), sampling, autocast:
         torch.manual_seed(seed)
-        stacked = network.map_case(case, case.brain_slices(), batch_maps, channels + 4, slices_per_batch, device,
+        stacked = network.map_case(case, case.brain_slices(), batch_maps, channels + 3, slices_per_batch, device,
                                    label, per_window=False)
-    mean, (variance, entropy, information, passes_map) = stacked[:channels], stacked[channels:]
+    mean, (variance, entropy, information) = stacked[:channels], stacked[channels:]
     if network.masks_outside_brain:
         outside = ~case.brain_mask
         mean[:, outside] = 0.0
         mean[0, outside] = 1.0
         for array in (variance, entropy, information):
             array[outside] = 0.0
-    used = np.where(case.brain_mask.any(axis=(1, 2)), passes_map.max(axis=(1, 2)), 0).astype(np.int32)
+    used[~case.brain_mask.any(axis=(1, 2))] = 0  # a whole-case pass: counted only where there is brain
     mean = np.ascontiguousarray(mean)
     return UncertaintyVolume(mean, variance, entropy, information, used, seed, method=method,
                              label_map=network.label_map(mean))

@@ -86,8 +86,8 @@ class AnalysedNetwork:
         """The slices a control (random weights, raw input) is measured on, of those computed."""
         return slices
 
-    def input_channels(self, case: Case) -> tuple[np.ndarray, Sequence[str]]:
-        """The network's input channels ``(C, Z, Y, X)`` on the canonical grid, and their names."""
+    def input_channels(self, case: Case) -> np.ndarray:
+        """The network's input channels ``(C, Z, Y, X)`` on the canonical grid (named by :attr:`channel_names`)."""
         raise NotImplementedError
 
     def map_case(self, case: Case, slices: np.ndarray, batch_maps: BatchMaps, count: int, batch_size: int,
@@ -195,7 +195,7 @@ class SliceWise(AnalysedNetwork):
         return slices[::CONTROL_SLICE_STEP]
 
     def input_channels(self, case):
-        return case.images, MODALITIES
+        return case.images
 
     def map_case(self, case, slices, batch_maps, count, batch_size, device, progress=None, per_window=True):
         maps = np.zeros((count,) + case.brain_mask.shape, dtype=np.float32)
@@ -295,8 +295,7 @@ class WindowWise(AnalysedNetwork):
         return F.interpolate(maps, size=tuple(inputs.shape[2:]), mode="trilinear", align_corners=False)
 
     def input_channels(self, case):
-        return from_network_space(network_inputs(case, self.description), self.description.axes), \
-            self.description.channels
+        return from_network_space(network_inputs(case, self.description), self.description.axes)
 
     def map_case(self, case, slices, batch_maps, count, batch_size, device, progress=None, per_window=True):
         x = torch.from_numpy(network_inputs(case, self.description))[None].to(device)

@@ -131,9 +131,8 @@ def control_localisation(model, case, cams, compute) -> dict:
 
     network = analysed(model)
     slices = network.control_slices(cams.slices)
-    channels, names = network.input_channels(case)
     random_table = localisation(compute(random_weights(model, CONTROL_SEED), slices), case)
-    raw_table = localisation(raw_input_volume(channels, names, slices), case)
+    raw_table = localisation(raw_input_volume(network.input_channels(case), network.channel_names, slices), case)
     trained_table = localisation(replace(cams, slices=slices), case)
     regions = {cams.name(c): cams.region(c) for c in cams.classes}
     return localisation_controls(trained_table, random_table, raw_table, regions, CONTROL_SEED, len(slices))
