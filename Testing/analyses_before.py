@@ -5,6 +5,10 @@ test (test_interface.py) recomputes every digest with today's code. Inputs are s
 each shipped network, and the test bundle and nnU-Net folder the other tests build. For each network: the labels
 (stored whole, compressed), and for each Grad-CAM and uncertainty map its sum, norm, maximum and the values at
 16 seeded voxels among its upper half (a digest: the maps themselves would weigh megabytes in the history).
+Dissection (recorded later, ``python Testing/analyses_before.py dissection``, before the two dissections became
+one): each network's detector list on that case (controls on, every 8th brain slice of a 2D network), every
+layer's threshold and IoU counts for the trained network and each control, and the voxels of its best detectors'
+concept masks on the case (as ``explain --dissection`` writes them).
 """
 
 from __future__ import annotations
@@ -80,11 +84,43 @@ def analyses(name: str, network, case) -> dict[str, np.ndarray]:
     return results
 
 
+DISSECTION_SLICE_STEP = 8
+MASKED_DETECTORS = 3
+
+
+def dissection_records(name: str, network, case) -> dict[str, np.ndarray]:
+    """``<name>/dissection/…``: the detectors (``layer/filter/concept`` and IoU), per network (``trained`` and each
+    control) and layer its thresholds and ``[Σ intersection, Σ union]`` per concept, and the voxel count of each of
+    the best detectors' concept masks."""
+    from BrainTumorExplainLib.analyses.dissection import dissect, filter_concept_masks
+
+    result = dissect(network, [case], slice_step=DISSECTION_SLICE_STEP)
+    rows = result.detectors()
+    records = {f"{name}/dissection/detectors": np.array([f"{r['layer']}/{r['filter']}/{r['concept']}" for r in rows]),
+               f"{name}/dissection/detector_iou": np.array([r["iou"] for r in rows], dtype=np.float64)}
+    for which, dissection in {"trained": result, **result.controls}.items():
+        for layer, sums in dissection.layers.items():
+            key = f"{name}/dissection/{which}/{layer}"
+            records[f"{key}/thresholds"] = sums.thresholds.astype(np.float64)
+            records[f"{key}/counts"] = np.stack([sums.intersection.sum(0), sums.union.sum(0)])
+    chosen = [(r["layer"], r["filter"]) for r in rows[:MASKED_DETECTORS]]
+    masks = filter_concept_masks(network, case, result, chosen) if chosen else {}
+    records[f"{name}/dissection/mask_voxels"] = np.array([int(masks[pick].sum()) for pick in chosen], dtype=np.int64)
+    return records
+
+
+def stored_whole(key: str) -> bool:
+    """Labels and dissection records are kept as they are; maps as digests."""
+    return key.endswith("/labels") or "/dissection/" in key
+
+
 def matches(key: str, today: np.ndarray, before: np.ndarray, scale: float, tolerance: float = 1e-5) -> str | None:
     """Why ``today``'s result differs from the ``before`` record, or None: labels equal but for a few voxels (2 in
     10^5: float sums ordered differently on another CPU may flip a tie); a map within ``tolerance × scale`` of the
     record voxel by voxel — its maximum and its values at the recorded voxels, its sum within that bound times its
     voxels, its norm times their square root."""
+    if "/dissection/" in key:
+        return dissection_matches(key, today, before)
     if key.endswith("/labels"):
         changed = int(np.count_nonzero(today != before)) if today.shape == before.shape else today.size
         return f"{changed} labels changed" if changed > 2e-5 * before.size else None
@@ -97,6 +133,19 @@ def matches(key: str, today: np.ndarray, before: np.ndarray, scale: float, toler
         return f"sum, norm, max {now.tolist()} were {before[:3].tolist()} (bound {bound:.3g} per voxel)"
     off = np.abs(flat[positions[kept].astype(int)] - values[kept]).max(initial=0.0)
     return f"values off by {off:.3g} (bound {bound:.3g})" if off > bound else None
+
+
+def dissection_matches(key: str, today: np.ndarray, before: np.ndarray) -> str | None:
+    """Detector lists identical; thresholds within 1e-5 of the largest; IoU counts and mask voxels within 1e-4 of
+    the largest count (a voxel whose upsampled activation sits on its threshold may fall either way)."""
+    if today.shape != before.shape:
+        return f"shape {today.shape} was {before.shape}: {today.tolist()[:8]} were {before.tolist()[:8]}"
+    if key.endswith("/detectors"):
+        return None if today.tolist() == before.tolist() else f"{today.tolist()} were {before.tolist()}"
+    tolerance = 1e-4 if key.endswith(("/counts", "/mask_voxels")) else 1e-5
+    bound = tolerance * max(float(np.abs(before).max(initial=0.0)), 1.0)
+    off = float(np.abs(today.astype(np.float64) - before).max(initial=0.0))
+    return f"off by {off:.3g} (bound {bound:.3g})" if off > bound else None
 
 
 def scales(before: dict[str, np.ndarray]) -> dict[str, float]:
@@ -113,7 +162,7 @@ def scales(before: dict[str, np.ndarray]) -> dict[str, float]:
     for key, value in before.items():
         if "/gradcam/" in key:
             scale[key] = peaks[key.rsplit("/", 2)[0]]
-        elif not key.endswith("/labels"):
+        elif not stored_whole(key):
             scale[key] = float(value[2])
     return scale
 
@@ -121,20 +170,25 @@ def scales(before: dict[str, np.ndarray]) -> dict[str, float]:
 def load_before(path: Path = GOLDEN) -> dict[str, np.ndarray]:
     """The record: key → labels, or a map's digest."""
     stored = np.load(path)
-    before = {key: stored[key] for key in stored.files if key.endswith("/labels")}
+    before = {key: stored[key] for key in stored.files if stored_whole(key)}
     before.update(zip(stored["digest_keys"].tolist(), stored["digests"]))
     return before
 
 
 if __name__ == "__main__":
+    only_dissection = sys.argv[1:] == ["dissection"]  # add the dissection records to the existing file
     recorded: dict[str, np.ndarray] = {}
+    if only_dissection:
+        recorded = {key: value for key, value in load_before().items() if "/dissection/" not in key}
     with tempfile.TemporaryDirectory() as scratch:
         case = phantom_case(Path(scratch))
         for name, network in networks(Path(scratch)).items():
-            for key, value in analyses(name, network, case).items():
-                recorded[key] = value if key.endswith("/labels") else digest(value, len(recorded))
-    maps = [key for key in recorded if not key.endswith("/labels")]
+            found = {} if only_dissection else analyses(name, network, case)
+            found |= dissection_records(name, network, case)
+            for key, value in found.items():
+                recorded[key] = value if stored_whole(key) else digest(value, len(recorded))
+    maps = [key for key in recorded if not stored_whole(key)]
     GOLDEN.parent.mkdir(exist_ok=True)
     np.savez_compressed(GOLDEN, digest_keys=np.array(maps), digests=np.stack([recorded[key] for key in maps]),
-                        **{key: value for key, value in recorded.items() if key.endswith("/labels")})
+                        **{key: value for key, value in recorded.items() if stored_whole(key)})
     print(f"wrote {len(recorded)} records to {GOLDEN} ({GOLDEN.stat().st_size / 1e3:.0f} kB)")
