@@ -460,7 +460,11 @@ def test_dissection_of_a_bundle_over_volumes(bundle, training_phantoms, small_ph
     import SimpleITK as sitk
 
     from BrainTumorExplainLib.analyses.dissection import Dissection, concept_masks, filter_concept_masks
-    from BrainTumorExplainLib.analyses.volume_dissection import _brain_box, layer_activations
+    from BrainTumorExplainLib.models.interface import analysed, brain_box
+
+    def layer_activations(network, case, layers):  # layer → (K, *layer grid) over the whole case
+        [(_, activations)] = analysed(network).activation_batches(case, layers, None, 1, torch.device("cpu"))
+        return {layer: activation[0] for layer, activation in activations.items()}
     from BrainTumorExplainLib.data.case import find_cases
     from BrainTumorExplainLib.models.description import network_inputs
 
@@ -491,10 +495,10 @@ def test_dissection_of_a_bundle_over_volumes(bundle, training_phantoms, small_ph
         case = load_case(path)
         brain = to_network_space(case.brain_mask, network.description.axes)
         for layer, activation in layer_activations(network, case, layers).items():
-            box = _brain_box(brain, tuple(activation.shape[1:]))
+            box = brain_box(brain, tuple(activation.shape[1:]))
             values[layer].append(activation[(slice(None),) + box].flatten(1).numpy())
         inputs = network_inputs(case, network.description)
-        raw_values.append(inputs[(slice(None),) + _brain_box(brain, inputs.shape[1:])].reshape(len(inputs), -1))
+        raw_values.append(inputs[(slice(None),) + brain_box(brain, inputs.shape[1:])].reshape(len(inputs), -1))
     for layer in layers:
         exact = np.quantile(np.concatenate(values[layer], axis=1), 0.99, axis=1)
         found = result.layers[layer]

@@ -14,12 +14,12 @@ from torch import nn
 
 from BrainTumorExplainLib.analyses.dissection import (
     Dissection,
-    _open3x3,
+    _open,
     check_concepts,
     concept_masks,
     dissect,
     filter_concept_masks,
-    largest_component_per_slice,
+    largest_component_per_image,
 )
 from BrainTumorExplainLib.analyses.quantiles import StreamingQuantiles
 from BrainTumorExplainLib.data.case import CaseError, load_case
@@ -105,15 +105,18 @@ def test_streaming_quantile_rejects_bad_input():
         statistic.add(torch.zeros(3, 5))
 
 
-def test_largest_component_per_slice_matches_a_per_plane_reference():
+@pytest.mark.parametrize("image", [(30, 30), (8, 12, 10)])
+def test_largest_component_per_image_matches_a_per_image_reference(image):
+    """Slices (8-connected) and volumes (26-connected), each image on its own."""
     rng = np.random.default_rng(0)
-    masks = ndimage.binary_dilation(rng.random((60, 30, 30)) > 0.97, structure=np.ones((1, 2, 2), bool))
+    rank = len(image)
+    masks = ndimage.binary_dilation(rng.random((60,) + image) > 0.97, structure=np.ones((1,) + (2,) * rank, bool))
     masks[3] = False
     masks[4] = False
-    masks[4, 2:4, 2:4] = masks[4, 10:12, 10:12] = True  # a tie: both kept
-    kept = largest_component_per_slice(masks)
+    masks[(4,) + (slice(2, 4),) * rank] = masks[(4,) + (slice(7, 9),) * rank] = True  # a tie: both kept
+    kept = largest_component_per_image(masks)
     for plane in range(masks.shape[0]):
-        labels, count = ndimage.label(masks[plane], structure=np.ones((3, 3)))
+        labels, count = ndimage.label(masks[plane], structure=np.ones((3,) * rank))
         if count == 0:
             assert not kept[plane].any()
             continue
@@ -121,12 +124,21 @@ def test_largest_component_per_slice_matches_a_per_plane_reference():
         np.testing.assert_array_equal(kept[plane], np.isin(labels, np.flatnonzero(sizes == sizes.max()) + 1))
 
 
-def test_opening_matches_scipy_inside_the_image():
+@pytest.mark.parametrize("image", [(40, 40), (12, 14, 16)])
+def test_opening_matches_scipy_inside_the_image_and_max_pooling_at_its_border(image):
+    """A square in slices, a cube in volumes; at the border, outside the image is left out of the neighbourhood
+    (what max-pooling with its -inf padding does)."""
     rng = np.random.default_rng(1)
-    masks = rng.random((5, 40, 40)) > 0.6
-    ours = _open3x3(torch.from_numpy(masks)).numpy()
-    reference = ndimage.binary_opening(masks, structure=np.ones((1, 3, 3), bool))
-    np.testing.assert_array_equal(ours[:, 2:-2, 2:-2], reference[:, 2:-2, 2:-2])
+    rank = len(image)
+    masks = rng.random((5,) + image) > 0.6
+    ours = _open(torch.from_numpy(masks), rank).numpy()
+    reference = ndimage.binary_opening(masks, structure=np.ones((1,) + (3,) * rank, bool))
+    inside = (slice(None),) + (slice(2, -2),) * rank
+    np.testing.assert_array_equal(ours[inside], reference[inside])
+    pool = getattr(torch.nn.functional, f"max_pool{rank}d")
+    x = torch.from_numpy(masks).float()
+    eroded = 1.0 - pool(1.0 - x, 3, stride=1, padding=1)
+    np.testing.assert_array_equal(ours, (pool(eroded, 3, stride=1, padding=1) > 0.5).numpy())
 
 
 class ConceptToy(SegmentationNet):

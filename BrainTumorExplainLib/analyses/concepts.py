@@ -1,5 +1,5 @@
-"""What a dissection measures, shared by the 2D (:mod:`dissection`) and 3D (:mod:`volume_dissection`) passes: the
-concepts and their ground-truth masks, and one layer's running IoU sums."""
+"""What a dissection (:mod:`dissection`) measures: the concepts and their ground-truth masks, and one layer's
+running IoU sums."""
 
 from __future__ import annotations
 

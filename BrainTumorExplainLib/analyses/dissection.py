@@ -11,10 +11,16 @@ For filter ``k`` of layer ``l``:
   with > it detects nothing, as netdissect does), then the paper's
   post-processing: a 3×3 opening removes salt-and-pepper noise, the mask is cut to the brain, and only its
   largest 8-connected component in the slice is kept.
+* A described 3D network (a bundle, an nnU-Net folder) is dissected the same way over whole volumes: its images
+  are the cases, each layer's activations stitched over the windows at the layer's own resolution; thresholds
+  over the brain's bounding box (the counterpart of brain-containing slices); masks upsampled trilinearly, opened
+  with a 3×3×3 cube, their largest 26-connected component in the volume kept (``slice_step`` is then 1). The
+  network interface (:mod:`models.interface`) supplies the images and activations; everything else here is
+  written once for both.
 * IoU against every concept with ground truth (eq. 2): *explicit* — WT, TC, ET, ED, NCR (from the labels);
   *implicit* — brain (the brain mask), WM, GM, CSF (from a phantom's tissue map). Dataset-wide IoU is
-  Σ|M ∩ G| / Σ|M ∪ G| over all slices; the per-image statistic is the mean IoU over the slices where the concept
-  is present. A filter's IoU reaches the concept when its dataset-wide IoU ≥ ``iou_cutoff`` (0.04, as in Network
+  Σ|M ∩ G| / Σ|M ∪ G| over all images (slices); the per-image statistic is the mean IoU over the images where the
+  concept is present. A filter's IoU reaches the concept when its dataset-wide IoU ≥ ``iou_cutoff`` (0.04, as in Network
   Dissection).
 * **Controls** (:mod:`controls`): the same dissection of the architecture with random weights and of the raw input
   channels. A filter *detects* a concept — is reported as a learned detector — only when its IoU also beats the best
@@ -46,13 +52,11 @@ from scipy import ndimage
 
 from ..data.case import Case, CaseError, as_case, find_case_files
 from ..errors import InputError, UsageError
-from ..models.activations import LayerRecorder, resolve_layers, upsample_to_input
 from ..models.base import SegmentationNet, evaluating, model_device
-from ..models.inference import slice_batches
-from ..models.interface import analysed
+from ..models.interface import AnalysedNetwork, analysed
 from ..progress import progress_bar
 from ..version import __version__
-from . import CONTROL_SEED, DEFAULT_IOU_CUTOFF, DEFAULT_MARGIN, DEFAULT_QUANTILE, volume_dissection
+from . import CONTROL_SEED, DEFAULT_IOU_CUTOFF, DEFAULT_MARGIN, DEFAULT_QUANTILE
 from .concepts import CONCEPTS, LayerDissection, concept_masks
 from .controls import RAW_INPUT, control_networks
 from .quantiles import StreamingQuantiles
@@ -103,82 +107,72 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def _dissection_slices(case: Case, slice_step: int) -> np.ndarray:
-    return case.brain_slices()[::slice_step]
+_FILTER_CHUNK = 16  # filters thresholded at once: bounds a 3D network's masks to 16 input-sized volumes per image
 
 
-def _layer_batches(model: SegmentationNet, case: Case, layers: Sequence[str], slices: np.ndarray, batch_size: int,
-                   device: torch.device) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-    """Per batch of axial slices: the chosen layers' activations ``(N, K, h, w)`` of one forward pass."""
-    with LayerRecorder(model, layers) as recorder, torch.no_grad():
-        for chosen, images in slice_batches(case, slices, batch_size, device):
-            model(images)
-            yield chosen, {name: recorder.outputs[name] for name in layers}
+def _dissection_batches(network: AnalysedNetwork, case: Case, layers: Sequence[str], slice_step: int,
+                        batch_size: int, device: torch.device):
+    """The case's images a dissection reads (every ``slice_step``-th brain slice of a 2D network; a 3D network's
+    whole volume) in batches: ``(slices, layer → activations (N, K, *layer grid))``."""
+    slices = network.computed_slices(case, None)[::slice_step]
+    return network.activation_batches(case, layers, slices, batch_size, device)
 
 
-def _unpadded(activation: torch.Tensor, model: SegmentationNet, height: int, width: int) -> torch.Tensor:
-    """Drop the rows/columns that lie entirely in ``forward``'s zero padding (at the layer's resolution)."""
-    top, bottom, left, right = model.input_padding(height, width)
-    stride_h = (height + top + bottom) / activation.shape[-2]
-    stride_w = (width + left + right) / activation.shape[-1]
-    rows = slice(int(top // stride_h), activation.shape[-2] - int(bottom // stride_h))
-    columns = slice(int(left // stride_w), activation.shape[-1] - int(right // stride_w))
-    return activation[..., rows, columns]
+def _open(masks: torch.Tensor, rank: int) -> torch.Tensor:
+    """Binary opening with a cube of side 3 over the last ``rank`` axes of a bool tensor (separable shifts: far
+    faster than a float max-pool; outside the image counts as absent from the neighbourhood)."""
+    def combine(x: torch.Tensor, op) -> torch.Tensor:  # op: logical_and erodes, logical_or dilates
+        for axis in range(x.ndim - rank, x.ndim):
+            y, n = x.clone(), x.shape[axis]
+            y.narrow(axis, 1, n - 1).copy_(op(y.narrow(axis, 1, n - 1), x.narrow(axis, 0, n - 1)))
+            y.narrow(axis, 0, n - 1).copy_(op(y.narrow(axis, 0, n - 1), x.narrow(axis, 1, n - 1)))
+            x = y
+        return x
+
+    return combine(combine(masks, torch.logical_and), torch.logical_or)
 
 
-def _open3x3(masks: torch.Tensor) -> torch.Tensor:
-    """Binary opening with a 3×3 square, in plane, on a bool ``(..., H, W)`` tensor (separable shifts: far faster
-    than a float max-pool; the image border counts as unchanged)."""
-    def combine_3x3(x: torch.Tensor, op) -> torch.Tensor:  # op: logical_and erodes, logical_or dilates
-        y = x.clone()
-        y[..., 1:, :] = op(y[..., 1:, :], x[..., :-1, :])
-        y[..., :-1, :] = op(y[..., :-1, :], x[..., 1:, :])
-        z = y.clone()
-        z[..., :, 1:] = op(z[..., :, 1:], y[..., :, :-1])
-        z[..., :, :-1] = op(z[..., :, :-1], y[..., :, 1:])
-        return z
-
-    return combine_3x3(combine_3x3(masks, torch.logical_and), torch.logical_or)
-
-
-_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
-_IN_PLANE[1] = True  # 8-connected within a slice, never across slices
-
-
-def largest_component_per_slice(masks: np.ndarray) -> np.ndarray:
-    """Keep, in every 2D plane of ``(P, H, W)`` bool masks, only its largest 8-connected component (ties: all)."""
+def largest_component_per_image(masks: np.ndarray) -> np.ndarray:
+    """Keep, in every image of ``(P, *image)`` bool masks, only its largest component, fully connected within the
+    image (8-connected in a slice, 26 in a volume; ties: all of the largest)."""
     result = np.zeros_like(masks)
     occupied = np.flatnonzero(masks.reshape(masks.shape[0], -1).any(axis=1))
     if occupied.size == 0:
         return result
-    labels, count = ndimage.label(masks[occupied], structure=_IN_PLANE)
+    within_image = np.zeros((3,) * masks.ndim, dtype=bool)
+    within_image[1] = True  # never across images
+    labels, count = ndimage.label(masks[occupied], structure=within_image)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    # labels run in raster order and never cross planes, so each plane owns a contiguous, non-empty label range
+    # labels run in raster order and never cross images, so each image owns a contiguous, non-empty label range
     starts = np.concatenate([[0], labels.reshape(len(occupied), -1).max(axis=1)[:-1]])
-    per_plane = np.diff(np.concatenate([starts, [count]]))
-    biggest = np.repeat(np.maximum.reduceat(sizes, starts), per_plane)
+    per_image = np.diff(np.concatenate([starts, [count]]))
+    biggest = np.repeat(np.maximum.reduceat(sizes, starts), per_image)
     keep = np.concatenate([[False], sizes == biggest])
     result[occupied] = keep[labels]
     return result
 
 
-def threshold_masks(activation: torch.Tensor, thresholds: torch.Tensor, brain: torch.Tensor,
-                    model: SegmentationNet) -> np.ndarray:
-    """Concept masks of one layer for a batch: ``(N, K, h, w)`` activations, ``(K,)`` thresholds, ``(N, H, W)``
-    bool brain → ``(N, K, H, W)`` bool after upsampling, eq. 1 and the post-processing."""
-    height, width = brain.shape[-2:]
-    result = np.zeros(activation.shape[:2] + (height, width), dtype=bool)
+def threshold_masks(network: AnalysedNetwork, activation: torch.Tensor, thresholds: torch.Tensor,
+                    brain: torch.Tensor) -> np.ndarray:
+    """Concept masks of one layer for a batch: ``(N, K, *layer grid)`` activations, ``(K,)`` thresholds,
+    ``(N, *input grid)`` bool brain → ``(N, K, *input grid)`` bool after upsampling, eq. 1 and the
+    post-processing."""
+    brain = brain.to(activation.device)
+    size, rank = tuple(brain.shape[1:]), brain.ndim - 1
+    result = np.zeros(tuple(activation.shape[:2]) + size, dtype=bool)
     footprint = brain.any(0).cpu().numpy()
-    rows, columns = np.flatnonzero(footprint.any(1)), np.flatnonzero(footprint.any(0))
-    if rows.size == 0:
+    if not footprint.any():
         return result
-    # Work only on the brain's bounding box (+2 px so the opening sees the same neighbourhood): masks end inside it.
-    box = (slice(max(rows[0] - 2, 0), rows[-1] + 3), slice(max(columns[0] - 2, 0), columns[-1] + 3))
-    maps = upsample_to_input(activation, model, height, width)[..., box[0], box[1]]
-    masks = _open3x3(maps > thresholds.to(maps)[None, :, None, None]) & brain[:, None, box[0], box[1]]
-    cropped = masks.cpu().numpy()
-    result[..., box[0], box[1]] = largest_component_per_slice(
-        cropped.reshape((-1,) + cropped.shape[-2:])).reshape(cropped.shape)
+    # Work only on the brain's bounding box (+2 voxels so the opening sees the same neighbourhood): masks end in it.
+    box = tuple(slice(max(int(axis.min()) - 2, 0), int(axis.max()) + 3) for axis in np.nonzero(footprint))
+    inside = brain[(slice(None), None) + box]
+    for start in range(0, activation.shape[1], _FILTER_CHUNK):
+        chunk = slice(start, start + _FILTER_CHUNK)
+        maps = network.upsample(activation[:, chunk], size)[(slice(None), slice(None)) + box]
+        level = thresholds[chunk].to(maps).view((1, -1) + (1,) * rank)
+        masks = (_open(maps > level, rank) & inside).cpu().numpy()
+        result[(slice(None), chunk) + box] = largest_component_per_image(
+            masks.reshape((-1,) + masks.shape[2:])).reshape(masks.shape)
     return result
 
 
@@ -384,8 +378,7 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
     memory stays bounded by one case; the controls ride on the same reads). ``concepts`` defaults to every concept
     all cases have ground truth for; naming one a case lacks is an error that says which. ``prepare``: what each
     case goes through once read (into the network's space: :func:`models.space.into_network_space`). A described 3D
-    network (a bundle) is dissected over whole volumes (:mod:`analyses.volume_dissection`; ``slice_step`` and
-    ``batch_size`` do not apply).
+    network (a bundle) is dissected over whole volumes (``slice_step`` and ``batch_size`` do not apply).
     """
 
     concepts = check_concepts(cases, concepts)
@@ -396,12 +389,11 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
     if not 0 <= margin <= 1:
         raise UsageError(f"the control margin must lie in [0, 1], got {margin}")
     trained = analysed(model, "network dissection")
-    described = trained.whole_case  # a 3D network: whole volumes (volume_dissection)
     networks = {"trained": (model, trained.layers(layers))}
     if controls:
         networks.update({name: (control, analysed(control).layers("all" if name == RAW_INPUT else layers))
                          for name, control in control_networks(model, control_seed).items()})
-    slice_step = 1 if described else slice_step
+    slice_step = 1 if trained.whole_case else slice_step  # a 3D network: whole volumes
     device = model_device(trained.module, device)
     statistics: dict[str, dict[str, StreamingQuantiles]] = {name: {} for name in networks}
     sums: dict[str, dict[str, LayerDissection]] = {name: {} for name in networks}
@@ -414,13 +406,8 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
             for source in progress_bar(cases, label, unit="case"):  # one case in memory at a time
                 case = as_case(source) if prepare is None else prepare(as_case(source))
                 for name, (network, layer_names) in networks.items():
-                    if stage == "concept IoU" and described:
-                        volume_dissection.tally_iou(network, case, layer_names, concepts, sums[name], device)
-                    elif stage == "concept IoU":
+                    if stage == "concept IoU":
                         _tally_iou(network, case, layer_names, concepts, sums[name], slice_step, batch_size, device)
-                    elif described:
-                        volume_dissection.tally_thresholds(network, case, layer_names, statistics[name], quantile,
-                                                           bins, device)
                     else:
                         _tally_activations(network, case, layer_names, statistics[name], quantile, bins, slice_step,
                                            batch_size, device)
@@ -450,45 +437,44 @@ def _empty_sums(statistic: StreamingQuantiles, concepts: int) -> LayerDissection
                            np.zeros((filters, concepts)), np.zeros(concepts, np.int64))
 
 
-def _tally_activations(model: SegmentationNet, case: Case, layers: Sequence[str],
-                       statistics: dict[str, StreamingQuantiles], quantile: float, bins: int, slice_step: int,
-                       batch_size: int, device: torch.device) -> None:
-    """Threshold passes: every activation value of the case's dissection slices into each filter's histogram."""
-    for layer_values in dissection_values(model, case, layers, slice_step, batch_size, device):
+def _tally_activations(network, case: Case, layers: Sequence[str], statistics: dict[str, StreamingQuantiles],
+                       quantile: float, bins: int, slice_step: int, batch_size: int, device: torch.device) -> None:
+    """Threshold passes: every activation value of the case's dissection images into each filter's histogram."""
+    for layer_values in dissection_values(network, case, layers, slice_step, batch_size, device):
         for name, values in layer_values.items():
             if name not in statistics:
                 statistics[name] = StreamingQuantiles(values.shape[0], quantile, bins)
             statistics[name].add(values)
 
 
-def dissection_values(model: SegmentationNet, case: Case, layers: Sequence[str], slice_step: int = 1,
-                      batch_size: int = 16, device: str | torch.device | None = None
-                      ) -> Iterator[dict[str, torch.Tensor]]:
-    """Per batch of the case's dissection slices: layer → ``(K, values)``, the activations whose quantile is each
-    filter's threshold (padding-only rows and columns dropped). Call with the model in eval mode."""
-    device = model_device(model, device)
-    height, width = case.images.shape[-2:]
-    slices = _dissection_slices(case, slice_step)
-    for _, activations in _layer_batches(model, case, layers, slices, batch_size, device):
-        yield {name: _unpadded(activation, model, height, width).transpose(0, 1).flatten(1)
-               for name, activation in activations.items()}
+def dissection_values(network, case: Case, layers: Sequence[str], slice_step: int = 1, batch_size: int = 16,
+                      device: str | torch.device | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Per batch of the case's dissection images: layer → ``(K, values)``, the activations whose quantile is each
+    filter's threshold (:meth:`AnalysedNetwork.activation_values`). Call with the network in eval mode."""
+    network = analysed(network)
+    device = model_device(network.module, device)
+    for slices, activations in _dissection_batches(network, case, layers, slice_step, batch_size, device):
+        brain = network.on_input_grid(case.brain_mask, slices)
+        yield {name: network.activation_values(activation, brain) for name, activation in activations.items()}
 
 
-def _tally_iou(model: SegmentationNet, case: Case, layers: Sequence[str], concepts: Sequence[str],
-               sums: dict[str, LayerDissection], slice_step: int, batch_size: int, device: torch.device) -> None:
-    """IoU pass: each filter's post-processed masks against each concept, summed slice by slice."""
+def _tally_iou(network, case: Case, layers: Sequence[str], concepts: Sequence[str], sums: dict[str, LayerDissection],
+               slice_step: int, batch_size: int, device: torch.device) -> None:
+    """IoU pass: each filter's post-processed masks against each concept, summed image by image (a 2D network's
+    images are slices, a 3D network's the volume)."""
+    network = analysed(network)
     truth = concept_masks(case, concepts)
-    slices = _dissection_slices(case, slice_step)
-    for chosen, activations in _layer_batches(model, case, layers, slices, batch_size, device):
-        brain = torch.from_numpy(case.brain_mask[chosen]).to(device)
-        gt = truth[:, chosen].transpose(1, 0, 2, 3).reshape(len(chosen), len(concepts), -1)  # (N, C, pixels)
+    for slices, activations in _dissection_batches(network, case, layers, slice_step, batch_size, device):
+        brain = torch.from_numpy(network.on_input_grid(case.brain_mask, slices))
+        gt = network.on_input_grid(truth, slices)
+        gt = gt.reshape(gt.shape[0], len(concepts), -1)  # (N, C, voxels)
         gt_area = gt.sum(-1)  # (N, C)
         present = gt_area > 0
         gt_flat = torch.from_numpy(gt).float()
         for name, activation in activations.items():
-            thresholds = torch.from_numpy(sums[name].thresholds).float().to(device)
-            masks = threshold_masks(activation, thresholds, brain, model)  # (N, K, H, W)
-            masks = masks.reshape(masks.shape[0], masks.shape[1], -1)
+            masks = threshold_masks(network, activation, torch.from_numpy(sums[name].thresholds).float(), brain)
+            masks = masks.reshape(masks.shape[0], masks.shape[1], -1)  # (N, K, voxels)
+            # float32 sums of 0/1 are exact below 2**24 voxels per image
             inter = torch.bmm(torch.from_numpy(masks).float(), gt_flat.transpose(1, 2)).round().long().numpy()
             union = masks.sum(-1)[:, :, None] + gt_area[:, None, :] - inter  # (N, K, C)
             per_image = np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0)
@@ -499,12 +485,11 @@ def _tally_iou(model: SegmentationNet, case: Case, layers: Sequence[str], concep
             result.image_count += present.sum(0)
 
 
-def filter_concept_masks(model: SegmentationNet, case: Case, dissection: Dissection,
-                         filters: Sequence[tuple[str, int]], batch_size: int = 16,
-                         device: str | torch.device | None = None) -> dict[tuple[str, int], np.ndarray]:
+def filter_concept_masks(model, case: Case, dissection: Dissection, filters: Sequence[tuple[str, int]],
+                         batch_size: int = 16, device: str | torch.device | None = None
+                         ) -> dict[tuple[str, int], np.ndarray]:
     """Concept masks of chosen ``(layer, filter)`` pairs on one case, from saved thresholds: ``(Z, Y, X)`` bool on
-    the case's canonical grid (empty on slices without brain). Write them with ``case.grid.write``. A described 3D
-    network's masks come from whole volumes (:func:`analyses.volume_dissection.volume_filter_masks`)."""
+    the case's canonical grid (empty on slices without brain). Write them with ``case.grid.write``."""
     dissection.check_model(model)
     for layer, k in filters:
         if layer not in dissection.layers:
@@ -512,21 +497,21 @@ def filter_concept_masks(model: SegmentationNet, case: Case, dissection: Dissect
         if not 0 <= k < len(dissection.layers[layer].thresholds):
             raise UsageError(f"filter {k} out of range for layer {layer} "
                              f"(0..{len(dissection.layers[layer].thresholds) - 1})")
-    if analysed(model).whole_case:
-        thresholds = {name: result.thresholds for name, result in dissection.layers.items()}
-        return volume_dissection.volume_filter_masks(model, case, thresholds, filters, device)
-    device = model_device(model, device)
-    layers = resolve_layers(model, sorted({layer for layer, _ in filters}))
+    if not filters:
+        return {}
+    network = analysed(model, "network dissection")
+    device = model_device(network.module, device)
+    layers = network.layers(sorted({layer for layer, _ in filters}))
     masks = {pick: np.zeros(case.brain_mask.shape, dtype=bool) for pick in filters}
-    with evaluating(model):
-        for chosen, activations in _layer_batches(model, case, layers, case.brain_slices(), batch_size, device):
-            brain = torch.from_numpy(case.brain_mask[chosen]).to(device)
+    with evaluating(network.module):
+        for slices, activations in _dissection_batches(network, case, layers, 1, batch_size, device):
+            brain = torch.from_numpy(network.on_input_grid(case.brain_mask, slices))
             for layer in layers:
                 ks = [k for name, k in filters if name == layer]
                 thresholds = torch.as_tensor(dissection.layers[layer].thresholds[ks], dtype=torch.float32)
-                layer_masks = threshold_masks(activations[layer][:, ks], thresholds.to(device), brain, model)
+                layer_masks = threshold_masks(network, activations[layer][:, ks], thresholds, brain)
                 for position, k in enumerate(ks):
-                    masks[(layer, k)][chosen] = layer_masks[:, position]
+                    network.place(masks[(layer, k)], layer_masks[:, position], slices)
     return masks
 
 

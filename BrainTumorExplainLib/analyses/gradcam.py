@@ -110,7 +110,7 @@ def batch_gradcam(network: AnalysedNetwork, inputs: torch.Tensor, layers: Sequen
                 beta = weights(activation, gradient)  # eq. 4
                 cam = torch.relu((beta * activation).sum(dim=1)).detach()  # eq. 5
                 maps[index].append(cam.reshape((activation.shape[0],) + spatial[index]))
-    return torch.cat([network.upsample(torch.stack(layer_maps, dim=1), inputs) for layer_maps in maps], dim=1)
+    return torch.cat([network.upsample(torch.stack(layer_maps, dim=1), inputs.shape[2:]) for layer_maps in maps], dim=1)
 
 
 def gradcam_maps(network, inputs: torch.Tensor, layers: str | Iterable[str] = "all",

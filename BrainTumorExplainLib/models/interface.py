@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from contextlib import AbstractContextManager
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,13 @@ from .activations import (
     upsample_to_input,
 )
 from .base import IN_CHANNELS, NUM_CLASSES, SegmentationNet, dropout_modules
-from .description import from_network_space, labels_from_outputs, network_inputs, require_hooks
+from .description import (
+    from_network_space,
+    labels_from_outputs,
+    network_inputs,
+    require_hooks,
+    to_network_space,
+)
 from .inference import slice_batches
 from .volume import DescribedNetwork, activate, run_windows, window_inferer
 
@@ -74,8 +80,28 @@ class AnalysedNetwork:
         """A layer's output with as many spatial axes as ``inputs``."""
         return activation
 
-    def upsample(self, maps: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        """Layer maps ``(B, M, *layer grid)`` onto the inputs' grid ``(B, M, *inputs' spatial shape)``."""
+    def upsample(self, maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """Layer maps ``(B, M, *layer grid)`` onto an input grid of spatial shape ``size``: ``(B, M, *size)``."""
+        raise NotImplementedError
+
+    def activation_batches(self, case: Case, layers: Sequence[str], slices: np.ndarray, batch_size: int,
+                           device: torch.device) -> Iterator[tuple[np.ndarray | None, dict[str, torch.Tensor]]]:
+        """Per batch of the case: its axial slices (None: the whole case) and ``layers``' activations
+        ``(N, K, *layer grid)``, without gradients (the caller sets eval mode)."""
+        raise NotImplementedError
+
+    def on_input_grid(self, array: np.ndarray, slices: np.ndarray | None) -> np.ndarray:
+        """A canonical-grid array ``(..., Z, Y, X)`` as a batch's images ``(N, ..., *input grid)``."""
+        raise NotImplementedError
+
+    def place(self, canvas: np.ndarray, images: np.ndarray, slices: np.ndarray | None) -> None:
+        """Write a batch's images ``(N, *input grid)`` into ``canvas`` on the canonical grid (inverse of
+        :meth:`on_input_grid`)."""
+        raise NotImplementedError
+
+    def activation_values(self, activation: torch.Tensor, brain: np.ndarray) -> torch.Tensor:
+        """``(K, values)``: the activations of a batch ``(N, K, *layer grid)`` whose quantile sets each filter's
+        dissection threshold (``brain``: the batch's brain mask on the input grid)."""
         raise NotImplementedError
 
     def computed_slices(self, case: Case, slices: Iterable[int] | None) -> np.ndarray:
@@ -179,8 +205,30 @@ class SliceWise(AnalysedNetwork):
             raise ValueError(f"expected images (N, {IN_CHANNELS}, H, W) in [FLAIR, T1, T1ce, T2] order, "
                              f"got {tuple(inputs.shape)}")
 
-    def upsample(self, maps, inputs):
-        return upsample_to_input(maps, self.module, *inputs.shape[-2:])
+    def upsample(self, maps, size):
+        return upsample_to_input(maps, self.module, *size)
+
+    def activation_batches(self, case, layers, slices, batch_size, device):
+        with LayerRecorder(self.module, layers) as recorder, torch.no_grad():
+            for chosen, images in slice_batches(case, slices, batch_size, device):
+                self.module(images)
+                yield chosen, {name: recorder.outputs[name] for name in layers}
+
+    def on_input_grid(self, array, slices):
+        return np.ascontiguousarray(np.moveaxis(array[..., slices, :, :], -3, 0))
+
+    def place(self, canvas, images, slices):
+        canvas[slices] = images
+
+    def activation_values(self, activation, brain):
+        """Every position of the slices but the rows and columns that lie entirely in ``forward``'s zero padding."""
+        height, width = brain.shape[-2:]
+        top, bottom, left, right = self.module.input_padding(height, width)
+        stride_h = (height + top + bottom) / activation.shape[-2]
+        stride_w = (width + left + right) / activation.shape[-1]
+        rows = slice(int(top // stride_h), activation.shape[-2] - int(bottom // stride_h))
+        columns = slice(int(left // stride_w), activation.shape[-1] - int(right // stride_w))
+        return activation[..., rows, columns].transpose(0, 1).flatten(1)
 
     def computed_slices(self, case, slices):
         if slices is None:
@@ -291,8 +339,43 @@ class WindowWise(AnalysedNetwork):
     def as_spatial(self, activation, inputs):
         return as_window(activation, inputs)
 
-    def upsample(self, maps, inputs):
-        return F.interpolate(maps, size=tuple(inputs.shape[2:]), mode="trilinear", align_corners=False)
+    def upsample(self, maps, size):
+        return F.interpolate(maps, size=tuple(size), mode="trilinear", align_corners=False)
+
+    def activation_batches(self, case, layers, slices, batch_size, device):
+        """One batch: every layer's activations over the whole case, one forward per window for all layers,
+        stitched by the network's inferer at each layer's own resolution (MONAI's blends outputs smaller than the
+        window at their own scale), float32 on the CPU."""
+        x = torch.from_numpy(network_inputs(case, self.description))[None].to(device)
+        order: list[str] = []  # largest outputs first (see below), fixed by the first window
+        with ModuleRecorder(self.module, layers) as recorder, torch.no_grad():
+            def predictor(window: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                self.module(window)
+                outputs: dict[str, torch.Tensor] = {}
+                for layer in layers:  # MONAI's inferer weights each output in place: a tensor that is two layers'
+                    #                   output (a block and its last module) must come twice, not once
+                    output = as_window(recorder.outputs[layer], window).float()
+                    outputs[layer] = output.clone() if any(output is kept for kept in outputs.values()) else output
+                if not order:  # MONAI 1.6 resizes one blending map from output to output and never back up: an
+                    #            output at the window's size after a smaller one would not fit, so largest first
+                    order.extend(sorted(layers, key=lambda layer: -outputs[layer][0, 0].numel()))
+                return tuple(outputs[layer] for layer in order)
+
+            stitched = window_inferer(self.description)(x, predictor) if self.description.window else predictor(x)
+        stitched = stitched if isinstance(stitched, tuple) else (stitched,)
+        yield None, {layer: stitched[order.index(layer)].cpu() for layer in layers}
+
+    def on_input_grid(self, array, slices):
+        return np.ascontiguousarray(to_network_space(array, self.description.axes))[None]
+
+    def place(self, canvas, images, slices):
+        canvas[...] = from_network_space(images[0], self.description.axes)
+
+    def activation_values(self, activation, brain):
+        """Every position inside the bounding box of the brain (the 3D counterpart of the brain-containing
+        slices), at the layer's resolution."""
+        box = brain_box(brain[0], tuple(activation.shape[2:]))
+        return activation[0][(slice(None),) + box].flatten(1)
 
     def input_channels(self, case):
         return from_network_space(network_inputs(case, self.description), self.description.axes)
@@ -357,6 +440,14 @@ class ModuleRecorder:
         for handle in self._handles:
             handle.remove()
         self.outputs.clear()
+
+
+def brain_box(brain: np.ndarray, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """The brain's bounding box on a grid of ``shape`` covering the same extent (a coarser layer's)."""
+    voxels = np.argwhere(brain)
+    low, high = voxels.min(axis=0), voxels.max(axis=0) + 1
+    return tuple(slice(int(np.floor(lo * n / full)), int(np.ceil(hi * n / full)))
+                 for lo, hi, n, full in zip(low, high, shape, brain.shape))
 
 
 def as_window(output: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
