@@ -175,3 +175,22 @@ def test_no_layer_name_is_refused_for_a_3d_network_too():
     for name in ("segresnet3d", "resunet"):
         with pytest.raises(UsageError):
             check_layers(load_model(name), ",")
+
+
+def test_the_command_line_only_parses():
+    """Issue 38: each verb's options are the fields of its settings (app.verbs, and the config of its analysis),
+    each given to its job (app.jobs) as parsed; cli.py holds nothing else."""
+    import argparse
+    import dataclasses
+    from pathlib import Path
+
+    from BrainTumorExplainLib.app import cli
+
+    verbs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(verbs) == set(cli.VERBS)
+    for verb, (job, settings) in cli.VERBS.items():
+        fields = {setting.name for kind in settings for setting in dataclasses.fields(kind)}
+        options = {action.dest for action in verbs[verb]._actions if action.dest != "help"}
+        assert options and options <= fields, (verb, options - fields)
+        assert job.__module__ == "BrainTumorExplainLib.app.jobs"
+    assert len(Path(cli.__file__).read_text().splitlines()) <= 400

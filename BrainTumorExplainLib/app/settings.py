@@ -289,14 +289,16 @@ def _flags(setting) -> tuple[str, ...]:
 
 def add_config_options(parser: argparse.ArgumentParser, config_type=ExplainConfig, exclude: tuple[str, ...] = (),
                        only: tuple[str, ...] | None = None) -> None:
-    """One option per field of ``config_type`` (its help, default and choices), in field order; ``only`` these
-    fields when given."""
+    """One option per field of ``config_type`` (its help, default and choices; ``required``, or ``positional`` with
+    its ``nargs``), in field order; ``only`` these fields when given."""
     for setting in fields(config_type):
         if setting.name in exclude or (only is not None and setting.name not in only) or "help" not in setting.metadata:
             continue  # (a field without help is no option: the verb asks for it its own way, or not at all)
         meta, flags = setting.metadata, _flags(setting)
         default = None if setting.default is MISSING else setting.default
-        if setting.type == "bool | None":
+        if meta.get("positional"):
+            parser.add_argument(setting.name, nargs=meta.get("nargs"), help=meta["help"], **_value_type(setting))
+        elif setting.type == "bool | None":
             group = parser.add_mutually_exclusive_group()
             group.add_argument(flags[0], dest=setting.name, action="store_true", default=None, help=meta["help"])
             group.add_argument(flags[1], dest=setting.name, action="store_false", help=f"not {flags[0]}")
@@ -304,11 +306,20 @@ def add_config_options(parser: argparse.ArgumentParser, config_type=ExplainConfi
             parser.add_argument(*flags, dest=setting.name, action="store_false" if default else "store_true",
                                 help=f"do not {meta['help']}" if default else meta["help"])
         else:
-            kind = (number_option(_NUMBERS[setting.type], **{b: meta[b] for b in _BOUNDS if b in meta})
-                    if setting.type in _NUMBERS else {"type": _device_option if meta.get("type") == "device" else str})
             parser.add_argument(*flags, dest=setting.name, default=default, choices=meta.get("choices"),
-                                metavar=meta.get("metavar"),
-                                help=meta["help"] + (f" (default {default})" if default is not None else ""), **kind)
+                                metavar=meta.get("metavar"), required=meta.get("required", False),
+                                help=meta["help"] + (f" (default {default})" if default is not None else ""),
+                                **_value_type(setting))
+
+
+def _value_type(setting) -> dict:
+    """How the command line reads a setting's value: a checked number, a device name, a path or text."""
+    meta = setting.metadata
+    if setting.type in _NUMBERS:
+        return number_option(_NUMBERS[setting.type], **{bound: meta[bound] for bound in _BOUNDS if bound in meta})
+    if meta.get("type") == "device":
+        return {"type": _device_option}
+    return {"type": Path if setting.type in ("Path", "Path | None") else str}
 
 
 def _device_option(text: str) -> str:
