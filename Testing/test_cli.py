@@ -168,13 +168,13 @@ def test_a_single_case_verb_says_how_the_case_was_prepared_and_warns_on_stderr(s
 
 def test_no_layer_name_is_refused_for_a_3d_network_too():
     """--layers ',' names no layer: refused before any work for a described (3D) network as for a 2D one."""
-    from BrainTumorExplainLib.app.explain import check_layers
+    from BrainTumorExplainLib.app.explain import check_choices
     from BrainTumorExplainLib.errors import UsageError
     from BrainTumorExplainLib.models import load_model
 
     for name in ("segresnet3d", "resunet"):
         with pytest.raises(UsageError):
-            check_layers(load_model(name), ",")
+            check_choices(load_model(name), ",", "tumour")
 
 
 def test_the_command_line_only_parses():

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import loaded_with_the_module
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "BrainTumorExplain"
@@ -214,46 +215,14 @@ def test_the_module_and_library_parse_as_the_python_of_slicer_5_6_and_5_8():
         assert done.returncode == 0, done.stderr[-2000:]
 
 
-def _top_level_imports(path: Path) -> set[str]:
-    names = set()
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-        elif isinstance(node, ast.ImportFrom) and node.level:
-            names.add("." * node.level + (node.module or ""))
-    return names
-
-
 def test_loading_the_module_needs_no_package_slicer_lacks():
     """The generic tests of the extension build machines load the module without torch (nor scipy, nibabel,
     matplotlib, SimpleITK...): at load, only the standard library, numpy and Slicer's own modules."""
     allowed = set(sys.stdlib_module_names) | {"numpy", "slicer", "vtk", "qt", "ctk"}
-    seen, queue = set(), [MODULE_FILE]
-    while queue:
-        path = queue.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        package = path.parent
-        for name in _top_level_imports(path):
-            if name.startswith("."):
-                rest = name.lstrip(".")
-                base = package
-                for _ in range(len(name) - len(rest) - 1):
-                    base = base.parent
-                target = base.joinpath(*rest.split(".")) if rest else base
-                queue += [p for p in (target.with_suffix(".py"), target / "__init__.py") if p.is_file()]
-                continue
-            top = name.split(".")[0]
-            if top in ("BrainTumorExplainLogic", "BrainTumorExplainLib"):
-                base = (MODULE if top == "BrainTumorExplainLogic" else ROOT) / Path(*name.split("."))
-                queue += [p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()]
-                if top == "BrainTumorExplainLogic" and base.with_suffix(".py").is_file():
-                    queue.append(MODULE / "BrainTumorExplainLogic" / "__init__.py")
-                continue
-            assert top in allowed, f"{path.relative_to(ROOT)} imports {name} when the module loads"
+    seen = loaded_with_the_module(ROOT)
+    for path, imported in seen.items():
+        foreign = sorted(name for name in imported if name.split(".")[0] not in allowed)
+        assert not foreign, f"{path.relative_to(ROOT)} imports {', '.join(foreign)} when the module loads"
     assert MODULE / "BrainTumorExplainLogic" / "explainrun.py" in seen
     assert ROOT / "BrainTumorExplainLib" / "app" / "settings.py" in seen
     assert ROOT / "BrainTumorExplainLib" / "analyses" / "__init__.py" in seen

@@ -5,6 +5,8 @@ import re
 import struct
 from pathlib import Path
 
+from conftest import loaded_with_the_module
+
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "BrainTumorExplainLib"
 MODULE = ROOT / "BrainTumorExplain"
@@ -32,6 +34,21 @@ def test_module_logic_imports_no_qt_and_nothing_in_the_module_imports_torch_at_l
         assert not _imports(path) & {"qt", "ctk", "PythonQt"}, path
     for path in MODULE.rglob("*.py"):
         assert "torch" not in _imports(path, top_level_only=True), path
+
+
+def test_what_the_module_imports_from_the_library_at_load_does_not_load_torch():
+    """The modules' own imports are not enough: every library module the Slicer module imports at load, with all it
+    imports in turn (deferred imports in the library keep torch out), is imported in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    modules = sorted({node.module for path in MODULE.rglob("*.py") for node in ast.parse(path.read_text()).body
+                      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("BrainTumorExplainLib")})
+    assert "BrainTumorExplainLib.app.settings" in modules and "BrainTumorExplainLib.data.case" in modules
+    code = "import sys\n" + "".join(f"import {name}\n" for name in modules) + \
+        "print([m for m in ('torch', 'monai', 'nnunetv2') if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
 
 
 def test_only_the_module_file_sits_directly_in_the_module_folder():
@@ -184,6 +201,44 @@ def test_the_library_has_no_import_circles():
             visit(module, [module])
     assert not any("outputs" in target for module, targets in graph.items() if ".data." in module
                    for target in targets), "the data layer imports outputs, a module above it"
+
+
+# Why an import waits inside a function, by package: nowhere else may one.
+DEFERRED_BECAUSE = {
+    "torch": "the Slicer panel's start (settings, contract, data) never loads PyTorch",
+    "SimpleITK": "the data modules the panel reads at start import numpy only",
+    "scipy": "the data modules the panel reads at start import numpy only",
+    "skimage": "the data modules the panel reads at start import numpy only",
+    "tqdm": "the data modules the panel reads at start import numpy only",
+    "monai": "a MONAI bundle only (an optional kind of network)",
+    "yaml": "a MONAI bundle's YAML configs only",
+    "nnunetv2": "an nnU-Net folder only (an optional kind of network)",
+    "dynamic_network_architectures": "an nnU-Net folder only (nnunetv2's network classes)",
+    "captum": "the benchmark's peer, a test dependency",
+    "resource": "peak memory in the benchmark only; Windows has no resource module",
+}
+
+
+def test_imports_wait_inside_functions_only_for_a_stated_reason():
+    """Issue 38: a deferred import hides what a module stands on. One waits only for a package of DEFERRED_BECAUSE,
+    or — a library module — inside a module the Slicer panel imports at start (where it keeps torch out)."""
+    loaded_at_start = {".".join(path.with_suffix("").relative_to(ROOT).parts).removesuffix(".__init__")
+                       for path in loaded_with_the_module(ROOT) if LIBRARY in path.parents}
+    unexplained = []
+    for path in LIBRARY.rglob("*.py"):
+        module = ".".join(path.with_suffix("").relative_to(ROOT).parts).removesuffix(".__init__")
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom) and node.level:
+                    if module not in loaded_at_start:
+                        unexplained.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+                elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                    if any(name.split(".")[0] not in DEFERRED_BECAUSE for name in names):
+                        unexplained.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    assert "BrainTumorExplainLib.data.case" in loaded_at_start and not unexplained, unexplained
 
 
 def _clone_size():

@@ -54,6 +54,7 @@ from ..data.case import Case, CaseError, as_case, find_case_files
 from ..errors import InputError, UsageError
 from ..models.base import SegmentationNet, evaluating, model_device
 from ..models.interface import AnalysedNetwork, analysed
+from ..models.registry import WEIGHTS_DIR
 from ..progress import progress_bar
 from ..version import __version__
 from . import CONTROL_SEED, DEFAULT_IOU_CUTOFF, DEFAULT_MARGIN, DEFAULT_QUANTILE
@@ -380,7 +381,6 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
     case goes through once read (into the network's space: :func:`models.space.into_network_space`). A described 3D
     network (a bundle) is dissected over whole volumes (``slice_step`` and ``batch_size`` do not apply).
     """
-
     concepts = check_concepts(cases, concepts)
     if slice_step < 1:
         raise UsageError(f"slice_step must be at least 1, got {slice_step}")
@@ -516,8 +516,6 @@ def filter_concept_masks(model, case: Case, dissection: Dissection, filters: Seq
 
 
 def shipped_dissection_path(architecture: str) -> Path:
-    from ..models.registry import WEIGHTS_DIR
-
     return WEIGHTS_DIR / f"{architecture}.dissection.json"
 
 

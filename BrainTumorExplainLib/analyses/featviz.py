@@ -43,9 +43,10 @@ from torch.nn import functional as F
 
 from ..data.case import MODALITIES, Case
 from ..errors import InputError, UsageError
-from ..models.interface import analysed
 from ..models.base import SegmentationNet, evaluating, import_dynamo_privately, model_device
 from ..models.description import network_inputs, to_network_space
+from ..models.interface import analysed
+from ..models.registry import WEIGHTS_DIR
 from ..models.volume import DescribedNetwork
 from ..progress import progress_bar
 
@@ -396,6 +397,4 @@ def load_template(path: str | Path, size: int | None = None, model: Network | No
 
 
 def shipped_template_path() -> Path:
-    from ..models.registry import WEIGHTS_DIR
-
     return WEIGHTS_DIR / "template.npz"

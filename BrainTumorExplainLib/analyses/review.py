@@ -38,6 +38,7 @@ from scipy import ndimage
 
 from ..data.labels import REGIONS, region_mask
 from ..scoring.lesions import LesionScores
+from .uncertainty import auroc
 
 UNCERTAIN_NATS = 0.5  # about the entropy of an 80/20 choice between two classes (0.50 nats)
 LOW_CONFIDENCE_NATS = 0.25  # a predicted lesion this unsure on average is listed whole
@@ -267,8 +268,6 @@ def review_regions(prediction: np.ndarray, entropy: np.ndarray, brain: np.ndarra
 def lesion_auroc(rows: Sequence[LesionRow]) -> dict:
     """Per uncertainty map: the AUROC of its mean inside a lesion for telling false-positive from true-positive
     predicted lesions (all regions pooled), with the counts; NaN when either kind is missing."""
-    from .uncertainty import auroc
-
     kept = [row for row in rows if row.match in ("TP", "FP")]
     false = np.array([row.match == "FP" for row in kept], dtype=bool)
     names = list(kept[0].uncertainty) if kept else []

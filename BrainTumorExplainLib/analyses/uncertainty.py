@@ -41,6 +41,7 @@ import torch
 from ..data.case import Case
 from ..errors import UsageError
 from ..models.base import evaluating, model_device, test_time_dropout
+from ..models.inference import case_probabilities, labels_from_probabilities
 from ..models.interface import analysed
 from ..progress import progress_bar
 
@@ -306,8 +307,6 @@ def ensemble_uncertainty(members: Sequence, case: Case, device: str | torch.devi
     (from :func:`models.registry.load_ensemble`), each run once, deterministically, on the whole case; the mean of
     their outputs is the prediction, and variance, entropy and mutual information come from their spread exactly as
     from the dropout passes. ``passes`` counts the members on every brain slice."""
-    from ..models.inference import case_probabilities, labels_from_probabilities
-
     if len(members) < 2:
         raise UsageError(f"an ensemble needs at least two members, got {len(members)}")
     moments = None
@@ -369,8 +368,6 @@ def deterministic_control(model, case: Case, device: str | torch.device | None =
     prediction's misclassified brain voxels. Sampling adds something only where a map's AUROC beats it — a softmax
     is uncertain at its boundaries without any sampling. ``probabilities``: that prediction, when already made (the
     segmentation's, in ``explain``)."""
-    from ..models.inference import case_probabilities, labels_from_probabilities
-
     if case.labels is None:
         raise UsageError(f"{case.case_id}: the deterministic control needs ground truth (a _seg file)")
     if probabilities is None:

@@ -28,11 +28,16 @@ import torch
 
 from ..data.case import CaseError, find_cases, load_case
 from ..data.labels import region_mask
-from ..models.base import import_dynamo_privately
+from ..models.base import evaluating, import_dynamo_privately
+from ..models.bundle import read_bundle
+from ..models.description import network_inputs, to_network_space
+from ..models.space import into_network_space
+from ..models.volume import DescribedNetwork, activate, window_inferer
 from ..outputs import OutputFolder
 from ..progress import progress_bar
+from ..scoring.metrics import dice
 from .settings import option
-from .training import schedule_option
+from .training import _resume, _save_checkpoint, schedule_option
 
 # The bundle's channel names, in MONAI's brats_mri_segmentation order (the loader maps them to the library's).
 INPUT_CHANNELS = {"0": "T1c", "1": "T1", "2": "T2", "3": "FLAIR"}
@@ -125,9 +130,6 @@ class _Volume:
 
 
 def _volumes(paths: list[Path], network, progress: bool) -> list[_Volume]:
-    from ..models.description import network_inputs, to_network_space
-    from ..models.space import into_network_space
-
     description = network.description
     volumes = []
     for path in progress_bar(paths, "load cases" if progress else None, unit="case"):
@@ -172,10 +174,6 @@ def _batch(volumes: list[_Volume], config: BundleTrainConfig, rng: np.random.Gen
 
 def _validate(network, volumes: list[_Volume], device: torch.device) -> dict[str, float]:
     """Mean Dice per output region over the validation cases, whole volumes through the bundle's own inferer."""
-    from ..models.base import evaluating
-    from ..models.volume import activate, window_inferer
-    from ..scoring.metrics import dice
-
     description = network.description
     scores = {name: [] for name in description.output_names}
     with torch.no_grad(), evaluating(network.module):
@@ -202,9 +200,6 @@ def _train_bundle(data_dir: Path, out: Path, config: BundleTrainConfig, resume: 
                   progress: bool, log: Callable[[str], None]) -> list[dict]:
     from monai.losses import DiceCELoss
 
-    from ..models.bundle import read_bundle
-    from ..models.volume import DescribedNetwork
-    from .training import _resume, _save_checkpoint
 
     device = torch.device(config.device)
     paths = find_cases(data_dir)

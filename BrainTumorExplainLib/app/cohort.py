@@ -25,11 +25,15 @@ import io
 import json
 from pathlib import Path
 
-from ..version import __version__
 from ..data.case import CaseError, find_case_files
 from ..errors import InputError, OutputError, UsageError
-from ..outputs import is_result_folder
+from ..outputs import OutputFolder, check_not_an_input, is_result_folder
+from ..progress import progress_bar
+from ..scoring.statistics import mean_interval
+from ..version import __version__
 from .contract import REPORT, SUMMARY
+from .explain import explain, load_network
+from .figures import cohort_scores
 from .settings import ExplainConfig
 
 SETTINGS = "cohort_settings.json"
@@ -73,8 +77,6 @@ def explain_cohort(cases: list[Path], out: str | Path, config: ExplainConfig, pr
     """Explain every case into ``out`` (see the module notes); returns ``cohort.json``'s content. ``report(case,
     status, message)`` is called after each case (``done``, ``skipped`` or ``failed`` with its error);
     ``dataset``: the folder or list the cases came from (never written in)."""
-    from .explain import explain, load_network
-
     refuse_overwrite(config.overwrite)
     network = functools.cache(lambda: load_network(config))  # once, and only when a case needs it
 
@@ -97,8 +99,6 @@ def segment_cohort(cases: list[Path], out: str | Path, arguments: list[str], seg
     """``segment`` over a dataset: ``segment_case(case, work)`` writes a case's labels and ``summary.json`` (its
     scores, with ground truth) into its private folder, published as ``OUT/<case-id>/``; ``arguments``: the
     settings, recorded as explain's are. Returns ``cohort.json``'s content."""
-    from ..outputs import OutputFolder
-
     def segment_into(case: Path, destination: Path) -> None:
         with OutputFolder(destination, [case], False, "segment") as work:
             segment_case(case, work)
@@ -111,9 +111,6 @@ def run_cohort(cases: list[Path], out: str | Path, producer: str, arguments: lis
                report, dataset: str | Path | None) -> dict[str, str]:
     """Every case not finished yet through ``run_case(case, OUT/<case-id>)``, which publishes that folder whole
     or not at all (see the module notes); returns case → error of those that failed."""
-    from ..outputs import check_not_an_input
-    from ..progress import progress_bar
-
     names = [case.name for case in cases]
     if len(set(names)) < len(names):
         twice = sorted({name for name in names if names.count(name) > 1})
@@ -194,8 +191,6 @@ def case_row(case: Path, out: Path, error: str | None = None) -> dict:
 def write_cohort(out: Path, cases: list[Path], failures: dict[str, str]) -> dict:
     """``cohort.csv``, ``cohort.json`` and ``cohort.html`` of the cases in ``out`` (``failures``: case → error of
     those that failed in this run); returns ``cohort.json``'s content."""
-    from ..scoring.statistics import mean_interval
-
     rows = [case_row(case, out, failures.get(case.name)) for case in cases]
     columns = list(dict.fromkeys(key for row in rows for key in row))
     table = io.StringIO()
@@ -222,8 +217,6 @@ def write_cohort(out: Path, cases: list[Path], failures: dict[str, str]) -> dict
 
 def _draw(done: list[dict], path: Path) -> None:
     """The per-case Dice of every region (and the uncertainty AUROC), a dot per case, as ``cohort.png``."""
-    from .figures import cohort_scores
-
     columns = [f"{region}_dice" for region in REGIONS] + ["auroc_entropy", "auroc_control"]
     scores = {name: [(row["case"], row[name]) for row in done if row.get(name) is not None] for name in columns}
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")

@@ -23,11 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..version import __version__
+from ..analyses.dissection import Dissection, load_shipped_dissection
 from ..data.case import CaseError, CaseFiles
 from ..data.domain import case_domain_check
+from ..data.registration import coregistration_state
 from ..errors import UsageError
+from ..models.interface import analysed
+from ..models.registry import SHIPPED_BUNDLES, load_ensemble, load_model
+from ..models.space import prepare_case, space_summary, training_intensities, training_spacing
+from ..models.volume import fold_members
 from ..outputs import OutputFolder
+from ..version import __version__
 from . import stages
 from .contract import (
     ATLAS,
@@ -40,6 +46,8 @@ from .contract import (
     Progress,
     registration_file,
 )
+from .figures import montage_slices
+from .report import write_report
 from .settings import ExplainConfig, resolve_device, resolve_quick
 
 __all__ = ["STAGES", "ExplainConfig", "explain"]
@@ -50,8 +58,6 @@ def explain(source: str | Path | CaseFiles, out: str | Path, config: ExplainConf
     """Run every analysis on one case and write OUT (see the module notes); returns the summary.
     ``progress``: ``text`` (people), ``json`` (one event per line, for programs) or None (silent). ``network``: the
     config's network, already loaded (:func:`load_network`; a cohort loads it once)."""
-    from .report import write_report
-
     progress = progress or None
     clock = Progress(progress)
     with clock.stage("load"):  # everything that can be refused, before any work or output
@@ -86,25 +92,18 @@ class Network:
 
 def load_network(config: ExplainConfig) -> Network:
     """The config's network on its device, with its members, its layers checked and its dissection."""
-    from ..models.registry import load_ensemble, load_model
-    from ..models.volume import fold_members
-
     device = resolve_device(config.device)
     model = load_model(config.model, config.weights, device, config.trust_bundle, config.folds)
     members = dict(zip(config.ensemble_files(), load_ensemble(config.model, config.ensemble_files(), device,
                                                               config.trust_bundle))) if config.ensemble \
         else fold_members(model)
-    check_layers(model, config.layers)
-    check_classes(model, config.classes)
+    check_choices(model, config.layers, config.classes)
     return Network(model, members, _dissection(model, config), device)
 
 
 def _load(source, out, config: ExplainConfig, bars: bool, network: Network | None = None
           ) -> tuple["stages.Run", OutputFolder]:
     """The run's inputs, read and checked, and its output folder, checked (nothing is written yet)."""
-    from ..models.space import prepare_case
-    from .figures import montage_slices
-
     files = source if isinstance(source, CaseFiles) else None
     if str(source).endswith(".npz"):
         raise CaseError(f"{source}: explain needs the case's image files (a folder or the four files), not a "
@@ -127,33 +126,20 @@ def _load(source, out, config: ExplainConfig, bars: bool, network: Network | Non
     return run, folder
 
 
-def check_layers(model, layers: str) -> None:
-    """``--layers`` names layers of this network (module paths for a described network), before any work."""
-    from ..models.interface import analysed
-
-    try:
-        analysed(model).layers(layers)
-    except ValueError as error:
-        raise UsageError(f"--layers {layers}: {error}") from None
-
-
-def check_classes(model, classes: str) -> None:
-    """``--classes`` names outputs of this network (a described network's by its own names), before any work."""
-    from ..models.interface import analysed
-
-    try:
-        analysed(model).targets(classes)
-    except ValueError as error:
-        raise UsageError(f"--classes {classes}: {error}") from None
+def check_choices(model, layers: str, classes: str) -> None:
+    """``--layers`` names layers of this network (module paths for a described network) and ``--classes`` its
+    outputs (a described network's by its own names), before any work."""
+    network = analysed(model)
+    for flag, value, check in (("--layers", layers, network.layers), ("--classes", classes, network.targets)):
+        try:
+            check(value)
+        except ValueError as error:
+            raise UsageError(f"{flag} {value}: {error}") from None
 
 
 def _dissection(model, config: ExplainConfig):
     """The dissection whose thresholds make the concept masks: the one given, or the model's shipped one; a bundle
     folder has none unless one is given (``dissect --model FOLDER`` makes it)."""
-    from ..analyses.dissection import Dissection, load_shipped_dissection
-    from ..models.interface import analysed
-    from ..models.registry import SHIPPED_BUNDLES
-
     if analysed(model).whole_case and not config.dissection and config.model not in SHIPPED_BUNDLES:
         return None
     analysed(model, "network dissection")  # refused for a TorchScript network, saying why
@@ -163,8 +149,6 @@ def _dissection(model, config: ExplainConfig):
 
 
 def _summary_start(case, model, config: ExplainConfig, device, steps) -> dict:
-    from ..models.space import space_summary, training_intensities, training_spacing
-
     roles = ("flair", "t1", "t1ce", "t2", "seg", "tissue")
     return {
         "schema": SUMMARY_SCHEMA, "version": __version__, "case": case.case_id,
@@ -186,7 +170,6 @@ def preprocessing_summary(as_read, steps, spacing: tuple[float, float, float] | 
     voxel size the network was trained at, ``spacing``, and its training cases' ``intensities``
     (:func:`models.space.training_intensities`), when there are)."""
     registrations = as_read.registrations
-    from ..data.registration import coregistration_state
 
     return {"coregistration": {"ran": registrations is not None, "state": coregistration_state(registrations),
                                "why": steps.coregistration,

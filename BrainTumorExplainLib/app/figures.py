@@ -12,8 +12,10 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
+from ..analyses.gradcam import normalise
 from ..data.case import MODALITIES, Case
 from ..data.labels import CLASS_NAMES, CLASS_REGION, TISSUE_NAMES
+from ..models.description import from_network_space
 
 # BraTS colours as Slicer shows them: NCR/NET red, edema green, enhancing yellow.
 LABEL_COLOURS = ((0, 0, 0, 0), (0.86, 0.16, 0.16, 1), (0.2, 0.75, 0.25, 1), (1.0, 0.85, 0.1, 1))
@@ -119,8 +121,6 @@ def gradcam_montage(case: Case, z: int, maps: dict[str, np.ndarray], classes: li
 
     ``maps``: layer → ``(len(classes), Y, X)`` raw Grad-CAM of slice ``z`` (network order).
     """
-    from ..analyses.gradcam import normalise
-
     layers = list(maps)
     figure, axes = _subplots(len(classes), len(layers) + 1, figsize=(1.6 * (len(layers) + 1), 1.8 * len(classes)),
                                 squeeze=False, facecolor="black")
@@ -270,8 +270,6 @@ def _preimage_panel(ax, image: np.ndarray) -> None:
 def orthogonal_slices(volume: np.ndarray, axes: str) -> np.ndarray:
     """A 3D pre-image ``(D, H, W)`` in the network's axes as its three central slices side by side — axial,
     coronal, sagittal, superior up — with a blank column between them (what the figures show of a volume)."""
-    from ..models.description import from_network_space
-
     canonical = from_network_space(volume, axes)  # (z, y, x): towards superior, posterior, left
     z, y, x = (n // 2 for n in canonical.shape)
     views = [canonical[z], canonical[::-1, y, :], canonical[::-1, :, x]]

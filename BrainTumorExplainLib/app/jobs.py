@@ -53,7 +53,7 @@ from . import stages
 from .bundle_training import train_bundle as train_bundle_folder
 from .cohort import dataset_cases, explain_cohort, refuse_overwrite, segment_cohort, summary_lines
 from .contract import PREPROCESSING, SEGMENTATION, SUMMARY
-from .explain import check_classes, check_layers, preprocessing_summary, write_preprocessing
+from .explain import check_choices, preprocessing_summary, write_preprocessing
 from .explain import explain as explain_case
 from .figures import case_montage, montage_slices
 from .report import headline_lines, preparation_lines, preprocessing_lines
@@ -330,8 +330,7 @@ def gradcam(options: GradcamOptions) -> int:
     loaded = {Path(name).name: _load_model(options, name) for name in models}
     for model in loaded.values():
         analysed(model, "Grad-CAM")  # a TorchScript network has no hooks
-        check_classes(model, options.classes)
-        check_layers(model, options.layers)
+        check_choices(model, options.layers, options.classes)
     case = _case_for(options, options.case, next(iter(loaded.values())))  # the shipped networks share one space
     try:
         slices = montage_slices(case, 1) if options.slices == "auto" else [int(z) for z in options.slices.split(",")]

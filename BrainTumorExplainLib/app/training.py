@@ -19,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,9 +30,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..data.acquisition import random_acquisition, reacquire
 from ..data.case import Case, CaseError, find_cases, load_case
 from ..data.domain import intensity_reference_from
 from ..data.labels import REGIONS, region_mask
+from ..data.preprocess import preprocess
+from ..data.resample import resample_case
 from ..errors import InputError
 from ..models import build_model, save_weights
 from ..models.base import NUM_CLASSES, import_dynamo_privately
@@ -39,7 +44,6 @@ from ..progress import progress_bar
 from ..scoring.metrics import dice
 from ..version import __version__
 from .settings import option
-
 
 # The training schedule both trainers share (train, train-bundle): each setting's help and command-line spelling once.
 _SCHEDULE = {"epochs": ("epochs", {"minimum": 1}),
@@ -264,13 +268,6 @@ def acquired_cases(paths: list[Path], config: TrainConfig, spacing: tuple[float,
     ``cache``: a folder where each is kept as a saved case (:meth:`data.case.Case.save`), named by the case, the
     acquisition, the training space and the library version, and read back by a later run instead of made again
     (about 15 s each at 1 mm; another network trained on the same cases with the same seed reuses them)."""
-    import tempfile
-    import warnings
-    from dataclasses import replace
-
-    from ..data.acquisition import random_acquisition, reacquire
-    from ..data.preprocess import preprocess
-    from ..data.resample import resample_case
 
     jobs = [(index, path, k) for index, path in enumerate(paths) for k in range(config.acquisitions)]
     for index, path, k in progress_bar(jobs, "clinical acquisitions" if progress and jobs else None, unit="case"):

@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from .labels import MODALITIES
+from .registration import ALIGNMENT_TOLERANCE_MM
 
 MAX_BRAIN_FRACTION = 0.5
 MAX_FACES_TOUCHED = 2  # a brain may reach the box's top and bottom slices (BraTS crops at 155 slices), not more
@@ -109,8 +110,6 @@ def _mm(spacing) -> str:
 
 
 def _misalignment_left(registrations: dict) -> list[str]:
-    from .registration import ALIGNMENT_TOLERANCE_MM
-
     warnings = []
     for sequence, found in registrations.items():
         left = found.residual_mm if found.applied else found.misaligned_mm

@@ -12,13 +12,17 @@ spacing, origin and direction are *copied* from the reference input, so an outpu
 
 from __future__ import annotations
 
+import gzip
 import itertools
+import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import OutputError, itk_reason
 from .imagefiles import check_volume_path
 
 if TYPE_CHECKING:  # imported where images are made, so arrays and grids work without SimpleITK
@@ -168,7 +172,6 @@ class ReferenceGrid:
         float32. Failures raise :class:`OutputError` naming the file."""
         import SimpleITK as sitk
 
-        from ..errors import OutputError, itk_reason
 
         path = Path(path)
         check_volume_path(path)
@@ -209,10 +212,6 @@ def write_quantised(image: "sitk.Image", path: Path) -> Path:
     (SimpleITK, and Slicer's reader: ``NiftiImageIO`` rescales to float when the slope is not 1, read at ITK v5.3.0
     and v5.4.0, the ITKs of Slicer 5.6-5.10), nibabel and every NIfTI reader apply it. ITK writes no scale, so the
     two header fields are set in the uncompressed file before it is gzipped."""
-    import gzip
-    import shutil
-    import struct
-
     import SimpleITK as sitk
 
     levels, slope, intercept = quantise(sitk.GetArrayViewFromImage(image))

@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import InputError
 from .case import Case, sequence_nonzero
 from .grid import ReferenceGrid
+from .resample import raw_sequences
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -41,8 +43,6 @@ class Resize:
 
     @classmethod
     def from_plans(cls, configuration: dict, which: str, path: Path) -> "Resize":
-        from ..errors import InputError
-
         name = configuration.get(f"resampling_fn_{which}", RESAMPLING_FUNCTION)
         if name != RESAMPLING_FUNCTION:
             raise InputError(f"{path}: resampling_fn_{which} {name!r} is not nnU-Net's {RESAMPLING_FUNCTION}, the "
@@ -149,7 +149,6 @@ def nnunet_zscore(case: Case, channels: list[int], masked: bool) -> tuple[np.nda
     (what nnU-Net's crop cuts away)."""
     from scipy.ndimage import binary_fill_holes
 
-    from .resample import raw_sequences
 
     raw = raw_sequences(case).astype(np.float64)
     mask = binary_fill_holes(np.any([case.sequence_support(m) for m in channels], axis=0))

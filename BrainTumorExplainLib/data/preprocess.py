@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import CaseError, UsageError
 from .atlas import ATLAS_NAME, AtlasAlignment, align_to_atlas, atlas_brain_mask, wants_alignment
+from .brain_edge import BrainEdge, check_brain_edge
 from .case import (
     MODALITIES,
     Case,
@@ -40,9 +41,9 @@ from .case import (
     sequence_nonzero,
     zscored_sequences,
 )
-from .brain_edge import BrainEdge, check_brain_edge
 from .domain import looks_skull_stripped
 from .registration import wants_coregistration
+from .resample import raw_sequences, resample_array
 
 BRAIN_MASK_MODES = ("auto", "atlas", "as-read")  # or a mask file
 
@@ -85,8 +86,6 @@ def preprocess(files: CaseFiles | str | Path, training_spacing: tuple[float, flo
     """``files`` (or a case folder) read and prepared (steps 1–3 of the module notes) for a network trained at ``training_spacing``
     (mm, canonical ``z, y, x``; None: it resamples nothing, so no alignment). ``coregister``, ``atlas``: auto,
     always or never; ``brain_mask``: auto, atlas, as-read or a mask file (non-zero = brain, on any grid)."""
-    from .resample import raw_sequences
-
     files = files if isinstance(files, CaseFiles) else find_case_files(files)
     check_brain_mask(brain_mask)
     grids = check_case_files(files)  # every file checked once, before any step reads its header
@@ -155,8 +154,6 @@ def _mask_decision(brain_mask: str, stripped: bool) -> tuple[str, str]:
 
 def read_brain_mask(path: str | Path, case: Case) -> np.ndarray:
     """A user's brain mask file (non-zero = brain) on the case's grid (nearest neighbour when its own differs)."""
-    from .resample import resample_array
-
     values, grid = read_canonical(path, "brain mask")
     mask = np.asarray(values) != 0
     if not case.grid.matches(grid):
@@ -169,8 +166,6 @@ def read_brain_mask(path: str | Path, case: Case) -> np.ndarray:
 def with_brain_mask(case: Case, mask: np.ndarray, source: str = "atlas") -> Case:
     """``case`` skull-stripped by ``mask`` (canonical bool on its grid): every sequence zero outside it and
     z-scored anew inside it; the labels are left as they are."""
-    from .resample import raw_sequences
-
     raw = raw_sequences(case) * mask
     nonzero = raw != 0
     try:

@@ -23,7 +23,7 @@ sequence onto the reference grid.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -223,8 +223,6 @@ def coregistration(fixed: "sitk.Image", moving: "sitk.Image", sequence: str, ref
     """``moving`` co-registered onto ``fixed`` (:func:`rigid_registration`), its misalignment measured before and
     after (:func:`misalignment_mm`); with ``measure_first``, registered only when the measurement finds it off by
     more than :data:`ALIGNMENT_TOLERANCE_MM` (otherwise a registration not applied, saying so)."""
-    import dataclasses
-
     before = misalignment_mm(fixed, moving)
     if measure_first and (before is None or before <= ALIGNMENT_TOLERANCE_MM):
         reason = ("its alignment could not be measured (too small, or too little overlap for ITK)" if before is None
@@ -234,7 +232,7 @@ def coregistration(fixed: "sitk.Image", moving: "sitk.Image", sequence: str, ref
                      measured_only=True)
     found = rigid_registration(fixed, moving, sequence, reference)
     after = misalignment_mm(fixed, onto_reference(moving, fixed, found)) if found.applied else before
-    return dataclasses.replace(found, misaligned_mm=before, residual_mm=after)
+    return replace(found, misaligned_mm=before, residual_mm=after)
 
 
 def _kept(fixed: "sitk.Image", moving: "sitk.Image", sequence: str, reference: str, reason: str,

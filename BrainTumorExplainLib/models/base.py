@@ -35,6 +35,13 @@ def import_dynamo_privately() -> None:
             os.environ.pop(_COMPILER_CACHE, None)  # torch sets it to the folder it made: not to a removed one
 
 
+def check_images(x: torch.Tensor) -> None:
+    """What a 2D network takes: axial slices ``(N, 4, H, W)`` in [FLAIR, T1, T1ce, T2] order."""
+    if x.ndim != 4 or x.shape[1] != IN_CHANNELS:
+        raise ValueError(f"expected images (N, {IN_CHANNELS}, H, W) in [FLAIR, T1, T1ce, T2] order, "
+                         f"got {tuple(x.shape)}")
+
+
 class SegmentationNet(nn.Module):
     """Base class: ``forward`` pads H, W up to a multiple of ``divisor`` and crops the logits back.
 
@@ -64,9 +71,7 @@ class SegmentationNet(nn.Module):
         return OrderedDict((name, modules[path]) for name, path in self._layer_names.items())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != IN_CHANNELS:
-            raise ValueError(f"expected input (N, {IN_CHANNELS}, H, W) in [FLAIR, T1, T1ce, T2] order, "
-                             f"got {tuple(x.shape)}")
+        check_images(x)
         x = x.contiguous(memory_format=torch.channels_last)  # the layout the convolutions are fastest in
         height, width = x.shape[-2:]
         top, bottom, left, right = self.input_padding(height, width)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..data.case import MODALITIES, Case
 from ..data.labels import REGIONS
+from ..data.nnunet_resampling import NnUNetGrid, nnunet_zscore
 from ..data.resample import SEQUENCE_RESAMPLING
 from ..errors import UsageError
 
@@ -137,7 +138,6 @@ def network_inputs(case: Case, description: NetworkDescription) -> np.ndarray:
     if description.normalisation == "zscore-nonzero-channelwise":
         images = _zscore_nonzero_channelwise(case, order)
     elif description.normalisation.startswith("nnunet-"):
-        from ..data.nnunet_resampling import NnUNetGrid, nnunet_zscore
 
         if not isinstance(case.grid, NnUNetGrid):  # resized by nnU-Net's rules, it was z-scored before (theirs too)
             images = nnunet_zscore(case, order, description.normalisation == "nnunet-zscore-mask")[0][order]

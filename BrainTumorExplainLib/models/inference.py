@@ -8,8 +8,14 @@ import numpy as np
 import torch
 
 from ..data.case import Case
+from ..data.nnunet_resampling import NnUNetGrid
+from ..data.resample import warn_if_off_space
 from ..progress import progress_bar
 from .base import NUM_CLASSES, SegmentationNet, evaluating, model_device
+from .description import labels_from_outputs
+from .nnunet import background_logits
+from .space import training_spacing
+from .volume import DescribedNetwork, activate, predict_logits, predict_outputs
 
 
 def slice_batches(case: Case, slices: Sequence[int] | np.ndarray, batch_size: int, device: torch.device,
@@ -45,8 +51,6 @@ def case_probabilities(model, case: Case, batch_size: int = 16, device: str | to
                        progress: bool = False) -> np.ndarray:
     """What the network says per voxel, ``(channels, Z, Y, X)`` float32 on the case's canonical grid: softmax class
     probabilities of the paper's 2D networks; a described network's own outputs (classes or regions)."""
-    from .volume import DescribedNetwork, predict_outputs
-
     if isinstance(model, DescribedNetwork):
         return predict_outputs(model, case, device, progress)
     with evaluating(model):
@@ -55,9 +59,6 @@ def case_probabilities(model, case: Case, batch_size: int = 16, device: str | to
 
 def labels_from_probabilities(model, probabilities: np.ndarray) -> np.ndarray:
     """Class indices ``(Z, Y, X)`` uint8 from :func:`case_probabilities` (regions become labels as nnU-Net does)."""
-    from .description import labels_from_outputs
-    from .volume import DescribedNetwork
-
     if isinstance(model, DescribedNetwork):
         return labels_from_outputs(probabilities, model.description)
     return probabilities.argmax(axis=0).astype(np.uint8)
@@ -72,9 +73,6 @@ def segment_case(model, case: Case, batch_size: int = 16, device: str | torch.de
     training space is segmented as it is, with a warning: :func:`models.space.into_network_space` brings it there,
     and :func:`segment_input` gives the labels on the input's own grid.
     """
-    from ..data.resample import warn_if_off_space
-    from .space import training_spacing
-
     warn_if_off_space(case, training_spacing(model), model.architecture)
     return labels_from_probabilities(model, case_probabilities(model, case, batch_size, device, progress))
 
@@ -83,9 +81,6 @@ def network_outputs(model, case: Case, device: str | torch.device | None = None,
                     ) -> tuple[np.ndarray, np.ndarray | None]:
     """What the network says on the grid it saw: its probabilities (:func:`case_probabilities`), and, for a case
     resized by nnU-Net's rules, the logits nnU-Net's export resizes back before the activation (else None)."""
-    from ..data.nnunet_resampling import NnUNetGrid
-    from .volume import activate, predict_logits
-
     if isinstance(case.grid, NnUNetGrid):
         logits = predict_logits(model, case, device, progress)
         return activate(torch.from_numpy(logits)[None], model.description)[0].numpy(), logits
@@ -104,8 +99,6 @@ def segment_input(model, case: Case, device: str | torch.device | None = None, p
     if case.original is None:
         return labels, labels
     if logits is not None:
-        from .nnunet import background_logits
-        from .volume import activate
 
         back = np.stack([case.grid.to_reference(channel, float(outside)) for channel, outside in
                          zip(logits, background_logits(model.description))])

@@ -30,8 +30,9 @@ from .activations import (
     resolve_layers,
     upsample_to_input,
 )
-from .base import IN_CHANNELS, NUM_CLASSES, SegmentationNet, dropout_modules
+from .base import NUM_CLASSES, SegmentationNet, check_images, dropout_modules
 from .description import (
+    CLASS_OUTPUTS,
     from_network_space,
     labels_from_outputs,
     network_inputs,
@@ -201,9 +202,7 @@ class SliceWise(AnalysedNetwork):
         return CLASS_REGION[channel]
 
     def check_inputs(self, inputs: torch.Tensor) -> None:
-        if inputs.ndim != 4 or inputs.shape[1] != IN_CHANNELS:
-            raise ValueError(f"expected images (N, {IN_CHANNELS}, H, W) in [FLAIR, T1, T1ce, T2] order, "
-                             f"got {tuple(inputs.shape)}")
+        check_images(inputs)
 
     def upsample(self, maps, size):
         return upsample_to_input(maps, self.module, *size)
@@ -459,8 +458,6 @@ def as_window(output: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
 def target_names(description) -> tuple[list[str], list[str]]:
     """Each output channel of a described network as the library names it (a region, or a class of CLASS_NAMES),
     and the region its evidence should lie in."""
-    from .description import CLASS_OUTPUTS
-
     if description.outputs == "sigmoid":
         return list(description.output_names), list(description.output_names)
     classes = [CLASS_OUTPUTS.index(name) for name in description.output_names]

@@ -16,16 +16,21 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from ..data.bundle_metadata import is_bundle, is_nnunet_folder
 from ..errors import UsageError, WeightsError
 from ..version import __version__
 from .base import SegmentationNet, check_finite
+from .bundle import load_bundle, load_bundle_weights, read_bundle
 from .denseunet import DenseUnet
+from .nnunet import CHECKPOINT, Mirrored, SliceNetwork, build_network, read_checkpoint, read_nnunet_folder, stage_layers
 from .unet import ResUnet, SimUnet
+from .volume import DescribedNetwork
 
 ARCHITECTURES: dict[str, type[SegmentationNet]] = {"denseunet": DenseUnet, "resunet": ResUnet, "simunet": SimUnet}
 SHIPPED_BUNDLES = ("segresnet3d",)  # MONAI bundle folders in WEIGHTS_DIR (app/bundle_training.py)
@@ -197,9 +202,6 @@ def bundle_files(folder: Path) -> dict[str, str]:
 
 def load_shipped_bundle(name: str, device: str | torch.device = "cpu"):
     """A shipped bundle as a :class:`models.volume.DescribedNetwork`, every file checked against its manifest first."""
-    from .bundle import load_bundle
-    from .volume import DescribedNetwork
-
     return DescribedNetwork(*load_bundle(verified_bundle_folder(name), device))
 
 
@@ -221,10 +223,6 @@ def load_ensemble(name: str, files: Sequence[str | Path], device: str | torch.de
     """The members of an ensemble: one network per weights file, each of ``name``'s architecture — our weights
     files for a 2D network, or the state dicts of a bundle's network (its ``network_def``, as ``models/model.pt``
     holds them) for a bundle folder or the shipped 3D network. Each file loads with ``weights_only=True``."""
-    from ..data.bundle_metadata import is_bundle
-    from .bundle import load_bundle_weights, read_bundle
-    from .volume import DescribedNetwork
-
     if len(files) < 2:
         raise UsageError(f"--ensemble {','.join(map(str, files))}: an ensemble needs at least two weights files")
     folder = verified_bundle_folder(name) if name in SHIPPED_BUNDLES else Path(name) if is_bundle(name) else None
@@ -255,10 +253,6 @@ def load_model(name: str, weights: str | Path | None = None, device: str | torch
     own file of that architecture, or — when ``name`` is a MONAI bundle folder or an nnU-Net trained-model folder
     (``folds``: which of its folds, :func:`models.nnunet.choose_folds`) — that network with its description
     (:class:`models.volume.DescribedNetwork`); in eval mode on ``device``."""
-    from ..data.bundle_metadata import is_bundle, is_nnunet_folder
-    from .bundle import load_bundle
-    from .volume import DescribedNetwork
-
     if is_nnunet_folder(name):
         if weights:
             raise UsageError("--weights goes with a shipped network; an nnU-Net folder brings its own "
@@ -286,11 +280,6 @@ def load_nnunet(folder: str | Path, folds: str | Sequence[str] | None = None, de
     """The folder's network as a :class:`models.volume.DescribedNetwork`: the first chosen fold's network for the
     layer analyses (``module``), and one member per fold, each mirrored as nnU-Net predicts (``segmenter``), whose
     logits are averaged to segment and whose disagreement is the ensemble's uncertainty (``members``)."""
-    from dataclasses import replace
-
-    from .nnunet import CHECKPOINT, Mirrored, SliceNetwork, build_network, read_checkpoint, read_nnunet_folder, \
-        stage_layers
-    from .volume import DescribedNetwork
 
     read = read_nnunet_folder(folder, folds)
     description = read.description

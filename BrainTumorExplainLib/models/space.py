@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..data.case import Case
-from ..data.resample import resample_case, warn_if_off_space
+from ..data.case import MODALITIES, Case, CaseFiles, find_case_files, load_case
+from ..data.nnunet_resampling import nnunet_resampled_case
+from ..data.preprocess import preprocess
+from ..data.resample import resample_case, same_spacing, space_mismatch, warn_if_off_space
 from .description import CANONICAL_AXES, axis_permutation
+from .volume import DescribedNetwork
 
 if TYPE_CHECKING:
     from ..data.preprocess import Preprocessing
@@ -26,8 +29,6 @@ def training_intensities(network) -> dict | None:
 
 def training_spacing(network) -> tuple[float, float, float] | None:
     """The voxel size (mm, canonical ``z, y, x``) ``network`` was trained at; None when its description has none."""
-    from .volume import DescribedNetwork
-
     if not isinstance(network, DescribedNetwork):
         return tuple(float(s) for s in network.training_spacing_mm)
     description = network.description
@@ -50,7 +51,6 @@ def into_network_space(case: Case, network, resample: bool = True) -> Case:
     if not resample:
         warn_if_off_space(case, spacing, network.architecture)
         return case
-    from .volume import DescribedNetwork
 
     if isinstance(network, DescribedNetwork) and network.description.resampling == "nnunet":
         return _into_nnunet_space(case, network.description, spacing)
@@ -63,10 +63,6 @@ def _into_nnunet_space(case: Case, description, spacing: tuple[float, float, flo
     """An nnU-Net network's case: as it is at the plans' voxel size (the sliding window crops it; an oblique scan is
     taken as stored, as nnU-Net takes it), else resized by nnU-Net's rules (data.nnunet_resampling); a case turned
     into the atlas's pose goes the library's way (data.resample), since nnU-Net has no pose to keep."""
-    from ..data.case import MODALITIES
-    from ..data.nnunet_resampling import nnunet_resampled_case
-    from ..data.resample import same_spacing
-
     if case.original is not None:
         case = case.original
     if case.alignment is not None:
@@ -87,9 +83,6 @@ def prepare_case(source, network, coregister: str = "auto", resample: bool = Tru
     alignment; ``coregister``, ``atlas``, ``brain_mask`` as there), then brought into the network's space
     (:func:`into_network_space`). Returns the case and what the preprocessing did (None for a saved case, which is
     taken as it was saved)."""
-    from ..data.case import CaseFiles, find_case_files, load_case
-    from ..data.preprocess import preprocess
-
     if not isinstance(source, CaseFiles) and str(source).endswith(".npz"):
         return into_network_space(load_case(source), network, resample), None
     files = source if isinstance(source, CaseFiles) else find_case_files(source)
@@ -99,8 +92,6 @@ def prepare_case(source, network, coregister: str = "auto", resample: bool = Tru
 
 def space_summary(case: Case, network) -> dict:
     """What ``summary.json`` says about the space ``network`` saw ``case`` in (see :func:`into_network_space`)."""
-    from ..data.resample import space_mismatch
-
     if case.original is not None:  # a ResampledGrid or an NnUNetGrid
         return case.grid.as_dict()
     spacing = training_spacing(network)

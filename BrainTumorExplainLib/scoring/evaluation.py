@@ -17,6 +17,7 @@ from ..models.space import into_network_space
 from ..progress import progress_bar
 from .lesions import CHALLENGES, DEFAULT_CHALLENGE, LesionRule
 from .metrics import LESION_COUNTS, LESION_METRICS, REGION_METRICS, RegionScore, score_segmentation, scores_as_dict
+from .statistics import mean_interval
 
 
 @dataclass
@@ -76,8 +77,6 @@ def evaluation_as_dict(model_name: str, results: list[CaseEvaluation], failures:
     """The evaluation as ``evaluate --json`` writes it: per case, the means, each mean's bootstrap 95 % interval
     over the cases (:func:`statistics.mean_interval`; lesion counts, which are summed, have none) and the cases that
     failed with their errors."""
-    from .statistics import mean_interval
-
     cases = {r.case_id: scores_as_dict(r.scores) for r in results}
     means = mean_scores(results)
     return {

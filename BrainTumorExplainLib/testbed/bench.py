@@ -37,6 +37,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
@@ -44,12 +45,36 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 import torch
 
+from ..analyses.dissection import DEFAULT_QUANTILE, dissect, dissection_values
+from ..analyses.featviz import FeatvizConfig, Regularisers, load_template, shipped_template_path, visualise_filters
+from ..analyses.gradcam import gradcam_maps, gradcam_volume
+from ..analyses.uncertainty import QUICK, batching, brain_pearson, uncertainty_volume
+from ..app.contract import read_summary
+from ..app.explain import device_name, library_versions
 from ..app.settings import option
-from ..data.case import SAMPLE_CASE, Case, as_case, load_case
+from ..app.stages.scene import run_bundle, unavailable
+from ..data.acquisition import Acquisition, reacquire
+from ..data.atlas import align_to_atlas, rotation_angle_degrees
+from ..data.case import SAMPLE_CASE, Case, as_case, find_case_files, load_case
+from ..data.preprocess import preprocess
+from ..data.resample import raw_sequences
 from ..errors import UsageError
 from ..models import build_model, load_pretrained, test_time_dropout
+from ..models.activations import resolve_layers, upsample_to_input
 from ..models.base import SegmentationNet, evaluating
-from ..models.inference import slice_batches
+from ..models.description import to_network_space
+from ..models.inference import (
+    case_probabilities,
+    labels_from_probabilities,
+    predict_probabilities,
+    segment_input,
+    slice_batches,
+)
+from ..models.nnunet import NnUNetSlidingWindow
+from ..models.registry import load_model
+from ..models.space import into_network_space, prepare_case, training_spacing
+from ..scoring.metrics import score_segmentation
+from .nnunet_example import NNUNET_TO_CLASS, write_model_folder
 
 BENCHMARKS = ("ttd", "gradcam", "dissection", "segmentation", "featviz", "slicer", "space", "gradcam3d",
               "coregistration", "clinical", "nnunet")
@@ -138,8 +163,6 @@ def restricted_to_slices(case: Case, slices: np.ndarray) -> Case:
 
 
 def environment(device: torch.device) -> dict:
-    from ..app.explain import device_name, library_versions
-
     return {"device": device_name(str(device)), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "versions": library_versions(),
             "date": time.strftime("%Y-%m-%d %H:%M %Z"),
@@ -174,8 +197,6 @@ def naive_ttd(model: SegmentationNet, case: Case, slices: np.ndarray, passes: in
 
 
 def bench_ttd(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device) -> list[Measurement]:
-    from ..analyses.uncertainty import QUICK, batching, brain_pearson, uncertainty_volume
-
     slices = evenly_spaced_brain_slices(case, config.slices)
     subset = restricted_to_slices(case, slices)
     work = f"{len(slices)} of {len(case.brain_slices())} brain slices × T={config.passes}, {_grid_text(case)}"
@@ -243,7 +264,6 @@ def captum_gradcam(model: SegmentationNet, images: torch.Tensor, layers: Sequenc
     ReLU, brought onto the slice by the same upsampling as ours: layer → ``(N, len(classes), H, W)``."""
     from captum.attr import LayerGradCam
 
-    from ..models.activations import upsample_to_input
 
     modules = model.analysable_layers()
     height, width = images.shape[-2:]
@@ -261,9 +281,6 @@ def captum_gradcam(model: SegmentationNet, images: torch.Tensor, layers: Sequenc
 
 
 def bench_gradcam(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device) -> list[Measurement]:
-    from ..analyses.gradcam import gradcam_maps
-    from ..models.activations import resolve_layers
-
     layers = resolve_layers(model, "all")
     classes = list(range(4))
     slices = evenly_spaced_brain_slices(case, config.gradcam_slices)
@@ -323,8 +340,6 @@ def dissection_cases(config: BenchConfig, count: int) -> list[Path]:
 
 def _dissection_child(config: BenchConfig, count: int, queue) -> None:
     """In a fresh process: dissect ``count`` volumes; report peak RSS (before and after) and the time."""
-    from ..analyses.dissection import dissect
-
     model = load_bench_model(config)
     device = torch.device(config.device)
     cases = dissection_cases(config, count)
@@ -344,9 +359,6 @@ def exact_thresholds(model: SegmentationNet, cases: Sequence[Case | str | Path],
                      device: torch.device) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per layer: the exact ``quantile`` of each filter over every dissection value of ``cases`` (all held in
     memory — a small set only), and each filter's value range."""
-    from ..analyses.dissection import dissection_values
-    from ..models.activations import resolve_layers
-
     layers = resolve_layers(model, "all")
     values: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     model.eval()
@@ -367,7 +379,6 @@ def exact_thresholds(model: SegmentationNet, cases: Sequence[Case | str | Path],
 
 def bench_dissection(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device
                      ) -> list[Measurement]:
-    from ..analyses.dissection import DEFAULT_QUANTILE
 
     context = multiprocessing.get_context("spawn")
     runs = []
@@ -408,7 +419,6 @@ def bench_dissection(model: SegmentationNet, case: Case, config: BenchConfig, de
 
 def bench_segmentation(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device
                        ) -> list[Measurement]:
-    from ..models.inference import predict_probabilities
 
     slices = evenly_spaced_brain_slices(case, config.slices)
     subset = restricted_to_slices(case, slices)
@@ -425,8 +435,6 @@ def bench_segmentation(model: SegmentationNet, case: Case, config: BenchConfig, 
 
 def bench_featviz(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device
                   ) -> list[Measurement]:
-    from ..analyses.featviz import FeatvizConfig, Regularisers, load_template, shipped_template_path, visualise_filters
-    from ..models.activations import resolve_layers
 
     layers = resolve_layers(model, "all")
     picks = [layers[i] for i in np.linspace(0, len(layers) - 2, config.featviz_filters).round().astype(int)]
@@ -456,8 +464,6 @@ def bench_slicer(model: SegmentationNet, case: Case, config: BenchConfig, device
     name, ours = "Slicer push", "push every output of one explain run into a scene (slicer-core)"
     if config.explain_run is None:
         return [Measurement(name, ours, "", None, None, "", {"skipped": "pass --explain-run OUT (an explain folder)"})]
-    from ..app.contract import read_summary
-    from ..app.stages.scene import run_bundle, unavailable
 
     reason = unavailable()
     if reason:
@@ -479,8 +485,6 @@ def bench_slicer(model: SegmentationNet, case: Case, config: BenchConfig, device
 # -- 6. scans off the network's grid ---------------------------------------------------------------------------
 
 def _acquisitions() -> dict:
-    from ..data.acquisition import Acquisition
-
     return {
         "1.2×0.9×2 mm": Acquisition(spacing_mm=(1.2, 0.9, 2.0)),
         "1.2×0.9×2 mm, edge not re-stripped": Acquisition(spacing_mm=(1.2, 0.9, 2.0), stripped=False),
@@ -494,13 +498,6 @@ def _acquisitions() -> dict:
 
 
 def bench_space(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device) -> list[Measurement]:
-    import warnings
-
-    from ..data.acquisition import reacquire
-    from ..models.inference import case_probabilities, labels_from_probabilities, segment_input
-    from ..models.space import into_network_space
-    from ..scoring.metrics import score_segmentation
-
     if case.files is None or case.labels is None:
         return [Measurement("Off-grid scans", "", "", None, None, "", {"skipped": "needs a case folder with labels"})]
 
@@ -540,10 +537,6 @@ GRADCAM3D_SCALES = (1, 2)  # the case tiled along each axis this many times: onc
 def _gradcam3d_child(scale: int, queue) -> None:
     """In a fresh process: Grad-CAM of every layer and region of the shipped 3D network over the sample case in its
     space, tiled ``scale`` times along each axis; the peak RSS and the time."""
-    from ..analyses.gradcam import gradcam_volume
-    from ..models.registry import load_model
-    from ..models.space import into_network_space
-
     network = load_model(GRADCAM3D_NETWORK)
     case = into_network_space(load_case(SAMPLE_CASE), network)
     def tile(array):
@@ -583,9 +576,6 @@ def bench_gradcam3d(model: SegmentationNet, case: Case, config: BenchConfig, dev
                     ) -> list[Measurement]:
     """On one window: all layers × regions from one forward and one backward per region, against MONAI's GradCAM
     called per (layer, region); then peak memory of the whole-volume maps against the volume's size."""
-    from ..analyses.gradcam import gradcam_maps
-    from ..models.registry import load_model
-
     network = load_model(GRADCAM3D_NETWORK, device=device)
     module, description = network.module, network.description
     layers = list(description.layers.values())
@@ -645,12 +635,7 @@ MOTIONS = ((2.0, 2.0), (5.0, 5.0))  # head motion between series (mm, degrees): 
 
 def bench_coregistration(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device
                          ) -> list[Measurement]:
-    import warnings
 
-    from ..data.acquisition import Acquisition, reacquire
-    from ..models.inference import segment_input
-    from ..models.space import into_network_space
-    from ..scoring.metrics import score_segmentation
 
     if case.files is None or case.labels is None:
         return [Measurement("Co-registration", "", "", None, None, "", {"skipped": "needs a case folder with labels"})]
@@ -694,8 +679,6 @@ def _clinical_scans() -> dict:
     moved between acquisitions, thick slices and oblique or flipped grids (data.acquisition) — the stripped,
     single-grid oblique case of the issue that opened this work, and controls: each slice thickness alone, stripped
     and upright on one grid (what no preprocessing can win back: the slices' own loss)."""
-    from ..data.acquisition import Acquisition
-
     return {
         "skull on (1 mm, upright, no motion)": Acquisition(skull=True, seed=1),
         "10° head, 1×1×3 mm, 2 mm/2° motion, skull on": Acquisition(
@@ -720,15 +703,7 @@ CLINICAL_NETWORKS = ("denseunet", "resunet", "simunet")  # the shipped networks,
 
 def bench_clinical(model: SegmentationNet, case: Case, config: BenchConfig, device: torch.device
                    ) -> list[Measurement]:
-    import warnings
 
-    from ..data.acquisition import reacquire
-    from ..data.atlas import align_to_atlas, rotation_angle_degrees
-    from ..data.preprocess import preprocess
-    from ..data.resample import raw_sequences
-    from ..models.inference import segment_input
-    from ..models.space import into_network_space, training_spacing
-    from ..scoring.metrics import score_segmentation
 
     if case.files is None or case.labels is None:
         return [Measurement("Clinical scans", "", "", None, None, "", {"skipped": "needs a case folder with labels"})]
@@ -807,14 +782,6 @@ def bench_nnunet(model: SegmentationNet, case: Case, config: BenchConfig, device
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: F401 (the peer: a test extra)
     except ImportError:
         return [Measurement("nnU-Net", "ours", "nnUNetPredictor", None, None, "", {"skipped": "nnunetv2 missing"})]
-    from ..analyses.gradcam import gradcam_volume
-    from ..data.case import find_case_files
-    from ..models.description import to_network_space
-    from ..models.inference import case_probabilities, labels_from_probabilities
-    from ..models.nnunet import NnUNetSlidingWindow
-    from ..models.registry import load_model
-    from ..models.space import prepare_case
-    from .nnunet_example import NNUNET_TO_CLASS, write_model_folder
 
     files = find_case_files(config.case)
     spacing = float(load_case(files).spacing[0])

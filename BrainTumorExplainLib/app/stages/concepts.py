@@ -3,11 +3,18 @@ them, each concept's best filter against the dissection's controls (random weigh
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
+from ...analyses.dissection import CONCEPTS as CONCEPT_SOURCES
+from ...analyses.dissection import concept_masks, dissect, filter_concept_masks, ground_truth_of
+from ...data.case import load_case
+from ...models.space import into_network_space
+from ...progress import progress_bar
 from ..contract import CONCEPTS, concept_file, figure_file
+from ..figures import concept_montage, montage_slices
 
 NAME = "concepts"
 FIGURES = ((figure_file("concepts"), "Concept detectors (network dissection)", "The filter that best detects each "
@@ -49,10 +56,6 @@ def controls_summary(dissection) -> dict:
 
 
 def run(run) -> None:
-    from ...analyses.dissection import CONCEPTS as CONCEPT_SOURCES
-    from ...analyses.dissection import concept_masks, filter_concept_masks, ground_truth_of
-    from ..figures import concept_montage
-
     case, dissection = run.case, run.dissection
     if dissection is None:
         run.summary["concepts"] = {"detectors": [], "not_computed": "no dissection of this network: make one with "
@@ -85,13 +88,6 @@ def dissect_job(model, cases: list[Path], work: Path, shown_as: Path, config, mo
     """The ``dissect`` verb (``config``: :class:`app.settings.DissectConfig`): the dissection of ``cases`` into
     ``work`` (published as ``shown_as``) — ``dissection.json``, ``tables/``, ``detectors.json``, each concept's best
     detector's mask per case and ``dissection.png`` on the first — and its table printed."""
-    import json
-
-    from ...analyses.dissection import concept_masks, dissect, filter_concept_masks
-    from ...data.case import load_case
-    from ...models.space import into_network_space
-    from ...progress import progress_bar
-    from ..figures import concept_montage, montage_slices
 
     def prepare(case):
         return into_network_space(case, model, resample)

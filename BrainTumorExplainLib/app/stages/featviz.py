@@ -7,7 +7,23 @@ from pathlib import Path
 
 import numpy as np
 
+from ...analyses.featviz import (
+    FeatvizConfig,
+    Regularisers,
+    input_sequences,
+    load_template,
+    mean_template,
+    regulariser_sweep,
+    save_template,
+    shipped_template_path,
+    spatial_dims,
+    visualise_filters,
+    volume_template,
+)
+from ...data.case import load_case
+from ...models.space import into_network_space
 from ..contract import FEATVIZ
+from ..figures import MODALITY_TITLES, featviz_montage, featviz_sweep
 
 NAME = "featviz"
 FIGURES = ((f"{FEATVIZ}/detectors.png", "What those filters respond to (activation maximisation)", "Pre-images that "
@@ -17,8 +33,6 @@ FIGURES = ((f"{FEATVIZ}/detectors.png", "What those filters respond to (activati
 def write_visualisations(runs: dict, folder: Path, name: str, title: str, about: dict) -> list[Path]:
     """``<name>.npz`` (the pre-images and their targets), ``<name>.json`` (activations, settings) and ``<name>.png``
     in ``folder`` (the ``featviz`` verb writes them too)."""
-    from ..figures import featviz_montage
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     targets = next(iter(runs.values())).targets
@@ -31,22 +45,11 @@ def write_visualisations(runs: dict, folder: Path, name: str, title: str, about:
 
 def visualise(model, targets: list, config, regularisers, template, progress: bool = False) -> dict:
     """The two runs every figure compares: unregularised, and with ``regularisers`` (and the style template)."""
-    from ...analyses.featviz import Regularisers, visualise_filters
-
     return {"unregularised": visualise_filters(model, targets, Regularisers.none(), config, progress=progress),
             "regularised": visualise_filters(model, targets, regularisers, config, template, progress=progress)}
 
 
 def run(run) -> None:
-    from ...analyses.featviz import (
-        FeatvizConfig,
-        Regularisers,
-        load_template,
-        shipped_template_path,
-        spatial_dims,
-        volume_template,
-    )
-
     picks = run.handed_on.get("detectors")
     if not picks:
         run.summary["featviz"] = {"not_computed": "no concept detectors to visualise"}
@@ -69,9 +72,6 @@ def job(model, targets: list, config, regularisers, template, work: Path, shown_
     """The ``featviz`` verb: the pre-images of ``targets`` ((layer, filter) pairs), unregularised and regularised,
     into ``work`` as ``featviz_<layer>.png/.npz/.json`` (published as ``shown_as``); with ``sweep``, the regulariser
     sweep of the first target (Figure 13) as ``sweep_<layer>_<filter>.png``."""
-    from ...analyses.featviz import regulariser_sweep
-    from ..figures import MODALITY_TITLES, featviz_sweep
-
     runs = visualise(model, targets, config, regularisers, template, progress=True)
     layer = layer or "+".join(sorted({name for name, _ in targets}))
     for label, found in runs.items():
@@ -94,10 +94,6 @@ def template_job(folders: list[Path], target, model=None, size: int | None = Non
     """The ``template`` verb: the mean image of the cases in ``folders`` (read one at a time) — the z-scored
     sequences over every brain slice, or, for a 3D ``model``, its inputs over each case's brain box, resized to
     ``size`` per side — then written to ``target`` (an :class:`outputs.OutputFile`)."""
-    from ...analyses.featviz import input_sequences, mean_template, save_template, spatial_dims, volume_template
-    from ...data.case import load_case
-    from ...models.space import into_network_space
-
     volume = model is not None and spatial_dims(model) == 3
     case_ids: list[str] = []
 

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
+from ...analyses import CONTROL_SEED
+from ...analyses.controls import random_weights
+from ...analyses.gradcam import (
+    gradcam_volume,
+    localisation,
+    localisation_as_dict,
+    localisation_controls,
+    raw_input_volume,
+)
+from ...errors import UsageError
+from ...models.interface import analysed
+from ...progress import progress_bar
 from ..contract import GRADCAM, figure_file, gradcam_file, gradcam_key
+from ..figures import gradcam_montage, localisation_curves
 
 NAME = "gradcam"
 FIGURES = (
@@ -19,8 +34,6 @@ FIGURES = (
 def write_maps(cams, case, folder: Path, progress: bool = False, full_resolution: bool = False) -> list[Path]:
     """Every ``(layer, class)`` map as ``<layer>_<class>.nii.gz`` in ``folder`` (the ``gradcam`` verb writes them
     too): 8-bit levels with the map's own scale, float32 with ``full_resolution`` (:meth:`ReferenceGrid.write`)."""
-    from ...progress import progress_bar
-
     return [case.grid.write(cam, Path(folder) / gradcam_file(layer, gradcam_key(cams.name(class_index))),
                             quantised=not full_resolution)
             for (layer, class_index), cam in progress_bar(cams.maps.items(), "write NIfTI" if progress else None,
@@ -28,18 +41,11 @@ def write_maps(cams, case, folder: Path, progress: bool = False, full_resolution
 
 
 def summarise(cams, table) -> dict:
-    from ...analyses.gradcam import localisation_as_dict
-
     return {"target": cams.target, "pool": cams.pool, "layers": cams.layers,
             "classes": [cams.name(c) for c in cams.classes], "localisation": localisation_as_dict(table)}
 
 
 def run(run) -> None:
-    from ...analyses.gradcam import localisation
-    from ...errors import UsageError
-    from ...models.interface import analysed
-    from ..figures import gradcam_montage, localisation_curves
-
     try:
         analysed(run.model, "Grad-CAM")  # a TorchScript network has no hooks
     except UsageError as unavailable:
@@ -70,8 +76,6 @@ def compute(model, case, layers: str, classes, target: str, pool: str, slices=No
     """Grad-CAM of ``layers`` (names, or "all") for ``model`` — the ``explain`` stage and the ``gradcam`` verb both
     call this (:func:`analyses.gradcam.gradcam_volume`: a 2D network over ``slices``, default every brain slice, for
     ``classes``; a described 3D network over its windows, for every output channel)."""
-    from ...analyses.gradcam import gradcam_volume
-
     return gradcam_volume(model, case, layers, classes, target, slices=slices, batch_size=batch_size,
                           progress=progress, pool=pool)
 
@@ -81,10 +85,6 @@ def job(models: dict, case, classes, slices: list[int], work: Path, shown_as: Pa
     """The ``gradcam`` verb: for each network of ``models`` (name → network), the montages of ``slices`` into
     ``work/<name>/`` and — with ``volume`` — every map on the case's grid, ``localisation.json`` with its controls,
     and the top-down curves of all of them (``work/topdown.png``); ``shown_as``: where ``work`` is published."""
-    import json
-
-    from ...analyses.gradcam import localisation
-    from ..figures import gradcam_montage, localisation_curves
 
     # Volume mode computes every brain slice (and any montage slice outside the brain) in one pass; the montages are
     # cut from it. Without it, the montage slices only.
@@ -122,12 +122,6 @@ def control_localisation(model, case, cams, compute) -> dict:
     (:mod:`analyses.controls`): the same Grad-CAM of the architecture with random weights — ``compute(network,
     slices)`` makes it — and the raw input channels, against the trained maps over the same slices (a 2D network's
     every 4th, to keep the cost at a quarter of the maps': :meth:`models.interface.AnalysedNetwork.control_slices`)."""
-    from dataclasses import replace
-
-    from ...analyses import CONTROL_SEED
-    from ...analyses.controls import random_weights
-    from ...analyses.gradcam import localisation, localisation_controls, raw_input_volume
-    from ...models.interface import analysed
 
     network = analysed(model)
     slices = network.control_slices(cams.slices)

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+from ...analyses import review
+from ...analyses.review import DETERMINISTIC_ENTROPY, CamStack, on_input_grid
+from ...analyses.uncertainty import decision_entropy, deterministic_entropy, output_kind
 from ..contract import REVIEW, figure_file, last_explained_layer
+from ..figures import review_figure
 
 NAME = "review"
 FIGURES = ((figure_file("review"), "Where to look", "The review regions ranked first (no ground truth needed): "
@@ -15,9 +19,6 @@ SHOWN = 6  # regions drawn in the figure
 def inputs(run) -> dict:
     """What the earlier stages handed on, on the input grid: the labels, the uncertainty maps with the
     deterministic entropy beside them, the Grad-CAM maps and the concept masks (released once read)."""
-    from ...analyses.review import DETERMINISTIC_ENTROPY, CamStack, on_input_grid
-    from ...analyses.uncertainty import decision_entropy, deterministic_entropy, output_kind
-
     case, handed = run.case, run.handed_on
     volume = handed.pop("uncertainty")
     maps = {name: on_input_grid(case, array) for name, array in volume.maps().items()}
@@ -38,9 +39,6 @@ def inputs(run) -> dict:
 
 
 def run(run) -> None:
-    from ...analyses import review
-    from ..figures import review_figure
-
     as_read = run.case.as_read
     found = inputs(run)
     labels, maps, scores = found["labels"], found["maps"], found["scores"]

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ...models.inference import network_outputs, segment_input
+from ...scoring.baseline import threshold_segmentation
+from ...scoring.metrics import score_segmentation, scores_as_dict
 from ..contract import SEGMENTATION, figure_file
+from ..figures import case_montage
 
 NAME = "segmentation"
 FIGURES = ((figure_file("segmentation"), "Segmentation", "The four sequences, the ground truth (when present) and "
@@ -18,19 +22,12 @@ def segment(model, case, path: Path, progress: bool = False, outputs=None) -> tu
     """Segment ``case`` and write the labels on its input grid in its convention (``segment`` does this too);
     returns the labels on the grid the network saw and on the input grid (:func:`models.inference.segment_input`;
     ``outputs``: the network's, when already computed)."""
-    from ...models.inference import segment_input
-
     labels, on_input = segment_input(model, case, progress=progress, outputs=outputs)
     case.as_read.write_labels(on_input, path)
     return labels, on_input
 
 
 def run(run) -> None:
-    from ...models.inference import network_outputs
-    from ...scoring.baseline import threshold_segmentation
-    from ...scoring.metrics import score_segmentation, scores_as_dict
-    from ..figures import case_montage
-
     case, as_read = run.case, run.case.as_read
     outputs = network_outputs(run.model, case)
     labels, on_input = segment(run.model, case, run.work / SEGMENTATION, outputs=outputs)

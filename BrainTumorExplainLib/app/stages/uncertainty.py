@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
-from ..contract import figure_file, uncertainty_file
+from ...analyses.uncertainty import (
+    brain_pearson,
+    deterministic_control,
+    ensemble_uncertainty,
+    uncertainty_error_analysis,
+    uncertainty_volume,
+)
+from ...version import __version__
+from ..contract import SEGMENTATION, SUMMARY, figure_file, uncertainty_file
+from ..figures import error_by_uncertainty, uncertainty_figure
 
 NAME = "uncertainty"
 METHODS = {"dropout": "test-time dropout (epistemic)",
@@ -33,8 +44,6 @@ def summarise(volume, case, mode: str, seed: int, model=None, probabilities=None
     the maps by), mode, seed, passes (or members) per slice, and — with ground truth — the uncertainty-error
     analysis, with ``model``'s deterministic control beside it (``error_analysis.control``; ``probabilities``: its
     deterministic prediction, when already made)."""
-    from ...analyses.uncertainty import deterministic_control, uncertainty_error_analysis
-
     used = volume.passes[volume.passes > 0]
     summary = {"method": METHODS[volume.method], "source": SOURCES[volume.method], "mode": mode, "seed": seed,
                "passes": {"min": int(used.min()), "mean": round(float(used.mean()), 1), "max": int(used.max())}}
@@ -46,8 +55,6 @@ def summarise(volume, case, mode: str, seed: int, model=None, probabilities=None
 
 
 def draw(volume, case, summary: dict, uncertainty_png: Path, errors_png: Path, title: str) -> None:
-    from ..figures import error_by_uncertainty, uncertainty_figure
-
     uncertainty_figure(case, volume.labels, volume.variance, uncertainty_png, title=title)
     if "error_analysis" in summary:
         error_by_uncertainty(summary["error_analysis"], errors_png)
@@ -58,8 +65,6 @@ def compute(model, case, passes: int, quick: bool, seed: int, ensemble: dict | N
     """The ``explain`` stage and the ``uncertainty`` verb both call this: the ensemble's disagreement when members
     (weights file → network) are given; else test-time dropout when the network has some (``passes``, or quick —
     :func:`analyses.uncertainty.uncertainty_volume` says how for each kind of network), else its mirrorings."""
-    from ...analyses.uncertainty import ensemble_uncertainty, uncertainty_volume
-
     if ensemble:
         return ensemble_uncertainty(list(ensemble.values()), case, progress=progress)
     return uncertainty_volume(model, case, passes=passes, quick=quick, seed=seed, slices_per_batch=slices_per_batch,
@@ -86,12 +91,6 @@ def job(model, case, work: Path, shown_as: Path, *, model_name: str, passes: int
     """The ``uncertainty`` verb: :func:`compute`, then the labels of the mean prediction, the maps, the figures and
     ``summary.json`` into ``work`` (published as ``shown_as``); with ``agreement`` (when quick), the full ``passes``
     too and the Pearson r of the two runs' maps in the brain. ``members``: weights file → network, an ensemble."""
-    import json
-    import time
-
-    from ...analyses.uncertainty import brain_pearson
-    from ...version import __version__
-    from ..contract import SEGMENTATION, SUMMARY
 
     def timed(quick: bool):
         start = time.perf_counter()
