@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FAST_EXPLAIN
 
 from BrainTumorExplainLib.app.cli import main
 from BrainTumorExplainLib.app.contract import (
@@ -38,8 +39,8 @@ def runs(small_phantom, tmp_path_factory):
     case = str(small_phantom.flair.parent)
     root = tmp_path_factory.mktemp("contract")
     assert main(["dissect", "--data", case, *FAST[:5], "--layers", LAYERS, "--out", str(root / "dissect")]) == 0
-    assert main(["explain", case, *FAST, "--layers", LAYERS, "--full", "-T", "2", "--featviz-steps", "3",
-                 "--featviz-size", "32", "--dissection", str(root / "dissect" / "dissection.json"), "--no-scene",
+    assert main(["explain", case, *FAST_EXPLAIN, "--seed", "0", "--dissection",
+                 str(root / "dissect" / "dissection.json"), "--no-scene",
                  "--progress", "json", "--out", str(root / "explain")]) == 0
     assert main(["segment", case, *FAST[:5], "--out", str(root / "segment.nii.gz")]) == 0
     assert main(["uncertainty", case, *FAST, "--full", "-T", "2", "--out", str(root / "uncertainty")]) == 0
@@ -112,8 +113,8 @@ def test_progress_events_and_the_summary_schema(runs, capsys):
 
 def test_json_progress_is_one_event_per_line_on_stdout(small_phantom, tmp_path):
     result = subprocess.run([sys.executable, "-m", "BrainTumorExplainLib", "explain", str(small_phantom.flair.parent),
-                             *FAST, "--layers", "dec1", "--full", "-T", "2", "--featviz-steps", "2", "--featviz-size",
-                             "32", "--no-scene", "--progress", "json", "--out", str(tmp_path / "run")],
+                             *FAST_EXPLAIN, "--layers", "dec1", "--featviz-steps", "2", "--no-scene",
+                             "--progress", "json", "--out", str(tmp_path / "run")],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     events = [parse_event(line) for line in result.stdout.splitlines()]
@@ -152,8 +153,8 @@ def test_a_wheel_installs_everything_explain_needs_for_its_scene(small_phantom, 
     assert all((site / "BrainTumorExplainLib" / "weights" / "segresnet3d" / name).is_file() for name in shipped)
     out = tmp_path / "run"
     result = subprocess.run([str(python), "-m", "BrainTumorExplainLib", "explain", str(small_phantom.flair.parent),
-                             *FAST, "--layers", "dec1", "--full", "-T", "2", "--featviz-steps", "2", "--featviz-size",
-                             "32", "--scene", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path,
+                             *FAST_EXPLAIN, "--layers", "dec1", "--featviz-steps", "2", "--scene", "--out", str(out)],
+                            capture_output=True, text=True, cwd=tmp_path,
                             env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     sys.path.insert(0, str(ROOT / "BrainTumorExplain"))

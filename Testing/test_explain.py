@@ -12,10 +12,9 @@ import SimpleITK as sitk
 import torch
 
 from BrainTumorExplainLib.app.cli import main
+from conftest import FAST_EXPLAIN
 
-# The 3 mm test phantom stays at 3 mm (the networks were trained at 1 mm): the run, not accuracy, is under test.
-FAST = ["--model", "resunet", "--layers", "enc2,dec1", "--full", "-T", "2", "--featviz-steps", "3",
-        "--featviz-size", "32", "--no-resample"]
+FAST = FAST_EXPLAIN
 
 
 def _grid(path):
@@ -24,10 +23,8 @@ def _grid(path):
 
 
 @pytest.fixture(scope="module")
-def explained(small_phantom, tmp_path_factory):
-    out = tmp_path_factory.mktemp("explain") / "run"
-    assert main(["explain", str(small_phantom.flair.parent), *FAST, "--out", str(out)]) == 0
-    return out
+def explained(explained_phantom):
+    return explained_phantom
 
 
 def test_every_output_is_on_the_case_grid_and_named_as_documented(explained, small_phantom):
@@ -112,7 +109,7 @@ def test_runs_are_never_mixed_and_failures_leave_nothing(explained, small_phanto
     assert main(["explain", str(small_phantom.flair.parent), *FAST, "--out", str(out)]) == 2
     assert "exists" in capsys.readouterr().err and (out / "summary.json").read_bytes() == before
     failing = out.with_name("failing")
-    assert main(["explain", str(small_phantom.flair.parent), *FAST[:2], "--layers", "enc9", *FAST[4:],
+    assert main(["explain", str(small_phantom.flair.parent), *FAST, "--layers", "enc9",
                  "--out", str(failing)]) == 2
     assert "valid layers" in capsys.readouterr().err
     assert not failing.exists() and not failing.with_name("failing.partial").exists()

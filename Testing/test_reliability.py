@@ -20,16 +20,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import synthetic_case, write_image
+from conftest import FAST_EXPLAIN, synthetic_case, write_image
 
 from BrainTumorExplainLib.app.cli import main
 from BrainTumorExplainLib.data.case import CaseError, load_case, read_label_file
 from BrainTumorExplainLib.models import WeightsError, build_model, load_weights, save_weights
 from BrainTumorExplainLib.outputs import OutputFolder
 
-# The 3 mm test phantom stays at 3 mm (the networks were trained at 1 mm): reliability, not accuracy, is under test.
-FAST = ["--model", "resunet", "--no-resample", "--layers", "enc2,dec1", "--full", "-T", "2", "--featviz-steps", "3",
-        "--featviz-size", "32", "--device", "cpu"]
+FAST = list(FAST_EXPLAIN)
 SEGMENT = ["--model", "resunet", "--device", "cpu", "--no-resample"]
 
 
@@ -525,14 +523,14 @@ def test_sequences_too_small_to_register_are_kept_as_acquired(tmp_path):
 
 # -- the Slicer logic (slicer-core) --------------------------------------------------------------------------------------
 @pytest.fixture
-def pushed(scene, small_phantom, tmp_path):
-    """An explain run folder and the case's nodes in the scene, with the FLAIR's geometry recorded."""
+def pushed(scene, small_phantom, explained_phantom, tmp_path):
+    """An explain run folder (a copy of the shared run: tests here break it) and the case's nodes in the scene, with
+    the FLAIR's geometry recorded."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "BrainTumorExplain"))
     import slicer
     from BrainTumorExplainLogic import ReferenceGeometry, load_case_nodes
 
-    run = tmp_path / "run"
-    assert main(["explain", str(small_phantom.flair.parent), *FAST, "--no-scene", "--out", str(run)]) == 0
+    run = Path(shutil.copytree(explained_phantom, tmp_path / "run"))
     nodes = load_case_nodes(scene, small_phantom.flair.parent)
     slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)  # the scene's own, as in desktop Slicer
     return run, nodes, ReferenceGeometry(nodes.volumes["flair"])
