@@ -1,8 +1,9 @@
 """The settings of a run, stated once: names, defaults, allowed values and help.
 
-``explain``'s command-line options are built from :class:`ExplainConfig`'s fields (:func:`add_config_options`), the
-Slicer panel passes a config back as arguments (:meth:`ExplainConfig.arguments`), and the panel's choices are the
-tuples below — so adding an option is one field here. torch is not imported here (the Slicer module reads this).
+``explain``'s command-line options are built from :class:`ExplainConfig`'s fields (:func:`add_config_options`; every
+other verb's from its settings in :mod:`app.verbs` the same way), the Slicer panel passes a config back as arguments
+(:meth:`ExplainConfig.arguments`), and the panel's choices are the tuples below — so adding an option is one field
+here. torch is not imported here (the Slicer module reads this).
 """
 
 from __future__ import annotations
