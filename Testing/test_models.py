@@ -42,7 +42,7 @@ def test_any_slice_size_gives_four_class_maps_of_the_same_size(tiny, height, wid
 
 
 def test_wrong_input_channels_are_refused(tiny):
-    with pytest.raises(ValueError, match=r"expected input \(N, 4, H, W\)"):
+    with pytest.raises(ValueError, match=r"expected images \(N, 4, H, W\)"):
         tiny[1](torch.randn(1, 3, 32, 32))
 
 
