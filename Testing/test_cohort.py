@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from BrainTumorExplainLib.app.cli import main
 from BrainTumorExplainLib.app.cohort import FIGURE, PAGE, SETTINGS, STATISTICS, TABLE, dataset_cases
+from BrainTumorExplainLib.app.contract import SUMMARY
 from BrainTumorExplainLib.scoring.statistics import mean_interval
 
 # the cheapest explain: one Grad-CAM layer, quick dropout, two pre-image steps, no scene
@@ -176,3 +177,73 @@ def test_segment_over_a_dataset_writes_each_case_and_resumes(dataset, tmp_path, 
     assert "a cohort made with other settings" in capsys.readouterr().err
     assert main(["explain", str(dataset), *CHEAP, "--out", str(out)]) == 2  # another verb
     assert "a cohort of segment, not of explain" in capsys.readouterr().err
+
+
+def _torchrun(*arguments: str, ranks: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=RANKS -m BrainTumorExplainLib ARGUMENTS`` (gloo on the CPU)."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+                           "-m", "BrainTumorExplainLib", *arguments], capture_output=True, text=True, timeout=600)
+
+
+def _without_times(value):
+    """A summary without its ``seconds`` entries, at any depth, its floats to 12 digits (ITK's registration metric
+    sums over its own threads in whatever order they finish: the last digits of a misalignment vary run to run)."""
+    if isinstance(value, dict):
+        return {key: _without_times(item) for key, item in value.items() if key != "seconds"}
+    if isinstance(value, list):
+        return [_without_times(item) for item in value]
+    return (("nan" if value != value else float(f"{value:.12g}")) if isinstance(value, float)  # NaN equals NaN
+            else value)
+
+
+def _comparable_rows(out: Path) -> list[dict]:
+    """cohort.csv without what a rerun changes anyway (times, and the sizes that carry them)."""
+    with (out / TABLE).open() as table:
+        return [{key: value for key, value in row.items() if not key.startswith("seconds_") and key != "megabytes"}
+                for row in csv.DictReader(table)]
+
+
+def test_two_ranks_under_torchrun_write_what_one_process_writes(dataset, tmp_path):
+    """Issue 39: each rank explains its share of the cases; rank 0 writes the cohort files after every rank is done;
+    the result equals one process's run on as many threads as a rank (one here: float sums in the same order) file
+    for file — every volume byte for byte, each summary and the table but for the times — and a rerun skips the
+    finished cases."""
+    alone, out = tmp_path / "alone", tmp_path / "out"
+    single = subprocess.run([sys.executable, "-m", "BrainTumorExplainLib", "explain", str(dataset), *CHEAP, "--out",
+                             str(alone)], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert single.returncode == 0, single.stderr[-3000:]
+    done = _torchrun("explain", str(dataset), *CHEAP, "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _files(out) == _files(alone)
+    for volume in alone.rglob("*.nii.gz"):
+        assert volume.read_bytes() == (out / volume.relative_to(alone)).read_bytes(), volume
+    for summary in alone.glob(f"*/{SUMMARY}"):
+        ours, theirs = (json.loads(path.read_text()) for path in (out / summary.relative_to(alone), summary))
+        assert _without_times(ours) == _without_times(theirs)
+    assert _comparable_rows(out) == _comparable_rows(alone)
+    assert done.stdout.count("cohort ") == 1  # rank 0 says how it went, once
+    again = _torchrun("explain", str(dataset), *CHEAP, "--out", str(out))  # a rerun skips the finished cases
+    assert again.returncode == 0 and "2 of 2 cases done (2 by an earlier run)" in again.stdout, again.stderr[-2000:]
+
+
+def test_a_broken_case_under_two_ranks_is_listed_once_and_fails_the_job(dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    broken = sorted(p for p in data.iterdir() if p.is_dir())[1]
+    next(broken.glob("*_t2.nii.gz")).write_bytes(b"not an image")
+    out = tmp_path / "out"
+    done = _torchrun("explain", str(data), *CHEAP, "--out", str(out))
+    assert done.returncode != 0
+    assert done.stderr.count(f"error: {broken}") == 1 and "cannot read t2 image" in done.stderr
+    statistics = json.loads((out / STATISTICS).read_text())
+    assert statistics["done"] == 1 and [failed["case"] for failed in statistics["failed"]] == [broken.name]
+
+
+def test_each_rank_takes_its_share_of_the_unfinished_cases():
+    from BrainTumorExplainLib.app.ranks import Ranks
+
+    cases = [f"case{i}" for i in range(7)]
+    shares = [Ranks(rank, 3).share(cases) for rank in range(3)]
+    assert sorted(sum(shares, [])) == cases and max(map(len, shares)) - min(map(len, shares)) <= 1
+    assert Ranks().share(cases) == cases and Ranks().leader and not Ranks(1, 2).leader

@@ -34,6 +34,7 @@ from ..version import __version__
 from .contract import REPORT, SUMMARY
 from .explain import explain, load_network
 from .figures import cohort_scores
+from .ranks import joined
 from .settings import ExplainConfig
 
 SETTINGS = "cohort_settings.json"
@@ -110,7 +111,9 @@ def segment_cohort(cases: list[Path], out: str | Path, arguments: list[str], seg
 def run_cohort(cases: list[Path], out: str | Path, producer: str, arguments: list[str], run_case, progress: bool,
                report, dataset: str | Path | None) -> dict[str, str]:
     """Every case not finished yet through ``run_case(case, OUT/<case-id>)``, which publishes that folder whole
-    or not at all (see the module notes); returns case → error of those that failed."""
+    or not at all (see the module notes); returns case → error of those that failed. Under torchrun each rank runs
+    its share of the unfinished cases (:class:`app.ranks.Ranks`); rank 0 records the settings, reports the skipped
+    cases and draws the progress, and every rank returns the failures of all."""
     names = [case.name for case in cases]
     if len(set(names)) < len(names):
         twice = sorted({name for name in names if names.count(name) > 1})
@@ -118,21 +121,32 @@ def run_cohort(cases: list[Path], out: str | Path, producer: str, arguments: lis
                          "the same OUT/<case-id>/: list each case once")
     out = Path(out)
     check_not_an_input(out, [dataset, *cases])
-    _record_settings(out, producer, arguments)
-    failures = {}
-    for case in progress_bar(cases, "cases" if progress else None, unit="case"):
-        destination = out / case.name
-        if _finished(destination):
-            report(case, "skipped", "finished by an earlier run")
-            continue
+    ranks = joined()
+    refused = None
+    if ranks.leader:
         try:
-            run_case(case, destination)
+            _record_settings(out, producer, arguments)
+        except InputError as error:
+            refused = error
+    refused = ranks.from_leader(refused)
+    if refused is not None:
+        raise refused
+    pending = [case for case in cases if not _finished(out / case.name)]
+    ranks.gathered(None)  # every rank has listed the finished cases before any publishes one
+    if ranks.leader:
+        for case in cases:
+            if case not in pending:
+                report(case, "skipped", "finished by an earlier run")
+    failures = {}
+    for case in progress_bar(ranks.share(pending), "cases" if progress and ranks.leader else None, unit="case"):
+        try:
+            run_case(case, out / case.name)
         except InputError as error:  # the case's own problem (unreadable, missing, refused): the others go on
             failures[case.name] = str(error)
             report(case, "failed", str(error))
             continue
         report(case, "done", "")
-    return failures
+    return {name: error for found in ranks.gathered(failures) for name, error in found.items()}
 
 
 def _record_settings(out: Path, producer: str, arguments: list[str]) -> None:
@@ -190,7 +204,13 @@ def case_row(case: Path, out: Path, error: str | None = None) -> dict:
 
 def write_cohort(out: Path, cases: list[Path], failures: dict[str, str]) -> dict:
     """``cohort.csv``, ``cohort.json`` and ``cohort.html`` of the cases in ``out`` (``failures``: case → error of
-    those that failed in this run); returns ``cohort.json``'s content."""
+    those that failed in this run), written by rank 0 once every rank is done; returns ``cohort.json``'s content (on
+    every rank)."""
+    ranks = joined()
+    return ranks.from_leader(_write_cohort(out, cases, failures) if ranks.leader else None)
+
+
+def _write_cohort(out: Path, cases: list[Path], failures: dict[str, str]) -> dict:
     rows = [case_row(case, out, failures.get(case.name)) for case in cases]
     columns = list(dict.fromkeys(key for row in rows for key in row))
     table = io.StringIO()

@@ -56,6 +56,7 @@ from .contract import PREPROCESSING, SEGMENTATION, SUMMARY
 from .explain import check_choices, preprocessing_summary, write_preprocessing
 from .explain import explain as explain_case
 from .figures import case_montage, montage_slices
+from .ranks import joined
 from .report import headline_lines, preparation_lines, preprocessing_lines
 from .training import train as train_network
 from .settings import DissectConfig, ExplainConfig, check_number, resolve_device, resolve_quick, split_files
@@ -185,14 +186,15 @@ def explain(inputs: ExplainInputs, config: ExplainConfig) -> int:
 def _cohort(run, out: Path, finished: str) -> int:
     """A cohort run — ``run(report)`` returns its ``cohort.json`` content — then how it went: the cases ``finished``
     (and how many by an earlier run), the mean Dice per region with its interval, where the table and page are;
-    every failed case as an ``error:`` line, and exit status 2 when any failed."""
-
+    every failed case as an ``error:`` line, and exit status 2 when any failed. Under torchrun rank 0 says it for
+    every rank, and every rank exits with that status."""
     seen: dict[str, list[str]] = {"failed": [], "skipped": [], "done": []}
     statistics = run(lambda case, status, message: seen[status].append(message))
-    print("\n".join(summary_lines(statistics, out, finished, len(seen["skipped"]))))
-    for message in seen["failed"]:
-        print(f"error: {message}", file=sys.stderr)
-    return 2 if seen["failed"] else 0
+    if joined().leader:
+        print("\n".join(summary_lines(statistics, out, finished, len(seen["skipped"]))))
+        for failed in statistics["failed"]:
+            print(f"error: {failed['error']}", file=sys.stderr)
+    return 2 if statistics["failed"] else 0
 
 
 def _mask_file(options: CasePreparation) -> Path | None:

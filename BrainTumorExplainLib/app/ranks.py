@@ -1,0 +1,73 @@
+"""The processes of one run under ``torchrun``: PyTorch's own engine for many processes (``torch.distributed``; gloo on
+CPUs, NCCL on GPUs), from a laptop (``torchrun --standalone --nproc_per_node=K``) to a cluster (``--nnodes``, or
+``srun torchrun`` under SLURM). torchrun describes the run in the environment (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``); without it a run is one process and nothing
+here does anything.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the run's: ``rank`` of ``size`` (0 of 1 alone)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0: the one that writes what concerns the whole run (settings, summaries) and draws progress."""
+        return self.rank == 0
+
+    def share(self, items: Sequence) -> list:
+        """This rank's items: every ``size``-th from its own rank on (the same split on every rank; the shares
+        differ by one item at most)."""
+        return list(items[self.rank::self.size])
+
+    def gathered(self, value) -> list:
+        """Every rank's ``value`` (picklable), in rank order, on every rank — a barrier too."""
+        if self.size == 1:
+            return [value]
+        found = [None] * self.size
+        dist.all_gather_object(found, value)
+        return found
+
+    def from_leader(self, value):
+        """Rank 0's ``value`` on every rank."""
+        return self.gathered(value)[0]
+
+
+def joined() -> Ranks:
+    """The run's ranks: under torchrun, this process joins the group torchrun describes (once; gloo, or NCCL on its
+    own GPU ``cuda:LOCAL_RANK`` when CUDA is there) and takes its share of the CPU cores (torch's threads: the cores
+    over the processes on this machine)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return Ranks()
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank())
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(dist.destroy_process_group)  # as PyTorch asks, before the process ends
+        per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_machine))
+    return Ranks(dist.get_rank(), dist.get_world_size())
+
+
+def local_rank() -> int:
+    """This process's index on its machine (torchrun's ``LOCAL_RANK``; 0 alone): which GPU it takes."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def own_gpu() -> str:
+    """The GPU ``--device auto`` means: this rank's own under torchrun, else the first."""
+    return f"cuda:{local_rank()}" if "LOCAL_RANK" in os.environ else "cuda"
