@@ -160,13 +160,15 @@ def test_only_the_models_layer_tells_the_kinds_of_network_apart():
                         f"{path.relative_to(ROOT)}:{node.lineno} tells network kinds apart: {ast.unparse(node)}"
 
 
+def _module_name(path: Path) -> str:
+    """A library file's dotted module name (a package's ``__init__.py``: the package)."""
+    parts = path.with_suffix("").relative_to(ROOT).parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def _import_graph() -> dict[str, set[str]]:
     """Library module → the library modules it imports: every import statement, those inside functions too."""
-    def name_of(path: Path) -> str:
-        parts = path.with_suffix("").relative_to(ROOT).parts
-        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-    modules = {name_of(path): path for path in LIBRARY.rglob("*.py")}
+    modules = {_module_name(path): path for path in LIBRARY.rglob("*.py")}
     graph = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
@@ -222,11 +224,10 @@ DEFERRED_BECAUSE = {
 def test_imports_wait_inside_functions_only_for_a_stated_reason():
     """Issue 38: a deferred import hides what a module stands on. One waits only for a package of DEFERRED_BECAUSE,
     or — a library module — inside a module the Slicer panel imports at start (where it keeps torch out)."""
-    loaded_at_start = {".".join(path.with_suffix("").relative_to(ROOT).parts).removesuffix(".__init__")
-                       for path in loaded_with_the_module(ROOT) if LIBRARY in path.parents}
+    loaded_at_start = {_module_name(path) for path in loaded_with_the_module(ROOT) if LIBRARY in path.parents}
     unexplained = []
     for path in LIBRARY.rglob("*.py"):
-        module = ".".join(path.with_suffix("").relative_to(ROOT).parts).removesuffix(".__init__")
+        module = _module_name(path)
         for function in ast.walk(ast.parse(path.read_text())):
             if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue

@@ -20,8 +20,8 @@ For filter ``k`` of layer ``l``:
 * IoU against every concept with ground truth (eq. 2): *explicit* — WT, TC, ET, ED, NCR (from the labels);
   *implicit* — brain (the brain mask), WM, GM, CSF (from a phantom's tissue map). Dataset-wide IoU is
   Σ|M ∩ G| / Σ|M ∪ G| over all images (slices); the per-image statistic is the mean IoU over the images where the
-  concept is present. A filter's IoU reaches the concept when its dataset-wide IoU ≥ ``iou_cutoff`` (0.04, as in Network
-  Dissection).
+  concept is present. A filter's IoU reaches the concept when its dataset-wide IoU ≥ ``iou_cutoff`` (0.04, as in
+  Network Dissection).
 * **Controls** (:mod:`controls`): the same dissection of the architecture with random weights and of the raw input
   channels. A filter *detects* a concept — is reported as a learned detector — only when its IoU also beats the best
   control for that concept (the highest IoU any control filter of any layer reaches) by ``margin`` (0.05 IoU): over

@@ -54,7 +54,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m BrainTumorExplainLib", description="Explain brain-tumour segmentation networks (Natekar et al. 2020).")
+    parser = _Parser(prog="python -m BrainTumorExplainLib",
+                     description="Explain brain-tumour segmentation networks (Natekar et al. 2020).")
     parser.add_argument("--version", action="version", version=f"BrainTumorExplainLib {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
     for verb, (job, settings) in VERBS.items():

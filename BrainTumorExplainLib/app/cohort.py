@@ -131,12 +131,12 @@ def run_cohort(cases: list[Path], out: str | Path, producer: str, arguments: lis
     refused = ranks.from_leader(refused)
     if refused is not None:
         raise refused
-    pending = [case for case in cases if not _finished(out / case.name)]
+    finished = [_finished(out / case.name) for case in cases]
     ranks.gathered(None)  # every rank has listed the finished cases before any publishes one
     if ranks.leader:
-        for case in cases:
-            if case not in pending:
-                report(case, "skipped", "finished by an earlier run")
+        for case in (case for case, done in zip(cases, finished) if done):
+            report(case, "skipped", "finished by an earlier run")
+    pending = [case for case, done in zip(cases, finished) if not done]
     failures = {}
     for case in progress_bar(ranks.share(pending), "cases" if progress and ranks.leader else None, unit="case"):
         try:

@@ -72,6 +72,7 @@ from .verbs import (
     ModelChoice,
     MontageOptions,
     PhantomOptions,
+    Preprocessing,
     PreprocessOptions,
     ScoreOptions,
     SegmentOptions,
@@ -197,7 +198,7 @@ def _cohort(run, out: Path, finished: str) -> int:
     return 2 if statistics["failed"] else 0
 
 
-def _mask_file(options: CasePreparation) -> Path | None:
+def _mask_file(options: Preprocessing) -> Path | None:
     """A brain mask given as a file is an input too: never written over."""
     return Path(options.brain_mask) if Path(options.brain_mask).is_file() else None
 

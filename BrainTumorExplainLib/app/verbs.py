@@ -64,13 +64,17 @@ class Resampling:
 
 
 @dataclass(frozen=True)
-class CasePreparation(Resampling):
-    """How one case reaches the network: preprocessed (co-registration, atlas pose, brain mask: data.preprocess)
-    and resampled into its space (or not)."""
+class Preprocessing:
+    """BraTS-style preprocessing of a case (co-registration, atlas pose, brain mask: data.preprocess)."""
 
     coregister: str = shared("coregister")
     atlas: str = shared("atlas")
     brain_mask: str = shared("brain_mask")
+
+
+@dataclass(frozen=True)
+class CasePreparation(Preprocessing, Resampling):
+    """How one case reaches the network: preprocessed, and resampled into its space (or not)."""
 
 
 @dataclass(frozen=True)
@@ -227,7 +231,7 @@ class SegmentOptions(CasePreparation, ModelChoice):
 
 
 @dataclass(frozen=True)
-class PreprocessOptions(Output):
+class PreprocessOptions(Preprocessing, Output):
     """BraTS-style preprocessing of a clinical case, written as a case folder to check (in 3D Slicer or any viewer) before any analysis
 
     Writes OUT/ as a case folder with the input's file names: the four sequences co-registered onto the FLAIR and
@@ -237,9 +241,6 @@ class PreprocessOptions(Output):
     grid, skull-stripped) and keeps its pose unless --atlas always. The input is only read."""
 
     case: Path | None = positional("BraTS case folder")
-    coregister: str = shared("coregister")
-    atlas: str = shared("atlas")
-    brain_mask: str = shared("brain_mask")
 
 
 @dataclass(frozen=True)
