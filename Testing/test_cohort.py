@@ -245,9 +245,54 @@ def test_a_broken_case_under_two_ranks_is_listed_once_and_fails_the_job(dataset,
 
 
 def test_each_rank_takes_its_share_of_the_unfinished_cases():
-    from BrainTumorExplainLib.app.ranks import Ranks
+    from BrainTumorExplainLib.ranks import Ranks
 
     cases = [f"case{i}" for i in range(7)]
     shares = [Ranks(rank, 3).share(cases) for rank in range(3)]
     assert sorted(sum(shares, [])) == cases and max(map(len, shares)) - min(map(len, shares)) <= 1
     assert Ranks().share(cases) == cases and Ranks().leader and not Ranks(1, 2).leader
+
+
+def test_dissection_under_two_ranks_equals_one_process(training_phantoms, tmp_path):
+    """Issue 39: each rank streams its share of the cases (2 and 1 of 3); the ranks combine their histograms and IoU
+    counts, so the thresholds lie within the stated bounds of one process's, the IoUs agree and the detectors are the
+    same; rank 0 alone writes."""
+    arguments = ["dissect", "--data", str(training_phantoms), "--model", "resunet", "--layers", "enc2,dec1",
+                 "--slice-step", "4", "--mask-cases", "1", "--no-resample", "--device", "cpu"]
+    assert main([*arguments, "--out", str(tmp_path / "alone")]) == 0
+    done = _torchrun(*arguments, "--out", str(tmp_path / "ranks"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("wrote ") == 2  # rank 0 alone: the figure and the dissection
+    assert _files(tmp_path / "ranks") == _files(tmp_path / "alone")
+    alone, ranks = (json.loads((tmp_path / name / "dissection.json").read_text()) for name in ("alone", "ranks"))
+    assert ranks["cases"] == alone["cases"]  # in the dataset's order
+    pairs = [(ranks, alone)] + [(ranks["controls"][name], alone["controls"][name]) for name in alone["controls"]]
+    for ours, theirs in pairs:  # the trained network and each control
+        for layer, found in theirs["layers"].items():
+            mine = ours["layers"][layer]
+            gap = np.abs(np.subtract(mine["thresholds"], found["thresholds"]))
+            assert (gap <= np.add(mine["threshold_error"], found["threshold_error"])).all(), layer
+            # thresholds a bound apart flip a few voxels (raw intensities crowd near some): IoUs agree to 0.005
+            iou = [np.divide(one["intersection"], np.maximum(one["union"], 1)) for one in (mine, found)]
+            assert np.abs(iou[0] - iou[1]).max() <= 0.005 and mine["image_count"] == found["image_count"], layer
+
+    def detectors(name):
+        found = json.loads((tmp_path / name / "detectors.json").read_text())["detectors"]
+        return [(row["layer"], row["filter"], row["concept"]) for row in found]
+
+    assert detectors("ranks") == detectors("alone") and detectors("alone")
+
+
+def test_evaluation_under_two_ranks_equals_one_process(training_phantoms, tmp_path):
+    """Issue 39: evaluate DATASET under torchrun: each rank scores its share; rank 0 prints the table and writes the
+    JSON, equal to one process's (at one thread per process), the cases in the dataset's order."""
+    arguments = ["evaluate", "--data", str(training_phantoms), "--model", "simunet", "--no-resample", "--device", "cpu"]
+    single = subprocess.run([sys.executable, "-m", "BrainTumorExplainLib", *arguments, "--json",
+                             str(tmp_path / "alone.json")], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert single.returncode == 0, single.stderr[-3000:]
+    done = _torchrun(*arguments, "--json", str(tmp_path / "ranks.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == single.stdout  # the table, once
+    alone, ranks = (json.loads((tmp_path / name).read_text()) for name in ("alone.json", "ranks.json"))
+    assert ranks == alone and list(ranks["cases"]) == sorted(p.name for p in training_phantoms.iterdir())

@@ -328,3 +328,44 @@ def test_a_filter_that_copies_an_input_channel_is_not_a_learned_detector(sparse_
     assert loaded.detectors() == result.detectors() and loaded.control_seed == 0
     assert set(loaded.controls) == {"random weights", "raw input"}
     assert {path.name for path in loaded.write_tables(tmp_path / "tables")} == {"a.csv", "controls.csv"}
+
+
+def _quantiles_on_ranks(rank: int, size: int, shares: list[list[torch.Tensor]], q: float, folder: str) -> None:
+    """One rank of a gloo group (spawned): both passes over its own share of the batches, combined across ranks."""
+    import torch.distributed as dist
+
+    from BrainTumorExplainLib.ranks import Ranks
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=size)
+    try:
+        ranks, statistic = Ranks(rank, size), StreamingQuantiles(4, q, bins=256)
+        for batch in shares[rank]:
+            statistic.add(batch)
+        statistic.start_refinement(ranks)
+        for batch in shares[rank]:
+            statistic.add(batch)
+        statistic.combine(ranks)
+        torch.save({"quantile": statistic.quantile(), "bound": statistic.error_bound()}, f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("q", [0.99, 0.5])
+def test_ranks_combine_their_streams_within_the_stated_bound(q, tmp_path):
+    """Issue 39: three ranks, each with its own batches (so histograms over ranges that do not line up; the last
+    rank has none), find the quantile of all the values within the stated bound of the exact one, all alike, with
+    a bound of the one-process size."""
+    batches = _stream(2)
+    exact = torch.quantile(torch.cat(batches, 1).double(), q, dim=1)
+    alone = StreamingQuantiles(4, q, bins=256)
+    for _ in range(2):
+        for batch in batches:
+            alone.add(batch)
+        if alone.stage == 1:
+            alone.start_refinement()
+    torch.multiprocessing.spawn(_quantiles_on_ranks, (3, [batches[:3], batches[3:], []], q, str(tmp_path)), nprocs=3)
+    found = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(3)]
+    assert all(torch.equal(found[0]["quantile"], other["quantile"]) for other in found[1:])
+    quantile, bound = found[0]["quantile"], found[0]["bound"]
+    assert ((quantile - exact).abs() <= 2 * bound + 1e-12).all(), (quantile - exact, bound)
+    assert (bound <= 4 * alone.error_bound()).all(), (bound, alone.error_bound())

@@ -55,7 +55,8 @@ from ..errors import InputError, UsageError
 from ..models.base import SegmentationNet, evaluating, model_device
 from ..models.interface import AnalysedNetwork, analysed
 from ..models.registry import WEIGHTS_DIR
-from ..progress import progress_bar
+from ..progress import shared_progress
+from ..ranks import Ranks
 from ..version import __version__
 from . import CONTROL_SEED, DEFAULT_IOU_CUTOFF, DEFAULT_MARGIN, DEFAULT_QUANTILE
 from .concepts import CONCEPTS, LayerDissection, concept_masks
@@ -370,7 +371,7 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
             iou_cutoff: float = DEFAULT_IOU_CUTOFF, slice_step: int = 1, bins: int = 2048, batch_size: int = 16,
             device: str | torch.device | None = None, progress: bool = False,
             prepare: Callable[[Case], Case] | None = None, controls: bool = True,
-            control_seed: int = CONTROL_SEED, margin: float = DEFAULT_MARGIN) -> Dissection:
+            control_seed: int = CONTROL_SEED, margin: float = DEFAULT_MARGIN, ranks: Ranks = Ranks()) -> Dissection:
     """Thresholds and concept IoUs of every filter of ``layers`` over a dataset of cases, and — with ``controls`` —
     the same for the architecture with random weights (from ``control_seed``) and for the raw input channels, so
     that only filters beating both by ``margin`` count as detectors (module notes).
@@ -380,6 +381,9 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
     all cases have ground truth for; naming one a case lacks is an error that says which. ``prepare``: what each
     case goes through once read (into the network's space: :func:`models.space.into_network_space`). A described 3D
     network (a bundle) is dissected over whole volumes (``slice_step`` and ``batch_size`` do not apply).
+    ``ranks``: under torchrun (:func:`ranks.joined`), each rank reads its share of the cases and the ranks combine
+    their statistics after each pass (thresholds within the histograms' stated bound of one process's; IoU counts
+    exactly equal); every rank returns the whole dissection.
     """
     concepts = check_concepts(cases, concepts)
     if slice_step < 1:
@@ -403,7 +407,7 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
             stack.enter_context(evaluating(analysed(network).module))
         for stage in ("thresholds", "refine thresholds", "concept IoU"):
             label = f"dissect {model.architecture}{' and controls' if controls else ''}: {stage}" if progress else None
-            for source in progress_bar(cases, label, unit="case"):  # one case in memory at a time
+            for source in shared_progress(cases, ranks, label, unit="case"):  # one case in memory at a time
                 case = as_case(source) if prepare is None else prepare(as_case(source))
                 for name, (network, layer_names) in networks.items():
                     if stage == "concept IoU":
@@ -415,11 +419,17 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
                     case_ids.append(case.case_id)
             for name in networks:
                 if stage == "thresholds":
+                    statistics[name] = _every_ranks_layers(statistics[name], ranks, quantile, bins)
                     for statistic in statistics[name].values():
-                        statistic.start_refinement()
+                        statistic.start_refinement(ranks)
                 elif stage == "refine thresholds":
+                    for statistic in statistics[name].values():
+                        statistic.combine(ranks)
                     sums[name] = {layer: _empty_sums(statistic, len(concepts))
                                   for layer, statistic in statistics[name].items()}
+                else:
+                    _combine_sums(sums[name], ranks)
+    case_ids = ranks.unshared(case_ids)  # in the dataset's order
     results = {name: Dissection(network.architecture, model_fingerprint(network), quantile, iou_cutoff, concepts,
                                 case_ids, slice_step, sums[name])
                for name, (network, _) in networks.items()}
@@ -427,6 +437,26 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
     result.controls, result.margin = results, margin
     result.control_seed = control_seed if controls else None
     return result
+
+
+def _every_ranks_layers(statistics: dict[str, StreamingQuantiles], ranks: Ranks, quantile: float, bins: int
+                        ) -> dict[str, StreamingQuantiles]:
+    """The layers' statistics in one order on every rank, with an empty one for a layer a rank saw no values of
+    (a rank without cases), so that the ranks combine them pairwise."""
+    if ranks.size == 1:
+        return statistics
+    channels = {name: count for found in ranks.gathered({name: s.channels for name, s in statistics.items()})
+                for name, count in found.items()}
+    return {name: statistics.get(name) or StreamingQuantiles(count, quantile, bins) for name, count in channels.items()}
+
+
+def _combine_sums(sums: dict[str, LayerDissection], ranks: Ranks) -> None:
+    """Every rank's IoU sums of each layer added up (counts exactly; the per-image IoU sums in float64)."""
+    if ranks.size == 1:
+        return
+    for result in sums.values():
+        for name in ("intersection", "union", "image_iou_sum", "image_count"):
+            setattr(result, name, ranks.sum(torch.from_numpy(getattr(result, name))).numpy())
 
 
 def _empty_sums(statistic: StreamingQuantiles, concepts: int) -> LayerDissection:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UsageError
+from ..ranks import Ranks
 
 
 class StreamingQuantiles:
@@ -140,19 +141,65 @@ class StreamingQuantiles:
         """Worst-case absolute error of :meth:`quantile` per channel: the width of the bin it interpolates in."""
         return self.width.clone()
 
-    def start_refinement(self) -> None:
-        """Zoom into the bin that holds the quantile; then :meth:`add` the *same* data again."""
+    def start_refinement(self, ranks: Ranks = Ranks()) -> None:
+        """Zoom into the bin that holds the quantile; then :meth:`add` the *same* data again. Under torchrun
+        (``ranks`` of a joined run) every rank has counted its own share of the data: the span to refine is then
+        found from all ranks' histograms (:meth:`_span_across`) and is the same on every rank."""
         if self.stage != 1:
             raise ValueError("refinement already started")
-        if self.total == 0:
-            raise ValueError("no values were added")
-        index, _ = self._locate(int(self.q * (self.total - 1)))  # the bin of the lower order statistic
-        self.low = self.low + self.width * index.double()
-        self.width = self.width / self.bins
+        if ranks.size > 1:
+            self.low, self.width, self.total = self._span_across(ranks)
+        else:
+            if self.total == 0:
+                raise ValueError("no values were added")
+            index, _ = self._locate(int(self.q * (self.total - 1)))  # the bin of the lower order statistic
+            self.low = self.low + self.width * index.double()
+            self.width = self.width / self.bins
         self.counts = torch.zeros_like(self.counts)
         self.below = torch.zeros_like(self.below)  # recounted exactly during the refinement pass
         self.above_min = torch.full_like(self.above_min, float("inf"))
         self.stage = 2
+
+    def _span_across(self, ranks: Ranks) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The refined span's floor and bin width, and the total count, over every rank's stage-1 histogram.
+
+        The ranks' bins do not line up (each range grew from its own first batch), so counts are bounded instead
+        of summed: on an even grid of ``bins`` edges over the union of the ranks' ranges, the number of values
+        below each edge lies between the counts of the rank bins wholly below it and of those starting below it.
+        The span runs from the highest edge with at most ``order`` values surely below it to the lowest edge with
+        more surely below, so it holds the order statistic; it is a few rank bins wide, and the refinement's error
+        bound (its width over ``bins``) stays of the one-process size."""
+        total = int(ranks.sum(torch.tensor([self.total]))[0])
+        if total == 0:
+            raise ValueError("no values were added")
+        counted = self.total > 0  # a rank with no data (more ranks than cases) has no range
+        low = ranks.min(self.low if counted else torch.full_like(self.low, float("inf")))
+        high = ranks.max(self.low + self.width * self.bins if counted else torch.full_like(self.low, -float("inf")))
+        edges = low[:, None] + (high - low)[:, None] * torch.linspace(0, 1, self.bins + 1, dtype=torch.float64)
+        surely_below = torch.zeros(self.channels, self.bins + 1, dtype=torch.int64)
+        maybe_below = torch.zeros_like(surely_below)
+        if counted:
+            cumulative = torch.nn.functional.pad(self.counts.cumsum(dim=1), (1, 0))  # [i]: the first i bins
+            position = (edges - self.low[:, None]) / self.width[:, None]
+            slack = 1e-9 * self.bins  # rounding never moves a bin to the wrong side of an edge
+            surely_below = cumulative.gather(1, torch.floor(position - slack).clamp(0, self.bins).long())
+            maybe_below = cumulative.gather(1, torch.ceil(position + slack).clamp(0, self.bins).long())
+        surely_below, maybe_below = ranks.sum(surely_below), ranks.sum(maybe_below)
+        order = int(self.q * (total - 1))
+        start = (maybe_below <= order).sum(dim=1) - 1  # maybe_below grows with the edge; edge 0 has none below
+        stop = (surely_below <= order).sum(dim=1).clamp(max=self.bins)  # the last edge has all values below
+        floor, ceiling = edges.gather(1, start[:, None])[:, 0], edges.gather(1, stop[:, None])[:, 0]
+        return floor, (ceiling - floor) / self.bins, total
+
+    def combine(self, ranks: Ranks) -> None:
+        """After the refinement pass under torchrun: every rank's refined counts joined, so that :meth:`quantile`
+        answers for all ranks' data (the refined bins are the same on every rank: they add up exactly)."""
+        if self.stage != 2:
+            raise ValueError("ranks combine after the refinement pass")
+        if ranks.size == 1:
+            return
+        self.counts, self.below = ranks.sum(self.counts), ranks.sum(self.below)
+        self.above_min = ranks.min(self.above_min)
 
     # -- persistence --------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

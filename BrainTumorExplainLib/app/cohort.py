@@ -28,13 +28,13 @@ from pathlib import Path
 from ..data.case import CaseError, find_case_files
 from ..errors import InputError, OutputError, UsageError
 from ..outputs import OutputFolder, check_not_an_input, is_result_folder
-from ..progress import progress_bar
+from ..progress import shared_progress
+from ..ranks import joined
 from ..scoring.statistics import mean_interval
 from ..version import __version__
 from .contract import REPORT, SUMMARY
 from .explain import explain, load_network
 from .figures import cohort_scores
-from .ranks import joined
 from .settings import ExplainConfig
 
 SETTINGS = "cohort_settings.json"
@@ -112,7 +112,7 @@ def run_cohort(cases: list[Path], out: str | Path, producer: str, arguments: lis
                report, dataset: str | Path | None) -> dict[str, str]:
     """Every case not finished yet through ``run_case(case, OUT/<case-id>)``, which publishes that folder whole
     or not at all (see the module notes); returns case → error of those that failed. Under torchrun each rank runs
-    its share of the unfinished cases (:class:`app.ranks.Ranks`); rank 0 records the settings, reports the skipped
+    its share of the unfinished cases (:class:`ranks.Ranks`); rank 0 records the settings, reports the skipped
     cases and draws the progress, and every rank returns the failures of all."""
     names = [case.name for case in cases]
     if len(set(names)) < len(names):
@@ -138,7 +138,7 @@ def run_cohort(cases: list[Path], out: str | Path, producer: str, arguments: lis
             report(case, "skipped", "finished by an earlier run")
     pending = [case for case, done in zip(cases, finished) if not done]
     failures = {}
-    for case in progress_bar(ranks.share(pending), "cases" if progress and ranks.leader else None, unit="case"):
+    for case in shared_progress(pending, ranks, "cases" if progress else None, unit="case"):
         try:
             run_case(case, out / case.name)
         except InputError as error:  # the case's own problem (unreadable, missing, refused): the others go on

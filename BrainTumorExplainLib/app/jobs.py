@@ -8,6 +8,7 @@ verified, then renamed onto the destination; inputs never written over), says wh
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -44,6 +45,7 @@ from ..models.space import prepare_case
 from ..models.volume import fold_members
 from ..outputs import OutputFile, OutputFolder
 from ..progress import progress_bar
+from ..ranks import joined
 from ..scoring.evaluation import evaluate_model, evaluation_as_dict, format_table
 from ..scoring.lesions import CHALLENGES
 from ..scoring.metrics import format_scores, score_segmentation, scores_as_dict
@@ -53,13 +55,13 @@ from . import stages
 from .bundle_training import train_bundle as train_bundle_folder
 from .cohort import dataset_cases, explain_cohort, refuse_overwrite, segment_cohort, summary_lines
 from .contract import PREPROCESSING, SEGMENTATION, SUMMARY
-from .explain import check_choices, preprocessing_summary, write_preprocessing
+from .explain import check_choices
 from .explain import explain as explain_case
+from .explain import preprocessing_summary, write_preprocessing
 from .figures import case_montage, montage_slices
-from .ranks import joined
 from .report import headline_lines, preparation_lines, preprocessing_lines
-from .training import train as train_network
 from .settings import DissectConfig, ExplainConfig, check_number, resolve_device, resolve_quick, split_files
+from .training import train as train_network
 from .verbs import (
     CasePreparation,
     DemoOptions,
@@ -253,16 +255,18 @@ def evaluate(options: EvaluateOptions) -> int:
     cases = dataset_cases(options.data) or find_cases(options.data)  # a broken case folder is listed, not passed over
     model = _load_model(options)
     failures: dict[str, str] = {}
+    ranks = joined()  # under torchrun each rank scores its share; rank 0 prints and writes all of them
     results = evaluate_model(model, cases, progress=True, resample=options.resample,
-                             lesion_rule=_lesion_rule(options), failures=failures)
-    for error in failures.values():
+                             lesion_rule=_lesion_rule(options), failures=failures, ranks=ranks)
+    for error in failures.values() if ranks.leader else ():
         print(f"error: {error}", file=sys.stderr)
     if not results:
         raise CaseError(f"{options.data}: none of its {len(cases)} cases could be evaluated")
-    summary = evaluation_as_dict(options.model, results, failures)
-    rows = {r.case_id: scores_as_dict(r.scores) for r in results}
-    print(format_table({**rows, f"mean ({len(results)})": summary["mean"]}))
-    _write_json(target, summary)
+    if ranks.leader:
+        summary = evaluation_as_dict(options.model, results, failures)
+        rows = {r.case_id: scores_as_dict(r.scores) for r in results}
+        print(format_table({**rows, f"mean ({len(results)})": summary["mean"]}))
+        _write_json(target, summary)
     return 2 if failures else 0
 
 
@@ -355,9 +359,10 @@ def dissect(options: DissectOptions, config: DissectConfig) -> int:
     cases = find_cases(options.data)
     model = _load_model(options)
     analysed(model, "network dissection").layers(config.layers)  # before any work
-    with folder as work:
+    ranks = joined()  # under torchrun each rank dissects its share of the cases; rank 0 writes the result
+    with folder if ranks.leader else contextlib.nullcontext() as work:
         stages.concepts.dissect_job(model, cases, work, options.out, config, model_name=options.model,
-                                    resample=options.resample)
+                                    resample=options.resample, ranks=ranks)
     return 0
 
 

@@ -57,11 +57,11 @@ def check_device_name(name: str) -> str:
 
 def resolve_device(name: str):
     """The torch device for ``name``; ``auto`` is the first CUDA GPU when PyTorch sees one (under torchrun, the
-    rank's own: :func:`app.ranks.own_gpu`), else the CPU. A CUDA device PyTorch cannot use is a :class:`UsageError`
+    rank's own: :func:`ranks.own_gpu`), else the CPU. A CUDA device PyTorch cannot use is a :class:`UsageError`
     naming what PyTorch sees."""
     import torch
 
-    from .ranks import own_gpu
+    from ..ranks import own_gpu
 
     check_device_name(name)
     if name == "auto":

@@ -14,7 +14,8 @@ from ..errors import InputError
 from ..models.base import SegmentationNet
 from ..models.inference import segment_input
 from ..models.space import into_network_space
-from ..progress import progress_bar
+from ..progress import shared_progress
+from ..ranks import Ranks
 from .lesions import CHALLENGES, DEFAULT_CHALLENGE, LesionRule
 from .metrics import LESION_COUNTS, LESION_METRICS, REGION_METRICS, RegionScore, score_segmentation, scores_as_dict
 from .statistics import mean_interval
@@ -29,14 +30,15 @@ class CaseEvaluation:
 def evaluate_model(model: SegmentationNet, case_paths: list[Path], device: str | torch.device | None = None,
                    progress: bool = False, resample: bool = True,
                    lesion_rule: LesionRule | None = CHALLENGES[DEFAULT_CHALLENGE],
-                   failures: dict[str, str] | None = None) -> list[CaseEvaluation]:
+                   failures: dict[str, str] | None = None, ranks: Ranks = Ranks()) -> list[CaseEvaluation]:
     """Segment every case — in the network's space unless ``resample`` is False
     (:func:`models.space.into_network_space`) — and score it on its own grid against its labels (on ``device``,
     default: the model's), lesion-wise too under ``lesion_rule``. A case that cannot be read, or has no labels, is
     an error naming it; with ``failures`` (a dict) it is recorded there instead — folder name → the error — and the
-    other cases go on."""
-    results = []
-    for path in progress_bar(case_paths, "evaluate" if progress else None, unit="case"):
+    other cases go on. ``ranks``: under torchrun (:func:`ranks.joined`) each rank scores its share of the cases and
+    every rank returns all of them, in the order of ``case_paths``."""
+    outcomes = []  # per case of this rank's share: its evaluation, or its error
+    for path in shared_progress(case_paths, ranks, "evaluate" if progress else None, unit="case"):
         try:
             case = load_case(path)
             if case.labels is None:
@@ -44,12 +46,15 @@ def evaluate_model(model: SegmentationNet, case_paths: list[Path], device: str |
         except InputError as error:
             if failures is None:
                 raise
-            failures[Path(path).name] = str(error)
+            outcomes.append((Path(path).name, str(error)))
             continue
         prediction = segment_input(model, into_network_space(case, model, resample), device=device)[1]
-        results.append(CaseEvaluation(case.case_id, score_segmentation(prediction, case.labels, case.spacing,
+        outcomes.append(CaseEvaluation(case.case_id, score_segmentation(prediction, case.labels, case.spacing,
                                                                         lesion_rule)))
-    return results
+    outcomes = ranks.unshared(outcomes)
+    if failures is not None:
+        failures.update(outcome for outcome in outcomes if isinstance(outcome, tuple))
+    return [outcome for outcome in outcomes if isinstance(outcome, CaseEvaluation)]
 
 
 # How a cohort mean treats empty regions: as every case scores them (metrics and lesions module notes), not skipped.

@@ -13,6 +13,7 @@ from ...analyses.dissection import concept_masks, dissect, filter_concept_masks,
 from ...data.case import load_case
 from ...models.space import into_network_space
 from ...progress import progress_bar
+from ...ranks import Ranks
 from ..contract import CONCEPTS, concept_file, figure_file
 from ..figures import concept_montage, montage_slices
 
@@ -84,17 +85,20 @@ def run(run) -> None:
 
 
 def dissect_job(model, cases: list[Path], work: Path, shown_as: Path, config, model_name: str,
-                resample: bool = True) -> None:
+                resample: bool = True, ranks: Ranks = Ranks()) -> None:
     """The ``dissect`` verb (``config``: :class:`app.settings.DissectConfig`): the dissection of ``cases`` into
     ``work`` (published as ``shown_as``) — ``dissection.json``, ``tables/``, ``detectors.json``, each concept's best
-    detector's mask per case and ``dissection.png`` on the first — and its table printed."""
+    detector's mask per case and ``dissection.png`` on the first — and its table printed. Under torchrun
+    (``ranks``) every rank dissects its share of the cases and rank 0 alone writes (the others get no ``work``)."""
 
     def prepare(case):
         return into_network_space(case, model, resample)
 
     result = dissect(model, cases, config.layers, config.concept_names(), config.quantile, config.iou,
                      config.slice_step, batch_size=config.batch_size, progress=True, prepare=prepare,
-                     controls=config.controls, control_seed=config.control_seed, margin=config.margin)
+                     controls=config.controls, control_seed=config.control_seed, margin=config.margin, ranks=ranks)
+    if not ranks.leader:
+        return
     result.save(work / "dissection.json")
     result.write_tables(work / "tables")
     (work / "detectors.json").write_text(json.dumps({"summary": result.summary(), "controls": result.control_table(),

@@ -8,6 +8,7 @@ here does anything.
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -33,6 +34,15 @@ class Ranks:
         differ by one item at most)."""
         return list(items[self.rank::self.size])
 
+    def unshared(self, results: Sequence) -> list:
+        """The inverse of :meth:`share`: every rank's ``results``, one per item of its share, back in the order of
+        the items (on every rank)."""
+        if self.size == 1:
+            return list(results)
+        missing = object()  # a shorter share's end
+        return [result for row in itertools.zip_longest(*self.gathered(list(results)), fillvalue=missing)
+                for result in row if result is not missing]
+
     def gathered(self, value) -> list:
         """Every rank's ``value`` (picklable), in rank order, on every rank — a barrier too."""
         if self.size == 1:
@@ -44,6 +54,27 @@ class Ranks:
     def from_leader(self, value):
         """Rank 0's ``value`` on every rank."""
         return self.gathered(value)[0]
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum of every rank's ``values`` (a CPU tensor of one shape on every rank)."""
+        return self._reduced(values, dist.ReduceOp.SUM)
+
+    def min(self, values: torch.Tensor) -> torch.Tensor:
+        """The element-wise least of every rank's ``values``."""
+        return self._reduced(values, dist.ReduceOp.MIN)
+
+    def max(self, values: torch.Tensor) -> torch.Tensor:
+        """The element-wise greatest of every rank's ``values``."""
+        return self._reduced(values, dist.ReduceOp.MAX)
+
+    def _reduced(self, values: torch.Tensor, operation) -> torch.Tensor:
+        if self.size == 1:
+            return values
+        # NCCL reduces only on the rank's GPU; gloo on the CPU
+        device = f"cuda:{local_rank()}" if dist.get_backend() == "nccl" else "cpu"
+        reduced = values.detach().to(device, copy=True).contiguous()
+        dist.all_reduce(reduced, operation)
+        return reduced.to(values.device)
 
 
 def joined() -> Ranks:
