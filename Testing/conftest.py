@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +154,9 @@ def loaded_with_the_module(root: Path) -> dict[Path, set[str]]:
             else:
                 found[path].add(name)
     return found
+
+
+def torchrun(*arguments: str, ranks: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=RANKS -m BrainTumorExplainLib ARGUMENTS`` (gloo on the CPU)."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+                           "-m", "BrainTumorExplainLib", *arguments], capture_output=True, text=True, timeout=600)

@@ -21,6 +21,7 @@ from BrainTumorExplainLib.models import load_model  # noqa: E402
 from BrainTumorExplainLib.models.description import network_inputs  # noqa: E402
 from BrainTumorExplainLib.models.inference import case_probabilities  # noqa: E402
 from BrainTumorExplainLib.models.space import into_network_space  # noqa: E402
+from conftest import torchrun  # noqa: E402
 
 TINY = BundleTrainConfig(name="tiny3d", init_filters=8, blocks_down=(1, 1), blocks_up=(1,), spacing_mm=4.0, crop=24,
                          window=32, epochs=2, steps_per_epoch=3, batch_size=2, validation_cases=1, seed=2)
@@ -137,3 +138,19 @@ def test_the_shipped_bundle_is_checked_file_by_file(tmp_path, monkeypatch):
         load_model("segresnet3d")
     with pytest.raises(Exception, match="bundle and brings its own"):
         load_model("segresnet3d", weights=str(tmp_path / "w.pt"))
+
+
+def test_train_bundle_under_two_ranks_publishes_one_bundle(training_phantoms, tmp_path):
+    """Issue 39: train-bundle under torchrun (2 ranks, gloo): data-parallel, rank 0 alone logs and publishes the
+    bundle, which loads and segments; the other rank's scratch configs leave nothing behind."""
+    out = tmp_path / "ranked"
+    done = torchrun("train-bundle", "--data", str(training_phantoms), "--out", str(out), "--init-filters", "8",
+                    "--spacing", "4", "--crop", "24", "--window", "32", "--epochs", "1", "--steps", "2",
+                    "--batch-size", "2", "--validation", "1", "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("epoch 1:") == 1 and done.stdout.count("wrote ") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ranked"]  # no checkpoint, lock or partial folder left
+    model = load_model(str(out))
+    case = into_network_space(load_case(training_phantoms / "Phantom_00062"), model)
+    probabilities = case_probabilities(model, case)
+    assert probabilities.shape[0] == 3 and 0 <= probabilities.min() <= probabilities.max() <= 1  # TC, WT, ET

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
+from conftest import torchrun
 
 from BrainTumorExplainLib.app.cli import main
 from BrainTumorExplainLib.app.cohort import FIGURE, PAGE, SETTINGS, STATISTICS, TABLE, dataset_cases
@@ -39,8 +41,15 @@ def dataset(training_phantoms, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uninterrupted(dataset, tmp_path_factory):
+    """The dataset explained in one process at one torch thread, as each of two ranks runs on this machine (float
+    sums in the same order, so the runs under torchrun compare byte for byte)."""
     out = tmp_path_factory.mktemp("cohort_run") / "out"
-    assert main(["explain", str(dataset), *CHEAP, "--out", str(out)]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["explain", str(dataset), *CHEAP, "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -180,12 +189,6 @@ def test_segment_over_a_dataset_writes_each_case_and_resumes(dataset, tmp_path, 
     assert "a cohort of segment, not of explain" in capsys.readouterr().err
 
 
-def _torchrun(*arguments: str, ranks: int = 2) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node=RANKS -m BrainTumorExplainLib ARGUMENTS`` (gloo on the CPU)."""
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-                           "-m", "BrainTumorExplainLib", *arguments], capture_output=True, text=True, timeout=600)
-
-
 def _same_summaries(ours, theirs) -> bool:
     """Two summaries equal but for their ``seconds`` entries, at any depth, and the last digits of a float (within
     1e-9 of it: ITK's registration metric sums over its own threads in whatever order they finish, so the last
@@ -207,27 +210,59 @@ def _comparable_rows(out: Path) -> list[dict]:
                 for row in csv.DictReader(table)]
 
 
-def test_two_ranks_under_torchrun_write_what_one_process_writes(dataset, tmp_path):
-    """Issue 39: each rank explains its share of the cases; rank 0 writes the cohort files after every rank is done;
-    the result equals one process's run on as many threads as a rank (one here: float sums in the same order) file
-    for file — every volume byte for byte, each summary and the table but for the times — and a rerun skips the
-    finished cases."""
-    alone, out = tmp_path / "alone", tmp_path / "out"
-    single = subprocess.run([sys.executable, "-m", "BrainTumorExplainLib", "explain", str(dataset), *CHEAP, "--out",
-                             str(alone)], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert single.returncode == 0, single.stderr[-3000:]
-    done = _torchrun("explain", str(dataset), *CHEAP, "--out", str(out))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert _files(out) == _files(alone)
-    for volume in alone.rglob("*.nii.gz"):
-        assert volume.read_bytes() == (out / volume.relative_to(alone)).read_bytes(), volume
-    for summary in alone.glob(f"*/{SUMMARY}"):
-        ours, theirs = (json.loads(path.read_text()) for path in (out / summary.relative_to(alone), summary))
+def _rank_process(launcher: int, rank: int) -> int | None:
+    """The process id of torchrun's worker of ``rank`` (launched by the process ``launcher``), if it runs."""
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            parent = int(next(line for line in status.read_text().splitlines() if line.startswith("PPid:")).split()[1])
+            if parent == launcher and f"RANK={rank}".encode() in (status.parent / "environ").read_bytes().split(b"\0"):
+                return int(status.parent.name)
+        except (OSError, StopIteration):  # a process that ended meanwhile
+            continue
+    return None
+
+
+def test_a_killed_rank_fails_the_job_by_name_and_a_rerun_resumes_to_one_process_files(dataset, uninterrupted,
+                                                                                        tmp_path):
+    """Issue 39: each of 2 ranks explains its share; rank 1 is held (SIGSTOP) inside its case until rank 0 has
+    published its own, then killed: torchrun exits non-zero naming rank 1. A rerun under 2 ranks keeps rank 0's case
+    and does the other, and the whole equals one process's run (at the ranks' one thread) file for file — every
+    volume byte for byte, each summary and the table but for the times; a third run skips every case."""
+    out = tmp_path / "out"
+    first, second = sorted(p.name for p in dataset.iterdir() if p.is_dir())  # rank 0's case, rank 1's
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "BrainTumorExplainLib", "explain", str(dataset), *CHEAP, "--out", str(out)]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+
+    def wait_for(condition, what: str):
+        while not condition():
+            assert launcher.poll() is None and time.monotonic() < deadline, f"the run ended before {what}"
+            time.sleep(0.05)
+
+    try:
+        wait_for(lambda: any(out.glob(f".{second}.partial-*")), "rank 1 started its case")
+        worker = _rank_process(launcher.pid, 1)
+        os.kill(worker, signal.SIGSTOP)
+        wait_for(lambda: (out / first / SUMMARY).is_file(), "rank 0 published its case")
+        os.kill(worker, signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert launcher.returncode != 0
+    assert "rank: 1" in stderr and "SIGKILL" in stderr, stderr[-3000:]  # torchrun names the rank that died
+    done = torchrun("explain", str(dataset), *CHEAP, "--out", str(out))
+    assert done.returncode == 0 and "(1 by an earlier run)" in done.stdout, done.stderr[-3000:]
+    assert _files(out) == _files(uninterrupted)  # no partial folder or lock left, nothing missing
+    for volume in uninterrupted.rglob("*.nii.gz"):
+        assert volume.read_bytes() == (out / volume.relative_to(uninterrupted)).read_bytes(), volume
+    for summary in uninterrupted.glob(f"*/{SUMMARY}"):
+        ours, theirs = (json.loads(path.read_text()) for path in (out / summary.relative_to(uninterrupted), summary))
         assert _same_summaries(ours, theirs), summary
-    assert _comparable_rows(out) == _comparable_rows(alone)
+    assert _comparable_rows(out) == _comparable_rows(uninterrupted)
     assert done.stdout.count("cohort ") == 1  # rank 0 says how it went, once
-    again = _torchrun("explain", str(dataset), *CHEAP, "--out", str(out))  # a rerun skips the finished cases
+    again = torchrun("explain", str(dataset), *CHEAP, "--out", str(out))  # the finished cases are skipped
     assert again.returncode == 0 and "2 of 2 cases done (2 by an earlier run)" in again.stdout, again.stderr[-2000:]
 
 
@@ -237,7 +272,7 @@ def test_a_broken_case_under_two_ranks_is_listed_once_and_fails_the_job(dataset,
     broken = sorted(p for p in data.iterdir() if p.is_dir())[1]
     next(broken.glob("*_t2.nii.gz")).write_bytes(b"not an image")
     out = tmp_path / "out"
-    done = _torchrun("explain", str(data), *CHEAP, "--out", str(out))
+    done = torchrun("explain", str(data), *CHEAP, "--out", str(out))
     assert done.returncode != 0
     assert done.stderr.count(f"error: {broken}") == 1 and "cannot read t2 image" in done.stderr
     statistics = json.loads((out / STATISTICS).read_text())
@@ -260,7 +295,7 @@ def test_dissection_under_two_ranks_equals_one_process(training_phantoms, tmp_pa
     arguments = ["dissect", "--data", str(training_phantoms), "--model", "resunet", "--layers", "enc2,dec1",
                  "--slice-step", "4", "--mask-cases", "1", "--no-resample", "--device", "cpu"]
     assert main([*arguments, "--out", str(tmp_path / "alone")]) == 0
-    done = _torchrun(*arguments, "--out", str(tmp_path / "ranks"))
+    done = torchrun(*arguments, "--out", str(tmp_path / "ranks"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("wrote ") == 2  # rank 0 alone: the figure and the dissection
     assert _files(tmp_path / "ranks") == _files(tmp_path / "alone")
@@ -291,7 +326,7 @@ def test_evaluation_under_two_ranks_equals_one_process(training_phantoms, tmp_pa
                              str(tmp_path / "alone.json")], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr[-3000:]
-    done = _torchrun(*arguments, "--json", str(tmp_path / "ranks.json"))
+    done = torchrun(*arguments, "--json", str(tmp_path / "ranks.json"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout == single.stdout  # the table, once
     alone, ranks = (json.loads((tmp_path / name).read_text()) for name in ("alone.json", "ranks.json"))

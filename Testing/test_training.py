@@ -12,6 +12,7 @@ from BrainTumorExplainLib.app.cli import main
 from BrainTumorExplainLib.app.training import TrainConfig, train
 from BrainTumorExplainLib.data.case import MODALITIES, CaseError, find_cases, load_case
 from BrainTumorExplainLib.models import load_weights
+from conftest import torchrun
 
 CONFIG = TrainConfig(model="resunet", width=0.0625, epochs=3, steps_per_epoch=8, batch_size=4, crop=(64, 64),
                      validation_cases=1, seed=3)
@@ -236,3 +237,54 @@ def test_the_trainers_options_are_their_configs_fields(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path), "--model", "resunet", "--out", str(tmp_path / "w.pt"),
                  "--upright-share", "1.5"]) == 2
     assert "--upright-share 1.5: expected a finite number ≥ 0 and ≤ 1" in capsys.readouterr().err
+
+
+# the CLI's spelling of RANKED, for the run under torchrun
+RANKED = TrainConfig(model="resunet", width=0.0625, epochs=2, steps_per_epoch=4, batch_size=4, validation_cases=1,
+                     seed=3)
+RANKED_OPTIONS = ["--model", "resunet", "--width", "0.0625", "--epochs", "2", "--steps", "4", "--batch-size", "4",
+                  "--validation", "1", "--seed", "3", "--device", "cpu"]
+
+
+def _train_on_ranks(rank: int, data: str, out: str, folder: str, stop_after_first_epoch: bool) -> None:
+    """One rank of a 2-rank gloo group (spawned) training RANKED; rank 0 stops after its first epoch's checkpoint
+    when told, as a killed job would, and rank 1 then fails on its next gradient exchange."""
+    import torch.distributed as dist
+
+    from BrainTumorExplainLib.ranks import Ranks
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    torch.set_num_threads(1)  # as torchrun's ranks on this machine: float sums in the same order
+
+    def log(message):
+        if stop_after_first_epoch and message.startswith("epoch 1:"):
+            raise SystemExit(3)
+
+    try:
+        train(data, out, RANKED, progress=False, log=log, ranks=Ranks(rank, 2))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_train_data_parallel_and_a_stopped_run_resumes_to_the_same_weights(tiny_data, tmp_path):
+    """Issue 39: train under torchrun (2 ranks, gloo): DistributedDataParallel, each rank half of each step's batch
+    from its own seeded stream, rank 0 writes the checkpoint (with both ranks' streams) and the weights. A run stopped
+    after its first epoch resumes on two ranks to the uninterrupted run's weights exactly; not on one."""
+    done = torchrun("train", "--data", str(tiny_data), *RANKED_OPTIONS, "--out", str(tmp_path / "straight.pt"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("wrote ") == 1 and done.stdout.count("epoch 2:") == 1  # rank 0 alone logs
+    state = torch.load(tmp_path / "straight.pt.ckpt", weights_only=True)
+    assert state["ranks"] == 2 and len(json.loads(state["numpy_rng"])) == 2
+    resumed = tmp_path / "resumed.pt"
+    with pytest.raises((torch.multiprocessing.ProcessExitedException, torch.multiprocessing.ProcessRaisedException)):
+        # rank 0 stops after epoch 1; rank 1 loses it in the next gradient exchange
+        torch.multiprocessing.spawn(_train_on_ranks, (str(tiny_data), str(resumed), str(tmp_path), True), nprocs=2)
+    assert not resumed.exists() and len(json.loads(torch.load(tmp_path / "resumed.pt.ckpt", weights_only=True)
+                                                   ["history"])) == 1
+    with pytest.raises(ValueError, match="checkpoint of a run on 2 process"):  # alone, the streams would not match
+        train(tiny_data, resumed, RANKED, progress=False, log=lambda _: None)
+    (tmp_path / "rendezvous").unlink(missing_ok=True)
+    torch.multiprocessing.spawn(_train_on_ranks, (str(tiny_data), str(resumed), str(tmp_path), False), nprocs=2)
+    straight = torch.load(tmp_path / "straight.pt", weights_only=True)["state_dict"]
+    again = torch.load(resumed, weights_only=True)["state_dict"]
+    assert straight.keys() == again.keys() and all(torch.equal(straight[k], again[k]) for k in straight)

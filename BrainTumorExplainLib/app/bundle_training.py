@@ -18,6 +18,7 @@ same weights as an uninterrupted one (the 2D trainer's, :mod:`app.training`).
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,9 +36,10 @@ from ..models.space import into_network_space
 from ..models.volume import DescribedNetwork, activate, window_inferer
 from ..outputs import OutputFolder
 from ..progress import progress_bar
+from ..ranks import Ranks
 from ..scoring.metrics import dice
 from .settings import option
-from .training import _resume, _save_checkpoint, schedule_option
+from .training import _resume, _save_checkpoint, data_parallel, rank_mean, schedule_option
 
 # The bundle's channel names, in MONAI's brats_mri_segmentation order (the loader maps them to the library's).
 INPUT_CHANNELS = {"0": "T1c", "1": "T1", "2": "T2", "3": "FLAIR"}
@@ -165,10 +167,11 @@ def _augment(inputs: np.ndarray, targets: np.ndarray, rng: np.random.Generator) 
     return (inputs * scale + shift).astype(np.float32), np.ascontiguousarray(targets)
 
 
-def _batch(volumes: list[_Volume], config: BundleTrainConfig, rng: np.random.Generator
+def _batch(volumes: list[_Volume], config: BundleTrainConfig, rng: np.random.Generator, size: int
            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` augmented cubes (this rank's share of the recipe's batch)."""
     pairs = [_augment(*_cube(volumes[rng.integers(len(volumes))], config.crop, rng, config.tumour_crop_fraction),
-                      rng) for _ in range(config.batch_size)]
+                      rng) for _ in range(size)]
     return (torch.from_numpy(np.stack([x for x, _ in pairs])), torch.from_numpy(np.stack([y for _, y in pairs])))
 
 
@@ -187,17 +190,18 @@ def _validate(network, volumes: list[_Volume], device: torch.device) -> dict[str
 
 def train_bundle(data_dir: str | Path, out: str | Path, config: BundleTrainConfig = BundleTrainConfig(),
                  resume: bool = True, overwrite: bool = False, progress: bool = True,
-                 log: Callable[[str], None] = print) -> list[dict]:
+                 log: Callable[[str], None] = print, ranks: Ranks = Ranks()) -> list[dict]:
     """Train the bundle ``config`` describes on the cases in ``data_dir`` and publish it as the folder ``out``
     (``configs/``, ``models/model.pt``, ``configs/training.json``); returns the per-epoch history. The caller's
-    global torch RNG state is left as it was."""
+    global torch RNG state is left as it was. ``ranks``: under torchrun, data-parallel training
+    (:func:`app.training.data_parallel`); rank 0 logs and publishes."""
     cuda = torch.device(config.device).type == "cuda"
     with torch.random.fork_rng(devices=[torch.device(config.device).index or 0] if cuda else []):
-        return _train_bundle(Path(data_dir), Path(out), config, resume, overwrite, progress, log)
+        return _train_bundle(Path(data_dir), Path(out), config, resume, overwrite, progress, log, ranks)
 
 
 def _train_bundle(data_dir: Path, out: Path, config: BundleTrainConfig, resume: bool, overwrite: bool,
-                  progress: bool, log: Callable[[str], None]) -> list[dict]:
+                  progress: bool, log: Callable[[str], None], ranks: Ranks) -> list[dict]:
     from monai.losses import DiceCELoss
 
 
@@ -207,39 +211,44 @@ def _train_bundle(data_dir: Path, out: Path, config: BundleTrainConfig, resume: 
         raise CaseError(f"{data_dir}: {len(paths)} case(s) found; need more than the {config.validation_cases} "
                         "held for validation")
     folder = OutputFolder(out, [data_dir], overwrite, "train")  # checked now, published when the weights are whole
+    progress, log = progress and ranks.leader, log if ranks.leader else lambda message: None
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    with folder as work:
+    # rank 0 publishes; the others build the same network from configs of their own
+    with folder if ranks.leader else tempfile.TemporaryDirectory(prefix="bte_rank_bundle_") as work:
+        work = Path(work)
         write_configs(work, config)
         module, description = read_bundle(work)
         network = DescribedNetwork(module.to(device), description)
         split = len(paths) - config.validation_cases
         training, validation = _volumes(paths[:split], network, progress), _volumes(paths[split:], network, progress)
+        trained, batch_size, rng = data_parallel(module, config.batch_size, config.seed, ranks)
         import_dynamo_privately()
         optimiser = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs * config.steps_per_epoch)
         loss_of = DiceCELoss(sigmoid=True, squared_pred=True)
         checkpoint = out.with_name(out.name + ".checkpoint.pt")
-        history = _resume(checkpoint, config, module, optimiser, schedule, rng, device, log) if resume else []
+        history = _resume(checkpoint, config, module, optimiser, schedule, rng, device, log, ranks) if resume else []
         for epoch in range(len(history), config.epochs):
             started = time.perf_counter()
             module.train()
             losses = []
             for _ in progress_bar(range(config.steps_per_epoch), f"epoch {epoch + 1}/{config.epochs}" if progress
                                   else None, unit="step"):
-                x, y = _batch(training, config, rng)
-                loss = loss_of(module(x.to(device)), y.to(device))
+                x, y = _batch(training, config, rng, batch_size)
+                loss = loss_of(trained(x.to(device)), y.to(device))
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
                 schedule.step()
                 losses.append(loss.item())
             scores = _validate(network, validation, device)
-            history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "validation_dice": scores,
-                            "seconds": round(time.perf_counter() - started, 1)})
-            _save_checkpoint(checkpoint, config, module, optimiser, schedule, rng, history)
+            history.append({"epoch": epoch + 1, "loss": rank_mean(float(np.mean(losses)), ranks),
+                            "validation_dice": scores, "seconds": round(time.perf_counter() - started, 1)})
+            _save_checkpoint(checkpoint, config, module, optimiser, schedule, rng, history, ranks)
             log(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f}, validation Dice "
                 + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        if not ranks.leader:
+            return history
         torch.save(module.cpu().state_dict(), work / "models" / "model.pt")
         (work / "configs" / "training.json").write_text(json.dumps({
             "training": asdict(config), "history": history,

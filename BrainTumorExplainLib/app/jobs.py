@@ -236,17 +236,21 @@ def train(options: TrainOptions, config) -> int:
     OutputFile(options.out, [options.data], options.overwrite)  # checked now; train() writes it when complete
     build_model(options.model, width=config.width)  # unknown names fail here, before any data is read
     config = dataclasses.replace(config, device=str(resolve_device(options.device)))
+    ranks = joined()  # under torchrun: data-parallel, rank 0 writes
     history = train_network(options.data, options.out, config, resume=not options.no_resume,
-                            acquisition_cache=options.acquisition_cache)
-    print(f"wrote {options.out} after {len(history)} epochs")
+                            acquisition_cache=options.acquisition_cache, ranks=ranks)
+    if ranks.leader:
+        print(f"wrote {options.out} after {len(history)} epochs")
     return 0
 
 
 def train_bundle(options: TrainBundleOptions, config) -> int:
     config = dataclasses.replace(config, device=str(resolve_device(options.device)))
+    ranks = joined()  # under torchrun: data-parallel, rank 0 publishes
     history = train_bundle_folder(options.data, options.out, config, resume=not options.no_resume,
-                                  overwrite=options.overwrite)
-    print(f"wrote {options.out} after {len(history)} epochs")
+                                  overwrite=options.overwrite, ranks=ranks)
+    if ranks.leader:
+        print(f"wrote {options.out} after {len(history)} epochs")
     return 0
 
 

@@ -36,11 +36,12 @@ from ..data.domain import intensity_reference_from
 from ..data.labels import REGIONS, region_mask
 from ..data.preprocess import preprocess
 from ..data.resample import resample_case
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from ..models import build_model, save_weights
 from ..models.base import NUM_CLASSES, import_dynamo_privately
 from ..outputs import OutputFile
 from ..progress import progress_bar
+from ..ranks import Ranks
 from ..scoring.metrics import dice
 from ..version import __version__
 from .settings import option
@@ -214,21 +215,47 @@ def _checkpoint_path(out: Path) -> Path:
 
 def train(data_dir: str | Path, out: str | Path, config: TrainConfig = TrainConfig(), resume: bool = True,
           progress: bool = True, log: Callable[[str], None] = print,
-          acquisition_cache: str | Path | None = None) -> list[dict]:
+          acquisition_cache: str | Path | None = None, ranks: Ranks = Ranks()) -> list[dict]:
     """Train ``config.model`` on the cases in ``data_dir`` and write the weights to ``out``; returns the history.
 
     The caller's global torch RNG state is left as it was (the run seeds and uses a forked one).
     ``acquisition_cache``: a folder keeping the clinical acquisitions for later runs (:func:`acquired_cases`).
+    ``ranks``: under torchrun, data-parallel training (:func:`data_parallel`); rank 0 logs and writes.
     """
     cuda = torch.device(config.device).type == "cuda"
     cache = None if acquisition_cache is None else Path(acquisition_cache)
     with torch.random.fork_rng(devices=[torch.device(config.device).index or 0] if cuda else []):
-        return _train(data_dir, out, config, resume, progress, log, cache)
+        return _train(data_dir, out, config, resume, progress, log, cache, ranks)
+
+
+def data_parallel(module: torch.nn.Module, batch_size: int, seed: int, ranks: Ranks
+                  ) -> tuple[torch.nn.Module, int, np.random.Generator]:
+    """What one rank of a data-parallel run trains with, under torchrun: the module wrapped in PyTorch's
+    ``DistributedDataParallel`` (its gradients averaged over the ranks at every step; the ranks start from rank 0's
+    weights), this rank's share of each step's ``batch_size`` (the recipe's batch is the sum over the ranks) and its
+    own random stream, from ``(seed, rank)`` (what :class:`torch.utils.data.DistributedSampler` does for a dataset
+    that is iterated; here batches are drawn). Alone: the module, the whole batch and the stream of ``seed``."""
+    if ranks.size == 1:
+        return module, batch_size, np.random.default_rng(seed)
+    if batch_size % ranks.size:
+        raise UsageError(f"--batch-size {batch_size}: each of the {ranks.size} ranks takes an equal share of a "
+                         f"step's batch; give a multiple of {ranks.size}")
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(module.parameters()).device
+    wrapped = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+    return wrapped, batch_size // ranks.size, np.random.default_rng((seed, ranks.rank))
+
+
+def rank_mean(value: float, ranks: Ranks) -> float:
+    """The mean of every rank's ``value`` (an epoch's loss over the whole recipe's batches)."""
+    return value if ranks.size == 1 else float(ranks.sum(torch.tensor([value], dtype=torch.float64))[0]) / ranks.size
 
 
 def _resume(checkpoint: Path, config: TrainConfig, model, optimiser, schedule, rng: np.random.Generator,
-            device: torch.device, log: Callable[[str], None]) -> list[dict]:
-    """Load the checkpoint's state into the training objects (when there is one); its history, or []."""
+            device: torch.device, log: Callable[[str], None], ranks: Ranks = Ranks()) -> list[dict]:
+    """Load the checkpoint's state into the training objects (when there is one); its history, or []. Under
+    torchrun each rank takes back its own random streams, so a checkpoint resumes on as many ranks as wrote it."""
     if not checkpoint.is_file():
         return []
     state = torch.load(checkpoint, map_location=device, weights_only=True)
@@ -236,23 +263,33 @@ def _resume(checkpoint: Path, config: TrainConfig, model, optimiser, schedule, r
     if {**defaults, **json.loads(state["config"])} != json.loads(json.dumps(asdict(config))):
         raise InputError(f"{checkpoint}: checkpoint of a different training configuration; delete it or use "
                          "the same options")
+    if state.get("ranks", 1) != ranks.size:
+        raise InputError(f"{checkpoint}: checkpoint of a run on {state.get('ranks', 1)} process(es), each with its "
+                         f"own random stream; resume it on as many (this run has {ranks.size}), or delete it")
     model.load_state_dict(state["model"])
     optimiser.load_state_dict(state["optimiser"])
     schedule.load_state_dict(state["schedule"])
-    torch.set_rng_state(state["torch_rng"])
-    rng.bit_generator.state = json.loads(state["numpy_rng"])
+    streams = json.loads(state["numpy_rng"])
+    torch.set_rng_state(state["torch_rng"] if ranks.size == 1 else state["torch_rng"][ranks.rank])
+    rng.bit_generator.state = streams if ranks.size == 1 else streams[ranks.rank]
     history = json.loads(state["history"])
     log(f"resuming from {checkpoint} after epoch {len(history)}")
     return history
 
 
 def _save_checkpoint(checkpoint: Path, config: TrainConfig, model, optimiser, schedule, rng: np.random.Generator,
-                     history: list[dict]) -> None:
-    """Everything a rerun needs to continue exactly, written under a temporary name and renamed."""
+                     history: list[dict], ranks: Ranks = Ranks()) -> None:
+    """Everything a rerun needs to continue exactly, written under a temporary name and renamed; under torchrun by
+    rank 0, with every rank's random streams (the weights and the optimiser are alike on every rank)."""
+    streams = ranks.gathered((torch.get_rng_state(), rng.bit_generator.state))
+    if not ranks.leader:
+        return
     state = {
         "config": json.dumps(asdict(config)), "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-        "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
-        "numpy_rng": json.dumps(rng.bit_generator.state), "history": json.dumps(history),
+        "schedule": schedule.state_dict(), "history": json.dumps(history),
+        **({"torch_rng": streams[0][0], "numpy_rng": json.dumps(streams[0][1])} if ranks.size == 1 else
+           {"torch_rng": [torch_rng for torch_rng, _ in streams],
+            "numpy_rng": json.dumps([numpy_rng for _, numpy_rng in streams]), "ranks": ranks.size}),
     }
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, checkpoint.with_name(checkpoint.name + ".tmp"))
@@ -307,8 +344,9 @@ def _cached_name(path: Path, k: int, acquisition, spacing: tuple[float, float, f
 
 
 def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: bool, progress: bool,
-           log: Callable[[str], None], cache: Path | None = None) -> list[dict]:
+           log: Callable[[str], None], cache: Path | None = None, ranks: Ranks = Ranks()) -> list[dict]:
     out = Path(out)
+    progress, log = progress and ranks.leader, log if ranks.leader else lambda message: None
     device = torch.device(config.device)
     case_paths = find_cases(data_dir)
     if len(case_paths) <= config.validation_cases:
@@ -325,14 +363,14 @@ def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: b
         training.extend(SliceData.from_cases([case]))
 
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     model = build_model(config.model, width=config.width).to(device)
+    trained, batch_size, rng = data_parallel(model, config.batch_size, config.seed, ranks)
     import_dynamo_privately()
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs * config.steps_per_epoch)
     weights = training.class_weights().to(device)
     checkpoint = _checkpoint_path(out)
-    history = _resume(checkpoint, config, model, optimiser, schedule, rng, device, log) if resume else []
+    history = _resume(checkpoint, config, model, optimiser, schedule, rng, device, log, ranks) if resume else []
     start_epoch = len(history)
 
     model.train()
@@ -341,21 +379,23 @@ def _train(data_dir: str | Path, out: str | Path, config: TrainConfig, resume: b
         label = f"epoch {epoch + 1}/{config.epochs}" if progress else None
         losses = []
         for _ in progress_bar(range(config.steps_per_epoch), label, unit="step"):
-            x, y = training.sample(rng, config.batch_size, config.crop, config.tumour_slice_fraction,
+            x, y = training.sample(rng, batch_size, config.crop, config.tumour_slice_fraction,
                                    upright_share=config.upright_share)
-            loss = segmentation_loss(model(x.to(device)), y.to(device), weights)
+            loss = segmentation_loss(trained(x.to(device)), y.to(device), weights)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             schedule.step()
             losses.append(loss.item())
         scores = validate(model, validation, config.crop, device)
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "validation_dice": scores,
-                        "seconds": round(time.perf_counter() - started, 1)})
-        _save_checkpoint(checkpoint, config, model, optimiser, schedule, rng, history)
+        history.append({"epoch": epoch + 1, "loss": rank_mean(float(np.mean(losses)), ranks),
+                        "validation_dice": scores, "seconds": round(time.perf_counter() - started, 1)})
+        _save_checkpoint(checkpoint, config, model, optimiser, schedule, rng, history, ranks)
         log(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f}, validation Dice "
             + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
 
+    if not ranks.leader:
+        return history
     with OutputFile(out, overwrite=True).writing() as written:  # the checkpoint stays until the weights are whole
         save_weights(model.cpu(), written, training=asdict(config), history=history,
                      training_cases=training.case_ids, validation_cases=validation.case_ids,
