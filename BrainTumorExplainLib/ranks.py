@@ -10,9 +10,11 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
+import sys
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NoReturn, Sequence
 
+import SimpleITK as sitk
 import torch
 import torch.distributed as dist
 
@@ -79,8 +81,8 @@ class Ranks:
 
 def joined() -> Ranks:
     """The run's ranks: under torchrun, this process joins the group torchrun describes (once; gloo, or NCCL on its
-    own GPU ``cuda:LOCAL_RANK`` when CUDA is there) and takes its share of the CPU cores (torch's threads: the cores
-    over the processes on this machine)."""
+    own GPU ``cuda:LOCAL_RANK`` when CUDA is there) and takes its share of the CPU cores (torch's and ITK's threads:
+    the cores over the processes on this machine)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return Ranks()
@@ -90,8 +92,31 @@ def joined() -> Ranks:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         atexit.register(dist.destroy_process_group)  # as PyTorch asks, before the process ends
         per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", size))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_machine))
+        threads = max(1, (os.cpu_count() or 1) // per_machine)
+        torch.set_num_threads(threads)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)  # ITK's pool (reading, registration) too
     return Ranks(dist.get_rank(), dist.get_world_size())
+
+
+def leave(code: int) -> NoReturn:
+    """End the process with ``code``. After a joined run (torchrun) the process group is destroyed, the output
+    flushed, and the process ends without the interpreter's final garbage collection: gloo's worker threads may
+    still be releasing the last collective's tensors then, and taking the interpreter's lock during that collection
+    aborts the process ("terminate called without an active exception", SIGABRT, after every result was written;
+    seen in about one 2-rank run in ten on a loaded machine, the core showing ``AsyncAllgatherWork``'s destructor
+    in ``ProcessGroupGloo::runLoop`` waiting for the lock inside ``Py_FinalizeEx``; pytorch/pytorch#179291)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def rank_label() -> str:
+    """``[rank R] `` under torchrun (from its environment, before the group is joined), else nothing: what
+    prefixes a rank's warnings and errors (its other output is rank 0's alone)."""
+    return f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
 
 
 def local_rank() -> int:

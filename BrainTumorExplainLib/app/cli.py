@@ -18,6 +18,7 @@ from typing import Iterator
 
 from ..errors import InputError, Interrupted, UsageError
 from ..outputs import DISK_ERRNOS
+from ..ranks import rank_label
 from ..testbed.bench import BenchConfig
 from ..version import __version__
 from . import jobs, verbs
@@ -89,21 +90,22 @@ def signals_interrupt() -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    rank = rank_label()  # under torchrun, a warning or an error says whose it is
     warnings.simplefilter("always")
-    warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
+    warnings.formatwarning = lambda message, category, *rest: f"{rank}warning: {message}\n"
     try:
         args = build_parser().parse_args(argv)
         with signals_interrupt():
             return int(args.job(*(config_from_arguments(args, kind) for kind in args.settings)) or 0)
     except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{rank}error: {error}", file=sys.stderr)
         return 2
     except Interrupted as stop:
-        print(f"error: interrupted ({stop.signal_name}): nothing was published and the partial files were removed",
-              file=sys.stderr)
+        print(f"{rank}error: interrupted ({stop.signal_name}): nothing was published and the partial files were "
+              "removed", file=sys.stderr)
         return stop.exit_status
     except OSError as error:
         if error.errno in DISK_ERRNOS and error.filename:
-            print(f"error: {error.filename}: {error.strerror}", file=sys.stderr)
+            print(f"{rank}error: {error.filename}: {error.strerror}", file=sys.stderr)
             return 2
         raise

@@ -12,7 +12,7 @@ from ...analyses.dissection import CONCEPTS as CONCEPT_SOURCES
 from ...analyses.dissection import concept_masks, dissect, filter_concept_masks, ground_truth_of
 from ...data.case import load_case
 from ...models.space import into_network_space
-from ...progress import progress_bar
+from ...progress import shared_progress
 from ...ranks import Ranks
 from ..contract import CONCEPTS, concept_file, figure_file
 from ..figures import concept_montage, montage_slices
@@ -89,7 +89,8 @@ def dissect_job(model, cases: list[Path], work: Path, shown_as: Path, config, mo
     """The ``dissect`` verb (``config``: :class:`app.settings.DissectConfig`): the dissection of ``cases`` into
     ``work`` (published as ``shown_as``) — ``dissection.json``, ``tables/``, ``detectors.json``, each concept's best
     detector's mask per case and ``dissection.png`` on the first — and its table printed. Under torchrun
-    (``ranks``) every rank dissects its share of the cases and rank 0 alone writes (the others get no ``work``)."""
+    (``ranks``) every rank dissects its share of the cases and writes the masks of its share into rank 0's ``work``
+    (the others get none: a shared file system, as for every dataset run); rank 0 writes the rest."""
 
     def prepare(case):
         return into_network_space(case, model, resample)
@@ -97,19 +98,20 @@ def dissect_job(model, cases: list[Path], work: Path, shown_as: Path, config, mo
     result = dissect(model, cases, config.layers, config.concept_names(), config.quantile, config.iou,
                      config.slice_step, batch_size=config.batch_size, progress=True, prepare=prepare,
                      controls=config.controls, control_seed=config.control_seed, margin=config.margin, ranks=ranks)
-    if not ranks.leader:
-        return
-    result.save(work / "dissection.json")
-    result.write_tables(work / "tables")
-    (work / "detectors.json").write_text(json.dumps({"summary": result.summary(), "controls": result.control_table(),
-                                                     "detectors": result.detectors()}, indent=2) + "\n")
+    work = Path(ranks.from_leader(str(work) if ranks.leader else None))
+    if ranks.leader:
+        result.save(work / "dissection.json")
+        result.write_tables(work / "tables")
+        (work / "detectors.json").write_text(json.dumps({"summary": result.summary(),
+                                                         "controls": result.control_table(),
+                                                         "detectors": result.detectors()}, indent=2) + "\n")
     best = result.best_detectors()
     picks = [(row["layer"], row["filter"]) for row in best.values()]
-    for index, folder in enumerate(progress_bar(cases[:config.mask_cases], "concept masks", unit="case")):
+    for folder in shared_progress(cases[:config.mask_cases], ranks, "concept masks", unit="case"):
         case = prepare(load_case(folder))
         masks = filter_concept_masks(model, case, result, picks)
         write_masks(masks, best, case, work / "concepts" / case.case_id)
-        if index == 0 and best:
+        if folder == cases[0] and best:  # rank 0's first case
             z = montage_slices(case, 1)[0]
             truth = dict(zip(best, concept_masks(case, list(best))[:, z]))
             panels = [(f"{row['layer']} #{row['filter']}: {concept} IoU {row['iou']:.2f}",
@@ -118,6 +120,9 @@ def dissect_job(model, cases: list[Path], work: Path, shown_as: Path, config, mo
                      f"mask cyan, ground truth yellow")
             concept_montage(case, z, panels, work / "dissection.png", title=title)
             print(f"wrote {shown_as / 'dissection.png'}")
+    ranks.gathered(None)  # every rank's masks are written before rank 0 publishes the folder
+    if not ranks.leader:
+        return
     print(dissection_table(result, len(cases)))
     print(f"wrote {shown_as / 'dissection.json'}")
 
