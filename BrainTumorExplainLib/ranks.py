@@ -103,7 +103,7 @@ def leave(code: int) -> NoReturn:
     flushed, and the process ends without the interpreter's final garbage collection: gloo's worker threads may
     still be releasing the last collective's tensors then, and taking the interpreter's lock during that collection
     aborts the process ("terminate called without an active exception", SIGABRT, after every result was written;
-    seen in about one 2-rank run in ten on a loaded machine, the core showing ``AsyncAllgatherWork``'s destructor
+    seen in about one 2-rank run in five on a loaded machine, the core showing ``AsyncAllgatherWork``'s destructor
     in ``ProcessGroupGloo::runLoop`` waiting for the lock inside ``Py_FinalizeEx``; pytorch/pytorch#179291)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
