@@ -4,8 +4,8 @@
 # logits (the usual); "softmax", the paper's word and this option's name before 3D networks, is the probabilities.
 GRADCAM_TARGETS: tuple[str, ...] = ("probabilities", "logits")
 GRADCAM_TARGET_NAMES: dict[str, str] = {"softmax": "probabilities"}
-# where y(c) pools the output: over the whole image (Grad-CAM's usual), or over the pixels the network labels c (the
-# paper's class average over the predicted region; a slice or window without any scores zero)
+# where y(c) pools the output: over the whole image (the paper's eq. 3: all P output pixels), or over the pixels the
+# network labels c (pytorch-grad-cam's SemanticSegmentationTarget; a slice or window without any scores zero)
 GRADCAM_POOLS: tuple[str, ...] = ("image", "predicted")
 
 # Network dissection's defaults (the paper's): each filter thresholded at its top 1 % of activations, a detector at

@@ -10,9 +10,9 @@ blends exactly as it blends the network's outputs). The networks are read throug
 "the output segmentation map"), or a region network's sigmoids. ``target="logits"`` uses the scores before the
 activation instead (the usual Grad-CAM choice; it avoids the softmax's competition between classes, so a class map
 does not light up where *other* classes lose). ``pool="predicted"`` averages ``Φ^c`` over the voxels the network
-labels ``c`` instead of the whole input (the paper's class average over the predicted region, as pytorch-grad-cam's
-``SemanticSegmentationTarget`` masks it): the map then explains what was segmented, not the class's score
-everywhere; an input without any ``c`` gets a zero map.
+labels ``c`` instead of the whole input (a variant, as pytorch-grad-cam's ``SemanticSegmentationTarget`` masks it;
+the paper's eq. 3 averages over all ``P`` output pixels, which is ``pool="image"``, the default): the map then
+explains what was segmented, not the class's score everywhere; an input without any ``c`` gets a zero map.
 
 Why our own code rather than pytorch-grad-cam or Captum: they run one forward and one backward per (layer,
 class). Here one forward records every requested layer, one backward per class returns the gradients of all of

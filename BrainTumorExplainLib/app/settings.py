@@ -150,8 +150,9 @@ class ExplainConfig:
     gradcam_target: str = option("probabilities", "Grad-CAM's y(c): the network's probabilities (the paper's "
                                  "softmax; softmax is accepted as their name) or its logits",
                                  choices=GRADCAM_TARGETS + tuple(GRADCAM_TARGET_NAMES))
-    gradcam_pool: str = option("image", "where Grad-CAM's y(c) averages the output: the whole image, or the voxels "
-                               "the network labels c (predicted: the paper's class average over the predicted region)",
+    gradcam_pool: str = option("image", "where Grad-CAM's y(c) averages the output: the whole image (the paper's "
+                               "eq. 3), or the voxels the network labels c (predicted: pytorch-grad-cam's masked "
+                               "segmentation target)",
                                choices=GRADCAM_POOLS)
     featviz_steps: int = option(100, "activation maximisation steps", minimum=1)
     featviz_size: int = option(96, "pre-image size in pixels", minimum=16)
