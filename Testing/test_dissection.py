@@ -364,7 +364,7 @@ def test_ranks_combine_their_streams_within_the_stated_bound(q, tmp_path):
         if alone.stage == 1:
             alone.start_refinement()
     torch.multiprocessing.spawn(_quantiles_on_ranks, (3, [batches[:3], batches[3:], []], q, str(tmp_path)), nprocs=3)
-    found = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(3)]
+    found = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(3)]
     assert all(torch.equal(found[0]["quantile"], other["quantile"]) for other in found[1:])
     quantile, bound = found[0]["quantile"], found[0]["bound"]
     assert ((quantile - exact).abs() <= 2 * bound + 1e-12).all(), (quantile - exact, bound)
