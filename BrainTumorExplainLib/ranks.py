@@ -90,7 +90,7 @@ def joined() -> Ranks:
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank())
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        atexit.register(dist.destroy_process_group)  # as PyTorch asks, before the process ends
+        atexit.register(_destroy)  # as PyTorch asks, before the process ends
         per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", size))
         threads = max(1, (os.cpu_count() or 1) // per_machine)
         torch.set_num_threads(threads)
@@ -106,11 +106,18 @@ def leave(code: int) -> NoReturn:
     seen in about one 2-rank run in five on a loaded machine, the core showing ``AsyncAllgatherWork``'s destructor
     in ``ProcessGroupGloo::runLoop`` waiting for the lock inside ``Py_FinalizeEx``; pytorch/pytorch#179291)."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        _destroy()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _destroy() -> None:
+    """The process group destroyed, unless it is already (by its user, or by :func:`leave`): destroying it twice
+    is an error in PyTorch."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank_label() -> str:

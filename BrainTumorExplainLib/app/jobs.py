@@ -191,10 +191,10 @@ def _cohort(run, out: Path, finished: str) -> int:
     (and how many by an earlier run), the mean Dice per region with its interval, where the table and page are;
     every failed case as an ``error:`` line, and exit status 2 when any failed. Under torchrun rank 0 says it for
     every rank, and every rank exits with that status."""
-    seen: dict[str, list[str]] = {"failed": [], "skipped": [], "done": []}
-    statistics = run(lambda case, status, message: seen[status].append(message))
+    skipped: list[Path] = []
+    statistics = run(lambda case, status, message: skipped.append(case) if status == "skipped" else None)
     if joined().leader:
-        print("\n".join(summary_lines(statistics, out, finished, len(seen["skipped"]))))
+        print("\n".join(summary_lines(statistics, out, finished, len(skipped))))
         for failed in statistics["failed"]:
             print(f"error: {failed['error']}", file=sys.stderr)
     return 2 if statistics["failed"] else 0
