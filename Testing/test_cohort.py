@@ -23,7 +23,7 @@ from conftest import torchrun
 from BrainTumorExplainLib.app.cli import main
 from BrainTumorExplainLib.app.cohort import FIGURE, PAGE, SETTINGS, STATISTICS, TABLE, dataset_cases
 from BrainTumorExplainLib.app.contract import SUMMARY
-from BrainTumorExplainLib.scoring.statistics import mean_interval
+from BrainTumorExplainLib.scoring.statistics import mean_interval, ratio_interval
 
 # the cheapest explain: one Grad-CAM layer, quick dropout, two pre-image steps, no scene
 CHEAP = ["--model", "simunet", "--layers", "dec1", "--quick", "--featviz-steps", "2", "--featviz-size", "32",
@@ -164,6 +164,24 @@ def test_the_bootstrap_interval_of_a_mean_matches_the_normal_one():
     assert mean_interval([0.5])["low"] is None and mean_interval([])["mean"] is None
 
 
+def test_the_bootstrap_interval_of_a_ratio_of_sums_matches_the_delta_method():
+    """Issue 41: a dataset-wide IoU is Σ intersections / Σ unions; resampling cases with both together gives, for a
+    large sample, R ± 1.96 · sd(x − R·y) / (ȳ √n) (the ratio estimator's standard error)."""
+    rng = np.random.default_rng(4)
+    unions = rng.uniform(500, 1500, 400)
+    intersections = unions * np.clip(rng.normal(0.6, 0.1, 400), 0, 1)
+    found = ratio_interval(intersections, unions, resamples=4000, seed=1)
+    ratio = intersections.sum() / unions.sum()
+    half = 1.96 * (intersections - ratio * unions).std(ddof=1) / (unions.mean() * np.sqrt(len(unions)))
+    assert found["value"] == pytest.approx(ratio) and found["n"] == 400
+    assert found["low"] == pytest.approx(ratio - half, abs=0.15 * half)
+    assert found["high"] == pytest.approx(ratio + half, abs=0.15 * half)
+    assert ratio_interval([1, 2], [2, 4])["low"] == 0.5  # every case the same ratio
+    assert ratio_interval([0, 0], [0, 0])["value"] is None
+    with pytest.raises(ValueError, match="3 numerators against 2 denominators"):
+        ratio_interval([1, 2, 3], [1, 2])
+
+
 def test_segment_over_a_dataset_writes_each_case_and_resumes(dataset, tmp_path, capsys):
     """segment DATASET: OUT/<case-id>/segmentation.nii.gz equal to the single-case verb's, the scores in the cohort
     table; a rerun redoes nothing; a bad case is an error line; other settings are refused."""
@@ -292,9 +310,10 @@ def test_each_rank_takes_its_share_of_the_unfinished_cases():
 def test_dissection_under_two_ranks_equals_one_process(training_phantoms, tmp_path):
     """Issue 39: each rank streams its share of the cases (2 and 1 of 3); the ranks combine their histograms and IoU
     counts, so the thresholds lie within the stated bounds of one process's, the IoUs agree and the detectors are the
-    same; each rank writes the concept masks of its share of the cases, rank 0 the rest."""
+    same; each rank writes the concept masks of its share of the cases, rank 0 the rest; each case's own sums
+    (--per-case, issue 41) come back in the dataset's order."""
     arguments = ["dissect", "--data", str(training_phantoms), "--model", "resunet", "--layers", "enc2,dec1",
-                 "--slice-step", "4", "--no-resample", "--device", "cpu"]
+                 "--slice-step", "4", "--no-resample", "--device", "cpu", "--per-case"]
     assert main([*arguments, "--out", str(tmp_path / "alone")]) == 0
     done = torchrun(*arguments, "--out", str(tmp_path / "ranks"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -311,6 +330,12 @@ def test_dissection_under_two_ranks_equals_one_process(training_phantoms, tmp_pa
             # thresholds a bound apart flip a few voxels (raw intensities crowd near some): IoUs agree to 0.005
             iou = [np.divide(one["intersection"], np.maximum(one["union"], 1)) for one in (mine, found)]
             assert np.abs(iou[0] - iou[1]).max() <= 0.005 and mine["image_count"] == found["image_count"], layer
+            cases = [{key: np.asarray(one["per_case"][key]) for key in ("intersection", "union", "image_count")}
+                     for one in (mine, found)]
+            np.testing.assert_array_equal(cases[0]["intersection"].sum(0), mine["intersection"])
+            np.testing.assert_array_equal(cases[0]["image_count"], cases[1]["image_count"])  # slices per case
+            iou = [np.divide(one["intersection"], np.maximum(one["union"], 1)) for one in cases]
+            assert np.abs(iou[0] - iou[1]).max() <= 0.01, layer
 
     def detectors(name):
         found = json.loads((tmp_path / name / "detectors.json").read_text())["detectors"]

@@ -204,6 +204,47 @@ def test_saved_thresholds_dissect_a_single_case_the_same_way(concept_case, tmp_p
         assert int((mask | gt).sum()) == result.layers["a"].union[pick[1], column]
 
 
+def test_per_case_sums_give_held_out_subsets_and_intervals(concept_case, tmp_path):
+    """Issue 41: each case's sums are kept (per_case); they add up to the dataset's, a subset of one case is that
+    case's own dissection under the same thresholds, a subset of all is the whole, and the interval of a
+    dataset-wide IoU comes from resampling cases with their intersection and union together."""
+    flipped = dataclasses.replace(concept_case, case_id="Flipped", images=concept_case.images[:, :, ::-1].copy(),
+                                  labels=concept_case.labels[:, ::-1].copy(), tissue=concept_case.tissue[:, ::-1].copy(),
+                                  brain_mask=concept_case.brain_mask[:, ::-1].copy())
+    noisy = dataclasses.replace(concept_case, case_id="Noisy",
+                                images=concept_case.images[[3, 1, 2, 0]].copy())  # WT channel swapped for noise
+    cases = [concept_case, flipped, noisy]
+    result = dissect(ConceptToy(), cases, layers=["a"], quantile=0.95, per_case=True)
+    layer = result.layers["a"]
+    assert layer.per_case["intersection"].shape == (3, 4, len(result.concepts))
+    for name in ("intersection", "union", "image_iou_sum", "image_count"):
+        np.testing.assert_allclose(layer.per_case[name].sum(0), getattr(layer, name))
+    loaded = Dissection.load(result.save(tmp_path / "dissection.json"))
+    np.testing.assert_array_equal(loaded.layers["a"].per_case["union"], layer.per_case["union"])
+    whole = loaded.subset(result.cases)
+    np.testing.assert_array_equal(whole.layers["a"].iou, layer.iou)
+    one = result.subset(["Noisy"])
+    wt = result.concepts.index("WT")
+    assert one.cases == ["Noisy"] and one.layers["a"].iou[0, wt] < 0.1 < 0.8 < layer.per_case["intersection"][
+        0, 0, wt] / layer.per_case["union"][0, 0, wt]  # filter 0 is noise on Noisy, WT on the others
+    assert set(one.controls) == set(result.controls)
+    np.testing.assert_array_equal(one.controls["raw input"].layers["input"].intersection,
+                                  result.controls["raw input"].layers["input"].per_case["intersection"][2])
+    interval = result.iou_interval("a", 0, "WT")
+    assert interval["value"] == pytest.approx(layer.iou[0, wt]) and interval["n"] == 3
+    assert interval["low"] < interval["value"] < interval["high"]  # one case in three does not detect WT
+    assert interval["low"] >= one.layers["a"].iou[0, wt] - 1e-9
+    steady = result.iou_interval("a", 2, "TC")  # TC is its channel on every case
+    assert steady["high"] - steady["low"] < interval["high"] - interval["low"]
+    per_image = result.iou_interval("a", 0, "WT", per_image=True)
+    assert per_image["value"] == pytest.approx(layer.image_iou[0, wt])
+    with pytest.raises(ValueError, match="not among the dissected cases: Elsewhere"):
+        result.subset(["Elsewhere"])
+    plain = dissect(ConceptToy(), cases[:1], layers=["a"], quantile=0.95, controls=False)
+    with pytest.raises(ValueError, match="no per-case sums"):
+        plain.subset(plain.cases)
+
+
 def test_bad_input_is_named(concept_case, tmp_path, small_phantom):
     model = ConceptToy()
     with pytest.raises(ValueError, match="dataset is empty"):

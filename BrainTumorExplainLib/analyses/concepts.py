@@ -52,9 +52,14 @@ def concept_masks(case: Case, concepts: Sequence[str]) -> np.ndarray:
     return np.stack(masks)
 
 
+SUMS = ("intersection", "union", "image_iou_sum", "image_count")  # what a dissection adds up over images
+
+
 @dataclass
 class LayerDissection:
-    """Per filter of one layer: threshold, and IoU sums against each concept."""
+    """Per filter of one layer: threshold, and IoU sums against each concept. ``per_case`` (when the dissection
+    kept it): each of :data:`SUMS` per case, a leading case axis in the dataset's order, so that any subset of the
+    cases — a held-out half, a bootstrap resample — has its own IoUs under the same thresholds."""
 
     thresholds: np.ndarray  # (K,) T_k,l
     threshold_error: np.ndarray  # (K,) bound on |T − exact quantile|
@@ -62,6 +67,7 @@ class LayerDissection:
     union: np.ndarray  # (K, C) Σ|M ∪ G|
     image_iou_sum: np.ndarray  # (K, C) Σ per-slice IoU over slices where G is present
     image_count: np.ndarray  # (C,) number of slices where G is present
+    per_case: dict[str, np.ndarray] | None = None  # sum name → (cases, *its shape)
 
     @property
     def iou(self) -> np.ndarray:
@@ -72,3 +78,20 @@ class LayerDissection:
     def image_iou(self) -> np.ndarray:
         """Mean per-slice IoU ``(K, C)`` over slices containing the concept."""
         return self.image_iou_sum / np.maximum(self.image_count, 1)[None, :]
+
+    def zeroed(self) -> "LayerDissection":
+        """The same thresholds with every sum zero (one case's tally starts from it)."""
+        return LayerDissection(self.thresholds, self.threshold_error,
+                               *(np.zeros_like(getattr(self, name)) for name in SUMS))
+
+    def add(self, other: "LayerDissection") -> None:
+        for name in SUMS:
+            getattr(self, name).__iadd__(getattr(other, name))
+
+    def subset(self, indices: Sequence[int]) -> "LayerDissection":
+        """The sums over the cases at ``indices`` (repeats count again: a bootstrap resample); needs ``per_case``."""
+        if self.per_case is None:
+            raise UsageError("this dissection kept no per-case sums (dissect with per_case=True)")
+        chosen = {name: self.per_case[name][list(indices)] for name in SUMS}
+        return LayerDissection(self.thresholds, self.threshold_error, *(chosen[name].sum(0) for name in SUMS),
+                               per_case=chosen)

@@ -57,9 +57,10 @@ from ..models.interface import AnalysedNetwork, analysed
 from ..models.registry import WEIGHTS_DIR
 from ..progress import shared_progress
 from ..ranks import Ranks
+from ..scoring.statistics import ratio_interval
 from ..version import __version__
 from . import CONTROL_SEED, DEFAULT_IOU_CUTOFF, DEFAULT_MARGIN, DEFAULT_QUANTILE
-from .concepts import CONCEPTS, LayerDissection, concept_masks
+from .concepts import CONCEPTS, SUMS, LayerDissection, concept_masks
 from .controls import RAW_INPUT, control_networks
 from .quantiles import StreamingQuantiles
 
@@ -316,8 +317,8 @@ class Dissection:
             "iou_cutoff": self.iou_cutoff, "concepts": self.concepts, "cases": self.cases,
             "slice_step": self.slice_step, "margin": self.margin, "control_seed": self.control_seed,
             "layers": {name: {"thresholds": r.thresholds.tolist(), "threshold_error": r.threshold_error.tolist(),
-                              "intersection": r.intersection.tolist(), "union": r.union.tolist(),
-                              "image_iou_sum": r.image_iou_sum.tolist(), "image_count": r.image_count.tolist()}
+                              **{key: getattr(r, key).tolist() for key in SUMS},
+                              **({"per_case": {key: r.per_case[key].tolist() for key in SUMS}} if r.per_case else {})}
                        for name, r in self.layers.items()},
             "controls": {name: control.to_dict() for name, control in self.controls.items()},
             "control_table": self.control_table(),
@@ -346,14 +347,44 @@ class Dissection:
     @classmethod
     def from_dict(cls, data: dict) -> "Dissection":
         counts = ("intersection", "union", "image_count")
-        layers = {name: LayerDissection(*(np.asarray(r[key], dtype=np.int64 if key in counts else float)
-                                          for key in ("thresholds", "threshold_error", "intersection", "union",
-                                                      "image_iou_sum", "image_count")))
+
+        def array(values, key: str) -> np.ndarray:
+            return np.asarray(values, dtype=np.int64 if key in counts else float)
+
+        layers = {name: LayerDissection(*(array(r[key], key) for key in ("thresholds", "threshold_error", *SUMS)),
+                                        per_case={key: array(r["per_case"][key], key) for key in SUMS}
+                                        if "per_case" in r else None)
                   for name, r in data["layers"].items()}
         return cls(data["architecture"], data["fingerprint"], data["quantile"], data["iou_cutoff"],
                    data["concepts"], data["cases"], data["slice_step"], layers,
                    {name: cls.from_dict(control) for name, control in data.get("controls", {}).items()},
                    data.get("margin", DEFAULT_MARGIN), data.get("control_seed"))
+
+    def subset(self, cases: Sequence[str]) -> "Dissection":
+        """The same dissection — thresholds, controls — with its IoUs over ``cases`` only (names from
+        :attr:`cases`; a name given twice counts twice, as in a bootstrap resample): a held-out half, one case.
+        Needs the per-case sums (``dissect(per_case=True)``)."""
+        unknown = [case for case in cases if case not in self.cases]
+        if unknown:
+            raise UsageError(f"not among the dissected cases: {', '.join(unknown[:5])}")
+        indices = [self.cases.index(case) for case in cases]
+        return Dissection(self.architecture, self.fingerprint, self.quantile, self.iou_cutoff, self.concepts,
+                          list(cases), self.slice_step, {name: r.subset(indices) for name, r in self.layers.items()},
+                          {name: control.subset(cases) for name, control in self.controls.items()}, self.margin,
+                          self.control_seed)
+
+    def iou_interval(self, layer: str, k: int, concept: str, per_image: bool = False, **bootstrap) -> dict:
+        """Filter ``k`` of ``layer``'s IoU for ``concept`` with a bootstrap interval over the cases
+        (:func:`scoring.statistics.ratio_interval`: the dataset-wide IoU is a ratio of sums, so cases are resampled
+        with their intersection and union together); ``per_image``: the mean per-image IoU (eq. 2) instead.
+        Needs the per-case sums."""
+        sums = self.layers[layer].per_case
+        if sums is None:
+            raise UsageError("this dissection kept no per-case sums (dissect with per_case=True)")
+        j = self.concepts.index(concept)
+        if per_image:
+            return ratio_interval(sums["image_iou_sum"][:, k, j], sums["image_count"][:, j], **bootstrap)
+        return ratio_interval(sums["intersection"][:, k, j], sums["union"][:, k, j], **bootstrap)
 
     def check_model(self, model: SegmentationNet) -> None:
         """Refuse thresholds computed on other weights: they would make meaningless masks."""
@@ -371,7 +402,8 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
             iou_cutoff: float = DEFAULT_IOU_CUTOFF, slice_step: int = 1, bins: int = 2048, batch_size: int = 16,
             device: str | torch.device | None = None, progress: bool = False,
             prepare: Callable[[Case], Case] | None = None, controls: bool = True,
-            control_seed: int = CONTROL_SEED, margin: float = DEFAULT_MARGIN, ranks: Ranks = Ranks()) -> Dissection:
+            control_seed: int = CONTROL_SEED, margin: float = DEFAULT_MARGIN, per_case: bool = False,
+            ranks: Ranks = Ranks()) -> Dissection:
     """Thresholds and concept IoUs of every filter of ``layers`` over a dataset of cases, and — with ``controls`` —
     the same for the architecture with random weights (from ``control_seed``) and for the raw input channels, so
     that only filters beating both by ``margin`` count as detectors (module notes).
@@ -383,7 +415,9 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
     network (a bundle) is dissected over whole volumes (``slice_step`` and ``batch_size`` do not apply).
     ``ranks``: under torchrun (:func:`ranks.joined`), each rank reads its share of the cases and the ranks combine
     their statistics after each pass (thresholds within the histograms' stated bound of one process's; IoU counts
-    exactly equal); every rank returns the whole dissection.
+    exactly equal); every rank returns the whole dissection. ``per_case``: keep every case's IoU sums as well
+    (:attr:`LayerDissection.per_case`), for held-out halves and bootstrap intervals (:meth:`Dissection.subset`,
+    :meth:`Dissection.iou_interval`); the saved file grows by about the number of cases times.
     """
     concepts = check_concepts(cases, concepts)
     if slice_step < 1:
@@ -401,6 +435,7 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
     device = model_device(trained.module, device)
     statistics: dict[str, dict[str, StreamingQuantiles]] = {name: {} for name in networks}
     sums: dict[str, dict[str, LayerDissection]] = {name: {} for name in networks}
+    case_sums: dict[str, list[dict[str, LayerDissection]]] = {name: [] for name in networks}  # this rank's cases
     case_ids: list[str] = []
     with contextlib.ExitStack() as stack:
         for network, _ in networks.values():
@@ -411,7 +446,12 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
                 case = as_case(source) if prepare is None else prepare(as_case(source))
                 for name, (network, layer_names) in networks.items():
                     if stage == "concept IoU":
-                        _tally_iou(network, case, layer_names, concepts, sums[name], slice_step, batch_size, device)
+                        tally = {layer: result.zeroed() for layer, result in sums[name].items()}
+                        _tally_iou(network, case, layer_names, concepts, tally, slice_step, batch_size, device)
+                        for layer, result in tally.items():
+                            sums[name][layer].add(result)
+                        if per_case:
+                            case_sums[name].append(tally)
                     else:
                         _tally_activations(network, case, layer_names, statistics[name], quantile, bins, slice_step,
                                            batch_size, device)
@@ -429,6 +469,8 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
                                   for layer, statistic in statistics[name].items()}
                 else:
                     _combine_sums(sums[name], ranks)
+                    if per_case:
+                        _keep_per_case(sums[name], ranks.unshared(case_sums[name]))
     case_ids = ranks.unshared(case_ids)  # in the dataset's order
     results = {name: Dissection(network.architecture, model_fingerprint(network), quantile, iou_cutoff, concepts,
                                 case_ids, slice_step, sums[name])
@@ -457,6 +499,12 @@ def _combine_sums(sums: dict[str, LayerDissection], ranks: Ranks) -> None:
     for result in sums.values():
         for name in ("intersection", "union", "image_iou_sum", "image_count"):
             setattr(result, name, ranks.sum(torch.from_numpy(getattr(result, name))).numpy())
+
+
+def _keep_per_case(sums: dict[str, LayerDissection], cases: list[dict[str, LayerDissection]]) -> None:
+    """Each layer's per-case sums, stacked in the dataset's order (``cases``: one tally per case)."""
+    for layer, result in sums.items():
+        result.per_case = {name: np.stack([getattr(tally[layer], name) for tally in cases]) for name in SUMS}
 
 
 def _empty_sums(statistic: StreamingQuantiles, concepts: int) -> LayerDissection:

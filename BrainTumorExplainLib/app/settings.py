@@ -237,6 +237,8 @@ class DissectConfig:
                             "input (up to as long again as the network itself; without them every filter over the "
                             "cutoff is reported, and the results say that no control was measured)")
     slice_step: int = option(1, "use every N-th brain slice (1: all)", minimum=1)
+    per_case: bool = option(False, "keep each case's IoU sums in dissection.json, for held-out halves and bootstrap "
+                            "intervals over the cases (the file grows about as many times as there are cases)")
     mask_cases: int | None = option(None, "write concept-mask volumes for the first N cases only (default: all)",
                                     minimum=0)
     batch_size: int = option(16, "slices per forward pass", minimum=1)

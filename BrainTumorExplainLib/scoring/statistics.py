@@ -1,5 +1,6 @@
-"""Cohort statistics: a mean with its bootstrap confidence interval (SciPy's ``scipy.stats.bootstrap``, percentile
-method, seeded), the one way every claim over cases states its spread."""
+"""Cohort statistics: a mean — or a ratio of sums, such as a dataset-wide IoU — with its bootstrap confidence interval
+(SciPy's ``scipy.stats.bootstrap``, percentile method, seeded), the one way every claim over cases states its
+spread."""
 
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ def mean_interval(values: Sequence[float], resamples: int = RESAMPLES, seed: int
     """The mean of the finite ``values`` and its bootstrap interval: ``{"mean", "low", "high", "n", "resamples",
     "seed", "level"}`` (``low``/``high`` None under two values, ``mean`` None with none). Cases are resampled with
     replacement ``resamples`` times from ``seed``; the interval is the percentile one."""
-    from scipy.stats import bootstrap
-
     finite = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
     result = {"mean": float(finite.mean()) if finite.size else None, "low": None, "high": None, "n": int(finite.size),
               "resamples": resamples, "seed": seed, "level": level}
@@ -26,10 +25,45 @@ def mean_interval(values: Sequence[float], resamples: int = RESAMPLES, seed: int
     if np.all(finite == finite[0]):  # every resample has the same mean
         result["low"] = result["high"] = float(finite[0])
         return result
+    result["low"], result["high"] = _percentile_interval((finite,), np.mean, resamples, seed, level)
+    return result
+
+
+def ratio_interval(numerators: Sequence[float], denominators: Sequence[float], resamples: int = RESAMPLES,
+                   seed: int = 0, level: float = LEVEL) -> dict:
+    """Σ numerators / Σ denominators over cases (a dataset-wide IoU: intersections over unions) and its bootstrap
+    interval, each case resampled with its own pair (paired): ``{"value", "low", "high", "n", …}`` as
+    :func:`mean_interval`. ``value`` is None when the denominators sum to zero; a resample whose denominators sum
+    to zero counts as 0."""
+    numerators = np.asarray(numerators, dtype=np.float64).ravel()
+    denominators = np.asarray(denominators, dtype=np.float64).ravel()
+    if numerators.shape != denominators.shape:
+        raise ValueError(f"{numerators.size} numerators against {denominators.size} denominators")
+
+    def ratio(top, bottom, axis=-1):
+        total = bottom.sum(axis)
+        return np.divide(top.sum(axis), total, out=np.zeros(np.shape(total)), where=total > 0)
+
+    total = denominators.sum()
+    result = {"value": float(numerators.sum() / total) if total > 0 else None, "low": None, "high": None,
+              "n": int(numerators.size), "resamples": resamples, "seed": seed, "level": level}
+    if numerators.size < 2 or total == 0:
+        return result
+    if np.all(numerators * total == denominators * numerators.sum()):  # every case has the same ratio
+        result["low"] = result["high"] = result["value"]
+        return result
+    result["low"], result["high"] = _percentile_interval((numerators, denominators), ratio, resamples, seed, level,
+                                                         paired=True)
+    return result
+
+
+def _percentile_interval(samples: tuple, statistic, resamples: int, seed: int, level: float, paired: bool = False
+                         ) -> tuple[float, float]:
+    from scipy.stats import bootstrap
+
     rng = np.random.default_rng(seed)
     # scipy 1.15 named the generator rng (random_state before); both are taken where both exist
     seeded = {"rng": rng} if "rng" in inspect.signature(bootstrap).parameters else {"random_state": rng}
-    found = bootstrap((finite,), np.mean, n_resamples=resamples, confidence_level=level, method="percentile",
-                      vectorized=True, **seeded)
-    result["low"], result["high"] = float(found.confidence_interval.low), float(found.confidence_interval.high)
-    return result
+    found = bootstrap(samples, statistic, n_resamples=resamples, confidence_level=level, method="percentile",
+                      vectorized=True, paired=paired, **seeded)
+    return float(found.confidence_interval.low), float(found.confidence_interval.high)
