@@ -24,6 +24,7 @@ from BrainTumorExplainLib.models.description import (  # noqa: E402
     from_network_space,
     labels_from_outputs,
     to_network_space,
+    truth_of_outputs,
 )
 
 # As MONAI's model zoo brats_mri_segmentation bundle (SegResNet, T1c/T1/T2/FLAIR, sigmoid TC/WT/ET), made tiny.
@@ -177,6 +178,20 @@ def test_regions_become_labels_as_nnunet_does():
     outputs[0, 0, 0, 2:] = 0.9  # TC
     outputs[2, 0, 0, 3] = 0.9  # ET
     assert labels_from_outputs(outputs, description).ravel().tolist() == [0, 2, 1, 3]
+
+
+@pytest.mark.parametrize("outputs, names", [("sigmoid", ("TC", "WT", "ET")), ("sigmoid", ("WT", "TC", "ET")),
+                                             ("softmax", ("background", "ED", "NCR", "ET"))])
+def test_the_truth_of_each_output_channel_turns_back_into_the_labels(outputs, names):
+    """Issue 41: calibration scores each output channel against what it should say (its region, or its class, in
+    the network's own channel order): that truth, read as outputs, gives the labels back."""
+    description = NetworkDescription("d", 3, ("flair", "t1", "t1ce", "t2"), "zscore-brain", outputs, names)
+    labels = np.random.default_rng(0).integers(0, 4, (3, 4, 5)).astype(np.uint8)
+    truth = truth_of_outputs(labels, description)
+    assert truth.shape == (len(names),) + labels.shape and truth.dtype == bool
+    np.testing.assert_array_equal(labels_from_outputs(truth.astype(np.float32), description), labels)
+    if outputs == "sigmoid":
+        np.testing.assert_array_equal(truth[names.index("WT")], labels > 0)
 
 
 @pytest.mark.parametrize("axes", ["SPL", "LPS", "RAS", "ARI", "IPR"])

@@ -23,6 +23,7 @@ from conftest import torchrun
 from BrainTumorExplainLib.app.cli import main
 from BrainTumorExplainLib.app.cohort import FIGURE, PAGE, SETTINGS, STATISTICS, TABLE, dataset_cases
 from BrainTumorExplainLib.app.contract import SUMMARY
+from BrainTumorExplainLib.scoring.risk_coverage import aurc
 from BrainTumorExplainLib.scoring.statistics import mean_interval, ratio_interval
 
 # the cheapest explain: one Grad-CAM layer, quick dropout, two pre-image steps, no scene
@@ -84,14 +85,20 @@ def test_every_case_written_as_a_single_run_writes_it_with_the_cohort_table(unin
         analysis = summary["uncertainty"]["error_analysis"]
         assert float(row["auroc_entropy"]) == pytest.approx(analysis["maps"]["entropy"]["auroc"], abs=1e-12)
         assert float(row["auroc_control"]) == pytest.approx(analysis["control"]["auroc"], abs=1e-12)
+        assert float(row["auroc_control_same_errors"]) == pytest.approx(analysis["control"]["same_errors"]["auroc"])
+        assert float(row["ece"]) == pytest.approx(analysis["calibration"]["ece"], abs=1e-12)
+        assert float(row["case_entropy"]) == pytest.approx(analysis["case_uncertainty"]["entropy"], abs=1e-12)
         assert float(row["seconds_gradcam"]) == pytest.approx(summary["seconds"]["gradcam"])
     statistics = json.loads((uninterrupted / STATISTICS).read_text())
     dice = [float(row["WT_dice"]) for row in rows]
     assert statistics["means"]["WT_dice"]["mean"] == pytest.approx(np.mean(dice))
     assert statistics["means"]["WT_dice"]["low"] <= np.mean(dice) <= statistics["means"]["WT_dice"]["high"]
     assert [entry["case"] for entry in statistics["worst"]["WT"]] == [rows[i]["case"] for i in np.argsort(dice)]
+    found = statistics["failure_detection"]["entropy"]  # cases ranked by their mean entropy against 1 − WT Dice
+    expected = aurc([float(row["case_entropy"]) for row in rows], 1 - np.array(dice))
+    assert found == pytest.approx(expected) and found["optimal"] <= found["aurc"]
     page = (uninterrupted / PAGE).read_text()
-    assert all(f"{case}/report.html" in page for case in cases)
+    assert all(f"{case}/report.html" in page for case in cases) and "Which cases failed?" in page
 
 
 def test_a_killed_cohort_resumes_to_the_files_of_an_uninterrupted_run(dataset, uninterrupted, tmp_path):

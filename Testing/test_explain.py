@@ -122,8 +122,12 @@ def test_the_headline_names_the_scores_the_controls_where_to_look_and_the_report
     lines = headline_lines(summary, explained)
     assert lines[0] == f"case {small_phantom.case_id} against its ground truth (resunet):"
     assert "WT Dice" in lines[1] and "WT L-Dice" in lines[1]  # the legacy and the lesion-wise tables
-    assert next(line for line in lines if line.startswith("uncertainty AUROC")).endswith(
-        f"{summary['uncertainty']['error_analysis']['control']['auroc']:.3f}")
+    analysis = summary["uncertainty"]["error_analysis"]
+    line = next(line for line in lines if line.startswith("uncertainty AUROC"))
+    assert f"{analysis['control']['auroc']:.3f}, {analysis['control']['same_errors']['auroc']:.3f} on the sampled " \
+           "prediction's errors" in line  # the control on its own errors and on those the maps are scored on
+    assert line.endswith(f"(ECE) {analysis['calibration']['ece']:.4f} sampled, "
+                         f"{analysis['control']['calibration']['ece']:.4f} one pass")
     assert any(line.startswith("concepts the network detects beyond its controls") for line in lines)
     assert sum(line.startswith("where to look: ") for line in lines) == (1 if summary.get("review") else 0)
     assert lines[-1] == f"report: {explained / 'report.html'}"

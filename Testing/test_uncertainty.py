@@ -12,6 +12,8 @@ from BrainTumorExplainLib.analyses.uncertainty import (
     SamplingPlan,
     _RunningMoments,
     auroc,
+    average_precision,
+    near_tumour,
     ttd_batch,
     uncertainty_error_analysis,
     uncertainty_volume,
@@ -131,6 +133,58 @@ def test_the_control_is_the_deterministic_predictions_own_entropy(case_and_model
     assert control["error_rate"] == pytest.approx(wrong.mean())
     assert control["auroc"] == pytest.approx(auroc(entropy[case.brain_mask], wrong), abs=1e-4)
     assert deterministic_control(model, case) == control  # no sampling: the same every time
+
+
+def test_average_precision_equals_scikit_learns_with_ties():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(1)
+    for scores in (rng.integers(0, 6, 500).astype(float), rng.random(500)):  # with ties and without
+        positives = rng.random(500) < 0.2 + 0.5 * (scores > np.median(scores))
+        assert average_precision(scores, positives) == pytest.approx(average_precision_score(positives, scores))
+    assert average_precision(positives.astype(float), positives) == 1.0
+    assert np.isnan(average_precision(scores, np.zeros(500, bool)))
+
+
+def test_near_tumour_is_the_brain_within_the_margin_in_millimetres():
+    labels = np.zeros((20, 40, 40), np.uint8)
+    labels[10, 20, 20] = 2
+    brain = np.ones_like(labels, bool)
+    brain[:, :, 35:] = False
+    near = near_tumour(labels, brain, spacing=(2.0, 1.0, 1.0), margin_mm=6)
+    z, y, x = np.nonzero(near)
+    assert near[10, 20, 20] and near[13, 20, 20] and not near[14, 20, 20]  # 3 slices of 2 mm: 6 mm
+    assert near[10, 26, 20] and not near[10, 27, 20] and not near[10, 20, 35]  # outside the brain
+    assert np.all(np.hypot(2 * (z - 10), np.hypot(y - 20, x - 20)) <= 6)
+    assert not near_tumour(np.zeros_like(labels), brain, (1, 1, 1)).any()
+
+
+def test_the_error_analysis_adds_calibration_near_tumour_and_the_control_on_the_same_errors(case_and_model):
+    """Issue 41: the sampled maps and the control scored on the same (the mean prediction's) errors; when the two
+    predictions agree, the control's same-error AUROC is its own; calibration of both, from the same bins."""
+    from BrainTumorExplainLib.analyses.uncertainty import calibration, deterministic_control
+    from BrainTumorExplainLib.models.inference import case_probabilities, labels_from_probabilities
+
+    case, model = case_and_model
+    volume = uncertainty_volume(model, case, passes=4, seed=0)
+    analysis = uncertainty_error_analysis(volume, case, model=model)
+    entry = analysis["maps"]["entropy"]
+    assert 0 <= entry["auroc_near_tumour"] <= 1 and 0 <= entry["auprc"] <= 1
+    assert analysis["near_tumour"]["voxels"] > 0 and 0 <= analysis["calibration"]["ece"] <= 1
+    tumour = (volume.labels > 0) & case.brain_mask
+    assert analysis["case_uncertainty"]["over"] == "predicted tumour"
+    assert analysis["case_uncertainty"]["entropy"] == pytest.approx(volume.entropy[tumour].mean())
+    probabilities = case_probabilities(model, case)
+    deterministic = labels_from_probabilities(model, probabilities)
+    control = deterministic_control(model, case, probabilities=probabilities, sampled_labels=deterministic)
+    assert control["same_errors"]["auroc"] == pytest.approx(control["auroc"])
+    assert control["calibration"] == calibration(model, probabilities, case.labels, case.brain_mask)
+    shown = sum(row["count"] for row in control["calibration"]["reliability"])
+    assert shown == case.brain_mask.sum()
+    other = deterministic_control(model, case, probabilities=probabilities, sampled_labels=volume.labels)
+    errors = (volume.labels != case.labels)[case.brain_mask]
+    entropy = -(probabilities * np.log(np.clip(probabilities, 1e-30, 1))).sum(0)[case.brain_mask]
+    assert other["same_errors"]["auroc"] == pytest.approx(auroc(entropy, errors), abs=1e-4)
 
 
 class NoDropout(SegmentationNet):

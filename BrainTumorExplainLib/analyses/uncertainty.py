@@ -37,6 +37,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ..data.case import Case
 from ..errors import UsageError
@@ -44,6 +45,7 @@ from ..models.base import evaluating, model_device, test_time_dropout
 from ..models.inference import case_probabilities, labels_from_probabilities
 from ..models.interface import analysed
 from ..progress import progress_bar
+from ..scoring.calibration import CalibrationBins
 
 
 @dataclass(frozen=True)
@@ -362,38 +364,112 @@ def decision_entropy(probabilities: np.ndarray, outputs: str) -> np.ndarray:
 
 
 def deterministic_control(model, case: Case, device: str | torch.device | None = None,
-                          probabilities: np.ndarray | None = None) -> dict:
+                          probabilities: np.ndarray | None = None, sampled_labels: np.ndarray | None = None) -> dict:
     """The control of every uncertainty map: the predictive entropy of the network's own deterministic prediction
-    (one pass in eval mode: no dropout, no flips; an nnU-Net folder's folds as it predicts), as an AUROC for that
-    prediction's misclassified brain voxels. Sampling adds something only where a map's AUROC beats it — a softmax
-    is uncertain at its boundaries without any sampling. ``probabilities``: that prediction, when already made (the
-    segmentation's, in ``explain``)."""
+    (one pass in eval mode: no dropout, no flips; an nnU-Net folder's folds as it predicts), as an AUROC and AUPRC
+    for that prediction's misclassified brain voxels, with the calibration of that pass. Sampling adds something
+    only where a map beats it — a softmax is uncertain at its boundaries without any sampling. ``probabilities``:
+    that prediction, when already made (the segmentation's, in ``explain``). ``sampled_labels``: the sampled mean
+    prediction's labels — the control is then also scored on *their* errors (``same_errors``: over the brain and
+    near the tumour), the errors the sampled maps are scored on, so that the two AUROCs compare like with like."""
     if case.labels is None:
         raise UsageError(f"{case.case_id}: the deterministic control needs ground truth (a _seg file)")
     if probabilities is None:
         probabilities = case_probabilities(model, case, device=device)
     entropy = deterministic_entropy(model, probabilities)
     brain = case.brain_mask
-    wrong = (labels_from_probabilities(model, probabilities) != case.labels)[brain]
-    return {"map": "entropy of one deterministic pass (no sampling)", "error_rate": float(wrong.mean()),
-            "auroc": auroc(entropy[brain], wrong)}
+    labels = labels_from_probabilities(model, probabilities)
+    wrong = (labels != case.labels)[brain]
+    result = {"map": "entropy of one deterministic pass (no sampling)", "error_rate": float(wrong.mean()),
+              "auroc": auroc(entropy[brain], wrong), "auprc": average_precision(entropy[brain], wrong),
+              "calibration": calibration(model, probabilities, case.labels, brain)}
+    if sampled_labels is not None:
+        errors = (sampled_labels != case.labels)[brain]
+        near = near_tumour(sampled_labels, brain, case.spacing)[brain]
+        result["same_errors"] = {"auroc": auroc(entropy[brain], errors),
+                                 "auprc": average_precision(entropy[brain], errors),
+                                 "auroc_near_tumour": auroc(entropy[brain][near], errors[near])}
+    return result
 
 
-def uncertainty_error_analysis(volume: UncertaintyVolume, case: Case, bins: int = 10) -> dict:
-    """Does high uncertainty mark the voxels the mean prediction gets wrong? Inside the brain, per map: AUROC for
-    misclassification, and the error rate in each of ``bins`` equal-count bins of the map (low to high)."""
+NEAR_TUMOUR_MM = 10.0  # "near the tumour": brain voxels within this distance of the predicted whole tumour
+
+
+def near_tumour(labels: np.ndarray, brain: np.ndarray, spacing: Sequence[float],
+                margin_mm: float = NEAR_TUMOUR_MM) -> np.ndarray:
+    """Brain voxels within ``margin_mm`` of the predicted whole tumour (``labels > 0``; ``spacing`` in mm per
+    axis): where a reader looks, and where the errors of a good segmentation are. Empty without a tumour."""
+    tumour = labels > 0
+    if not tumour.any():
+        return np.zeros_like(brain)
+    return brain & (ndimage.distance_transform_edt(~tumour, sampling=spacing) <= margin_mm)
+
+
+def calibration(model, probabilities: np.ndarray, labels: np.ndarray, brain: np.ndarray) -> dict:
+    """The calibration of a network's ``(C, Z, Y, X)`` outputs inside the brain against the class indices
+    ``labels`` (:class:`scoring.calibration.CalibrationBins`): ``ece`` (top-label), ``ece_classes`` (MONAI's: the
+    mean over output channels) and the top-label ``reliability`` diagram."""
+    network = analysed(model)
+    bins = CalibrationBins(network.output_channels).add(probabilities, network.output_truth(labels), brain,
+                                                        network.outputs)
+    error = bins.error()
+    return {"ece": error["top_label"], "ece_classes": error["class_mean"], "bins": bins.bins,
+            "reliability": bins.reliability()}
+
+
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the precision–recall curve of ``scores`` for the boolean ``positives``, as average precision
+    (Σ over thresholds of the recall gained times the precision there; tied scores are one threshold, as
+    scikit-learn's ``average_precision_score``); NaN without positives. Its chance level is the share of positives
+    (the error rate), not 0.5."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    positives = np.asarray(positives, dtype=bool).ravel()
+    total = int(positives.sum())
+    if total == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], positives[order]
+    last = np.r_[np.flatnonzero(np.diff(ranked)), ranked.size - 1]  # the last voxel of each threshold
+    true_positives = np.cumsum(hits)[last]
+    precision = true_positives / (last + 1)
+    recall_gained = np.diff(np.r_[0, true_positives]) / total
+    return float((recall_gained * precision).sum())
+
+
+def case_uncertainty(volume: UncertaintyVolume, brain: np.ndarray) -> dict:
+    """Each map aggregated into one number per case (the ranking of case-level failure detection,
+    :func:`scoring.risk_coverage.aurc`): its mean over the predicted whole tumour, or over the brain when no
+    tumour is predicted (``over`` says which)."""
+    tumour = (volume.labels > 0) & brain
+    region = tumour if tumour.any() else brain
+    return {"over": "predicted tumour" if tumour.any() else "brain",
+            **{name: float(array[region].mean()) for name, array in volume.maps().items()}}
+
+
+def uncertainty_error_analysis(volume: UncertaintyVolume, case: Case, bins: int = 10, model=None) -> dict:
+    """Does high uncertainty mark the voxels the mean prediction gets wrong? Inside the brain, per map: AUROC and
+    AUPRC for misclassification, AUROC near the tumour (:func:`near_tumour`), and the error rate in each of ``bins``
+    equal-count bins of the map (low to high). With ``model`` (the network that made ``volume``), the calibration
+    of the mean prediction. ``case_uncertainty``: each map in one number (:func:`case_uncertainty`)."""
     if case.labels is None:
         raise UsageError(f"{case.case_id}: the uncertainty-error analysis needs ground truth (a _seg file)")
     brain = case.brain_mask
     wrong = (volume.labels != case.labels)[brain]
-    result = {"voxels": int(brain.sum()), "error_rate": float(wrong.mean()), "maps": {}}
+    near = near_tumour(volume.labels, brain, case.spacing)[brain]
+    result = {"voxels": int(brain.sum()), "error_rate": float(wrong.mean()),
+              "near_tumour": {"margin_mm": NEAR_TUMOUR_MM, "voxels": int(near.sum()),
+                              "error_rate": float(wrong[near].mean()) if near.any() else None},
+              "case_uncertainty": case_uncertainty(volume, brain), "maps": {}}
     for name, array in volume.maps().items():
         values = array[brain]
         order = np.argsort(values, kind="stable")
         groups = np.array_split(order, bins)
         result["maps"][name] = {
-            "auroc": auroc(values, wrong),
+            "auroc": auroc(values, wrong), "auprc": average_precision(values, wrong),
+            "auroc_near_tumour": auroc(values[near], wrong[near]),
             "bins": [{"upper": float(values[g[-1]]) if len(g) else float("nan"),
                       "error_rate": float(wrong[g].mean()) if len(g) else float("nan")} for g in groups],
         }
+    if model is not None:
+        result["calibration"] = calibration(model, volume.mean, case.labels, brain)
     return result

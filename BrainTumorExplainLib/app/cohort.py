@@ -30,6 +30,7 @@ from ..errors import InputError, OutputError, UsageError
 from ..outputs import OutputFolder, check_not_an_input, is_result_folder
 from ..progress import shared_progress
 from ..ranks import joined
+from ..scoring.risk_coverage import aurc
 from ..scoring.statistics import mean_interval
 from ..version import __version__
 from .contract import REPORT, SUMMARY
@@ -196,7 +197,13 @@ def case_row(case: Path, out: Path, error: str | None = None) -> dict:
         row.update({f"{region}_{name}": scores.get(name) for name in SCORES})
     analysis = summary.get("uncertainty", {}).get("error_analysis") or {}
     row.update({f"auroc_{name}": entry.get("auroc") for name, entry in analysis.get("maps", {}).items()})
-    row["auroc_control"] = analysis.get("control", {}).get("auroc")
+    control = analysis.get("control", {})
+    row["auroc_control"] = control.get("auroc")
+    row["auroc_control_same_errors"] = control.get("same_errors", {}).get("auroc")  # the errors the maps are scored on
+    row["ece"] = analysis.get("calibration", {}).get("ece")
+    row["ece_control"] = control.get("calibration", {}).get("ece")
+    row.update({f"case_{name}": value for name, value in analysis.get("case_uncertainty", {}).items()
+                if name != "over"})
     row.update({f"seconds_{stage}": seconds for stage, seconds in summary.get("seconds", {}).items()})
     row["megabytes"] = round(sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) / 1e6, 2)
     return row
@@ -228,11 +235,26 @@ def _write_cohort(out: Path, cases: list[Path], failures: dict[str, str]) -> dic
         "worst": {region: [{"case": row["case"], "dice": row[f"{region}_dice"]} for row in sorted(
             (row for row in done if row.get(f"{region}_dice") is not None), key=lambda row: row[f"{region}_dice"])
             [:WORST]] for region in REGIONS},
+        "failure_detection": failure_detection(done),
     }
     _write_atomically(out / STATISTICS, json.dumps(statistics, indent=1) + "\n")
     _draw(done, out / FIGURE)
     _write_atomically(out / PAGE, _page(rows, statistics, out))
     return statistics
+
+
+def failure_detection(done: list[dict]) -> dict:
+    """Case-level failure detection over the cases done: each uncertainty map's per-case value (its mean over the
+    predicted tumour, ``case_<map>``) ranking the cases against their risk, 1 − WT Dice, as AURC
+    (:func:`scoring.risk_coverage.aurc`: lower is better; ``optimal`` ranks by the risk itself, ``random`` is the
+    mean risk). Empty under two cases with both."""
+    found = {}
+    for column in sorted({key for row in done for key in row if key.startswith("case_")}):
+        pairs = [(row[column], 1 - row["WT_dice"]) for row in done
+                 if row.get(column) is not None and row.get("WT_dice") is not None]
+        if len(pairs) >= 2:
+            found[column[len("case_"):]] = aurc(*zip(*pairs))
+    return found
 
 
 def _draw(done: list[dict], path: Path) -> None:
@@ -243,6 +265,18 @@ def _draw(done: list[dict], path: Path) -> None:
     cohort_scores({name: pairs for name, pairs in scores.items() if pairs}, partial,
                   f"{len(done)} cases: a dot per case, the bar the mean")
     partial.replace(path)
+
+
+def _failure_table(found: dict) -> str:
+    if not found:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{_number(entry['aurc'])}</td><td>"
+                   f"{_number(entry['optimal'])}</td><td>{_number(entry['random'])}</td><td>{entry['n']}</td></tr>"
+                   for name, entry in found.items())
+    return ("<h2>Which cases failed?</h2><p>Cases ranked by each map's mean over their predicted tumour against "
+            "1 − WT Dice: area under the risk–coverage curve (lower is better), beside the best possible ranking "
+            "and the mean risk (a ranking that knows nothing).</p><table><tr><th>map</th><th>AURC</th>"
+            f"<th>optimal</th><th>random</th><th>cases</th></tr>{rows}</table>")
 
 
 def _page(rows: list[dict], statistics: dict, out: Path) -> str:
@@ -264,6 +298,7 @@ def _page(rows: list[dict], statistics: dict, out: Path) -> str:
             f"{next(iter(statistics['means'].values()), {}).get('resamples', 0)} resamples, seeded).</p>"
             f"<p><img src='{FIGURE}' alt='per-case scores'></p>"
             f"<table><tr><th>column</th><th>mean</th><th>95 % interval</th><th>cases</th></tr>{means}</table>"
+            f"{_failure_table(statistics.get('failure_detection', {}))}"
             f"<h2>Cases</h2><table><tr>{''.join(f'<th>{key}</th>' for key in shown)}</tr>{body}</table>"
             "</body></html>\n")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data.case import MODALITIES, Case
-from ..data.labels import REGIONS
+from ..data.labels import REGIONS, region_mask
 from ..data.nnunet_resampling import NnUNetGrid, nnunet_zscore
 from ..data.resample import SEQUENCE_RESAMPLING
 from ..errors import UsageError
@@ -172,3 +172,12 @@ def labels_from_outputs(outputs: np.ndarray, description: NetworkDescription) ->
         if region in present:
             labels[present[region]] = class_index
     return labels
+
+
+def truth_of_outputs(labels: np.ndarray, description: NetworkDescription) -> np.ndarray:
+    """What each output channel should say for class indices ``labels``: ``(channels, ...)`` bool — a softmax
+    channel its class's voxels, a sigmoid channel its region's (the inverse of :func:`labels_from_outputs`; what
+    the outputs' calibration is scored against)."""
+    if description.outputs == "softmax":
+        return np.stack([labels == CLASS_OUTPUTS.index(name) for name in description.output_names])
+    return np.stack([region_mask(labels, name) for name in description.output_names])

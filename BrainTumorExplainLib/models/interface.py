@@ -38,6 +38,7 @@ from .description import (
     network_inputs,
     require_hooks,
     to_network_space,
+    truth_of_outputs,
 )
 from .inference import slice_batches
 from .volume import DescribedNetwork, activate, run_windows, window_inferer
@@ -162,6 +163,11 @@ class AnalysedNetwork:
     def label_map(self, probabilities: np.ndarray) -> np.ndarray | None:
         """Labels of ``(C, Z, Y, X)`` probabilities when they are not the argmax of the paper's classes, else None."""
         return None
+
+    def output_truth(self, labels: np.ndarray) -> np.ndarray:
+        """``(C, *labels.shape)`` bool: what each output channel should say for class indices ``labels`` (the paper's
+        four classes, one-hot)."""
+        return np.arange(self.output_channels).reshape((-1,) + (1,) * labels.ndim) == labels[None]
 
 
 class SliceWise(AnalysedNetwork):
@@ -402,6 +408,9 @@ class WindowWise(AnalysedNetwork):
 
     def label_map(self, probabilities):
         return labels_from_outputs(probabilities, self.description)
+
+    def output_truth(self, labels):
+        return truth_of_outputs(labels, self.description)
 
 
 def analysed(network, analysis: str | None = None) -> AnalysedNetwork:

@@ -42,15 +42,17 @@ def write_maps(volume, case, folder: Path, full_resolution: bool = False) -> lis
 def summarise(volume, case, mode: str, seed: int, model=None, probabilities=None) -> dict:
     """Method (test-time dropout, flips or an ensemble) and its short name (``source``, what the Slicer module names
     the maps by), mode, seed, passes (or members) per slice, and — with ground truth — the uncertainty-error
-    analysis, with ``model``'s deterministic control beside it (``error_analysis.control``; ``probabilities``: its
+    analysis and the mean prediction's calibration, with ``model``'s deterministic control beside it
+    (``error_analysis.control``, scored on its own errors and on the mean prediction's; ``probabilities``: its
     deterministic prediction, when already made)."""
     used = volume.passes[volume.passes > 0]
     summary = {"method": METHODS[volume.method], "source": SOURCES[volume.method], "mode": mode, "seed": seed,
                "passes": {"min": int(used.min()), "mean": round(float(used.mean()), 1), "max": int(used.max())}}
     if case.labels is not None:
-        summary["error_analysis"] = uncertainty_error_analysis(volume, case)
+        summary["error_analysis"] = uncertainty_error_analysis(volume, case, model=model)
         if model is not None:
-            summary["error_analysis"]["control"] = deterministic_control(model, case, probabilities=probabilities)
+            summary["error_analysis"]["control"] = deterministic_control(model, case, probabilities=probabilities,
+                                                                         sampled_labels=volume.labels)
     return summary
 
 
@@ -131,9 +133,18 @@ def auroc_text(analysis: dict) -> str:
 
 
 def control_text(analysis: dict) -> str:
-    """The deterministic control beside the uncertainty AUROCs (analyses.uncertainty.deterministic_control)."""
+    """The deterministic control beside the uncertainty AUROCs (analyses.uncertainty.deterministic_control), on the
+    mean prediction's errors where it was scored on them, and the two predictions' calibration."""
     control = analysis.get("control")
-    return f"control ({control['map']}) {control['auroc']:.3f}" if control else "no control"
+    if not control:
+        return "no control"
+    text = f"control ({control['map']}) {control['auroc']:.3f}"
+    if "same_errors" in control:
+        text += f", {control['same_errors']['auroc']:.3f} on the sampled prediction's errors"
+    if "calibration" in analysis and "calibration" in control:
+        text += (f"; calibration error (ECE) {analysis['calibration']['ece']:.4f} sampled, "
+                 f"{control['calibration']['ece']:.4f} one pass")
+    return text
 
 
 def mode_of(volume, quick: bool, passes: int) -> str:
