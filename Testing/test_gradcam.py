@@ -16,6 +16,7 @@ from BrainTumorExplainLib.analyses.gradcam import (
     normalise,
     raw_input_volume,
 )
+from BrainTumorExplainLib.analyses.sanity import cascading_randomisation
 from BrainTumorExplainLib.data.case import load_case
 from BrainTumorExplainLib.models import build_model
 from BrainTumorExplainLib.models.base import SegmentationNet
@@ -200,3 +201,26 @@ def test_localisation_controls_on_known_maps(small_phantom):
 def test_normalise_keeps_zero_maps_zero():
     assert not normalise(np.zeros((3, 3))).any()
     assert normalise(np.array([0.0, 2.0, 4.0])).tolist() == [0.0, 0.5, 1.0]
+
+
+def test_cascading_randomisation_moves_a_gradcam_map_and_not_a_map_that_ignores_the_weights_above(small_phantom):
+    """Issue 41 (Adebayo et al. 2018): randomising the output layer must move layer a's Grad-CAM (its weights β are
+    the output layer's); a map weighting every filter 1 — ReLU(Σ_k A_k), blind to everything above a — keeps ρ = 1
+    until a itself is randomised. The model is not touched; the last step has every parameter random."""
+    torch.manual_seed(3)
+    model = LinearToy()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    case = load_case(small_phantom.flair.parent)
+    slices = case.brain_slices()[::3]
+    found = cascading_randomisation(model, case, ["a"], "all", slices, target="logits")
+    assert found["randomised"] == ["out", "a"] and found["slices"] == len(slices)
+    shares = found["parameter_share"]
+    assert shares[0] == pytest.approx((5 * 4 + 4) / (4 * 5 + 5 + 5 * 4 + 4)) and shares[1] == 1.0
+    moved = found["spearman"]["a"]
+    assert set(moved) == {"background", "NCR/NET", "ED", "ET"}
+    assert all(rho is None or rho < 0.9 for rho in (moved[name][0] for name in moved))
+    blind = cascading_randomisation(model, case, ["a"], [1], slices, target="logits",
+                                    weights=lambda activation, gradient: torch.ones_like(gradient[:, :, :1, :1]))
+    first, second = blind["spearman"]["a"]["NCR/NET"]
+    assert first == pytest.approx(1.0) and second < 0.99
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())

@@ -18,6 +18,7 @@ measures the claim.
 from __future__ import annotations
 
 import copy
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -32,18 +33,23 @@ CONTROLS = (RANDOM_WEIGHTS, RAW_INPUT)
 INPUT_LAYER = "input"  # the raw-input control's one layer
 
 
-def _reinitialised(module: nn.Module, seed: int) -> nn.Module:
-    """A deep copy of ``module`` with every submodule that has ``reset_parameters`` reset from ``seed`` (the global
-    random state is left as it was)."""
-    copied = copy.deepcopy(module)
+def reinitialise(modules: Iterable[nn.Module], seed: int) -> None:
+    """Reset, in place and in the given order, every module of ``modules`` that has ``reset_parameters`` from
+    ``seed`` (a BatchNorm's running statistics too); the global random state is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for submodule in copied.modules():
+        for submodule in modules:
             reset = getattr(submodule, "reset_parameters", None)
             if callable(reset):
                 reset()
             if isinstance(submodule, nn.modules.batchnorm._NormBase) and submodule.track_running_stats:
                 submodule.reset_running_stats()
+
+
+def _reinitialised(module: nn.Module, seed: int) -> nn.Module:
+    """A deep copy of ``module`` with every submodule reset from ``seed`` (:func:`reinitialise`)."""
+    copied = copy.deepcopy(module)
+    reinitialise(copied.modules(), seed)
     return copied
 
 

@@ -63,6 +63,10 @@ class AnalysedNetwork:
         """Forward hooks keeping ``layers``' latest outputs in ``.outputs`` (name → tensor), released on exit."""
         raise NotImplementedError
 
+    def layer_module(self, layer: str) -> nn.Module:
+        """The module whose output is ``layer``."""
+        raise NotImplementedError
+
     def targets(self, classes: str | Iterable[int] | None = "tumour") -> list[int]:
         """The output channels an analysis of ``classes`` looks at."""
         raise NotImplementedError
@@ -198,6 +202,9 @@ class SliceWise(AnalysedNetwork):
     def recorder(self, layers):
         return LayerRecorder(self.module, layers)
 
+    def layer_module(self, layer):
+        return self.module.analysable_layers()[layer]
+
     def targets(self, classes="tumour") -> list[int]:
         return resolve_classes(classes)
 
@@ -313,6 +320,9 @@ class WindowWise(AnalysedNetwork):
 
     def recorder(self, layers):
         return ModuleRecorder(self.module, layers)
+
+    def layer_module(self, layer):
+        return dict(self.module.named_modules())[layer]
 
     def targets(self, classes="tumour") -> list[int]:
         """Every output channel for ``tumour`` or ``all`` (each is its own target), else those named — by index, by
