@@ -1,0 +1,226 @@
+"""Uncertainty, calibration and failure detection on held-out phantoms, each number with its control and a bootstrap
+interval over the cases (issue 41):
+
+* voxel level: each map's AUROC and AUPRC for the mean prediction's misclassified brain voxels, over the brain and
+  within 10 mm of the predicted tumour, beside the deterministic control (the entropy of one pass without
+  sampling) scored on the **same** errors — and on its own;
+* calibration: the expected calibration error (top-label, 20 bins) of the sampled mean prediction, of one
+  deterministic pass, and of that pass after temperature scaling fitted on training phantoms (the baseline a user
+  tries first); a pooled reliability diagram;
+* case level: the cases ranked by each map's mean over the predicted tumour (and by the control's) against
+  1 − WT Dice, as AURC beside the optimum and the mean risk.
+
+    python -m BrainTumorExplainLib phantom --out TRAIN --cases 4 --seed 0      # the first training phantoms
+    python scripts/uncertainty_heldout.py run resunet --data HELDOUT --train TRAIN [--cases 10] \\
+        --out benchmarks/results/uncertainty_heldout                            # ~5 minutes a case on 2 cores
+    python scripts/uncertainty_heldout.py table resunet --out benchmarks/results/uncertainty_heldout \\
+        [--markdown FILE] [--figure PNG]
+
+Resumable: the temperature (temperature.json) and each case (<case>.json) are written as soon as they are made, and
+a rerun skips what exists; the tables use every case written (and say how many).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from BrainTumorExplainLib.analyses.uncertainty import (
+    calibration,
+    deterministic_control,
+    deterministic_entropy,
+    uncertainty_error_analysis,
+    uncertainty_volume,
+)
+from BrainTumorExplainLib.data.case import as_case, find_cases
+from BrainTumorExplainLib.models import load_pretrained
+from BrainTumorExplainLib.models.inference import case_probabilities, labels_from_probabilities
+from BrainTumorExplainLib.models.interface import analysed
+from BrainTumorExplainLib.scoring.calibration import fit_temperature, scaled
+from BrainTumorExplainLib.scoring.metrics import score_segmentation
+from BrainTumorExplainLib.scoring.risk_coverage import aurc
+from BrainTumorExplainLib.scoring.statistics import mean_interval
+
+VOXELS_PER_CASE = 50_000  # brain voxels drawn from each training case to fit the temperature (seeded)
+SEED = 0
+
+
+def _write(path: Path, record: dict) -> None:
+    partial = path.with_suffix(".part")
+    partial.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(partial, path)  # a file that exists is complete
+
+
+def temperature(model, train: Path, folder: Path) -> float:
+    """The temperature fitted on brain voxels of the training cases (seeded draw), saved once."""
+    path = folder / "temperature.json"
+    if path.exists():
+        return json.loads(path.read_text())["temperature"]
+    network, rng = analysed(model), np.random.default_rng(SEED)
+    probabilities, truth, cases = [], [], []
+    for source in find_cases(train):
+        case = as_case(source)
+        p = case_probabilities(model, case)
+        brain = np.flatnonzero(case.brain_mask)
+        chosen = rng.choice(brain, size=min(VOXELS_PER_CASE, brain.size), replace=False)
+        probabilities.append(p.reshape(p.shape[0], -1)[:, chosen])
+        truth.append(network.output_truth(case.labels).reshape(p.shape[0], -1)[:, chosen])
+        cases.append(case.case_id)
+    found = fit_temperature(np.concatenate(probabilities, 1), np.concatenate(truth, 1), network.outputs)
+    _write(path, {"temperature": found, "cases": cases, "voxels_per_case": VOXELS_PER_CASE, "seed": SEED})
+    return found
+
+
+def one_case(model, case, fitted: float) -> dict:
+    start = time.perf_counter()
+    volume = uncertainty_volume(model, case, quick=True, seed=SEED)
+    analysis = uncertainty_error_analysis(volume, case, model=model)
+    probabilities = case_probabilities(model, case)
+    control = deterministic_control(model, case, probabilities=probabilities, sampled_labels=volume.labels)
+    brain = case.brain_mask
+    one_pass = labels_from_probabilities(model, probabilities)
+    tumour = (one_pass > 0) & brain
+    entropy = deterministic_entropy(model, probabilities)
+    for entry in analysis["maps"].values():
+        entry.pop("bins")
+    return {"case": case.case_id, "seconds": round(time.perf_counter() - start, 1),
+            "passes_mean": float(volume.passes[volume.passes > 0].mean()),
+            "dice": {region: score.dice for region, score in score_segmentation(volume.labels, case.labels,
+                                                                                 case.spacing, None).items()},
+            "dice_one_pass": {region: score.dice for region, score in score_segmentation(
+                one_pass, case.labels, case.spacing, None).items()},
+            "analysis": analysis, "control": control,
+            "control_case_uncertainty": float(entropy[tumour if tumour.any() else brain].mean()),
+            "temperature": fitted,
+            "scaled_calibration": calibration(model, scaled(probabilities, fitted, analysed(model).outputs),
+                                              case.labels, brain)}
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    model = load_pretrained(args.model)
+    folder = args.out / args.model
+    folder.mkdir(parents=True, exist_ok=True)
+    fitted = temperature(model, args.train, folder)
+    print(f"temperature {fitted:.3f}", flush=True)
+    for source in find_cases(args.data)[:args.cases]:
+        path = folder / f"{Path(source).name}.json"
+        if path.exists():
+            continue
+        record = one_case(model, as_case(source), fitted)
+        _write(path, record)
+        print(f"wrote {path} ({record['seconds']:.0f} s)", flush=True)
+
+
+def _interval(values) -> str:
+    found = mean_interval(values)
+    return f"{found['mean']:.3f} [{found['low']:.3f}, {found['high']:.3f}]"
+
+
+def table(args: argparse.Namespace) -> str:
+    folder = args.out / args.model
+    records = [json.loads(path.read_text()) for path in sorted(folder.glob("Phantom_*.json"))]
+    if len(records) < 2:
+        raise SystemExit(f"error: {folder}: need at least two finished cases, found {len(records)}")
+    fitted = json.loads((folder / "temperature.json").read_text())
+    maps = list(records[0]["analysis"]["maps"])
+    lines = [f"{args.model}: {len(records)} held-out phantoms, quick test-time dropout (seed {SEED}, "
+             f"{np.mean([r['passes_mean'] for r in records]):.1f} passes per slice on average); mean over the cases "
+             "[95 % interval: cases resampled, 1000 draws, seed 0]. Control: the entropy of one deterministic pass. "
+             "Errors: the sampled mean prediction's, unless said.", "",
+             "| map | AUROC, brain | AUROC, ≤ 10 mm of the tumour | AUPRC, brain |", "|---|---:|---:|---:|"]
+    for name in maps:
+        entries = [r["analysis"]["maps"][name] for r in records]
+        lines.append(f"| {name} | {_interval([e['auroc'] for e in entries])} | "
+                     f"{_interval([e['auroc_near_tumour'] for e in entries])} | "
+                     f"{_interval([e['auprc'] for e in entries])} |")
+    same = [r["control"]["same_errors"] for r in records]
+    lines.append(f"| control, same errors | {_interval([e['auroc'] for e in same])} | "
+                 f"{_interval([e['auroc_near_tumour'] for e in same])} | {_interval([e['auprc'] for e in same])} |")
+    lines.append(f"| control, its own errors | {_interval([r['control']['auroc'] for r in records])} | – | "
+                 f"{_interval([r['control']['auprc'] for r in records])} |")
+    beats = {name: sum(r["analysis"]["maps"][name]["auroc"] > r["control"]["same_errors"]["auroc"] for r in records)
+             for name in maps}
+    lines += ["", "Cases where the map's AUROC beats the control's on the same errors: "
+              + ", ".join(f"{name} {count} of {len(records)}" for name, count in beats.items()) + ".", "",
+              f"Calibration (top-label ECE, 20 bins, brain voxels; temperature {fitted['temperature']:.2f} fitted on "
+              f"{len(fitted['cases'])} training phantoms, {fitted['voxels_per_case']} voxels each):", "",
+              "| prediction | ECE | class-mean ECE (MONAI's) |", "|---|---:|---:|"]
+    for label, key in (("sampled mean (quick TTD)", lambda r: r["analysis"]["calibration"]),
+                       ("one deterministic pass", lambda r: r["control"]["calibration"]),
+                       ("one pass, temperature-scaled", lambda r: r["scaled_calibration"])):
+        lines.append(f"| {label} | {_interval([key(r)['ece'] for r in records])} | "
+                     f"{_interval([key(r)['ece_classes'] for r in records])} |")
+    risk = [1 - r["dice"]["WT"] for r in records]
+    lines += ["", "Which cases failed? Cases ranked by each map's mean over the predicted tumour against 1 − WT Dice "
+              f"(AURC, lower is better; {len(records)} cases, no interval: one ranking):", "",
+              "| ranking | AURC | optimal | random (mean risk) |", "|---|---:|---:|---:|"]
+    rankings = {name: [r["analysis"]["case_uncertainty"][name] for r in records] for name in maps}
+    rankings["control (one-pass entropy)"] = [r["control_case_uncertainty"] for r in records]
+    for name, values in rankings.items():
+        found = aurc(values, risk)
+        lines.append(f"| {name} | {found['aurc']:.4f} | {found['optimal']:.4f} | {found['random']:.4f} |")
+    text = "\n".join(lines) + "\n"
+    if args.markdown:
+        args.markdown.write_text(text)
+    if args.figure:
+        _reliability_figure(records, args.figure, args.model)
+    return text
+
+
+def _reliability_figure(records: list[dict], path: Path, model: str) -> None:
+    """The pooled reliability diagram of the three predictions (bins summed over the cases)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.plot([0, 1], [0, 1], color="grey", linewidth=0.8, label="calibrated")
+    for label, key in (("sampled mean", lambda r: r["analysis"]["calibration"]),
+                       ("one pass", lambda r: r["control"]["calibration"]),
+                       ("one pass, T-scaled", lambda r: r["scaled_calibration"])):
+        rows = [key(r)["reliability"] for r in records]
+        count = np.array([[row["count"] for row in case] for case in rows], dtype=float).sum(0)
+        confidence = np.array([[(row["confidence"] or 0) * row["count"] for row in case] for case in rows]).sum(0)
+        accuracy = np.array([[(row["accuracy"] or 0) * row["count"] for row in case] for case in rows]).sum(0)
+        filled = count > 0
+        axis.plot(confidence[filled] / count[filled], accuracy[filled] / count[filled], marker="o", markersize=3,
+                  label=label)
+    axis.set(xlabel="confidence (top-label probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+             title=f"{model}: {len(records)} held-out phantoms, brain voxels")
+    axis.legend(loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("run", "table"))
+    parser.add_argument("model")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/uncertainty_heldout"))
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--train", type=Path)
+    parser.add_argument("--cases", type=int, default=None, help="the first N held-out cases (default: all)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--figure", type=Path)
+    args = parser.parse_args()
+    if args.action == "run":
+        if args.data is None or args.train is None:
+            parser.error("run needs --data and --train")
+        run(args)
+    else:
+        sys.stdout.write(table(args))
+
+
+if __name__ == "__main__":
+    main()
