@@ -71,6 +71,7 @@ def summary(result: Dissection, network: str, seconds: float, every_filter: bool
                 report = parts[other[half]].layers[layer]
                 row[half] = {"filter": k, "iou": round(float(part.layers[layer].iou[k, j]), 5),
                              "iou_other_half": round(float(report.iou[k, j]), 5),
+                             "image_iou_other_half": round(float(report.image_iou[k, j]), 5),  # eq. 2, per image
                              "intersection_other_half": report.per_case["intersection"][:, k, j].tolist(),
                              "union_other_half": report.per_case["union"][:, k, j].tolist()}
             rows[concept] = row
