@@ -190,6 +190,30 @@ def test_dissection_finds_the_detectors_built_into_a_toy(concept_case):
     assert (np.abs(layer.thresholds - exact) <= 2 * layer.threshold_error + 1e-6).all()
 
 
+class PaddedConceptToy(ConceptToy):
+    divisor = 16  # forward pads every slice: the activations cover a larger grid than the slice
+
+
+@pytest.mark.parametrize("toy", [ConceptToy, PaddedConceptToy])
+def test_brain_box_thresholds_are_the_quantiles_inside_each_slices_brain_box(concept_case, toy, tmp_path):
+    """Issue 41: threshold_region="brain-box" takes each filter's quantile over the brain's bounding box in each slice
+    (the region a 3D network's thresholds come from), not over the whole slice with its air; padding stays out."""
+    result = dissect(toy(), [concept_case], layers=["a"], quantile=0.95, controls=False, threshold_region="brain-box")
+    values = []
+    for z in concept_case.brain_slices():
+        rows, columns = np.nonzero(concept_case.brain_mask[z])
+        values.append(concept_case.images[:, z, rows.min():rows.max() + 1, columns.min():columns.max() + 1]
+                      .reshape(4, -1))
+    exact = torch.quantile(torch.from_numpy(np.concatenate(values, 1)).double(), 0.95, dim=1).numpy()
+    layer = result.layers["a"]
+    assert (np.abs(layer.thresholds - exact) <= 2 * layer.threshold_error + 1e-6).all()
+    whole = dissect(toy(), [concept_case], layers=["a"], quantile=0.95, controls=False)
+    assert whole.threshold_region == "image" and (layer.thresholds[:3] > whole.layers["a"].thresholds[:3]).all()
+    assert Dissection.load(result.save(tmp_path / "d.json")).threshold_region == "brain-box"
+    with pytest.raises(ValueError, match="unknown threshold region 'air'"):
+        dissect(toy(), [concept_case], layers=["a"], threshold_region="air")
+
+
 def test_saved_thresholds_dissect_a_single_case_the_same_way(concept_case, tmp_path):
     model = ConceptToy()
     result = dissect(model, [concept_case], layers=["a"], quantile=0.95, controls=False)

@@ -141,13 +141,14 @@ def table(args: argparse.Namespace) -> str:
     lines = [f"{args.model}: {len(trained['cases'])} held-out phantoms ({split['A'][0]} … {split['A'][-1]} select, "
              f"{split['B'][0]} … {split['B'][-1]} report), every {trained['slice_step']}th brain slice, "
              f"{len(seeds)} random-weights seeds. Best filter per concept over the layers before the output layer, "
-             f"chosen on half A, and its IoU on half B (95 % interval: B's cases resampled, 1000 draws, seed 0); "
+             f"chosen on half A, and its dataset-wide IoU on half B (95 % interval: B's cases resampled, 1000 draws, "
+             f"seed 0) and its mean per-image IoU there (eq. 2, over the slices showing the concept); "
              f"random weights: each seed's filter chosen on A, on B — median, {PERCENTILE}th percentile, maximum "
              f"over the seeds; learned: the interval's lower end above the {PERCENTILE}th percentile and above the "
              f"raw input. Output layer ({', '.join(output)}) apart.", "",
-             "| concept | trained, on B [95 % CI] | raw input, on B | random: median | "
+             "| concept | trained, on B [95 % CI] | per image (eq. 2) | raw input, on B | random: median | "
              f"random: {PERCENTILE}th pct | random: max | learned | output layer, on B |",
-             "|---|---:|---:|---:|---:|---:|:---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|:---:|---:|"]
     for concept in trained["concepts"]:
         best = _best(trained, concept, "A", inner)
         interval = ratio_interval(best["intersection_other_half"], best["union_other_half"])
@@ -157,7 +158,8 @@ def table(args: argparse.Namespace) -> str:
         learned = interval["low"] is not None and interval["low"] > max(bar, control)
         head = _best(trained, concept, "A", output)
         lines.append(f"| {concept} | {best['iou_other_half']:.2f} [{interval['low']:.2f}, {interval['high']:.2f}] "
-                     f"({best['layer']} #{best['filter']}) | {control:.2f} | {np.median(random):.2f} | {bar:.2f} | "
+                     f"({best['layer']} #{best['filter']}) | {best['image_iou_other_half']:.2f} | {control:.2f} | "
+                     f"{np.median(random):.2f} | {bar:.2f} | "
                      f"{random.max():.2f} | {'yes' if learned else 'no'} | {head['iou_other_half']:.2f} |")
     # detectors: chosen on A (IoU ≥ cutoff and above A's bar for their best concept), replicated on B
     bars = {half: _bars(trained, raw, seeds, half, inner) for half in ("A", "B")}

@@ -14,3 +14,7 @@ DEFAULT_QUANTILE = 0.99
 DEFAULT_IOU_CUTOFF = 0.04
 DEFAULT_MARGIN = 0.05
 CONTROL_SEED = 0
+# Where each filter's threshold quantile is taken: "image" — a 2D network's whole slices (air included, as the paper
+# thresholds its images), a 3D network's brain box; "brain-box" — the brain's bounding box in either (in each slice
+# of a 2D network), so that 2D and 3D thresholds come from the same region.
+THRESHOLD_REGIONS: tuple[str, ...] = ("image", "brain-box")

@@ -5,7 +5,9 @@ For filter ``k`` of layer ``l``:
 * ``T_k,l``: the level exceeded by only the top ``1 − quantile`` (default 1 %) of the filter's activations over
   the whole dataset — every pixel of every brain-containing axial slice (at ``slice_step``) of every case, at
   the layer's own resolution. Computed in fixed memory by :class:`quantiles.StreamingQuantiles` (two passes:
-  adaptive histogram, then refinement; the stated error bound is kept per filter).
+  adaptive histogram, then refinement; the stated error bound is kept per filter). ``threshold_region="brain-box"``
+  takes it over each slice's brain bounding box instead, the region a 3D network's thresholds always come from
+  (so 2D and 3D IoUs rest on the same kind of threshold).
 * concept mask ``M_k,l(x) = upsample(Φ_k,l(x)) > T_k,l`` (bilinear onto the slice; eq. 1 writes ≥, the same for
   continuous activations — but a dead filter, constant at its top-1 % level, would "detect" the whole brain with ≥;
   with > it detects nothing, as netdissect does), then the paper's
@@ -59,7 +61,7 @@ from ..progress import shared_progress
 from ..ranks import Ranks
 from ..scoring.statistics import ratio_interval
 from ..version import __version__
-from . import CONTROL_SEED, DEFAULT_IOU_CUTOFF, DEFAULT_MARGIN, DEFAULT_QUANTILE
+from . import CONTROL_SEED, DEFAULT_IOU_CUTOFF, DEFAULT_MARGIN, DEFAULT_QUANTILE, THRESHOLD_REGIONS
 from .concepts import CONCEPTS, SUMS, LayerDissection, concept_masks
 from .controls import RAW_INPUT, control_networks
 from .quantiles import StreamingQuantiles
@@ -196,6 +198,7 @@ class Dissection:
     controls: dict[str, "Dissection"] = field(default_factory=dict, repr=False)
     margin: float = DEFAULT_MARGIN
     control_seed: int | None = None  # the random-weights control's seed
+    threshold_region: str = "image"  # where the threshold quantiles were taken (THRESHOLD_REGIONS)
 
     def best_filters(self) -> dict[str, dict]:
         """Concept → the filter of any layer with the highest IoU for it (whatever the cutoff)."""
@@ -316,6 +319,7 @@ class Dissection:
             "architecture": self.architecture, "fingerprint": self.fingerprint, "quantile": self.quantile,
             "iou_cutoff": self.iou_cutoff, "concepts": self.concepts, "cases": self.cases,
             "slice_step": self.slice_step, "margin": self.margin, "control_seed": self.control_seed,
+            "threshold_region": self.threshold_region,
             "layers": {name: {"thresholds": r.thresholds.tolist(), "threshold_error": r.threshold_error.tolist(),
                               **{key: getattr(r, key).tolist() for key in SUMS},
                               **({"per_case": {key: r.per_case[key].tolist() for key in SUMS}} if r.per_case else {})}
@@ -358,7 +362,7 @@ class Dissection:
         return cls(data["architecture"], data["fingerprint"], data["quantile"], data["iou_cutoff"],
                    data["concepts"], data["cases"], data["slice_step"], layers,
                    {name: cls.from_dict(control) for name, control in data.get("controls", {}).items()},
-                   data.get("margin", DEFAULT_MARGIN), data.get("control_seed"))
+                   data.get("margin", DEFAULT_MARGIN), data.get("control_seed"), data.get("threshold_region", "image"))
 
     def subset(self, cases: Sequence[str]) -> "Dissection":
         """The same dissection — thresholds, controls — with its IoUs over ``cases`` only (names from
@@ -371,7 +375,7 @@ class Dissection:
         return Dissection(self.architecture, self.fingerprint, self.quantile, self.iou_cutoff, self.concepts,
                           list(cases), self.slice_step, {name: r.subset(indices) for name, r in self.layers.items()},
                           {name: control.subset(cases) for name, control in self.controls.items()}, self.margin,
-                          self.control_seed)
+                          self.control_seed, self.threshold_region)
 
     def iou_interval(self, layer: str, k: int, concept: str, per_image: bool = False, **bootstrap) -> dict:
         """Filter ``k`` of ``layer``'s IoU for ``concept`` with a bootstrap interval over the cases
@@ -403,7 +407,7 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
             device: str | torch.device | None = None, progress: bool = False,
             prepare: Callable[[Case], Case] | None = None, controls: bool = True,
             control_seed: int = CONTROL_SEED, margin: float = DEFAULT_MARGIN, per_case: bool = False,
-            ranks: Ranks = Ranks()) -> Dissection:
+            threshold_region: str = "image", ranks: Ranks = Ranks()) -> Dissection:
     """Thresholds and concept IoUs of every filter of ``layers`` over a dataset of cases, and — with ``controls`` —
     the same for the architecture with random weights (from ``control_seed``) and for the raw input channels, so
     that only filters beating both by ``margin`` count as detectors (module notes).
@@ -418,14 +422,11 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
     exactly equal); every rank returns the whole dissection. ``per_case``: keep every case's IoU sums as well
     (:attr:`LayerDissection.per_case`), for held-out halves and bootstrap intervals (:meth:`Dissection.subset`,
     :meth:`Dissection.iou_interval`); the saved file grows by about the number of cases times.
+    ``threshold_region``: where each filter's quantile is taken (:data:`analyses.THRESHOLD_REGIONS`: a 2D network's
+    whole slices, the paper's, or the brain's box in each, as a 3D network's always is).
     """
     concepts = check_concepts(cases, concepts)
-    if slice_step < 1:
-        raise UsageError(f"slice_step must be at least 1, got {slice_step}")
-    if not 0 <= iou_cutoff <= 1:
-        raise UsageError(f"iou_cutoff must lie in [0, 1], got {iou_cutoff}")
-    if not 0 <= margin <= 1:
-        raise UsageError(f"the control margin must lie in [0, 1], got {margin}")
+    _check_settings(slice_step, iou_cutoff, margin, threshold_region)
     trained = analysed(model, "network dissection")
     networks = {"trained": (model, trained.layers(layers))}
     if controls:
@@ -446,15 +447,13 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
                 case = as_case(source) if prepare is None else prepare(as_case(source))
                 for name, (network, layer_names) in networks.items():
                     if stage == "concept IoU":
-                        tally = {layer: result.zeroed() for layer, result in sums[name].items()}
-                        _tally_iou(network, case, layer_names, concepts, tally, slice_step, batch_size, device)
-                        for layer, result in tally.items():
-                            sums[name][layer].add(result)
+                        tally = _case_iou(network, case, layer_names, concepts, sums[name], slice_step, batch_size,
+                                          device)
                         if per_case:
                             case_sums[name].append(tally)
                     else:
                         _tally_activations(network, case, layer_names, statistics[name], quantile, bins, slice_step,
-                                           batch_size, device)
+                                           batch_size, device, threshold_region)
                 if stage == "concept IoU":
                     case_ids.append(case.case_id)
             for name in networks:
@@ -478,7 +477,31 @@ def dissect(model: SegmentationNet, cases: Sequence[Case | str | Path], layers: 
     result = results.pop("trained")
     result.controls, result.margin = results, margin
     result.control_seed = control_seed if controls else None
+    for found in (result, *result.controls.values()):
+        found.threshold_region = threshold_region
     return result
+
+
+def _check_settings(slice_step: int, iou_cutoff: float, margin: float, threshold_region: str) -> None:
+    if slice_step < 1:
+        raise UsageError(f"slice_step must be at least 1, got {slice_step}")
+    if not 0 <= iou_cutoff <= 1:
+        raise UsageError(f"iou_cutoff must lie in [0, 1], got {iou_cutoff}")
+    if not 0 <= margin <= 1:
+        raise UsageError(f"the control margin must lie in [0, 1], got {margin}")
+    if threshold_region not in THRESHOLD_REGIONS:
+        raise UsageError(f"unknown threshold region {threshold_region!r}; expected one of "
+                         f"{', '.join(THRESHOLD_REGIONS)}")
+
+
+def _case_iou(network, case: Case, layers: Sequence[str], concepts: Sequence[str], sums: dict[str, LayerDissection],
+              slice_step: int, batch_size: int, device: torch.device) -> dict[str, LayerDissection]:
+    """One case's IoU sums per layer, added into ``sums`` and returned (the per-case record)."""
+    tally = {layer: result.zeroed() for layer, result in sums.items()}
+    _tally_iou(network, case, layers, concepts, tally, slice_step, batch_size, device)
+    for layer, result in tally.items():
+        sums[layer].add(result)
+    return tally
 
 
 def _every_ranks_layers(statistics: dict[str, StreamingQuantiles], ranks: Ranks, quantile: float, bins: int
@@ -516,9 +539,11 @@ def _empty_sums(statistic: StreamingQuantiles, concepts: int) -> LayerDissection
 
 
 def _tally_activations(network, case: Case, layers: Sequence[str], statistics: dict[str, StreamingQuantiles],
-                       quantile: float, bins: int, slice_step: int, batch_size: int, device: torch.device) -> None:
-    """Threshold passes: every activation value of the case's dissection images into each filter's histogram."""
-    for layer_values in dissection_values(network, case, layers, slice_step, batch_size, device):
+                       quantile: float, bins: int, slice_step: int, batch_size: int, device: torch.device,
+                       region: str = "image") -> None:
+    """Threshold passes: every activation value of the case's dissection images (in ``region``) into each
+    filter's histogram."""
+    for layer_values in dissection_values(network, case, layers, slice_step, batch_size, device, region):
         for name, values in layer_values.items():
             if name not in statistics:
                 statistics[name] = StreamingQuantiles(values.shape[0], quantile, bins)
@@ -526,14 +551,15 @@ def _tally_activations(network, case: Case, layers: Sequence[str], statistics: d
 
 
 def dissection_values(network, case: Case, layers: Sequence[str], slice_step: int = 1, batch_size: int = 16,
-                      device: str | torch.device | None = None) -> Iterator[dict[str, torch.Tensor]]:
+                      device: str | torch.device | None = None, region: str = "image"
+                      ) -> Iterator[dict[str, torch.Tensor]]:
     """Per batch of the case's dissection images: layer → ``(K, values)``, the activations whose quantile is each
     filter's threshold (:meth:`AnalysedNetwork.activation_values`). Call with the network in eval mode."""
     network = analysed(network)
     device = model_device(network.module, device)
     for slices, activations in _dissection_batches(network, case, layers, slice_step, batch_size, device):
         brain = network.on_input_grid(case.brain_mask, slices)
-        yield {name: network.activation_values(activation, brain) for name, activation in activations.items()}
+        yield {name: network.activation_values(activation, brain, region) for name, activation in activations.items()}
 
 
 def _tally_iou(network, case: Case, layers: Sequence[str], concepts: Sequence[str], sums: dict[str, LayerDissection],

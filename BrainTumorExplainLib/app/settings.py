@@ -22,6 +22,7 @@ from ..analyses import (
     GRADCAM_POOLS,
     GRADCAM_TARGET_NAMES,
     GRADCAM_TARGETS,
+    THRESHOLD_REGIONS,
 )
 from ..data.atlas import ATLAS_MODES
 from ..data.bundle_metadata import is_nnunet_folder
@@ -237,6 +238,9 @@ class DissectConfig:
                             "input (up to as long again as the network itself; without them every filter over the "
                             "cutoff is reported, and the results say that no control was measured)")
     slice_step: int = option(1, "use every N-th brain slice (1: all)", minimum=1)
+    threshold_region: str = option("image", "where each filter's threshold quantile is taken: 'image', a 2D "
+                                   "network's whole slices (the paper's; a 3D network's brain box), or 'brain-box', "
+                                   "the brain's bounding box in either", choices=THRESHOLD_REGIONS)
     per_case: bool = option(False, "keep each case's IoU sums in dissection.json, for held-out halves and bootstrap "
                             "intervals over the cases (the file grows about as many times as there are cases)")
     mask_cases: int | None = option(None, "write concept-mask volumes for the first N cases only (default: all)",

@@ -105,9 +105,10 @@ class AnalysedNetwork:
         :meth:`on_input_grid`)."""
         raise NotImplementedError
 
-    def activation_values(self, activation: torch.Tensor, brain: np.ndarray) -> torch.Tensor:
+    def activation_values(self, activation: torch.Tensor, brain: np.ndarray, region: str = "image") -> torch.Tensor:
         """``(K, values)``: the activations of a batch ``(N, K, *layer grid)`` whose quantile sets each filter's
-        dissection threshold (``brain``: the batch's brain mask on the input grid)."""
+        dissection threshold (``brain``: the batch's brain mask on the input grid; ``region``: one of
+        :data:`analyses.THRESHOLD_REGIONS`)."""
         raise NotImplementedError
 
     def computed_slices(self, case: Case, slices: Iterable[int] | None) -> np.ndarray:
@@ -232,10 +233,15 @@ class SliceWise(AnalysedNetwork):
     def place(self, canvas, images, slices):
         canvas[slices] = images
 
-    def activation_values(self, activation, brain):
-        """Every position of the slices but the rows and columns that lie entirely in ``forward``'s zero padding."""
+    def activation_values(self, activation, brain, region="image"):
+        """Every position of the slices but the rows and columns that lie entirely in ``forward``'s zero padding
+        (``region="image"``); or each slice's brain bounding box (``"brain-box"``)."""
         height, width = brain.shape[-2:]
         top, bottom, left, right = self.module.input_padding(height, width)
+        if region == "brain-box":
+            padded = np.pad(brain, ((0, 0), (top, bottom), (left, right)))  # the grid the activations cover
+            return torch.cat([activation[i][(slice(None),) + brain_box(padded[i], tuple(activation.shape[-2:]))]
+                              .flatten(1) for i in range(len(padded)) if padded[i].any()], dim=1)
         stride_h = (height + top + bottom) / activation.shape[-2]
         stride_w = (width + left + right) / activation.shape[-1]
         rows = slice(int(top // stride_h), activation.shape[-2] - int(bottom // stride_h))
@@ -386,9 +392,9 @@ class WindowWise(AnalysedNetwork):
     def place(self, canvas, images, slices):
         canvas[...] = from_network_space(images[0], self.description.axes)
 
-    def activation_values(self, activation, brain):
+    def activation_values(self, activation, brain, region="image"):
         """Every position inside the bounding box of the brain (the 3D counterpart of the brain-containing
-        slices), at the layer's resolution."""
+        slices), at the layer's resolution, whichever the ``region``."""
         box = brain_box(brain[0], tuple(activation.shape[2:]))
         return activation[0][(slice(None),) + box].flatten(1)
 

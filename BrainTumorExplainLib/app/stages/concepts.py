@@ -98,7 +98,7 @@ def dissect_job(model, cases: list[Path], work: Path, shown_as: Path, config, mo
     result = dissect(model, cases, config.layers, config.concept_names(), config.quantile, config.iou,
                      config.slice_step, batch_size=config.batch_size, progress=True, prepare=prepare,
                      controls=config.controls, control_seed=config.control_seed, margin=config.margin,
-                     per_case=config.per_case, ranks=ranks)
+                     per_case=config.per_case, threshold_region=config.threshold_region, ranks=ranks)
     work = Path(ranks.from_leader(str(work) if ranks.leader else None))
     if ranks.leader:
         result.save(work / "dissection.json")
