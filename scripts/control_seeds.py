@@ -23,14 +23,11 @@ every filter's IoU on each half (to count detectors).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+import study
 
 from BrainTumorExplainLib.analyses.controls import random_weights, raw_input
 from BrainTumorExplainLib.analyses.dissection import Dissection, dissect
@@ -86,7 +83,6 @@ def summary(result: Dissection, network: str, seconds: float, every_filter: bool
 
 
 def run(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
     model = load_pretrained(args.model)
     cases = find_cases(args.data)
     folder = args.out / args.model
@@ -102,9 +98,7 @@ def run(args: argparse.Namespace) -> None:
                          slice_step=args.slice_step, controls=False, per_case=True, device=args.device,
                          progress=args.progress)
         record = summary(result, name, time.perf_counter() - start, every_filter=name in (TRAINED, RAW))
-        partial = path.with_suffix(".part")
-        partial.write_text(json.dumps(record) + "\n")
-        os.replace(partial, path)  # a file that exists is complete
+        study.write_whole(path, record)
         print(f"wrote {path} ({record['seconds']:.0f} s)", flush=True)
 
 
@@ -130,11 +124,8 @@ def _bars(trained: dict, raw: dict, seeds: list[dict], half: str, layers: list[s
 
 def table(args: argparse.Namespace) -> str:
     folder = args.out / args.model
-    trained = json.loads((folder / f"{TRAINED}.json").read_text())
-    raw = json.loads((folder / f"{RAW}.json").read_text())
-    seeds = [json.loads(path.read_text()) for path in sorted(folder.glob("seed_*.json"))]
-    if not seeds:
-        raise SystemExit(f"error: {folder}: no random-weights seed finished yet")
+    trained, raw = study.load(folder / f"{TRAINED}.json"), study.load(folder / f"{RAW}.json")
+    seeds = study.records(folder, "seed_*.json", least=1)
     layers = list(trained["layers"])
     inner, output = layers[:-1], layers[-1:]
     split = trained["halves"]
@@ -179,34 +170,17 @@ def table(args: argparse.Namespace) -> str:
                 kept[concept] += int(iou_b[k, j] > bars["B"][concept])
         lines.append(f"| {layer}{' (output)' if layer in output else ''} | "
                      + " | ".join(f"{kept[c]}/{chosen[c]}" if chosen[c] else "–" for c in concepts) + " |")
-    text = "\n".join(lines) + "\n"
-    if args.markdown:
-        args.markdown.write_text(text)
-    return text
+    return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("run", "table"))
-    parser.add_argument("model")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/control_seeds"))
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path)
     parser.add_argument("--seeds", default="0-19", help="e.g. 0-19 or 1,2,5")
     parser.add_argument("--slice-step", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--concepts", help="comma-separated (default: every one the cases have)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (1 leaves a core "
-                        "free on a 2-core machine)")
     parser.add_argument("--progress", action="store_true")
-    parser.add_argument("--markdown", type=Path)
-    args = parser.parse_args()
-    if args.action == "run":
-        if args.data is None:
-            parser.error("run needs --data")
-        run(args)
-    else:
-        sys.stdout.write(table(args))
 
 
 if __name__ == "__main__":
-    main()
+    study.main(__doc__, "benchmarks/results/control_seeds", run, table, arguments)

@@ -16,13 +16,10 @@ when it is done, and a rerun skips those that exist.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 import time
 from pathlib import Path
 
-import torch
+import study
 
 from BrainTumorExplainLib.analyses import CONTROL_SEED
 from BrainTumorExplainLib.analyses.controls import random_weights
@@ -31,7 +28,6 @@ from BrainTumorExplainLib.analyses.sanity import cascading_randomisation
 from BrainTumorExplainLib.data.case import as_case, find_cases
 from BrainTumorExplainLib.models import load_pretrained
 from BrainTumorExplainLib.models.interface import analysed
-from BrainTumorExplainLib.scoring.statistics import mean_interval
 
 SLICE_STEP = 4
 
@@ -52,7 +48,6 @@ def one_case(model, case) -> dict:
 
 
 def run(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
     model = load_pretrained(args.model)
     folder = args.out / args.model
     folder.mkdir(parents=True, exist_ok=True)
@@ -61,26 +56,13 @@ def run(args: argparse.Namespace) -> None:
         if path.exists():
             continue
         record = one_case(model, as_case(source))
-        partial = path.with_suffix(".part")
-        partial.write_text(json.dumps(record) + "\n")
-        os.replace(partial, path)  # a file that exists is complete
+        study.write_whole(path, record)
         print(f"wrote {path} ({record['seconds']:.0f} s)", flush=True)
-
-
-def _interval(values) -> str:
-    found = mean_interval([v for v in values if v is not None])
-    if found["mean"] is None:
-        return "–"
-    if found["low"] is None:
-        return f"{found['mean']:.2f}"
-    return f"{found['mean']:.2f} [{found['low']:.2f}, {found['high']:.2f}]"
 
 
 def table(args: argparse.Namespace) -> str:
     folder = args.out / args.model
-    records = [json.loads(path.read_text()) for path in sorted(folder.glob("Phantom_*.json"))]
-    if len(records) < 2:
-        raise SystemExit(f"error: {folder}: need at least two finished cases, found {len(records)}")
+    records = study.records(folder)
     first = records[0]
     targets = first["controls"]["targets"]
     layers = first["cascade"]["randomised"][::-1]  # input to output
@@ -89,14 +71,14 @@ def table(args: argparse.Namespace) -> str:
     for name, target in targets.items():
         region = target["region"]
         lines += [f"**{name}** — share of the map's mass inside {region} (chance: "
-                  f"{_interval([r['controls']['targets'][name]['chance'] for r in records])}; best raw input "
-                  f"channel: {_interval([r['controls']['targets'][name]['raw input']['mass_inside'] for r in records])})",
+                  f"{study.interval([r['controls']['targets'][name]['chance'] for r in records])}; best raw input "
+                  f"channel: {study.interval([r['controls']['targets'][name]['raw input']['mass_inside'] for r in records])})",
                   "", "| layer | trained | random weights | cases where trained > random |", "|---|---:|---:|---:|"]
         for layer in target["layers"]:
             pairs = [r["controls"]["targets"][name]["layers"][layer] for r in records]
             better = sum(p["trained"] > p["random weights"] for p in pairs)
-            lines.append(f"| {layer} | {_interval([p['trained'] for p in pairs])} | "
-                         f"{_interval([p['random weights'] for p in pairs])} | {better} of {len(pairs)} |")
+            lines.append(f"| {layer} | {study.interval([p['trained'] for p in pairs])} | "
+                         f"{study.interval([p['random weights'] for p in pairs])} | {better} of {len(pairs)} |")
         lines.append("")
     lines += ["Cascading randomisation (output layer first): Spearman ρ of each layer's map with the trained map over "
               "the brain, the classes pooled (a map that does not move is not explaining the network):", "",
@@ -108,30 +90,14 @@ def table(args: argparse.Namespace) -> str:
         def rho(step: int) -> list:
             return [values[step] for r in records for values in r["cascade"]["spearman"][layer].values()]
 
-        lines.append(f"| {layer} | {_interval(rho(0))} | {_interval(rho(own))} | {_interval(rho(len(layers) - 1))} |")
-    text = "\n".join(lines) + "\n"
-    if args.markdown:
-        args.markdown.write_text(text)
-    return text
+        lines.append(f"| {layer} | {study.interval(rho(0))} | {study.interval(rho(own))} | {study.interval(rho(len(layers) - 1))} |")
+    return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("run", "table"))
-    parser.add_argument("model")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gradcam_heldout"))
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path)
     parser.add_argument("--cases", type=int, default=None, help="the first N held-out cases (default: all)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--markdown", type=Path)
-    args = parser.parse_args()
-    if args.action == "run":
-        if args.data is None:
-            parser.error("run needs --data")
-        run(args)
-    else:
-        sys.stdout.write(table(args))
 
 
 if __name__ == "__main__":
-    main()
+    study.main(__doc__, "benchmarks/results/gradcam_heldout", run, table, arguments)

@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+import study
 
 from BrainTumorExplainLib.analyses.uncertainty import (
     calibration,
@@ -46,16 +44,9 @@ from BrainTumorExplainLib.models.interface import analysed
 from BrainTumorExplainLib.scoring.calibration import fit_temperature, scaled
 from BrainTumorExplainLib.scoring.metrics import score_segmentation
 from BrainTumorExplainLib.scoring.risk_coverage import aurc
-from BrainTumorExplainLib.scoring.statistics import mean_interval
 
 VOXELS_PER_CASE = 50_000  # brain voxels drawn from each training case to fit the temperature (seeded)
 SEED = 0
-
-
-def _write(path: Path, record: dict) -> None:
-    partial = path.with_suffix(".part")
-    partial.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(partial, path)  # a file that exists is complete
 
 
 def temperature(model, train: Path, folder: Path) -> float:
@@ -74,7 +65,7 @@ def temperature(model, train: Path, folder: Path) -> float:
         truth.append(network.output_truth(case.labels).reshape(p.shape[0], -1)[:, chosen])
         cases.append(case.case_id)
     found = fit_temperature(np.concatenate(probabilities, 1), np.concatenate(truth, 1), network.outputs)
-    _write(path, {"temperature": found, "cases": cases, "voxels_per_case": VOXELS_PER_CASE, "seed": SEED})
+    study.write_whole(path, {"temperature": found, "cases": cases, "voxels_per_case": VOXELS_PER_CASE, "seed": SEED})
     return found
 
 
@@ -104,7 +95,6 @@ def one_case(model, case, fitted: float) -> dict:
 
 
 def run(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
     model = load_pretrained(args.model)
     folder = args.out / args.model
     folder.mkdir(parents=True, exist_ok=True)
@@ -115,21 +105,18 @@ def run(args: argparse.Namespace) -> None:
         if path.exists():
             continue
         record = one_case(model, as_case(source), fitted)
-        _write(path, record)
+        study.write_whole(path, record)
         print(f"wrote {path} ({record['seconds']:.0f} s)", flush=True)
 
 
 def _interval(values) -> str:
-    found = mean_interval(values)
-    return f"{found['mean']:.3f} [{found['low']:.3f}, {found['high']:.3f}]"
+    return study.interval(values, digits=3)
 
 
 def table(args: argparse.Namespace) -> str:
     folder = args.out / args.model
-    records = [json.loads(path.read_text()) for path in sorted(folder.glob("Phantom_*.json"))]
-    if len(records) < 2:
-        raise SystemExit(f"error: {folder}: need at least two finished cases, found {len(records)}")
-    fitted = json.loads((folder / "temperature.json").read_text())
+    records = study.records(folder)
+    fitted = study.load(folder / "temperature.json")
     maps = list(records[0]["analysis"]["maps"])
     lines = [f"{args.model}: {len(records)} held-out phantoms, quick test-time dropout (seed {SEED}, "
              f"{np.mean([r['passes_mean'] for r in records]):.1f} passes per slice on average); mean over the cases "
@@ -167,12 +154,9 @@ def table(args: argparse.Namespace) -> str:
     for name, values in rankings.items():
         found = aurc(values, risk)
         lines.append(f"| {name} | {found['aurc']:.4f} | {found['optimal']:.4f} | {found['random']:.4f} |")
-    text = "\n".join(lines) + "\n"
-    if args.markdown:
-        args.markdown.write_text(text)
     if args.figure:
         _reliability_figure(records, args.figure, args.model)
-    return text
+    return "\n".join(lines) + "\n"
 
 
 def _reliability_figure(records: list[dict], path: Path, model: str) -> None:
@@ -202,25 +186,12 @@ def _reliability_figure(records: list[dict], path: Path, model: str) -> None:
     plt.close(figure)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("run", "table"))
-    parser.add_argument("model")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/uncertainty_heldout"))
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path)
     parser.add_argument("--train", type=Path)
     parser.add_argument("--cases", type=int, default=None, help="the first N held-out cases (default: all)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--markdown", type=Path)
-    parser.add_argument("--figure", type=Path)
-    args = parser.parse_args()
-    if args.action == "run":
-        if args.data is None or args.train is None:
-            parser.error("run needs --data and --train")
-        run(args)
-    else:
-        sys.stdout.write(table(args))
+    parser.add_argument("--figure", type=Path, help="the pooled reliability diagram (table)")
 
 
 if __name__ == "__main__":
-    main()
+    study.main(__doc__, "benchmarks/results/uncertainty_heldout", run, table, arguments, needs=("data", "train"))
