@@ -20,6 +20,7 @@ from BrainTumorExplainLib.analyses.uncertainty import (
 )
 from BrainTumorExplainLib.data.case import load_case
 from BrainTumorExplainLib.errors import UsageError
+from BrainTumorExplainLib.scoring.calibration import CalibrationBins
 from BrainTumorExplainLib.models import build_model
 from BrainTumorExplainLib.models.base import SegmentationNet, test_time_dropout
 
@@ -178,7 +179,10 @@ def test_the_error_analysis_adds_calibration_near_tumour_and_the_control_on_the_
     deterministic = labels_from_probabilities(model, probabilities)
     control = deterministic_control(model, case, probabilities=probabilities, sampled_labels=deterministic)
     assert control["same_errors"]["auroc"] == pytest.approx(control["auroc"])
-    assert control["calibration"] == calibration(model, probabilities, case.labels, case.brain_mask)
+    near = near_tumour(deterministic, case.brain_mask, case.spacing)
+    assert control["calibration"] == calibration(model, probabilities, case.labels, case.brain_mask, near)
+    close = CalibrationBins(4).add(probabilities, np.arange(4)[:, None, None, None] == case.labels[None], near)
+    assert control["calibration"]["near_tumour"]["ece"] == pytest.approx(close.error()["top_label"])
     shown = sum(row["count"] for row in control["calibration"]["reliability"])
     assert shown == case.brain_mask.sum()
     other = deterministic_control(model, case, probabilities=probabilities, sampled_labels=volume.labels)

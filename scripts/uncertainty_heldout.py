@@ -34,6 +34,7 @@ from BrainTumorExplainLib.analyses.uncertainty import (
     calibration,
     deterministic_control,
     deterministic_entropy,
+    near_tumour,
     uncertainty_error_analysis,
     uncertainty_volume,
 )
@@ -91,7 +92,7 @@ def one_case(model, case, fitted: float) -> dict:
             "control_case_uncertainty": float(entropy[tumour if tumour.any() else brain].mean()),
             "temperature": fitted,
             "scaled_calibration": calibration(model, scaled(probabilities, fitted, analysed(model).outputs),
-                                              case.labels, brain)}
+                                              case.labels, brain, near_tumour(volume.labels, brain, case.spacing))}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -139,12 +140,14 @@ def table(args: argparse.Namespace) -> str:
               + ", ".join(f"{name} {count} of {len(records)}" for name, count in beats.items()) + ".", "",
               f"Calibration (top-label ECE, 20 bins, brain voxels; temperature {fitted['temperature']:.2f} fitted on "
               f"{len(fitted['cases'])} training phantoms, {fitted['voxels_per_case']} voxels each):", "",
-              "| prediction | ECE | class-mean ECE (MONAI's) |", "|---|---:|---:|"]
+              "| prediction | ECE, brain | class-mean ECE (MONAI's), brain | ECE, ≤ 10 mm of the tumour |",
+              "|---|---:|---:|---:|"]
     for label, key in (("sampled mean (quick TTD)", lambda r: r["analysis"]["calibration"]),
                        ("one deterministic pass", lambda r: r["control"]["calibration"]),
                        ("one pass, temperature-scaled", lambda r: r["scaled_calibration"])):
         lines.append(f"| {label} | {_interval([key(r)['ece'] for r in records])} | "
-                     f"{_interval([key(r)['ece_classes'] for r in records])} |")
+                     f"{_interval([key(r)['ece_classes'] for r in records])} | "
+                     f"{_interval([key(r)['near_tumour']['ece'] for r in records])} |")
     risk = [1 - r["dice"]["WT"] for r in records]
     lines += ["", "Which cases failed? Cases ranked by each map's mean over the predicted tumour against 1 − WT Dice "
               f"(AURC, lower is better; {len(records)} cases, no interval: one ranking):", "",

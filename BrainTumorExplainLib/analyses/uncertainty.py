@@ -380,12 +380,13 @@ def deterministic_control(model, case: Case, device: str | torch.device | None =
     brain = case.brain_mask
     labels = labels_from_probabilities(model, probabilities)
     wrong = (labels != case.labels)[brain]
+    near_region = near_tumour(labels if sampled_labels is None else sampled_labels, brain, case.spacing)
     result = {"map": "entropy of one deterministic pass (no sampling)", "error_rate": float(wrong.mean()),
               "auroc": auroc(entropy[brain], wrong), "auprc": average_precision(entropy[brain], wrong),
-              "calibration": calibration(model, probabilities, case.labels, brain)}
+              "calibration": calibration(model, probabilities, case.labels, brain, near_region)}
     if sampled_labels is not None:
         errors = (sampled_labels != case.labels)[brain]
-        near = near_tumour(sampled_labels, brain, case.spacing)[brain]
+        near = near_region[brain]
         result["same_errors"] = {"auroc": auroc(entropy[brain], errors),
                                  "auprc": average_precision(entropy[brain], errors),
                                  "auroc_near_tumour": auroc(entropy[brain][near], errors[near])}
@@ -405,16 +406,22 @@ def near_tumour(labels: np.ndarray, brain: np.ndarray, spacing: Sequence[float],
     return brain & (ndimage.distance_transform_edt(~tumour, sampling=spacing) <= margin_mm)
 
 
-def calibration(model, probabilities: np.ndarray, labels: np.ndarray, brain: np.ndarray) -> dict:
+def calibration(model, probabilities: np.ndarray, labels: np.ndarray, brain: np.ndarray,
+                near: np.ndarray | None = None) -> dict:
     """The calibration of a network's ``(C, Z, Y, X)`` outputs inside the brain against the class indices
     ``labels`` (:class:`scoring.calibration.CalibrationBins`): ``ece`` (top-label), ``ece_classes`` (MONAI's: the
-    mean over output channels) and the top-label ``reliability`` diagram."""
+    mean over output channels) and the top-label ``reliability`` diagram; with ``near`` (a mask: near the
+    tumour), its ECEs as well — over the whole brain the certain, right voxels far from any tumour dominate."""
     network = analysed(model)
-    bins = CalibrationBins(network.output_channels).add(probabilities, network.output_truth(labels), brain,
-                                                        network.outputs)
+    truth = network.output_truth(labels)
+    bins = CalibrationBins(network.output_channels).add(probabilities, truth, brain, network.outputs)
     error = bins.error()
-    return {"ece": error["top_label"], "ece_classes": error["class_mean"], "bins": bins.bins,
-            "reliability": bins.reliability()}
+    result = {"ece": error["top_label"], "ece_classes": error["class_mean"], "bins": bins.bins,
+              "reliability": bins.reliability()}
+    if near is not None:
+        close = CalibrationBins(network.output_channels).add(probabilities, truth, near, network.outputs).error()
+        result["near_tumour"] = {"ece": close["top_label"], "ece_classes": close["class_mean"]}
+    return result
 
 
 def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -455,7 +462,8 @@ def uncertainty_error_analysis(volume: UncertaintyVolume, case: Case, bins: int 
         raise UsageError(f"{case.case_id}: the uncertainty-error analysis needs ground truth (a _seg file)")
     brain = case.brain_mask
     wrong = (volume.labels != case.labels)[brain]
-    near = near_tumour(volume.labels, brain, case.spacing)[brain]
+    near_region = near_tumour(volume.labels, brain, case.spacing)
+    near = near_region[brain]
     result = {"voxels": int(brain.sum()), "error_rate": float(wrong.mean()),
               "near_tumour": {"margin_mm": NEAR_TUMOUR_MM, "voxels": int(near.sum()),
                               "error_rate": float(wrong[near].mean()) if near.any() else None},
@@ -471,5 +479,5 @@ def uncertainty_error_analysis(volume: UncertaintyVolume, case: Case, bins: int 
                       "error_rate": float(wrong[g].mean()) if len(g) else float("nan")} for g in groups],
         }
     if model is not None:
-        result["calibration"] = calibration(model, volume.mean, case.labels, brain)
+        result["calibration"] = calibration(model, volume.mean, case.labels, brain, near_region)
     return result

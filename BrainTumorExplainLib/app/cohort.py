@@ -200,8 +200,9 @@ def case_row(case: Path, out: Path, error: str | None = None) -> dict:
     control = analysis.get("control", {})
     row["auroc_control"] = control.get("auroc")
     row["auroc_control_same_errors"] = control.get("same_errors", {}).get("auroc")  # the errors the maps are scored on
-    row["ece"] = analysis.get("calibration", {}).get("ece")
-    row["ece_control"] = control.get("calibration", {}).get("ece")
+    for name, found in (("ece", analysis.get("calibration", {})), ("ece_control", control.get("calibration", {}))):
+        row[name] = found.get("ece")
+        row[f"{name}_near_tumour"] = found.get("near_tumour", {}).get("ece")
     row.update({f"case_{name}": value for name, value in analysis.get("case_uncertainty", {}).items()
                 if name != "over"})
     row.update({f"seconds_{stage}": seconds for stage, seconds in summary.get("seconds", {}).items()})
