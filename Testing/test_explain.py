@@ -99,6 +99,9 @@ def test_summary_and_report_carry_the_numbers(explained):
     assert report.count("data:image/png;base64,") >= 6
     assert not re.search(r"""(src|href)=["']?(https?:|file:|/)""", report)  # self-contained: loads nothing
     assert "AUROC" in report and "Best detector per concept" in report
+    control = summary["uncertainty"]["error_analysis"]["control"]  # the control on the maps' own errors, calibration
+    assert f"on the same errors</td><td>{control['same_errors']['auroc']:.3f}" in report
+    assert f"<td>one pass</td><td>{control['calibration']['ece']:.4f}" in report
     assert "Concepts against controls" in report and "Grad-CAM against controls" in report
     assert "Where to look" in report and report.count("<tr>") > len(review["lesions"]) + len(review["regions"])
 

@@ -75,6 +75,34 @@ def _gradcam_controls_section(controls: dict | None) -> str:
             + _table(rows, ["target", "chance", "raw input", "first layer", "random", "last layer", "random"]))
 
 
+def _uncertainty_section(uncertainty: dict) -> str:
+    """Each map's AUROC and AUPRC for the mean prediction's misclassified voxels (over the brain and near the
+    tumour), the one-pass control on the same errors and on its own, and both predictions' calibration."""
+    analysis = uncertainty.get("error_analysis")
+    if not analysis:
+        return ""
+    rows = [[name, _fmt(entry["auroc"]), _fmt(entry.get("auroc_near_tumour", "–")), _fmt(entry.get("auprc", "–"))]
+            for name, entry in analysis["maps"].items()]
+    control = analysis.get("control")
+    if control:  # what the maps must beat to show that sampling adds anything
+        same = control.get("same_errors", {})
+        rows.append([f"control: {control['map']}, on the same errors", _fmt(same.get("auroc", "–")),
+                     _fmt(same.get("auroc_near_tumour", "–")), _fmt(same.get("auprc", "–"))])
+        rows.append(["control, on its own errors", _fmt(control["auroc"]), "–", _fmt(control.get("auprc", "–"))])
+    text = (f"<h2>Uncertainty ({html.escape(uncertainty['mode'])}, {uncertainty['passes']['mean']} passes per "
+            f"slice on average)</h2><p>How well each map ranks the misclassified brain voxels above the right ones "
+            f"(error rate {analysis['error_rate']:.4f}; AUPRC's chance level is the error rate):</p>"
+            + _table(rows, ["map", "AUROC", "AUROC, ≤ 10 mm of the tumour", "AUPRC"]))
+    calibrations = [(name, found) for name, found in (("sampled mean", analysis.get("calibration")),
+                                                      ("one pass", (control or {}).get("calibration"))) if found]
+    if calibrations:
+        rows = [[name, _fmt(found["ece"], 4), _fmt(found.get("near_tumour", {}).get("ece", "–"), 4)]
+                for name, found in calibrations]
+        text += ("<p>Calibration: expected calibration error of the top-label probability (0 is calibrated).</p>"
+                 + _table(rows, ["prediction", "ECE, brain", "ECE, ≤ 10 mm of the tumour"]))
+    return text
+
+
 def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
@@ -266,15 +294,7 @@ def write_report(summary: dict, run_folder: Path, path: Path, figures: list[tupl
     parts.append(_network_space(summary.get("network_space", {})))
     if "scores" in summary:
         parts.append(_scores_section(summary))
-    uncertainty = summary.get("uncertainty", {})
-    if "error_analysis" in uncertainty:
-        analysis = uncertainty["error_analysis"]
-        rows = [[name, _fmt(entry["auroc"])] for name, entry in analysis["maps"].items()]
-        if "control" in analysis:  # what the maps must beat to show that sampling adds anything
-            rows.append([f"control: {analysis['control']['map']}", _fmt(analysis["control"]["auroc"])])
-        parts.append(f"<h2>Uncertainty ({html.escape(uncertainty['mode'])}, {uncertainty['passes']['mean']} passes per "
-                     f"slice on average)</h2><p>AUROC of each map for misclassified brain voxels (error rate "
-                     f"{analysis['error_rate']:.4f}):</p>" + _table(rows, ["map", "AUROC"]))
+    parts.append(_uncertainty_section(summary.get("uncertainty", {})))
     concepts = summary.get("concepts", {})
     detectors = concepts.get("detectors", [])
     if detectors:
