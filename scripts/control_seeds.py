@@ -16,8 +16,9 @@ Run (resumable: one result file per network, written when it is done; a rerun sk
 
 The halves: the cases in name order, the first half A (the selection half), the second B. Each file keeps, per layer
 and concept, the best filter on all cases and the best on each half with its IoU on the other half and that half's
-per-case intersections and unions (for a bootstrap interval); the trained network's and the raw input's also keep
-every filter's IoU on each half (to count detectors).
+per-case intersections and unions (the trained network's and the raw input's: for a bootstrap interval); theirs also
+keep every filter's IoU on each half (to count detectors). Kept small: the repository's clone must stay under the
+Slicer ExtensionsIndex's limit (scripts/clone_size.py).
 """
 
 from __future__ import annotations
@@ -53,32 +54,41 @@ def _seeds(text: str) -> list[int]:
 
 
 def summary(result: Dissection, network: str, seconds: float, every_filter: bool) -> dict:
-    """The compact record of one network's per-case dissection (see the module notes)."""
+    """The compact record of one network's per-case dissection (see the module notes): per half, for every layer
+    and concept (``[layer][concept]`` grids, layers in ``layers`` order), the filter chosen there, its IoU there,
+    and its dataset-wide and per-image IoU on the other half."""
     split = halves(result.cases)
     parts = {name: result.subset(cases) for name, cases in split.items()}
     other = {"A": "B", "B": "A"}
-    layers = {}
-    for layer in result.layers:
-        rows = {}
-        for j, concept in enumerate(result.concepts):
-            whole = result.layers[layer].iou[:, j]
-            row = {"best": {"filter": int(whole.argmax()), "iou": round(float(whole.max()), 5)}}
-            for half, part in parts.items():
-                k = int(part.layers[layer].iou[:, j].argmax())
-                report = parts[other[half]].layers[layer]
-                row[half] = {"filter": k, "iou": round(float(part.layers[layer].iou[k, j]), 5),
-                             "iou_other_half": round(float(report.iou[k, j]), 5),
-                             "image_iou_other_half": round(float(report.image_iou[k, j]), 5),  # eq. 2, per image
-                             "intersection_other_half": report.per_case["intersection"][:, k, j].tolist(),
-                             "union_other_half": report.per_case["union"][:, k, j].tolist()}
-            rows[concept] = row
-        layers[layer] = rows
+    layers, concepts = list(result.layers), range(len(result.concepts))
+    whole = [result.layers[layer].iou for layer in layers]
     record = {"network": network, "architecture": result.architecture, "cases": result.cases, "halves": split,
-              "concepts": result.concepts, "slice_step": result.slice_step, "quantile": result.quantile,
-              "iou_cutoff": result.iou_cutoff, "seconds": round(seconds, 1), "layers": layers}
-    if every_filter:
-        record["filters"] = {layer: {f"iou_{half}": np.round(part.layers[layer].iou, 5).tolist()
-                                     for half, part in parts.items()} for layer in result.layers}
+              "concepts": result.concepts, "layers": layers, "slice_step": result.slice_step,
+              "quantile": result.quantile, "iou_cutoff": result.iou_cutoff, "seconds": round(seconds, 1),
+              "best": {"filter": [[int(iou[:, j].argmax()) for j in concepts] for iou in whole],
+                       "iou": [[float(iou[:, j].max()) for j in concepts] for iou in whole]}}
+    for half, part in parts.items():
+        chosen = [[int(part.layers[layer].iou[:, j].argmax()) for j in concepts] for layer in layers]
+        report = [parts[other[half]].layers[layer] for layer in layers]
+        record[half] = {
+            "filter": chosen,
+            "iou": [[float(part.layers[layer].iou[k, j]) for j, k in enumerate(row)] for layer, row in
+                    zip(layers, chosen)],
+            "iou_other_half": [[float(r.iou[k, j]) for j, k in enumerate(row)] for r, row in zip(report, chosen)],
+            "image_iou_other_half": [[float(r.image_iou[k, j]) for j, k in enumerate(row)]  # eq. 2, per image
+                                     for r, row in zip(report, chosen)]}
+        if every_filter and half == "A":  # the reported filters' cases, for their interval
+            for key, name in (("intersection_other_half", "intersection"), ("union_other_half", "union")):
+                record[half][key] = [[r.per_case[name][:, k, j].tolist() for j, k in enumerate(row)]
+                                     for r, row in zip(report, chosen)]
+    if every_filter:  # each filter's best concept on A, and its IoU for it on each half
+        record["filters"] = {}
+        for layer in layers:
+            iou = {half: part.layers[layer].iou for half, part in parts.items()}
+            best = iou["A"].argmax(1)
+            record["filters"][layer] = {"concept": best.tolist(),
+                                        **{f"iou_{half}": np.round(values[np.arange(len(best)), best], 4).tolist()
+                                           for half, values in iou.items()}}
     return record
 
 
@@ -103,13 +113,12 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _best(record: dict, concept: str, half: str, layers: list[str]) -> dict:
-    """The network's best filter for ``concept`` over ``layers``, chosen on ``half`` (or on all cases: None)."""
-    rows = [(layer, record["layers"][layer][concept]) for layer in layers]
-    if half is None:
-        layer, row = max(rows, key=lambda item: item[1]["best"]["iou"])
-        return {"layer": layer, **row["best"]}
-    layer, row = max(rows, key=lambda item: item[1][half]["iou"])
-    return {"layer": layer, **row[half]}
+    """The network's filter for ``concept`` with the highest IoU on ``half`` over ``layers`` (each layer's filter
+    chosen there), with what the record keeps of it: ``layer``, ``filter``, ``iou``, ``iou_other_half`` …"""
+    j = record["concepts"].index(concept)
+    chosen = record[half]
+    i = max((record["layers"].index(layer) for layer in layers), key=lambda i: chosen["iou"][i][j])
+    return {"layer": record["layers"][i], **{key: grid[i][j] for key, grid in chosen.items()}}
 
 
 def _bars(trained: dict, raw: dict, seeds: list[dict], half: str, layers: list[str]) -> dict[str, float]:
@@ -118,7 +127,7 @@ def _bars(trained: dict, raw: dict, seeds: list[dict], half: str, layers: list[s
     bars = {}
     for concept in trained["concepts"]:
         random = [_best(seed, concept, half, layers)["iou"] for seed in seeds]
-        bars[concept] = max(float(np.percentile(random, PERCENTILE)), _best(raw, concept, half, list(raw["layers"]))["iou"])
+        bars[concept] = max(float(np.percentile(random, PERCENTILE)), _best(raw, concept, half, raw["layers"])["iou"])
     return bars
 
 
@@ -126,7 +135,7 @@ def table(args: argparse.Namespace) -> str:
     folder = args.out / args.model
     trained, raw = study.load(folder / f"{TRAINED}.json"), study.load(folder / f"{RAW}.json")
     seeds = study.records(folder, "seed_*.json", least=1)
-    layers = list(trained["layers"])
+    layers = trained["layers"]
     inner, output = layers[:-1], layers[-1:]
     split = trained["halves"]
     lines = [f"{args.model}: {len(trained['cases'])} held-out phantoms ({split['A'][0]} … {split['A'][-1]} select, "
@@ -143,12 +152,13 @@ def table(args: argparse.Namespace) -> str:
     for concept in trained["concepts"]:
         best = _best(trained, concept, "A", inner)
         interval = ratio_interval(best["intersection_other_half"], best["union_other_half"])
-        control = _best(raw, concept, "A", list(raw["layers"]))["iou_other_half"]
+        control = _best(raw, concept, "A", raw["layers"])["iou_other_half"]
         random = np.array([_best(seed, concept, "A", inner)["iou_other_half"] for seed in seeds])
         bar = float(np.percentile(random, PERCENTILE))
         learned = interval["low"] is not None and interval["low"] > max(bar, control)
         head = _best(trained, concept, "A", output)
-        lines.append(f"| {concept} | {best['iou_other_half']:.2f} [{interval['low']:.2f}, {interval['high']:.2f}] "
+        spread = f"[{interval['low']:.2f}, {interval['high']:.2f}]" if interval["low"] is not None else "(no interval)"
+        lines.append(f"| {concept} | {best['iou_other_half']:.2f} {spread} "
                      f"({best['layer']} #{best['filter']}) | {best['image_iou_other_half']:.2f} | {control:.2f} | "
                      f"{np.median(random):.2f} | {bar:.2f} | "
                      f"{random.max():.2f} | {'yes' if learned else 'no'} | {head['iou_other_half']:.2f} |")
@@ -160,14 +170,13 @@ def table(args: argparse.Namespace) -> str:
               "still beat the same bar on B (the seeds' and the raw input's best chosen on B):", "",
               "| layer | " + " | ".join(concepts) + " |", "|---|" + "---:|" * len(concepts)]
     for layer in layers:
-        iou_a, iou_b = (np.asarray(trained["filters"][layer][f"iou_{half}"]) for half in ("A", "B"))
+        filters = trained["filters"][layer]
         chosen, kept = dict.fromkeys(concepts, 0), dict.fromkeys(concepts, 0)
-        for k in range(iou_a.shape[0]):
-            j = int(iou_a[k].argmax())
+        for j, iou_a, iou_b in zip(filters["concept"], filters["iou_A"], filters["iou_B"]):
             concept = concepts[j]
-            if iou_a[k, j] >= trained["iou_cutoff"] and iou_a[k, j] > bars["A"][concept]:
+            if iou_a >= trained["iou_cutoff"] and iou_a > bars["A"][concept]:
                 chosen[concept] += 1
-                kept[concept] += int(iou_b[k, j] > bars["B"][concept])
+                kept[concept] += int(iou_b > bars["B"][concept])
         lines.append(f"| {layer}{' (output)' if layer in output else ''} | "
                      + " | ".join(f"{kept[c]}/{chosen[c]}" if chosen[c] else "–" for c in concepts) + " |")
     return "\n".join(lines) + "\n"

@@ -16,10 +16,22 @@ import torch
 from BrainTumorExplainLib.scoring.statistics import mean_interval
 
 
+def rounded(value, digits: int = 6):
+    """``value`` with every float in it rounded to ``digits`` decimals (result files are committed: kept small)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {key: rounded(item, digits) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(item, digits) for item in value]
+    return value
+
+
 def write_whole(path: Path, record: dict) -> None:
-    """``record`` as JSON at ``path``, through a partial file: a result file that exists is complete."""
+    """``record`` as JSON at ``path`` (floats to 6 decimals), through a partial file: a result file that exists is
+    complete."""
     partial = path.with_suffix(".part")
-    partial.write_text(json.dumps(record) + "\n")
+    partial.write_text(json.dumps(rounded(record), separators=(",", ":")) + "\n")
     os.replace(partial, path)
 
 
