@@ -366,6 +366,20 @@ def test_volume_gradcam_covers_the_case(bundle, small_phantom):
     assert all((m >= 0).all() and m.any() for m in cams.maps.values())
 
 
+def test_ablating_a_bundles_output_convolution_leaves_only_background(bundle, small_phantom):
+    """Issue 44, filter ablation on a 3D network (hooks by module path): with all three output channels of
+    conv_final zeroed every sigmoid is 0.5, which is no region, so every voxel the intact bundle labelled changes."""
+    from BrainTumorExplainLib.analyses.ablation import filter_ablation
+    from BrainTumorExplainLib.models.inference import case_probabilities, labels_from_probabilities
+
+    network = load_model(str(bundle))
+    case = load_case(small_phantom.flair.parent)
+    intact = labels_from_probabilities(network, case_probabilities(network, case))
+    rows = filter_ablation(network, case, [("conv_final", k) for k in range(3)], together=True)["rows"]
+    assert rows[0]["changed_voxels"] == pytest.approx((intact > 0)[case.brain_mask].mean())
+    assert intact.any() and rows[0]["agreement"]["WT"] == 0.0
+
+
 def test_classes_a_bundle_does_not_output_are_refused_before_any_work(bundle, small_phantom, tmp_path, capsys):
     """--classes names a described network's outputs (by its names, the library's or their index); one it lacks is
     one error line listing them, before anything is computed or written — on gradcam and explain alike."""

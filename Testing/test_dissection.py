@@ -12,6 +12,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from BrainTumorExplainLib.analyses.ablation import filter_ablation
 from BrainTumorExplainLib.analyses.dissection import (
     Dissection,
     _open,
@@ -434,3 +435,36 @@ def test_ranks_combine_their_streams_within_the_stated_bound(q, tmp_path):
     quantile, bound = found[0]["quantile"], found[0]["bound"]
     assert ((quantile - exact).abs() <= 2 * bound + 1e-12).all(), (quantile - exact, bound)
     assert (bound <= 4 * alone.error_bound()).all(), (bound, alone.error_bound())
+
+
+class WiredToy(ConceptToy):
+    """ConceptToy wired to segment: ET where the TC channel (filter 2 of "a") is on, ED where the WT channel
+    (filter 0) is, background elsewhere; filters 1 and 3 feed nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.out.weight.zero_()
+            self.out.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+            self.out.weight[2, 0] = 5.0  # ED from WT
+            self.out.weight[3, 2] = 10.0  # ET from TC
+
+
+def test_ablating_a_filter_the_output_uses_changes_the_segmentation_and_one_it_ignores_does_not(concept_case):
+    """Issue 44: zeroing filter 2 (the TC detector the head reads) removes the predicted core — TC Dice 1 → 0 — while
+    WT stays; zeroing filter 3 (noise, unused) changes no voxel; the weights are untouched."""
+    model = WiredToy()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    found = filter_ablation(model, concept_case, [("a", 2), ("a", 3)])
+    assert found["intact"]["WT"] == pytest.approx(1.0) and found["intact"]["TC"] == pytest.approx(1.0)
+    core, noise = found["rows"]
+    assert core["filters"] == [["a", 2]] and core["dice_change"]["TC"] == pytest.approx(-1.0)
+    assert core["dice_change"]["WT"] == pytest.approx(0.0) and core["agreement"]["WT"] == pytest.approx(1.0)
+    tc = region_mask(concept_case.labels, "TC")
+    assert core["changed_voxels"] == pytest.approx(tc[concept_case.brain_mask].mean())
+    assert noise["changed_voxels"] == 0 and all(v == 0 for v in noise["dice_change"].values())
+    both = filter_ablation(model, concept_case, [("a", 0), ("a", 2)], together=True)["rows"]
+    assert len(both) == 1 and both[0]["dice"]["WT"] == pytest.approx(0.0)  # nothing left but background
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    with pytest.raises(ValueError, match="unknown layer"):
+        filter_ablation(model, concept_case, [("b", 0)])
