@@ -87,6 +87,13 @@ def test_gradcam_writes_maps_on_the_case_grid_montage_and_curves(small_phantom, 
     assert set(table["head"]["ET"]) == {"brain", "WT", "TC", "ET"}
     for png in (out / "resunet" / "gradcam_z20.png", out / "topdown.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sane = tmp_path / "sanity"  # issue 41: the cascading-randomisation check of the same maps
+    assert main(["gradcam", str(case), *RESUNET, "--layers", "enc1,head", "--classes", "et", "--no-volume",
+                 "--slices", "20,24", "--sanity", "--out", str(sane)]) == 0
+    assert "sanity check: with the output layer random" in capsys.readouterr().out
+    found = json.loads((sane / "resunet" / "sanity.json").read_text())
+    assert found["randomised"][0] == "head" and found["slices"] == 1 and len(found["spearman"]["enc1"]["ET"]) == 10
+    assert (sane / "resunet" / "sanity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fresh = tmp_path / "refused"
     assert main(["gradcam", str(case), *RESUNET, "--layers", "enc7", "--out", str(fresh)]) == 2
     assert "valid layers: enc1" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
@@ -181,6 +182,34 @@ def localisation_curves(tables: dict[str, dict], path: str | Path, dpi: int = 10
         ax.set_ylabel("Grad-CAM mass inside region")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7, loc="upper left")
+    figure.tight_layout()
+    return _save(figure, path, dpi)
+
+
+def cascade_figure(found: dict, path: str | Path, title: str = "", dpi: int = 100) -> Path:
+    """The sanity check of :func:`analyses.sanity.cascading_randomisation`: per class (panel), each layer's
+    Spearman ρ with its trained map (line) as the layers are randomised from the output down (x: the layer added
+    at each step). A map that explains the network falls once the weights above it are random."""
+    steps = found["randomised"]
+    classes = list(next(iter(found["spearman"].values())))
+    figure, axes = _subplots(1, len(classes), figsize=(4.2 * len(classes), 3.4), squeeze=False)
+    colours = colormaps["viridis"]
+    for ax, name in zip(axes[0], classes):
+        for i, (layer, per_class) in enumerate(found["spearman"].items()):
+            rho = [np.nan if value is None else value for value in per_class[name]]
+            ax.plot(range(len(steps)), rho, marker=".", color=colours(i / max(1, len(found["spearman"]) - 1)),
+                    label=layer)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_xticks(range(len(steps)))
+        ax.set_xticklabels(steps, rotation=60, fontsize=7)
+        ax.set_xlabel("random from the output down to", fontsize=8)
+        ax.set_ylim(-1.02, 1.02)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("Spearman ρ with the trained map")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=6, loc="lower left", ncol=2)
+    if title:
+        figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     return _save(figure, path, dpi)
 

@@ -353,7 +353,8 @@ def gradcam(options: GradcamOptions) -> int:
     with folder as work:
         stages.gradcam.job(loaded, case, options.classes, slices, work, options.out, layers=options.layers,
                            target=options.target, pool=options.pool, batch_size=options.batch_size,
-                           volume=not options.no_volume, full_resolution=options.full_resolution)
+                           volume=not options.no_volume, full_resolution=options.full_resolution,
+                           sanity=options.sanity)
     return 0
 
 

@@ -250,7 +250,7 @@ class GradcamOptions(Output, CasePreparation, ModelChoice):
     Writes OUT/<model>/<layer>_<class>.nii.gz (raw maps on the case's own grid), OUT/<model>/gradcam_z<Z>.png
     montages, OUT/<model>/localisation.json (share of each map inside brain, WT, TC, ET per layer, beside the same
     architecture with random weights and the raw input channels) and OUT/topdown.png (those shares across layers:
-    the paper's top-down claim, measured)."""
+    the paper's top-down claim, measured); --sanity adds the cascading-randomisation check."""
 
     model: str | None = required("denseunet, resunet, simunet, or several comma-separated; or a MONAI bundle folder "
                                  "or nnU-Net trained-model folder (every output channel, windowed)")
@@ -264,6 +264,10 @@ class GradcamOptions(Output, CasePreparation, ModelChoice):
     target: str = shared("gradcam_target", flags=("--target",))
     pool: str = shared("gradcam_pool", flags=("--pool",))
     no_volume: bool = option(False, "only the montage slices: no NIfTI, no localisation")
+    sanity: bool = option(False, "also the sanity check of the maps (Adebayo et al. 2018): the layers randomised "
+                          "from the output down, one more per step, and each map's Spearman rho with the trained "
+                          "one over every 4th computed slice (OUT/<model>/sanity.json and sanity.png); a map that "
+                          "does not move is not explaining the network")
     full_resolution: bool = shared("full_resolution")
     batch_size: int = option(8, "slices per forward pass", minimum=1)
 

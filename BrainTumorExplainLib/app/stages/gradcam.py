@@ -6,6 +6,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from ...analyses import CONTROL_SEED
 from ...analyses.controls import random_weights
 from ...analyses.gradcam import (
@@ -15,11 +17,12 @@ from ...analyses.gradcam import (
     localisation_controls,
     raw_input_volume,
 )
+from ...analyses.sanity import cascading_randomisation
 from ...errors import UsageError
 from ...models.interface import analysed
 from ...progress import progress_bar
 from ..contract import GRADCAM, figure_file, gradcam_file, gradcam_key
-from ..figures import gradcam_montage, localisation_curves
+from ..figures import cascade_figure, gradcam_montage, localisation_curves
 
 NAME = "gradcam"
 FIGURES = (
@@ -81,10 +84,12 @@ def compute(model, case, layers: str, classes, target: str, pool: str, slices=No
 
 
 def job(models: dict, case, classes, slices: list[int], work: Path, shown_as: Path, *, layers: str, target: str,
-        pool: str, batch_size: int = 8, volume: bool = True, full_resolution: bool = False) -> None:
+        pool: str, batch_size: int = 8, volume: bool = True, full_resolution: bool = False,
+        sanity: bool = False) -> None:
     """The ``gradcam`` verb: for each network of ``models`` (name → network), the montages of ``slices`` into
     ``work/<name>/`` and — with ``volume`` — every map on the case's grid, ``localisation.json`` with its controls,
-    and the top-down curves of all of them (``work/topdown.png``); ``shown_as``: where ``work`` is published."""
+    and the top-down curves of all of them (``work/topdown.png``); with ``sanity``, the cascading-randomisation
+    check (:func:`sanity_check`); ``shown_as``: where ``work`` is published."""
 
     # Volume mode computes every brain slice (and any montage slice outside the brain) in one pass; the montages are
     # cut from it. Without it, the montage slices only.
@@ -98,6 +103,8 @@ def job(models: dict, case, classes, slices: list[int], work: Path, shown_as: Pa
                            batch_size=batch_size)
 
         cams = compute_for(model, computed)
+        if sanity:
+            sanity_check(model, case, cams, out, shown_as / name, target, pool)
         for z in slices:
             png = gradcam_montage(case, z, cams.slice_maps(z), cams.classes, out / f"gradcam_z{z}.png",
                                   title=f"{case.case_id} · {name} · Grad-CAM ({target}) per layer, rows: class",
@@ -115,6 +122,22 @@ def job(models: dict, case, classes, slices: list[int], work: Path, shown_as: Pa
     if tables:
         localisation_curves(tables, work / "topdown.png", controls=controls)
         print(f"wrote {shown_as / 'topdown.png'}")
+
+
+def sanity_check(model, case, cams, out: Path, shown_as: Path, target: str, pool: str) -> dict:
+    """:func:`analyses.sanity.cascading_randomisation` of ``cams``' layers and classes over the control slices (a 2D
+    network's every 4th computed slice), written as ``sanity.json`` and ``sanity.png`` into ``out``."""
+    slices = analysed(model).control_slices(cams.slices)
+    found = cascading_randomisation(model, case, cams.layers, cams.classes, slices, target=target, pool=pool)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sanity.json").write_text(json.dumps({"case": case.case_id, **found}, indent=1) + "\n")
+    cascade_figure(found, out / "sanity.png", f"{case.case_id}: Grad-CAM under cascading randomisation")
+    first = [rho for per_class in found["spearman"].values() for values in per_class.values()
+             for rho in values[:1] if rho is not None]
+    print(f"sanity check: with the output layer random, the maps' rank correlation with the trained ones is "
+          f"{np.median(first):.2f} (median over layers and classes; near 1 would mean they do not explain the "
+          f"network); wrote {shown_as / 'sanity.json'}" if first else "sanity check: every map was all zero")
+    return found
 
 
 def control_localisation(model, case, cams, compute) -> dict:
