@@ -120,3 +120,15 @@ def test_a_case_uncertainty_that_tracks_failure_beats_one_that_does_not():
     found = aurc(seen, risk)
     assert found["optimal"] <= found["aurc"] < np.percentile(shuffled, 5)
     assert np.mean(shuffled) == pytest.approx(found["random"], abs=0.01)
+
+
+def test_a_case_with_no_predicted_tumour_ranks_first_for_review():
+    """Issue 41: a missed tumour has no mean uncertainty over its (empty) prediction; failure detection ranks it as
+    the most uncertain case, so here the ranking is perfect (E-AURC 0) — not as the most certain one."""
+    from BrainTumorExplainLib.app.cohort import failure_detection
+
+    rows = [{"WT_dice": 0.9, "case_entropy": 0.1}, {"WT_dice": 0.0, "case_entropy": None},
+            {"WT_dice": 0.7, "case_entropy": 0.3}, {"WT_dice": None, "case_entropy": 0.2}]
+    found = failure_detection(rows)["entropy"]
+    assert found["n"] == 3 and found["e_aurc"] == pytest.approx(0.0)
+    assert failure_detection(rows[:1]) == {}

@@ -184,6 +184,8 @@ def test_the_bootstrap_interval_of_a_ratio_of_sums_matches_the_delta_method():
     assert found["low"] == pytest.approx(ratio - half, abs=0.15 * half)
     assert found["high"] == pytest.approx(ratio + half, abs=0.15 * half)
     assert ratio_interval([1, 2], [2, 4])["low"] == 0.5  # every case the same ratio
+    absent = ratio_interval([1, 0], [2, 0], resamples=4000)  # a resample of the second case alone has no ratio
+    assert absent["low"] == absent["high"] == 0.5 and absent["undefined"] == pytest.approx(0.25, abs=0.02)
     assert ratio_interval([0, 0], [0, 0])["value"] is None
     with pytest.raises(ValueError, match="3 numerators against 2 denominators"):
         ratio_interval([1, 2, 3], [1, 2])

@@ -468,3 +468,5 @@ def test_ablating_a_filter_the_output_uses_changes_the_segmentation_and_one_it_i
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
     with pytest.raises(ValueError, match="unknown layer"):
         filter_ablation(model, concept_case, [("b", 0)])
+    with pytest.raises(ValueError, match="numbered from 0"):
+        filter_ablation(model, concept_case, [("a", -1)])

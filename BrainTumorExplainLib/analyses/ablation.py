@@ -6,7 +6,8 @@ Each chosen filter's output channel is set to zero (a forward hook on its layer,
 against the ground truth when the case has it (``dice_change``: ablated − intact, negative when the filter helped),
 and against the intact prediction always (``agreement``: 1 when the filter changes nothing). A detector of ET whose
 ablation leaves ET's Dice where it was detects something the network does not use — or uses redundantly; ablation
-cannot tell which.
+cannot tell which. Zeroing is the channel set to 0, not removed: a BatchNorm after it (in eval mode) still adds its
+shift, as BioExp's zeroing does.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def zeroed_filters(model, filters: Sequence[tuple[str, int]]) -> Iterator[None]:
     network = analysed(model, "filter ablation")
     chosen: dict[str, list[int]] = {}
     for layer, k in filters:
+        if int(k) < 0:
+            raise UsageError(f"filter {k} of {layer}: filters are numbered from 0")
         chosen.setdefault(layer, []).append(int(k))
     handles = []
 

@@ -445,12 +445,12 @@ def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
 
 def case_uncertainty(volume: UncertaintyVolume, brain: np.ndarray) -> dict:
     """Each map aggregated into one number per case (the ranking of case-level failure detection,
-    :func:`scoring.risk_coverage.aurc`): its mean over the predicted whole tumour, or over the brain when no
-    tumour is predicted (``over`` says which)."""
+    :func:`scoring.risk_coverage.aurc`): its mean over the predicted whole tumour — None for every map when no
+    tumour is predicted (a missed tumour is no certain case: rankings put it first in line for review, as
+    :func:`app.cohort.failure_detection` does)."""
     tumour = (volume.labels > 0) & brain
-    region = tumour if tumour.any() else brain
-    return {"over": "predicted tumour" if tumour.any() else "brain",
-            **{name: float(array[region].mean()) for name, array in volume.maps().items()}}
+    return {"over": "predicted tumour" if tumour.any() else "no predicted tumour",
+            **{name: float(array[tumour].mean()) if tumour.any() else None for name, array in volume.maps().items()}}
 
 
 def uncertainty_error_analysis(volume: UncertaintyVolume, case: Case, bins: int = 10, model=None) -> dict:

@@ -248,13 +248,16 @@ def failure_detection(done: list[dict]) -> dict:
     """Case-level failure detection over the cases done: each uncertainty map's per-case value (its mean over the
     predicted tumour, ``case_<map>``) ranking the cases against their risk, 1 − WT Dice, as AURC
     (:func:`scoring.risk_coverage.aurc`: lower is better; ``optimal`` ranks by the risk itself, ``random`` is the
-    mean risk). Empty under two cases with both."""
+    mean risk). A case with no predicted tumour (no value) ranks as the most uncertain: a missed tumour is the
+    failure a review must not skip. Empty under two scored cases."""
+    scored = [row for row in done if row.get("WT_dice") is not None]
     found = {}
     for column in sorted({key for row in done for key in row if key.startswith("case_")}):
-        pairs = [(row[column], 1 - row["WT_dice"]) for row in done
-                 if row.get(column) is not None and row.get("WT_dice") is not None]
-        if len(pairs) >= 2:
-            found[column[len("case_"):]] = aurc(*zip(*pairs))
+        values = [row.get(column) for row in scored]
+        known = [v for v in values if v is not None]
+        if len(scored) >= 2 and known:
+            ranked = [v if v is not None else max(known) + 1 for v in values]
+            found[column[len("case_"):]] = aurc(ranked, [1 - row["WT_dice"] for row in scored])
     return found
 
 

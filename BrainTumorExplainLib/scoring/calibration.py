@@ -3,13 +3,16 @@
 :class:`CalibrationBins` streams a dataset into equal-width probability bins — per class (MONAI's
 ``CalibrationErrorMetric``: each output channel against its one-hot truth) and top-label (each voxel's most likely
 class against whether it is right, Guo et al.'s ECE) — so a cohort's expected calibration error and reliability
-diagram come from counts that add up across cases and ranks, in fixed memory. Written here rather than taken from
+diagram come from counts that add up across cases and ranks, in fixed memory — the pooled ECE of all their voxels;
+MONAI's metric (``metric_reduction="mean"``) is the mean of each case's own ECE instead, which is what the cohort
+tables report (one :class:`CalibrationBins` per case). Written here rather than taken from
 MONAI: its metric arrived in MONAI 1.6 (Python ≥ 3.10; Slicer 5.6/5.8 bundle 3.9), keeps every voxel of every case
 until it aggregates, and cannot leave the background outside the brain out; a test checks the two agree on the same
 arrays (same bins: each holds its upper edge, as MONAI's ``calibration_binning``).
 
 :func:`fit_temperature` is the baseline a user tries first (temperature scaling, Guo et al.): one scalar ``T`` that
-divides the logits, fitted by the negative log-likelihood on held-aside voxels; the network's own probabilities
+divides the logits, fitted by the negative log-likelihood on cases the network was neither trained nor validated
+on, and not the ones it is scored on (Guo et al. fit it on a validation set); the network's own probabilities
 stand in for its logits (``log p`` differs from the logits by a per-voxel constant, which a softmax ignores; a
 sigmoid output's logit is ``log p − log(1 − p)``).
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
@@ -28,8 +32,9 @@ _TINY = 1e-7  # probabilities are clipped away from 0 and 1 before a log
 
 
 def _edges(bins: int) -> np.ndarray:
-    """Upper bin edges, MONAI's: ``linspace(0, 1 + ε, bins + 1)`` in float32 (ε: float32's), the first dropped."""
-    return np.linspace(0.0, 1.0 + float(np.finfo(np.float32).eps), bins + 1, dtype=np.float32)[1:]
+    """Upper bin edges, MONAI's to the last bit: ``torch.linspace(0, 1 + ε, bins + 1)`` in float32 (ε: float32's;
+    numpy's float32 linspace differs from torch's by one ulp at some edges), the first dropped."""
+    return torch.linspace(0.0, 1.0 + torch.finfo(torch.float32).eps, bins + 1, dtype=torch.float32)[1:].numpy()
 
 
 @dataclass
@@ -148,8 +153,8 @@ def fit_temperature(probabilities: np.ndarray, truth: np.ndarray, outputs: str =
                     bounds: tuple[float, float] = (0.05, 20.0)) -> float:
     """The temperature that minimises the negative log-likelihood of ``truth`` (``(C, N)`` bool, one-hot classes or
     region masks) under ``scaled(probabilities, T)`` (``(C, N)``): Guo et al.'s temperature scaling, a bounded
-    one-dimensional search (SciPy's ``minimize_scalar``) over ``log T``. Fit it on voxels set aside from those it
-    is scored on."""
+    one-dimensional search (SciPy's ``minimize_scalar``) over ``log T``. Fit it on cases the network never saw,
+    apart from those it is scored on (its training cases would flatter it)."""
     z = _logits(probabilities, outputs).reshape(np.shape(probabilities)[0], -1)
     t = np.asarray(truth, dtype=bool).reshape(z.shape)
 
