@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from BrainTumorExplainLib.scoring.calibration import CalibrationBins, fit_temperature, one_hot, scaled
-from BrainTumorExplainLib.scoring.risk_coverage import aurc, risk_coverage
+from BrainTumorExplainLib.scoring.risk_coverage import aurc, aurc_against_chance, risk_coverage
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -132,3 +132,13 @@ def test_a_case_with_no_predicted_tumour_ranks_first_for_review():
     found = failure_detection(rows)["entropy"]
     assert found["n"] == 3 and found["e_aurc"] == pytest.approx(0.0)
     assert failure_detection(rows[:1]) == {}
+
+
+def test_a_ranking_against_chance_gives_the_spread_of_shuffled_rankings():
+    rng = np.random.default_rng(6)
+    risk = rng.random(30)
+    perfect = aurc_against_chance(risk, risk, draws=500)
+    assert perfect["aurc"] < perfect["low"] < perfect["high"] and perfect["p"] == pytest.approx(1 / 501)
+    blind = aurc_against_chance(rng.random(30), risk, draws=500)
+    assert blind["low"] < blind["aurc"] < blind["high"] and blind["p"] > 0.025
+    assert aurc([None, 0.2], [0.9, 0.1])["e_aurc"] == pytest.approx(0.0)  # no value: ranked last, as most uncertain

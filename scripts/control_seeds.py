@@ -121,13 +121,14 @@ def _best(record: dict, concept: str, half: str, layers: list[str]) -> dict:
     return {"layer": record["layers"][i], **{key: grid[i][j] for key, grid in chosen.items()}}
 
 
-def _bars(trained: dict, raw: dict, seeds: list[dict], half: str, layers: list[str]) -> dict[str, float]:
-    """Concept → what a trained filter must beat on ``half`` (its IoU there, chosen there): the seeds'
-    :data:`PERCENTILE` th percentile of their best filter's and the raw input's best channel's."""
+def _bars(raw: dict, seeds: list[dict], concepts: list[str], layers: list[str], key: str) -> dict[str, float]:
+    """Concept → what a trained filter chosen on A must beat: the :data:`PERCENTILE` th percentile over the seeds of
+    their filter chosen on A (over ``layers``) and the raw input's best channel chosen on A, each by ``key`` —
+    ``iou`` (on A, where all were chosen) or ``iou_other_half`` (on B, where none was)."""
     bars = {}
-    for concept in trained["concepts"]:
-        random = [_best(seed, concept, half, layers)["iou"] for seed in seeds]
-        bars[concept] = max(float(np.percentile(random, PERCENTILE)), _best(raw, concept, half, raw["layers"])["iou"])
+    for concept in concepts:
+        random = [_best(seed, concept, "A", layers)[key] for seed in seeds]
+        bars[concept] = max(float(np.percentile(random, PERCENTILE)), _best(raw, concept, "A", raw["layers"])[key])
     return bars
 
 
@@ -144,11 +145,16 @@ def table(args: argparse.Namespace) -> str:
              f"chosen on half A, and its dataset-wide IoU on half B (95 % interval: B's cases resampled, 1000 draws, "
              f"seed 0) and its mean per-image IoU there (eq. 2, over the slices showing the concept); "
              f"random weights: each seed's filter chosen on A, on B — median, {PERCENTILE}th percentile, maximum "
-             f"over the seeds; learned: the interval's lower end above the {PERCENTILE}th percentile and above the "
-             f"raw input. Output layer ({', '.join(output)}) apart.", "",
+             f"over the seeds, and p, the trained filter's rank among them ((1 + seeds at or above it) / (1 + "
+             f"seeds)); learned: the interval's lower end above the {PERCENTILE}th percentile and above the raw "
+             f"input. Output layer ({', '.join(output)}) apart."
+             + (f" With {len(seeds)} seeds no filter can reach p below {1 / (len(seeds) + 1):.2f}, and the "
+                f"{PERCENTILE}th percentile is near their maximum: at least {100 // (100 - PERCENTILE) - 1} seeds "
+                "are needed for it to mean what it says." if len(seeds) < 100 // (100 - PERCENTILE) - 1 else ""),
+             "",
              "| concept | trained, on B [95 % CI] | per image (eq. 2) | raw input, on B | random: median | "
-             f"random: {PERCENTILE}th pct | random: max | learned | output layer, on B |",
-             "|---|---:|---:|---:|---:|---:|---:|:---:|---:|"]
+             f"random: {PERCENTILE}th pct | random: max | p | learned | output layer, on B |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|"]
     for concept in trained["concepts"]:
         best = _best(trained, concept, "A", inner)
         interval = ratio_interval(best["intersection_other_half"], best["union_other_half"])
@@ -161,22 +167,27 @@ def table(args: argparse.Namespace) -> str:
         lines.append(f"| {concept} | {best['iou_other_half']:.2f} {spread} "
                      f"({best['layer']} #{best['filter']}) | {best['image_iou_other_half']:.2f} | {control:.2f} | "
                      f"{np.median(random):.2f} | {bar:.2f} | "
-                     f"{random.max():.2f} | {'yes' if learned else 'no'} | {head['iou_other_half']:.2f} |")
+                     f"{random.max():.2f} | {(1 + np.sum(random >= best['iou_other_half'])) / (1 + random.size):.2f} | "
+                     f"{'yes' if learned else 'no'} | {head['iou_other_half']:.2f} |")
     # detectors: chosen on A (IoU ≥ cutoff and above A's bar for their best concept), replicated on B
-    bars = {half: _bars(trained, raw, seeds, half, inner) for half in ("A", "B")}
     concepts = trained["concepts"]
+    bars = {part: {half: _bars(raw, seeds, concepts, part_layers, key) for half, key in (("A", "iou"),
+                                                                                    ("B", "iou_other_half"))}
+            for part, part_layers in (("inner", inner), ("output", output))}
     lines += ["", f"Detectors per layer, chosen on A (best concept's IoU ≥ {trained['iou_cutoff']} and above the "
               f"{PERCENTILE}th percentile of the seeds' best filter on A and the raw input's), and how many of them "
-              "still beat the same bar on B (the seeds' and the raw input's best chosen on B):", "",
+              "still beat, on B, the same controls' filters chosen on A (the output layer against the seeds' output "
+              "layers):", "",
               "| layer | " + " | ".join(concepts) + " |", "|---|" + "---:|" * len(concepts)]
     for layer in layers:
         filters = trained["filters"][layer]
+        bar = bars["output" if layer in output else "inner"]
         chosen, kept = dict.fromkeys(concepts, 0), dict.fromkeys(concepts, 0)
         for j, iou_a, iou_b in zip(filters["concept"], filters["iou_A"], filters["iou_B"]):
             concept = concepts[j]
-            if iou_a >= trained["iou_cutoff"] and iou_a > bars["A"][concept]:
+            if iou_a >= trained["iou_cutoff"] and iou_a > bar["A"][concept]:
                 chosen[concept] += 1
-                kept[concept] += int(iou_b > bars["B"][concept])
+                kept[concept] += int(iou_b > bar["B"][concept])
         lines.append(f"| {layer}{' (output)' if layer in output else ''} | "
                      + " | ".join(f"{kept[c]}/{chosen[c]}" if chosen[c] else "–" for c in concepts) + " |")
     return "\n".join(lines) + "\n"

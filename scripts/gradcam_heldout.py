@@ -19,6 +19,7 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
 import study
 
 from BrainTumorExplainLib.analyses import CONTROL_SEED
@@ -80,18 +81,31 @@ def table(args: argparse.Namespace) -> str:
             lines.append(f"| {layer} | {study.interval([p['trained'] for p in pairs])} | "
                          f"{study.interval([p['random weights'] for p in pairs])} | {better} of {len(pairs)} |")
         lines.append("")
+    share = np.mean([r["cascade"]["parameter_share"][-1] for r in records])
     lines += ["Cascading randomisation (output layer first): Spearman ρ of each layer's map with the trained map over "
-              "the brain, the classes pooled (a map that does not move is not explaining the network):", "",
-              "| layer | ρ, output layer random | ρ, random down to this layer | ρ, all random |",
+              "the brain — per case the mean over the classes, then the mean over the cases with its interval; in "
+              "brackets, the maps that became all zero (no ranking, left out of ρ: the largest change there is). "
+              f"The last step leaves {1 - share:.1%} of the parameters trained (modules outside the named layers, "
+              "such as a stem convolution). A map that does not move is not explaining the network.", "",
+              "| layer | ρ, output layer random | ρ, random down to this layer | ρ, last step |",
               "|---|---:|---:|---:|"]
     for layer in layers:
         own = first["cascade"]["randomised"].index(layer)
-
-        def rho(step: int) -> list:
-            return [values[step] for r in records for values in r["cascade"]["spearman"][layer].values()]
-
-        lines.append(f"| {layer} | {study.interval(rho(0))} | {study.interval(rho(own))} | {study.interval(rho(len(layers) - 1))} |")
+        cells = [_rho_cell(records, layer, step) for step in (0, own, len(layers) - 1)]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _rho_cell(records: list[dict], layer: str, step: int) -> str:
+    """Mean over cases of each case's class-mean ρ at ``step`` with its interval, and how many maps were all zero."""
+    per_case, zero, total = [], 0, 0
+    for record in records:
+        values = [per_class[step] for per_class in record["cascade"]["spearman"][layer].values()]
+        known = [v for v in values if v is not None]
+        zero, total = zero + len(values) - len(known), total + len(values)
+        if known:
+            per_case.append(float(np.mean(known)))
+    return study.interval(per_case) + (f" ({zero} of {total} all zero)" if zero else "")
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,13 +5,14 @@ interval over the cases (issue 41):
   within 10 mm of the predicted tumour, beside the deterministic control (the entropy of one pass without
   sampling) scored on the **same** errors — and on its own;
 * calibration: the expected calibration error (top-label, 20 bins) of the sampled mean prediction, of one
-  deterministic pass, and of that pass after temperature scaling fitted on training phantoms (the baseline a user
-  tries first); a pooled reliability diagram;
-* case level: the cases ranked by each map's mean over the predicted tumour (and by the control's) against
-  1 − WT Dice, as AURC beside the optimum and the mean risk.
+  deterministic pass, and of that pass after temperature scaling (the baseline a user tries first) fitted on
+  validation phantoms the network never saw; a pooled reliability diagram;
+* case level: the cases ranked by each map's mean over the sampled prediction's tumour (and by the one-pass
+  entropy's over the same region) against 1 − WT Dice of the sampled prediction, as AURC beside the optimum, the
+  mean risk and the spread of shuffled rankings.
 
-    python -m BrainTumorExplainLib phantom --out TRAIN --cases 4 --seed 0      # the first training phantoms
-    python scripts/uncertainty_heldout.py run resunet --data HELDOUT --train TRAIN [--cases 10] \\
+    python -m BrainTumorExplainLib phantom --out VALIDATION --cases 4 --seed 2000   # phantoms no network saw
+    python scripts/uncertainty_heldout.py run resunet --data HELDOUT --validation VALIDATION [--cases 10] \\
         --out benchmarks/results/uncertainty_heldout                            # ~4 minutes a case on 2 cores
         [--passes 100 --out benchmarks/results/uncertainty_heldout_t100]        # T = 100 instead of quick
     python scripts/uncertainty_heldout.py table resunet --out benchmarks/results/uncertainty_heldout \\
@@ -45,20 +46,20 @@ from BrainTumorExplainLib.models.inference import case_probabilities, labels_fro
 from BrainTumorExplainLib.models.interface import analysed
 from BrainTumorExplainLib.scoring.calibration import fit_temperature, scaled
 from BrainTumorExplainLib.scoring.metrics import score_segmentation
-from BrainTumorExplainLib.scoring.risk_coverage import aurc
+from BrainTumorExplainLib.scoring.risk_coverage import aurc, aurc_against_chance
 
-VOXELS_PER_CASE = 50_000  # brain voxels drawn from each training case to fit the temperature (seeded)
+VOXELS_PER_CASE = 50_000  # brain voxels drawn from each validation case to fit the temperature (seeded)
 SEED = 0
 
 
-def temperature(model, train: Path, folder: Path) -> float:
-    """The temperature fitted on brain voxels of the training cases (seeded draw), saved once."""
+def temperature(model, validation: Path, folder: Path) -> float:
+    """The temperature fitted on brain voxels of the validation cases (seeded draw), saved once."""
     path = folder / "temperature.json"
     if path.exists():
         return json.loads(path.read_text())["temperature"]
     network, rng = analysed(model), np.random.default_rng(SEED)
     probabilities, truth, cases = [], [], []
-    for source in find_cases(train):
+    for source in find_cases(validation):
         case = as_case(source)
         p = case_probabilities(model, case)
         brain = np.flatnonzero(case.brain_mask)
@@ -80,7 +81,7 @@ def one_case(model, case, fitted: float, passes: int | None = None) -> dict:
     control = deterministic_control(model, case, probabilities=probabilities, sampled_labels=volume.labels)
     brain = case.brain_mask
     one_pass = labels_from_probabilities(model, probabilities)
-    tumour = (one_pass > 0) & brain
+    tumour = (volume.labels > 0) & brain  # the region the maps' case values average over
     entropy = deterministic_entropy(model, probabilities)
     for entry in analysis["maps"].values():
         entry.pop("bins")
@@ -92,7 +93,7 @@ def one_case(model, case, fitted: float, passes: int | None = None) -> dict:
             "dice_one_pass": {region: score.dice for region, score in score_segmentation(
                 one_pass, case.labels, case.spacing, None).items()},
             "analysis": analysis, "control": control,
-            "control_case_uncertainty": float(entropy[tumour if tumour.any() else brain].mean()),
+            "control_case_uncertainty": float(entropy[tumour].mean()) if tumour.any() else None,
             "temperature": fitted,
             "scaled_calibration": calibration(model, scaled(probabilities, fitted, analysed(model).outputs),
                                               case.labels, brain, near_tumour(volume.labels, brain, case.spacing))}
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
     model = load_pretrained(args.model)
     folder = args.out / args.model
     folder.mkdir(parents=True, exist_ok=True)
-    fitted = temperature(model, args.train, folder)
+    fitted = temperature(model, args.validation, folder)
     print(f"temperature {fitted:.3f}", flush=True)
     for source in find_cases(args.data)[:args.cases]:
         path = folder / f"{Path(source).name}.json"
@@ -143,24 +144,27 @@ def table(args: argparse.Namespace) -> str:
     lines += ["", "Cases where the map's AUROC beats the control's on the same errors: "
               + ", ".join(f"{name} {count} of {len(records)}" for name, count in beats.items()) + ".", "",
               f"Calibration (top-label ECE, 20 bins, brain voxels; temperature {fitted['temperature']:.2f} fitted on "
-              f"{len(fitted['cases'])} training phantoms, {fitted['voxels_per_case']} voxels each):", "",
+              f"{len(fitted['cases'])} validation phantoms ({', '.join(fitted['cases'])}; the network never saw "
+              f"them), {fitted['voxels_per_case']} voxels each):", "",
               "| prediction | ECE, brain | class-mean ECE (MONAI's), brain | ECE, ≤ 10 mm of the tumour |",
               "|---|---:|---:|---:|"]
-    for label, key in (("sampled mean (quick TTD)", lambda r: r["analysis"]["calibration"]),
+    for label, key in ((f"sampled mean (TTD, {', '.join(modes)})", lambda r: r["analysis"]["calibration"]),
                        ("one deterministic pass", lambda r: r["control"]["calibration"]),
                        ("one pass, temperature-scaled", lambda r: r["scaled_calibration"])):
         lines.append(f"| {label} | {_interval([key(r)['ece'] for r in records])} | "
                      f"{_interval([key(r)['ece_classes'] for r in records])} | "
                      f"{_interval([key(r)['near_tumour']['ece'] for r in records])} |")
     risk = [1 - r["dice"]["WT"] for r in records]
-    lines += ["", "Which cases failed? Cases ranked by each map's mean over the predicted tumour against 1 − WT Dice "
-              f"(AURC, lower is better; {len(records)} cases, no interval: one ranking):", "",
-              "| ranking | AURC | optimal | random (mean risk) |", "|---|---:|---:|---:|"]
+    lines += ["", "Which cases failed? Cases ranked by each map's mean over the sampled prediction's tumour against "
+              f"its 1 − WT Dice (AURC, lower is better; {len(records)} cases; one ranking, so its spread is that of "
+              "the same cases shuffled 1000 times, seed 0: their 95 % range and the share at or below it, p):", "",
+              "| ranking | AURC | optimal | shuffled: 95 % range | p |", "|---|---:|---:|---:|---:|"]
     rankings = {name: [r["analysis"]["case_uncertainty"][name] for r in records] for name in maps}
     rankings["control (one-pass entropy)"] = [r["control_case_uncertainty"] for r in records]
     for name, values in rankings.items():
-        found = aurc(values, risk)
-        lines.append(f"| {name} | {found['aurc']:.4f} | {found['optimal']:.4f} | {found['random']:.4f} |")
+        found, chance = aurc(values, risk), aurc_against_chance(values, risk)
+        lines.append(f"| {name} | {found['aurc']:.4f} | {found['optimal']:.4f} | "
+                     f"{chance['low']:.4f}–{chance['high']:.4f} | {chance['p']:.3f} |")
     if args.figure:
         _reliability_figure(records, args.figure, args.model)
     return "\n".join(lines) + "\n"
@@ -195,7 +199,7 @@ def _reliability_figure(records: list[dict], path: Path, model: str) -> None:
 
 def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path)
-    parser.add_argument("--train", type=Path)
+    parser.add_argument("--validation", type=Path, help="phantoms the network never saw, for the temperature")
     parser.add_argument("--cases", type=int, default=None, help="the first N held-out cases (default: all)")
     parser.add_argument("--figure", type=Path, help="the pooled reliability diagram (table)")
     parser.add_argument("--passes", type=int, help="T fixed passes (e.g. 100, on a GPU or as a long job; give it its "
@@ -203,4 +207,4 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    study.main(__doc__, "benchmarks/results/uncertainty_heldout", run, table, arguments, needs=("data", "train"))
+    study.main(__doc__, "benchmarks/results/uncertainty_heldout", run, table, arguments, needs=("data", "validation"))

@@ -254,10 +254,8 @@ def failure_detection(done: list[dict]) -> dict:
     found = {}
     for column in sorted({key for row in done for key in row if key.startswith("case_")}):
         values = [row.get(column) for row in scored]
-        known = [v for v in values if v is not None]
-        if len(scored) >= 2 and known:
-            ranked = [v if v is not None else max(known) + 1 for v in values]
-            found[column[len("case_"):]] = aurc(ranked, [1 - row["WT_dice"] for row in scored])
+        if len(scored) >= 2 and any(v is not None for v in values):
+            found[column[len("case_"):]] = aurc(values, [1 - row["WT_dice"] for row in scored])
     return found
 
 

@@ -132,11 +132,12 @@ def sanity_check(model, case, cams, out: Path, shown_as: Path, target: str, pool
     out.mkdir(parents=True, exist_ok=True)
     (out / "sanity.json").write_text(json.dumps({"case": case.case_id, **found}, indent=1) + "\n")
     cascade_figure(found, out / "sanity.png", f"{case.case_id}: Grad-CAM under cascading randomisation")
-    first = [rho for per_class in found["spearman"].values() for values in per_class.values()
-             for rho in values[:1] if rho is not None]
+    first = [values[0] for per_class in found["spearman"].values() for values in per_class.values()]
+    known = [rho for rho in first if rho is not None]
+    zero = f", {len(first) - len(known)} of {len(first)} maps all zero" if len(known) < len(first) else ""
     print(f"sanity check: with the output layer random, the maps' rank correlation with the trained ones is "
-          f"{np.median(first):.2f} (median over layers and classes; near 1 would mean they do not explain the "
-          f"network); wrote {shown_as / 'sanity.json'}" if first else "sanity check: every map was all zero")
+          f"{np.median(known):.2f} (median over layers and classes{zero}; near 1 would mean they do not explain the "
+          f"network); wrote {shown_as / 'sanity.json'}" if known else "sanity check: every map became all zero")
     return found
 
 
