@@ -86,7 +86,7 @@ def table(args: argparse.Namespace) -> str:
               "the brain — per case the mean over the classes, then the mean over the cases with its interval; in "
               "brackets, the maps that became all zero (no ranking, left out of ρ: the largest change there is). "
               + ("The last step has every parameter random. " if share >= 1 else
-                 f"The last step leaves {1 - share:.1%} of the parameters trained (modules outside the named layers, "
+                 f"The last step leaves {1 - share:.2%} of the parameters trained (modules outside the named layers, "
                  "such as a stem convolution). ")
               + "A map that does not move is not explaining the network.", "",
               "| layer | ρ, output layer random | ρ, random down to this layer | ρ, last step |",
