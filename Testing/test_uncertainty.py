@@ -20,9 +20,9 @@ from BrainTumorExplainLib.analyses.uncertainty import (
 )
 from BrainTumorExplainLib.data.case import load_case
 from BrainTumorExplainLib.errors import UsageError
-from BrainTumorExplainLib.scoring.calibration import CalibrationBins
 from BrainTumorExplainLib.models import build_model
 from BrainTumorExplainLib.models.base import SegmentationNet, test_time_dropout
+from BrainTumorExplainLib.scoring.calibration import CalibrationBins
 
 
 def test_running_moments_match_the_direct_formulas():
