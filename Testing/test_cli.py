@@ -103,6 +103,26 @@ def test_gradcam_writes_maps_on_the_case_grid_montage_and_curves(small_phantom, 
     assert "exists" in capsys.readouterr().err and not fresh.exists()
 
 
+def test_ablate_zeroes_filters_one_at_a_time_or_together(small_phantom, tmp_path, capsys):
+    """Issue 44: the ablate verb writes each filter's effect on the case's segmentation; a bad --filters is one error
+    line and writes nothing."""
+    case = small_phantom.flair.parent
+    out = tmp_path / "ablation"
+    assert main(["ablate", str(case), *RESUNET, "--filters", "enc1:0,head:1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    found = json.loads((out / "ablation.json").read_text())
+    assert [row["filters"] for row in found["rows"]] == [[["enc1", 0]], [["head", 1]]]
+    assert set(found["intact"]) == {"WT", "TC", "ET"} and "enc1 #0: " in printed and "Dice change WT" in printed
+    together = tmp_path / "together"
+    assert main(["ablate", str(case), *RESUNET, "--layer", "head", "--filters", "1,2,3", "--together",
+                 "--out", str(together)]) == 0
+    row = json.loads((together / "ablation.json").read_text())["rows"][0]
+    assert len(row["filters"]) == 3 and row["agreement"]["WT"] < 1  # the tumour logits set to 0: labels change
+    bad = tmp_path / "bad"
+    assert main(["ablate", str(case), *RESUNET, "--filters", "enc1:x", "--out", str(bad)]) == 2
+    assert "layer:index pairs" in capsys.readouterr().err and not bad.exists()
+
+
 def test_dissect_writes_thresholds_tables_masks_and_figure(small_phantom, tmp_path, capsys):
     out = tmp_path / "dis"
     assert main(["dissect", "--data", str(small_phantom.flair.parent), *RESUNET, "--layers", "enc2,dec1",

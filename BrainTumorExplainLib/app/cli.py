@@ -43,6 +43,7 @@ VERBS = {
     "uncertainty": (jobs.uncertainty, (verbs.UncertaintyOptions,)),
     "template": (jobs.template, (verbs.TemplateOptions,)),
     "featviz": (jobs.featviz, (verbs.FeatvizOptions,)),
+    "ablate": (jobs.ablate, (verbs.AblateOptions,)),
     "bench": (jobs.bench, (verbs.BenchOptions, BenchConfig)),
 }
 

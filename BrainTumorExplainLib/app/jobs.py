@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..analyses.ablation import filter_ablation
 from ..analyses.featviz import (
     VOLUME_SIZE,
     FeatvizConfig,
@@ -63,6 +64,7 @@ from .report import headline_lines, preparation_lines, preprocessing_lines
 from .settings import DissectConfig, ExplainConfig, check_number, resolve_device, resolve_quick, split_files
 from .training import train as train_network
 from .verbs import (
+    AblateOptions,
     CasePreparation,
     DemoOptions,
     DissectOptions,
@@ -401,7 +403,7 @@ def template(options: TemplateOptions) -> int:
 
 
 def featviz(options: FeatvizOptions) -> int:
-    targets = featviz_targets(options.filters, options.layer)
+    targets = filter_targets(options.filters, options.layer)
     folder = OutputFolder(options.out, [options.weights, options.template, _model_folder(options.model)],
                           options.overwrite, "featviz")
     model = _load_model(options)
@@ -423,7 +425,26 @@ def featviz(options: FeatvizOptions) -> int:
     return 0
 
 
-def featviz_targets(filters: str, layer: str | None) -> list[tuple[str, int]]:
+def ablate(options: AblateOptions) -> int:
+    targets = filter_targets(options.filters, options.layer)
+    folder = OutputFolder(options.out, [options.case, options.weights, _model_folder(options.model),
+                                        _mask_file(options)], options.overwrite, "ablate")
+    model = _load_model(options)
+    case = _case_for(options, options.case, model)
+    found = filter_ablation(model, case, targets, together=options.together, device=resolve_device(options.device))
+    with folder as work:
+        (work / "ablation.json").write_text(json.dumps({"case": case.case_id, "model": options.model, **found},
+                                                       indent=1) + "\n")
+    for row in found["rows"]:
+        named = ", ".join(f"{layer} #{k}" for layer, k in row["filters"])
+        change = (", Dice change " + ", ".join(f"{r} {v:+.3f}" for r, v in row["dice_change"].items())
+                  if "dice_change" in row else "")
+        print(f"{named}: {row['changed_voxels']:.2%} of brain voxels change label{change}")
+    print(f"wrote {options.out}")
+    return 0
+
+
+def filter_targets(filters: str, layer: str | None) -> list[tuple[str, int]]:
     """``(layer, filter)`` pairs from ``--filters`` (indices of ``--layer``, or layer:index)."""
     targets = []
     for item in filters.split(","):

@@ -323,6 +323,22 @@ class TemplateOptions:
 
 
 @dataclass(frozen=True)
+class AblateOptions(Output, CasePreparation, ModelChoice):
+    """filter ablation: does what a filter detects matter to the segmentation?
+
+    Sets each chosen filter's output to zero (one at a time, or all at once with --together), segments the case
+    again and prints, per region, the Dice against the ground truth before and after (when the case has one), the
+    agreement with the intact segmentation and the share of brain voxels that changed; writes OUT/ablation.json.
+    The causal check beside dissection's correlational one (BioExp, the paper authors' library, has it)."""
+
+    case: Path | None = positional("BraTS case folder")
+    layer: str | None = option(None, "layer of the filters given by index alone")
+    filters: str | None = required("comma-separated filter indices of --layer, or layer:index pairs (e.g. "
+                                   "enc2:5,dec1:3)")
+    together: bool = option(False, "zero all the filters at once (one result) instead of one at a time")
+
+
+@dataclass(frozen=True)
 class FeatvizOptions(Output, ModelChoice):
     """activation maximisation: the pre-image that excites a filter (paper 4)
 
