@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from BrainTumorExplainLib.scoring.calibration import CalibrationBins, fit_temperature, one_hot, scaled
+from BrainTumorExplainLib.data.labels import one_hot
+from BrainTumorExplainLib.scoring.calibration import CalibrationBins, fit_temperature, scaled
 from BrainTumorExplainLib.scoring.risk_coverage import aurc, aurc_against_chance, risk_coverage
 
 

@@ -19,6 +19,7 @@ from BrainTumorExplainLib.analyses.uncertainty import (
     uncertainty_volume,
 )
 from BrainTumorExplainLib.data.case import load_case
+from BrainTumorExplainLib.data.labels import one_hot
 from BrainTumorExplainLib.errors import UsageError
 from BrainTumorExplainLib.models import build_model
 from BrainTumorExplainLib.models.base import SegmentationNet, test_time_dropout
@@ -181,7 +182,7 @@ def test_the_error_analysis_adds_calibration_near_tumour_and_the_control_on_the_
     assert control["same_errors"]["auroc"] == pytest.approx(control["auroc"])
     near = near_tumour(deterministic, case.brain_mask, case.spacing)
     assert control["calibration"] == calibration(model, probabilities, case.labels, case.brain_mask, near)
-    close = CalibrationBins(4).add(probabilities, np.arange(4)[:, None, None, None] == case.labels[None], near)
+    close = CalibrationBins(4).add(probabilities, one_hot(case.labels, 4), near)
     assert control["calibration"]["near_tumour"]["ece"] == pytest.approx(close.error()["top_label"])
     shown = sum(row["count"] for row in control["calibration"]["reliability"])
     assert shown == case.brain_mask.sum()

@@ -45,7 +45,7 @@ from BrainTumorExplainLib.models import load_pretrained
 from BrainTumorExplainLib.models.inference import case_probabilities, labels_from_probabilities
 from BrainTumorExplainLib.models.interface import analysed
 from BrainTumorExplainLib.scoring.calibration import fit_temperature, scaled
-from BrainTumorExplainLib.scoring.metrics import score_segmentation
+from BrainTumorExplainLib.scoring.metrics import region_dice
 from BrainTumorExplainLib.scoring.risk_coverage import aurc, aurc_against_chance
 
 VOXELS_PER_CASE = 50_000  # brain voxels drawn from each validation case to fit the temperature (seeded)
@@ -88,10 +88,8 @@ def one_case(model, case, fitted: float, passes: int | None = None) -> dict:
     return {"case": case.case_id, "seconds": round(time.perf_counter() - start, 1),
             "mode": "quick" if passes is None else f"T={passes}",
             "passes_mean": float(volume.passes[volume.passes > 0].mean()),
-            "dice": {region: score.dice for region, score in score_segmentation(volume.labels, case.labels,
-                                                                                 case.spacing, None).items()},
-            "dice_one_pass": {region: score.dice for region, score in score_segmentation(
-                one_pass, case.labels, case.spacing, None).items()},
+            "dice": region_dice(volume.labels, case.labels),
+            "dice_one_pass": region_dice(one_pass, case.labels),
             "analysis": analysis, "control": control,
             "control_case_uncertainty": float(entropy[tumour].mean()) if tumour.any() else None,
             "temperature": fitted,

@@ -15,15 +15,14 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 
 from ..data.case import Case
-from ..data.labels import REGIONS, region_mask
+from ..data.labels import REGIONS
 from ..errors import UsageError
 from ..models.inference import case_probabilities, labels_from_probabilities
 from ..models.interface import analysed
-from ..scoring.metrics import dice
+from ..scoring.metrics import region_dice
 
 
 @contextlib.contextmanager
@@ -56,10 +55,6 @@ def zeroed_filters(model, filters: Sequence[tuple[str, int]]) -> Iterator[None]:
             handle.remove()
 
 
-def _region_scores(labels: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    return {region: dice(region_mask(labels, region), region_mask(reference, region)) for region in REGIONS}
-
-
 def filter_ablation(model, case: Case, filters: Sequence[tuple[str, int]], together: bool = False,
                     device: str | torch.device | None = None) -> dict:
     """Each filter of ``filters`` ablated alone (``together``: all at once, one row), the case segmented again:
@@ -70,16 +65,16 @@ def filter_ablation(model, case: Case, filters: Sequence[tuple[str, int]], toget
         raise UsageError("filter ablation needs at least one (layer, filter)")
     intact = labels_from_probabilities(model, case_probabilities(model, case, device=device))
     truth = case.labels
-    result = {"intact": _region_scores(intact, truth) if truth is not None else None, "rows": []}
+    result = {"intact": region_dice(intact, truth) if truth is not None else None, "rows": []}
     groups = [list(filters)] if together else [[pair] for pair in filters]
     brain = case.brain_mask
     for group in groups:
         with zeroed_filters(model, group):
             labels = labels_from_probabilities(model, case_probabilities(model, case, device=device))
-        row = {"filters": [[layer, int(k)] for layer, k in group], "agreement": _region_scores(labels, intact),
+        row = {"filters": [[layer, int(k)] for layer, k in group], "agreement": region_dice(labels, intact),
                "changed_voxels": float((labels != intact)[brain].mean())}
         if truth is not None:
-            row["dice"] = _region_scores(labels, truth)
+            row["dice"] = region_dice(labels, truth)
             row["dice_change"] = {region: row["dice"][region] - result["intact"][region] for region in REGIONS}
         result["rows"].append(row)
     return result

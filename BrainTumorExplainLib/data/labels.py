@@ -92,6 +92,11 @@ def region_mask(classes: np.ndarray, region: str) -> np.ndarray:
     return np.isin(classes, members)
 
 
+def one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
+    """``(classes, *labels.shape)`` bool: class ``c``'s voxels in row ``c``."""
+    return np.arange(classes).reshape((classes,) + (1,) * np.ndim(labels)) == np.asarray(labels)[None]
+
+
 def resolve_classes(classes: str | int | list | tuple | None = "tumour") -> list[int]:
     """Class indices from ``"tumour"`` (1, 2, 3), ``"all"`` (0..3), or indices / keys (``ncr``, ``ed``, ``et``,
     ``bg``), as a list or a comma-separated string."""

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data.case import MODALITIES, Case
-from ..data.labels import CLASS_KEYS, CLASS_NAMES, CLASS_REGION, resolve_classes
+from ..data.labels import CLASS_KEYS, CLASS_NAMES, CLASS_REGION, one_hot, resolve_classes
 from ..errors import UsageError
 from .activations import (
     LayerRecorder,
@@ -172,7 +172,7 @@ class AnalysedNetwork:
     def output_truth(self, labels: np.ndarray) -> np.ndarray:
         """``(C, *labels.shape)`` bool: what each output channel should say for class indices ``labels`` (the paper's
         four classes, one-hot)."""
-        return np.arange(self.output_channels).reshape((-1,) + (1,) * labels.ndim) == labels[None]
+        return one_hot(labels, self.output_channels)
 
 
 class SliceWise(AnalysedNetwork):

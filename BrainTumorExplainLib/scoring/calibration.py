@@ -129,11 +129,6 @@ class CalibrationBins:
                 "class_mean": float(np.nanmean(values[:-1])) if filled[:-1].any() else float("nan")}
 
 
-def one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
-    """``(classes, *labels.shape)`` bool: class ``c``'s voxels in row ``c``."""
-    return np.arange(classes).reshape((classes,) + (1,) * np.ndim(labels)) == np.asarray(labels)[None]
-
-
 def _logits(probabilities: np.ndarray, outputs: str) -> np.ndarray:
     p = np.clip(np.asarray(probabilities, dtype=np.float64), _TINY, 1 - _TINY)
     return np.log(p) if outputs == "softmax" else np.log(p) - np.log1p(-p)

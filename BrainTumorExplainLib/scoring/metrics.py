@@ -35,6 +35,11 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(prediction, truth).sum()) / total
 
 
+def region_dice(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Dice of WT, TC and ET between two class-index volumes (nothing else computed: no HD95)."""
+    return {region: dice(region_mask(prediction, region), region_mask(truth, region)) for region in REGIONS}
+
+
 def _as_masks(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     prediction, truth = np.asarray(prediction, dtype=bool), np.asarray(truth, dtype=bool)
     if prediction.shape != truth.shape:
